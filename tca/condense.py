@@ -1,0 +1,233 @@
+"""The condensation maths: small pure functions on tensors.
+
+Shapes use B = batch, N = tokens (CLS at index 0), P = N - 1 patches, D = width, h = heads.
+Every function that changes the token count also returns ``dest`` (B, N_in): the output
+index each input token went to. Composing ``dest`` across layers gives every original patch's
+fate (see ``tca.trace``) without a B x N x N source matrix.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+
+class Condensed(NamedTuple):
+    x: torch.Tensor  # (B, N_out, D)
+    dest: torch.Tensor  # (B, N_in) long: output index of every input token
+    pruned: torch.Tensor | None  # (B, N_in) bool: tokens fused into the "pruned" token
+    size: torch.Tensor | None = None  # (B, N_out) token sizes, for ToMe
+
+
+# --------------------------------------------------------------------------- scores
+
+
+def cls_attention_row(q: torch.Tensor, k: torch.Tensor, cls_index: int = 0,
+                      bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-head attention probabilities of the CLS query over all keys.
+
+    q, k: (B, h, N, d_h); bias: additive logits broadcastable to (B, h, 1, N).
+    Returns (B, h, N). Costs N·D MACs instead of the N²·D of full probabilities.
+    """
+    scale = q.shape[-1] ** -0.5
+    logits = (q[:, :, cls_index:cls_index + 1] @ k.transpose(-2, -1)) * scale
+    if bias is not None:
+        logits = logits + bias
+    return logits.softmax(dim=-1).squeeze(2)
+
+
+def head_mean_score(attn: torch.Tensor) -> torch.Tensor:
+    """EViT / released-TCA score: CLS attention averaged over heads. attn: (B, h, P) -> (B, P)."""
+    return attn.mean(dim=1)
+
+
+def head_rank_score(attn: torch.Tensor) -> torch.Tensor:
+    """Paper-TCA score: cross-head average rank of each patch by CLS attention.
+
+    attn: (B, h, P) -> (B, P) in [0, 1]; 1 means ranked first by every head. A patch that one
+    outlier head loves but the others ignore scores low, which is the point of the consensus.
+    """
+    p = attn.shape[-1]
+    ranks = attn.argsort(dim=-1, stable=True).argsort(dim=-1, stable=True).to(attn.dtype)
+    return ranks.mean(dim=1) / max(p - 1, 1)
+
+
+# --------------------------------------------------------------------------- budgets
+
+
+def _ceil(x: float) -> int:
+    # 0.9 * 140 is 126.00000000000001 in floating point; a keep count must not jump by one.
+    return math.ceil(x - 1e-9)
+
+
+def tca_tier_sizes(n_tokens: int, rate: float) -> tuple[int, int, int]:
+    """Tier sizes of the released TCA code for N tokens (CLS included) and rate d.
+
+    n_keep = ceil((1 - d)(N - 1)), m = N - n_keep; tier 1 (kept) = n_keep - 2m,
+    tier 2 (merged) = 2m, tier 3 (fused) = N - 1 - n_keep. Tier 2 is clipped to n_keep so that
+    tier 1 never goes negative. Returns (t1, t2, t3); d = 0 means (P, 0, 0).
+    """
+    p = n_tokens - 1
+    if rate <= 0:
+        return p, 0, 0
+    n_keep = _ceil((1.0 - rate) * p)
+    m = n_tokens - n_keep
+    t2 = min(2 * m, n_keep)
+    return n_keep - t2, t2, p - n_keep
+
+
+def evit_tier_sizes(n_tokens: int, keep_rate: float) -> tuple[int, int, int]:
+    """EViT: keep ceil(R (N - 1)) patches, fuse the rest. Returns (t1, 0, t3)."""
+    p = n_tokens - 1
+    n_keep = min(p, _ceil(keep_rate * p))
+    return n_keep, 0, p - n_keep
+
+
+def tome_r(n_tokens: int, keep_rate: float) -> int:
+    """Tokens ToMe merges at a condensing layer: int(N (1 - R)) as in the paper's baseline,
+    capped so that set A (even indices, CLS excluded) can supply them."""
+    r = int(n_tokens * (1.0 - keep_rate) + 1e-9)
+    return max(0, min(r, (n_tokens + 1) // 2 - 1))
+
+
+# --------------------------------------------------------------------------- TCA / EViT
+
+
+def k_center_greedy(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy farthest-point selection of k centres among T tokens, batched.
+
+    x: (B, T, D). The first centre is token 0 (callers pass tokens sorted by descending score,
+    so it is the most-attended ambiguous token): a rule, not a random draw, so the same input
+    always gives the same output. Returns (centres (B, k) long, dist (B, T, T)).
+    """
+    b, t, _ = x.shape
+    dist = torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist")
+    centres = x.new_zeros((b, k), dtype=torch.long)
+    min_dist = dist[:, 0].clone()
+    min_dist[:, 0] = -1.0  # never pick a centre twice, even among duplicate tokens
+    for j in range(1, k):
+        nxt = min_dist.argmax(dim=-1)
+        centres[:, j] = nxt
+        row = dist.gather(1, nxt.view(b, 1, 1).expand(b, 1, t)).squeeze(1)
+        min_dist = torch.minimum(min_dist, row)
+        min_dist.scatter_(1, centres[:, : j + 1], -1.0)
+    return centres, dist
+
+
+def coreset_merge(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """TCA's coreset averaging: k-center greedy, nearest-centre assignment, then an
+    inverse-distance weighted mean per cluster (the centre itself gets weight 1).
+
+    x: (B, T, D) with T >= k. Returns (merged (B, k, D), assign (B, T) in [0, k)).
+    """
+    b, t, d = x.shape
+    centres, dist = k_center_greedy(x, k)
+    to_centres = dist.gather(1, centres.unsqueeze(-1).expand(b, k, t))  # (B, k, T)
+    assign = to_centres.argmin(dim=1)
+    # A centre belongs to its own cluster even when a duplicate centre ties with it.
+    assign.scatter_(1, centres, torch.arange(k, device=x.device).expand(b, k))
+    own = to_centres.gather(1, assign.unsqueeze(1)).squeeze(1)  # (B, T)
+    weight = torch.where(own > 0, own.reciprocal(), torch.ones_like(own))
+    weight.scatter_(1, centres, 1.0)
+    index = assign.unsqueeze(-1).expand(b, t, d)
+    num = x.new_zeros((b, k, d)).scatter_add_(1, index, x * weight.unsqueeze(-1))
+    den = x.new_zeros((b, k)).scatter_add_(1, assign, weight)
+    return num / den.unsqueeze(-1), assign
+
+
+def prune_merge_fuse(x: torch.Tensor, select: torch.Tensor, fuse_weight: torch.Tensor,
+                     t1: int, t2: int, k: int) -> Condensed:
+    """Three-tier condensation (TCA §1.6; EViT when t2 = 0).
+
+    x: (B, N, D) tokens after the attention residual, CLS at 0.
+    select: (B, P) score that ranks patches; fuse_weight: (B, P) head-mean CLS attention.
+    Tier 1 = top t1 patches (kept as is, in descending score), tier 2 = next t2 (merged into
+    min(k, t2) coreset tokens), tier 3 = the rest (fused into one token, Σ s_j x_j with the raw
+    attention weights). Output: [CLS; tier 1; merged; fused] with the fused token only if tier 3
+    is non-empty.
+    """
+    b, n, d = x.shape
+    p = n - 1
+    t3 = p - t1 - t2
+    order = select.argsort(dim=-1, descending=True, stable=True)  # (B, P) patch indices
+    tok = order + 1  # token indices
+
+    def take(idx: torch.Tensor) -> torch.Tensor:
+        return x.gather(1, idx.unsqueeze(-1).expand(-1, -1, d))
+
+    parts = [x[:, :1], take(tok[:, :t1])]
+    dest = torch.empty((b, n), dtype=torch.long, device=x.device)
+    dest[:, 0] = 0
+    ar = torch.arange(1, t1 + 1, device=x.device).expand(b, t1)
+    dest.scatter_(1, tok[:, :t1], ar)
+    nxt = 1 + t1
+    if t2 > 0:
+        x2 = take(tok[:, t1:t1 + t2])
+        if t2 > k:
+            merged, assign = coreset_merge(x2, k)
+        else:
+            merged, assign = x2, torch.arange(t2, device=x.device).expand(b, t2)
+        parts.append(merged)
+        dest.scatter_(1, tok[:, t1:t1 + t2], nxt + assign)
+        nxt += merged.shape[1]
+    pruned = None
+    if t3 > 0:
+        i3 = tok[:, t1 + t2:]
+        w3 = fuse_weight.gather(1, order[:, t1 + t2:])
+        parts.append((take(i3) * w3.unsqueeze(-1)).sum(dim=1, keepdim=True))
+        dest.scatter_(1, i3, nxt)
+        pruned = torch.zeros((b, n), dtype=torch.bool, device=x.device)
+        pruned.scatter_(1, i3, True)
+    return Condensed(torch.cat(parts, dim=1), dest, pruned)
+
+
+# --------------------------------------------------------------------------- ToMe
+
+
+def bipartite_soft_matching(metric: torch.Tensor, r: int) -> tuple[torch.Tensor, int]:
+    """ToMe's matching: alternate tokens into sets A (even) and B (odd), link each A token to
+    its most similar B token (cosine), and merge the r strongest links. CLS (index 0, in A) is
+    never merged; unmerged A tokens keep their original order so CLS stays at index 0.
+
+    metric: (B, N, C), e.g. the head-mean attention keys. Returns (dest (B, N), N_out).
+    """
+    b, n, _ = metric.shape
+    metric = metric / metric.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    a, bb = metric[:, ::2], metric[:, 1::2]
+    na, nb = a.shape[1], bb.shape[1]
+    r = min(r, na - 1)
+    scores = a @ bb.transpose(-1, -2)  # (B, Na, Nb)
+    scores[:, 0] = -math.inf
+    best, best_b = scores.max(dim=-1)
+    edge = best.argsort(dim=-1, descending=True, stable=True)
+    src, unm = edge[:, :r], edge[:, r:].sort(dim=-1).values
+    n_unm = na - r
+    dest_a = torch.empty((b, na), dtype=torch.long, device=metric.device)
+    dest_a.scatter_(1, unm, torch.arange(n_unm, device=metric.device).expand(b, n_unm))
+    dest_a.scatter_(1, src, n_unm + best_b.gather(1, src))
+    dest = torch.empty((b, n), dtype=torch.long, device=metric.device)
+    dest[:, ::2] = dest_a
+    dest[:, 1::2] = n_unm + torch.arange(nb, device=metric.device)
+    return dest, n - r
+
+
+def merge_weighted(x: torch.Tensor, size: torch.Tensor, dest: torch.Tensor,
+                   n_out: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Size-weighted average of the tokens sharing a destination.
+
+    x: (B, N, D); size: (B, N) patches per token; dest: (B, N). Returns (x (B, n_out, D),
+    size (B, n_out)).
+    """
+    b, n, d = x.shape
+    new_size = size.new_zeros((b, n_out)).scatter_add_(1, dest, size)
+    num = x.new_zeros((b, n_out, d)).scatter_add_(
+        1, dest.unsqueeze(-1).expand(b, n, d), x * size.unsqueeze(-1))
+    return num / new_size.unsqueeze(-1), new_size
+
+
+def tome_merge(x: torch.Tensor, size: torch.Tensor, metric: torch.Tensor, r: int) -> Condensed:
+    """One ToMe step: bipartite soft matching on ``metric`` then size-weighted merging."""
+    dest, n_out = bipartite_soft_matching(metric, r)
+    x, size = merge_weighted(x, size, dest, n_out)
+    return Condensed(x, dest, None, size)

@@ -1,0 +1,180 @@
+"""Condensation settings as data, and the token schedule they imply.
+
+The schedule depends only on the settings and the ViT geometry, so token counts and FLOPs can be
+known before (or without) running the model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Sequence
+
+from . import condense
+
+METHODS = ("tca", "evit", "tome", "none")
+SCORES = ("mean", "rank")
+DEFAULT_LAYERS = (3, 6, 9)
+
+# The paper's keep rate R against the released code's rate d (ViT-B/16, K=2, layers 3/6/9):
+# R=0.9 is `Ours-0.035` (180/163/149 tokens) and R=0.7 is `Ours-0.1` (141/100/74).
+# Between these points d is interpolated linearly; below R=0.7, d = (1 - R) / 3 (the tiers remove
+# about 3m tokens per layer), which meets the last point at R=0.7 and stays below d = 1/3 where the
+# tier-1 budget would run out.
+RATE_POINTS: tuple[tuple[float, float], ...] = ((1.0, 0.0), (0.9, 0.035), (0.7, 0.1))
+
+
+class ConfigError(ValueError):
+    """A condensation setting is out of range; the message names it."""
+
+
+def keep_rate_to_rate(keep_rate: float) -> float:
+    """Map the paper's keep rate R in (0, 1] to the released code's rate d."""
+    if not 0.0 < keep_rate <= 1.0:
+        raise ConfigError(f"keep rate must be in (0, 1], got {keep_rate}")
+    for (r_hi, d_hi), (r_lo, d_lo) in zip(RATE_POINTS, RATE_POINTS[1:]):
+        if r_lo <= keep_rate <= r_hi:
+            t = (r_hi - keep_rate) / (r_hi - r_lo)
+            return round(d_hi + t * (d_lo - d_hi), 10)
+    return (1.0 - keep_rate) / 3.0
+
+
+@dataclass(frozen=True)
+class CondenseConfig:
+    """What to condense and how much.
+
+    method: ``tca`` (prune + merge, paper), ``evit`` (top-k + fuse), ``tome`` (bipartite merging)
+    or ``none`` (the unmodified model).
+    keep_rate: the paper's R in (0, 1]; 1 means nothing is removed.
+    rate: TCA only, the released code's raw rate d in [0, 1/3); overrides keep_rate.
+    layers: 0-based block indices that condense. merge_centers: K coreset tokens (TCA tier 2).
+    score: ``mean`` = head-mean CLS attention (released code), ``rank`` = cross-head average rank
+    (paper text).
+    """
+
+    method: str = "tca"
+    keep_rate: float = 0.9
+    rate: float | None = None
+    layers: tuple[int, ...] = DEFAULT_LAYERS
+    merge_centers: int = 2
+    score: str = "mean"
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.score not in SCORES:
+            raise ConfigError(f"unknown score {self.score!r}; choose one of {', '.join(SCORES)}")
+        if not isinstance(self.keep_rate, (int, float)) or not 0.0 < self.keep_rate <= 1.0:
+            raise ConfigError(f"keep rate must be in (0, 1], got {self.keep_rate}")
+        if self.rate is not None and not 0.0 <= self.rate < 1.0 / 3.0:
+            raise ConfigError(f"rate d must be in [0, 1/3), got {self.rate}")
+        if not isinstance(self.merge_centers, int) or self.merge_centers < 1:
+            raise ConfigError(f"merge centres K must be a positive integer, got {self.merge_centers}")
+        layers = tuple(sorted(set(int(i) for i in self.layers)))
+        if any(i < 0 for i in layers):
+            raise ConfigError(f"layer indices must be >= 0, got {list(self.layers)}")
+        object.__setattr__(self, "layers", layers)
+
+    @property
+    def tca_rate(self) -> float:
+        return self.rate if self.rate is not None else keep_rate_to_rate(self.keep_rate)
+
+    @property
+    def is_identity(self) -> bool:
+        if self.method == "none" or not self.layers:
+            return True
+        if self.method == "tca":
+            return self.tca_rate == 0.0
+        return self.keep_rate >= 1.0
+
+    def with_(self, **changes) -> "CondenseConfig":
+        return replace(self, **changes)
+
+    def describe(self) -> str:
+        if self.method == "none":
+            return "none (unmodified CLIP)"
+        extra = f", d={self.tca_rate:g}, K={self.merge_centers}, score={self.score}" \
+            if self.method == "tca" else ""
+        return f"{self.method} R={self.keep_rate:g}{extra}, layers {list(self.layers)}"
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """What one condensing block does. kind: 'tiers' (TCA/EViT) or 'tome'."""
+
+    kind: str
+    n_in: int
+    n_out: int
+    t1: int = 0
+    t2: int = 0
+    t3: int = 0
+    k: int = 0
+    r: int = 0
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Per-block plan (None = plain block) and token counts at every block output."""
+
+    plans: tuple[LayerPlan | None, ...]
+    tokens: tuple[int, ...]
+    n_tokens: int
+    anchors: bool = False
+    notes: tuple[str, ...] = field(default=())
+
+    def attention_tokens(self, layer: int) -> int:
+        """Tokens seen by block ``layer``'s attention (one more where a domain anchor is added)."""
+        n_in = self.n_tokens if layer == 0 else self.tokens[layer - 1]
+        return n_in + (1 if self.anchors and self.plans[layer] is not None and layer > 0 else 0)
+
+
+def plan_layers(config: CondenseConfig, n_tokens: int, depth: int, anchors: bool = False) -> Schedule:
+    """The token schedule of ``config`` for a ViT with ``n_tokens`` (CLS included) and ``depth``
+    blocks. Raises ConfigError for layers out of range or K larger than tier 2."""
+    bad = [i for i in config.layers if i >= depth]
+    if bad and not config.is_identity:
+        raise ConfigError(f"layer index {bad[0]} is out of range: this model has {depth} blocks "
+                          f"(valid indices 0..{depth - 1})")
+    plans: list[LayerPlan | None] = []
+    tokens: list[int] = []
+    n = n_tokens
+    for i in range(depth):
+        plan = None
+        if not config.is_identity and i in config.layers:
+            plan = _plan_one(config, n, i)
+        plans.append(plan)
+        if plan is not None:
+            n = plan.n_out
+        tokens.append(n)
+    return Schedule(tuple(plans), tuple(tokens), n_tokens,
+                    anchors=anchors and config.method == "tca")
+
+
+def _plan_one(config: CondenseConfig, n: int, layer: int) -> LayerPlan | None:
+    if config.method == "tome":
+        r = condense.tome_r(n, config.keep_rate)
+        return LayerPlan("tome", n, n - r, r=r) if r > 0 else None
+    if config.method == "evit":
+        t1, t2, t3 = condense.evit_tier_sizes(n, config.keep_rate)
+        k = 0
+    else:
+        t1, t2, t3 = condense.tca_tier_sizes(n, config.tca_rate)
+        k = config.merge_centers
+        if 0 < t2 < k:
+            raise ConfigError(
+                f"merge centres K={k} is larger than tier 2 at layer {layer} ({t2} class-ambiguous "
+                f"tokens of {n}); use K <= {t2} or a lower keep rate")
+        k = min(k, t2)
+    n_out = 1 + t1 + k + (1 if t3 > 0 else 0)
+    if t2 == 0 and t3 == 0:
+        return None
+    return LayerPlan("tiers", n, n_out, t1, t2, t3, k)
+
+
+def parse_layers(text: str | Sequence[int]) -> tuple[int, ...]:
+    """'3,6,9' -> (3, 6, 9), with a clear error for anything else."""
+    if not isinstance(text, str):
+        return tuple(int(i) for i in text)
+    parts = [p.strip() for p in text.replace(";", ",").split(",") if p.strip()]
+    try:
+        return tuple(int(p) for p in parts)
+    except ValueError:
+        raise ConfigError(f"layers must be comma-separated integers like 3,6,9, got {text!r}") from None

@@ -1,0 +1,221 @@
+"""Loading CLIP models by open_clip name, and the text side (labels, templates, embeddings)."""
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip import zero_shot_metadata
+
+from .patch import check_supported
+
+DEFAULT_MODEL = "ViT-B-16-quickgelu"
+DEFAULT_PRETRAINED = "openai"
+# Models offered by the app and documented as supported (OpenAI weights need -quickgelu).
+SUPPORTED_MODELS = ("ViT-B-32-quickgelu", "ViT-B-16-quickgelu", "ViT-L-14-quickgelu",
+                    "ViT-B-32", "ViT-B-16", "ViT-L-14")
+TEMPLATES: dict[str, tuple[str, ...]] = {
+    "single": ("a photo of a {}.",),
+    "imagenet80": tuple(t("{}") for t in zero_shot_metadata.OPENAI_IMAGENET_TEMPLATES),
+}
+MAX_LABEL_CHARS = 300
+WEIGHTS_HELP = (
+    "To use real weights: connect to the internet once (open_clip downloads them into the "
+    "Hugging Face cache), or pass --checkpoint PATH / set TCA_CHECKPOINT to a local "
+    ".safetensors or PyTorch state-dict file for this architecture, or use --pretrained none "
+    "for random weights.")
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights could not be loaded; the message says how to supply them."""
+
+
+class LabelError(ValueError):
+    """The candidate labels are unusable; the message names the problem."""
+
+
+@dataclass
+class ClipModel:
+    """A loaded CLIP with its preprocessing, tokenizer and a text-embedding cache.
+
+    ``pretrained`` is the tag or checkpoint path the weights came from, or None for random
+    initialisation (``is_random``): such predictions are meaningless and must be shown as such.
+    """
+
+    model: torch.nn.Module
+    preprocess: Callable
+    tokenizer: Callable
+    name: str
+    pretrained: str | None
+    cache_size: int = 32
+    _text_cache: OrderedDict = field(default_factory=OrderedDict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def is_random(self) -> bool:
+        return self.pretrained is None
+
+    @property
+    def weights_description(self) -> str:
+        if self.is_random:
+            return f"{self.name} with RANDOM weights (predictions are meaningless)"
+        return f"{self.name} / {self.pretrained}"
+
+    @property
+    def context_length(self) -> int:
+        return int(getattr(self.tokenizer, "context_length", 77))
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.model.logit_scale.exp())
+
+    def encode_text(self, labels: Sequence[str], templates: str | Sequence[str] = "single") -> torch.Tensor:
+        """Normalised class embeddings (C, E): each label through every template, averaged and
+        re-normalised (CLIP's prompt ensembling). Cached per (labels, templates)."""
+        temps = resolve_templates(templates)
+        key = (tuple(labels), temps)
+        with self._lock:
+            if key in self._text_cache:
+                self._text_cache.move_to_end(key)
+                return self._text_cache[key]
+        prompts = [t.format(label) for label in labels for t in temps]
+        tokens = self.tokenizer(prompts)
+        with torch.inference_mode():
+            emb = F.normalize(self.model.encode_text(tokens).float(), dim=-1)
+        emb = F.normalize(emb.view(len(labels), len(temps), -1).mean(dim=1), dim=-1)
+        with self._lock:
+            self._text_cache[key] = emb
+            while len(self._text_cache) > self.cache_size:
+                self._text_cache.popitem(last=False)
+        return emb
+
+
+def resolve_templates(templates: str | Sequence[str]) -> tuple[str, ...]:
+    if isinstance(templates, str):
+        if templates in TEMPLATES:
+            return TEMPLATES[templates]
+        if "{}" in templates:
+            return (templates,)
+        raise ValueError(f"unknown templates {templates!r}; use one of {', '.join(TEMPLATES)} "
+                         f"or a format string containing {{}}")
+    temps = tuple(templates)
+    if not temps or not all("{}" in t for t in temps):
+        raise ValueError("every prompt template must contain {}")
+    return temps
+
+
+def parse_labels(text: str | Sequence[str]) -> list[str]:
+    """Split comma- or newline-separated labels; blank pieces (e.g. a trailing comma) are
+    dropped. A list is taken as is (stripped)."""
+    if isinstance(text, str):
+        return [p.strip() for p in re.split(r"[,\n]", text) if p.strip()]
+    return [str(p).strip() for p in text]
+
+
+def validate_labels(labels: Sequence[str], tokenizer: Callable | None = None,
+                    templates: str | Sequence[str] = "single", max_labels: int | None = None,
+                    context_length: int = 77) -> list[str]:
+    """Check a label list; returns it, or raises LabelError naming the problem."""
+    labels = list(labels)
+    if len(labels) < 2:
+        got = "no labels" if not labels else f"only one label ({labels[0]!r})"
+        raise LabelError(f"need at least two candidate labels to classify, got {got}")
+    if max_labels is not None and len(labels) > max_labels:
+        raise LabelError(f"too many labels: {len(labels)} (at most {max_labels})")
+    for i, label in enumerate(labels):
+        if not label.strip():
+            raise LabelError(f"label {i + 1} is empty")
+        if len(label) > MAX_LABEL_CHARS:
+            raise LabelError(f"label {i + 1} is {len(label)} characters long "
+                             f"(at most {MAX_LABEL_CHARS}): {label[:40]!r}...")
+    seen: dict[str, int] = {}
+    for label in labels:
+        seen[label.lower()] = seen.get(label.lower(), 0) + 1
+    dups = [l for l, n in seen.items() if n > 1]
+    if dups:
+        raise LabelError(f"duplicate label{'s' if len(dups) > 1 else ''}: "
+                         f"{', '.join(repr(d) for d in dups)} (labels are compared "
+                         f"case-insensitively and must be unique; remove the repeats)")
+    if tokenizer is not None and hasattr(tokenizer, "encode"):
+        longest = max(resolve_templates(templates), key=len)
+        for label in labels:
+            n = len(tokenizer.encode(longest.format(label))) + 2  # start + end tokens
+            if n > context_length:
+                raise LabelError(f"label {label[:40]!r} is too long: {n} tokens with its prompt "
+                                 f"template, the text encoder takes at most {context_length}")
+    return labels
+
+
+def load_model(name: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETRAINED,
+               checkpoint: str | os.PathLike | None = None, device: str = "cpu",
+               seed: int = 0) -> ClipModel:
+    """Load an open_clip CLIP by name.
+
+    pretrained: an open_clip tag (e.g. ``openai``), or None / ``"none"`` for random weights
+    (seeded by ``seed``). checkpoint: a local ``.safetensors`` or PyTorch state-dict file (loaded
+    with ``weights_only``; never unpickles arbitrary objects); defaults to $TCA_CHECKPOINT.
+    Raises WeightsUnavailableError with instructions when weights cannot be had.
+    """
+    if name not in open_clip.list_models():
+        close = [m for m in open_clip.list_models() if name.lower().split("-")[0] in m.lower()][:8]
+        raise ValueError(f"unknown open_clip model {name!r}" + (f"; similar: {', '.join(close)}" if close else ""))
+    checkpoint = checkpoint or os.environ.get("TCA_CHECKPOINT") or None
+    if isinstance(pretrained, str) and pretrained.lower() in ("none", "random", ""):
+        pretrained = None
+    torch.manual_seed(seed)
+    if checkpoint is not None:
+        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None, device=device)
+        _load_checkpoint(model, Path(checkpoint))
+        source: str | None = str(checkpoint)
+    elif pretrained is None:
+        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None, device=device)
+        source = None
+    else:
+        if pretrained not in open_clip.list_pretrained_tags_by_model(name):
+            tags = open_clip.list_pretrained_tags_by_model(name)
+            raise ValueError(f"{name} has no pretrained tag {pretrained!r}; available: "
+                             f"{', '.join(tags) or 'none'}")
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained,
+                                                                         device=device)
+        except Exception as exc:  # network, offline mode, missing cache: all end here
+            raise WeightsUnavailableError(
+                f"could not load pretrained weights {name}/{pretrained}: {type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:200] if str(exc) else ''}. {WEIGHTS_HELP}") from exc
+        source = pretrained
+    model.eval()
+    check_supported(model)
+    return ClipModel(model, preprocess, open_clip.get_tokenizer(name), name, source)
+
+
+def _load_checkpoint(model: torch.nn.Module, path: Path) -> None:
+    if not path.is_file():
+        raise WeightsUnavailableError(f"checkpoint {str(path)!r} does not exist. {WEIGHTS_HELP}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            state = load_file(str(path))
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise WeightsUnavailableError(
+            f"cannot read checkpoint {str(path)!r} ({type(exc).__name__}: {str(exc)[:200]}); it "
+            f"must be a .safetensors file or a PyTorch state dict saved with plain tensors") from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise WeightsUnavailableError(f"checkpoint {str(path)!r} holds no state dict")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise WeightsUnavailableError(
+            f"checkpoint {str(path)!r} does not fit this architecture: "
+            f"{str(exc).splitlines()[0][:300]}") from exc

@@ -1,0 +1,313 @@
+"""Patching an open_clip ViT in place (the open_clip plumbing).
+
+``patch(model, config)`` swaps the classes of ``model.visual`` and its residual blocks for
+subclasses that condense between the attention residual and the MLP (weights untouched, CLS kept
+at index 0); ``unpatch(model)`` swaps them back. All blocks share one :class:`_Shared` object.
+Per-call options (another config, domain anchors, tracing, recording CLS tokens) go through
+:func:`encode`, which holds the model's lock for the call, so concurrent users never see each
+other's anchors or traces. Plain ``model.encode_image`` runs condensed with the patched config.
+
+Only condensing blocks (and, once ToMe has merged, blocks needing proportional attention) take
+the explicit path; every other block runs open_clip's own fused forward unchanged.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
+
+from . import condense
+from .config import ConfigError, CondenseConfig, Schedule, plan_layers
+from .trace import Trace, TraceRecorder
+
+
+class UnsupportedModelError(ValueError):
+    """The model cannot be condensed (no CLS token, non-standard blocks, ...)."""
+
+
+@dataclass
+class Encoded:
+    """Output of :func:`encode`.
+
+    features: (B, E) image embeddings (not normalised, like ``encode_image``).
+    tokens_per_layer: token count at every block output.
+    cls_tokens: (B, L, D) float32 raw residual-stream CLS after every block, if recorded.
+    trace: the one-pass trace, if requested. anchors_used: whether domain anchors were prepended.
+    """
+
+    features: torch.Tensor
+    tokens_per_layer: list[int]
+    schedule: Schedule
+    cls_tokens: torch.Tensor | None = None
+    trace: Trace | None = None
+    anchors_used: bool = False
+
+
+class _Run:
+    """State of one vision forward: plan, anchors, ToMe sizes, trace and CLS recorders."""
+
+    def __init__(self, schedule: Schedule, config: CondenseConfig, anchors: torch.Tensor | None,
+                 trace: bool, record_cls: bool, explicit: bool) -> None:
+        self.schedule = schedule
+        self.config = config
+        self.anchors = anchors  # (C, L, D): class anchors per layer, or None
+        self.want_trace = trace
+        self.record_cls = record_cls
+        self.explicit = explicit  # full softmax(QK^T)V everywhere (FLOP counting, tests)
+        self.size: torch.Tensor | None = None
+        self.recorder: TraceRecorder | None = None
+        self.counts: list[int] = []
+        self.cls: list[torch.Tensor] = []
+
+
+class _Shared:
+    def __init__(self, config: CondenseConfig) -> None:
+        self.config = config
+        self.lock = threading.RLock()
+        self.call: dict | None = None  # options of the encode() call in progress
+        self.run: _Run | None = None
+        self.last: _Run | None = None
+
+
+def check_supported(model: torch.nn.Module) -> VisionTransformer:
+    """The model's ViT, or UnsupportedModelError naming what is missing."""
+    visual = getattr(model, "visual", model)
+    if not isinstance(visual, VisionTransformer):
+        kind = type(visual).__name__
+        raise UnsupportedModelError(
+            f"{kind} vision tower is not supported: condensation needs an open_clip "
+            f"VisionTransformer with a CLS token (SigLIP/timm towers and ResNets have none)")
+    if getattr(visual, "pool_type", "tok") != "tok" or getattr(visual, "attn_pool", None) is not None:
+        raise UnsupportedModelError(
+            f"this ViT pools with {visual.pool_type!r}/attention pooling instead of its CLS token; "
+            f"condensation ranks patches by CLS attention and needs pool_type='tok'")
+    blocks = visual.transformer.resblocks
+    if not all(isinstance(b, ResidualAttentionBlock) for b in blocks):
+        raise UnsupportedModelError("only open_clip ResidualAttentionBlock towers are supported "
+                                    "(qk-norm / custom-attention blocks are not)")
+    if not getattr(visual.transformer, "batch_first", True):
+        raise UnsupportedModelError("open_clip >= 2.26 (batch-first transformer) is required")
+    return visual
+
+
+def is_patched(model: torch.nn.Module) -> bool:
+    return hasattr(getattr(model, "visual", model), "_tca")
+
+
+def patch(model: torch.nn.Module, config: CondenseConfig | None = None, **settings) -> torch.nn.Module:
+    """Make ``model.encode_image`` run condensed. Settings as in :class:`CondenseConfig`
+    (``method``, ``keep_rate``, ``rate``, ``layers``, ``merge_centers``, ``score``).
+    Patching an already patched model only replaces its config. Returns the model."""
+    config = config.with_(**settings) if config is not None else CondenseConfig(**settings)
+    visual = check_supported(model)
+    _schedule(visual, config)  # validate layers / K against this model now
+    if is_patched(model):
+        visual._tca.config = config
+        return model
+    shared = _Shared(config)
+    visual._tca = shared
+    visual._tca_original_class = visual.__class__
+    visual.__class__ = _subclass(visual.__class__, CondensingVisionTransformer)
+    for i, block in enumerate(visual.transformer.resblocks):
+        block._tca = shared
+        block._tca_index = i
+        block._tca_original_class = block.__class__
+        block.__class__ = _subclass(block.__class__, CondensingBlock)
+    return model
+
+
+def unpatch(model: torch.nn.Module) -> torch.nn.Module:
+    """Restore the original classes; the model then behaves exactly as before patching."""
+    visual = getattr(model, "visual", model)
+    if not hasattr(visual, "_tca"):
+        return model
+    for block in visual.transformer.resblocks:
+        block.__class__ = block._tca_original_class
+        del block._tca, block._tca_index, block._tca_original_class
+    visual.__class__ = visual._tca_original_class
+    del visual._tca, visual._tca_original_class
+    return model
+
+
+_SUBCLASSES: dict[tuple[type, type], type] = {}
+
+
+def _subclass(base: type, mixin: type) -> type:
+    """A class deriving from both ``mixin`` and ``base`` (cached; works for subclasses of
+    open_clip's blocks too)."""
+    if issubclass(base, mixin):
+        return base
+    key = (base, mixin)
+    if key not in _SUBCLASSES:
+        _SUBCLASSES[key] = type(f"{mixin.__name__}[{base.__name__}]", (mixin, base), {})
+    return _SUBCLASSES[key]
+
+
+def _schedule(visual: VisionTransformer, config: CondenseConfig, anchors: bool = False) -> Schedule:
+    grid = visual.grid_size
+    return plan_layers(config, grid[0] * grid[1] + 1, len(visual.transformer.resblocks), anchors)
+
+
+def encode(model: torch.nn.Module, images: torch.Tensor, config: CondenseConfig | None = None,
+           anchors: torch.Tensor | None = None, trace: bool = False, record_cls: bool = False,
+           explicit_attention: bool = False) -> Encoded:
+    """Encode ``images`` (B, 3, H, W) with a patched model, in one forward pass.
+
+    config: overrides the patched config for this call only.
+    anchors: (C, L, D) class anchors (TCA's domain anchors, see ``tca.reservoir``); used by
+    ``tca`` at condensing layers > 0.
+    trace: also return the per-layer :class:`Trace`. record_cls: also return the CLS token after
+    every block (the reservoir's keys). explicit_attention: compute softmax(QK^T)V with plain
+    matmuls in condensing paths (for FLOP counters).
+    """
+    visual = getattr(model, "visual", model)
+    if not hasattr(visual, "_tca"):
+        raise ValueError("model is not patched: call tca.patch(model) first")
+    shared: _Shared = visual._tca
+    with shared.lock:
+        shared.call = dict(config=config or shared.config, anchors=anchors, trace=trace,
+                           record_cls=record_cls, explicit=explicit_attention)
+        try:
+            features = model.encode_image(images) if hasattr(model, "encode_image") else model(images)
+            run = shared.last
+        finally:
+            shared.call = None
+            shared.last = None
+    out = Encoded(features, run.counts, run.schedule, anchors_used=run.anchors is not None)
+    if record_cls:
+        out.cls_tokens = torch.stack(run.cls, dim=1)
+    if trace:
+        out.trace = run.recorder.finish(run.counts, tuple(visual.grid_size),
+                                        tuple(i for i, p in enumerate(run.schedule.plans) if p))
+    return out
+
+
+class CondensingVisionTransformer(VisionTransformer):
+    """Sets up the per-forward :class:`_Run` around open_clip's own forward."""
+
+    def forward(self, x: torch.Tensor):  # type: ignore[override]
+        shared: _Shared = self._tca
+        with shared.lock:
+            call = shared.call or dict(config=shared.config, anchors=None, trace=False,
+                                       record_cls=False, explicit=False)
+            config = call["config"]
+            anchors = call["anchors"] if config.method == "tca" else None
+            run = _Run(_schedule(self, config, anchors is not None), config, anchors,
+                       call["trace"], call["record_cls"], call["explicit"])
+            if run.want_trace:
+                grid = self.grid_size
+                run.recorder = TraceRecorder(x.shape[0], grid[0] * grid[1], x.device)
+            shared.run = run
+            try:
+                return super().forward(x)
+            finally:
+                shared.run = None
+                shared.last = run
+
+
+class CondensingBlock(ResidualAttentionBlock):
+    """open_clip's block with an optional condensation step between attention and MLP."""
+
+    def forward(self, q_x: torch.Tensor, k_x=None, v_x=None, attn_mask=None):  # type: ignore[override]
+        run: _Run | None = self._tca.run
+        if run is None:  # e.g. a text tower block or a direct call outside encode
+            return super().forward(q_x, k_x, v_x, attn_mask)
+        plan = run.schedule.plans[self._tca_index]
+        if plan is None and run.size is None and not run.explicit:
+            x = super().forward(q_x, k_x, v_x, attn_mask)
+        else:
+            x = self._condensing_forward(q_x, run, plan)
+        run.counts.append(x.shape[1])
+        if run.record_cls:
+            run.cls.append(x[:, 0].float())
+        if run.recorder is not None:
+            run.recorder.end_block()
+        return x
+
+    def _condensing_forward(self, x: torch.Tensor, run: _Run, plan) -> torch.Tensor:
+        layer = self._tca_index
+        anchor = None
+        if run.anchors is not None and plan is not None and plan.kind == "tiers" and layer > 0:
+            anchor = select_anchor(run.anchors[:, layer - 1], x[:, 0])
+        bias = run.size.log()[:, None, None, :] if run.size is not None else None
+        seq = x if anchor is None else torch.cat([anchor.unsqueeze(1).to(x.dtype), x], dim=1)
+        if bias is not None and anchor is not None:  # never both: anchors are TCA, sizes ToMe
+            bias = F.pad(bias, (1, 0))
+        need_cls = plan is not None and plan.kind == "tiers"
+        out, cls_row, keys = attend(self, seq, bias, cls_index=1 if anchor is not None else 0,
+                                    need_cls_row=need_cls, need_keys=plan is not None and plan.kind == "tome",
+                                    explicit=run.explicit)
+        if anchor is not None:
+            out, cls_row = out[:, 1:], cls_row[..., 1:]  # drop the anchor's row and column
+        x = x + self.ls_1(out)
+        if plan is not None:
+            x = self._condense(x, run, plan, layer, cls_row, keys)
+        return x + self.ls_2(self.mlp(self.ln_2(x)))
+
+    def _condense(self, x, run: _Run, plan, layer, cls_row, keys) -> torch.Tensor:
+        if plan.kind == "tome":
+            size = run.size if run.size is not None else x.new_ones(x.shape[:2])
+            c = condense.tome_merge(x, size, keys, plan.r)
+            run.size = c.size
+            attn_mean = None
+        else:
+            patch_attn = cls_row[..., 1:]  # (B, h, P): CLS -> patches, not renormalised
+            attn_mean = condense.head_mean_score(patch_attn)
+            select = attn_mean if run.config.score == "mean" else condense.head_rank_score(patch_attn)
+            c = condense.prune_merge_fuse(x, select, attn_mean, plan.t1, plan.t2, plan.k)
+        if c.x.shape[1] != plan.n_out:
+            raise RuntimeError(f"layer {layer}: {c.x.shape[1]} tokens, planned {plan.n_out}")
+        if run.recorder is not None:
+            run.recorder.condense(layer, c.dest, c.pruned, attn_mean)
+        return c.x
+
+
+def select_anchor(class_anchors: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
+    """The domain anchor of the class whose anchor is most cosine-similar to each image's CLS.
+
+    class_anchors: (C, D) at the previous block's output; cls: (B, D). Returns (B, D).
+    """
+    a = F.normalize(class_anchors.to(cls.dtype), dim=-1)
+    best = (F.normalize(cls, dim=-1) @ a.T).argmax(dim=-1)
+    return class_anchors.to(cls.dtype)[best]
+
+
+def attend(block: ResidualAttentionBlock, x: torch.Tensor, bias: torch.Tensor | None = None,
+           cls_index: int = 0, need_cls_row: bool = False, need_keys: bool = False,
+           explicit: bool = False):
+    """The block's attention on ``x`` (B, N, D) with its own weights, before ``ls_1``.
+
+    bias: additive logits (B, 1, 1, N), e.g. log token sizes (ToMe's proportional attention).
+    Returns (out (B, N, D), cls_row (B, h, N) or None, head-mean keys (B, N, d_h) or None).
+    Uses the fused scaled_dot_product_attention unless ``explicit``; the CLS row then costs one
+    extra (1 x N) product per head instead of materialising N x N probabilities.
+    """
+    attn = block.attn
+    b, n, d = x.shape
+    h = attn.num_heads
+    qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
+    q, k, v = qkv.view(b, n, 3, h, d // h).permute(2, 0, 3, 1, 4).unbind(0)
+    cls_row = None
+    if explicit:
+        logits = (q * (d // h) ** -0.5) @ k.transpose(-2, -1)
+        if bias is not None:
+            logits = logits + bias
+        probs = logits.softmax(dim=-1)
+        o = probs @ v
+        if need_cls_row:
+            cls_row = probs[:, :, cls_index]
+    else:
+        if bias is not None:
+            bias = bias.to(q.dtype)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        if need_cls_row:
+            cls_row = condense.cls_attention_row(q, k, cls_index, bias)
+    o = attn.out_proj(o.transpose(1, 2).reshape(b, n, d))
+    return o, cls_row, (k.mean(dim=1) if need_keys else None)
+
+
+__all__ = ["patch", "unpatch", "encode", "is_patched", "check_supported", "Encoded",
+           "UnsupportedModelError", "ConfigError", "attend", "select_anchor"]

@@ -1,0 +1,119 @@
+"""One-pass trace of every patch's fate at every depth.
+
+During a traced forward the patched model keeps, per image, ``token_of`` (P,): which current
+token holds each original patch, and ``pruned`` (P,): whether the patch was ever fused into the
+"class-irrelevant" token. Each condensing layer composes its ``dest`` map into ``token_of``;
+plain layers leave both tensors untouched, so recording them costs two references per block.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+KEPT, MERGED, PRUNED = 0, 1, 2
+FATE_NAMES = {KEPT: "kept", MERGED: "merged", PRUNED: "pruned"}
+
+
+class TraceRecorder:
+    """Mutable per-forward state; becomes an immutable :class:`Trace` at the end."""
+
+    def __init__(self, batch: int, n_patches: int, device: torch.device) -> None:
+        self.token_of = torch.arange(1, n_patches + 1, device=device).expand(batch, n_patches)
+        self.pruned = torch.zeros((batch, n_patches), dtype=torch.bool, device=device)
+        self.per_layer: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.cls_attention: dict[int, torch.Tensor] = {}
+
+    def condense(self, layer: int, dest: torch.Tensor, pruned: torch.Tensor | None,
+                 patch_attention: torch.Tensor | None) -> None:
+        """dest: (B, N_in); pruned: (B, N_in) bool; patch_attention: (B, N_in - 1) head-mean CLS
+        attention of the tokens entering the layer (each patch gets its token's value)."""
+        if patch_attention is not None:
+            att = torch.cat([patch_attention.new_full((patch_attention.shape[0], 1), float("nan")),
+                             patch_attention], dim=1)
+            self.cls_attention[layer] = att.gather(1, self.token_of).float().cpu()
+        if pruned is not None:
+            self.pruned = self.pruned | pruned.gather(1, self.token_of)
+        self.token_of = dest.gather(1, self.token_of)
+
+    def end_block(self) -> None:
+        self.per_layer.append((self.token_of, self.pruned))
+
+    def finish(self, tokens_per_layer: list[int], grid: tuple[int, int],
+               condensing_layers: tuple[int, ...]) -> "Trace":
+        token_index = torch.stack([t for t, _ in self.per_layer], dim=1).cpu()  # (B, L, P)
+        pruned = torch.stack([p for _, p in self.per_layer], dim=1).cpu()
+        b, l, p = token_index.shape
+        counts = torch.zeros((b, l, max(tokens_per_layer)), dtype=torch.long)
+        counts.scatter_add_(2, token_index, torch.ones_like(token_index))
+        shared = counts.gather(2, token_index) > 1
+        fate = torch.full((b, l, p), KEPT, dtype=torch.uint8)
+        fate[shared] = MERGED
+        fate[pruned] = PRUNED
+        return Trace(tuple(tokens_per_layer), grid, token_index, fate, self.cls_attention,
+                     tuple(condensing_layers))
+
+
+@dataclass(frozen=True)
+class Trace:
+    """Per-layer token counts and patch fates of one traced forward.
+
+    token_index: (B, L, P) long, the token (index into that layer's output) holding each patch
+    after block l. fate: (B, L, P) uint8, KEPT / MERGED / PRUNED. A patch is MERGED when its
+    token holds other patches too, PRUNED once it was fused into a class-irrelevant token
+    (final). cls_attention: layer -> (B, P) head-mean CLS attention that drove that layer's
+    decision. Patches are in row-major order of the ``grid`` (rows, cols).
+    """
+
+    tokens_per_layer: tuple[int, ...]
+    grid: tuple[int, int]
+    token_index: torch.Tensor
+    fate: torch.Tensor
+    cls_attention: dict[int, torch.Tensor]
+    condensing_layers: tuple[int, ...]
+
+    @property
+    def depth(self) -> int:
+        return len(self.tokens_per_layer)
+
+    def groups(self, layer: int, image: int = 0) -> dict[int, list[int]]:
+        """Merged groups at ``layer``: token index -> patches (only non-pruned, size >= 2)."""
+        out: dict[int, list[int]] = {}
+        idx = self.token_index[image, layer].tolist()
+        fate = self.fate[image, layer].tolist()
+        for patch, (tok, f) in enumerate(zip(idx, fate)):
+            if f == MERGED:
+                out.setdefault(tok, []).append(patch)
+        return out
+
+    def source(self, layer: int, image: int = 0) -> torch.Tensor:
+        """ToMe-style source matrix (N_l, P) bool: S[j, i] iff patch i lives in token j."""
+        n = self.tokens_per_layer[layer]
+        src = torch.zeros((n, self.token_index.shape[-1]), dtype=torch.bool)
+        src[self.token_index[image, layer], torch.arange(src.shape[1])] = True
+        return src
+
+    def fate_counts(self, layer: int, image: int = 0) -> dict[str, int]:
+        f = self.fate[image, layer]
+        return {name: int((f == code).sum()) for code, name in FATE_NAMES.items()}
+
+    def select(self, image: int) -> "Trace":
+        """The trace of one image of the batch (batch dimension kept, size 1)."""
+        sl = slice(image, image + 1)
+        return Trace(self.tokens_per_layer, self.grid, self.token_index[sl], self.fate[sl],
+                     {k: v[sl] for k, v in self.cls_attention.items()}, self.condensing_layers)
+
+    def to_dict(self, image: int = 0) -> dict:
+        """JSON-ready summary: counts, fates and groups per layer."""
+        layers = []
+        for l in range(self.depth):
+            layers.append({
+                "layer": l,
+                "tokens": self.tokens_per_layer[l],
+                "fates": self.fate_counts(l, image),
+                "fate": self.fate[image, l].tolist(),
+                "token_index": self.token_index[image, l].tolist(),
+                "condensing": l in self.condensing_layers,
+            })
+        return {"grid": list(self.grid), "fate_codes": {v: k for k, v in FATE_NAMES.items()},
+                "layers": layers}
