@@ -74,7 +74,7 @@ class ClipModel:
 
     @property
     def logit_scale(self) -> float:
-        return float(self.model.logit_scale.exp())
+        return float(self.model.logit_scale.detach().exp())
 
     def encode_text(self, labels: Sequence[str], templates: str | Sequence[str] = "single") -> torch.Tensor:
         """Normalised class embeddings (C, E): each label through every template, averaged and
