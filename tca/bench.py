@@ -1,13 +1,333 @@
-"""`python -m tca bench`: speed benchmark (placeholder until issue 5 lands)."""
+"""`python -m tca bench`: how close to the FLOP-ideal speed-up condensation gets on this machine.
+
+    python -m tca bench --batch-sizes 1,8 --keep-rates 1.0,0.9,0.7 --trace
+
+Unpatched open_clip ``encode_image`` and every setting run interleaved in one process: each
+repeat visits every (batch size, setting) once, round-robin, starting one place later each
+repeat, so slow drifts of a shared machine hit all settings alike. After warm-up rounds the
+median time per batch is reported with the speed-up over unpatched open_clip next to the GMACs
+ratio (the FLOP-ideal speed-up). Weights are random by default: timing does not depend on them.
+``tca`` is timed without domain anchors (an empty reservoir; anchors add one token at the
+condensing layers).
+"""
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from .config import METHODS, CondenseConfig, ConfigError
+from .flops import CONVENTION, Geometry, macs_for
+from .patch import encode, is_patched, patch, unpatch
+
+DEFAULT_BATCH_SIZES = (1, 8)
+DEFAULT_KEEP_RATES = (1.0, 0.9, 0.7, 0.5)
+DEFAULT_METHODS = ("tca", "evit", "tome")
+UNPATCHED = "open_clip (unpatched)"
+PATCHED_NONE = "none (patched)"
+# Issue 3's targets on a 2-core CPU with ViT-B/16.
+TARGET_IDENTITY_OVERHEAD = 3.0  # %, patched with nothing removed vs unpatched
+TARGET_TCA07 = {1: 1.30, 8: 1.45}  # speed-up of tca R=0.7 over unpatched, per batch size
+TARGET_TRACE_OVERHEAD = 5.0  # %
+
+
+@dataclass(frozen=True)
+class Row:
+    """One timed setting at one batch size."""
+
+    batch_size: int
+    name: str
+    config: CondenseConfig | None  # None: unpatched open_clip
+    trace: bool = False
+
+    @property
+    def key(self) -> tuple[int, str]:
+        return self.batch_size, self.name
+
+
+def make_rows(batch_sizes: Sequence[int], methods: Sequence[str], keep_rates: Sequence[float],
+              trace: bool = False) -> list[Row]:
+    """Unpatched, patched ``none``, each method x keep rate, and (with ``trace``) traced copies
+    of the condensing ``tca`` settings (R < 1; of every setting when there are none)."""
+    rows = []
+    for b in batch_sizes:
+        rows.append(Row(b, UNPATCHED, None))
+        rows.append(Row(b, PATCHED_NONE, CondenseConfig(method="none")))
+        settings = []
+        for m in methods:
+            for r in keep_rates:
+                settings.append(Row(b, f"{m} R={r:g}", CondenseConfig(method=m, keep_rate=r)))
+        rows += settings
+        if trace:
+            traced = [s for s in settings if s.config.method == "tca"] or settings
+            traced = [s for s in traced if not s.config.is_identity] or traced
+            rows += [Row(b, s.name + " +trace", s.config, True) for s in traced]
+    return rows
+
+
+def machine_info() -> dict:
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    info = {"cpu_count": os.cpu_count(), "cpus_available": cpus,
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "platform": platform.platform(),
+            "processor": _cpu_model()}
+    try:
+        import open_clip
+        info["open_clip"] = open_clip.__version__
+    except Exception:  # noqa: BLE001 - informational only
+        pass
+    if hasattr(os, "getloadavg"):
+        info["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def run_bench(model: torch.nn.Module, batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
+              methods: Sequence[str] = DEFAULT_METHODS,
+              keep_rates: Sequence[float] = DEFAULT_KEEP_RATES, repeats: int = 5, warmup: int = 1,
+              trace: bool = False, seed: int = 0, name: str | None = None,
+              progress: Callable[[str], None] | None = None) -> dict:
+    """Time every row interleaved; returns a JSON-ready dict (``rows``, ``targets``, ``machine``).
+
+    The model is left unpatched if it came unpatched, patched (``none``) otherwise.
+    """
+    if repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {repeats}")
+    if warmup < 0:
+        raise ValueError(f"--warmup must be >= 0, got {warmup}")
+    if not batch_sizes or any(b < 1 for b in batch_sizes):
+        raise ValueError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
+    for m in methods:
+        if m not in METHODS or m == "none":
+            raise ConfigError(f"unknown method {m!r} for bench; choose from tca, evit, tome "
+                              f"(unpatched and patched 'none' are always timed)")
+    rows = make_rows(batch_sizes, methods, keep_rates, trace)
+    was_patched = is_patched(model)
+    patch(model, CondenseConfig(method="none"))  # validates layers against this model
+    geom = Geometry.from_model(model)
+    for row in rows:  # fail fast on settings this model cannot run
+        if row.config is not None:
+            macs_for(geom, row.config)
+    size = geom.image_size
+    gen = torch.Generator().manual_seed(seed)
+    inputs = {b: torch.randn(b, 3, size, size, generator=gen) for b in batch_sizes}
+    samples: dict[tuple[int, str], list[float]] = {row.key: [] for row in rows}
+    load_before = machine_info().get("load_average")
+    t_start = time.perf_counter()
+    try:
+        with torch.inference_mode():
+            for rep in range(warmup + repeats):
+                shift = rep % len(rows)
+                for row in rows[shift:] + rows[:shift]:
+                    ms = _time_once(model, row, inputs[row.batch_size])
+                    if rep >= warmup:
+                        samples[row.key].append(ms)
+                if progress is not None:
+                    what = "warm-up" if rep < warmup else f"repeat {rep - warmup + 1}/{repeats}"
+                    progress(f"{what} done ({time.perf_counter() - t_start:.0f} s)")
+    finally:
+        if was_patched:
+            patch(model, CondenseConfig(method="none"))
+        else:
+            unpatch(model)
+
+    base_gmacs = macs_for(geom, CondenseConfig(method="none")).gmacs
+    medians = {k: statistics.median(v) for k, v in samples.items()}
+    out_rows = []
+    for row in rows:
+        med = medians[row.key]
+        ref = medians[(row.batch_size, UNPATCHED)]
+        gmacs = base_gmacs if row.config is None else macs_for(geom, row.config).gmacs
+        entry = {"batch_size": row.batch_size, "setting": row.name,
+                 "method": "open_clip" if row.config is None else row.config.method,
+                 "keep_rate": None if row.config is None or row.config.method == "none"
+                 else row.config.keep_rate,
+                 "trace": row.trace, "median_ms": med, "ms_per_image": med / row.batch_size,
+                 "images_per_s": 1e3 * row.batch_size / med, "speedup": ref / med,
+                 "gmacs": gmacs, "gmacs_ratio": base_gmacs / gmacs,
+                 "samples_ms": samples[row.key]}
+        entry["percent_of_ideal"] = 100.0 * entry["speedup"] / entry["gmacs_ratio"]
+        if row.trace:
+            plain = medians[(row.batch_size, row.name.removesuffix(" +trace"))]
+            entry["trace_overhead_percent"] = 100.0 * (med / plain - 1.0)
+        out_rows.append(entry)
+    info = machine_info()
+    info["load_average_before"] = load_before
+    return {"tool": "python -m tca bench", "model": name,
+            "image_size": size, "repeats": repeats, "warmup": warmup,
+            "statistic": "median over interleaved repeats", "convention": CONVENTION,
+            "machine": info, "wall_s": time.perf_counter() - t_start, "rows": out_rows,
+            "targets": targets(out_rows)}
+
+
+def _time_once(model, row: Row, x: torch.Tensor) -> float:
+    if row.config is None:
+        unpatch(model)
+        try:
+            t0 = time.perf_counter()
+            model.encode_image(x)
+            return (time.perf_counter() - t0) * 1e3
+        finally:
+            patch(model, CondenseConfig(method="none"))
+    t0 = time.perf_counter()
+    encode(model, x, row.config, trace=row.trace)
+    return (time.perf_counter() - t0) * 1e3
+
+
+def targets(rows: list[dict]) -> list[dict]:
+    """Issue 3's speed targets, for the rows that were measured."""
+    by = {(r["batch_size"], r["setting"]): r for r in rows}
+    out = []
+    for r in rows:
+        b = r["batch_size"]
+        if (r["keep_rate"] == 1.0 and not r["trace"]) or r["setting"] == PATCHED_NONE:
+            overhead = 100.0 * (1.0 / r["speedup"] - 1.0)
+            out.append({"target": f"patched, nothing removed ({r['setting']}) vs unpatched, batch {b}",
+                        "value": f"{overhead:+.1f}%", "goal": f"<= +{TARGET_IDENTITY_OVERHEAD:g}%",
+                        "met": overhead <= TARGET_IDENTITY_OVERHEAD})
+    for b, goal in TARGET_TCA07.items():
+        r = by.get((b, "tca R=0.7"))
+        if r is not None:
+            out.append({"target": f"tca R=0.7 speed-up over unpatched, batch {b}",
+                        "value": f"{r['speedup']:.2f}x (FLOP-ideal {r['gmacs_ratio']:.2f}x)",
+                        "goal": f">= {goal:.2f}x", "met": r["speedup"] >= goal})
+    for r in rows:
+        if r["trace"]:
+            o = r["trace_overhead_percent"]
+            out.append({"target": f"tracing {r['setting'].removesuffix(' +trace')}, batch "
+                                  f"{r['batch_size']}", "value": f"{o:+.1f}%",
+                        "goal": f"<= +{TARGET_TRACE_OVERHEAD:g}%", "met": o <= TARGET_TRACE_OVERHEAD})
+    return out
+
+
+def format_table(result: dict) -> str:
+    m = result["machine"]
+    lines = [f"{result['model'] or 'model'} @ {result['image_size']}px  |  {m['cpus_available']} CPU(s) "
+             f"({m['processor']}), torch {m['torch']} with {m['torch_threads']} thread(s)  |  "
+             f"median of {result['repeats']} interleaved repeats after {result['warmup']} warm-up"]
+    if m.get("load_average_before") is not None:
+        lines.append(f"load average before {m['load_average_before']}, after {m.get('load_average')} "
+                     f"(other processes on the machine slow every row alike, not the ratios)")
+    head = (f"{'batch':>5}  {'setting':<22}{'ms/batch':>10}{'ms/img':>9}{'img/s':>8}"
+            f"{'speed-up':>10}{'GMACs':>8}{'ideal':>8}{'of ideal':>10}")
+    lines += [head, "-" * len(head)]
+    last_b = None
+    for r in result["rows"]:
+        if last_b is not None and r["batch_size"] != last_b:
+            lines.append("")
+        last_b = r["batch_size"]
+        extra = f"  (trace {r['trace_overhead_percent']:+.1f}%)" if r["trace"] else ""
+        lines.append(f"{r['batch_size']:>5}  {r['setting']:<22}{r['median_ms']:>10.1f}"
+                     f"{r['ms_per_image']:>9.1f}{r['images_per_s']:>8.2f}{r['speedup']:>9.2f}x"
+                     f"{r['gmacs']:>8.2f}{r['gmacs_ratio']:>7.2f}x{r['percent_of_ideal']:>9.0f}%{extra}")
+    lines.append(f"speed-up = unpatched median / setting median; ideal = GMACs ratio (the FLOP-ideal "
+                 f"speed-up); {CONVENTION}.")
+    if result["targets"]:
+        lines.append(f"\nissue-3 targets (set for ViT-B/16 on the project's 2-core CPU; "
+                     f"this run: {result['model'] or 'model'}, {m['cpus_available']} CPU(s)):")
+        for t in result["targets"]:
+            lines.append(f"  {'met    ' if t['met'] else 'NOT met'}  {t['target']}: {t['value']} "
+                         f"(goal {t['goal']})")
+    return "\n".join(lines)
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(p) for p in text.replace(";", ",").split(",") if p.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        values = [float(p) for p in text.replace(";", ",").split(",") if p.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one keep rate")
+    return values
+
+
+def _names(text: str) -> list[str]:
+    return [p.strip().lower() for p in text.split(",") if p.strip()]
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("bench", help="interleaved speed benchmark")
-    p.set_defaults(func=lambda args: (_ for _ in ()).throw(NotImplementedError("bench")))
+    from .cli import add_model_args
+
+    p = sub.add_parser(
+        "bench", help="interleaved speed benchmark: condensed vs unpatched open_clip",
+        description="Times unpatched open_clip encode_image and every condensation setting "
+                    "interleaved in one process (round-robin per repeat) and prints medians, the "
+                    "speed-up over unpatched and the GMACs ratio (the FLOP-ideal). Random weights "
+                    "by default: timing does not depend on them.")
+    add_model_args(p)
+    p.set_defaults(pretrained="none")
+    p.add_argument("--batch-sizes", type=_ints, default=list(DEFAULT_BATCH_SIZES),
+                   help="comma-separated (default 1,8)")
+    p.add_argument("--keep-rates", type=_floats, default=list(DEFAULT_KEEP_RATES),
+                   help="comma-separated keep rates R (default 1.0,0.9,0.7,0.5)")
+    p.add_argument("--methods", type=_names, default=list(DEFAULT_METHODS),
+                   help="comma-separated, from tca, evit, tome (default all three)")
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds (median; default 5)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
+    p.add_argument("--trace", action="store_true", help="also time tca with tracing on")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.set_defaults(func=main)
 
 
-def main(args: argparse.Namespace) -> int:  # pragma: no cover
-    raise NotImplementedError
+def main(args: argparse.Namespace) -> int:
+    from .cli import CliError, load_from_args
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise CliError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    if args.repeats < 1:
+        raise CliError(f"--repeats must be >= 1, got {args.repeats}")
+    if args.warmup < 0:
+        raise CliError(f"--warmup must be >= 0, got {args.warmup}")
+    for r in args.keep_rates:  # validate before the (slow) model load
+        CondenseConfig(method="evit", keep_rate=r)
+    for m in args.methods:
+        if m not in ("tca", "evit", "tome"):
+            raise CliError(f"unknown method {m!r} for bench; choose from tca, evit, tome")
+    clip = load_from_args(args)
+    n = len(make_rows(args.batch_sizes, args.methods, args.keep_rates, args.trace))
+    say = (lambda s: None) if args.json else (lambda s: print(s, file=sys.stderr, flush=True))
+    say(f"timing {n} rows x {args.warmup + args.repeats} rounds ({args.warmup} warm-up) ...")
+    result = run_bench(clip.model, args.batch_sizes, args.methods, args.keep_rates,
+                       args.repeats, args.warmup, args.trace, seed=args.seed,
+                       name=clip.weights_description, progress=say)
+    result["random_weights"] = clip.is_random
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(format_table(result))
+    return 0
+
+
+__all__ = ["run_bench", "make_rows", "format_table", "targets", "machine_info", "add_parser",
+           "main"]
