@@ -1,0 +1,191 @@
+"""Bad and odd inputs: images of every mode and size, labels, checkpoints, model names."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import tca
+from tca.images import ImageError, load_image
+from tca.models import LabelError, WeightsUnavailableError, parse_labels, validate_labels
+
+
+def _png(image: Image.Image, path: Path, **kw) -> Path:
+    image.save(path, **kw)
+    return path
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "P", "RGBA", "CMYK", "I;16", "I", "F", "1", "RGB"])
+def test_every_mode_becomes_rgb(mode, tmp_path, tiny_clip):
+    arr = (np.arange(40 * 30 * 3) % 251).astype(np.uint8).reshape(30, 40, 3)
+    img = Image.fromarray(arr).convert(mode) if mode not in ("I;16", "I", "F") else \
+        Image.fromarray((arr[..., 0].astype(np.uint16) * 200)).convert(mode)
+    ext = "tiff" if mode in ("CMYK", "I;16", "I", "F") else "png"
+    path = img.save(tmp_path / f"x.{ext}") or tmp_path / f"x.{ext}"
+    out = load_image(path)
+    assert out.mode == "RGB" and out.size == (40, 30)
+    if mode in ("I;16", "I"):
+        # 16-bit data is rescaled, not clipped to white
+        assert 0 < np.asarray(out).mean() < 255
+    assert tiny_clip.preprocess(out).shape == (3, 224, 224)
+
+
+def test_transparency_is_composited_on_white():
+    rgba = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
+    assert load_image(rgba).getpixel((0, 0)) == (255, 255, 255)
+    half = Image.new("RGBA", (4, 4), (0, 0, 0, 128))
+    assert 120 <= load_image(half).getpixel((0, 0))[0] <= 135
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    img = Image.new("RGB", (40, 20), (10, 20, 30))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° on display
+    path = tmp_path / "rot.jpg"
+    img.save(path, exif=exif)
+    assert load_image(path).size == (20, 40)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 300), (5000, 3)])
+def test_tiny_and_extreme_aspect_images(size, tiny_clip):
+    img = Image.new("RGB", size, (200, 100, 50))
+    out = load_image(img)
+    w, h = out.size
+    assert max(w, h) <= 2 * min(w, h) + 1  # only the centre region CLIP would keep
+    assert tiny_clip.preprocess(out).shape == (3, 224, 224)
+
+
+def test_decompression_bomb_refused_before_decoding(tmp_path):
+    path = _png(Image.new("1", (9000, 9000)), tmp_path / "bomb.png", optimize=True)
+    assert path.stat().st_size < 2_000_000
+    with pytest.raises(ImageError, match="megapixels"):
+        load_image(path)
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"", "not a readable image"),
+    (b"definitely not an image", "not a readable image"),
+])
+def test_unreadable_bytes(data, message):
+    with pytest.raises(ImageError, match=message):
+        load_image(data)
+
+
+def test_truncated_and_missing_files(tmp_path, example_image):
+    data = Path(example_image).read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 3])
+    with pytest.raises(ImageError, match="cut.jpg"):
+        load_image(tmp_path / "cut.jpg")
+    with pytest.raises(ImageError, match="no such image file"):
+        load_image(tmp_path / "missing.png")
+    (tmp_path / "text.png").write_text("hello")
+    with pytest.raises(ImageError, match="text.png is not a readable image"):
+        load_image(tmp_path / "text.png")
+
+
+def test_arrays():
+    assert load_image(np.zeros((5, 6), dtype=np.float32)).size == (6, 5)
+    assert load_image(np.random.rand(5, 6, 3)).mode == "RGB"
+    with pytest.raises(ImageError, match="shape"):
+        load_image(np.zeros((5, 6, 7)))
+
+
+def test_parse_labels():
+    assert parse_labels("cat, dog,\n red car ,") == ["cat", "dog", "red car"]
+    assert parse_labels(" , \n") == []
+    assert parse_labels(["a ", " b"]) == ["a", "b"]
+
+
+@pytest.mark.parametrize("labels, message", [
+    ([], "at least two.*no labels"),
+    (["cat"], "only one label"),
+    (["cat", "Cat", "dog"], "duplicate label: 'cat'"),
+    (["cat", " "], "label 2 is empty"),
+    (["cat", "x" * 301], "301 characters"),
+    ([f"l{i}" for i in range(101)], "too many labels: 101"),
+])
+def test_bad_labels(labels, message):
+    with pytest.raises(LabelError, match=message):
+        validate_labels(labels, max_labels=100)
+
+
+def test_labels_longer_than_the_text_context(tiny_clip):
+    long = " ".join(["x7q"] * 70)  # 279 characters, far more than 77 BPE tokens
+    with pytest.raises(LabelError, match="too long: \\d+ tokens.*at most 77"):
+        validate_labels(["cat", long], tiny_clip.tokenizer, "single")
+    ok = " ".join(["cat"] * 60)
+    assert validate_labels(["dog", ok], tiny_clip.tokenizer, "single")[1] == ok
+
+
+def test_text_embeddings_are_cached_and_normalised(tiny_clip):
+    a = tiny_clip.encode_text(["cat", "dog"], "single")
+    assert a is tiny_clip.encode_text(["cat", "dog"], "single")
+    assert torch.allclose(a.norm(dim=-1), torch.ones(2))
+    b = tiny_clip.encode_text(["cat", "dog"], "imagenet80")
+    assert b.shape == a.shape and not torch.allclose(a, b)
+    assert len(tca.TEMPLATES["imagenet80"]) == 80
+
+
+def test_checkpoints_load_safely(tmp_path, tiny_clip):
+    from safetensors.torch import save_file
+    state = {k: v.clone().contiguous() for k, v in tiny_clip.model.state_dict().items()}
+    save_file(state, str(tmp_path / "w.safetensors"))
+    torch.save({"state_dict": {"module." + k: v for k, v in state.items()}}, tmp_path / "w.pt")
+    for name in ("w.safetensors", "w.pt"):
+        clip = tca.load_model("tca-tiny-ViT", checkpoint=tmp_path / name)
+        assert clip.pretrained == str(tmp_path / name) and not clip.is_random
+        x = torch.randn(1, 3, 224, 224)
+        with torch.inference_mode():
+            tca.unpatch(tiny_clip.model)
+            assert torch.equal(clip.model.encode_image(x), tiny_clip.model.encode_image(x))
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"x": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(WeightsUnavailableError, match="state dict saved with plain tensors"):
+        tca.load_model("tca-tiny-ViT", checkpoint=tmp_path / "evil.pt")
+    with pytest.raises(WeightsUnavailableError, match="does not exist"):
+        tca.load_model("tca-tiny-ViT", checkpoint=tmp_path / "nope.safetensors")
+    save_file({"visual.proj": torch.zeros(2, 2)}, str(tmp_path / "wrong.safetensors"))
+    with pytest.raises(WeightsUnavailableError, match="does not fit this architecture"):
+        tca.load_model("tca-tiny-ViT", checkpoint=tmp_path / "wrong.safetensors")
+
+
+def test_checkpoint_from_environment(tmp_path, tiny_clip, monkeypatch):
+    from safetensors.torch import save_file
+    save_file({k: v.contiguous() for k, v in tiny_clip.model.state_dict().items()},
+              str(tmp_path / "env.safetensors"))
+    monkeypatch.setenv("TCA_CHECKPOINT", str(tmp_path / "env.safetensors"))
+    assert tca.load_model("tca-tiny-ViT").pretrained.endswith("env.safetensors")
+
+
+def test_offline_pretrained_fails_fast_with_instructions():
+    import time
+    t0 = time.perf_counter()
+    with pytest.raises(WeightsUnavailableError, match="--checkpoint PATH.*--pretrained none"):
+        tca.load_model("ViT-B-32-quickgelu", pretrained="openai")
+    assert time.perf_counter() - t0 < 60  # HF_HUB_OFFLINE=1: no retries
+
+
+def test_unknown_model_and_tag():
+    with pytest.raises(ValueError, match="unknown open_clip model 'ViT-Q-99'"):
+        tca.load_model("ViT-Q-99")
+    with pytest.raises(ValueError, match="no pretrained tag 'nope'.*openai"):
+        tca.load_model("ViT-B-32-quickgelu", pretrained="nope")
+    with pytest.raises(tca.UnsupportedModelError):
+        tca.load_model("RN50", pretrained="none")
+
+
+def test_random_weights_are_flagged_and_seeded(tiny_clip):
+    assert tiny_clip.is_random and "RANDOM" in tiny_clip.weights_description
+    a = tca.load_model("tca-tiny-ViT", pretrained="none", seed=3)
+    b = tca.load_model("tca-tiny-ViT", pretrained="none", seed=3)
+    c = tca.load_model("tca-tiny-ViT", pretrained="none", seed=4)
+    pa, pb, pc = (m.model.visual.proj for m in (a, b, c))
+    assert torch.equal(pa, pb) and not torch.equal(pa, pc)
