@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Sequence
 
 from .config import METHODS, ConfigError, CondenseConfig, parse_layers
 from .flops import CONVENTION, Geometry, macs_for, saved_percent
-from .images import ImageError
+from .images import ImageError, load_image
 from .models import (DEFAULT_MODEL, DEFAULT_PRETRAINED, TEMPLATES, LabelError,
-                     WeightsUnavailableError, load_model)
+                     WeightsUnavailableError, load_model, parse_labels, validate_labels)
 from .patch import UnsupportedModelError
 
 
@@ -78,8 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .pipeline import classify
     config = config_from_args(args)
+    image = load_image(args.image)  # fail fast, before the model loads
+    validate_labels(parse_labels(args.labels))
+    macs_for(Geometry.from_name(args.model), config)  # layers / K against this architecture
     clip = load_from_args(args)
-    result = classify(clip, args.image, args.labels, config, templates=args.templates, trace=True)
+    result = classify(clip, image, args.labels, config, templates=args.templates, trace=True)
     if args.json:
         d = result.to_dict(include_trace=False)
         d["gmacs"]["saved_percent"] = round(d["gmacs"]["saved_percent"], 3)
@@ -127,6 +131,16 @@ def cmd_flops(args: argparse.Namespace) -> int:
     return 0
 
 
+def register_model_configs() -> None:
+    """Extra open_clip model configs (JSON files) from $TCA_MODEL_CONFIGS, a directory."""
+    folder = os.environ.get("TCA_MODEL_CONFIGS")
+    if folder:
+        if not os.path.isdir(folder):
+            raise CliError(f"TCA_MODEL_CONFIGS={folder!r} is not a directory")
+        import open_clip
+        open_clip.add_model_config(folder)
+
+
 USER_ERRORS = (ConfigError, LabelError, ImageError, WeightsUnavailableError,
                UnsupportedModelError, CliError, ValueError, FileNotFoundError)
 
@@ -135,6 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        register_model_configs()
         return int(args.func(args) or 0)
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)

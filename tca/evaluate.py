@@ -58,6 +58,7 @@ RECORDS_VERSION = 1
 # A TCA run's reservoir log is folded into a fresh snapshot once it holds this many images
 # (times the reservoir's capacity), which bounds the disk it needs.
 COMPACT_FACTOR = 1
+COMPACT_MIN = 8
 RANDOM_NOTE = ("NOTE: this model has RANDOM weights (--pretrained none): the accuracy numbers are "
                "meaningless; only GMACs, speed and the pipeline are real.")
 
@@ -446,7 +447,7 @@ class ReservoirStore:
 
     def maybe_compact(self, reservoir: Reservoir, position: int) -> None:
         capacity = reservoir.num_classes * reservoir.config.size
-        if self.logged < max(8, COMPACT_FACTOR * capacity):
+        if self.logged < max(COMPACT_MIN, COMPACT_FACTOR * capacity):
             return
         state = {"position": position, "steps": reservoir.steps,
                  "buckets": [[{"cls": e.cls_tokens, "entropy": e.entropy, "emb": e.embedding,
@@ -516,7 +517,8 @@ class _Run:
         self.log = log
         self.reservoir = reservoir
         self.store = store
-        self.computed = 0  # images run through the model in this call (not resumed)
+        self.computed = 0  # images run through the model in this call
+        self.resumed = 0  # stream positions taken from existing records
 
 
 def _signature(*tensors: torch.Tensor) -> str:
@@ -603,6 +605,7 @@ def evaluate(clip: ClipModel, dataset: Dataset, methods: Sequence[str] = DEFAULT
                             log.truncate(0)
                             store.discard()
             runs.append(_Run(s, r, order, log, reservoir, store))
+            runs[-1].resumed = log.done
         runs_by_repeat.append(runs)
 
     resumed = sum(run.log.done for runs in runs_by_repeat for run in runs)
@@ -624,7 +627,8 @@ def evaluate(clip: ClipModel, dataset: Dataset, methods: Sequence[str] = DEFAULT
                     for k, msg in errors.items():
                         if order[k] not in reported:
                             reported.add(order[k])
-                            bar.write(f"skipped unreadable image {dataset.rel(order[k])}: {msg}")
+                            bar.write(f"skipped unreadable image {dataset.rel(order[k])}: {msg}",
+                                      file=sys.stderr)
                     for run in runs:
                         _run_batch(run, dataset, ks, ok_ks, pixels, errors, model, geom, text,
                                    scale, top_k, macs_cache)
@@ -750,7 +754,7 @@ def _summarise(clip, dataset, settings, orders, runs_by_repeat, geom, options, w
     for s in settings:
         runs = [run for runs in runs_by_repeat for run in runs if run.setting == s]
         per = [summarise_records(run.log.records, s.stream) | {"repeat": run.repeat,
-               "computed": run.computed, "resumed": run.log.done - run.computed} for run in runs]
+               "computed": run.computed, "resumed": run.resumed} for run in runs]
         entry = {"setting": s.name, "method": s.method, "keep_rate": s.keep_rate,
                  "config": s.config.describe(), "repeats": len(per),
                  "order_independent": not s.stream,

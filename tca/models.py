@@ -55,6 +55,7 @@ class ClipModel:
     name: str
     pretrained: str | None
     cache_size: int = 32
+    warmed: bool = False
     _text_cache: OrderedDict = field(default_factory=OrderedDict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 

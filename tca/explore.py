@@ -1,0 +1,460 @@
+"""App-level orchestration for the explorer, with no UI code: loading models on demand (with
+the random-weights fallback), one Run from raw inputs, method comparison at one budget,
+per-session stream state, and the JSON / PNG exports. ``app.py`` only wires these to Gradio.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import tempfile
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import open_clip
+from PIL import Image
+
+from .config import ConfigError, CondenseConfig, parse_layers
+from .images import ImageError, load_image
+from .models import (TEMPLATES, WEIGHTS_HELP, ClipModel, LabelError, WeightsUnavailableError,
+                     load_model, parse_labels, validate_labels)
+from .pipeline import Prediction, RunResult, classify
+from .reservoir import Reservoir, ReservoirConfig, preset
+
+# Display name -> open_clip name. OpenAI weights need the QuickGELU configs.
+APP_MODELS: dict[str, str] = {
+    "ViT-B/32": "ViT-B-32-quickgelu",
+    "ViT-B/16": "ViT-B-16-quickgelu",
+    "ViT-L/14": "ViT-L-14-quickgelu",
+}
+COMPARE_METHODS = ("tca", "evit", "tome")
+METHOD_NAMES = {"tca": "TCA", "evit": "EViT", "tome": "ToMe", "none": "none (plain CLIP)"}
+MAX_LABELS = 100
+MAX_LABELS_TEXT = 20_000  # characters of label text accepted before parsing
+KEEP_RATE_RANGE = (0.1, 1.0)
+MERGE_CENTERS_RANGE = (1, 16)
+
+
+class InputError(ValueError):
+    """An app input is missing or unusable; the message names it (shown to the user)."""
+
+
+# Everything a user can get wrong; the app turns these into gr.Error with the same message.
+USER_ERRORS = (InputError, ImageError, LabelError, ConfigError, WeightsUnavailableError)
+
+
+# ----------------------------------------------------------------------------------- models
+
+@dataclass
+class LoadedModel:
+    """A cached model plus how its weights came about.
+
+    requested: the pretrained tag or checkpoint asked for (None = random was asked for).
+    note: why the weights are random although real ones were asked for, else None.
+    """
+
+    clip: ClipModel
+    requested: str | None
+    note: str | None = None
+    load_s: float = 0.0
+
+    @property
+    def is_random(self) -> bool:
+        return self.clip.is_random
+
+    @property
+    def name(self) -> str:
+        return self.clip.name
+
+
+class ModelCache:
+    """Models loaded lazily on first use, at most ``max_models`` kept (least recently used go).
+
+    pretrained: the tag every model is asked for (None / "none": random weights).
+    checkpoint: a local weights file for ``checkpoint_model`` only (it fits one architecture).
+    When real weights cannot be had, the model is loaded with random weights instead and
+    ``LoadedModel.note`` says why and how to supply real ones. Thread-safe: one lock guards the
+    dict, another serialises loading so a model is never loaded twice at once.
+    """
+
+    def __init__(self, pretrained: str | None = "openai", checkpoint: str | None = None,
+                 checkpoint_model: str | None = None, max_models: int = 2, seed: int = 0,
+                 loader: Callable[..., ClipModel] = load_model) -> None:
+        if isinstance(pretrained, str) and pretrained.lower() in ("", "none", "random"):
+            pretrained = None
+        self.pretrained = pretrained
+        self.checkpoint = checkpoint or None
+        self.checkpoint_model = checkpoint_model
+        self.max_models = max(1, max_models)
+        self.seed = seed
+        self._loader = loader
+        self._models: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
+        self._load_lock = threading.Lock()
+        self._loading: set[str] = set()
+
+    def peek(self, name: str) -> LoadedModel | None:
+        with self._lock:
+            return self._models.get(name)
+
+    def is_loading(self, name: str) -> bool:
+        with self._lock:
+            return name in self._loading
+
+    def loaded(self) -> list[str]:
+        with self._lock:
+            return list(self._models)
+
+    def get(self, name: str) -> LoadedModel:
+        with self._lock:
+            if name in self._models:
+                self._models.move_to_end(name)
+                return self._models[name]
+        with self._load_lock:
+            with self._lock:
+                if name in self._models:  # loaded while we waited
+                    self._models.move_to_end(name)
+                    return self._models[name]
+                self._loading.add(name)
+            try:
+                entry = self._load(name)
+            finally:
+                with self._lock:
+                    self._loading.discard(name)
+            with self._lock:
+                self._models[name] = entry
+                while len(self._models) > self.max_models:
+                    self._models.popitem(last=False)
+            return entry
+
+    def preload(self, name: str) -> threading.Thread:
+        """Start loading ``name`` in a background thread (errors are left for ``get``)."""
+        def work() -> None:
+            try:
+                self.get(name)
+            except Exception:  # noqa: BLE001 - reported again on first use
+                pass
+        t = threading.Thread(target=work, name=f"preload-{name}", daemon=True)
+        t.start()
+        return t
+
+    def _load(self, name: str) -> LoadedModel:
+        t0 = time.perf_counter()
+        checkpoint = self.checkpoint if (self.checkpoint and name == self.checkpoint_model) else None
+        requested = checkpoint or self.pretrained
+        if name not in open_clip.list_models():
+            raise InputError(f"unknown model {name!r}")
+        note = None
+        if checkpoint is None and self.pretrained is not None \
+                and self.pretrained not in open_clip.list_pretrained_tags_by_model(name):
+            note = (f"{name} has no pretrained weights tagged {self.pretrained!r}, so it runs "
+                    f"on random weights. {WEIGHTS_HELP}")
+            clip = self._loader(name, None, seed=self.seed)
+        else:
+            try:
+                clip = self._loader(name, self.pretrained, checkpoint, seed=self.seed)
+            except WeightsUnavailableError as exc:
+                note = str(exc)
+                clip = self._loader(name, None, seed=self.seed)
+        return LoadedModel(clip, requested, note, time.perf_counter() - t0)
+
+
+def network_reachable(host: str = "huggingface.co", port: int = 443, timeout: float = 2.0) -> bool:
+    """Whether a TCP connection to ``host`` opens within ``timeout`` s (DNS included)."""
+    ok: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                ok.append(True)
+        except OSError:
+            pass
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout + 0.5)
+    return bool(ok)
+
+
+def go_offline_if_unreachable(timeout: float = 2.0) -> bool:
+    """If the Hugging Face Hub cannot be reached, switch this process to HF offline mode so that
+    a missing-weights download fails at once instead of retrying for ~a minute (cached weights
+    still load). Returns True when offline mode was switched on. For the app's startup only."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    if network_reachable(timeout=timeout):
+        return False
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        import huggingface_hub.constants as hf_constants
+        hf_constants.HF_HUB_OFFLINE = True
+    except Exception:  # noqa: BLE001 - older/newer hub without the constant
+        pass
+    return True
+
+
+# ----------------------------------------------------------------------------------- inputs
+
+def parse_settings(method: str, keep_rate: float, layers: str | Sequence[int],
+                   merge_centers: float | int, score: str) -> CondenseConfig:
+    """A CondenseConfig from the app's controls, with range checks that name the control."""
+    if keep_rate is None or not KEEP_RATE_RANGE[0] <= float(keep_rate) <= KEEP_RATE_RANGE[1]:
+        raise ConfigError(f"keep rate R must be between {KEEP_RATE_RANGE[0]} and "
+                          f"{KEEP_RATE_RANGE[1]}, got {keep_rate}")
+    if merge_centers is None or float(merge_centers) != int(float(merge_centers)) \
+            or not MERGE_CENTERS_RANGE[0] <= int(float(merge_centers)) <= MERGE_CENTERS_RANGE[1]:
+        raise ConfigError(f"merge centres K must be a whole number from {MERGE_CENTERS_RANGE[0]} "
+                          f"to {MERGE_CENTERS_RANGE[1]}, got {merge_centers}")
+    layer_tuple = parse_layers(layers if layers is not None else "")
+    if method != "none" and not layer_tuple:
+        raise ConfigError("no condensing layers given: enter block indices like 3,6,9")
+    return CondenseConfig(method=method, keep_rate=float(keep_rate), layers=layer_tuple,
+                          merge_centers=int(float(merge_centers)), score=score)
+
+
+def check_labels_text(labels: str | Sequence[str] | None) -> str | Sequence[str]:
+    if labels is None:
+        raise LabelError("no labels: type at least two candidate labels, e.g. \"cat, dog\"")
+    if isinstance(labels, str) and len(labels) > MAX_LABELS_TEXT:
+        raise LabelError(f"the labels text is {len(labels)} characters long (at most "
+                         f"{MAX_LABELS_TEXT}); use at most {MAX_LABELS} short labels")
+    return labels
+
+
+def check_templates(templates: str) -> str:
+    if templates not in TEMPLATES:
+        raise InputError(f"unknown prompt templates {templates!r}; choose one of "
+                         f"{', '.join(TEMPLATES)}")
+    return templates
+
+
+def open_image(image) -> Image.Image:
+    """The uploaded image as RGB, or ImageError / InputError naming the problem."""
+    if image is None or (isinstance(image, str) and not image.strip()):
+        raise InputError("no image: upload an image or pick one of the examples first")
+    return load_image(image)
+
+
+def model_view(clip: ClipModel, image: Image.Image) -> np.ndarray:
+    """(S, S, 3) uint8: the picture the model actually sees (its resize and centre crop)."""
+    out = image
+    for t in getattr(clip.preprocess, "transforms", ()):
+        if "tensor" in type(t).__name__.lower():
+            break
+        out = t(out)
+    if not isinstance(out, Image.Image):  # unknown preprocessing: resize + centre crop
+        out = image
+    visual = clip.model.visual
+    size = visual.grid_size[0] * visual.conv1.kernel_size[0]
+    out = out.convert("RGB")
+    if out.size != (size, size):
+        w, h = out.size
+        s = min(w, h)
+        out = out.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+        out = out.resize((size, size), Image.BICUBIC)
+    return np.asarray(out, dtype=np.uint8).copy()
+
+
+# ----------------------------------------------------------------------------------- stream
+
+@dataclass
+class StreamState:
+    """One browser session's stream: the reservoir and what it is tied to (model + labels).
+
+    The reservoir holds one bucket per label of one model's CLS tokens, so a different label
+    list or model starts a fresh one (``notice`` says so).
+    """
+
+    config: ReservoirConfig = field(default_factory=lambda: preset("default"))
+    model: str | None = None
+    labels: tuple[str, ...] = ()
+    reservoir: Reservoir | None = None
+    notice: str | None = None
+
+    def reservoir_for(self, model: str, labels: Sequence[str]) -> Reservoir:
+        labels = tuple(labels)
+        self.notice = None
+        if self.reservoir is None or self.model != model or self.labels != labels:
+            if self.reservoir is not None and self.reservoir.steps:
+                what = "model" if self.model != model else "labels"
+                self.notice = (f"The {what} changed, so the reservoir started again "
+                               f"(it keeps one bucket per label).")
+            self.reservoir = Reservoir(len(labels), self.config)
+            self.model, self.labels = model, labels
+        return self.reservoir
+
+    def reset(self) -> None:
+        if self.reservoir is not None:
+            self.reservoir.reset()
+        self.notice = "Reservoir cleared."
+
+    def summary(self) -> dict | None:
+        if self.reservoir is None:
+            return None
+        return self.reservoir.summary(list(self.labels))
+
+
+# ----------------------------------------------------------------------------------- runs
+
+@dataclass
+class RunState:
+    """One Run, cached per session so display-only controls re-render without the model."""
+
+    result: RunResult
+    view: np.ndarray  # the picture the model saw, (S, S, 3) uint8
+    model: str
+    weights_note: str | None
+    templates: str
+    stream: dict | None = None  # reservoir summary after this image, in stream mode
+    stream_notice: str | None = None
+    created: float = field(default_factory=time.time)
+
+    @property
+    def trace(self):
+        return self.result.trace
+
+
+def run(cache: ModelCache, image, labels, model: str, method: str = "tca",
+        keep_rate: float = 0.9, layers: str | Sequence[int] = "3,6,9", merge_centers: int = 2,
+        score: str = "mean", templates: str = "single", stream: StreamState | None = None,
+        max_labels: int = MAX_LABELS, progress: Callable[[float, str], None] | None = None
+        ) -> RunState:
+    """Validate raw app inputs and run baseline + condensed (+ stream) on one image.
+
+    Raises one of :data:`USER_ERRORS` with a message fit for the user.
+    """
+    say = progress or (lambda frac, desc: None)
+    config = parse_settings(method, keep_rate, layers, merge_centers, score)
+    templates = check_templates(templates)
+    labels = check_labels_text(labels)
+    pil = open_image(image)
+    say(0.1, "loading the model")
+    loaded = cache.get(model)
+    clip = loaded.clip
+    label_list = validate_labels(parse_labels(labels), clip.tokenizer, templates, max_labels,
+                                 clip.context_length)
+    reservoir = None
+    if stream is not None and config.method == "tca":
+        reservoir = stream.reservoir_for(clip.name, label_list)
+    say(0.3, "running baseline and condensed CLIP")
+    result = classify(clip, pil, label_list, config, templates=templates, reservoir=reservoir,
+                      trace=True, max_labels=max_labels)
+    return RunState(result, model_view(clip, pil), clip.name, loaded.note, templates,
+                    stream=result.reservoir if reservoir is not None else None,
+                    stream_notice=stream.notice if reservoir is not None else None)
+
+
+@dataclass
+class Comparison:
+    """Several methods on one image at one keep rate (``results`` in method order)."""
+
+    view: np.ndarray
+    baseline: Prediction
+    results: dict[str, RunResult]
+    model: str
+    weights_note: str | None
+    keep_rate: float
+
+
+def compare(cache: ModelCache, image, labels, model: str, keep_rate: float = 0.7,
+            layers: str | Sequence[int] = "3,6,9", merge_centers: int = 2, score: str = "mean",
+            templates: str = "single", methods: Sequence[str] = COMPARE_METHODS,
+            max_labels: int = MAX_LABELS,
+            progress: Callable[[float, str], None] | None = None) -> Comparison:
+    """Run each method on the same image, labels and keep rate R (the baseline only once)."""
+    say = progress or (lambda frac, desc: None)
+    configs = [parse_settings(m, keep_rate, layers, merge_centers, score) for m in methods]
+    templates = check_templates(templates)
+    labels = check_labels_text(labels)
+    pil = open_image(image)
+    say(0.05, "loading the model")
+    loaded = cache.get(model)
+    clip = loaded.clip
+    results: dict[str, RunResult] = {}
+    for i, cfg in enumerate(configs):
+        say(0.1 + 0.85 * i / len(configs), f"running {METHOD_NAMES.get(cfg.method, cfg.method)}")
+        results[cfg.method] = classify(clip, pil, labels, cfg, templates=templates,
+                                       trace=True, max_labels=max_labels, baseline=(i == 0))
+    first = results[configs[0].method]
+    return Comparison(model_view(clip, pil), first.baseline, results, clip.name, loaded.note,
+                      float(keep_rate))
+
+
+# ----------------------------------------------------------------------------------- exports
+
+def _top(pred: Prediction, k: int) -> list[dict]:
+    return [{"label": l, "prob": p} for l, p in pred.top(k)]
+
+
+def summary(state: RunState, top_k: int = 5) -> dict:
+    """The API answer of one Run: predictions, tokens per layer, GMACs, timings, settings."""
+    r = state.result
+    out = r.to_dict(include_trace=False)
+    out["weights_note"] = state.weights_note
+    out["templates"] = state.templates
+    out["top"] = {"baseline": _top(r.baseline, top_k), "condensed": _top(r.condensed, top_k)}
+    if r.corrected is not None:
+        out["top"]["corrected"] = _top(r.corrected, top_k)
+    out["final"] = "corrected" if r.corrected is not None else "condensed"
+    return out
+
+
+def export_dict(state: RunState) -> dict:
+    """Everything about one Run for the JSON download: the summary plus the per-layer trace
+    (fates, token of each patch) and the merged groups at every layer."""
+    out = summary(state, top_k=len(state.result.labels))
+    trace = state.trace
+    if trace is not None:
+        out["trace"] = trace.to_dict()
+        for layer in out["trace"]["layers"]:
+            layer["groups"] = [sorted(p) for p in trace.groups(layer["layer"]).values()]
+        out["trace"]["patch_order"] = "row-major over grid (rows, cols)"
+    out["flops"] = {"baseline": state.result.flops_baseline.to_dict(),
+                    "condensed": state.result.flops_condensed.to_dict()}
+    return out
+
+
+class ExportDir:
+    """A private folder for generated downloads; files older than ``max_age_s`` are removed
+    whenever a new one is written, so a long-running server does not fill its disk."""
+
+    def __init__(self, root: str | os.PathLike | None = None, max_age_s: float = 3600.0) -> None:
+        self.root = Path(root) if root else Path(tempfile.gettempdir()) / f"tca-explorer-{os.getpid()}"
+        self.max_age_s = max_age_s
+
+    def path(self, stem: str, suffix: str) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.prune()
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", stem)[:60]
+        return self.root / f"{safe}-{uuid.uuid4().hex[:10]}{suffix}"
+
+    def prune(self) -> None:
+        cutoff = time.time() - self.max_age_s
+        for f in self.root.glob("*"):
+            try:
+                if f.is_file() and f.stat().st_mtime < cutoff:
+                    f.unlink()
+            except OSError:
+                pass
+
+    def write_json(self, data: dict, stem: str = "tca-run") -> Path:
+        p = self.path(stem, ".json")
+        p.write_text(json.dumps(data, indent=1))
+        return p
+
+    def write_png(self, image: Image.Image, stem: str = "tca-layers") -> Path:
+        p = self.path(stem, ".png")
+        image.save(p, format="PNG", compress_level=1)
+        return p
+
+
+__all__ = ["APP_MODELS", "COMPARE_METHODS", "METHOD_NAMES", "MAX_LABELS", "USER_ERRORS",
+           "InputError", "LoadedModel", "ModelCache", "StreamState", "RunState", "Comparison",
+           "run", "compare", "summary", "export_dict", "ExportDir", "model_view", "open_image",
+           "parse_settings", "network_reachable", "go_offline_if_unreachable"]

@@ -1,0 +1,391 @@
+"""Drawing a :class:`tca.Trace`: per-layer token-fate maps, CLS-attention overlays, a strip of
+all layers, and the tokens-per-layer chart.
+
+Every map comes from the one traced forward pass, so drawing any depth costs only numpy work
+on the (rows, cols) patch grid, expanded to pixels at the end:
+
+* kept patch (its own token): the image as is;
+* merged patch (its token holds several patches): the group's mean colour, with the group's
+  outline drawn in one colour per group;
+* pruned patch (fused into the class-irrelevant token): the image darkened.
+
+All functions are pure and take / return ``uint8`` RGB arrays (H, W, 3), except
+:func:`tokens_chart` (a matplotlib Figure built without pyplot, so no global figure is left
+open) and :func:`grid` / :func:`layer_strip` (PIL images).
+"""
+from __future__ import annotations
+
+import colorsys
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless; must precede any pyplot import elsewhere in the process
+
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from PIL import Image, ImageDraw, ImageFont  # noqa: E402
+
+from .trace import KEPT, MERGED, PRUNED, Trace  # noqa: E402
+
+# Legend colours (also used by the app's HTML legend).
+KEPT_COLOR = (255, 255, 255)
+MERGED_COLOR = (255, 196, 0)
+PRUNED_COLOR = (40, 40, 40)
+LEGEND = (
+    (KEPT, "kept", "kept: the image as is (class-relevant token)"),
+    (MERGED, "merged", "merged: group's mean colour, coloured outline (class-ambiguous)"),
+    (PRUNED, "pruned", "pruned / fused: darkened (class-irrelevant)"),
+)
+DARKEN = 0.22  # brightness left to pruned patches
+
+
+@lru_cache(maxsize=4)
+def group_palette(n: int = 64) -> np.ndarray:
+    """(n, 3) uint8 bright, well-separated colours (golden-ratio hue steps, alternating value)."""
+    golden = 0.618033988749895
+    out = np.empty((n, 3), dtype=np.uint8)
+    for i in range(n):
+        h = (0.11 + i * golden) % 1.0
+        s = 0.95 if i % 2 == 0 else 0.75
+        v = 1.0 if i % 3 != 2 else 0.85
+        out[i] = [round(c * 255) for c in colorsys.hsv_to_rgb(h, s, v)]
+    return out
+
+
+@lru_cache(maxsize=4)
+def _colormap_lut(name: str = "inferno") -> np.ndarray:
+    """(256, 3) uint8 lookup table of a matplotlib colormap."""
+    cmap = matplotlib.colormaps[name]
+    return (cmap(np.linspace(0.0, 1.0, 256))[:, :3] * 255).round().astype(np.uint8)
+
+
+def _expand(a: np.ndarray, ph: int, pw: int) -> np.ndarray:
+    """Nearest-neighbour upsampling of a (rows, cols, ...) grid to pixels."""
+    return np.repeat(np.repeat(a, ph, axis=0), pw, axis=1)
+
+
+def _check_image(image: np.ndarray, grid: tuple[int, int]) -> tuple[int, int]:
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
+    rows, cols = grid
+    h, w = image.shape[:2]
+    if h % rows or w % cols:
+        raise ValueError(f"image {w}x{h} is not a multiple of the {cols}x{rows} patch grid; "
+                         f"pass the image the model saw (see tca.explore.model_view)")
+    return h // rows, w // cols
+
+
+def patch_means(image: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """(rows, cols, 3) float32 mean colour of every patch."""
+    ph, pw = _check_image(image, grid)
+    rows, cols = grid
+    return image.reshape(rows, ph, cols, pw, 3).mean(axis=(1, 3), dtype=np.float32)
+
+
+def outline(ids: np.ndarray, width: int = 1) -> np.ndarray:
+    """Boolean (H, W): pixels within ``width`` of a pixel with another id (or of the image edge).
+
+    Pure numpy shifts of the id map: ``ids`` is compared with copies of itself moved by 1..width
+    pixels in the four directions, with -1 beyond the edges.
+    """
+    h, w = ids.shape
+    pad = np.pad(ids, width, mode="constant", constant_values=-1)
+    edge = np.zeros((h, w), dtype=bool)
+    for d in range(1, width + 1):
+        edge |= pad[width - d:width - d + h, width:width + w] != ids
+        edge |= pad[width + d:width + d + h, width:width + w] != ids
+        edge |= pad[width:width + h, width - d:width - d + w] != ids
+        edge |= pad[width:width + h, width + d:width + d + w] != ids
+    return edge
+
+
+@dataclass(frozen=True)
+class LayerView:
+    """The per-patch data of one depth, on the patch grid: token id, fate, group colour key."""
+
+    token: np.ndarray  # (rows, cols) int64
+    fate: np.ndarray  # (rows, cols) uint8
+    first_patch: np.ndarray  # (n_tokens,) smallest patch index in each token (colour key)
+
+
+def layer_view(trace: Trace, layer: int, image_index: int = 0) -> LayerView:
+    if not 0 <= layer < trace.depth:
+        raise ValueError(f"layer {layer} is out of range: the trace has {trace.depth} layers")
+    rows, cols = trace.grid
+    token = trace.token_index[image_index, layer].numpy().astype(np.int64)
+    fate = trace.fate[image_index, layer].numpy()
+    n = int(token.max()) + 1
+    first = np.zeros(n, dtype=np.int64)
+    ids, where = np.unique(token, return_index=True)  # first occurrence = smallest patch index
+    first[ids] = where
+    return LayerView(token.reshape(rows, cols), fate.reshape(rows, cols), first)
+
+
+def fate_map(image: np.ndarray, trace: Trace, layer: int, *, image_index: int = 0,
+             border: int = 2, darken: float = DARKEN, attention: bool = False,
+             opacity: float = 0.5, means: np.ndarray | None = None) -> np.ndarray:
+    """The token-fate map of ``layer`` (after that block) drawn over ``image``.
+
+    image: (H, W, 3) uint8, the picture the model saw (a multiple of the patch grid).
+    attention: blend the CLS attention that drove the latest condensing decision at or before
+    this layer (see :func:`attention_layer`) with ``opacity``; nothing is blended where no such
+    attention was recorded (ToMe, or layers before the first condensing one).
+    means: optional precomputed :func:`patch_means` (re-used across layers).
+    """
+    ph, pw = _check_image(image, trace.grid)
+    view = layer_view(trace, layer, image_index)
+    if means is None:
+        means = patch_means(image, trace.grid)
+    n = view.first_patch.shape[0]
+    flat_tok = view.token.ravel()
+    counts = np.bincount(flat_tok, minlength=n).astype(np.float32)
+    flat_means = means.reshape(-1, 3)
+    sums = np.stack([np.bincount(flat_tok, weights=flat_means[:, c], minlength=n)
+                     for c in range(3)], axis=1)
+    token_mean = (sums / np.maximum(counts, 1)[:, None]).round().astype(np.uint8)
+
+    fate_px = _expand(view.fate, ph, pw)
+    out = image.copy()
+    merged = fate_px == MERGED
+    if merged.any():
+        fill = _expand(token_mean[view.token], ph, pw)
+        out[merged] = fill[merged]
+        ids = _expand(view.token, ph, pw)
+        edge = outline(ids, border) & merged
+        palette = group_palette()
+        colour_of_token = palette[view.first_patch % len(palette)]
+        out[edge] = colour_of_token[ids[edge]]
+    pruned = fate_px == PRUNED
+    if pruned.any():
+        out[pruned] = (image[pruned].astype(np.float32) * darken).astype(np.uint8)
+    if attention:
+        att = attention_grid(trace, layer, image_index)
+        if att is not None:
+            out = blend_heatmap(out, att, opacity)
+    return out
+
+
+def attention_layer(trace: Trace, layer: int) -> int | None:
+    """The latest condensing layer <= ``layer`` whose CLS attention was recorded, or None."""
+    done = [l for l in trace.cls_attention if l <= layer]
+    return max(done) if done else None
+
+
+def attention_grid(trace: Trace, layer: int, image_index: int = 0) -> np.ndarray | None:
+    """(rows, cols) CLS attention (min-max normalised to [0, 1]) behind ``layer``'s fates."""
+    src = attention_layer(trace, layer)
+    if src is None:
+        return None
+    att = trace.cls_attention[src][image_index].numpy().astype(np.float32).reshape(trace.grid)
+    finite = np.isfinite(att)
+    if not finite.any():
+        return None
+    lo, hi = float(att[finite].min()), float(att[finite].max())
+    norm = (att - lo) / (hi - lo) if hi > lo else np.zeros_like(att)
+    return np.where(finite, norm, 0.0)
+
+
+def blend_heatmap(image: np.ndarray, values: np.ndarray, opacity: float = 0.5,
+                  cmap: str = "inferno") -> np.ndarray:
+    """Blend a (rows, cols) map of values in [0, 1] over ``image`` (nearest upsampling)."""
+    if not 0.0 <= opacity <= 1.0:
+        raise ValueError(f"opacity must be in [0, 1], got {opacity}")
+    rows, cols = values.shape
+    ph, pw = image.shape[0] // rows, image.shape[1] // cols
+    lut = _colormap_lut(cmap)
+    heat = _expand(lut[(np.clip(values, 0.0, 1.0) * 255).astype(np.uint8)], ph, pw)
+    out = image.astype(np.float32) * (1.0 - opacity) + heat.astype(np.float32) * opacity
+    return out.round().astype(np.uint8)
+
+
+def all_layer_maps(image: np.ndarray, trace: Trace, *, image_index: int = 0,
+                   **kwargs) -> list[np.ndarray]:
+    """:func:`fate_map` of every layer (patch means computed once)."""
+    means = patch_means(image, trace.grid)
+    return [fate_map(image, trace, l, image_index=image_index, means=means, **kwargs)
+            for l in range(trace.depth)]
+
+
+# ---------------------------------------------------------------------------------- composing
+
+@lru_cache(maxsize=8)
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size)
+    except TypeError:  # Pillow < 10.1: fixed-size bitmap font
+        return ImageFont.load_default()
+
+
+@dataclass(frozen=True)
+class GridLayout:
+    """Where the tiles of :func:`grid` are, to map a click on the PNG back to a tile."""
+
+    rows: int
+    cols: int
+    tile_h: int
+    tile_w: int
+    left: int  # width of the row-label column
+    top: int  # height of the column-label row
+    caption: int  # caption band above each tile
+    gap: int
+
+    @property
+    def cell_h(self) -> int:
+        return self.caption + self.tile_h + self.gap
+
+    @property
+    def cell_w(self) -> int:
+        return self.tile_w + self.gap
+
+    def tile_at(self, x: float, y: float) -> tuple[int, int] | None:
+        """(row, col) of the tile (or its caption) under pixel (x, y), else None."""
+        cx, cy = x - self.left - self.gap, y - self.top - self.gap
+        if cx < 0 or cy < 0:
+            return None
+        r, c = int(cy // self.cell_h), int(cx // self.cell_w)
+        if r >= self.rows or c >= self.cols or cx % self.cell_w >= self.tile_w:
+            return None
+        return r, c
+
+
+def grid(tiles: Sequence[Sequence[np.ndarray | None]], captions: Sequence[Sequence[str]] | None = None,
+         row_labels: Sequence[str] | None = None, col_labels: Sequence[str] | None = None,
+         legend: bool = False, gap: int = 4, font_size: int = 13,
+         background: tuple[int, int, int] = (255, 255, 255)) -> tuple[Image.Image, GridLayout]:
+    """Tile equally sized (H, W, 3) uint8 images row by row into one picture.
+
+    captions: one short line above each tile. row_labels / col_labels: a header column / row.
+    legend: add the kept / merged / pruned swatches at the bottom. None tiles stay blank.
+    """
+    rows = len(tiles)
+    cols = max(len(r) for r in tiles)
+    first = next(t for r in tiles for t in r if t is not None)
+    th, tw = first.shape[:2]
+    font = _font(font_size)
+    cap_h = font_size + 6 if captions else 0
+    left = (max(_text_w(font, s) for s in row_labels) + 12) if row_labels else 0
+    top = font_size + 8 if col_labels else 0
+    lay = GridLayout(rows, cols, th, tw, left, top, cap_h, gap)
+    legend_h = font_size + 16 if legend else 0
+    width = left + gap + cols * lay.cell_w
+    height = top + gap + rows * lay.cell_h + legend_h
+    canvas = np.empty((height, width, 3), dtype=np.uint8)
+    canvas[:] = background
+    for r, row in enumerate(tiles):
+        for c, tile in enumerate(row):
+            if tile is None:
+                continue
+            if tile.shape[:2] != (th, tw):
+                raise ValueError("all tiles must have the same size")
+            y = top + gap + r * lay.cell_h + cap_h
+            x = left + gap + c * lay.cell_w
+            canvas[y:y + th, x:x + tw] = tile
+    img = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(img)
+    ink = (30, 30, 30)
+    if captions:
+        for r, row in enumerate(captions):
+            for c, text in enumerate(row):
+                if text:
+                    draw.text((left + gap + c * lay.cell_w + 2, top + gap + r * lay.cell_h + 1),
+                              text, fill=ink, font=font)
+    if row_labels:
+        for r, text in enumerate(row_labels):
+            y = top + gap + r * lay.cell_h + cap_h + th // 2 - font_size // 2
+            draw.text((6, y), text, fill=ink, font=font)
+    if col_labels:
+        for c, text in enumerate(col_labels):
+            draw.text((left + gap + c * lay.cell_w + 2, 3), text, fill=ink, font=font)
+    if legend:
+        _draw_legend(draw, font, font_size, 6, height - legend_h + 6)
+    return img, lay
+
+
+def _text_w(font, text: str) -> int:
+    box = font.getbbox(text)
+    return int(box[2] - box[0])
+
+
+def _draw_legend(draw: ImageDraw.ImageDraw, font, size: int, x: int, y: int) -> None:
+    swatches = (
+        ("kept (class-relevant): image as is", (235, 235, 235), (120, 120, 120)),
+        ("merged (class-ambiguous): group mean colour + outline", MERGED_COLOR, tuple(group_palette()[0])),
+        ("pruned / fused (class-irrelevant): darkened", PRUNED_COLOR, PRUNED_COLOR),
+    )
+    for text, fill, edge in swatches:
+        draw.rectangle([x, y, x + size, y + size], fill=fill, outline=edge, width=2)
+        draw.text((x + size + 5, y - 1), text, fill=(30, 30, 30), font=font)
+        x += size + 5 + _text_w(font, text) + 18
+
+
+def layer_strip(maps: Sequence[np.ndarray], captions: Sequence[str] | None = None,
+                cols: int = 6, legend: bool = True) -> tuple[Image.Image, GridLayout]:
+    """All layer maps in one picture, ``cols`` per row (captions e.g. "block 3 · 141 tok")."""
+    if not maps:
+        raise ValueError("no maps to draw")
+    cols = max(1, min(cols, len(maps)))
+    rows = [list(maps[i:i + cols]) for i in range(0, len(maps), cols)]
+    caps = None
+    if captions is not None:
+        caps = [list(captions[i:i + cols]) for i in range(0, len(captions), cols)]
+    return grid(rows, caps, legend=legend)
+
+
+def layer_captions(trace: Trace) -> list[str]:
+    """"block 3: 141 tok" per layer, with a marker on condensing layers."""
+    return [f"block {l}{'*' if l in trace.condensing_layers else ''}: {n} tok"
+            for l, n in enumerate(trace.tokens_per_layer)]
+
+
+# ---------------------------------------------------------------------------------- the chart
+
+def tokens_chart(baseline: Sequence[int], condensed: Sequence[int],
+                 condensing_layers: Sequence[int] = (), label: str = "condensed",
+                 title: str | None = None, size: tuple[float, float] = (5.6, 3.0)) -> Figure:
+    """Tokens at every block output, baseline vs condensed (a step chart).
+
+    Built with ``matplotlib.figure.Figure`` (Agg canvas, not pyplot): nothing stays registered
+    globally, so the figure is freed with its last reference.
+    """
+    if len(baseline) != len(condensed):
+        raise ValueError("baseline and condensed must have one count per layer")
+    fig = Figure(figsize=size, dpi=100, layout="constrained")
+    ax = fig.add_subplot()
+    # value i holds from block i's output on: draw it over [i, i + 1) so a drop sits exactly on
+    # the condensing block
+    x = np.arange(len(baseline) + 1)
+    base = np.append(baseline, baseline[-1])
+    cond = np.append(condensed, condensed[-1])
+    ax.step(x, base, where="post", color="#7f7f7f", lw=2, label="baseline CLIP")
+    ax.step(x, cond, where="post", color="#d62728", lw=2.2, label=label)
+    ax.fill_between(x, cond, base, step="post", color="#d62728", alpha=0.12)
+    for l in condensing_layers:
+        ax.axvline(l, color="#1f77b4", lw=0.8, ls=":")
+    ax.set_xlabel("block (0-based; dotted = condensing)")
+    ax.set_ylabel("tokens (CLS incl.)")
+    ax.set_xticks(x[:-1] if len(baseline) <= 12 else x[:-1:2])
+    ax.set_xlim(0, len(baseline))
+    ax.set_ylim(0, max(max(baseline), max(condensed)) * 1.08)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8, frameon=True)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return fig
+
+
+def figure_to_array(fig: Figure) -> np.ndarray:
+    """(H, W, 3) uint8 rendering of a figure (Agg)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+__all__ = ["fate_map", "all_layer_maps", "attention_grid", "attention_layer", "blend_heatmap",
+           "outline", "patch_means", "layer_view", "LayerView", "group_palette", "grid",
+           "GridLayout", "layer_strip", "layer_captions", "tokens_chart", "figure_to_array",
+           "LEGEND", "KEPT_COLOR", "MERGED_COLOR", "PRUNED_COLOR", "DARKEN"]
