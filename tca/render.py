@@ -201,6 +201,13 @@ def blend_heatmap(image: np.ndarray, values: np.ndarray, opacity: float = 0.5,
     return out.round().astype(np.uint8)
 
 
+def upscale(image: np.ndarray, factor: int) -> np.ndarray:
+    """Nearest-neighbour enlargement by an integer factor (keeps patch edges crisp)."""
+    if factor < 1:
+        raise ValueError(f"factor must be >= 1, got {factor}")
+    return image if factor == 1 else _expand(image, factor, factor)
+
+
 def all_layer_maps(image: np.ndarray, trace: Trace, *, image_index: int = 0,
                    **kwargs) -> list[np.ndarray]:
     """:func:`fate_map` of every layer (patch means computed once)."""
@@ -386,6 +393,6 @@ def figure_to_array(fig: Figure) -> np.ndarray:
 
 
 __all__ = ["fate_map", "all_layer_maps", "attention_grid", "attention_layer", "blend_heatmap",
-           "outline", "patch_means", "layer_view", "LayerView", "group_palette", "grid",
+           "outline", "patch_means", "upscale", "layer_view", "LayerView", "group_palette", "grid",
            "GridLayout", "layer_strip", "layer_captions", "tokens_chart", "figure_to_array",
            "LEGEND", "KEPT_COLOR", "MERGED_COLOR", "PRUNED_COLOR", "DARKEN"]
