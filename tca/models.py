@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -156,13 +157,15 @@ def validate_labels(labels: Sequence[str], tokenizer: Callable | None = None,
 
 def load_model(name: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETRAINED,
                checkpoint: str | os.PathLike | None = None, device: str = "cpu",
-               seed: int = 0) -> ClipModel:
+               seed: int = 0, cache_dir: str | os.PathLike | None = None) -> ClipModel:
     """Load an open_clip CLIP by name.
 
     pretrained: an open_clip tag (e.g. ``openai``), or None / ``"none"`` for random weights
     (seeded by ``seed``). checkpoint: a local ``.safetensors`` or PyTorch state-dict file (loaded
     with ``weights_only``; never unpickles arbitrary objects); defaults to $TCA_CHECKPOINT.
-    Raises WeightsUnavailableError with instructions when weights cannot be had.
+    Raises WeightsUnavailableError with instructions when weights cannot be had: at once when
+    they are not cached and the Hub is offline (HF_HUB_OFFLINE=1) or unreachable.
+    cache_dir: the Hugging Face hub cache to use (default: the standard one).
     """
     if name not in open_clip.list_models():
         close = [m for m in open_clip.list_models() if name.lower().split("-")[0] in m.lower()][:8]
@@ -183,17 +186,71 @@ def load_model(name: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETR
             tags = open_clip.list_pretrained_tags_by_model(name)
             raise ValueError(f"{name} has no pretrained tag {pretrained!r}; available: "
                              f"{', '.join(tags) or 'none'}")
-        try:
-            model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained,
-                                                                         device=device)
-        except Exception as exc:  # network, offline mode, missing cache: all end here
-            raise WeightsUnavailableError(
-                f"could not load pretrained weights {name}/{pretrained}: {type(exc).__name__}: "
-                f"{str(exc).splitlines()[0][:200] if str(exc) else ''}. {WEIGHTS_HELP}") from exc
+        model, preprocess = _load_pretrained(name, pretrained, device, cache_dir)
         source = pretrained
     model.eval()
     check_supported(model)
     return ClipModel(model, preprocess, open_clip.get_tokenizer(name), name, source)
+
+
+def _cached_weights(cfg: dict, cache_dir) -> str | None:
+    """Path of already-downloaded weights for an open_clip pretrained config, if any."""
+    from huggingface_hub import try_to_load_from_cache
+    hub = cfg.get("hf_hub", "")
+    if not hub:
+        return None
+    repo, filename = os.path.split(hub.rstrip("/")) if not hub.endswith("/") else (hub.rstrip("/"), "")
+    names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+    if filename.endswith(".bin"):
+        names.insert(0, filename[:-4] + ".safetensors")
+    for fname in names:
+        path = try_to_load_from_cache(repo, fname, cache_dir=str(cache_dir) if cache_dir else None)
+        if isinstance(path, str) and os.path.isfile(path):
+            return path
+    return None
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether a download could start at all; avoids minutes of retries on offline machines."""
+    from huggingface_hub import constants
+    if constants.HF_HUB_OFFLINE:
+        return False
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # behind a proxy only the real request can tell
+    from urllib.parse import urlparse
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _load_pretrained(name: str, tag: str, device: str, cache_dir):
+    cfg = open_clip.get_pretrained_cfg(name, tag)
+    cached = _cached_weights(cfg, cache_dir)
+    kwargs = dict(image_mean=cfg.get("mean"), image_std=cfg.get("std"),
+                  image_interpolation=cfg.get("interpolation"),
+                  image_resize_mode=cfg.get("resize_mode"), device=device)
+    try:
+        if cached:  # load the file directly: no network round trip, works offline
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                name, pretrained=cached, **kwargs)
+        elif not _hub_reachable():
+            raise WeightsUnavailableError(
+                f"pretrained weights {name}/{tag} are not in the local cache and the Hugging Face "
+                f"Hub cannot be reached (offline). {WEIGHTS_HELP}")
+        else:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                name, pretrained=tag, cache_dir=str(cache_dir) if cache_dir else None,
+                device=device)
+    except WeightsUnavailableError:
+        raise
+    except Exception as exc:  # network errors, corrupt downloads, ...
+        first = str(exc).splitlines()[0][:200] if str(exc) else ""
+        raise WeightsUnavailableError(f"could not load pretrained weights {name}/{tag}: "
+                                      f"{type(exc).__name__}: {first}. {WEIGHTS_HELP}") from exc
+    return model, preprocess
 
 
 def _load_checkpoint(model: torch.nn.Module, path: Path) -> None:

@@ -189,3 +189,23 @@ def test_random_weights_are_flagged_and_seeded(tiny_clip):
     c = tca.load_model("tca-tiny-ViT", pretrained="none", seed=4)
     pa, pb, pc = (m.model.visual.proj for m in (a, b, c))
     assert torch.equal(pa, pb) and not torch.equal(pa, pc)
+
+
+def test_cached_pretrained_weights_load_offline_without_network(tmp_path):
+    """Weights already in the Hugging Face cache load straight from the file (no Hub call)."""
+    import open_clip
+    from safetensors.torch import save_file
+    torch.manual_seed(11)
+    src = open_clip.create_model("ViT-B-32-quickgelu", pretrained=None)
+    snap = tmp_path / "models--timm--vit_base_patch32_clip_224.openai" / "snapshots" / "0123abcd"
+    snap.mkdir(parents=True)
+    (snap.parent.parent / "refs").mkdir()
+    (snap.parent.parent / "refs" / "main").write_text("0123abcd")
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()},
+              str(snap / "open_clip_model.safetensors"))
+    clip = tca.load_model("ViT-B-32-quickgelu", "openai", cache_dir=tmp_path)
+    assert clip.pretrained == "openai" and not clip.is_random
+    assert torch.equal(clip.model.visual.proj, src.visual.proj)
+    # OpenAI's preprocessing comes from the pretrained config
+    norm = clip.preprocess.transforms[-1]
+    assert tuple(round(m, 4) for m in norm.mean) == (0.4815, 0.4578, 0.4082)
