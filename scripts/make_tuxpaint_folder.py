@@ -106,6 +106,7 @@ def build(out: Path, stamps: Path = DEFAULT_STAMPS, classes: int = 6, per_class:
                          "name": stamp_name(png)})
     if taken < 2:
         raise FileNotFoundError(f"found stamps for {taken} class(es) under {stamps}; need 2")
+    rows.sort(key=lambda r: r["path"])  # the ImageFolder order
     with open(out / "manifest.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=["path", "label", "name"])
         writer.writeheader()

@@ -596,6 +596,8 @@ def evaluate(clip: ClipModel, dataset: Dataset, methods: Sequence[str] = DEFAULT
                     store = ReservoirStore(base, len(labels), geom.depth, geom.width, geom.embed_dim)
                     if fresh or log.done == 0:
                         store.discard()
+                    elif log.done >= len(order):
+                        pass  # complete: the reservoir is no longer needed
                     else:
                         filed = [rec["k"] for rec in log.records if "error" not in rec]
                         ok = store.restore(reservoir, filed, log.done)

@@ -1,0 +1,146 @@
+"""`python -m tca bench`: structure and arithmetic of the interleaved benchmark, with the tiny
+random-weight ViT (the speed targets themselves are measured on ViT-B/16 for the README, never
+asserted in tests)."""
+from __future__ import annotations
+
+import json
+import statistics
+
+import pytest
+import torch
+
+import tca
+from tca import bench
+from tca.cli import main as cli_main
+
+TINY = "tca-tiny-ViT"
+
+
+@pytest.fixture(scope="module")
+def model():
+    """Our own unpatched instance: run_bench must hand it back unpatched."""
+    return tca.load_model(TINY, pretrained="none", seed=0).model
+
+
+def test_make_rows():
+    rows = bench.make_rows([1, 8], ["tca", "evit"], [1.0, 0.7], trace=True)
+    names = [r.name for r in rows if r.batch_size == 1]
+    assert names == [bench.UNPATCHED, bench.PATCHED_NONE, "tca R=1", "tca R=0.7", "evit R=1",
+                     "evit R=0.7", "tca R=0.7 +trace"]  # trace only where tca condenses
+    assert [r.name for r in rows if r.batch_size == 8] == names
+    assert rows[0].config is None and all(r.trace == r.name.endswith("+trace") for r in rows)
+    assert [r.name for r in bench.make_rows([1], ["tome"], [0.9], trace=True)][-1] == "tome R=0.9 +trace"
+    assert not any(r.trace for r in bench.make_rows([1], ["tca"], [0.7]))
+
+
+def test_run_bench_interleaved(model, monkeypatch):
+    calls = []
+    real = bench._time_once
+
+    def recording(m, row, x):
+        calls.append(row.key)
+        assert x.shape[0] == row.batch_size
+        return real(m, row, x)
+
+    monkeypatch.setattr(bench, "_time_once", recording)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.inference_mode():
+        before = model.encode_image(x)
+    result = bench.run_bench(model, [1, 2], ["tca", "evit"], [1.0, 0.7], repeats=3, warmup=1,
+                             trace=True, name="tiny")
+    rows = bench.make_rows([1, 2], ["tca", "evit"], [1.0, 0.7], trace=True)
+    n = len(rows)
+    assert len(calls) == 4 * n
+    for rep in range(4):  # every round visits every row once, starting one place later
+        round_ = calls[rep * n:(rep + 1) * n]
+        assert sorted(round_) == sorted(r.key for r in rows)
+        assert round_[0] == rows[rep % n].key
+    # the model comes back unpatched and bit-identical
+    assert not tca.is_patched(model)
+    with torch.inference_mode():
+        assert torch.equal(model.encode_image(x), before)
+
+    geom = tca.flops.Geometry.from_model(model)
+    base = tca.macs_for(geom, tca.CondenseConfig(method="none")).gmacs
+    by = {(r["batch_size"], r["setting"]): r for r in result["rows"]}
+    assert len(result["rows"]) == n
+    for r in result["rows"]:
+        assert len(r["samples_ms"]) == 3 and all(s > 0 for s in r["samples_ms"])
+        assert r["median_ms"] == statistics.median(r["samples_ms"])
+        ref = by[(r["batch_size"], bench.UNPATCHED)]["median_ms"]
+        assert r["speedup"] == pytest.approx(ref / r["median_ms"])
+        assert r["ms_per_image"] == pytest.approx(r["median_ms"] / r["batch_size"])
+        assert r["images_per_s"] == pytest.approx(1e3 * r["batch_size"] / r["median_ms"])
+        cfg = tca.CondenseConfig(method="none") if r["method"] in ("open_clip", "none") else \
+            tca.CondenseConfig(method=r["method"], keep_rate=r["keep_rate"])
+        assert r["gmacs"] == pytest.approx(tca.macs_for(geom, cfg).gmacs)
+        assert r["gmacs_ratio"] == pytest.approx(base / r["gmacs"])
+        assert r["percent_of_ideal"] == pytest.approx(100 * r["speedup"] / r["gmacs_ratio"])
+    for b in (1, 2):
+        assert by[(b, bench.UNPATCHED)]["speedup"] == 1.0
+        assert by[(b, "tca R=1")]["gmacs_ratio"] == pytest.approx(1.0)
+        assert by[(b, "tca R=0.7")]["gmacs_ratio"] > 1.4
+        traced = by[(b, "tca R=0.7 +trace")]
+        assert traced["trace"] and traced["trace_overhead_percent"] == pytest.approx(
+            100 * (traced["median_ms"] / by[(b, "tca R=0.7")]["median_ms"] - 1))
+    goals = [t["target"] for t in result["targets"]]
+    assert "tca R=0.7 speed-up over unpatched, batch 1" in goals  # batch 8 was not measured
+    assert not any("batch 8" in g for g in goals)
+    assert sum("nothing removed" in g for g in goals) == 6  # none + tca R=1 + evit R=1, x2 batches
+    assert sum(g.startswith("tracing") for g in goals) == 2
+    m = result["machine"]
+    assert m["cpu_count"] >= 1 and m["torch_threads"] >= 1 and m["torch"] == torch.__version__
+    table = bench.format_table(result)
+    for text in ("open_clip (unpatched)", "tca R=0.7 +trace", "speed-up", "of ideal", "GMACs",
+                 f"torch {torch.__version__}", "issue-3 targets"):
+        assert text in table
+
+
+def test_run_bench_keeps_a_patched_model_patched(model):
+    tca.patch(model, tca.CondenseConfig(method="tca", keep_rate=0.7))
+    try:
+        bench.run_bench(model, [1], ["tome"], [0.7], repeats=1, warmup=0)
+        assert tca.is_patched(model)
+    finally:
+        tca.unpatch(model)
+
+
+def test_cli_json_and_table(capsys):
+    argv = ["bench", "--model", TINY, "--batch-sizes", "1", "--keep-rates", "1,0.7",
+            "--methods", "tca", "--repeats", "1", "--warmup", "0", "--trace"]
+    assert cli_main(argv + ["--json"]) == 0
+    out, _ = capsys.readouterr()
+    data = json.loads(out)  # one JSON object, nothing else on stdout
+    assert data["random_weights"] is True and "RANDOM" in data["model"]
+    assert [r["setting"] for r in data["rows"]] == [bench.UNPATCHED, bench.PATCHED_NONE, "tca R=1",
+                                                    "tca R=0.7", "tca R=0.7 +trace"]
+    assert {"cpu_count", "torch_threads", "torch"} <= set(data["machine"])
+    threads = torch.get_num_threads()
+    try:
+        assert cli_main(argv + ["--threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    out, err = capsys.readouterr()
+    assert "1 thread(s)" in out and "tca R=0.7 +trace" in out and "timing 5 rows" in err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--keep-rates", "0"], "keep rate must be in (0, 1]"),
+    (["--methods", "none"], "unknown method 'none' for bench"),
+    (["--repeats", "0"], "--repeats must be >= 1"),
+    (["--warmup", "-1"], "--warmup must be >= 0"),
+    (["--threads", "0"], "--threads must be >= 1"),
+])
+def test_cli_errors(capsys, extra, message):
+    rc = cli_main(["bench", "--model", TINY, *extra])
+    _, err = capsys.readouterr()
+    last = err.strip().splitlines()[-1]
+    assert rc == 2 and last.startswith("error: ") and message in last
+    assert "Traceback" not in err
+
+
+def test_cli_bad_lists():
+    for extra in (["--batch-sizes", "0"], ["--batch-sizes", "a"], ["--keep-rates", "x"]):
+        with pytest.raises(SystemExit) as exc:
+            cli_main(["bench", "--model", TINY, *extra])
+        assert exc.value.code == 2
