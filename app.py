@@ -114,19 +114,22 @@ costs are exact, but the predictions mean nothing. {html.escape(WEIGHTS_HELP)}
 """
 
 
-class UploadedImage(gr.Image):
-    """``gr.Image`` that passes the uploaded file's path on unopened, so that
-    ``tca.load_image`` checks it (unreadable, truncated, too many pixels) and the user sees
-    its message instead of a decoder traceback."""
+def image_input(**kwargs) -> gr.Image:
+    """A ``gr.Image(type="filepath")`` that passes the uploaded file's path on unopened, so that
+    ``tca.load_image`` checks it (unreadable, truncated, too many pixels) and the user sees its
+    message instead of a decoder traceback. (The instance's ``preprocess`` is replaced rather
+    than subclassing: Gradio writes a .pyi stub next to any module defining a component.)"""
+    component = gr.Image(type="filepath", **kwargs)
+    default = component.preprocess
 
-    is_template = True  # same front-end component as gr.Image
-
-    def preprocess(self, payload):
+    def preprocess(payload):
         path = getattr(payload, "path", None)
         url = getattr(payload, "url", None) or ""
         if payload is not None and path and not url.startswith("data:"):
             return str(path)
-        return super().preprocess(payload)
+        return default(payload)
+    component.preprocess = preprocess
+    return component
 
 
 _TEMP_PATH = re.compile(re.escape(tempfile.gettempdir().rstrip("/")) + r"/[^\s'\"]*/")
@@ -464,7 +467,7 @@ def build_demo(model_name: str | None = None, pretrained: str | None = None,
         with gr.Tab("Explore", id="explore"):
             with gr.Row():
                 with gr.Column(scale=2, min_width=320):
-                    image = UploadedImage(type="filepath", label="Image", sources=["upload", "clipboard"],
+                    image = image_input(label="Image", sources=["upload", "clipboard"],
                                           height=260, elem_id="image-input")
                     labels = gr.Textbox(label="Candidate labels (comma- or newline-separated)",
                                         placeholder="cat, dog, car", lines=1, max_lines=6,
@@ -599,9 +602,6 @@ def main() -> None:
     # The checkpoint belongs to TCA_MODEL only; taken out of the environment so that
     # tca.load_model does not apply it to the other models of the dropdown.
     checkpoint = os.environ.pop("TCA_CHECKPOINT", None)
-    if pretrained.lower() not in ("none", "random", "") and not checkpoint:
-        if explore.go_offline_if_unreachable():
-            print("No connection to the Hugging Face Hub: offline mode (cached weights only).")
     demo = build_demo(model, pretrained, checkpoint, preload=True)
     demo.launch(**launch_options())
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import tempfile
 import threading
 import time
@@ -164,39 +163,6 @@ class ModelCache:
                 note = str(exc)
                 clip = self._loader(name, None, seed=self.seed)
         return LoadedModel(clip, requested, note, time.perf_counter() - t0)
-
-
-def network_reachable(host: str = "huggingface.co", port: int = 443, timeout: float = 2.0) -> bool:
-    """Whether a TCP connection to ``host`` opens within ``timeout`` s (DNS included)."""
-    ok: list[bool] = []
-
-    def probe() -> None:
-        try:
-            with socket.create_connection((host, port), timeout=timeout):
-                ok.append(True)
-        except OSError:
-            pass
-    t = threading.Thread(target=probe, daemon=True)
-    t.start()
-    t.join(timeout + 0.5)
-    return bool(ok)
-
-
-def go_offline_if_unreachable(timeout: float = 2.0) -> bool:
-    """If the Hugging Face Hub cannot be reached, switch this process to HF offline mode so that
-    a missing-weights download fails at once instead of retrying for ~a minute (cached weights
-    still load). Returns True when offline mode was switched on. For the app's startup only."""
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-        return False
-    if network_reachable(timeout=timeout):
-        return False
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    try:
-        import huggingface_hub.constants as hf_constants
-        hf_constants.HF_HUB_OFFLINE = True
-    except Exception:  # noqa: BLE001 - older/newer hub without the constant
-        pass
-    return True
 
 
 # ----------------------------------------------------------------------------------- inputs
@@ -457,4 +423,4 @@ class ExportDir:
 __all__ = ["APP_MODELS", "COMPARE_METHODS", "METHOD_NAMES", "MAX_LABELS", "USER_ERRORS",
            "InputError", "LoadedModel", "ModelCache", "StreamState", "RunState", "Comparison",
            "run", "compare", "summary", "export_dict", "ExportDir", "model_view", "open_image",
-           "parse_settings", "network_reachable", "go_offline_if_unreachable"]
+           "parse_settings"]

@@ -1,0 +1,364 @@
+"""The Gradio app: handler unit tests (no server), then the API contract and every bad input
+through gradio_client against the real app launched in-process. Tiny random-weight model."""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import gradio as gr
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+import app as app_module
+import tca
+from tca import explore, render
+from tca.models import WEIGHTS_HELP
+
+TINY = "tca-tiny-ViT"
+LABELS = "cat, dog, tiger, fox"
+
+
+# ------------------------------------------------------------------------ handler unit tests
+
+@pytest.fixture(scope="module")
+def tiny_app(tmp_path_factory) -> app_module.App:
+    return app_module.App(TINY, "none", exports=explore.ExportDir(tmp_path_factory.mktemp("exports")))
+
+
+class _Progress:
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, frac, desc=None):
+        self.calls.append((frac, desc))
+
+
+def _classify(app, image, labels=LABELS, **kw):
+    args = dict(model=TINY, method="tca", keep_rate=0.7, layers="3,6,9", merge_centers=2,
+                score="mean", templates="single", stream=False, stream_state=None)
+    args.update(kw)
+    return app.classify(image, labels, progress=_Progress(), **args)
+
+
+def test_classify_handler_returns_the_api_summary(tiny_app, example_image):
+    summary, state, stream = _classify(tiny_app, str(example_image))
+    assert stream is None
+    assert summary["labels"] == ["cat", "dog", "tiger", "fox"]  # order kept
+    for key in ("baseline", "condensed"):
+        assert abs(sum(summary[key]["probs"]) - 1.0) < 1e-4
+        top = summary["top"][key]
+        assert [t["prob"] for t in top] == sorted((t["prob"] for t in top), reverse=True)
+    assert summary["tokens_per_layer"] == [197] * 3 + [141] * 3 + [100] * 3 + [74] * 3
+    assert summary["baseline_tokens_per_layer"] == [197] * 12
+    g = summary["gmacs"]
+    assert g["condensed"] < g["baseline"]
+    assert abs(g["saved_percent"] - 100 * (1 - g["condensed"] / g["baseline"])) < 1e-6
+    assert "GMACs" in g["convention"]
+    assert summary["random_weights"] is True and summary["settings"]["keep_rate"] == 0.7
+    json.dumps(summary)  # JSON-ready
+    assert isinstance(state, explore.RunState) and state.view.shape == (224, 224, 3)
+
+
+def test_show_run_renders_everything_from_the_cached_run(tiny_app, example_image):
+    _, state, _ = _classify(tiny_app, str(example_image))
+    out = tiny_app.show_run(state, 9, False, 0.5, False, None)
+    (banner, base, cond, shift, current, slider, info, chart, cost, strip, stream_md, corrected,
+     strip_file, json_file, state_out) = out
+    assert "RANDOM WEIGHTS" in banner
+    assert set(base.value["confidences"][i]["label"] for i in range(4)) == {"cat", "dog", "tiger", "fox"}
+    assert "tiger" in shift and "pp" in shift
+    assert current.shape == (448, 448, 3)  # shown at 2x
+    small = render.fate_map(state.view, state.trace, 9)
+    assert np.array_equal(current[::2, ::2], small)
+    assert slider.maximum == 11 and slider.value == 9
+    assert "After block 9 (a condensing block): 74 tokens" in info
+    assert chart.axes[0].lines[1].get_ydata()[11] == 74
+    assert "saved" in cost and f"{state.result.flops_baseline.gmacs:.2f}" in cost
+    assert Path(strip).is_file() and strip == strip_file
+    with Image.open(strip) as im:
+        assert im.format == "PNG" and im.width > 6 * 224
+    data = json.loads(Path(json_file).read_text())
+    assert len(data["trace"]["layers"]) == 12
+    layer9 = data["trace"]["layers"][9]
+    assert sum(len(g) for g in layer9["groups"]) == layer9["fates"]["merged"]
+    assert data["flops"]["condensed"]["gmacs"] == pytest.approx(data["gmacs"]["condensed"])
+    assert "Stream mode is off" in stream_md and corrected.visible is False
+    assert state_out is state
+
+
+def test_display_only_changes_do_not_run_the_model(tiny_app, example_image, monkeypatch):
+    _, state, _ = _classify(tiny_app, str(example_image))
+
+    def boom(*a, **k):
+        raise AssertionError("the model ran")
+    monkeypatch.setattr(tca, "classify", boom)
+    monkeypatch.setattr(explore, "classify", boom)
+    monkeypatch.setattr(tiny_app.cache.peek(TINY).clip.model.visual, "forward", boom)
+    a, info_a = tiny_app.show_layer(state, 3, False, 0.5)
+    b, info_b = tiny_app.show_layer(state, 11, False, 0.5)
+    c, info_c = tiny_app.show_layer(state, 11, True, 0.6)
+    assert not np.array_equal(a, b) and not np.array_equal(b, c)
+    assert "141 tokens" in info_a and "74 tokens" in info_b
+    assert "Overlay: CLS attention at block 9" in info_c
+    # clicking the strip: the tile of block 7 selects block 7
+    _, lay = render.layer_strip([state.view] * 12, render.layer_captions(state.trace))
+    x = lay.left + lay.gap + 1 * lay.cell_w + 20
+    y = lay.top + lay.gap + 1 * lay.cell_h + lay.caption + 20
+    evt = gr.SelectData(None, {"index": [x, y], "value": None})
+    slider, image, info = tiny_app.pick_layer(state, False, 0.5, evt)
+    assert slider.value == 7 and "After block 7" in info
+    assert np.array_equal(image, tiny_app.show_layer(state, 7, False, 0.5)[0])
+
+
+def test_stream_mode_reservoir_per_label_set(tiny_app, example_image):
+    stream = None
+    for i in range(3):
+        summary, state, stream = _classify(tiny_app, str(example_image), stream=True,
+                                           stream_state=stream)
+        assert summary["reservoir"]["images_seen"] == i + 1
+        assert "corrected" in summary["top"] and summary["final"] == "corrected"
+    assert isinstance(stream, explore.StreamState)
+    assert set(summary["reservoir"]["buckets"]) == {"cat", "dog", "tiger", "fox"}
+    panel = app_module.stream_html(state, stream, True)
+    assert "Images seen: 3" in panel and "anchors inactive" in panel
+    assert "Logits correction on this image" in panel
+    # different labels: a new reservoir tied to them
+    summary, state, stream = _classify(tiny_app, str(example_image), labels="cat, dog",
+                                       stream=True, stream_state=stream)
+    assert summary["reservoir"]["images_seen"] == 1
+    assert set(summary["reservoir"]["buckets"]) == {"cat", "dog"}
+    assert "labels changed" in stream.notice
+    # stream mode only applies to TCA
+    summary, _, _ = _classify(tiny_app, str(example_image), labels="cat, dog", method="evit",
+                              stream=True, stream_state=stream)
+    assert "reservoir" not in summary and "corrected" not in summary["top"]
+    stream, panel, corrected = tiny_app.reset_stream(stream, state)
+    assert stream.reservoir.steps == 0 and "Reservoir cleared" in panel
+
+
+def test_compare_handler(tiny_app, example_image):
+    out = tiny_app.compare(str(example_image), LABELS, TINY, 0.7, "3,6,9", 2, "mean", "single",
+                           progress=_Progress())
+    picture, base, tca_l, evit_l, tome_l, table, banner = out
+    assert isinstance(picture, Image.Image) and picture.width > 4 * 224 and picture.height > 3 * 224
+    assert set(base) == {"cat", "dog", "tiger", "fox"}
+    for lab, name in ((tca_l, "TCA"), (evit_l, "EViT"), (tome_l, "ToMe")):
+        assert lab.label.startswith(name) and "% GMACs saved" in lab.label
+    for name in ("TCA", "EViT", "ToMe", "baseline CLIP"):
+        assert name in table
+    assert "R = 0.7" in table
+
+
+BAD_INPUTS = [
+    (dict(image=None), "no image"),
+    (dict(image="GARBAGE"), "not a readable image"),
+    (dict(labels="cat"), "at least two"),
+    (dict(labels=""), "at least two"),
+    (dict(labels=" , ,\n"), "at least two"),
+    (dict(labels="cat, Cat"), "duplicate"),
+    (dict(labels="cat, " + "x" * 400), "characters long"),
+    (dict(labels=", ".join(f"label{i}" for i in range(150))), "too many labels"),
+    (dict(labels="a, " * 12000), "characters long"),
+    (dict(keep_rate=0.0), "keep rate"),
+    (dict(keep_rate=1.5), "keep rate"),
+    (dict(layers="3,x,9"), "layers must be"),
+    (dict(layers="3,6,40"), "out of range"),
+    (dict(layers=""), "no condensing layers"),
+    (dict(merge_centers=0), "merge centres"),
+    (dict(merge_centers=2.5), "merge centres"),
+    (dict(merge_centers=200), "merge centres"),
+    (dict(method="magic"), "unknown method"),
+    (dict(score="best"), "unknown score"),
+    (dict(templates="poems"), "unknown prompt templates"),
+    (dict(model="ViT-Z-99"), "unknown model"),
+]
+
+
+@pytest.mark.parametrize("bad,message", BAD_INPUTS, ids=[m for _, m in BAD_INPUTS])
+def test_bad_inputs_raise_gr_error(tiny_app, example_image, tmp_path, bad, message):
+    kw = dict(bad)
+    image = kw.pop("image", str(example_image))
+    if image == "GARBAGE":
+        image = tmp_path / "photo.jpg"
+        image.write_bytes(b"this is not a jpeg" * 100)
+        image = str(image)
+    labels = kw.pop("labels", LABELS)
+    with pytest.raises(gr.Error) as err:
+        _classify(tiny_app, image, labels, **kw)
+    assert message in err.value.message
+    assert "/tmp" not in err.value.message  # server paths are not shown
+
+
+def test_model_cache_falls_back_to_random_weights_and_says_why():
+    calls = []
+
+    def loader(name, pretrained, checkpoint=None, seed=0):
+        calls.append((name, pretrained))
+        if pretrained is not None:
+            raise tca.WeightsUnavailableError(f"could not load {name}/{pretrained}. {WEIGHTS_HELP}")
+        return SimpleNamespace(is_random=True, name=name)
+
+    cache = explore.ModelCache("openai", max_models=1, loader=loader)
+    # the tag exists for ViT-B-16-quickgelu, so loading is tried, fails, falls back
+    entry = cache.get("ViT-B-16-quickgelu")
+    assert entry.is_random and "could not load" in entry.note
+    assert calls == [("ViT-B-16-quickgelu", "openai"), ("ViT-B-16-quickgelu", None)]
+    html = app_module.banner_html(entry, "ViT-B-16-quickgelu")
+    assert "RANDOM WEIGHTS" in html and "tca-random" in html and "TCA_CHECKPOINT" in html
+    assert cache.get("ViT-B-16-quickgelu") is entry and len(calls) == 2  # cached
+    cache.get("ViT-B-32-quickgelu")  # bounded: the first one is evicted
+    assert cache.loaded() == ["ViT-B-32-quickgelu"]
+    # a model without the requested tag is not even tried
+    entry = cache.get(TINY)
+    assert "no pretrained weights tagged 'openai'" in entry.note and calls[-1] == (TINY, None)
+
+
+def test_model_cache_loads_once_under_concurrency():
+    calls = []
+
+    def loader(name, pretrained, checkpoint=None, seed=0):
+        calls.append(name)
+        time.sleep(0.2)
+        return SimpleNamespace(is_random=True, name=name)
+
+    cache = explore.ModelCache(None, loader=loader)
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(cache.get(TINY))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert calls == [TINY] and len({id(g) for g in got}) == 1
+
+
+def test_offline_fallback_with_real_open_clip():
+    """The real path: pretrained weights cannot be downloaded offline, so ViT-B/32 loads with
+    random weights and the banner says how to supply real ones."""
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"
+    cache = explore.ModelCache("openai")
+    entry = cache.get("ViT-B-32-quickgelu")
+    assert entry.clip.is_random and entry.clip.name == "ViT-B-32-quickgelu"
+    assert "ViT-B-32-quickgelu/openai" in entry.note and WEIGHTS_HELP in entry.note
+
+
+def test_checkpoint_applies_to_its_model_only(tmp_path):
+    seen = []
+
+    def loader(name, pretrained, checkpoint=None, seed=0):
+        seen.append((name, pretrained, checkpoint))
+        return SimpleNamespace(is_random=checkpoint is None and pretrained is None, name=name)
+
+    cache = explore.ModelCache("openai", checkpoint="/w/b16.safetensors",
+                               checkpoint_model="ViT-B-16-quickgelu", loader=loader)
+    cache.get("ViT-B-16-quickgelu")
+    cache.get("ViT-B-32-quickgelu")
+    assert seen == [("ViT-B-16-quickgelu", "openai", "/w/b16.safetensors"),
+                    ("ViT-B-32-quickgelu", "openai", None)]
+
+
+# ------------------------------------------------------------------------ through gradio_client
+
+@pytest.fixture(scope="module")
+def server():
+    demo = app_module.build_demo(TINY, "none")
+    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **app_module.launch_options())
+    try:
+        yield demo, url
+    finally:
+        demo.close()
+
+
+@pytest.fixture
+def client(server):
+    return Client(server[1], verbose=False)
+
+
+def test_api_exposes_only_classify(client):
+    api = client.view_api(print_info=False, return_format="dict")
+    assert list(api["named_endpoints"]) == ["/classify"]
+    assert api["unnamed_endpoints"] == {}
+    params = [p["parameter_name"] for p in api["named_endpoints"]["/classify"]["parameters"]]
+    assert params[:2] == ["image", "labels"]
+    assert {"model", "method", "keep_rate", "layers", "merge_centers", "score", "templates",
+            "stream"} <= set(params)
+    assert "stream_state" not in params
+    returns = api["named_endpoints"]["/classify"]["returns"]
+    assert len(returns) == 1 and returns[0]["component"] == "Json"
+
+
+def test_api_classify_contract(client, example_image):
+    out = client.predict(handle_file(str(example_image)), "cat, dog, car", method="evit",
+                         keep_rate=0.5, api_name="/classify")
+    assert out["labels"] == ["cat", "dog", "car"]
+    assert out["settings"]["method"] == "evit" and out["settings"]["keep_rate"] == 0.5
+    assert len(out["tokens_per_layer"]) == 12 and out["tokens_per_layer"][0] == 197
+    assert out["tokens_per_layer"][-1] < out["tokens_per_layer"][2]
+    assert out["gmacs"]["condensed"] < out["gmacs"]["baseline"]
+    assert abs(sum(out["condensed"]["probs"]) - 1) < 1e-4
+    assert [t["label"] for t in out["top"]["baseline"]] != []
+    assert out["random_weights"] is True
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(image=None), "no image"),
+    (dict(labels="cat"), "at least two"),
+    (dict(labels=", ".join(f"l{i}" for i in range(300))), "too many labels"),
+    (dict(labels="cat, " + "y" * 1000), "characters long"),
+    (dict(keep_rate=5), "greater than maximum"),
+    (dict(merge_centers=0), "less than minimum"),
+    (dict(layers="1,2,99"), "out of range"),
+    (dict(method="nope"), "not in the list of choices"),
+    (dict(unreadable=True), "not a readable image"),
+])
+def test_api_bad_inputs_then_keeps_serving(client, example_image, tmp_path, kwargs, message):
+    kw = dict(kwargs)
+    image = handle_file(str(example_image))
+    if kw.pop("unreadable", False):
+        bad = tmp_path / "notes.png"
+        bad.write_text("hello, I am not a PNG")
+        image = handle_file(str(bad))
+    if "image" in kw:
+        image = kw.pop("image")
+    labels = kw.pop("labels", "cat, dog")
+    with pytest.raises(AppError, match=message):
+        client.predict(image, labels, api_name="/classify", **kw)
+    ok = client.predict(handle_file(str(example_image)), "cat, dog", api_name="/classify")
+    assert ok["labels"] == ["cat", "dog"]
+
+
+def test_upload_size_is_bounded(client, example_image, tmp_path):
+    big = tmp_path / "huge.png"
+    big.write_bytes(os.urandom(11 * 1024 * 1024))  # over the 10 MB limit
+    with pytest.raises(Exception, match="(?i)size|large|413"):
+        client.predict(handle_file(str(big)), "cat, dog", api_name="/classify")
+    ok = client.predict(handle_file(str(example_image)), "cat, dog", api_name="/classify")
+    assert ok["labels"] == ["cat", "dog"]
+
+
+def test_sessions_never_share_stream_state(server, example_image):
+    a, b = Client(server[1], verbose=False), Client(server[1], verbose=False)
+    img = handle_file(str(example_image))
+    for _ in range(2):
+        out_a = a.predict(img, "cat, dog", stream=True, api_name="/classify")
+    out_b = b.predict(img, "cat, dog", stream=True, api_name="/classify")
+    assert out_a["reservoir"]["images_seen"] == 2
+    assert out_b["reservoir"]["images_seen"] == 1
+    out_a = a.predict(img, "cat, dog", stream=True, api_name="/classify")
+    assert out_a["reservoir"]["images_seen"] == 3
+
+
+def test_build_demo_reads_the_environment(monkeypatch):
+    monkeypatch.setenv("TCA_MODEL", TINY)
+    monkeypatch.setenv("TCA_PRETRAINED", "none")
+    demo = app_module.build_demo()
+    assert demo.tca_app.default_model == TINY and demo.tca_app.cache.pretrained is None
+    assert demo._queue.max_size == app_module.QUEUE_SIZE
+    assert demo._queue.default_concurrency_limit == app_module.CONCURRENCY
+    assert app_module.launch_options()["max_file_size"] == app_module.MAX_UPLOAD

@@ -1,0 +1,210 @@
+"""tca.render: token-fate maps, outlines, the attention overlay, the strip and the chart."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import tca
+from tca import render
+from tca.trace import KEPT, MERGED, PRUNED, Trace
+
+ROWS = COLS = 4
+PS = 8  # patch size in pixels
+
+
+def _synthetic_trace() -> Trace:
+    """4x4 patches, 2 layers. Layer 0: all kept. Layer 1: patches {0, 1, 4} merged into token 1,
+    {10, 11} merged into token 2, {14, 15} pruned into token 3, the rest kept."""
+    p = ROWS * COLS
+    idx0 = torch.arange(1, p + 1)
+    idx1 = torch.empty(p, dtype=torch.long)
+    fate1 = torch.full((p,), KEPT, dtype=torch.uint8)
+    nxt = 4
+    for i in range(p):
+        if i in (0, 1, 4):
+            idx1[i], fate1[i] = 1, MERGED
+        elif i in (10, 11):
+            idx1[i], fate1[i] = 2, MERGED
+        elif i in (14, 15):
+            idx1[i], fate1[i] = 3, PRUNED
+        else:
+            idx1[i] = nxt
+            nxt += 1
+    token_index = torch.stack([idx0, idx1])[None]
+    fate = torch.stack([torch.zeros(p, dtype=torch.uint8), fate1])[None]
+    att = torch.linspace(0.0, 1.0, p)[None]
+    return Trace((p + 1, nxt), (ROWS, COLS), token_index, fate, {1: att}, (1,))
+
+
+def _image(seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(30, 255, size=(ROWS * PS, COLS * PS, 3), dtype=np.uint8)
+
+
+def _patch(img: np.ndarray, i: int) -> np.ndarray:
+    r, c = divmod(i, COLS)
+    return img[r * PS:(r + 1) * PS, c * PS:(c + 1) * PS]
+
+
+def test_layer_without_condensation_is_the_image():
+    img = _image()
+    out = render.fate_map(img, _synthetic_trace(), 0)
+    assert out.dtype == np.uint8 and out.shape == img.shape
+    assert np.array_equal(out, img)
+
+
+def test_fates_are_drawn_as_specified():
+    img, trace = _image(), _synthetic_trace()
+    out = render.fate_map(img, trace, 1, border=1)
+    # kept: untouched
+    for i in (2, 3, 5, 6, 7, 8, 9, 12, 13):
+        assert np.array_equal(_patch(out, i), _patch(img, i)), i
+    # pruned: darkened by DARKEN, never brighter
+    for i in (14, 15):
+        expect = (_patch(img, i).astype(np.float32) * render.DARKEN).astype(np.uint8)
+        assert np.array_equal(_patch(out, i), expect)
+    # merged: interior is the group's mean colour (mean over the group's pixels)
+    group = np.concatenate([_patch(img, i).reshape(-1, 3) for i in (0, 1, 4)]).astype(np.float64)
+    mean = group.mean(axis=0).round().astype(np.uint8)
+    assert np.array_equal(_patch(out, 0)[3, 3], mean)
+    assert np.array_equal(_patch(out, 1)[4, 2], mean)
+    # the border between patch 0 and 1 (same group) is not outlined, the outside edge is
+    assert np.array_equal(_patch(out, 0)[3, PS - 1], mean)
+    palette = render.group_palette()
+    colour_a = palette[0]  # group {0, 1, 4}: smallest patch 0
+    colour_b = palette[10]  # group {10, 11}: smallest patch 10
+    assert not np.array_equal(colour_a, colour_b)
+    assert np.array_equal(out[0, 0], colour_a)  # image corner = group outline
+    assert np.array_equal(_patch(out, 1)[3, PS - 1], colour_a)  # edge towards kept patch 2
+    assert np.array_equal(_patch(out, 10)[0, 3], colour_b)
+    assert np.array_equal(_patch(out, 11)[PS - 1, 3], colour_b)
+
+
+def test_group_colour_follows_the_group_not_the_token_index():
+    """Same group, different token index: same outline colour (stable across depth)."""
+    img, trace = _image(), _synthetic_trace()
+    shifted = trace.token_index.clone()
+    shifted[0, 1] = torch.where(shifted[0, 1] == 1, torch.tensor(7), torch.where(
+        shifted[0, 1] == 7, torch.tensor(1), shifted[0, 1]))
+    other = Trace(trace.tokens_per_layer, trace.grid, shifted, trace.fate, trace.cls_attention,
+                  trace.condensing_layers)
+    assert np.array_equal(render.fate_map(img, trace, 1), render.fate_map(img, other, 1))
+
+
+def test_outline_of_an_id_map():
+    ids = np.zeros((6, 6), dtype=np.int64)
+    ids[2:4, 2:4] = 1
+    edge = render.outline(ids, 1)
+    inner = np.zeros((6, 6), dtype=bool)
+    inner[2:4, 2:4] = True
+    assert edge[inner].all()  # the 2x2 block is all boundary
+    assert edge[0].all() and edge[:, 0].all()  # image edge counts as a boundary
+    assert not edge[1, 1] and edge[1, 2]  # 1,2 touches the block; 1,1 only diagonally
+    wide = render.outline(ids, 2)
+    assert wide.sum() > edge.sum() and (wide | edge).sum() == wide.sum()
+
+
+def test_attention_overlay():
+    img, trace = _image(), _synthetic_trace()
+    plain = render.fate_map(img, trace, 1)
+    assert np.array_equal(render.fate_map(img, trace, 1, attention=True, opacity=0.0), plain)
+    full = render.fate_map(img, trace, 1, attention=True, opacity=1.0)
+    lut = render._colormap_lut("inferno")
+    assert np.array_equal(full[0, 0], lut[0])  # patch 0 has the lowest attention
+    assert np.array_equal(full[-1, -1], lut[255])  # patch 15 the highest
+    # no attention recorded at or before layer 0: the overlay leaves the map alone
+    assert render.attention_layer(trace, 0) is None
+    assert np.array_equal(render.fate_map(img, trace, 0, attention=True, opacity=1.0), img)
+    grid = render.attention_grid(trace, 1)
+    assert grid.shape == (ROWS, COLS) and grid.min() == 0.0 and grid.max() == 1.0
+    with pytest.raises(ValueError, match="opacity"):
+        render.blend_heatmap(img, grid, 1.5)
+
+
+def test_bad_inputs_are_refused():
+    trace = _synthetic_trace()
+    with pytest.raises(ValueError, match="multiple of"):
+        render.fate_map(np.zeros((30, 32, 3), np.uint8), trace, 1)
+    with pytest.raises(ValueError, match="uint8"):
+        render.fate_map(np.zeros((32, 32, 3), np.float32), trace, 1)
+    with pytest.raises(ValueError, match="out of range"):
+        render.fate_map(_image(), trace, 2)
+
+
+@pytest.mark.parametrize("method", ["tca", "evit", "tome"])
+def test_maps_of_a_real_run_match_the_trace(tiny_clip, example_image, method):
+    """Every layer of a real traced run: each patch is drawn according to its recorded fate."""
+    from tca.explore import model_view
+
+    result = tca.classify(tiny_clip, example_image, "cat, dog, car",
+                          tca.CondenseConfig(method=method, keep_rate=0.7))
+    trace = result.trace
+    view = model_view(tiny_clip, tca.load_image(example_image))
+    assert view.shape == (224, 224, 3)
+    maps = render.all_layer_maps(view, trace, border=1)
+    assert len(maps) == trace.depth == 12
+    ph = 224 // trace.grid[0]
+    for layer, m in enumerate(maps):
+        fate = trace.fate[0, layer].numpy()
+        counts = trace.fate_counts(layer)
+        same = [np.array_equal(_cell(m, i, ph), _cell(view, i, ph)) for i in range(fate.size)]
+        darker = [bool((_cell(m, i, ph) <= _cell(view, i, ph)).all()) for i in range(fate.size)]
+        assert all(same[i] for i in np.flatnonzero(fate == KEPT))
+        assert all(darker[i] and not same[i] for i in np.flatnonzero(fate == PRUNED))
+        assert sum(not s for s in same) == counts["merged"] + counts["pruned"]
+    if method == "evit":
+        assert trace.fate_counts(11)["pruned"] > 0
+    if method == "tome":
+        assert trace.fate_counts(11)["pruned"] == 0 and trace.fate_counts(11)["merged"] > 0
+
+
+def _cell(img: np.ndarray, i: int, ph: int) -> np.ndarray:
+    r, c = divmod(i, img.shape[1] // ph)
+    return img[r * ph:(r + 1) * ph, c * ph:(c + 1) * ph]
+
+
+def test_strip_layout_maps_clicks_back_to_tiles():
+    tiles = [np.full((20, 30, 3), i * 20, np.uint8) for i in range(8)]
+    strip, lay = render.layer_strip(tiles, [f"block {i}" for i in range(8)], cols=3)
+    assert isinstance(strip, Image.Image)
+    assert (lay.rows, lay.cols) == (3, 3)
+    arr = np.asarray(strip)
+    for i in range(8):
+        r, c = divmod(i, 3)
+        x = lay.left + lay.gap + c * lay.cell_w + lay.tile_w // 2
+        y = lay.top + lay.gap + r * lay.cell_h + lay.caption + lay.tile_h // 2
+        assert lay.tile_at(x, y) == (r, c)
+        assert tuple(arr[y, x]) == (i * 20,) * 3
+    assert lay.tile_at(0, 0) is None
+    assert lay.tile_at(strip.width - 1, 5) is None  # beyond the last column
+    assert strip.height > 3 * lay.cell_h  # the legend band
+
+
+def test_grid_with_headers():
+    tiles = [[np.zeros((10, 10, 3), np.uint8)] * 2] * 3
+    img, lay = render.grid(tiles, row_labels=["TCA", "EViT", "ToMe"], col_labels=["a", "b"])
+    assert lay.left > 0 and lay.top > 0
+    assert img.width == lay.left + lay.gap + 2 * lay.cell_w
+
+
+def test_tokens_chart():
+    import matplotlib.pyplot as plt
+
+    before = set(plt.get_fignums())
+    base, cond = [197] * 12, [197] * 3 + [141] * 3 + [100] * 3 + [74] * 3
+    fig = render.tokens_chart(base, cond, (3, 6, 9), label="tca")
+    ax = fig.axes[0]
+    ys = [list(line.get_ydata()) for line in ax.lines[:2]]
+    assert ys[0][:12] == base and ys[1][:12] == cond
+    assert set(plt.get_fignums()) == before  # no pyplot figure left open
+    arr = render.figure_to_array(fig)
+    assert arr.ndim == 3 and arr.shape[2] == 3 and arr.dtype == np.uint8
+    with pytest.raises(ValueError):
+        render.tokens_chart([1, 2], [1])
+
+
+def test_palette_is_distinct():
+    pal = render.group_palette(64)
+    assert len({tuple(c) for c in pal}) == 64
