@@ -51,9 +51,17 @@ CSS = """
 .tca-cost .big {font-size: 22px; font-weight: 700}
 .tca-cost .saved {color: #15803d}
 .tca-table {border-collapse: collapse; font-size: 14px}
-.tca-table td, .tca-table th {padding: 2px 8px; border-bottom: 1px solid #e5e7eb; text-align: left}
+.tca-table td, .tca-table th {padding: 2px 8px; border-bottom: 1px solid #e5e7eb; text-align: left;
+  white-space: nowrap}
 .tca-up {color: #15803d} .tca-down {color: #b91c1c}
 """
+
+LEGEND_HTML = (
+    '<div class="tca-legend"><span class="sw" style="background:#eee"></span>kept (class-relevant):'
+    ' the image as is <span class="sw" style="background:#f5b800;border-color:#7c3aed"></span>'
+    "merged (class-ambiguous): the group's mean colour, one outline colour per group"
+    ' <span class="sw" style="background:#282828"></span>pruned / fused (class-irrelevant):'
+    " darkened</div>")
 
 HOW_IT_WORKS = f"""
 ### What you are looking at
@@ -82,10 +90,9 @@ the CLS token.
 Each map shows every original patch at one depth (after that block), from **one** forward
 pass:
 
-<div class="tca-legend"><span class="sw" style="background:#eee"></span>kept: the image as is
-<span class="sw" style="background:#f5b800;border-color:#7c3aed"></span>merged: the group's mean
-colour, outlined in one colour per group (a group can be spread over the image)
-<span class="sw" style="background:#282828"></span>pruned / fused: darkened</div>
+{LEGEND_HTML}
+
+A merged group can be spread over the image: TCA groups tokens by content, not by position.
 
 The optional overlay shows the CLS attention that drove the latest condensing decision
 (bright = attended = kept).
@@ -503,7 +510,9 @@ def build_demo(model_name: str | None = None, pretrained: str | None = None,
                             shift_out = gr.HTML("", label="Probability shift", elem_id="shift")
                     with gr.Row():
                         with gr.Column(scale=1):
+                            gr.Markdown("**Token map**: every patch's fate after the chosen block")
                             layer_map = gr.Image(label="Token map", type="numpy", format="png",
+                                                 show_label=False,
                                                  interactive=False, height=470,
                                                  elem_classes=["tca-map"], elem_id="layer-map",
                                                  buttons=["download", "fullscreen"])
@@ -514,12 +523,15 @@ def build_demo(model_name: str | None = None, pretrained: str | None = None,
                                 opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05,
                                                     label="Overlay opacity")
                             layer_md = gr.Markdown(elem_id="layer-info")
+                            gr.HTML(LEGEND_HTML)
                         with gr.Column(scale=1):
                             chart = gr.Plot(label="Tokens per block", elem_id="tokens-chart")
                             cost = gr.HTML("<i>Run to see GMACs and latency.</i>", label="Cost",
                                            elem_id="cost-panel")
-                    strip = gr.Image(label="All blocks from one forward pass (click a tile to "
-                                           "select it)", type="filepath", interactive=False,
+                    gr.Markdown("**All blocks from one forward pass** (click a tile to show it "
+                                "above; * = condensing block)")
+                    strip = gr.Image(label="All blocks", show_label=False, type="filepath",
+                                     interactive=False,
                                      elem_classes=["tca-map"], elem_id="layer-strip",
                                      buttons=["download", "fullscreen"])
                     with gr.Accordion("Stream mode: TCA's reservoir, anchors and logits correction",
@@ -542,7 +554,8 @@ def build_demo(model_name: str | None = None, pretrained: str | None = None,
             gr.Markdown("TCA, EViT and ToMe on the **image, labels and settings of the Explore "
                         "tab**, at the same keep rate R and condensing blocks.")
             compare_btn = gr.Button("Compare", variant="primary", elem_id="compare-button")
-            compare_img = gr.Image(label="Token maps", type="pil", interactive=False, format="png",
+            compare_img = gr.Image(label="Token maps", show_label=False, type="pil",
+                                   interactive=False, format="png",
                                    elem_classes=["tca-map"], elem_id="compare-maps",
                                    buttons=["download", "fullscreen"])
             with gr.Row():
