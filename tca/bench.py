@@ -37,6 +37,8 @@ PATCHED_NONE = "none (patched)"
 TARGET_IDENTITY_OVERHEAD = 3.0  # %, patched with nothing removed vs unpatched
 TARGET_TCA07 = {1: 1.30, 8: 1.45}  # speed-up of tca R=0.7 over unpatched, per batch size
 TARGET_TRACE_OVERHEAD = 5.0  # %
+# median (the default) or min: the least-disturbed run, steadier on a busy shared machine.
+STATISTICS: dict[str, Callable[[list[float]], float]] = {"median": statistics.median, "min": min}
 
 
 @dataclass(frozen=True)
@@ -104,13 +106,15 @@ def run_bench(model: torch.nn.Module, batch_sizes: Sequence[int] = DEFAULT_BATCH
               methods: Sequence[str] = DEFAULT_METHODS,
               keep_rates: Sequence[float] = DEFAULT_KEEP_RATES, repeats: int = 5, warmup: int = 1,
               trace: bool = False, seed: int = 0, name: str | None = None,
-              progress: Callable[[str], None] | None = None) -> dict:
+              statistic: str = "median", progress: Callable[[str], None] | None = None) -> dict:
     """Time every row interleaved; returns a JSON-ready dict (``rows``, ``targets``, ``machine``).
 
     The model is left unpatched if it came unpatched, patched (``none``) otherwise.
     """
     if repeats < 1:
         raise ValueError(f"--repeats must be >= 1, got {repeats}")
+    if statistic not in STATISTICS:
+        raise ValueError(f"statistic must be one of {', '.join(STATISTICS)}, got {statistic!r}")
     if warmup < 0:
         raise ValueError(f"--warmup must be >= 0, got {warmup}")
     if not batch_sizes or any(b < 1 for b in batch_sizes):
@@ -150,7 +154,7 @@ def run_bench(model: torch.nn.Module, batch_sizes: Sequence[int] = DEFAULT_BATCH
             unpatch(model)
 
     base_gmacs = macs_for(geom, CondenseConfig(method="none")).gmacs
-    medians = {k: statistics.median(v) for k, v in samples.items()}
+    medians = {k: STATISTICS[statistic](v) for k, v in samples.items()}
     out_rows = []
     for row in rows:
         med = medians[row.key]
@@ -160,7 +164,8 @@ def run_bench(model: torch.nn.Module, batch_sizes: Sequence[int] = DEFAULT_BATCH
                  "method": "open_clip" if row.config is None else row.config.method,
                  "keep_rate": None if row.config is None or row.config.method == "none"
                  else row.config.keep_rate,
-                 "trace": row.trace, "median_ms": med, "ms_per_image": med / row.batch_size,
+                 "trace": row.trace, "median_ms": statistics.median(samples[row.key]),
+                 "min_ms": min(samples[row.key]), "time_ms": med, "ms_per_image": med / row.batch_size,
                  "images_per_s": 1e3 * row.batch_size / med, "speedup": ref / med,
                  "gmacs": gmacs, "gmacs_ratio": base_gmacs / gmacs,
                  "samples_ms": samples[row.key]}
@@ -173,7 +178,7 @@ def run_bench(model: torch.nn.Module, batch_sizes: Sequence[int] = DEFAULT_BATCH
     info["load_average_before"] = load_before
     return {"tool": "python -m tca bench", "model": name,
             "image_size": size, "repeats": repeats, "warmup": warmup,
-            "statistic": "median over interleaved repeats", "convention": CONVENTION,
+            "statistic": f"{statistic} over interleaved repeats", "convention": CONVENTION,
             "machine": info, "wall_s": time.perf_counter() - t_start, "rows": out_rows,
             "targets": targets(out_rows)}
 
@@ -222,7 +227,8 @@ def format_table(result: dict) -> str:
     m = result["machine"]
     lines = [f"{result['model'] or 'model'} @ {result['image_size']}px  |  {m['cpus_available']} CPU(s) "
              f"({m['processor']}), torch {m['torch']} with {m['torch_threads']} thread(s)  |  "
-             f"median of {result['repeats']} interleaved repeats after {result['warmup']} warm-up"]
+             f"{result['statistic'].split()[0]} of {result['repeats']} interleaved repeats after "
+             f"{result['warmup']} warm-up"]
     if m.get("load_average_before") is not None:
         lines.append(f"load average before {m['load_average_before']}, after {m.get('load_average')} "
                      f"(other processes on the machine slow every row alike, not the ratios)")
@@ -235,10 +241,11 @@ def format_table(result: dict) -> str:
             lines.append("")
         last_b = r["batch_size"]
         extra = f"  (trace {r['trace_overhead_percent']:+.1f}%)" if r["trace"] else ""
-        lines.append(f"{r['batch_size']:>5}  {r['setting']:<22}{r['median_ms']:>10.1f}"
+        lines.append(f"{r['batch_size']:>5}  {r['setting']:<22}{r['time_ms']:>10.1f}"
                      f"{r['ms_per_image']:>9.1f}{r['images_per_s']:>8.2f}{r['speedup']:>9.2f}x"
                      f"{r['gmacs']:>8.2f}{r['gmacs_ratio']:>7.2f}x{r['percent_of_ideal']:>9.0f}%{extra}")
-    lines.append(f"speed-up = unpatched median / setting median; ideal = GMACs ratio (the FLOP-ideal "
+    stat = result["statistic"].split()[0]
+    lines.append(f"speed-up = unpatched {stat} / setting {stat}; ideal = GMACs ratio (the FLOP-ideal "
                  f"speed-up); {CONVENTION}.")
     if result["targets"]:
         lines.append(f"\nissue-3 targets (set for ViT-B/16 on the project's 2-core CPU; "
@@ -293,6 +300,8 @@ def add_parser(sub) -> None:
     p.add_argument("--repeats", type=int, default=5, help="timed rounds (median; default 5)")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
     p.add_argument("--trace", action="store_true", help="also time tca with tracing on")
+    p.add_argument("--statistic", choices=tuple(STATISTICS), default="median",
+                   help="per-row summary of the repeats (default median; min = least disturbed)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.set_defaults(func=main)
@@ -320,7 +329,7 @@ def main(args: argparse.Namespace) -> int:
     say(f"timing {n} rows x {args.warmup + args.repeats} rounds ({args.warmup} warm-up) ...")
     result = run_bench(clip.model, args.batch_sizes, args.methods, args.keep_rates,
                        args.repeats, args.warmup, args.trace, seed=args.seed,
-                       name=clip.weights_description, progress=say)
+                       name=clip.weights_description, statistic=args.statistic, progress=say)
     result["random_weights"] = clip.is_random
     if args.json:
         print(json.dumps(result))

@@ -46,12 +46,12 @@ def test_run_bench_interleaved(model, monkeypatch):
     x = torch.randn(2, 3, 224, 224)
     with torch.inference_mode():
         before = model.encode_image(x)
-    result = bench.run_bench(model, [1, 2], ["tca", "evit"], [1.0, 0.7], repeats=3, warmup=1,
+    result = bench.run_bench(model, [1, 2], ["tca", "evit"], [1.0, 0.7], repeats=2, warmup=1,
                              trace=True, name="tiny")
     rows = bench.make_rows([1, 2], ["tca", "evit"], [1.0, 0.7], trace=True)
     n = len(rows)
-    assert len(calls) == 4 * n
-    for rep in range(4):  # every round visits every row once, starting one place later
+    assert len(calls) == 3 * n
+    for rep in range(3):  # every round visits every row once, starting one place later
         round_ = calls[rep * n:(rep + 1) * n]
         assert sorted(round_) == sorted(r.key for r in rows)
         assert round_[0] == rows[rep % n].key
@@ -65,8 +65,9 @@ def test_run_bench_interleaved(model, monkeypatch):
     by = {(r["batch_size"], r["setting"]): r for r in result["rows"]}
     assert len(result["rows"]) == n
     for r in result["rows"]:
-        assert len(r["samples_ms"]) == 3 and all(s > 0 for s in r["samples_ms"])
-        assert r["median_ms"] == statistics.median(r["samples_ms"])
+        assert len(r["samples_ms"]) == 2 and all(s > 0 for s in r["samples_ms"])
+        assert r["median_ms"] == statistics.median(r["samples_ms"]) == r["time_ms"]
+        assert r["min_ms"] == min(r["samples_ms"])
         ref = by[(r["batch_size"], bench.UNPATCHED)]["median_ms"]
         assert r["speedup"] == pytest.approx(ref / r["median_ms"])
         assert r["ms_per_image"] == pytest.approx(r["median_ms"] / r["batch_size"])
@@ -99,8 +100,11 @@ def test_run_bench_interleaved(model, monkeypatch):
 def test_run_bench_keeps_a_patched_model_patched(model):
     tca.patch(model, tca.CondenseConfig(method="tca", keep_rate=0.7))
     try:
-        bench.run_bench(model, [1], ["tome"], [0.7], repeats=1, warmup=0)
+        result = bench.run_bench(model, [1], ["tome"], [0.7], repeats=2, warmup=0, statistic="min")
         assert tca.is_patched(model)
+        assert result["statistic"].startswith("min")
+        assert all(r["time_ms"] == r["min_ms"] for r in result["rows"])
+        assert "min of 2 interleaved repeats" in bench.format_table(result)
     finally:
         tca.unpatch(model)
 

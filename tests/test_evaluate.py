@@ -308,6 +308,8 @@ def test_repeats(clip, folder, tmp_path):
     assert [r["path"] for r in recs["none.rep0"]] == p0
     assert result["dataset"]["evaluated"] == 6
     assert "± " in ev.format_table(result)
+    only = _run(clip, folder, None, methods=("none",), repeats=3)  # nothing order-dependent
+    assert only["results"][0]["repeats"] == 1 and only["options"]["repeats"] == 3
 
 
 # ------------------------------------------------------------------------------------------
