@@ -368,8 +368,8 @@ class App:
                                    opacity=opacity) if overlay else maps[layer])
         current = render.upscale(current, MAP_ZOOM)
         label = r.config.describe()
-        chart = render.tokens_chart(r.baseline_tokens, r.tokens_per_layer,
-                                    trace.condensing_layers, label=label.split(",")[0])
+        chart = render.tokens_chart_image(r.baseline_tokens, r.tokens_per_layer,
+                                          trace.condensing_layers, label=label.split(",")[0])
         loaded = self.cache.peek(state.model)
         corrected = (gr.Label(value=r.corrected.as_dict(), visible=True)
                      if r.corrected is not None else gr.Label(value=None, visible=False))
@@ -525,7 +525,9 @@ def build_demo(model_name: str | None = None, pretrained: str | None = None,
                             layer_md = gr.Markdown(elem_id="layer-info")
                             gr.HTML(LEGEND_HTML)
                         with gr.Column(scale=1):
-                            chart = gr.Plot(label="Tokens per block", elem_id="tokens-chart")
+                            chart = gr.Image(label="Tokens per block", type="numpy", format="png",
+                                             interactive=False, elem_id="tokens-chart",
+                                             buttons=["download"])
                             cost = gr.HTML("<i>Run to see GMACs and latency.</i>", label="Cost",
                                            elem_id="cost-panel")
                     gr.Markdown("**All blocks from one forward pass** (click a tile to show it "

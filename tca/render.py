@@ -355,32 +355,57 @@ def tokens_chart(baseline: Sequence[int], condensed: Sequence[int],
     """Tokens at every block output, baseline vs condensed (a step chart).
 
     Built with ``matplotlib.figure.Figure`` (Agg canvas, not pyplot): nothing stays registered
-    globally, so the figure is freed with its last reference.
+    globally, so the figure is freed with its last reference. Fixed margins instead of a layout
+    engine and the series named at their ends instead of a legend box keep drawing cheap.
     """
     if len(baseline) != len(condensed):
         raise ValueError("baseline and condensed must have one count per layer")
-    fig = Figure(figsize=size, dpi=100, layout="constrained")
+    fig = Figure(figsize=size, dpi=100)
+    fig.subplots_adjust(left=0.12, right=0.97, top=0.9 if title else 0.96, bottom=0.17)
     ax = fig.add_subplot()
     # value i holds from block i's output on: draw it over [i, i + 1) so a drop sits exactly on
     # the condensing block
-    x = np.arange(len(baseline) + 1)
+    n = len(baseline)
+    x = np.arange(n + 1)
     base = np.append(baseline, baseline[-1])
     cond = np.append(condensed, condensed[-1])
     ax.step(x, base, where="post", color="#7f7f7f", lw=2, label="baseline CLIP")
     ax.step(x, cond, where="post", color="#d62728", lw=2.2, label=label)
-    ax.fill_between(x, cond, base, step="post", color="#d62728", alpha=0.12)
+    ax.fill_between(x, cond, base, step="post", color="#d62728", alpha=0.12, lw=0)
     for l in condensing_layers:
         ax.axvline(l, color="#1f77b4", lw=0.8, ls=":")
-    ax.set_xlabel("block (0-based; dotted = condensing)")
-    ax.set_ylabel("tokens (CLS incl.)")
-    ax.set_xticks(x[:-1] if len(baseline) <= 12 else x[:-1:2])
-    ax.set_xlim(0, len(baseline))
-    ax.set_ylim(0, max(max(baseline), max(condensed)) * 1.08)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower left", fontsize=8, frameon=True)
+    top = max(max(baseline), max(condensed))
+    ax.text(0.2, baseline[0] - 0.03 * top, "baseline CLIP", color="#555555", fontsize=8, va="top")
+    ax.text(n - 0.2, condensed[-1] + 0.03 * top, f"{label}: {condensed[-1]}", color="#d62728",
+            fontsize=8, ha="right", va="bottom")
+    ax.set_xlabel("block (0-based; dotted = condensing)", fontsize=9)
+    ax.set_ylabel("tokens (CLS incl.)", fontsize=9)
+    ax.set_xticks(x[:-1] if n <= 12 else x[:-1:2])
+    ax.set_xlim(0, n)
+    ax.set_ylim(0, top * 1.12)
+    ax.tick_params(labelsize=8)
+    ax.grid(axis="y", alpha=0.3)
     if title:
         ax.set_title(title, fontsize=10)
     return fig
+
+
+@lru_cache(maxsize=64)
+def _chart_cached(baseline: tuple[int, ...], condensed: tuple[int, ...],
+                  condensing_layers: tuple[int, ...], label: str) -> np.ndarray:
+    arr = figure_to_array(tokens_chart(baseline, condensed, condensing_layers, label))
+    arr.setflags(write=False)
+    return arr
+
+
+def tokens_chart_image(baseline: Sequence[int], condensed: Sequence[int],
+                       condensing_layers: Sequence[int] = (), label: str = "condensed"
+                       ) -> np.ndarray:
+    """:func:`tokens_chart` drawn to a (H, W, 3) uint8 array, memoised: the token schedule
+    depends only on the settings and the model, so a new image with the same settings reuses
+    the drawing (read-only array; copy before editing)."""
+    return _chart_cached(tuple(int(v) for v in baseline), tuple(int(v) for v in condensed),
+                         tuple(int(v) for v in condensing_layers), str(label))
 
 
 def figure_to_array(fig: Figure) -> np.ndarray:
@@ -394,5 +419,6 @@ def figure_to_array(fig: Figure) -> np.ndarray:
 
 __all__ = ["fate_map", "all_layer_maps", "attention_grid", "attention_layer", "blend_heatmap",
            "outline", "patch_means", "upscale", "layer_view", "LayerView", "group_palette", "grid",
-           "GridLayout", "layer_strip", "layer_captions", "tokens_chart", "figure_to_array",
+           "GridLayout", "layer_strip", "layer_captions", "tokens_chart", "tokens_chart_image",
+           "figure_to_array",
            "LEGEND", "KEPT_COLOR", "MERGED_COLOR", "PRUNED_COLOR", "DARKEN"]

@@ -205,6 +205,15 @@ def test_tokens_chart():
         render.tokens_chart([1, 2], [1])
 
 
+def test_chart_image_is_memoised_per_schedule():
+    base, cond = [197] * 12, [197] * 3 + [141] * 9
+    a = render.tokens_chart_image(base, cond, (3,), "tca")
+    assert render.tokens_chart_image(list(base), list(cond), [3], "tca") is a
+    assert not a.flags.writeable
+    b = render.tokens_chart_image(base, [197] * 12, (), "none")
+    assert b is not a and not np.array_equal(a, b)
+
+
 def test_palette_is_distinct():
     pal = render.group_palette(64)
     assert len({tuple(c) for c in pal}) == 64
