@@ -102,7 +102,7 @@ def measure(repeats: int) -> dict[str, list[float]]:
         r, _ = _ms(rerender)
         res = state.result
         c, _ = _ms(lambda: image_out.postprocess(render.figure_to_array(render.tokens_chart(
-            res.baseline_tokens, res.tokens_per_layer, state.trace.condensing_layers, "tca")))))
+            res.baseline_tokens, res.tokens_per_layer, state.trace.condensing_layers, "tca"))))
         rows["chart"].append(c)
         rows["ratio_chart"].append((t_cls + t_disp + c) / b)
         rows["bare2"].append(b)
