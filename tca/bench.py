@@ -291,6 +291,9 @@ def add_parser(sub) -> None:
                     "by default: timing does not depend on them.")
     add_model_args(p)
     p.set_defaults(pretrained="none")
+    for action in p._actions:  # same option as everywhere, another default here
+        if action.dest == "pretrained":
+            action.help = "open_clip pretrained tag (default none: random weights)"
     p.add_argument("--batch-sizes", type=_ints, default=list(DEFAULT_BATCH_SIZES),
                    help="comma-separated (default 1,8)")
     p.add_argument("--keep-rates", type=_floats, default=list(DEFAULT_KEEP_RATES),

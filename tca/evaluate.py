@@ -971,8 +971,9 @@ def add_parser(sub) -> None:
     p.add_argument("--layers", default="3,6,9", help="condensing block indices (default 3,6,9)")
     p.add_argument("--merge-centers", type=int, default=2, help="TCA coreset centres K (default 2)")
     p.add_argument("--score", default="mean", choices=("mean", "rank"))
-    p.add_argument("--preset", default="default", choices=tuple(PRESETS),
-                   help="TCA reservoir hyperparameters (M, sigma, lambda, beta); default = ImageNet's")
+    p.add_argument("--preset", default="default", choices=tuple(PRESETS), metavar="NAME",
+                   help="TCA reservoir hyperparameters (M, sigma, lambda, beta), one of: "
+                        f"{', '.join(PRESETS)} (default = ImageNet's)")
     p.add_argument("--templates", default="single", choices=tuple(TEMPLATES),
                    help="prompt templates: single ('a photo of a {}.') or imagenet80")
     p.add_argument("--shuffle-seed", type=_seed, default=0,
