@@ -47,7 +47,7 @@ from .flops import CONVENTION, Geometry, count_macs, macs_for
 from .images import ImageError, load_image
 from .models import TEMPLATES, ClipModel, validate_labels
 from .patch import encode, is_patched, patch
-from .reservoir import PRESETS, Entry, Reservoir, preset as reservoir_preset, stream_update
+from .reservoir import PRESETS, Reservoir, preset as reservoir_preset, stream_update
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif",
                               ".tiff", ".ppm", ".pgm", ".pbm", ".pnm"})
@@ -402,11 +402,9 @@ class ReservoirStore:
             try:
                 state = torch.load(self.snapshot, map_location="cpu", weights_only=True)
                 start = int(state["position"])
-                if start > upto or len(state["buckets"]) != reservoir.num_classes:
+                if start > upto:
                     raise ValueError("snapshot does not match the records")
-                reservoir.buckets = [[Entry(e["cls"], float(e["entropy"]), e["emb"], int(e["step"]))
-                                      for e in b] for b in state["buckets"]]
-                reservoir.steps = int(state["steps"])
+                reservoir.load_state_dict(state["reservoir"])
             except Exception:  # noqa: BLE001 - unreadable/inconsistent: the caller restarts
                 reservoir.reset()
                 return False
@@ -449,9 +447,7 @@ class ReservoirStore:
         capacity = reservoir.num_classes * reservoir.config.size
         if self.logged < max(COMPACT_MIN, COMPACT_FACTOR * capacity):
             return
-        state = {"position": position, "steps": reservoir.steps,
-                 "buckets": [[{"cls": e.cls_tokens, "entropy": e.entropy, "emb": e.embedding,
-                               "step": e.step} for e in b] for b in reservoir.buckets]}
+        state = {"position": position, "reservoir": reservoir.state_dict()}
         tmp = self.snapshot.with_name(self.snapshot.name + ".tmp")
         torch.save(state, tmp)
         os.replace(tmp, self.snapshot)

@@ -165,15 +165,32 @@ class Reservoir:
         return pred
 
     def correction(self, cls_tokens: torch.Tensor) -> torch.Tensor:
-        """The logits correction (C,) for an image with CLS tokens (L, D)."""
+        """The logits correction (C,) for an image with CLS tokens (L, D); one batched product
+        over every stored entry, so it stays cheap with hundreds of classes."""
         out = torch.zeros(self.num_classes)
+        entries = [(c, e) for c, bucket in enumerate(self.buckets) for e in bucket]
+        if not entries:
+            return out
         query = cls_tokens.detach().float().cpu()
-        w = layer_weights(query.shape[0], self.config.scale)
-        for c, bucket in enumerate(self.buckets):
-            if bucket:
-                a = layer_affinity(query, torch.stack([e.cls_tokens for e in bucket]), w)
-                out[c] = self.config.lambd * torch.exp(-self.config.beta * (1.0 - a)).sum()
-        return out
+        keys = torch.stack([e.cls_tokens for _, e in entries])  # (M_total, L, D)
+        a = layer_affinity(query, keys, layer_weights(query.shape[0], self.config.scale))
+        votes = self.config.lambd * torch.exp(-self.config.beta * (1.0 - a))
+        return out.index_add_(0, torch.tensor([c for c, _ in entries]), votes)
+
+    def state_dict(self) -> dict:
+        """Plain tensors and numbers (safe for ``torch.save`` / ``torch.load(weights_only=True)``)."""
+        return {"num_classes": self.num_classes, "steps": self.steps,
+                "buckets": [[{"cls": e.cls_tokens, "entropy": e.entropy, "emb": e.embedding,
+                              "step": e.step} for e in b] for b in self.buckets]}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` returned (the config stays this reservoir's own)."""
+        if int(state["num_classes"]) != self.num_classes or len(state["buckets"]) != self.num_classes:
+            raise ValueError(f"state is for {state['num_classes']} classes, reservoir has "
+                             f"{self.num_classes}")
+        self.buckets = [[Entry(e["cls"], float(e["entropy"]), e["emb"], int(e["step"])) for e in b]
+                        for b in state["buckets"]]
+        self.steps = int(state["steps"])
 
     def summary(self, labels: list[str] | None = None) -> dict:
         """JSON-ready view of the buckets (for the app and reports)."""

@@ -137,3 +137,29 @@ def test_stream_mode_end_to_end(tiny_clip, example_image):
     assert second.anchors_used and r.steps == 3
     assert second.reservoir["active"] is True
     assert sum(second.corrected.probs) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_state_dict_round_trip_and_vectorised_correction(tmp_path):
+    cfg = ReservoirConfig(size=2, scale=0.5, lambd=1.5, beta=2.0)
+    r = Reservoir(3, cfg)
+    g = torch.Generator().manual_seed(0)
+    for i in range(7):
+        r.update(torch.randn(L, D, generator=g), torch.randn(3, generator=g))
+    query = torch.randn(L, D, generator=g)
+    # the batched correction equals the per-class sum written out
+    w = layer_weights(L, cfg.scale)
+    by_hand = torch.zeros(3)
+    for c, bucket in enumerate(r.buckets):
+        for e in bucket:
+            a = (torch.nn.functional.cosine_similarity(query, e.cls_tokens, dim=-1) * w).sum()
+            by_hand[c] += cfg.lambd * torch.exp(-cfg.beta * (1 - a))
+    torch.testing.assert_close(r.correction(query), by_hand)
+    torch.save(r.state_dict(), tmp_path / "r.pt")
+    back = Reservoir(3, cfg)
+    back.load_state_dict(torch.load(tmp_path / "r.pt", weights_only=True))
+    assert back.steps == r.steps and [len(b) for b in back.buckets] == [len(b) for b in r.buckets]
+    torch.testing.assert_close(back.correction(query), r.correction(query))
+    if r.active:
+        torch.testing.assert_close(back.anchors(), r.anchors())
+    with pytest.raises(ValueError, match="3 classes"):
+        Reservoir(2, cfg).load_state_dict(r.state_dict())
