@@ -33,6 +33,7 @@ MAP_ZOOM = 2  # the single token map is shown at twice the model's resolution
 MAX_UPLOAD = "10mb"
 CONCURRENCY = 2  # events running at once (model events: 1, they share the CPU)
 QUEUE_SIZE = int(os.environ.get("TCA_QUEUE_SIZE", "20"))
+STATE_TTL_S = 2 * 3600  # per-session state is dropped after two idle hours
 
 METHOD_CHOICES = [("TCA (prune + merge)", "tca"), ("EViT (prune + fuse)", "evit"),
                   ("ToMe (merge pairs)", "tome"), ("none (plain CLIP)", "none")]
@@ -233,10 +234,14 @@ def layer_info(state: explore.RunState, layer: int, overlay: bool) -> str:
 
 
 def stream_html(state: explore.RunState | None, stream: explore.StreamState | None,
-                enabled: bool) -> str:
+                enabled: bool, method: str = "tca") -> str:
     if not enabled:
         return ("Stream mode is off. Turn it on (method TCA) and run several images with the "
                 "same labels: each one is filed in this session's reservoir.")
+    if method != "tca":
+        return (f"<b>Stream mode applies to TCA only</b>: this run "
+                f"({explore.METHOD_NAMES.get(method, method)}) neither used nor fed the "
+                "reservoir. " + stream_html(None, stream, True))
     summ = (state.stream if state is not None and state.stream is not None
             else stream.summary() if stream is not None else None)
     if summ is None:
@@ -369,7 +374,8 @@ class App:
         current = render.upscale(current, MAP_ZOOM)
         label = r.config.describe()
         chart = render.tokens_chart_image(r.baseline_tokens, r.tokens_per_layer,
-                                          trace.condensing_layers, label=label.split(",")[0])
+                                          trace.condensing_layers, label=label.split(",")[0],
+                                          title="Tokens per block: baseline vs condensed")
         loaded = self.cache.peek(state.model)
         corrected = (gr.Label(value=r.corrected.as_dict(), visible=True)
                      if r.corrected is not None else gr.Label(value=None, visible=False))
@@ -385,7 +391,7 @@ class App:
             chart,
             cost_html(r),
             str(strip_path),
-            stream_html(state, stream_state, stream_on),
+            stream_html(state, stream_state, stream_on, r.config.method),
             corrected,
             str(strip_path),
             str(json_path),
@@ -468,8 +474,8 @@ def build_demo(model_name: str | None = None, pretrained: str | None = None,
         banner = gr.HTML(banner_html(app.cache.peek(model_name), model_name,
                                      loading=app.cache.is_loading(model_name)),
                          elem_id="weights-banner")
-        run_state = gr.State(None)
-        stream_state = gr.State(None)
+        run_state = gr.State(None, time_to_live=STATE_TTL_S)  # this session's last Run
+        stream_state = gr.State(None, time_to_live=STATE_TTL_S)  # this session's reservoir
 
         with gr.Tab("Explore", id="explore"):
             with gr.Row():
@@ -525,7 +531,8 @@ def build_demo(model_name: str | None = None, pretrained: str | None = None,
                             layer_md = gr.Markdown(elem_id="layer-info")
                             gr.HTML(LEGEND_HTML)
                         with gr.Column(scale=1):
-                            chart = gr.Image(label="Tokens per block", type="numpy", format="png",
+                            chart = gr.Image(label="Tokens per block", show_label=False,
+                                             type="numpy", format="png",
                                              interactive=False, elem_id="tokens-chart",
                                              buttons=["download"])
                             cost = gr.HTML("<i>Run to see GMACs and latency.</i>", label="Cost",

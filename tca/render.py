@@ -392,20 +392,20 @@ def tokens_chart(baseline: Sequence[int], condensed: Sequence[int],
 
 @lru_cache(maxsize=64)
 def _chart_cached(baseline: tuple[int, ...], condensed: tuple[int, ...],
-                  condensing_layers: tuple[int, ...], label: str) -> np.ndarray:
-    arr = figure_to_array(tokens_chart(baseline, condensed, condensing_layers, label))
+                  condensing_layers: tuple[int, ...], label: str, title: str | None) -> np.ndarray:
+    arr = figure_to_array(tokens_chart(baseline, condensed, condensing_layers, label, title))
     arr.setflags(write=False)
     return arr
 
 
 def tokens_chart_image(baseline: Sequence[int], condensed: Sequence[int],
-                       condensing_layers: Sequence[int] = (), label: str = "condensed"
-                       ) -> np.ndarray:
+                       condensing_layers: Sequence[int] = (), label: str = "condensed",
+                       title: str | None = None) -> np.ndarray:
     """:func:`tokens_chart` drawn to a (H, W, 3) uint8 array, memoised: the token schedule
     depends only on the settings and the model, so a new image with the same settings reuses
     the drawing (read-only array; copy before editing)."""
     return _chart_cached(tuple(int(v) for v in baseline), tuple(int(v) for v in condensed),
-                         tuple(int(v) for v in condensing_layers), str(label))
+                         tuple(int(v) for v in condensing_layers), str(label), title)
 
 
 def figure_to_array(fig: Figure) -> np.ndarray:

@@ -139,6 +139,12 @@ def test_stream_mode_reservoir_per_label_set(tiny_app, example_image):
     summary, _, _ = _classify(tiny_app, str(example_image), labels="cat, dog", method="evit",
                               stream=True, stream_state=stream)
     assert "reservoir" not in summary and "corrected" not in summary["top"]
+    panel = tiny_app.show_run(state, 11, False, 0.5, True, stream)[10]
+    assert "TCA only" not in panel
+    _, evit_state, _ = _classify(tiny_app, str(example_image), labels="cat, dog", method="evit",
+                                 stream=True, stream_state=stream)
+    assert "Stream mode applies to TCA only" in tiny_app.show_run(evit_state, 11, False, 0.5,
+                                                                  True, stream)[10]
     stream, panel, corrected = tiny_app.reset_stream(stream, state)
     assert stream.reservoir.steps == 0 and "Reservoir cleared" in panel
 

@@ -102,6 +102,19 @@ def test_display_only_controls_rerender(page):
     expect(page.locator("#layer-info")).to_contain_text("After block 4: 141 tokens", timeout=TIMEOUT)
 
 
+def test_clicking_a_strip_tile_selects_that_block(page):
+    strip = page.locator("#layer-strip img")
+    natural = strip.evaluate("img => [img.naturalWidth, img.naturalHeight]")
+    box = strip.bounding_box()
+    # the tile of block 5 (row 0, column 5 of 6): its centre, in displayed pixels
+    tile = (natural[0] - 4) / 6
+    x = (4 + 5 * tile + tile / 2) * box["width"] / natural[0]
+    y = natural[1] * 0.25 * box["height"] / natural[1]
+    strip.click(position={"x": x, "y": y})
+    expect(page.locator("#layer-info")).to_contain_text("After block 5", timeout=TIMEOUT)
+    expect(page.locator("#layer-slider input[type=number]")).to_have_value("5", timeout=TIMEOUT)
+
+
 def test_enter_in_labels_reruns(page):
     box = page.locator("#labels-input textarea")
     box.fill("cat, dog")
@@ -127,4 +140,5 @@ def test_compare_tab(page):
     for name in ("TCA", "EViT", "ToMe", "baseline CLIP"):
         expect(table).to_contain_text(name, timeout=TIMEOUT)
     page.get_by_role("tab", name="How it works").click()
-    expect(page.get_by_text("class-ambiguous").first).to_be_visible()
+    expect(page.get_by_role("heading", name="The map legend")).to_be_visible(timeout=TIMEOUT)
+    expect(page.get_by_text("logits correction").first).to_be_attached()
