@@ -57,6 +57,13 @@ CSS = """
 .tca-up {color: #15803d} .tca-down {color: #b91c1c}
 """
 
+API_DESCRIPTION = (
+    "Zero-shot classification of one image by baseline CLIP and token-condensed CLIP. Returns "
+    "one JSON object: labels; baseline / condensed (and in stream mode corrected) probabilities "
+    "and logits; top-5 lists; the per-label probability shift; tokens_per_layer and "
+    "baseline_tokens_per_layer; gmacs {baseline, condensed, saved_percent, convention, per-layer}; "
+    "timings_ms; settings; random_weights and weights_note.")
+
 LEGEND_HTML = (
     '<div class="tca-legend"><span class="sw" style="background:#eee"></span>kept (class-relevant):'
     ' the image as is <span class="sw" style="background:#f5b800;border-color:#7c3aed"></span>'
@@ -581,6 +588,7 @@ def build_demo(model_name: str | None = None, pretrained: str | None = None,
             [run_btn.click, labels.submit], app.classify,
             inputs=[image, labels, *settings, stream, stream_state],
             outputs=[api_json, run_state, stream_state], api_name="classify",
+            api_description=API_DESCRIPTION,
             concurrency_limit=1, concurrency_id="model",
             show_progress_on=[baseline_out, condensed_out, layer_map])
         run_evt.success(

@@ -299,6 +299,7 @@ def test_api_exposes_only_classify(client):
     assert {"model", "method", "keep_rate", "layers", "merge_centers", "score", "templates",
             "stream"} <= set(params)
     assert "stream_state" not in params
+    assert "tokens_per_layer" in api["named_endpoints"]["/classify"]["description"]
     returns = api["named_endpoints"]["/classify"]["returns"]
     assert len(returns) == 1 and returns[0]["component"] == "Json"
 
