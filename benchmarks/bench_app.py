@@ -164,7 +164,7 @@ def main() -> None:
           f"model {MODEL} (random weights), image {IMAGE.name}, labels: {LABELS}")
     rows = measure(args.repeats)
     med = {k: statistics.median(v) for k, v in rows.items()}
-    print(f"\n{'measure':44s} {'median':>10s}  {'min':>9s}  target")
+    print(f"\n{'measure':50s} {'median':>10s}  {'min':>9s}  target")
     table = [
         ("two bare forward passes (ms)", "bare2", ""),
         ("one Run: classify + display (ms)", "run", ""),
@@ -179,11 +179,11 @@ def main() -> None:
     ]
     for name, key, target in table:
         fmt = "{:10.2f}" if key.startswith("ratio") else "{:10.1f}"
-        print(f"{name:44s} {fmt.format(med[key])}  {fmt.format(min(rows[key]))[1:]}  {target}")
+        print(f"{name:50s} {fmt.format(med[key])}  {fmt.format(min(rows[key]))[1:]}  {target}")
     if not args.no_cold_start:
         serving, first = cold_start()
-        print(f"{'cold start: python app.py -> HTTP 200 (s)':44s} {serving:10.1f}  {'':9s}  <= 20")
-        print(f"{'cold start -> first /classify result (s)':44s} {first:10.1f}")
+        print(f"{'cold start: python app.py -> HTTP 200 (s)':50s} {serving:10.1f}  {'':9s}  <= 20")
+        print(f"{'cold start -> first /classify result (s)':50s} {first:10.1f}")
     print(f"\n{args.repeats} interleaved rounds; medians. The machine may be shared: compare "
           "within one table, not across runs.")
 

@@ -373,3 +373,43 @@ def test_build_demo_reads_the_environment(monkeypatch):
     assert demo._queue.max_size == app_module.QUEUE_SIZE
     assert demo._queue.default_concurrency_limit == app_module.CONCURRENCY
     assert app_module.launch_options()["max_file_size"] == app_module.MAX_UPLOAD
+
+
+def test_python_app_py_serves_with_env_settings(tmp_path):
+    """`python app.py` as a user (or a Space) runs it: host/port from the Gradio variables,
+    model from TCA_MODEL / TCA_PRETRAINED, the /classify endpoint published."""
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port),
+               TCA_MODEL="ViT-B-32-quickgelu", TCA_PRETRAINED="none", HF_HUB_OFFLINE="1")
+    root = Path(app_module.__file__).parent
+    proc = subprocess.Popen([sys.executable, str(root / "app.py")], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/gradio_api/info",
+                                            timeout=2) as resp:
+                    info = json.loads(resp.read())
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
+                assert time.time() < deadline, "app.py did not start within 90 s"
+                time.sleep(0.3)
+        assert list(info["named_endpoints"]) == ["/classify"]
+        params = info["named_endpoints"]["/classify"]["parameters"]
+        model = next(p for p in params if p["parameter_name"] == "model")
+        assert model["parameter_default"] == "ViT-B-32-quickgelu"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()

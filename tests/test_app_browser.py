@@ -128,6 +128,14 @@ def test_no_image_shows_an_error_and_the_app_survives(browser, url):
     pg.locator("#labels-input textarea").fill("cat, dog")
     pg.locator("#run-button").click()
     expect(pg.get_by_text("no image: upload an image").first).to_be_visible(timeout=TIMEOUT)
+    # the app still works on that page: pick a curated example and run it
+    pg.get_by_text("cup of coffee, glass of beer").first.click()
+    expect(pg.locator("#labels-input textarea")).to_have_value(
+        "cup of coffee, glass of beer, bowl of soup, teapot, plate", timeout=TIMEOUT)
+    expect(pg.locator("#image-input img")).to_be_visible(timeout=TIMEOUT)
+    pg.locator("#run-button").click()
+    expect(pg.locator("#condensed-label")).to_contain_text("teapot", timeout=TIMEOUT)
+    expect(pg.locator("#cost-panel")).to_contain_text("saved", timeout=TIMEOUT)
     pg.close()
 
 
