@@ -23,8 +23,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"open_clip model name (default {DEFAULT_MODEL})")
     p.add_argument("--pretrained", default=DEFAULT_PRETRAINED,
                    help="open_clip pretrained tag, or 'none' for random weights (default openai)")
-    p.add_argument("--checkpoint", default=None,
-                   help="local .safetensors / state-dict file (or set TCA_CHECKPOINT)")
+    p.add_argument("--checkpoint", default=os.environ.get("TCA_CHECKPOINT") or None,
+                   help="local .safetensors / state-dict file (default: $TCA_CHECKPOINT)")
     p.add_argument("--seed", type=int, default=0, help="seed for random initialisation")
 
 

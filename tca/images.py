@@ -45,7 +45,7 @@ def load_image(source: str | os.PathLike | bytes | Image.Image | np.ndarray,
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 image = Image.open(fp)
         except (UnidentifiedImageError, OSError, ValueError) as exc:
-            raise ImageError(f"{name} is not a readable image ({_short(exc)})") from None
+            raise ImageError(f"{name} is not a readable image ({_short(exc, source)})") from None
         except Image.DecompressionBombWarning:
             raise ImageError(f"{name} is too large to decode safely") from None
     w, h = image.size
@@ -59,11 +59,14 @@ def load_image(source: str | os.PathLike | bytes | Image.Image | np.ndarray,
         image = ImageOps.exif_transpose(image) or image
         return _crop_aspect(_to_rgb(image))
     except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt data
-        raise ImageError(f"{name} could not be decoded ({_short(exc)})") from None
+        raise ImageError(f"{name} could not be decoded ({_short(exc, source)})") from None
 
 
-def _short(exc: BaseException) -> str:
+def _short(exc: BaseException, source=None) -> str:
+    """The exception's text without the file's directory (server paths stay private)."""
     text = str(exc).strip() or type(exc).__name__
+    if isinstance(source, (str, os.PathLike)):
+        text = text.replace(str(Path(source).parent) + os.sep, "")
     return text[:160]
 
 

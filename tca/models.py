@@ -162,7 +162,9 @@ def load_model(name: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETR
 
     pretrained: an open_clip tag (e.g. ``openai``), or None / ``"none"`` for random weights
     (seeded by ``seed``). checkpoint: a local ``.safetensors`` or PyTorch state-dict file (loaded
-    with ``weights_only``; never unpickles arbitrary objects); defaults to $TCA_CHECKPOINT.
+    with ``weights_only``; never unpickles arbitrary objects). The CLI and app read
+    $TCA_CHECKPOINT; this function reads no environment, so a checkpoint is never applied to a
+    model it was not meant for.
     Raises WeightsUnavailableError with instructions when weights cannot be had: at once when
     they are not cached and the Hub is offline (HF_HUB_OFFLINE=1) or unreachable.
     cache_dir: the Hugging Face hub cache to use (default: the standard one).
@@ -170,7 +172,6 @@ def load_model(name: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETR
     if name not in open_clip.list_models():
         close = [m for m in open_clip.list_models() if name.lower().split("-")[0] in m.lower()][:8]
         raise ValueError(f"unknown open_clip model {name!r}" + (f"; similar: {', '.join(close)}" if close else ""))
-    checkpoint = checkpoint or os.environ.get("TCA_CHECKPOINT") or None
     if isinstance(pretrained, str) and pretrained.lower() in ("none", "random", ""):
         pretrained = None
     torch.manual_seed(seed)

@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .config import CondenseConfig
+from .config import CondenseConfig, plan_layers
 from .flops import CONVENTION, FlopReport, Geometry, count_macs, saved_percent
 from .images import load_image
 from .models import ClipModel, parse_labels, validate_labels
@@ -150,7 +150,8 @@ def classify(clip: ClipModel, image, labels: str | Sequence[str], config: Conden
         baseline=_prediction(labels, base_logits[0]), condensed=_prediction(labels, logits[0]),
         tokens_per_layer=enc.tokens_per_layer,
         baseline_tokens=base_enc.tokens_per_layer if base_enc else [geom.n_tokens] * geom.depth,
-        flops_baseline=count_macs(geom, base_enc.schedule if base_enc else enc.schedule),
+        flops_baseline=count_macs(geom, base_enc.schedule if base_enc else
+                                  plan_layers(CondenseConfig(method="none"), geom.n_tokens, geom.depth)),
         flops_condensed=count_macs(geom, enc.schedule),
         timings_ms=timings, trace=enc.trace, anchors_used=enc.anchors_used,
         cls_tokens=enc.cls_tokens)

@@ -157,12 +157,20 @@ def test_checkpoints_load_safely(tmp_path, tiny_clip):
         tca.load_model("tca-tiny-ViT", checkpoint=tmp_path / "wrong.safetensors")
 
 
-def test_checkpoint_from_environment(tmp_path, tiny_clip, monkeypatch):
-    from safetensors.torch import save_file
-    save_file({k: v.contiguous() for k, v in tiny_clip.model.state_dict().items()},
-              str(tmp_path / "env.safetensors"))
+def test_checkpoint_from_environment_is_read_by_the_cli_only(tmp_path, monkeypatch):
+    from tca.cli import build_parser
     monkeypatch.setenv("TCA_CHECKPOINT", str(tmp_path / "env.safetensors"))
-    assert tca.load_model("tca-tiny-ViT").pretrained.endswith("env.safetensors")
+    args = build_parser().parse_args(["predict", "x.jpg", "--labels", "a,b"])
+    assert args.checkpoint == str(tmp_path / "env.safetensors")
+    clip = tca.load_model("tca-tiny-ViT", pretrained="none")  # the library ignores the variable
+    assert clip.is_random
+
+
+def test_error_messages_do_not_leak_server_directories(tmp_path):
+    (tmp_path / "upload.png").write_bytes(b"garbage")
+    with pytest.raises(ImageError) as info:
+        load_image(tmp_path / "upload.png")
+    assert "upload.png" in str(info.value) and str(tmp_path) not in str(info.value)
 
 
 def test_offline_pretrained_fails_fast_with_instructions():
