@@ -629,9 +629,8 @@ def launch_options() -> dict:
 def main() -> None:
     model = os.environ.get("TCA_MODEL") or tca.DEFAULT_MODEL
     pretrained = os.environ.get("TCA_PRETRAINED", tca.DEFAULT_PRETRAINED)
-    # The checkpoint belongs to TCA_MODEL only; taken out of the environment so that
-    # tca.load_model does not apply it to the other models of the dropdown.
-    checkpoint = os.environ.pop("TCA_CHECKPOINT", None)
+    # The checkpoint fits TCA_MODEL only; the model cache never applies it to the others.
+    checkpoint = os.environ.get("TCA_CHECKPOINT") or None
     demo = build_demo(model, pretrained, checkpoint, preload=True)
     demo.launch(**launch_options())
 

@@ -94,6 +94,17 @@ def tome_r(n_tokens: int, keep_rate: float) -> int:
 # --------------------------------------------------------------------------- TCA / EViT
 
 
+def pairwise_distance(x: torch.Tensor) -> torch.Tensor:
+    """Euclidean distances (B, T, T) between the tokens of x (B, T, D), through one batched
+    matmul (|a|² + |b|² - 2ab): several times faster than the direct difference on CPU. The
+    diagonal is exactly 0."""
+    sq = (x * x).sum(dim=-1)
+    d2 = sq.unsqueeze(-1) + sq.unsqueeze(-2) - 2.0 * (x @ x.transpose(-1, -2))
+    dist = d2.clamp_min_(0.0).sqrt_()
+    dist.diagonal(dim1=-2, dim2=-1).zero_()
+    return dist
+
+
 def k_center_greedy(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Greedy farthest-point selection of k centres among T tokens, batched.
 
@@ -102,7 +113,7 @@ def k_center_greedy(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor
     always gives the same output. Returns (centres (B, k) long, dist (B, T, T)).
     """
     b, t, _ = x.shape
-    dist = torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist")
+    dist = pairwise_distance(x)
     centres = x.new_zeros((b, k), dtype=torch.long)
     min_dist = dist[:, 0].clone()
     min_dist[:, 0] = -1.0  # never pick a centre twice, even among duplicate tokens

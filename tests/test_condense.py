@@ -148,3 +148,13 @@ def test_bipartite_matching_merges_most_similar_pair():
     assert n_out == 4
     assert dest[0, 2] == dest[0, 3]
     assert len(set(dest[0].tolist())) == 4
+
+
+@settings(max_examples=30, deadline=None)
+@given(t=st.integers(1, 50), seed=st.integers(0, 9999), scale=st.sampled_from([0.01, 1.0, 100.0]))
+def test_pairwise_distance_matches_cdist(t, seed, scale):
+    x = _tokens(2, t, 16, seed) * scale
+    d = condense.pairwise_distance(x)
+    ref = torch.cdist(x.double(), x.double(), compute_mode="donot_use_mm_for_euclid_dist")
+    torch.testing.assert_close(d.double(), ref, rtol=1e-4, atol=1e-3 * scale)
+    assert (d.diagonal(dim1=-2, dim2=-1) == 0).all()
