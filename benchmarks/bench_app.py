@@ -175,7 +175,7 @@ def main() -> None:
         ("Run incl. a fresh chart / two bare passes", "ratio_chart", "<= 1.3"),
         ("render all 12 layer maps (ms)", "maps", "<= 150"),
         ("re-render after a display-only change (ms)", "rerender", "<= 100"),
-        ("first Run, text not cached yet (ms)", "first_run_cold_text", ""),
+        ("first Run of a fresh App (loads the model, encodes text) (ms)", "first_run_cold_text", ""),
     ]
     for name, key, target in table:
         fmt = "{:10.2f}" if key.startswith("ratio") else "{:10.1f}"
