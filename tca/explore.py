@@ -297,14 +297,9 @@ def run(cache: ModelCache, image, labels, model: str, method: str = "tca",
     """
     say = progress or (lambda frac, desc: None)
     config = parse_settings(method, keep_rate, layers, merge_centers, score)
-    templates = check_templates(templates)
-    labels = check_labels_text(labels)
-    pil = open_image(image)
-    say(0.1, "loading the model")
-    loaded = cache.get(model)
+    pil, loaded, label_list, templates = _checked_inputs(cache, image, labels, model, templates,
+                                                         max_labels, say)
     clip = loaded.clip
-    label_list = validate_labels(parse_labels(labels), clip.tokenizer, templates, max_labels,
-                                 clip.context_length)
     reservoir = None
     if stream is not None and config.method == "tca":
         reservoir = stream.reservoir_for(clip.name, label_list)
@@ -314,6 +309,20 @@ def run(cache: ModelCache, image, labels, model: str, method: str = "tca",
     return RunState(result, model_view(clip, pil), clip.name, loaded.note, templates,
                     stream=result.reservoir if reservoir is not None else None,
                     stream_notice=stream.notice if reservoir is not None else None)
+
+
+def _checked_inputs(cache: ModelCache, image, labels, model: str, templates: str,
+                    max_labels: int, say: Callable[[float, str], None]):
+    """Validate the raw inputs shared by :func:`run` and :func:`compare`, load the model.
+    Returns (image, loaded model, label list, templates)."""
+    templates = check_templates(templates)
+    labels = check_labels_text(labels)
+    pil = open_image(image)
+    say(0.1, "loading the model")
+    loaded = cache.get(model)
+    label_list = validate_labels(parse_labels(labels), loaded.clip.tokenizer, templates,
+                                 max_labels, loaded.clip.context_length)
+    return pil, loaded, label_list, templates
 
 
 @dataclass
@@ -336,11 +345,8 @@ def compare(cache: ModelCache, image, labels, model: str, keep_rate: float = 0.7
     """Run each method on the same image, labels and keep rate R (the baseline only once)."""
     say = progress or (lambda frac, desc: None)
     configs = [parse_settings(m, keep_rate, layers, merge_centers, score) for m in methods]
-    templates = check_templates(templates)
-    labels = check_labels_text(labels)
-    pil = open_image(image)
-    say(0.05, "loading the model")
-    loaded = cache.get(model)
+    pil, loaded, labels, templates = _checked_inputs(cache, image, labels, model, templates,
+                                                     max_labels, say)
     clip = loaded.clip
     results: dict[str, RunResult] = {}
     for i, cfg in enumerate(configs):
@@ -349,8 +355,7 @@ def compare(cache: ModelCache, image, labels, model: str, keep_rate: float = 0.7
                                        trace=True, max_labels=max_labels, baseline=(i == 0))
     first = results[configs[0].method]
     for r in results.values():
-        # classify(baseline=False) skips the baseline pass and then reports the condensed
-        # schedule as "baseline"; share the one real baseline so savings are comparable
+        # classify(baseline=False) skips the baseline pass; share the one real baseline
         if r is not first:
             r.baseline, r.flops_baseline = first.baseline, first.flops_baseline
             r.baseline_tokens = list(first.baseline_tokens)
