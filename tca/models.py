@@ -71,6 +71,10 @@ class ClipModel:
         return f"{self.name} / {self.pretrained}"
 
     @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
     def context_length(self) -> int:
         return int(getattr(self.tokenizer, "context_length", 77))
 
@@ -88,10 +92,10 @@ class ClipModel:
                 self._text_cache.move_to_end(key)
                 return self._text_cache[key]
         prompts = [t.format(label) for label in labels for t in temps]
-        tokens = self.tokenizer(prompts)
+        tokens = self.tokenizer(prompts).to(self.device)
         with torch.inference_mode():
             emb = F.normalize(self.model.encode_text(tokens).float(), dim=-1)
-        emb = F.normalize(emb.view(len(labels), len(temps), -1).mean(dim=1), dim=-1)
+        emb = F.normalize(emb.view(len(labels), len(temps), -1).mean(dim=1), dim=-1).cpu()
         with self._lock:
             self._text_cache[key] = emb
             while len(self._text_cache) > self.cache_size:

@@ -270,9 +270,9 @@ def select_anchor(class_anchors: torch.Tensor, cls: torch.Tensor) -> torch.Tenso
 
     class_anchors: (C, D) at the previous block's output; cls: (B, D). Returns (B, D).
     """
-    a = F.normalize(class_anchors.to(cls.dtype), dim=-1)
-    best = (F.normalize(cls, dim=-1) @ a.T).argmax(dim=-1)
-    return class_anchors.to(cls.dtype)[best]
+    class_anchors = class_anchors.to(device=cls.device, dtype=cls.dtype)
+    best = (F.normalize(cls, dim=-1) @ F.normalize(class_anchors, dim=-1).T).argmax(dim=-1)
+    return class_anchors[best]
 
 
 def attend(block: ResidualAttentionBlock, x: torch.Tensor, bias: torch.Tensor | None = None,

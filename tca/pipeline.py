@@ -103,7 +103,7 @@ def _prediction(labels: list[str], logits: torch.Tensor) -> Prediction:
 
 def prepare_image(clip: ClipModel, image) -> torch.Tensor:
     """(1, 3, H, W) tensor from anything :func:`tca.images.load_image` accepts."""
-    return clip.preprocess(load_image(image)).unsqueeze(0)
+    return clip.preprocess(load_image(image)).unsqueeze(0).to(clip.device)
 
 
 def classify(clip: ClipModel, image, labels: str | Sequence[str], config: CondenseConfig,
@@ -141,8 +141,8 @@ def classify(clip: ClipModel, image, labels: str | Sequence[str], config: Conden
         enc: Encoded = encode(clip.model, pixels, config, anchors=anchors, trace=trace,
                               record_cls=use_reservoir)
         timings["condensed_ms"] = (time.perf_counter() - t0) * 1e3
-    logits = scale * F.normalize(enc.features.float(), dim=-1) @ text.T
-    base_logits = (scale * F.normalize(base_enc.features.float(), dim=-1) @ text.T
+    logits = scale * F.normalize(enc.features.float().cpu(), dim=-1) @ text.T
+    base_logits = (scale * F.normalize(base_enc.features.float().cpu(), dim=-1) @ text.T
                    if base_enc is not None else logits)
     geom = Geometry.from_model(clip.model)
     result = RunResult(
@@ -157,7 +157,7 @@ def classify(clip: ClipModel, image, labels: str | Sequence[str], config: Conden
         cls_tokens=enc.cls_tokens)
     if use_reservoir:
         corrected = stream_update(reservoir, enc.cls_tokens, logits.detach(),
-                                  F.normalize(enc.features.float(), dim=-1))
+                                  F.normalize(enc.features.float().cpu(), dim=-1))
         result.corrected = _prediction(labels, corrected[0])
         result.reservoir = reservoir.summary(labels)
     return result
