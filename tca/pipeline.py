@@ -141,23 +141,21 @@ def classify(clip: ClipModel, image, labels: str | Sequence[str], config: Conden
         enc: Encoded = encode(clip.model, pixels, config, anchors=anchors, trace=trace,
                               record_cls=use_reservoir)
         timings["condensed_ms"] = (time.perf_counter() - t0) * 1e3
-    logits = scale * F.normalize(enc.features.float().cpu(), dim=-1) @ text.T
+    z = F.normalize(enc.features.float().cpu(), dim=-1)
+    logits = scale * z @ text.T
     base_logits = (scale * F.normalize(base_enc.features.float().cpu(), dim=-1) @ text.T
                    if base_enc is not None else logits)
     geom = Geometry.from_model(clip.model)
+    base_schedule = plan_layers(CondenseConfig(method="none"), geom.n_tokens, geom.depth)
     result = RunResult(
         labels=labels, config=config, model=clip.weights_description, random_weights=clip.is_random,
         baseline=_prediction(labels, base_logits[0]), condensed=_prediction(labels, logits[0]),
-        tokens_per_layer=enc.tokens_per_layer,
-        baseline_tokens=base_enc.tokens_per_layer if base_enc else [geom.n_tokens] * geom.depth,
-        flops_baseline=count_macs(geom, base_enc.schedule if base_enc else
-                                  plan_layers(CondenseConfig(method="none"), geom.n_tokens, geom.depth)),
-        flops_condensed=count_macs(geom, enc.schedule),
+        tokens_per_layer=enc.tokens_per_layer, baseline_tokens=list(base_schedule.tokens),
+        flops_baseline=count_macs(geom, base_schedule), flops_condensed=count_macs(geom, enc.schedule),
         timings_ms=timings, trace=enc.trace, anchors_used=enc.anchors_used,
         cls_tokens=enc.cls_tokens)
     if use_reservoir:
-        corrected = stream_update(reservoir, enc.cls_tokens, logits.detach(),
-                                  F.normalize(enc.features.float().cpu(), dim=-1))
+        corrected = stream_update(reservoir, enc.cls_tokens, logits.detach(), z)
         result.corrected = _prediction(labels, corrected[0])
         result.reservoir = reservoir.summary(labels)
     return result
