@@ -256,7 +256,8 @@ class CondensingBlock(ResidualAttentionBlock):
         else:
             patch_attn = cls_row[..., 1:]  # (B, h, P): CLS -> patches, not renormalised
             attn_mean = condense.head_mean_score(patch_attn)
-            select = attn_mean if run.config.score == "mean" else condense.head_rank_score(patch_attn)
+            rank = run.config.method == "tca" and run.config.score == "rank"  # EViT: always mean
+            select = condense.head_rank_score(patch_attn) if rank else attn_mean
             c = condense.prune_merge_fuse(x, select, attn_mean, plan.t1, plan.t2, plan.k)
         if c.x.shape[1] != plan.n_out:
             raise RuntimeError(f"layer {layer}: {c.x.shape[1]} tokens, planned {plan.n_out}")

@@ -194,3 +194,14 @@ def test_concurrent_callers_never_see_each_others_settings(tiny_clip):
     for t in threads:
         t.join()
     assert not errors
+
+
+def test_rank_score_changes_tca_but_not_evit(tiny_clip):
+    model = tiny_clip.model
+    tca.patch(model)
+    x = _images(1, seed=12)
+    with torch.inference_mode():
+        def run(**kw):
+            return tca.encode(model, x, CondenseConfig(keep_rate=0.6, **kw), trace=True).trace.token_index
+        assert not torch.equal(run(score="mean"), run(score="rank"))
+        assert torch.equal(run(method="evit", score="mean"), run(method="evit", score="rank"))
