@@ -5,7 +5,7 @@ known before (or without) running the model.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 from . import condense
@@ -118,7 +118,6 @@ class Schedule:
     tokens: tuple[int, ...]
     n_tokens: int
     anchors: bool = False
-    notes: tuple[str, ...] = field(default=())
 
     def attention_tokens(self, layer: int) -> int:
         """Tokens seen by block ``layer``'s attention (one more where a domain anchor is added)."""
