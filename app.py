@@ -162,7 +162,7 @@ def user_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (*explore.USER_ERRORS, tca.UnsupportedModelError) as exc:
+        except tca.UserError as exc:
             raise gr.Error(user_message(exc), title="Cannot run",
                            print_exception=False) from exc
     return wrapper

@@ -7,6 +7,7 @@
 
 See README.md for the full API.
 """
+from .errors import InputError, UserError
 from .config import (DEFAULT_LAYERS, METHODS, ConfigError, CondenseConfig, Schedule,
                      keep_rate_to_rate, plan_layers)
 from .flops import CONVENTION, FlopReport, Geometry, count_macs, macs_for
@@ -21,7 +22,7 @@ from .trace import KEPT, MERGED, PRUNED, Trace
 __version__ = "0.1.0"
 
 __all__ = [
-    "CondenseConfig", "ConfigError", "METHODS", "DEFAULT_LAYERS", "Schedule", "plan_layers",
+    "UserError", "InputError", "CondenseConfig", "ConfigError", "METHODS", "DEFAULT_LAYERS", "Schedule", "plan_layers",
     "keep_rate_to_rate", "patch", "unpatch", "encode", "is_patched", "Encoded",
     "UnsupportedModelError", "Trace", "KEPT", "MERGED", "PRUNED", "Geometry", "FlopReport",
     "count_macs", "macs_for", "CONVENTION", "Reservoir", "ReservoirConfig", "PRESETS", "preset",

@@ -12,10 +12,11 @@ from .flops import CONVENTION, Geometry, macs_for, saved_percent
 from .images import ImageError, load_image
 from .models import (DEFAULT_MODEL, DEFAULT_PRETRAINED, TEMPLATES, LabelError,
                      WeightsUnavailableError, load_model, parse_labels, validate_labels)
+from .errors import UserError
 from .patch import UnsupportedModelError
 
 
-class CliError(Exception):
+class CliError(UserError):
     """A user error: printed as one line, exit status 2."""
 
 

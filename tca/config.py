@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from typing import Sequence
 
 from . import condense
+from .errors import ConfigError
 
 METHODS = ("tca", "evit", "tome", "none")
 SCORES = ("mean", "rank")
@@ -20,10 +21,6 @@ DEFAULT_LAYERS = (3, 6, 9)
 # about 3m tokens per layer), which meets the last point at R=0.7 and stays below d = 1/3 where the
 # tier-1 budget would run out.
 RATE_POINTS: tuple[tuple[float, float], ...] = ((1.0, 0.0), (0.9, 0.035), (0.7, 0.1))
-
-
-class ConfigError(ValueError):
-    """A condensation setting is out of range; the message names it."""
 
 
 def keep_rate_to_rate(keep_rate: float) -> float:

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 
 from .config import DEFAULT_LAYERS, METHODS, ConfigError, CondenseConfig, parse_layers
 from .flops import CONVENTION, Geometry, count_macs, macs_for
+from .errors import UserError
 from .images import ImageError, load_image
 from .models import TEMPLATES, ClipModel, validate_labels
 from .patch import encode, is_patched, patch
@@ -63,7 +64,7 @@ RANDOM_NOTE = ("NOTE: this model has RANDOM weights (--pretrained none): the acc
                "meaningless; only GMACs, speed and the pipeline are real.")
 
 
-class EvalError(ValueError):
+class EvalError(UserError, ValueError):
     """A user error in the evaluation input (folder, manifest, options); printed as one line."""
 
 

@@ -20,10 +20,11 @@ import numpy as np
 import open_clip
 from PIL import Image
 
-from .config import ConfigError, CondenseConfig, parse_layers
-from .images import ImageError, load_image
-from .models import (TEMPLATES, WEIGHTS_HELP, ClipModel, LabelError, WeightsUnavailableError,
-                     load_model, parse_labels, validate_labels)
+from .config import CondenseConfig, parse_layers
+from .errors import ConfigError, InputError, LabelError, WeightsUnavailableError
+from .images import load_image
+from .models import (TEMPLATES, WEIGHTS_HELP, ClipModel, load_model, parse_labels,
+                     validate_labels)
 from .pipeline import Prediction, RunResult, classify
 from .reservoir import Reservoir, ReservoirConfig, preset
 
@@ -41,12 +42,6 @@ KEEP_RATE_RANGE = (0.1, 1.0)
 MERGE_CENTERS_RANGE = (1, 16)
 
 
-class InputError(ValueError):
-    """An app input is missing or unusable; the message names it (shown to the user)."""
-
-
-# Everything a user can get wrong; the app turns these into gr.Error with the same message.
-USER_ERRORS = (InputError, ImageError, LabelError, ConfigError, WeightsUnavailableError)
 
 
 # ----------------------------------------------------------------------------------- models
@@ -293,7 +288,7 @@ def run(cache: ModelCache, image, labels, model: str, method: str = "tca",
         ) -> RunState:
     """Validate raw app inputs and run baseline + condensed (+ stream) on one image.
 
-    Raises one of :data:`USER_ERRORS` with a message fit for the user.
+    Raises :class:`tca.errors.UserError` with a message fit for the user.
     """
     say = progress or (lambda frac, desc: None)
     config = parse_settings(method, keep_rate, layers, merge_centers, score)
@@ -431,7 +426,7 @@ class ExportDir:
         return p
 
 
-__all__ = ["APP_MODELS", "COMPARE_METHODS", "METHOD_NAMES", "MAX_LABELS", "USER_ERRORS",
+__all__ = ["APP_MODELS", "COMPARE_METHODS", "METHOD_NAMES", "MAX_LABELS",
            "InputError", "LoadedModel", "ModelCache", "StreamState", "RunState", "Comparison",
            "run", "compare", "summary", "export_dict", "ExportDir", "model_view", "open_image",
            "parse_settings"]

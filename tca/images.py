@@ -9,12 +9,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .errors import ImageError
+
 MAX_PIXELS = 64_000_000  # decoded size guard against decompression bombs (e.g. 8000 x 8000)
 MAX_ASPECT = 2.0  # CLIP keeps only the centre square; longer sides are cropped before resizing
-
-
-class ImageError(ValueError):
-    """The input is not a usable image; the message names the problem."""
 
 
 def load_image(source: str | os.PathLike | bytes | Image.Image | np.ndarray,

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from open_clip import zero_shot_metadata
 
+from .errors import LabelError, WeightsUnavailableError
 from .patch import check_supported
 
 DEFAULT_MODEL = "ViT-B-16-quickgelu"
@@ -32,14 +33,6 @@ WEIGHTS_HELP = (
     "Hugging Face cache), or pass --checkpoint PATH / set TCA_CHECKPOINT to a local "
     ".safetensors or PyTorch state-dict file for this architecture, or use --pretrained none "
     "for random weights.")
-
-
-class WeightsUnavailableError(RuntimeError):
-    """Pretrained weights could not be loaded; the message says how to supply them."""
-
-
-class LabelError(ValueError):
-    """The candidate labels are unusable; the message names the problem."""
 
 
 @dataclass

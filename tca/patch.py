@@ -20,12 +20,9 @@ import torch.nn.functional as F
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 
 from . import condense
-from .config import ConfigError, CondenseConfig, Schedule, plan_layers
+from .config import CondenseConfig, Schedule, plan_layers
+from .errors import ConfigError, UnsupportedModelError
 from .trace import Trace, TraceRecorder
-
-
-class UnsupportedModelError(ValueError):
-    """The model cannot be condensed (no CLS token, non-standard blocks, ...)."""
 
 
 @dataclass

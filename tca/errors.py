@@ -1,0 +1,39 @@
+"""Everything a user can get wrong, under one base class.
+
+The CLI, eval and the app catch :class:`UserError` (and nothing else) as a user mistake: its
+message is shown as one line. Any other exception is a bug and keeps its traceback. Each class
+also derives from the standard exception it used to be, so ``except ValueError`` still works.
+"""
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A problem with the user's input or environment; the message names it and says what to do."""
+
+
+class ConfigError(UserError, ValueError):
+    """Condensation settings that cannot work (rates, layers, K, method)."""
+
+
+class ImageError(UserError, ValueError):
+    """The input is not a usable image."""
+
+
+class LabelError(UserError, ValueError):
+    """The candidate labels are unusable."""
+
+
+class InputError(UserError, ValueError):
+    """An app or CLI input is missing or unusable (no image, unknown choice, ...)."""
+
+
+class WeightsUnavailableError(UserError, RuntimeError):
+    """Pretrained weights could not be loaded; the message says how to supply them."""
+
+
+class UnsupportedModelError(UserError, ValueError):
+    """The model cannot be condensed (no CLS token, non-standard blocks, ...)."""
+
+
+__all__ = ["UserError", "ConfigError", "ImageError", "LabelError", "InputError",
+           "WeightsUnavailableError", "UnsupportedModelError"]
