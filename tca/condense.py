@@ -2,7 +2,7 @@
 
 Shapes use B = batch, N = tokens (CLS at index 0), P = N - 1 patches, D = width, h = heads.
 Every function that changes the token count also returns ``dest`` (B, N_in): the output
-index each input token went to. Composing ``dest`` across layers gives every original patch's
+index each input token went to (-1: dropped, held by no token, as ATS does). Composing ``dest`` across layers gives every original patch's
 fate (see ``tca.trace``) without a B x N x N source matrix.
 """
 from __future__ import annotations
@@ -18,6 +18,7 @@ class Condensed(NamedTuple):
     dest: torch.Tensor  # (B, N_in) long: output index of every input token
     pruned: torch.Tensor | None  # (B, N_in) bool: tokens fused into the "pruned" token
     size: torch.Tensor | None = None  # (B, N_out) token sizes, for ToMe
+    valid: torch.Tensor | None = None  # (B, N_out) bool: real tokens (False = padding), for ATS
 
 
 # --------------------------------------------------------------------------- scores
@@ -242,3 +243,99 @@ def tome_merge(x: torch.Tensor, size: torch.Tensor, metric: torch.Tensor, r: int
     dest, n_out = bipartite_soft_matching(metric, r)
     x, size = merge_weighted(x, size, dest, n_out)
     return Condensed(x, dest, None, size)
+
+
+def attention_rows_metric(probs: torch.Tensor) -> torch.Tensor:
+    """The released TCA code's ToMe metric: every token's attention-probability row, averaged
+    over heads (instead of ToMe's head-mean keys). probs: (B, h, N, N) -> (B, N, N)."""
+    return probs.mean(dim=1)
+
+
+# --------------------------------------------------------------------------- ATS
+# Adaptive Token Sampling (Fayyaz et al., ECCV 2022), re-implemented from the paper: score every
+# patch by its CLS attention times its value norm, and sample patches at evenly spaced quantiles
+# of the scores' CDF. A patch whose score spans several quantiles is sampled several times but
+# kept once, so the number of kept tokens adapts to each image (at most the budget).
+
+
+def ats_score(cls_attn: torch.Tensor, value_norm: torch.Tensor,
+              valid: torch.Tensor | None = None) -> torch.Tensor:
+    """ATS significance score of every patch, normalised to sum to 1 per image.
+
+    cls_attn: (B, h, N) per-head CLS attention probabilities; value_norm: (B, h, N) per-head
+    value norms ||V_j^h||; valid: (B, N) bool, False for padding tokens (scored 0).
+    S_j = sum_h A^h_{0,j} ||V^h_j|| / sum_{i >= 1} sum_h A^h_{0,i} ||V^h_i|| (heads summed, as the
+    paper does for multi-head attention). Returns (B, P), P = N - 1 (CLS excluded).
+    """
+    raw = (cls_attn[..., 1:] * value_norm[..., 1:]).sum(dim=1)
+    if valid is not None:
+        raw = raw.masked_fill(~valid[:, 1:], 0.0)
+    return raw / raw.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(raw.dtype).tiny)
+
+
+def ats_budget(n_patches: torch.Tensor, keep_rate: float) -> torch.Tensor:
+    """Samples drawn per image: ceil(R * P_b), the keep-rate convention of EViT and of the
+    paper's baselines at the same blocks, applied to each image's own patch count.
+
+    n_patches: (B,) long -> (B,) long, between 0 and P_b."""
+    budget = torch.ceil(n_patches.double() * keep_rate - 1e-9).long()
+    return torch.minimum(budget, n_patches).clamp_min(0)
+
+
+def inverse_cdf_sample(score: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
+    """Deterministic inverse-transform sampling of the score distribution.
+
+    score: (B, P) non-negative, summing to 1 per image (padding 0); budget: (B,) long, K_b.
+    Scores are sorted ascending and accumulated into a CDF; sample k < K_b is the first patch
+    whose CDF reaches the quantile y_k = (k + 1/2) / K_b (the centres of K_b equal-probability
+    strata: a patch holding more than 1/K_b of the mass is always sampled, and no sample is spent
+    at y = 0 on the least significant patch). Returns (B, max K_b) long patch indices, -1 where
+    k >= K_b; indices repeat where a patch spans several quantiles.
+    """
+    b, p = score.shape
+    k_max = int(budget.max()) if b else 0
+    order = score.argsort(dim=-1, stable=True)
+    cdf = score.gather(1, order).double().cumsum(dim=-1).contiguous()
+    k = torch.arange(k_max, device=score.device, dtype=torch.float64).expand(b, k_max)
+    kb = budget.to(torch.float64).unsqueeze(1)
+    y = ((k + 0.5) / kb.clamp_min(1.0)).contiguous()
+    pos = torch.searchsorted(cdf, y).clamp_max(p - 1)  # rounding can leave cdf[-1] just below 1
+    picked = order.gather(1, pos)
+    return picked.masked_fill(k >= kb, -1)
+
+
+def unique_indices(samples: torch.Tensor, n_patches: int) -> torch.Tensor:
+    """Duplicates collapse: which patches were sampled at least once.
+
+    samples: (B, K) long patch indices, -1 = no sample. Returns keep (B, P) bool.
+    """
+    keep = torch.zeros((samples.shape[0], n_patches + 1), dtype=torch.bool, device=samples.device)
+    keep.scatter_(1, samples + 1, True)  # -1 lands in the extra column 0, dropped below
+    return keep[:, 1:]
+
+
+def keep_patches(x: torch.Tensor, keep: torch.Tensor, valid: torch.Tensor | None = None) -> Condensed:
+    """Keep CLS and the patches marked in ``keep`` (original order), drop the rest, and pack the
+    batch to the largest per-image count with padding.
+
+    x: (B, N, D), CLS at 0; keep: (B, P) bool; valid: (B, N) bool input padding mask or None.
+    Returns Condensed with x (B, N_out, D), N_out = 1 + max_b kept_b (padding rows zero),
+    dest (B, N) (-1 for dropped tokens and input padding), pruned (B, N) bool (dropped real
+    patches) and valid (B, N_out) bool.
+    """
+    b, n, d = x.shape
+    if valid is not None:
+        keep = keep & valid[:, 1:]
+    counts = keep.sum(dim=1)
+    n_out = 1 + int(counts.max()) if b else 1
+    slot = keep.long().cumsum(dim=1)  # 1-based output slot of each kept patch
+    dest = torch.full((b, n), -1, dtype=torch.long, device=x.device)
+    dest[:, 0] = 0
+    dest[:, 1:] = torch.where(keep, slot, torch.full_like(slot, -1))
+    out = x.new_zeros((b, n_out + 1, d))  # one spare row receives every dropped token
+    out.scatter_(1, dest.where(dest >= 0, n_out).unsqueeze(-1).expand(b, n, d), x)
+    out_valid = torch.arange(n_out, device=x.device).unsqueeze(0) <= counts.unsqueeze(1)
+    pruned = torch.zeros((b, n), dtype=torch.bool, device=x.device)
+    real = valid[:, 1:] if valid is not None else torch.ones_like(keep)
+    pruned[:, 1:] = real & ~keep
+    return Condensed(out[:, :n_out], dest, pruned, valid=out_valid)

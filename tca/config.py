@@ -8,10 +8,14 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Sequence
 
+import torch
+
 from . import condense
 from .errors import ConfigError
 
-METHODS = ("tca", "evit", "tome", "none")
+METHODS = ("tca", "evit", "tome", "tome-paper", "ats", "none")
+# Methods whose per-image token counts depend on the image (the schedule holds upper bounds).
+ADAPTIVE_METHODS = ("ats",)
 SCORES = ("mean", "rank")
 DEFAULT_LAYERS = (3, 6, 9)
 
@@ -38,8 +42,11 @@ def keep_rate_to_rate(keep_rate: float) -> float:
 class CondenseConfig:
     """What to condense and how much.
 
-    method: ``tca`` (prune + merge, paper), ``evit`` (top-k + fuse), ``tome`` (bipartite merging)
-    or ``none`` (the unmodified model).
+    method: ``tca`` (prune + merge, paper), ``evit`` (top-k + fuse), ``tome`` (ToMe's bipartite
+    merging: head-mean keys, proportional attention), ``tome-paper`` (the released TCA code's ToMe
+    baseline that produced the paper's ToMe rows: head-mean attention-probability rows as the
+    metric, no proportional attention), ``ats`` (Adaptive Token Sampling: per-image token counts
+    of at most ceil(R P)) or ``none`` (the unmodified model).
     keep_rate: the paper's R in (0, 1]; 1 means nothing is removed.
     rate: TCA only, the released code's raw rate d in [0, 1/3); overrides keep_rate.
     layers: 0-based block indices that condense. merge_centers: K coreset tokens (TCA tier 2).
@@ -95,7 +102,9 @@ class CondenseConfig:
 
 @dataclass(frozen=True)
 class LayerPlan:
-    """What one condensing block does. kind: 'tiers' (TCA/EViT) or 'tome'."""
+    """What one condensing block does. kind: 'tiers' (TCA/EViT), 'tome', 'tome-paper' or 'ats'
+    (n_out is then the upper bound 1 + t1, t1 = ceil(R (n_in - 1)) samples; each image keeps at
+    most that many patches)."""
 
     kind: str
     n_in: int
@@ -115,6 +124,18 @@ class Schedule:
     tokens: tuple[int, ...]
     n_tokens: int
     anchors: bool = False
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether token counts depend on the image (``tokens`` are then upper bounds)."""
+        return any(p is not None and p.kind == "ats" for p in self.plans)
+
+    def realised(self, tokens: Sequence[int]) -> "Schedule":
+        """This schedule with the token counts one image actually had (ATS), for FLOPs."""
+        tokens = tuple(int(t) for t in tokens)
+        if len(tokens) != len(self.plans):
+            raise ValueError(f"{len(tokens)} token counts for {len(self.plans)} blocks")
+        return replace(self, tokens=tokens)
 
     def attention_tokens(self, layer: int) -> int:
         """Tokens seen by block ``layer``'s attention (one more where a domain anchor is added)."""
@@ -145,9 +166,13 @@ def plan_layers(config: CondenseConfig, n_tokens: int, depth: int, anchors: bool
 
 
 def _plan_one(config: CondenseConfig, n: int, layer: int) -> LayerPlan | None:
-    if config.method == "tome":
+    if config.method in ("tome", "tome-paper"):
         r = condense.tome_r(n, config.keep_rate)
-        return LayerPlan("tome", n, n - r, r=r) if r > 0 else None
+        return LayerPlan(config.method, n, n - r, r=r) if r > 0 else None
+    if config.method == "ats":
+        # Even a budget of every patch drops some: duplicates collapse.
+        budget = int(condense.ats_budget(torch.tensor([n - 1]), config.keep_rate)[0])
+        return LayerPlan("ats", n, 1 + budget, t1=budget) if n > 1 else None
     if config.method == "evit":
         t1, t2, t3 = condense.evit_tier_sizes(n, config.keep_rate)
         k = 0

@@ -7,11 +7,14 @@ Per block with N_in tokens into attention (one more where TCA prepends a domain 
 into the MLP: 4·N_in·D² + 2·N_in²·D + 2·m·N_out·D² (qkv, QK^T, AV, output projection, MLP with
 ratio m). Plus the patch embedding (N_p·3·P²·D) and the final projection (D·E). LayerNorm,
 softmax, GELU and residual adds are not counted (as in the papers). Condensation overhead (CLS
-attention row, coreset distances, fusing, ToMe matching) is reported separately.
+attention row, coreset distances, fusing, ToMe matching, ATS value norms) is reported separately.
+ATS keeps a different number of tokens in every image: its schedule holds the budget (an upper
+bound) and :func:`macs_per_image` counts each image from its actual counts.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, asdict
+from typing import Sequence
 
 import open_clip
 
@@ -129,12 +132,30 @@ def count_macs(geom: Geometry, schedule: Schedule) -> FlopReport:
 def _overhead(plan, n_in: int, d: int, h: int) -> int:
     if plan is None:
         return 0
-    if plan.kind == "tome":
+    if plan.kind in ("tome", "tome-paper"):
         na, nb = (n_in + 1) // 2, n_in // 2
-        return na * nb * (d // h) + n_in * d  # cosine matching on head-mean keys + weighted merge
+        # cosine matching on head-mean keys (d_h wide) or attention rows (n_in wide), then the
+        # weighted merge
+        metric = d // h if plan.kind == "tome" else n_in
+        return na * nb * metric + n_in * d
+    if plan.kind == "ats":
+        return 2 * n_in * d  # the CLS attention row and the value norms, all heads
     cls_row = n_in * d  # one CLS query against every key, all heads
     coreset = plan.t2 * plan.t2 * d + plan.t2 * d if plan.t2 > plan.k else 0
     return cls_row + coreset + plan.t3 * d
+
+
+def macs_per_image(geom: Geometry, schedule: Schedule,
+                   tokens_per_image: Sequence[Sequence[int]]) -> list[FlopReport]:
+    """One report per image from the token counts it actually had (ATS varies per image; every
+    other method gives the schedule's counts). Padding in a batch is not counted: one image run
+    alone costs exactly this."""
+    return [count_macs(geom, schedule.realised(t)) for t in tokens_per_image]
+
+
+def mean_gmacs(reports: Sequence[FlopReport]) -> float:
+    """The average GMACs over images, as the ATS paper (and TCA's Table 1, "*") reports."""
+    return sum(r.gmacs for r in reports) / len(reports) if reports else float("nan")
 
 
 def macs_for(geom: Geometry, config: CondenseConfig, anchors: bool = False) -> FlopReport:

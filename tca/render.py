@@ -116,6 +116,9 @@ def layer_view(trace: Trace, layer: int, image_index: int = 0) -> LayerView:
         raise ValueError(f"layer {layer} is out of range: the trace has {trace.depth} layers")
     rows, cols = trace.grid
     token = trace.token_index[image_index, layer].numpy().astype(np.int64)
+    # Patches ATS dropped sit in no token (-1); they are drawn as pruned, so parking them on the
+    # CLS slot (which holds no patch) keeps the per-token sums valid without colouring anything.
+    token = np.maximum(token, 0)
     fate = trace.fate[image_index, layer].numpy()
     n = int(token.max()) + 1
     first = np.zeros(n, dtype=np.int64)

@@ -2,8 +2,9 @@
 
 During a traced forward the patched model keeps, per image, ``token_of`` (P,): which current
 token holds each original patch, and ``pruned`` (P,): whether the patch was ever fused into the
-"class-irrelevant" token. Each condensing layer composes its ``dest`` map into ``token_of``;
-plain layers leave both tensors untouched, so recording them costs two references per block.
+"class-irrelevant" token (or dropped outright, as ATS does; its token index is then DROPPED).
+Each condensing layer composes its ``dest`` map into ``token_of``; plain layers leave both
+tensors untouched, so recording them costs two references per block.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 KEPT, MERGED, PRUNED = 0, 1, 2
+DROPPED = -1  # token_index of a patch that no token holds any more (ATS drops tokens)
 FATE_NAMES = {KEPT: "kept", MERGED: "merged", PRUNED: "pruned"}
 
 
@@ -26,32 +28,41 @@ class TraceRecorder:
 
     def condense(self, layer: int, dest: torch.Tensor, pruned: torch.Tensor | None,
                  patch_attention: torch.Tensor | None) -> None:
-        """dest: (B, N_in); pruned: (B, N_in) bool; patch_attention: (B, N_in - 1) head-mean CLS
-        attention of the tokens entering the layer (each patch gets its token's value)."""
+        """dest: (B, N_in), -1 for dropped tokens; pruned: (B, N_in) bool; patch_attention:
+        (B, N_in - 1) head-mean CLS attention of the tokens entering the layer (each patch gets
+        its token's value; NaN for patches dropped earlier)."""
+        alive = self.token_of >= 0  # patches an earlier layer dropped (ATS) stay dropped
+        idx = self.token_of.clamp_min(0)
         if patch_attention is not None:
             att = torch.cat([patch_attention.new_full((patch_attention.shape[0], 1), float("nan")),
                              patch_attention], dim=1)
-            self.cls_attention[layer] = att.gather(1, self.token_of).float().cpu()
+            att = att.gather(1, idx).masked_fill(~alive, float("nan"))
+            self.cls_attention[layer] = att.float().cpu()
         if pruned is not None:
-            self.pruned = self.pruned | pruned.gather(1, self.token_of)
-        self.token_of = dest.gather(1, self.token_of)
+            self.pruned = self.pruned | (pruned.gather(1, idx) & alive)
+        self.token_of = torch.where(alive, dest.gather(1, idx), DROPPED)
 
     def end_block(self) -> None:
         self.per_layer.append((self.token_of, self.pruned))
 
     def finish(self, tokens_per_layer: list[int], grid: tuple[int, int],
-               condensing_layers: tuple[int, ...]) -> "Trace":
+               condensing_layers: tuple[int, ...],
+               tokens_per_image: list[list[int]] | None = None) -> "Trace":
         token_index = torch.stack([t for t, _ in self.per_layer], dim=1).cpu()  # (B, L, P)
         pruned = torch.stack([p for _, p in self.per_layer], dim=1).cpu()
         b, l, p = token_index.shape
+        held = token_index >= 0
+        idx = token_index.clamp_min(0)
         counts = torch.zeros((b, l, max(tokens_per_layer)), dtype=torch.long)
-        counts.scatter_add_(2, token_index, torch.ones_like(token_index))
-        shared = counts.gather(2, token_index) > 1
+        counts.scatter_add_(2, idx, held.long())
+        shared = (counts.gather(2, idx) > 1) & held
         fate = torch.full((b, l, p), KEPT, dtype=torch.uint8)
         fate[shared] = MERGED
         fate[pruned] = PRUNED
+        per_image = tuple(tuple(int(n) for n in row) for row in tokens_per_image) \
+            if tokens_per_image is not None else None
         return Trace(tuple(tokens_per_layer), grid, token_index, fate, self.cls_attention,
-                     tuple(condensing_layers))
+                     tuple(condensing_layers), per_image)
 
 
 @dataclass(frozen=True)
@@ -59,10 +70,12 @@ class Trace:
     """Per-layer token counts and patch fates of one traced forward.
 
     token_index: (B, L, P) long, the token (index into that layer's output) holding each patch
-    after block l. fate: (B, L, P) uint8, KEPT / MERGED / PRUNED. A patch is MERGED when its
+    after block l, or DROPPED (-1) once ATS dropped it (no token holds it; its fate is PRUNED). fate: (B, L, P) uint8, KEPT / MERGED / PRUNED. A patch is MERGED when its
     token holds other patches too, PRUNED once it was fused into a class-irrelevant token
     (final). cls_attention: layer -> (B, P) head-mean CLS attention that drove that layer's
     decision. Patches are in row-major order of the ``grid`` (rows, cols).
+    tokens_per_layer: the token count at every block output; with per-image counts (ATS) in a
+    batch, the padded width (the largest count), and ``tokens(image)`` gives each image's own.
     """
 
     tokens_per_layer: tuple[int, ...]
@@ -71,10 +84,17 @@ class Trace:
     fate: torch.Tensor
     cls_attention: dict[int, torch.Tensor]
     condensing_layers: tuple[int, ...]
+    tokens_per_image: tuple[tuple[int, ...], ...] | None = None  # (B, L); None: all equal
 
     @property
     def depth(self) -> int:
         return len(self.tokens_per_layer)
+
+    def tokens(self, image: int = 0) -> tuple[int, ...]:
+        """Token count at every block output for one image of the batch."""
+        if self.tokens_per_image is None:
+            return self.tokens_per_layer
+        return self.tokens_per_image[image]
 
     def groups(self, layer: int, image: int = 0) -> dict[int, list[int]]:
         """Merged groups at ``layer``: token index -> patches (only non-pruned, size >= 2)."""
@@ -88,9 +108,11 @@ class Trace:
 
     def source(self, layer: int, image: int = 0) -> torch.Tensor:
         """ToMe-style source matrix (N_l, P) bool: S[j, i] iff patch i lives in token j."""
-        n = self.tokens_per_layer[layer]
-        src = torch.zeros((n, self.token_index.shape[-1]), dtype=torch.bool)
-        src[self.token_index[image, layer], torch.arange(src.shape[1])] = True
+        n = self.tokens(image)[layer]
+        idx = self.token_index[image, layer]
+        held = idx >= 0  # dropped patches (ATS) live in no token: all-zero columns
+        src = torch.zeros((n, idx.shape[0]), dtype=torch.bool)
+        src[idx[held], torch.arange(idx.shape[0])[held]] = True
         return src
 
     def fate_counts(self, layer: int, image: int = 0) -> dict[str, int]:
@@ -100,8 +122,10 @@ class Trace:
     def select(self, image: int) -> "Trace":
         """The trace of one image of the batch (batch dimension kept, size 1)."""
         sl = slice(image, image + 1)
-        return Trace(self.tokens_per_layer, self.grid, self.token_index[sl], self.fate[sl],
-                     {k: v[sl] for k, v in self.cls_attention.items()}, self.condensing_layers)
+        tokens = self.tokens(image)
+        return Trace(tokens, self.grid, self.token_index[sl], self.fate[sl],
+                     {k: v[sl] for k, v in self.cls_attention.items()}, self.condensing_layers,
+                     None if self.tokens_per_image is None else (tokens,))
 
     def to_dict(self, image: int = 0) -> dict:
         """JSON-ready summary: counts, fates and groups per layer."""
@@ -109,7 +133,7 @@ class Trace:
         for l in range(self.depth):
             layers.append({
                 "layer": l,
-                "tokens": self.tokens_per_layer[l],
+                "tokens": self.tokens(image)[l],
                 "fates": self.fate_counts(l, image),
                 "fate": self.fate[image, l].tolist(),
                 "token_index": self.token_index[image, l].tolist(),
