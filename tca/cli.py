@@ -14,6 +14,7 @@ from .models import (DEFAULT_MODEL, DEFAULT_PRETRAINED, TEMPLATES, LabelError,
                      WeightsUnavailableError, load_model, parse_labels, validate_labels)
 from .errors import UserError
 from .patch import UnsupportedModelError
+from .prompts import PRESET_TEMPLATES, templates_for
 
 
 class CliError(UserError):
@@ -59,7 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", required=True, help='candidate labels, e.g. "cat,dog,car"')
     add_model_args(p)
     add_condense_args(p)
-    p.add_argument("--templates", default="single", choices=tuple(TEMPLATES))
+    p.add_argument("--templates", default=None, choices=tuple(TEMPLATES), metavar="NAME",
+                   help="prompt templates, one of: " + ", ".join(TEMPLATES)
+                        + " (default: the preset's, else 'single')")
+    p.add_argument("--preset", default=None, choices=tuple(PRESET_TEMPLATES), metavar="NAME",
+                   help="dataset preset: implies its prompt templates (the paper's per-dataset "
+                        "prompts) unless --templates is given")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_predict)
@@ -84,7 +90,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     validate_labels(parse_labels(args.labels))
     macs_for(Geometry.from_name(args.model), config)  # layers / K against this architecture
     clip = load_from_args(args)
-    result = classify(clip, image, args.labels, config, templates=args.templates, trace=True)
+    templates = templates_for(args.preset, args.templates)
+    result = classify(clip, image, args.labels, config, templates=templates, trace=True)
     if args.json:
         d = result.to_dict(include_trace=False)
         d["gmacs"]["saved_percent"] = round(d["gmacs"]["saved_percent"], 3)
@@ -95,6 +102,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print("WARNING: random weights (--pretrained none): predictions are meaningless.")
     print(f"model: {result.model}")
     print(f"condensation: {config.describe()}")
+    print(f"prompt templates: {templates} ({len(TEMPLATES[templates])})")
     print(f"\n{'label':<28}{'baseline':>10}{'condensed':>11}{'shift':>9}")
     for label, _ in result.condensed.top(k):
         i = result.labels.index(label)

@@ -48,6 +48,7 @@ from .errors import UserError
 from .images import ImageError, load_image
 from .models import TEMPLATES, ClipModel, validate_labels
 from .patch import encode, is_patched, patch
+from .prompts import templates_for
 from .reservoir import PRESETS, Reservoir, preset as reservoir_preset, stream_update
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif",
@@ -531,7 +532,7 @@ def _slug(text: str) -> str:
 
 def evaluate(clip: ClipModel, dataset: Dataset, methods: Sequence[str] = DEFAULT_METHODS,
              keep_rates: Sequence[float] = DEFAULT_KEEP_RATES, *, batch_size: int = 8,
-             templates: str = "single", preset: str = "default", shuffle_seed: int | None = 0,
+             templates: str | None = None, preset: str = "default", shuffle_seed: int | None = 0,
              repeats: int = 1, limit: int | None = None, num_workers: int | None = None,
              records_dir: str | os.PathLike | None = None, fresh: bool = False,
              progress: bool = True, layers: Sequence[int] = DEFAULT_LAYERS,
@@ -544,11 +545,14 @@ def evaluate(clip: ClipModel, dataset: Dataset, methods: Sequence[str] = DEFAULT
     same arguments resumes from them (``fresh=True`` discards them). None keeps everything in
     memory. on_batch(repeat, images_done): called after every batch (e.g. for tests).
     The result's ``results`` list holds one entry per setting, averaged over repeats.
+    templates: a template-set name; None = the set the preset implies (``tca.prompts``).
+    GMACs are per image from the token counts each image had (ATS varies), averaged.
     """
     if batch_size < 1:
         raise EvalError(f"--batch-size must be >= 1, got {batch_size}")
     settings = make_settings(methods, keep_rates, layers, merge_centers, score)
     res_config = reservoir_preset(preset)
+    templates = templates_for(preset, templates)
     echo = echo or (lambda s: print(s, file=sys.stderr))
     labels = validate_labels(dataset.labels, clip.tokenizer, templates,
                              context_length=clip.context_length)
@@ -692,17 +696,20 @@ def _run_batch(run: _Run, dataset: Dataset, ks, ok_ks, pixels, errors, model, ge
             logits = scale * feats @ text.T
         corrected = stream_update(run.reservoir, enc.cls_tokens, logits, feats) if s.stream else None
         ms = (time.perf_counter() - t0) * 1e3 / len(sel)
-        key = (s.key, enc.anchors_used)
-        if key not in macs_cache:
-            macs_cache[key] = count_macs(geom, enc.schedule).gmacs
-        gmacs = macs_cache[key]
+        gmacs_per_image = []
+        for counts in enc.tokens_per_image:  # ATS: every image has its own counts
+            key = (s.key, enc.anchors_used, tuple(counts))
+            if key not in macs_cache:
+                macs_cache[key] = count_macs(geom, enc.schedule.realised(counts)).gmacs
+            gmacs_per_image.append(macs_cache[key])
         top = logits.topk(top_k, dim=-1).indices.tolist()
         top_c = corrected.topk(top_k, dim=-1).indices.tolist() if corrected is not None else None
         filed = []
         for j, jj in enumerate(sel):
             k = ok_ks[jj]
             rec = out[k]
-            rec |= {"pred": top[j][0], "top": top[j], "gmacs": gmacs, "ms": round(ms, 3)}
+            rec |= {"pred": top[j][0], "top": top[j], "gmacs": gmacs_per_image[j],
+                    "ms": round(ms, 3)}
             if top_c is not None:
                 rec |= {"pred_corrected": top_c[j][0], "top_corrected": top_c[j],
                         "anchors": enc.anchors_used}
@@ -971,8 +978,9 @@ def add_parser(sub) -> None:
     p.add_argument("--preset", default="default", choices=tuple(PRESETS), metavar="NAME",
                    help="TCA reservoir hyperparameters (M, sigma, lambda, beta), one of: "
                         f"{', '.join(PRESETS)} (default = ImageNet's)")
-    p.add_argument("--templates", default="single", choices=tuple(TEMPLATES),
-                   help="prompt templates: single ('a photo of a {}.') or imagenet80")
+    p.add_argument("--templates", default=None, choices=tuple(TEMPLATES), metavar="NAME",
+                   help="prompt templates, one of: " + ", ".join(TEMPLATES) + " (default: the "
+                        "preset's dataset templates, 'single' for the default preset)")
     p.add_argument("--shuffle-seed", type=_seed, default=0,
                    help="stream order seed (default 0; 'none' = file order); repeat r uses S + r")
     p.add_argument("--repeats", type=int, default=1, help="stream orders to average (mean ± std)")

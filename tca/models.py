@@ -13,20 +13,16 @@ from typing import Callable, Sequence
 import open_clip
 import torch
 import torch.nn.functional as F
-from open_clip import zero_shot_metadata
 
 from .errors import LabelError, WeightsUnavailableError
 from .patch import check_supported
+from .prompts import TEMPLATES
 
 DEFAULT_MODEL = "ViT-B-16-quickgelu"
 DEFAULT_PRETRAINED = "openai"
 # Models offered by the app and documented as supported (OpenAI weights need -quickgelu).
 SUPPORTED_MODELS = ("ViT-B-32-quickgelu", "ViT-B-16-quickgelu", "ViT-L-14-quickgelu",
                     "ViT-B-32", "ViT-B-16", "ViT-L-14")
-TEMPLATES: dict[str, tuple[str, ...]] = {
-    "single": ("a photo of a {}.",),
-    "imagenet80": tuple(t("{}") for t in zero_shot_metadata.OPENAI_IMAGENET_TEMPLATES),
-}
 MAX_LABEL_CHARS = 300
 WEIGHTS_HELP = (
     "To use real weights: connect to the internet once (open_clip downloads them into the "

@@ -13,7 +13,8 @@ the explicit path; every other block runs open_clip's own fused forward unchange
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +31,10 @@ class Encoded:
     """Output of :func:`encode`.
 
     features: (B, E) image embeddings (not normalised, like ``encode_image``).
-    tokens_per_layer: token count at every block output.
+    tokens_per_layer: token count at every block output (with per-image counts, i.e. ATS in a
+    batch: the padded width, the largest count).
+    tokens_per_image: (B, L) each image's own token count at every block output; FLOPs per image
+    come from these (``Schedule.realised``).
     cls_tokens: (B, L, D) float32 raw residual-stream CLS after every block, if recorded.
     trace: the one-pass trace, if requested. anchors_used: whether domain anchors were prepended.
     """
@@ -41,6 +45,7 @@ class Encoded:
     cls_tokens: torch.Tensor | None = None
     trace: Trace | None = None
     anchors_used: bool = False
+    tokens_per_image: list[list[int]] = field(default_factory=list)
 
 
 class _Run:
@@ -54,10 +59,21 @@ class _Run:
         self.want_trace = trace
         self.record_cls = record_cls
         self.explicit = explicit  # full softmax(QK^T)V everywhere (FLOP counting, tests)
-        self.size: torch.Tensor | None = None
+        self.size: torch.Tensor | None = None  # ToMe token sizes (proportional attention)
+        self.merge_size: torch.Tensor | None = None  # tome-paper sizes (weighted average only)
+        # ATS: (B, N) bool, False for padding once images keep different numbers of tokens; every
+        # later attention masks the padded keys, so each image computes what it would alone.
+        self.valid: torch.Tensor | None = None
         self.recorder: TraceRecorder | None = None
         self.counts: list[int] = []
+        self.image_counts: dict[int, torch.Tensor] = {}  # block -> (B,), where counts vary
         self.cls: list[torch.Tensor] = []
+
+    def tokens_per_image(self, batch: int) -> list[list[int]]:
+        """(B, L) token counts: the padded width wherever every image has the same count."""
+        rows = [self.image_counts[i].tolist() if i in self.image_counts else [n] * batch
+                for i, n in enumerate(self.counts)]
+        return [list(r) for r in zip(*rows)] if rows else [[] for _ in range(batch)]
 
 
 class _Shared:
@@ -173,12 +189,14 @@ def encode(model: torch.nn.Module, images: torch.Tensor, config: CondenseConfig 
         finally:
             shared.call = None
             shared.last = None
-    out = Encoded(features, run.counts, run.schedule, anchors_used=run.anchors is not None)
+    out = Encoded(features, run.counts, run.schedule, anchors_used=run.anchors is not None,
+                  tokens_per_image=run.tokens_per_image(images.shape[0]))
     if record_cls:
         out.cls_tokens = torch.stack(run.cls, dim=1)
     if trace:
         out.trace = run.recorder.finish(run.counts, tuple(visual.grid_size),
-                                        tuple(i for i, p in enumerate(run.schedule.plans) if p))
+                                        tuple(i for i, p in enumerate(run.schedule.plans) if p),
+                                        out.tokens_per_image if run.image_counts else None)
     return out
 
 
@@ -213,10 +231,12 @@ class CondensingBlock(ResidualAttentionBlock):
         if run is None:  # e.g. a text tower block or a direct call outside encode
             return super().forward(q_x, k_x, v_x, attn_mask)
         plan = run.schedule.plans[self._tca_index]
-        if plan is None and run.size is None and not run.explicit:
+        if plan is None and run.size is None and run.valid is None and not run.explicit:
             x = super().forward(q_x, k_x, v_x, attn_mask)
         else:
             x = self._condensing_forward(q_x, run, plan)
+        if run.valid is not None:
+            run.image_counts[len(run.counts)] = run.valid.sum(dim=1).cpu()
         run.counts.append(x.shape[1])
         if run.record_cls:
             run.cls.append(x[:, 0].float())
@@ -230,22 +250,35 @@ class CondensingBlock(ResidualAttentionBlock):
         if run.anchors is not None and plan is not None and plan.kind == "tiers" and layer > 0:
             anchor = select_anchor(run.anchors[:, layer - 1], x[:, 0])
         bias = run.size.log()[:, None, None, :] if run.size is not None else None
+        if run.valid is not None:  # never with sizes or anchors: ATS only
+            bias = padding_bias(run.valid, x.dtype)
         seq = x if anchor is None else torch.cat([anchor.unsqueeze(1).to(x.dtype), x], dim=1)
         if bias is not None and anchor is not None:  # never both: anchors are TCA, sizes ToMe
             bias = F.pad(bias, (1, 0))
-        need_cls = plan is not None and plan.kind == "tiers"
-        out, cls_row, keys = attend(self, seq, bias, cls_index=1 if anchor is not None else 0,
-                                    need_cls_row=need_cls, need_keys=plan is not None and plan.kind == "tome",
-                                    explicit=run.explicit)
+        kind = plan.kind if plan is not None else None
+        att = attend(self, seq, bias, cls_index=1 if anchor is not None else 0,
+                     need_cls_row=kind in ("tiers", "ats"), need_keys=kind == "tome",
+                     explicit=run.explicit, need_probs=kind == "tome-paper",
+                     need_value_norm=kind == "ats")
+        out, cls_row = att.out, att.cls_row
         if anchor is not None:
             out, cls_row = out[:, 1:], cls_row[..., 1:]  # drop the anchor's row and column
         x = x + self.ls_1(out)
         if plan is not None:
-            x = self._condense(x, run, plan, layer, cls_row, keys)
+            x = self._condense(x, run, plan, layer, cls_row, att)
         return x + self.ls_2(self.mlp(self.ln_2(x)))
 
-    def _condense(self, x, run: _Run, plan, layer, cls_row, keys) -> torch.Tensor:
-        if plan.kind == "tome":
+    def _condense(self, x, run: _Run, plan, layer, cls_row, att: "Attended") -> torch.Tensor:
+        if plan.kind == "ats":
+            return self._sample(x, run, plan, layer, cls_row, att.value_norm)
+        keys = att.keys
+        if plan.kind == "tome-paper":
+            # The released baseline: attention-row metric, sizes only weight the average.
+            size = run.merge_size if run.merge_size is not None else x.new_ones(x.shape[:2])
+            c = condense.tome_merge(x, size, condense.attention_rows_metric(att.probs), plan.r)
+            run.merge_size = c.size
+            attn_mean = None
+        elif plan.kind == "tome":
             size = run.size if run.size is not None else x.new_ones(x.shape[:2])
             c = condense.tome_merge(x, size, keys, plan.r)
             run.size = c.size
@@ -262,6 +295,24 @@ class CondensingBlock(ResidualAttentionBlock):
             run.recorder.condense(layer, c.dest, c.pruned, attn_mean)
         return c.x
 
+    def _sample(self, x, run: _Run, plan, layer, cls_row, value_norm) -> torch.Tensor:
+        """ATS: keep at most ceil(R P_b) patches of each image, sampled from its score CDF."""
+        valid = run.valid
+        score = condense.ats_score(cls_row, value_norm, valid)
+        n_patches = (valid.sum(dim=1) - 1) if valid is not None else \
+            torch.full((x.shape[0],), x.shape[1] - 1, device=x.device)
+        budget = condense.ats_budget(n_patches, run.config.keep_rate)
+        keep = condense.unique_indices(condense.inverse_cdf_sample(score, budget), x.shape[1] - 1)
+        c = condense.keep_patches(x, keep, valid)
+        if c.x.shape[1] > plan.n_out:
+            raise RuntimeError(f"layer {layer}: {c.x.shape[1]} tokens, budget {plan.n_out}")
+        # Padding only where counts differ; a batch of equal counts stays on the fused path.
+        run.valid = None if bool(c.valid.all()) else c.valid
+        if run.recorder is not None:
+            attn_mean = condense.head_mean_score(cls_row[..., 1:])
+            run.recorder.condense(layer, c.dest, c.pruned, attn_mean)
+        return c.x
+
 
 def select_anchor(class_anchors: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
     """The domain anchor of the class whose anchor is most cosine-similar to each image's CLS.
@@ -273,23 +324,42 @@ def select_anchor(class_anchors: torch.Tensor, cls: torch.Tensor) -> torch.Tenso
     return class_anchors[best]
 
 
+def padding_bias(valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Additive attention logits (B, 1, 1, N) that hide padding keys: 0 for real tokens, -inf
+    for padding. valid: (B, N) bool (CLS, always real, keeps every softmax row finite)."""
+    return torch.zeros(valid.shape, dtype=dtype, device=valid.device).masked_fill(
+        ~valid, float("-inf"))[:, None, None, :]
+
+
+class Attended(NamedTuple):
+    """What :func:`attend` returns; the optional parts only when asked for."""
+
+    out: torch.Tensor  # (B, N, D) before ls_1
+    cls_row: torch.Tensor | None  # (B, h, N) CLS attention probabilities
+    keys: torch.Tensor | None  # (B, N, d_h) head-mean keys (ToMe's metric)
+    probs: torch.Tensor | None = None  # (B, h, N, N) attention probabilities (tome-paper)
+    value_norm: torch.Tensor | None = None  # (B, h, N) per-head value norms (ATS)
+
+
 def attend(block: ResidualAttentionBlock, x: torch.Tensor, bias: torch.Tensor | None = None,
            cls_index: int = 0, need_cls_row: bool = False, need_keys: bool = False,
-           explicit: bool = False):
+           explicit: bool = False, need_probs: bool = False,
+           need_value_norm: bool = False) -> Attended:
     """The block's attention on ``x`` (B, N, D) with its own weights, before ``ls_1``.
 
-    bias: additive logits (B, 1, 1, N), e.g. log token sizes (ToMe's proportional attention).
-    Returns (out (B, N, D), cls_row (B, h, N) or None, head-mean keys (B, N, d_h) or None).
-    Uses the fused scaled_dot_product_attention unless ``explicit``; the CLS row then costs one
-    extra (1 x N) product per head instead of materialising N x N probabilities.
+    bias: additive logits (B, 1, 1, N), e.g. log token sizes (ToMe's proportional attention) or
+    the padding mask (ATS). Returns :class:`Attended` (it unpacks as out, cls_row, keys, ...).
+    Uses the fused scaled_dot_product_attention unless ``explicit`` or ``need_probs``; the CLS
+    row then costs one extra (1 x N) product per head instead of materialising N x N
+    probabilities.
     """
     attn = block.attn
     b, n, d = x.shape
     h = attn.num_heads
     qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
     q, k, v = qkv.view(b, n, 3, h, d // h).permute(2, 0, 3, 1, 4).unbind(0)
-    cls_row = None
-    if explicit:
+    cls_row = probs = None
+    if explicit or need_probs:
         logits = (q * (d // h) ** -0.5) @ k.transpose(-2, -1)
         if bias is not None:
             logits = logits + bias
@@ -304,7 +374,9 @@ def attend(block: ResidualAttentionBlock, x: torch.Tensor, bias: torch.Tensor | 
         if need_cls_row:
             cls_row = condense.cls_attention_row(q, k, cls_index, bias)
     o = attn.out_proj(o.transpose(1, 2).reshape(b, n, d))
-    return o, cls_row, (k.mean(dim=1) if need_keys else None)
+    return Attended(o, cls_row, k.mean(dim=1) if need_keys else None,
+                    probs if need_probs else None,
+                    v.norm(dim=-1) if need_value_norm else None)
 
 
 __all__ = ["patch", "unpatch", "encode", "is_patched", "check_supported", "Encoded",

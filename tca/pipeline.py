@@ -150,8 +150,9 @@ def classify(clip: ClipModel, image, labels: str | Sequence[str], config: Conden
     result = RunResult(
         labels=labels, config=config, model=clip.weights_description, random_weights=clip.is_random,
         baseline=_prediction(labels, base_logits[0]), condensed=_prediction(labels, logits[0]),
-        tokens_per_layer=enc.tokens_per_layer, baseline_tokens=list(base_schedule.tokens),
-        flops_baseline=count_macs(geom, base_schedule), flops_condensed=count_macs(geom, enc.schedule),
+        tokens_per_layer=enc.tokens_per_image[0], baseline_tokens=list(base_schedule.tokens),
+        flops_baseline=count_macs(geom, base_schedule),
+        flops_condensed=count_macs(geom, enc.schedule.realised(enc.tokens_per_image[0])),
         timings_ms=timings, trace=enc.trace, anchors_used=enc.anchors_used,
         cls_tokens=enc.cls_tokens)
     if use_reservoir:
