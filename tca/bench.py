@@ -121,7 +121,8 @@ def run_bench(model: torch.nn.Module, batch_sizes: Sequence[int] = DEFAULT_BATCH
         raise ValueError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
     for m in methods:
         if m not in METHODS or m == "none":
-            raise ConfigError(f"unknown method {m!r} for bench; choose from tca, evit, tome "
+            raise ConfigError(f"unknown method {m!r} for bench; choose from "
+                              f"{', '.join(x for x in METHODS if x != 'none')} "
                               f"(unpatched and patched 'none' are always timed)")
     rows = make_rows(batch_sizes, methods, keep_rates, trace)
     was_patched = is_patched(model)
@@ -299,7 +300,8 @@ def add_parser(sub) -> None:
     p.add_argument("--keep-rates", type=_floats, default=list(DEFAULT_KEEP_RATES),
                    help="comma-separated keep rates R (default 1.0,0.9,0.7,0.5)")
     p.add_argument("--methods", type=_names, default=list(DEFAULT_METHODS),
-                   help="comma-separated, from tca, evit, tome (default all three)")
+                   help="comma-separated, from tca, evit, tome, tome-paper, ats "
+                        "(default tca, evit, tome)")
     p.add_argument("--repeats", type=int, default=5, help="timed rounds (median; default 5)")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
     p.add_argument("--trace", action="store_true", help="also time tca with tracing on")
@@ -324,8 +326,9 @@ def main(args: argparse.Namespace) -> int:
     for r in args.keep_rates:  # validate before the (slow) model load
         CondenseConfig(method="evit", keep_rate=r)
     for m in args.methods:
-        if m not in ("tca", "evit", "tome"):
-            raise CliError(f"unknown method {m!r} for bench; choose from tca, evit, tome")
+        if m not in METHODS or m == "none":
+            raise CliError(f"unknown method {m!r} for bench; choose from "
+                           f"{', '.join(x for x in METHODS if x != 'none')}")
     clip = load_from_args(args)
     n = len(make_rows(args.batch_sizes, args.methods, args.keep_rates, args.trace))
     say = (lambda s: None) if args.json else (lambda s: print(s, file=sys.stderr, flush=True))

@@ -94,6 +94,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     result = classify(clip, image, args.labels, config, templates=templates, trace=True)
     if args.json:
         d = result.to_dict(include_trace=False)
+        d["templates"] = templates
         d["gmacs"]["saved_percent"] = round(d["gmacs"]["saved_percent"], 3)
         print(json.dumps(d))
         return 0

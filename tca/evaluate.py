@@ -49,7 +49,8 @@ from .images import ImageError, load_image
 from .models import TEMPLATES, ClipModel, validate_labels
 from .patch import encode, is_patched, patch
 from .prompts import templates_for
-from .reservoir import PRESETS, Reservoir, preset as reservoir_preset, stream_update
+from .reservoir import (PRESETS, RELEASED_LOGIT_SCALE, Reservoir, preset as reservoir_preset,
+                        stream_update)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif",
                               ".tiff", ".ppm", ".pgm", ".pbm", ".pnm"})
@@ -694,7 +695,8 @@ def _run_batch(run: _Run, dataset: Dataset, ks, ok_ks, pixels, errors, model, ge
             enc = encode(model, x, s.config, anchors=anchors, record_cls=s.stream)
             feats = F.normalize(enc.features.float(), dim=-1)
             logits = scale * feats @ text.T
-        corrected = stream_update(run.reservoir, enc.cls_tokens, logits, feats) if s.stream else None
+        corrected = stream_update(run.reservoir, enc.cls_tokens, logits, feats, scale) \
+            if s.stream else None
         ms = (time.perf_counter() - t0) * 1e3 / len(sel)
         gmacs_per_image = []
         for counts in enc.tokens_per_image:  # ATS: every image has its own counts
@@ -715,7 +717,8 @@ def _run_batch(run: _Run, dataset: Dataset, ks, ok_ks, pixels, errors, model, ge
                         "anchors": enc.anchors_used}
             filed.append(k)
         if run.store is not None:
-            run.store.append(filed, logits, enc.cls_tokens, feats)
+            # replayed through Reservoir.update, which sees logits at the released scale
+            run.store.append(filed, logits * (RELEASED_LOGIT_SCALE / scale), enc.cls_tokens, feats)
         run.computed += len(sel)
     run.log.append([out[k] for k in todo])
     if run.store is not None:

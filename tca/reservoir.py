@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 
 EVICTIONS = ("diversity", "similarity", "uncertainty", "fifo")
+# The released correction adds λ Σ exp(-β(1 - a)) to 100 * cosine logits; the presets assume it.
+RELEASED_LOGIT_SCALE = 100.0
 
 
 @dataclass(frozen=True)
@@ -206,16 +208,30 @@ class Reservoir:
 
 
 def stream_update(reservoir: Reservoir, cls_tokens: torch.Tensor, logits: torch.Tensor,
-                  embeddings: torch.Tensor | None = None) -> torch.Tensor:
+                  embeddings: torch.Tensor | None = None,
+                  logit_scale: float | None = None) -> torch.Tensor:
     """The released TCA loop for a batch, image by image in order: insert into the reservoir,
     then correct with the updated reservoir (so an image votes for its own class, as in the
-    code). cls_tokens: (B, L, D); logits: (B, C). Returns corrected logits (B, C)."""
+    code). cls_tokens: (B, L, D); logits: (B, C). Returns corrected logits (B, C).
+
+    logit_scale: the scale s the logits were computed at (s * cosine; the model's own
+    ``logit_scale.exp()``). The presets' λ were tuned against the release's fixed 100 * cosine, so
+    the reservoir sees the logits at 100 (the same entropies and predictions as the release) and
+    the correction is returned at the logits' own scale: s * cos + (s / 100) * λ Σ exp(...).
+    The corrected argmax is then the release's for any s, and the probabilities keep the model's
+    temperature. None: the logits are already at 100.
+    """
+    ratio = 1.0 if logit_scale is None else float(logit_scale) / RELEASED_LOGIT_SCALE
+    if ratio <= 0:
+        raise ValueError(f"logit scale must be > 0, got {logit_scale}")
     out = logits.detach().float().cpu().clone()
+    at_release = out / ratio
     for b in range(logits.shape[0]):
-        reservoir.update(cls_tokens[b], logits[b], None if embeddings is None else embeddings[b])
-        out[b] += reservoir.correction(cls_tokens[b])
+        reservoir.update(cls_tokens[b], at_release[b],
+                         None if embeddings is None else embeddings[b])
+        out[b] += ratio * reservoir.correction(cls_tokens[b])
     return out
 
 
 __all__ = ["Reservoir", "ReservoirConfig", "PRESETS", "preset", "stream_update", "layer_weights",
-           "layer_affinity", "choose_eviction", "entropy", "EVICTIONS"]
+           "layer_affinity", "choose_eviction", "entropy", "EVICTIONS", "RELEASED_LOGIT_SCALE"]
