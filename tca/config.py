@@ -6,7 +6,7 @@ known before (or without) running the model.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import torch
 
@@ -102,18 +102,50 @@ class CondenseConfig:
 
 @dataclass(frozen=True)
 class LayerPlan:
-    """What one condensing block does. kind: 'tiers' (TCA/EViT), 'tome', 'tome-paper' or 'ats'
-    (n_out is then the upper bound 1 + t1, t1 = ceil(R (n_in - 1)) samples; each image keeps at
-    most that many patches)."""
+    """What one condensing block does: ``n_in`` tokens in, ``n_out`` out. The subclass says how
+    (``kind`` names it; ``tca.patch`` maps each kind to its condensing step)."""
 
-    kind: str
+    kind: ClassVar[str] = ""
     n_in: int
     n_out: int
+
+
+@dataclass(frozen=True)
+class TierPlan(LayerPlan):
+    """TCA / EViT: rank the patches, keep the top ``t1``, merge the next ``t2`` into ``k``
+    coreset tokens, fuse the remaining ``t3`` into one token."""
+
+    kind: ClassVar[str] = "tiers"
     t1: int = 0
     t2: int = 0
     t3: int = 0
     k: int = 0
+
+
+@dataclass(frozen=True)
+class TomePlan(LayerPlan):
+    """ToMe: merge ``r`` tokens by bipartite soft matching."""
+
+    kind: ClassVar[str] = "tome"
     r: int = 0
+
+
+@dataclass(frozen=True)
+class TomePaperPlan(LayerPlan):
+    """The released TCA code's ToMe baseline: merge ``r`` tokens, attention rows as the metric,
+    no proportional attention."""
+
+    kind: ClassVar[str] = "tome-paper"
+    r: int = 0
+
+
+@dataclass(frozen=True)
+class AtsPlan(LayerPlan):
+    """ATS: draw ``budget`` = ceil(R (n_in - 1)) samples from the score CDF; duplicates collapse,
+    so each image keeps at most ``budget`` patches and ``n_out`` = 1 + budget is an upper bound."""
+
+    kind: ClassVar[str] = "ats"
+    budget: int = 0
 
 
 @dataclass(frozen=True)
@@ -128,7 +160,7 @@ class Schedule:
     @property
     def adaptive(self) -> bool:
         """Whether token counts depend on the image (``tokens`` are then upper bounds)."""
-        return any(p is not None and p.kind == "ats" for p in self.plans)
+        return any(isinstance(p, AtsPlan) for p in self.plans)
 
     def realised(self, tokens: Sequence[int]) -> "Schedule":
         """This schedule with the token counts one image actually had (ATS), for FLOPs."""
@@ -166,13 +198,16 @@ def plan_layers(config: CondenseConfig, n_tokens: int, depth: int, anchors: bool
 
 
 def _plan_one(config: CondenseConfig, n: int, layer: int) -> LayerPlan | None:
-    if config.method in ("tome", "tome-paper"):
+    if config.method == "tome":
         r = condense.tome_r(n, config.keep_rate)
-        return LayerPlan(config.method, n, n - r, r=r) if r > 0 else None
+        return TomePlan(n, n - r, r=r) if r > 0 else None
+    if config.method == "tome-paper":
+        r = condense.tome_r(n, config.keep_rate)
+        return TomePaperPlan(n, n - r, r=r) if r > 0 else None
     if config.method == "ats":
         # Even a budget of every patch drops some: duplicates collapse.
         budget = int(condense.ats_budget(torch.tensor([n - 1]), config.keep_rate)[0])
-        return LayerPlan("ats", n, 1 + budget, t1=budget) if n > 1 else None
+        return AtsPlan(n, 1 + budget, budget=budget) if n > 1 else None
     if config.method == "evit":
         t1, t2, t3 = condense.evit_tier_sizes(n, config.keep_rate)
         k = 0
@@ -187,7 +222,7 @@ def _plan_one(config: CondenseConfig, n: int, layer: int) -> LayerPlan | None:
     n_out = 1 + t1 + k + (1 if t3 > 0 else 0)
     if t2 == 0 and t3 == 0:
         return None
-    return LayerPlan("tiers", n, n_out, t1, t2, t3, k)
+    return TierPlan(n, n_out, t1, t2, t3, k)
 
 
 def parse_layers(text: str | Sequence[int]) -> tuple[int, ...]:

@@ -123,7 +123,7 @@ def test_ats_schedule_is_the_budget_upper_bound():
     s = plan_layers(CondenseConfig(method="ats", keep_rate=0.7), 197, 12)
     assert s.adaptive
     assert [s.tokens[i] for i in (3, 6, 9)] == [139, 98, 69]  # 1 + ceil(0.7 (n - 1))
-    assert [s.plans[i].t1 for i in (3, 6, 9)] == [138, 97, 68]
+    assert [s.plans[i].budget for i in (3, 6, 9)] == [138, 97, 68]
     assert not plan_layers(CondenseConfig(method="evit"), 197, 12).adaptive
 
 
