@@ -36,9 +36,13 @@ QUEUE_SIZE = int(os.environ.get("TCA_QUEUE_SIZE", "20"))
 STATE_TTL_S = 2 * 3600  # per-session state is dropped after two idle hours
 
 METHOD_CHOICES = [("TCA (prune + merge)", "tca"), ("EViT (prune + fuse)", "evit"),
-                  ("ToMe (merge pairs)", "tome"), ("none (plain CLIP)", "none")]
+                  ("ToMe (merge pairs)", "tome"), ("ToMe, paper's variant", "tome-paper"),
+                  ("ATS (adaptive sampling)", "ats"), ("none (plain CLIP)", "none")]
 TEMPLATE_CHOICES = [("one prompt: \"a photo of a {}.\"", "single"),
-                    ("80 ImageNet prompts (slower first run)", "imagenet80")]
+                    ("80 ImageNet prompts (slower first run)", "imagenet80")] + [
+    (f"{name} (paper): \"{tca.TEMPLATES[name][0]}\"" if len(tca.TEMPLATES[name]) == 1
+     else f"{name} (paper, {len(tca.TEMPLATES[name])} prompts)", name)
+    for name in tca.PRESET_TEMPLATES if name != "default"]
 
 CSS = """
 .tca-banner {padding: 10px 14px; border-radius: 8px; margin: 4px 0; font-size: 15px}

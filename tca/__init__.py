@@ -10,11 +10,13 @@ See README.md for the full API.
 from .errors import InputError, UserError
 from .config import (DEFAULT_LAYERS, METHODS, ConfigError, CondenseConfig, Schedule,
                      keep_rate_to_rate, plan_layers)
-from .flops import CONVENTION, FlopReport, Geometry, count_macs, macs_for
+from .flops import (CONVENTION, FlopReport, Geometry, count_macs, macs_for, macs_per_image,
+                    mean_gmacs)
 from .images import ImageError, load_image
 from .models import (DEFAULT_MODEL, DEFAULT_PRETRAINED, SUPPORTED_MODELS, TEMPLATES, ClipModel,
                      LabelError, WeightsUnavailableError, load_model, parse_labels, validate_labels)
 from .patch import Encoded, UnsupportedModelError, encode, is_patched, patch, unpatch
+from .prompts import PRESET_TEMPLATES, templates_for
 from .pipeline import Prediction, RunResult, classify, prepare_image
 from .reservoir import PRESETS, Reservoir, ReservoirConfig, preset, stream_update
 from .trace import KEPT, MERGED, PRUNED, Trace
@@ -29,5 +31,5 @@ __all__ = [
     "stream_update", "ClipModel", "load_model", "parse_labels", "validate_labels", "LabelError",
     "WeightsUnavailableError", "TEMPLATES", "SUPPORTED_MODELS", "DEFAULT_MODEL",
     "DEFAULT_PRETRAINED", "load_image", "ImageError", "classify", "prepare_image", "Prediction",
-    "RunResult",
+    "RunResult", "macs_per_image", "mean_gmacs", "PRESET_TEMPLATES", "templates_for",
 ]

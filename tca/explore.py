@@ -35,7 +35,8 @@ APP_MODELS: dict[str, str] = {
     "ViT-L/14": "ViT-L-14-quickgelu",
 }
 COMPARE_METHODS = ("tca", "evit", "tome")
-METHOD_NAMES = {"tca": "TCA", "evit": "EViT", "tome": "ToMe", "none": "none (plain CLIP)"}
+METHOD_NAMES = {"tca": "TCA", "evit": "EViT", "tome": "ToMe", "tome-paper": "ToMe (paper)",
+                "ats": "ATS", "none": "none (plain CLIP)"}
 MAX_LABELS = 100
 MAX_LABELS_TEXT = 20_000  # characters of label text accepted before parsing
 KEEP_RATE_RANGE = (0.1, 1.0)

@@ -260,3 +260,30 @@ def test_classify_reports_per_image_gmacs(tiny_clip, example_image):
         geom, schedule.realised(result.tokens_per_layer)).total
     assert result.flops_condensed.total <= count_macs(geom, schedule).total
     assert result.trace.tokens_per_layer == tuple(result.tokens_per_layer)
+
+
+def test_app_runs_ats_with_per_image_gmacs_and_dataset_prompts(tmp_path, example_image):
+    import app as app_module
+    from tca import explore
+
+    tiny_app = app_module.App("tca-tiny-ViT", "none", exports=explore.ExportDir(tmp_path))
+    assert ("ATS (adaptive sampling)", "ats") in app_module.METHOD_CHOICES
+    assert "eurosat" in dict((v, k) for k, v in app_module.TEMPLATE_CHOICES)
+
+    class _Progress:
+        def __call__(self, frac, desc=None):
+            pass
+
+    summary, state, _ = tiny_app.classify(
+        str(example_image), "forest, river, highway", progress=_Progress(), model="tca-tiny-ViT",
+        method="ats", keep_rate=0.7, layers="3,6,9", merge_centers=2, score="mean",
+        templates="eurosat", stream=False, stream_state=None)
+    counts = summary["tokens_per_layer"]
+    geom = Geometry.from_model(tiny_app.cache.get("tca-tiny-ViT").clip.model)
+    schedule = plan_layers(CondenseConfig(method="ats", keep_rate=0.7), geom.n_tokens, geom.depth)
+    assert summary["gmacs"]["condensed"] == pytest.approx(
+        count_macs(geom, schedule.realised(counts)).gmacs, rel=1e-12)
+    assert all(n <= b for n, b in zip(counts, schedule.tokens))
+    out = tiny_app.show_run(state, 9, True, 0.5, False, None)
+    cost = out[8]
+    assert f"{summary['gmacs']['condensed']:.3f}" in str(cost)
