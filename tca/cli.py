@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Sequence
 
-from .config import METHODS, ConfigError, CondenseConfig, parse_layers
+from .config import ADAPTIVE_METHODS, METHODS, ConfigError, CondenseConfig, parse_layers
 from .flops import CONVENTION, Geometry, macs_for, saved_percent
 from .images import ImageError, load_image
 from .models import (DEFAULT_MODEL, DEFAULT_PRETRAINED, TEMPLATES, LabelError,
@@ -129,6 +129,7 @@ def cmd_flops(args: argparse.Namespace) -> int:
                       "saved_percent": saved_percent(base, cond),
                       "overhead": cond.overhead / 1e9},
             "tokens_per_layer": [l.n_mlp for l in cond.layers],
+            "adaptive": config.method in ADAPTIVE_METHODS,
             "layers": [{"layer": l.layer, "tokens_in": l.n_attention, "tokens_out": l.n_mlp,
                         "gmacs": l.total / 1e9} for l in cond.layers]}))
         return 0
@@ -138,6 +139,9 @@ def cmd_flops(args: argparse.Namespace) -> int:
         print(f"{c.layer:>5}{c.n_attention:>11}{c.n_mlp:>12}{b.total / 1e9:>12.3f}{c.total / 1e9:>12.3f}")
     print(f"total (patch embed + blocks + head + overhead): baseline {base.gmacs:.3f}, "
           f"condensed {cond.gmacs:.3f} GMACs, saved {saved_percent(base, cond):.1f}%")
+    if config.method in ADAPTIVE_METHODS:
+        print(f"{config.method}: token counts vary per image (duplicate samples collapse); these "
+              f"are its budget, an upper bound. predict and eval report each image's own.")
     return 0
 
 

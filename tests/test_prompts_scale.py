@@ -91,3 +91,12 @@ def test_correction_follows_the_models_logit_scale():
     torch.testing.assert_close(same, at_100)
     with pytest.raises(ValueError, match="logit scale"):
         stream_update(Reservoir(3), cls[:1], cos[:1], logit_scale=0.0)
+
+
+def test_flops_cli_for_the_new_methods(capsys):
+    assert main(["flops", "--method", "tome-paper", "--keep-rate", "0.7", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["gmacs"]["condensed"] == pytest.approx(11.424066984) and not d["adaptive"]
+    assert main(["flops", "--method", "ats", "--keep-rate", "0.7"]) == 0
+    out = capsys.readouterr().out
+    assert "upper bound" in out and "139" in out
