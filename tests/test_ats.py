@@ -2,6 +2,7 @@
 on a real (tiny, random) open_clip ViT, batched == one image at a time, trace and FLOPs."""
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -287,3 +288,51 @@ def test_app_runs_ats_with_per_image_gmacs_and_dataset_prompts(tmp_path, example
     out = tiny_app.show_run(state, 9, True, 0.5, False, None)
     cost = out[8]
     assert f"{summary['gmacs']['condensed']:.3f}" in str(cost)
+
+
+@pytest.mark.parametrize("config", [CondenseConfig(method="ats", keep_rate=0.7),
+                                    CondenseConfig(method="ats", keep_rate=0.9),
+                                    CondenseConfig(method="tome-paper", keep_rate=0.7)])
+def test_flop_counter_agrees_with_per_image_count(b16_clip, config):
+    """FlopCounterMode on the explicit-attention path against the analytic count from the
+    image's own token counts."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = b16_clip.model
+    tca.patch(model)
+    x = _images(2, 8)[1:]
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        enc = tca.encode(model, x, config, explicit_attention=True)
+    (report,) = macs_per_image(Geometry.from_model(model), enc.schedule, enc.tokens_per_image)
+    measured = counter.get_total_flops() / 2
+    assert report.model <= measured <= report.total
+    assert measured == pytest.approx(report.model, rel=1e-3)
+
+
+def test_eval_mean_gmacs_over_per_image_counts_and_preset_templates(tiny_clip, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from tca import evaluate as ev
+
+    rng = np.random.default_rng(0)
+    for cls in ("forest", "river"):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        for j in range(3):
+            scale = 0.2 + j  # different contrast -> different ATS counts
+            arr = np.clip(128 + rng.normal(0, 60 * scale, (64, 64, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(tmp_path / "data" / cls / f"{j}.png")
+    data, records = tmp_path / "data", tmp_path / "records"
+    result = ev.evaluate(tiny_clip, ev.load_dataset(data), ("ats",), (0.9,), batch_size=3,
+                         preset="eurosat", num_workers=0, progress=False, records_dir=records,
+                         echo=lambda s: None)
+    assert result["options"]["templates"] == "eurosat"  # implied by the preset
+    (entry,) = result["results"]
+    (log,) = sorted(records.glob("*.jsonl"))
+    per_image = [json.loads(line)["gmacs"] for line in log.read_text().splitlines()[1:]]
+    assert len(per_image) == 6 and len(set(per_image)) > 1  # each image its own count
+    assert entry["gmacs"] == pytest.approx(sum(per_image) / 6, rel=1e-12)
+    assert entry["gmacs"] <= entry["gmacs_analytic"]  # the analytic figure is the budget
+    assert entry["gmacs"] < macs_for(Geometry.from_model(tiny_clip.model),
+                                     CondenseConfig(method="none")).gmacs
