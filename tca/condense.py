@@ -84,11 +84,11 @@ def evit_tier_sizes(n_tokens: int, keep_rate: float) -> tuple[int, int, int]:
     return n_keep, 0, p - n_keep
 
 
-def tome_r(n_tokens: int, keep_rate: float) -> int:
+def tome_r(n_tokens: int, keep_rate: float, prefix: int = 1) -> int:
     """Tokens ToMe merges at a condensing layer: int(N (1 - R)) as in the paper's baseline,
-    capped so that set A (even indices, CLS excluded) can supply them."""
+    capped so that set A (even indices, the ``prefix`` CLS token excluded) can supply them."""
     r = int(n_tokens * (1.0 - keep_rate) + 1e-9)
-    return max(0, min(r, (n_tokens + 1) // 2 - 1))
+    return max(0, min(r, (n_tokens + 1) // 2 - prefix))
 
 
 # --------------------------------------------------------------------------- TCA / EViT
@@ -148,10 +148,11 @@ def coreset_merge(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def prune_merge_fuse(x: torch.Tensor, select: torch.Tensor, fuse_weight: torch.Tensor,
-                     t1: int, t2: int, k: int) -> Condensed:
+                     t1: int, t2: int, k: int, prefix: int = 1) -> Condensed:
     """Three-tier condensation (TCA §1.6; EViT when t2 = 0).
 
-    x: (B, N, D) tokens after the attention residual, CLS at 0.
+    x: (B, N, D) tokens after the attention residual, CLS at 0; ``prefix=0`` for towers without
+    a CLS token (then P = N and every token is a patch; the output starts with tier 1).
     select: (B, P) score that ranks patches; fuse_weight: (B, P) head-mean CLS attention.
     Tier 1 = top t1 patches (kept as is, in descending score), tier 2 = next t2 (merged into
     min(k, t2) coreset tokens), tier 3 = the rest (fused into one token, Σ s_j x_j with the raw
@@ -159,20 +160,20 @@ def prune_merge_fuse(x: torch.Tensor, select: torch.Tensor, fuse_weight: torch.T
     is non-empty.
     """
     b, n, d = x.shape
-    p = n - 1
+    p = n - prefix
     t3 = p - t1 - t2
     order = select.argsort(dim=-1, descending=True, stable=True)  # (B, P) patch indices
-    tok = order + 1  # token indices
+    tok = order + prefix  # token indices
 
     def take(idx: torch.Tensor) -> torch.Tensor:
         return x.gather(1, idx.unsqueeze(-1).expand(-1, -1, d))
 
-    parts = [x[:, :1], take(tok[:, :t1])]
+    parts = ([x[:, :prefix]] if prefix else []) + [take(tok[:, :t1])]
     dest = torch.empty((b, n), dtype=torch.long, device=x.device)
-    dest[:, 0] = 0
-    ar = torch.arange(1, t1 + 1, device=x.device).expand(b, t1)
+    dest[:, :prefix] = torch.arange(prefix, device=x.device)
+    ar = torch.arange(prefix, prefix + t1, device=x.device).expand(b, t1)
     dest.scatter_(1, tok[:, :t1], ar)
-    nxt = 1 + t1
+    nxt = prefix + t1
     if t2 > 0:
         x2 = take(tok[:, t1:t1 + t2])
         if t2 > k:
@@ -196,10 +197,11 @@ def prune_merge_fuse(x: torch.Tensor, select: torch.Tensor, fuse_weight: torch.T
 # --------------------------------------------------------------------------- ToMe
 
 
-def bipartite_soft_matching(metric: torch.Tensor, r: int) -> tuple[torch.Tensor, int]:
+def bipartite_soft_matching(metric: torch.Tensor, r: int, prefix: int = 1) -> tuple[torch.Tensor, int]:
     """ToMe's matching: alternate tokens into sets A (even) and B (odd), link each A token to
     its most similar B token (cosine), and merge the r strongest links. CLS (index 0, in A) is
     never merged; unmerged A tokens keep their original order so CLS stays at index 0.
+    ``prefix=0``: no CLS token, every token can merge.
 
     metric: (B, N, C), e.g. the head-mean attention keys. Returns (dest (B, N), N_out).
     """
@@ -207,9 +209,9 @@ def bipartite_soft_matching(metric: torch.Tensor, r: int) -> tuple[torch.Tensor,
     metric = metric / metric.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     a, bb = metric[:, ::2], metric[:, 1::2]
     na, nb = a.shape[1], bb.shape[1]
-    r = min(r, na - 1)
+    r = min(r, na - prefix)
     scores = a @ bb.transpose(-1, -2)  # (B, Na, Nb)
-    scores[:, 0] = -math.inf
+    scores[:, :prefix] = -math.inf
     best, best_b = scores.max(dim=-1)
     edge = best.argsort(dim=-1, descending=True, stable=True)
     src, unm = edge[:, :r], edge[:, r:].sort(dim=-1).values
@@ -237,8 +239,9 @@ def merge_weighted(x: torch.Tensor, size: torch.Tensor, dest: torch.Tensor,
     return num / new_size.unsqueeze(-1), new_size
 
 
-def tome_merge(x: torch.Tensor, size: torch.Tensor, metric: torch.Tensor, r: int) -> Condensed:
+def tome_merge(x: torch.Tensor, size: torch.Tensor, metric: torch.Tensor, r: int,
+               prefix: int = 1) -> Condensed:
     """One ToMe step: bipartite soft matching on ``metric`` then size-weighted merging."""
-    dest, n_out = bipartite_soft_matching(metric, r)
+    dest, n_out = bipartite_soft_matching(metric, r, prefix)
     x, size = merge_weighted(x, size, dest, n_out)
     return Condensed(x, dest, None, size)

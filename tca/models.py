@@ -60,8 +60,14 @@ class ClipModel:
     @property
     def weights_description(self) -> str:
         if self.is_random:
-            return f"{self.name} with RANDOM weights (predictions are meaningless)"
+            stand_in = ", byte-level stand-in tokenizer" if self.tokenizer_note else ""
+            return f"{self.name} with RANDOM weights{stand_in} (predictions are meaningless)"
         return f"{self.name} / {self.pretrained}"
+
+    @property
+    def tokenizer_note(self) -> str | None:
+        """Why the model's own tokenizer is not used (a :class:`ByteTokenizer` stands in), or None."""
+        return getattr(self.tokenizer, "reason", None)
 
     @property
     def device(self) -> torch.device:
@@ -74,6 +80,18 @@ class ClipModel:
     @property
     def logit_scale(self) -> float:
         return float(self.model.logit_scale.detach().exp())
+
+    @property
+    def logit_bias(self) -> float:
+        """SigLIP's learned logit bias (0 for CLIP, which has none)."""
+        bias = getattr(self.model, "logit_bias", None)
+        return float(bias.detach()) if bias is not None else 0.0
+
+    def logits(self, image_features: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """The model's own logits (B, C): scale · cos(image, text) + bias, in float32.
+        image_features: (B, E), not necessarily normalised; text: (C, E) normalised."""
+        z = F.normalize(image_features.float(), dim=-1)
+        return self.logit_scale * z @ text.to(z.device, torch.float32).T + self.logit_bias
 
     def encode_text(self, labels: Sequence[str], templates: str | Sequence[str] = "single") -> torch.Tensor:
         """Normalised class embeddings (C, E): each label through every template, averaged and
@@ -188,7 +206,77 @@ def load_model(name: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETR
         source = pretrained
     model.eval()
     check_supported(model)
-    return ClipModel(model, preprocess, open_clip.get_tokenizer(name), name, source)
+    return ClipModel(model, preprocess, load_tokenizer(name, random=source is None,
+                                                       cache_dir=cache_dir), name, source)
+
+
+class ByteTokenizer:
+    """Token ids from UTF-8 bytes, for random-weight models whose own tokenizer is a Hub
+    download that is not available (offline, or without ``transformers``). The text tower then
+    runs for real on these ids; with random weights no tokenizer gives meaning, so nothing is
+    lost. ``reason`` says why the model's own tokenizer is not used."""
+
+    def __init__(self, context_length: int, vocab_size: int, reason: str) -> None:
+        self.context_length = context_length
+        self.vocab_size = vocab_size
+        self.reason = reason
+
+    def encode(self, text: str) -> list[int]:
+        # ids 1..256 (0 is padding), folded into the vocabulary if it is smaller
+        return [1 + (b % (self.vocab_size - 1)) for b in text.encode("utf-8")]
+
+    def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> torch.Tensor:
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        n = context_length or self.context_length
+        out = torch.zeros((len(texts), n), dtype=torch.long)
+        for i, text in enumerate(texts):
+            ids = self.encode(text)[:n]
+            out[i, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+        return out
+
+
+def load_tokenizer(name: str, random: bool = False, cache_dir: str | os.PathLike | None = None):
+    """The tokenizer of open_clip model ``name``.
+
+    CLIP's BPE vocabulary ships with open_clip. SigLIP-style models use a Hugging Face tokenizer
+    downloaded from the Hub on first use (and need ``transformers``): when it is not cached and
+    the Hub is offline or unreachable, this fails at once with WeightsUnavailableError, like
+    missing weights. With ``random`` weights it returns a :class:`ByteTokenizer` instead, so the
+    model still runs end to end offline.
+    """
+    text_cfg = (open_clip.get_model_config(name) or {}).get("text_cfg", {})
+    hf_name = text_cfg.get("hf_tokenizer_name")
+    if not hf_name:
+        return open_clip.get_tokenizer(name)
+    reason = None
+    try:
+        import transformers  # noqa: F401  (open_clip's HFTokenizer needs it)
+    except ImportError:
+        reason = f"{name}'s tokenizer {hf_name} needs the transformers package (pip install transformers)"
+    if reason is None and not _tokenizer_cached(hf_name, cache_dir) and not _hub_reachable():
+        reason = (f"{name}'s tokenizer {hf_name} is not in the local cache and the Hugging Face "
+                  f"Hub cannot be reached (offline)")
+    if reason is None:
+        try:
+            return open_clip.get_tokenizer(name, cache_dir=str(cache_dir) if cache_dir else None)
+        except Exception as exc:  # network errors, partial caches, ...
+            first = str(exc).splitlines()[0][:200] if str(exc) else ""
+            reason = f"could not load {name}'s tokenizer {hf_name}: {type(exc).__name__}: {first}"
+    if random:
+        return ByteTokenizer(int(text_cfg.get("context_length", 77)),
+                             int(text_cfg.get("vocab_size", 49408)), reason)
+    raise WeightsUnavailableError(f"{reason}. Connect to the internet once (the tokenizer is "
+                                  f"cached like the weights), or use --pretrained none for random "
+                                  f"weights with a byte-level stand-in tokenizer.")
+
+
+def _tokenizer_cached(repo: str, cache_dir) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+    for fname in ("tokenizer.json", "tokenizer_config.json"):
+        path = try_to_load_from_cache(repo, fname, cache_dir=str(cache_dir) if cache_dir else None)
+        if isinstance(path, str) and os.path.isfile(path):
+            return True
+    return False
 
 
 def _cached_weights(cfg: dict, cache_dir) -> str | None:
