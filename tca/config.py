@@ -45,6 +45,9 @@ class CondenseConfig:
     layers: 0-based block indices that condense. merge_centers: K coreset tokens (TCA tier 2).
     score: ``mean`` = head-mean CLS attention (released code), ``rank`` = cross-head average rank
     (paper text).
+    center_seed: TCA only. None (default) starts the coreset at the most-attended tier-2 token,
+    a rule; an integer draws each image's first centre at random from a generator seeded with
+    it at every forward, as the released code does (reproducible for a given seed and batch).
     """
 
     method: str = "tca"
@@ -53,6 +56,7 @@ class CondenseConfig:
     layers: tuple[int, ...] = DEFAULT_LAYERS
     merge_centers: int = 2
     score: str = "mean"
+    center_seed: int | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -65,6 +69,10 @@ class CondenseConfig:
             raise ConfigError(f"rate d must be in [0, 1/3), got {self.rate}")
         if not isinstance(self.merge_centers, int) or self.merge_centers < 1:
             raise ConfigError(f"merge centres K must be a positive integer, got {self.merge_centers}")
+        if self.center_seed is not None and (isinstance(self.center_seed, bool)
+                                             or not isinstance(self.center_seed, int)
+                                             or self.center_seed < 0):
+            raise ConfigError(f"centre seed must be a non-negative integer, got {self.center_seed!r}")
         layers = tuple(sorted(set(int(i) for i in self.layers)))
         if any(i < 0 for i in layers):
             raise ConfigError(f"layer indices must be >= 0, got {list(self.layers)}")
@@ -90,6 +98,8 @@ class CondenseConfig:
             return "none (unmodified CLIP)"
         extra = f", d={self.tca_rate:g}, K={self.merge_centers}, score={self.score}" \
             if self.method == "tca" else ""
+        if self.method == "tca" and self.center_seed is not None:
+            extra += f", random first centre (seed {self.center_seed})"
         return f"{self.method} R={self.keep_rate:g}{extra}, layers {list(self.layers)}"
 
 

@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 from open_clip import zero_shot_metadata
 
-from .errors import LabelError, WeightsUnavailableError
+from .errors import ConfigError, LabelError, WeightsUnavailableError
 from .patch import check_supported
+from .towers import input_dtype
 
 DEFAULT_MODEL = "ViT-B-16-quickgelu"
 DEFAULT_PRETRAINED = "openai"
@@ -28,6 +29,8 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
     "imagenet80": tuple(t("{}") for t in zero_shot_metadata.OPENAI_IMAGENET_TEMPLATES),
 }
 MAX_LABEL_CHARS = 300
+# --precision choices: open_clip's names for float32 and its mixed fp16 / bf16 modes.
+PRECISIONS = ("fp32", "fp16", "bf16")
 WEIGHTS_HELP = (
     "To use real weights: connect to the internet once (open_clip downloads them into the "
     "Hugging Face cache), or pass --checkpoint PATH / set TCA_CHECKPOINT to a local "
@@ -72,6 +75,11 @@ class ClipModel:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype images must have: that of the vision tower's patch embedding."""
+        return input_dtype(self.model)
 
     @property
     def context_length(self) -> int:
@@ -172,7 +180,8 @@ def validate_labels(labels: Sequence[str], tokenizer: Callable | None = None,
 
 def load_model(name: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETRAINED,
                checkpoint: str | os.PathLike | None = None, device: str = "cpu",
-               seed: int = 0, cache_dir: str | os.PathLike | None = None) -> ClipModel:
+               seed: int = 0, cache_dir: str | os.PathLike | None = None,
+               precision: str = "fp32") -> ClipModel:
     """Load an open_clip CLIP by name.
 
     pretrained: an open_clip tag (e.g. ``openai``), or None / ``"none"`` for random weights
@@ -183,7 +192,12 @@ def load_model(name: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETR
     Raises WeightsUnavailableError with instructions when weights cannot be had: at once when
     they are not cached and the Hub is offline (HF_HUB_OFFLINE=1) or unreachable.
     cache_dir: the Hugging Face hub cache to use (default: the standard one).
+    precision: ``fp32``, or ``fp16`` / ``bf16``: open_clip's mixed precision (weights in half
+    precision, LayerNorms in float32). Random weights are drawn in float32 and then cast, so a
+    seed gives the same model at every precision, up to rounding.
     """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if name not in open_clip.list_models():
         close = [m for m in open_clip.list_models() if name.lower().split("-")[0] in m.lower()][:8]
         raise ValueError(f"unknown open_clip model {name!r}" + (f"; similar: {', '.join(close)}" if close else ""))
@@ -191,18 +205,20 @@ def load_model(name: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETR
         pretrained = None
     torch.manual_seed(seed)
     if checkpoint is not None:
-        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None, device=device)
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            name, pretrained=None, device=device, precision=precision)
         _load_checkpoint(model, Path(checkpoint))
         source: str | None = str(checkpoint)
     elif pretrained is None:
-        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None, device=device)
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            name, pretrained=None, device=device, precision=precision)
         source = None
     else:
         if pretrained not in open_clip.list_pretrained_tags_by_model(name):
             tags = open_clip.list_pretrained_tags_by_model(name)
             raise ValueError(f"{name} has no pretrained tag {pretrained!r}; available: "
                              f"{', '.join(tags) or 'none'}")
-        model, preprocess = _load_pretrained(name, pretrained, device, cache_dir)
+        model, preprocess = _load_pretrained(name, pretrained, device, cache_dir, precision)
         source = pretrained
     model.eval()
     check_supported(model)
@@ -312,12 +328,12 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _load_pretrained(name: str, tag: str, device: str, cache_dir):
+def _load_pretrained(name: str, tag: str, device: str, cache_dir, precision: str = "fp32"):
     cfg = open_clip.get_pretrained_cfg(name, tag)
     cached = _cached_weights(cfg, cache_dir)
     kwargs = dict(image_mean=cfg.get("mean"), image_std=cfg.get("std"),
                   image_interpolation=cfg.get("interpolation"),
-                  image_resize_mode=cfg.get("resize_mode"), device=device)
+                  image_resize_mode=cfg.get("resize_mode"), device=device, precision=precision)
     try:
         if cached:  # load the file directly: no network round trip, works offline
             model, _, preprocess = open_clip.create_model_and_transforms(
@@ -329,7 +345,7 @@ def _load_pretrained(name: str, tag: str, device: str, cache_dir):
         else:
             model, _, preprocess = open_clip.create_model_and_transforms(
                 name, pretrained=tag, cache_dir=str(cache_dir) if cache_dir else None,
-                device=device)
+                device=device, precision=precision)
     except WeightsUnavailableError:
         raise
     except Exception as exc:  # network errors, corrupt downloads, ...

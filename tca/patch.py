@@ -65,6 +65,7 @@ class RunState:
     recorder: TraceRecorder | None = None
     record_cls: bool = False
     explicit: bool = False
+    generator: torch.Generator | None = None  # TCA's random first coreset centres, if seeded
 
 
 @dataclass
@@ -169,8 +170,11 @@ def run_state(visual: torch.nn.Module, images: torch.Tensor, config: CondenseCon
     if trace:
         rows, cols = tower.grid(visual)
         recorder = TraceRecorder(images.shape[0], rows * cols, images.device, tower.prefix(visual))
+    generator = None
+    if config.method == "tca" and config.center_seed is not None:
+        generator = torch.Generator().manual_seed(config.center_seed)
     return RunState(tower, config, schedule_for(visual, config, anchors is not None), anchors,
-                    recorder, record_cls, explicit)
+                    recorder, record_cls, explicit, generator)
 
 
 def encode(model: torch.nn.Module, images: torch.Tensor, config: CondenseConfig | None = None,
@@ -205,7 +209,8 @@ def forward(visual: torch.nn.Module, images: torch.Tensor, run: RunState) -> For
     """One vision forward of ``images`` following ``run``: the tower's own forward (embed,
     blocks, pool, project) with the planned blocks condensing."""
     tower = run.tower
-    x = tower.embed(visual, images)
+    weight = tower.patch_embed_weight(visual)
+    x = tower.embed(visual, images.to(weight.device, weight.dtype))
     size: torch.Tensor | None = None  # (B, N) patches per token, once ToMe has merged
     counts: list[int] = []
     cls_tokens: list[torch.Tensor] = []
@@ -281,7 +286,8 @@ def _condense_tiers(x, size, plan: TierPlan, att: Attended, run: RunState):
     attn_mean = condense.head_mean_score(patch_attn)
     rank = run.config.method == "tca" and run.config.score == "rank"  # EViT: always mean
     select = condense.head_rank_score(patch_attn) if rank else attn_mean
-    c = condense.prune_merge_fuse(x, select, attn_mean, plan.t1, plan.t2, plan.k, plan.prefix)
+    c = condense.prune_merge_fuse(x, select, attn_mean, plan.t1, plan.t2, plan.k, plan.prefix,
+                                  run.generator)
     return c, attn_mean
 
 
@@ -299,9 +305,9 @@ def select_anchor(class_anchors: torch.Tensor, cls: torch.Tensor) -> torch.Tenso
 
     class_anchors: (C, D) at the previous block's output; cls: (B, D). Returns (B, D).
     """
-    class_anchors = class_anchors.to(device=cls.device, dtype=cls.dtype)
-    best = (F.normalize(cls, dim=-1) @ F.normalize(class_anchors, dim=-1).T).argmax(dim=-1)
-    return class_anchors[best]
+    class_anchors = class_anchors.to(device=cls.device, dtype=torch.float32)
+    best = (F.normalize(cls.float(), dim=-1) @ F.normalize(class_anchors, dim=-1).T).argmax(dim=-1)
+    return class_anchors[best].to(cls.dtype)
 
 
 def attend(block: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None,
@@ -322,7 +328,7 @@ def attend(block: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = 
         probs = logits.softmax(dim=-1)
         o = probs @ v
         if need_cls_row:
-            cls_row = probs[:, :, cls_index]
+            cls_row = probs[:, :, cls_index].float()
     else:
         if bias is not None:
             bias = bias.to(q.dtype)

@@ -72,7 +72,8 @@ class RunResult:
             "settings": {"method": self.config.method, "keep_rate": self.config.keep_rate,
                          "rate": self.config.tca_rate if self.config.method == "tca" else None,
                          "layers": list(self.config.layers),
-                         "merge_centers": self.config.merge_centers, "score": self.config.score},
+                         "merge_centers": self.config.merge_centers, "score": self.config.score,
+                         "center_seed": self.config.center_seed},
             "labels": self.labels,
             "baseline": {"probs": self.baseline.probs, "logits": self.baseline.logits},
             "condensed": {"probs": self.condensed.probs, "logits": self.condensed.logits},
@@ -103,7 +104,7 @@ def _prediction(labels: list[str], logits: torch.Tensor) -> Prediction:
 
 def prepare_image(clip: ClipModel, image) -> torch.Tensor:
     """(1, 3, H, W) tensor from anything :func:`tca.images.load_image` accepts."""
-    return clip.preprocess(load_image(image)).unsqueeze(0).to(clip.device)
+    return clip.preprocess(load_image(image)).unsqueeze(0).to(clip.device, clip.dtype)
 
 
 def classify(clip: ClipModel, image, labels: str | Sequence[str], config: CondenseConfig,

@@ -71,6 +71,11 @@ class Tower:
         raise NotImplementedError
 
     @classmethod
+    def patch_embed_weight(cls, visual) -> torch.Tensor:
+        """The patch embedding's weight: its device and dtype are those images must have."""
+        raise NotImplementedError
+
+    @classmethod
     def head(cls, visual, x: torch.Tensor, size: torch.Tensor | None):
         """Final tokens (B, N, D) -> the tower's output; size: (B, N) ToMe token sizes or None."""
         raise NotImplementedError
@@ -106,8 +111,8 @@ class Tower:
         """(B, D): the CLS token, or the token the pool's query gathers (the per-block key)."""
         if cls.signal(visual) == "cls":
             return x[:, 0]
-        weight = cls.pool_row(visual, x).mean(dim=1)  # (B, N)
-        return (weight.unsqueeze(-1) * x).sum(dim=1)
+        weight = cls.pool_row(visual, x).mean(dim=1)  # (B, N) float32
+        return (weight.unsqueeze(-1) * x.float()).sum(dim=1).to(x.dtype)
 
 
 class OpenClipViT(Tower):
@@ -142,6 +147,10 @@ class OpenClipViT(Tower):
     @classmethod
     def embed(cls, visual, images):
         return visual._embeds(images)
+
+    @classmethod
+    def patch_embed_weight(cls, visual):
+        return visual.conv1.weight
 
     @classmethod
     def head(cls, visual, x, size):
@@ -240,6 +249,10 @@ class TimmViT(Tower):
         return tuple(visual.trunk.patch_embed.grid_size)
 
     @classmethod
+    def patch_embed_weight(cls, visual):
+        return visual.trunk.patch_embed.proj.weight
+
+    @classmethod
     def embed(cls, visual, images):
         trunk = visual.trunk
         return trunk.norm_pre(trunk.patch_drop(trunk._pos_embed(trunk.patch_embed(images))))
@@ -279,17 +292,23 @@ class TimmViT(Tower):
 
     @classmethod
     def pool_row(cls, visual, x):
+        # float32 throughout (the row is small): half-precision towers rank like float32 ones
         trunk = visual.trunk
         pool = trunk.attn_pool
         h, dh = pool.num_heads, pool.head_dim
-        q = pool.q_norm(pool.q(pool.latent).reshape(1, h, dh)[0])  # (h, d_h): image-independent
-        w_k, w_v = pool.kv.weight.chunk(2, dim=0)  # (h d_h, D) each
-        q = q.to(w_k.dtype) * pool.scale
+        q = pool.q_norm(pool.q(pool.latent).reshape(1, h, dh)[0]).float() * pool.scale  # (h, d_h)
+        w_k = pool.kv.weight[: h * dh].float()  # (h d_h, D): the key half of kv
         fold = torch.einsum("hc,hcd->hd", q, w_k.view(h, dh, -1))  # (h, D)
-        logits = trunk.norm(x) @ fold.T.to(x.dtype)  # (B, N, h)
+        logits = trunk.norm(x).float() @ fold.T  # (B, N, h)
         if pool.kv.bias is not None:
-            logits = logits + (q * pool.kv.bias[: h * dh].view(h, dh)).sum(-1).to(x.dtype)
-        return logits.float().softmax(dim=1).transpose(1, 2).to(x.dtype)  # (B, h, N)
+            logits = logits + (q * pool.kv.bias[: h * dh].float().view(h, dh)).sum(-1)
+        return logits.softmax(dim=1).transpose(1, 2)  # (B, h, N)
+
+
+def input_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The dtype the vision tower's images must have (its patch embedding's)."""
+    visual = getattr(model, "visual", model)
+    return tower_for(visual).patch_embed_weight(visual).dtype
 
 
 # Families tried in order; the first that accepts a tower handles it.

@@ -257,3 +257,17 @@ def test_classify_uses_the_model_s_logit_scale_and_bias(siglip, example_image):
     expected = siglip.logit_scale * cos + siglip.logit_bias
     torch.testing.assert_close(torch.tensor(result.condensed.logits), expected[0], rtol=0, atol=1e-4)
     assert sum(result.condensed.probs) == pytest.approx(1.0)
+
+
+def test_cli_predict_siglip2_random_weights_offline(capsys, example_image, monkeypatch):
+    from tca.cli import main
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code = main(["predict", str(example_image), "--labels", "cat,dog,car", "--model", SIGLIP2,
+                 "--pretrained", "none", "--keep-rate", "0.7", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    import json
+    data = json.loads(out)
+    assert [data["tokens_per_layer"][i] for i in (3, 6, 9)] == [140, 99, 73]
+    assert "stand-in tokenizer" in data["model"] and data["random_weights"]
+    assert data["gmacs"]["baseline"] == pytest.approx(17.708, abs=1e-3)
