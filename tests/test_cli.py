@@ -77,7 +77,7 @@ def test_flops_json_without_running_a_model(capsys):
     (["predict", "{img}", "--labels", "cat,dog", "--model", "tca-tiny-timm-avg", "--pretrained",
       "none"], "no usable pooling signal"),
     (["predict", "{img}", "--labels", "cat,dog", "--model", "RN50", "--pretrained", "none"],
-     "ModifiedResNet vision tower is not supported"),
+     "RN50 has no ViT vision tower"),
     (["predict", "{img}", "--labels", "cat,dog", "--model", "nope"], "unknown open_clip model"),
     (["flops", "--merge-centers", "0"], "merge centres"),
 ])
