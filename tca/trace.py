@@ -20,8 +20,10 @@ FATE_NAMES = {KEPT: "kept", MERGED: "merged", PRUNED: "pruned"}
 class TraceRecorder:
     """Mutable per-forward state; becomes an immutable :class:`Trace` at the end."""
 
-    def __init__(self, batch: int, n_patches: int, device: torch.device) -> None:
-        self.token_of = torch.arange(1, n_patches + 1, device=device).expand(batch, n_patches)
+    def __init__(self, batch: int, n_patches: int, device: torch.device, prefix: int = 1) -> None:
+        # prefix: tokens before the patches (1 = CLS; 0 for towers without a CLS token)
+        self.prefix = prefix
+        self.token_of = torch.arange(prefix, n_patches + prefix, device=device).expand(batch, n_patches)
         self.pruned = torch.zeros((batch, n_patches), dtype=torch.bool, device=device)
         self.per_layer: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.cls_attention: dict[int, torch.Tensor] = {}
@@ -29,13 +31,14 @@ class TraceRecorder:
     def condense(self, layer: int, dest: torch.Tensor, pruned: torch.Tensor | None,
                  patch_attention: torch.Tensor | None) -> None:
         """dest: (B, N_in), -1 for dropped tokens; pruned: (B, N_in) bool; patch_attention:
-        (B, N_in - 1) head-mean CLS attention of the tokens entering the layer (each patch gets
-        its token's value; NaN for patches dropped earlier)."""
+        (B, N_in - prefix) head-mean CLS attention of the tokens entering the layer (each patch
+        gets its token's value; NaN for patches dropped earlier)."""
         alive = self.token_of >= 0  # patches an earlier layer dropped (ATS) stay dropped
         idx = self.token_of.clamp_min(0)
         if patch_attention is not None:
-            att = torch.cat([patch_attention.new_full((patch_attention.shape[0], 1), float("nan")),
-                             patch_attention], dim=1)
+            att = patch_attention
+            if self.prefix:
+                att = torch.cat([att.new_full((att.shape[0], self.prefix), float("nan")), att], dim=1)
             att = att.gather(1, idx).masked_fill(~alive, float("nan"))
             self.cls_attention[layer] = att.float().cpu()
         if pruned is not None:
@@ -62,7 +65,7 @@ class TraceRecorder:
         per_image = tuple(tuple(int(n) for n in row) for row in tokens_per_image) \
             if tokens_per_image is not None else None
         return Trace(tuple(tokens_per_layer), grid, token_index, fate, self.cls_attention,
-                     tuple(condensing_layers), per_image)
+                     tuple(condensing_layers), self.prefix, per_image)
 
 
 @dataclass(frozen=True)
@@ -70,10 +73,13 @@ class Trace:
     """Per-layer token counts and patch fates of one traced forward.
 
     token_index: (B, L, P) long, the token (index into that layer's output) holding each patch
-    after block l, or DROPPED (-1) once ATS dropped it (no token holds it; its fate is PRUNED). fate: (B, L, P) uint8, KEPT / MERGED / PRUNED. A patch is MERGED when its
+    after block l, or DROPPED (-1) once ATS dropped it (no token holds it; its fate is PRUNED).
+    fate: (B, L, P) uint8, KEPT / MERGED / PRUNED. A patch is MERGED when its
     token holds other patches too, PRUNED once it was fused into a class-irrelevant token
     (final). cls_attention: layer -> (B, P) head-mean CLS attention that drove that layer's
-    decision. Patches are in row-major order of the ``grid`` (rows, cols).
+    decision (for towers without CLS: the attention of the query that stands in for it).
+    Patches are in row-major order of the ``grid`` (rows, cols). prefix: tokens before the
+    patches at every layer (1 = CLS at index 0; 0 = no CLS token, every token holds patches).
     tokens_per_layer: the token count at every block output; with per-image counts (ATS) in a
     batch, the padded width (the largest count), and ``tokens(image)`` gives each image's own.
     """
@@ -84,6 +90,7 @@ class Trace:
     fate: torch.Tensor
     cls_attention: dict[int, torch.Tensor]
     condensing_layers: tuple[int, ...]
+    prefix: int = 1
     tokens_per_image: tuple[tuple[int, ...], ...] | None = None  # (B, L); None: all equal
 
     @property
@@ -127,7 +134,7 @@ class Trace:
         tokens = self.tokens(image)
         return Trace(tokens, self.grid, self.token_index[sl], self.fate[sl],
                      {k: v[sl] for k, v in self.cls_attention.items()}, self.condensing_layers,
-                     None if self.tokens_per_image is None else (tokens,))
+                     self.prefix, None if self.tokens_per_image is None else (tokens,))
 
     def to_dict(self, image: int = 0) -> dict:
         """JSON-ready summary: counts, fates and groups per layer."""
