@@ -155,7 +155,7 @@ def classify(clip: ClipModel, image, labels: str | Sequence[str], config: Conden
         timings_ms=timings, trace=enc.trace, anchors_used=enc.anchors_used,
         cls_tokens=enc.cls_tokens)
     if use_reservoir:
-        corrected = stream_update(reservoir, enc.cls_tokens, logits.detach(), z, scale)
+        corrected = stream_update(reservoir, enc.cls_tokens, logits.detach(), z, clip.logit_scale)
         result.corrected = _prediction(labels, corrected[0])
         result.reservoir = reservoir.summary(labels)
     return result
