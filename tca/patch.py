@@ -18,10 +18,11 @@ the explicit path; every other block runs the tower's own fused forward unchange
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
+
 from . import condense
 from .config import CondenseConfig, LayerPlan, Schedule, TierPlan, TomePlan, plan_layers
 from .errors import ConfigError, UnsupportedModelError
@@ -72,7 +73,7 @@ class RunState:
 class Forward:
     """What one vision forward returns. cls_tokens: per block (B, D) float32, if recorded."""
 
-    features: torch.Tensor
+    features: Any  # (B, E); (pooled, tokens) when the tower has output_tokens
     tokens_per_layer: list[int]
     cls_tokens: list[torch.Tensor] = field(default_factory=list)
 
@@ -115,7 +116,7 @@ def patch(model: torch.nn.Module, config: CondenseConfig | None = None, **settin
     (``method``, ``keep_rate``, ``rate``, ``layers``, ``merge_centers``, ``score``).
     Patching an already patched model only replaces its config. Returns the model."""
     config = config.with_(**settings) if config is not None else CondenseConfig(**settings)
-    visual = getattr(model, "visual", model)
+    visual: Any = getattr(model, "visual", model)
     tower = tower_for(visual)
     schedule_for(visual, config, tower=tower)  # validate layers / K against this model now
     if is_patched(model):
@@ -129,7 +130,7 @@ def patch(model: torch.nn.Module, config: CondenseConfig | None = None, **settin
 
 def unpatch(model: torch.nn.Module) -> torch.nn.Module:
     """Restore the original class; the model then behaves exactly as before patching."""
-    visual = getattr(model, "visual", model)
+    visual: Any = getattr(model, "visual", model)
     if not hasattr(visual, "_tca"):
         return model
     visual.__class__ = visual._tca_original_class
@@ -150,21 +151,21 @@ def _subclass(base: type, mixin: type) -> type:
     return _SUBCLASSES[key]
 
 
-def schedule_for(visual: torch.nn.Module, config: CondenseConfig, anchors: bool = False,
+def schedule_for(visual: Any, config: CondenseConfig, anchors: bool = False,
                  tower: type[Tower] | None = None) -> Schedule:
     """The token schedule of ``config`` on this tower (ConfigError if it does not fit)."""
-    tower = tower or visual._tca.tower
-    rows, cols = tower.grid(visual)
-    prefix = tower.prefix(visual)
-    return plan_layers(config, rows * cols + prefix, len(tower.blocks(visual)), anchors, prefix)
+    family: type[Tower] = tower or visual._tca.tower
+    rows, cols = family.grid(visual)
+    prefix = family.prefix(visual)
+    return plan_layers(config, rows * cols + prefix, len(family.blocks(visual)), anchors, prefix)
 
 
-def run_state(visual: torch.nn.Module, images: torch.Tensor, config: CondenseConfig,
+def run_state(visual: Any, images: torch.Tensor, config: CondenseConfig,
               anchors: torch.Tensor | None = None, trace: bool = False, record_cls: bool = False,
               explicit: bool = False) -> RunState:
     """The :class:`RunState` of one forward of ``images`` (B, 3, H, W) through a patched tower.
     Anchors only guide ``tca``; other methods run without them."""
-    tower = visual._tca.tower
+    tower: type[Tower] = visual._tca.tower
     anchors = anchors if config.method == "tca" else None
     recorder = None
     if trace:
@@ -189,7 +190,7 @@ def encode(model: torch.nn.Module, images: torch.Tensor, config: CondenseConfig 
     the pooled token standing in for it) after every block (the reservoir's keys).
     explicit_attention: compute softmax(QK^T)V with plain matmuls everywhere (FLOP counters).
     """
-    visual = getattr(model, "visual", model)
+    visual: Any = getattr(model, "visual", model)  # a patched tower
     if not hasattr(visual, "_tca"):
         raise ValueError("model is not patched: call tca.patch(model) first")
     run = run_state(visual, images, config or visual._tca.config, anchors, trace, record_cls,
@@ -205,7 +206,7 @@ def encode(model: torch.nn.Module, images: torch.Tensor, config: CondenseConfig 
     return out
 
 
-def forward(visual: torch.nn.Module, images: torch.Tensor, run: RunState) -> Forward:
+def forward(visual: Any, images: torch.Tensor, run: RunState) -> Forward:
     """One vision forward of ``images`` following ``run``: the tower's own forward (embed,
     blocks, pool, project) with the planned blocks condensing."""
     tower = run.tower
@@ -232,11 +233,13 @@ class CondensingTower(torch.nn.Module):
     """Mixed into the tower's class by ``patch``: its plain forward condenses with the patched
     config."""
 
-    def forward(self, x: torch.Tensor):  # type: ignore[override]
+    _tca: _Patched
+
+    def forward(self, x: torch.Tensor):
         return forward(self, x, run_state(self, x, self._tca.config)).features
 
 
-def condensing_block(visual: torch.nn.Module, block: torch.nn.Module, layer: int, x: torch.Tensor,
+def condensing_block(visual: Any, block: Any, layer: int, x: torch.Tensor,
                      size: torch.Tensor | None, plan: LayerPlan | None,
                      run: RunState) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The block computed from its weights, with ``plan``'s condensing step between the
@@ -277,11 +280,12 @@ def condensing_block(visual: torch.nn.Module, block: torch.nn.Module, layer: int
 # A condensing step: (x after the attention residual (B, N, D), ToMe sizes or None, the plan,
 # the block's attention, the run) -> (Condensed, head-mean CLS attention over patches (B, P) for
 # the trace, or None).
-Condenser = Callable[[torch.Tensor, "torch.Tensor | None", LayerPlan, Attended, RunState],
-                     "tuple[condense.Condensed, torch.Tensor | None]"]
+# Typed with `...`: each step takes its own plan type (TierPlan, TomePlan), chosen by plan.kind.
+Condenser = Callable[..., "tuple[condense.Condensed, torch.Tensor | None]"]
 
 
 def _condense_tiers(x, size, plan: TierPlan, att: Attended, run: RunState):
+    assert att.cls_row is not None  # a CLS or pool-query row for every TierPlan
     patch_attn = att.cls_row[..., plan.prefix:]  # (B, h, P): CLS -> patches, not renormalised
     attn_mean = condense.head_mean_score(patch_attn)
     rank = run.config.method == "tca" and run.config.score == "rank"  # EViT: always mean
@@ -293,6 +297,7 @@ def _condense_tiers(x, size, plan: TierPlan, att: Attended, run: RunState):
 
 def _condense_tome(x, size, plan: TomePlan, att: Attended, run: RunState):
     size = size if size is not None else x.new_ones(x.shape[:2])
+    assert att.keys is not None  # attend(need_keys=True) for every TomePlan
     return condense.tome_merge(x, size, att.keys, plan.r, plan.prefix), None
 
 
@@ -310,7 +315,7 @@ def select_anchor(class_anchors: torch.Tensor, cls: torch.Tensor) -> torch.Tenso
     return class_anchors[best].to(cls.dtype)
 
 
-def attend(block: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None,
+def attend(block: Any, x: torch.Tensor, bias: torch.Tensor | None = None,
            cls_index: int = 0, need_cls_row: bool = False, need_keys: bool = False,
            explicit: bool = False, tower: type[Tower] = OpenClipViT) -> Attended:
     """The block's attention on ``x`` (B, N, D) with its own weights, before layer scale.
