@@ -247,21 +247,22 @@ def condensing_block(visual: Any, block: Any, layer: int, x: torch.Tensor,
     Returns (x (B, plan.n_out, D), size)."""
     tower = run.tower
     by_cls = tower.signal(visual) == "cls"
+    needs_row = plan is not None and plan.needs_row
     anchor = None
-    if run.anchors is not None and isinstance(plan, TierPlan) and layer > 0:
+    if run.anchors is not None and needs_row and layer > 0:
         anchor = select_anchor(run.anchors[:, layer - 1], tower.pooled_token(visual, x))
     bias = size.log()[:, None, None, :] if size is not None else None
     seq = x if anchor is None else torch.cat([anchor.unsqueeze(1).to(x.dtype), x], dim=1)
     if bias is not None and anchor is not None:  # never both: anchors are TCA, sizes ToMe
         bias = F.pad(bias, (1, 0))
     att = attend(block, seq, bias, cls_index=1 if anchor is not None else 0,
-                 need_cls_row=isinstance(plan, TierPlan) and by_cls,
-                 need_keys=isinstance(plan, TomePlan), explicit=run.explicit, tower=tower)
+                 need_cls_row=needs_row and by_cls, need_keys=plan is not None and plan.needs_keys,
+                 explicit=run.explicit, tower=tower)
     out, cls_row = att.out, att.cls_row
     if anchor is not None:
         out = out[:, 1:]  # drop the anchor's row
     x = tower.attn_residual(block, x, out)
-    if isinstance(plan, TierPlan) and not by_cls:
+    if needs_row and not by_cls:
         # The pool's query over the condensing tokens (and the anchor, as CLS sees it).
         pooled_seq = x if anchor is None else torch.cat([anchor.unsqueeze(1).to(x.dtype), x], dim=1)
         cls_row = tower.pool_row(visual, pooled_seq)
@@ -301,7 +302,8 @@ def _condense_tome(x, size, plan: TomePlan, att: Attended, run: RunState):
     return condense.tome_merge(x, size, att.keys, plan.r, plan.prefix), None
 
 
-# Plan kind -> condensing step. A new method adds its plan type in config.py and a step here.
+# Plan kind -> condensing step. A new method adds its plan type in config.py (kind, and what it
+# needs from the attention: needs_row / needs_keys) and its step here.
 CONDENSERS: dict[str, Condenser] = {TierPlan.kind: _condense_tiers, TomePlan.kind: _condense_tome}
 
 
