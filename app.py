@@ -34,7 +34,7 @@ MAX_UPLOAD = "10mb"
 CONCURRENCY = 2  # events running at once (model events: 1, they share the CPU)
 QUEUE_SIZE = int(os.environ.get("TCA_QUEUE_SIZE", "20"))
 STATE_TTL_S = 2 * 3600  # per-session state is dropped after two idle hours
-STRIP_COLUMNS = 4
+STRIP_COLUMNS = 3  # tiles per strip row (4 for 24-block models)
 
 METHOD_CHOICES = [("TCA (prune + merge)", "tca"), ("EViT (prune + fuse)", "evit"),
                   ("ToMe (merge pairs)", "tome"), ("none (plain CLIP)", "none")]
@@ -53,14 +53,16 @@ CSS = """
 .tca-map img {image-rendering: pixelated}
 #layer-strip img {image-rendering: pixelated}
 #layer-strip .thumbnail-item.selected {outline: 5px solid #ff00c8; outline-offset: -1px}
-#layer-strip .caption-label {font-size: 13px; max-width: 100%}
+#layer-strip .grid-wrap {max-height: none !important; height: auto !important; overflow: visible}
+#layer-strip .caption-label {font-size: 13px; font-weight: 600; padding: 0 4px; opacity: 0.9}
 .tca-legend {line-height: 1.9}
 .tca-cost .big {font-size: 22px; font-weight: 700}
 .tca-cost .saved {color: #15803d}
 .tca-scroll {overflow-x: auto; max-width: 100%}
 .tca-table {border-collapse: collapse; font-size: 14px}
 .tca-table td, .tca-table th {padding: 2px 8px; border-bottom: 1px solid #e5e7eb; text-align: left}
-.tca-table td.lab {word-break: break-word}
+.tca-table td {white-space: nowrap}
+.tca-table td.lab, .tca-table td.wrap {white-space: normal; word-break: break-word}
 .tca-follow tr.here {background: #fde7f7}
 .tca-up {color: #15803d} .tca-down {color: #b91c1c}
 #depth-row button {min-width: 3em; max-width: 5em}
@@ -232,7 +234,8 @@ class App:
             v.shift, v.map,
             gr.Slider(maximum=depth - 1, value=v.layer),
             v.info, v.chart, v.cost,
-            gr.Gallery(value=v.strip, selected_index=v.layer),
+            gr.update(value=v.strip, selected_index=v.layer,
+                      columns=STRIP_COLUMNS if depth <= 12 else STRIP_COLUMNS + 1),
             v.follow,
             page.stream_html(state, stream_state, stream_on, state.result.config.method),
             corrected, "", depth, d.patch,
@@ -248,7 +251,7 @@ class App:
         if state is None:
             return (gr.skip(),) * 5
         d = Display(int(layer or 0), view, overlay, opacity, patch).clamped(state.trace)
-        return (*self._layer_outputs(state, d), gr.Gallery(selected_index=d.layer))
+        return (*self._layer_outputs(state, d), gr.update(selected_index=d.layer))
 
     def step_layer(self, state, layer, delta: int, view, overlay, opacity, patch):
         """◀ / ▶: one block back or on (clamped)."""
@@ -256,7 +259,7 @@ class App:
             return (gr.skip(),) * 6
         d = Display(int(layer or 0) + delta, view, overlay, opacity, patch).clamped(state.trace)
         return (gr.Slider(value=d.layer), *self._layer_outputs(state, d),
-                gr.Gallery(selected_index=d.layer))
+                gr.update(selected_index=d.layer))
 
     def pick_layer(self, state: explore.RunState | None, view: str, overlay: bool,
                    opacity: float, patch, evt: gr.SelectData):
@@ -291,7 +294,7 @@ class App:
             return gr.skip(), gr.skip()
         d = Display(int(layer or 0), view, overlay, opacity, patch).clamped(state.trace)
         return (page.map_image(state, d),
-                gr.Gallery(value=page.strip_items(state, d.view), selected_index=d.layer))
+                gr.update(value=page.strip_items(state, d.view), selected_index=d.layer))
 
     def export(self, state, layer, view, patch):
         """Write the downloads on request: strip PNG, depth GIF, whole-run JSON."""
@@ -386,13 +389,13 @@ def build_demo(model_name: str | None = None, pretrained: str | None = None,
                         baseline_out = gr.Label(
                             value=view0.baseline if view0 else None, num_top_classes=TOP_K,
                             label=view0.baseline_title if view0 else "Baseline CLIP",
-                            elem_id="baseline-label", min_width=160)
+                            elem_id="baseline-label", min_width=250)
                         condensed_out = gr.Label(
                             value=view0.condensed if view0 else None, num_top_classes=TOP_K,
                             label=view0.condensed_title if view0 else "Condensed",
-                            elem_id="condensed-label", min_width=160)
+                            elem_id="condensed-label", min_width=250)
                         shift_out = gr.HTML(view0.shift if view0 else "", elem_id="shift",
-                                            min_width=240)
+                                            min_width=330)
                     with gr.Row():
                         with gr.Column(scale=3, min_width=320):
                             layer_map = gr.Image(
@@ -421,10 +424,12 @@ def build_demo(model_name: str | None = None, pretrained: str | None = None,
                                 opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05,
                                                     label="Overlay opacity")
                         with gr.Column(scale=2, min_width=300):
+                            gr.Markdown(f"**All blocks from one pass**, click one. Caption: "
+                                        f"block {page.CONDENSING_MARK} (= condensing) · tokens "
+                                        "after it")
                             strip = gr.Gallery(
-                                value=view0.strip if view0 else None,
-                                label=f"All blocks from one forward pass (click one; "
-                                      f"{page.CONDENSING_MARK} = condensing)",
+                                value=view0.strip if view0 else None, show_label=False,
+                                label="All blocks",
                                 columns=STRIP_COLUMNS, height="auto", allow_preview=False,
                                 selected_index=view0.layer if view0 else None, format="png",
                                 object_fit="contain", elem_id="layer-strip", buttons=[])

@@ -182,15 +182,14 @@ def shift_html(result: RunResult, limit: int = SHIFT_ROWS) -> str:
     more = (f"<br><small>{len(result.labels) - limit} more labels in the JSON.</small>"
             if len(result.labels) > limit else "")
     return (f"<div class='tca-shift'><b>Probability shift</b> ({name} &minus; baseline)"
-            f"<table class='tca-table'><tr><th>label</th><th>baseline</th><th>{name}</th>"
-            f"<th>shift</th></tr>{''.join(rows)}</table>{more}</div>")
+            f"<div class='tca-scroll'><table class='tca-table'><tr><th>label</th><th>baseline</th><th>{name}</th>"
+            f"<th>shift</th></tr>{''.join(rows)}</table></div>{more}</div>")
 
 
-def cost_html(result: RunResult, first_run: bool = False) -> str:
+def cost_html(result: RunResult) -> str:
     fb, fc = result.flops_baseline, result.flops_condensed
     t = result.timings_ms
-    warm = (" The first Run after start-up also pays one-time warm-up costs."
-            if first_run else "")
+    warm = " The first Runs after start-up are slower still (warm-up)."
     return (
         "<div class='tca-cost'>"
         f"<div class='big'>{fb.gmacs:.2f} &rarr; {fc.gmacs:.2f} GMACs "
@@ -198,11 +197,11 @@ def cost_html(result: RunResult, first_run: bool = False) -> str:
         f"<div>{_escape(result.config.describe())}</div>"
         "<div class='tca-scroll'><table class='tca-table'>"
         "<tr><th></th><th>baseline</th><th>condensed</th></tr>"
-        f"<tr><td>tokens after the last block</td><td>{result.baseline_tokens[-1]}</td>"
+        f"<tr><td class='lab'>tokens after the last block</td><td>{result.baseline_tokens[-1]}</td>"
         f"<td>{result.tokens_per_layer[-1]}</td></tr>"
-        f"<tr><td>GMACs</td><td>{fb.gmacs:.3f}</td><td>{fc.gmacs:.3f}</td></tr>"
-        f"<tr><td>of which condensing</td><td>-</td><td>{fc.overhead / 1e9:.4f}</td></tr>"
-        f"<tr><td>wall-clock here (ms)</td><td>{t.get('baseline_ms', 0):.0f}</td>"
+        f"<tr><td class='lab'>GMACs</td><td>{fb.gmacs:.3f}</td><td>{fc.gmacs:.3f}</td></tr>"
+        f"<tr><td class='lab'>of which condensing</td><td>-</td><td>{fc.overhead / 1e9:.4f}</td></tr>"
+        f"<tr><td class='lab'>wall-clock here (ms)</td><td>{t.get('baseline_ms', 0):.0f}</td>"
         f"<td>{t.get('condensed_ms', 0):.0f} (traced)</td></tr></table></div>"
         f"<small>GMACs are counted from the token counts ({_escape(CONVENTION)}). Wall-clock is "
         "one measurement on a shared CPU at batch 1, where the condensed pass also records the "
@@ -326,9 +325,9 @@ def patch_at(state: RunState, x: float, y: float, zoom: int = MAP_ZOOM) -> int |
 
 
 def strip_captions(trace: Trace) -> list[str]:
-    """Gallery captions: "block 3 ✂ 141 tokens" (✂ on condensing blocks)."""
-    return [f"block {l}{' ' + CONDENSING_MARK if l in trace.condensing_layers else ''} "
-            f"\u00b7 {n} tokens" for l, n in enumerate(trace.tokens_per_layer)]
+    """Gallery captions: "3 ✂ · 141" (block, ✂ on condensing blocks, tokens after it)."""
+    return [f"{l}{' ' + CONDENSING_MARK if l in trace.condensing_layers else ''} \u00b7 {n}"
+            for l, n in enumerate(trace.tokens_per_layer)]
 
 
 def strip_items(state: RunState, view: str = "fates") -> list[tuple[np.ndarray, str]]:
@@ -483,7 +482,7 @@ class RunView:
     corrected: dict[str, float] | None
 
 
-def run_view(state: RunState, d: Display, first_run: bool = False) -> RunView:
+def run_view(state: RunState, d: Display) -> RunView:
     """Turn a Run into everything the page shows (no files written; see :func:`exports`)."""
     r, trace = state.result, state.trace
     d = d.clamped(trace)
@@ -492,7 +491,7 @@ def run_view(state: RunState, d: Display, first_run: bool = False) -> RunView:
         condensed=r.condensed.as_dict(), condensed_title=condensed_title(r),
         shift=shift_html(r), map=map_image(state, d), layer=d.layer, depth=trace.depth,
         info=layer_info(state, d.layer, d.overlay), chart=chart_image(state, d.layer),
-        cost=cost_html(r, first_run), strip=strip_items(state, d.view),
+        cost=cost_html(r), strip=strip_items(state, d.view),
         follow=follow_html(state, d.patch, d.layer),
         corrected=r.corrected.as_dict() if r.corrected is not None else None)
 

@@ -367,6 +367,10 @@ def grid(tiles: Sequence[Sequence[np.ndarray | None]], captions: Sequence[Sequen
     lay = GridLayout(rows, cols, th, tw, left, top, cap_h, gap)
     legend_h = font_size + 16 if legend else 0
     width = left + gap + cols * lay.cell_w
+    if legend:
+        width = max(width, _legend_width(font, font_size) + 12)
+    if title:
+        width = max(width, _text_w(font, title) + 12)
     height = top + gap + rows * lay.cell_h + legend_h
     canvas = np.empty((height, width, 3), dtype=np.uint8)
     canvas[:] = background
@@ -410,9 +414,17 @@ def _text_w(font, text: str) -> int:
     return int(box[2] - box[0])
 
 
+def _legend_text(style: FateStyle) -> str:
+    return f"{style.name}: {style.meaning.split(':')[0]}"
+
+
+def _legend_width(font, size: int) -> int:
+    return sum(size + 5 + _text_w(font, _legend_text(s)) + 18 for s in FATES.values())
+
+
 def _draw_legend(draw: ImageDraw.ImageDraw, font, size: int, x: int, y: int) -> None:
     for style in FATES.values():
-        text = f"{style.name}: {style.meaning.split(':')[0]}"
+        text = _legend_text(style)
         box = [x, y, x + size, y + size]
         draw.rectangle(box, fill=style.swatch, outline=style.edge, width=2)
         if style.code == PRUNED:  # the stripes, as on the map
