@@ -394,8 +394,8 @@ def build_demo(model_name: str | None = None, pretrained: str | None = None,
                             value=view0.condensed if view0 else None, num_top_classes=TOP_K,
                             label=view0.condensed_title if view0 else "Condensed",
                             elem_id="condensed-label", min_width=250)
-                        shift_out = gr.HTML(view0.shift if view0 else "", elem_id="shift",
-                                            min_width=330)
+                        with gr.Column(min_width=330):
+                            shift_out = gr.HTML(view0.shift if view0 else "", elem_id="shift")
                     with gr.Row():
                         with gr.Column(scale=3, min_width=320):
                             layer_map = gr.Image(
