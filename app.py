@@ -63,6 +63,7 @@ CSS = """
 .tca-table td, .tca-table th {padding: 2px 8px; border-bottom: 1px solid #e5e7eb; text-align: left}
 .tca-table td {white-space: nowrap}
 .tca-table td.lab, .tca-table td.wrap {white-space: normal; word-break: break-word}
+.tca-cost .tca-table td {white-space: normal; padding: 2px 5px}
 .tca-follow tr.here {background: #fde7f7}
 .tca-up {color: #15803d} .tca-down {color: #b91c1c}
 #depth-row button {min-width: 3em; max-width: 5em}
@@ -204,11 +205,20 @@ class App:
     @user_errors
     def sweep(self, image, labels: str, model: str, method: str, layers: str,
               merge_centers: float, score: str, templates: str, all_methods: bool = False,
-              progress=gr.Progress()):
-        """The keep-rate sweep of the current image: one job, plot + table."""
+              state: explore.RunState | None = None, progress=gr.Progress()):
+        """The keep-rate sweep of the current image: one job, plot + table. The shown Run's
+        baseline is reused when it was made from the same image, labels, model and prompts."""
         methods = explore.COMPARE_METHODS if all_methods else (method,)
-        sw = explore.sweep(self.cache, image, labels, model or self.default_model, method,
-                           layers, merge_centers, score, templates, methods=methods,
+        model = model or self.default_model
+        reuse = None
+        if state is not None and state.signature is not None:
+            sig = explore.input_signature(image, labels, model, method, 1.0, layers,
+                                          merge_centers, score, templates)
+            if (sig[0], sig[1], sig[2], sig[8]) == (state.signature[0], state.signature[1],
+                                                    state.signature[2], state.signature[8]):
+                reuse = state.result
+        sw = explore.sweep(self.cache, image, labels, model, method, layers, merge_centers,
+                           score, templates, methods=methods, reuse=reuse,
                            progress=lambda f, d: progress(f, desc=d))
         return page.sweep_image(sw), page.sweep_html(sw)
 
@@ -571,7 +581,7 @@ def build_demo(model_name: str | None = None, pretrained: str | None = None,
                          [strip_file, gif_file, json_file], api_visibility="private")
         sweep_btn.click(
             app.sweep, [image, labels, model, method, layers, merge_centers, score, templates,
-                        sweep_all],
+                        sweep_all, run_state],
             [sweep_plot, sweep_md], api_visibility="private",
             concurrency_limit=1, concurrency_id="model")
         compare_btn.click(

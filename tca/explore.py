@@ -443,6 +443,8 @@ class Sweep:
     gmacs_baseline: float
     points: dict[str, list[SweepPoint]]
     elapsed_ms: float = 0.0
+    passes: int = 0  # condensed passes run
+    baseline_pass: bool = True  # whether a baseline pass ran (else a Run's was reused)
 
     @property
     def base_label(self) -> str:
@@ -459,10 +461,16 @@ def sweep(cache: ModelCache, image, labels, model: str, method: str = "tca",
           layers: str | Sequence[int] = "3,6,9", merge_centers: int = 2, score: str = "mean",
           templates: str = "single", rates: Sequence[float] = SWEEP_RATES,
           methods: Sequence[str] | None = None, max_labels: int = MAX_LABELS,
+          reuse: RunResult | None = None,
           progress: Callable[[float, str], None] | None = None) -> Sweep:
     """Run ``method`` (or each of ``methods``) at every keep rate in ``rates`` on one image, as
     one job: inputs checked and the text encoded once, one baseline pass, then one untraced
-    condensed pass per rate. At most :data:`SWEEP_MAX_PASSES` condensed passes."""
+    condensed pass per rate; a rate that removes nothing (R = 1) is the baseline itself and
+    runs no pass. At most :data:`SWEEP_MAX_PASSES` condensed passes.
+
+    reuse: a Run of the same image, labels, model and templates whose baseline is taken
+    instead of a new baseline pass (the caller vouches that the inputs match).
+    """
     say = progress or (lambda frac, desc: None)
     methods = tuple(methods) if methods else (method,)
     if any(m == "none" for m in methods):
@@ -480,27 +488,34 @@ def sweep(cache: ModelCache, image, labels, model: str, method: str = "tca",
                                                          max_labels, say)
     clip = loaded.clip
     t0 = time.perf_counter()
-    base = None
+    base = reuse if reuse is not None and reuse.labels == label_list else None
     points: dict[str, list[SweepPoint]] = {}
-    total, done = len(rates) * len(methods), 0
+    total, done, passes = len(rates) * len(methods), 0, 0
     for m, cfgs in configs.items():
         points[m] = []
         for cfg in cfgs:
             say(0.1 + 0.88 * done / total,
                 f"{METHOD_NAMES[m]} at R={cfg.keep_rate:g} ({done + 1} of {total})")
-            r = classify(clip, pil, label_list, cfg, templates=templates, trace=False,
-                         max_labels=max_labels, baseline=base is None)
-            if base is None:
-                base = r
-            top, p = r.condensed.top(1)[0]
-            bi = base.baseline.probs.index(max(base.baseline.probs))
-            points[m].append(SweepPoint(cfg.keep_rate, r.flops_condensed.gmacs,
-                                        r.tokens_per_layer[-1], top, p, r.condensed.probs[bi],
-                                        kl_divergence(base.baseline.probs, r.condensed.probs)))
+            if cfg.is_identity and base is not None:
+                probs, gmacs, final = (base.baseline.probs, base.flops_baseline.gmacs,
+                                       base.baseline_tokens[-1])
+            else:
+                r = classify(clip, pil, label_list, cfg, templates=templates, trace=False,
+                             max_labels=max_labels, baseline=base is None)
+                passes += 1
+                if base is None:
+                    base = r
+                probs, gmacs, final = r.condensed.probs, r.flops_condensed.gmacs, \
+                    r.tokens_per_layer[-1]
+            top = max(range(len(probs)), key=probs.__getitem__)
+            bi = max(range(len(probs)), key=base.baseline.probs.__getitem__)
+            points[m].append(SweepPoint(cfg.keep_rate, gmacs, final, label_list[top], probs[top],
+                                        probs[bi], kl_divergence(base.baseline.probs, probs)))
             done += 1
     assert base is not None
     return Sweep(clip.name, label_list, base.baseline, base.flops_baseline.gmacs, points,
-                 (time.perf_counter() - t0) * 1e3)
+                 (time.perf_counter() - t0) * 1e3, passes=passes,
+                 baseline_pass=reuse is None or base is not reuse)
 
 
 # ----------------------------------------------------------------------------------- exports

@@ -202,7 +202,7 @@ def cost_html(result: RunResult) -> str:
         f"<tr><td class='lab'>GMACs</td><td>{fb.gmacs:.3f}</td><td>{fc.gmacs:.3f}</td></tr>"
         f"<tr><td class='lab'>of which condensing</td><td>-</td><td>{fc.overhead / 1e9:.4f}</td></tr>"
         f"<tr><td class='lab'>wall-clock here (ms)</td><td>{t.get('baseline_ms', 0):.0f}</td>"
-        f"<td>{t.get('condensed_ms', 0):.0f} (traced)</td></tr></table></div>"
+        f"<td>{t.get('condensed_ms', 0):.0f}</td></tr></table></div>"
         f"<small>GMACs are counted from the token counts ({_escape(CONVENTION)}). Wall-clock is "
         "one measurement on a shared CPU at batch 1, where the condensed pass also records the "
         f"trace; it gains less time than FLOPs.{warm} Text encoding: "
@@ -557,13 +557,13 @@ def sweep_html(sw: Sweep) -> str:
                         f"<td>{p.gmacs:.2f}</td><td>{p.final_tokens}</td>"
                         f"<td>{_escape(p.top1)} ({p.top1_prob:.1%})</td>"
                         f"<td>{p.base_label_prob:.1%}</td><td>{p.kl:.3f}</td></tr>")
-    passes = sum(len(v) for v in sw.points.values())
+    base = "1 baseline + " if sw.baseline_pass else "the Run's baseline + "
     return (f"<div class='tca-scroll'><table class='tca-table'><tr><th>method</th><th>R</th>"
             f"<th>GMACs</th><th>final tokens</th><th>top-1</th>"
             f"<th>p({_escape(sw.base_label)})</th><th>KL</th></tr>{''.join(rows)}</table></div>"
             f"<small>Baseline: {_escape(sw.base_label)} ({sw.baseline.top(1)[0][1]:.1%}) at "
-            f"{sw.gmacs_baseline:.2f} GMACs. One job: 1 baseline + {passes} condensed passes in "
-            f"{sw.elapsed_ms / 1e3:.1f} s.</small>")
+            f"{sw.gmacs_baseline:.2f} GMACs. One job: {base}{sw.passes} condensed passes "
+            f"(R = 1 is the baseline) in {sw.elapsed_ms / 1e3:.1f} s.</small>")
 
 
 __all__ = ["MAP_ZOOM", "VIEW_CHOICES", "Display", "RunView", "run_view", "exports", "map_image",

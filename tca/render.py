@@ -54,6 +54,7 @@ PRUNED_BASE = 0.35  # brightness left to the grey of a pruned patch
 PRUNED_HATCH = (235, 235, 235)  # the diagonal stripes over pruned patches (seen on any image)
 HATCH_PERIOD = 6  # pixels (at the model's resolution) between stripes
 OUTLINE_COLOR = (20, 20, 20)  # group borders
+OUTLINE_LIGHT = (225, 225, 225)  # token borders over dark tokens ("what the model sees")
 MERGED_FILL = 0.65  # share of the group colour in a merged patch (the rest: the patch's grey)
 HIGHLIGHT = (255, 0, 200)
 ACCENT = (180, 83, 9)  # condensing blocks in captions and charts  # follow-a-patch: the clicked patch
@@ -205,7 +206,10 @@ def fate_map(image: np.ndarray, trace: Trace, layer: int, *, image_index: int = 
         out = _expand(token_means(lv, means)[lv.token], ph, pw)
         sizes = np.bincount(lv.token.ravel(), minlength=lv.first_patch.shape[0])
         edge = outline(ids, border) & _expand(sizes[lv.token] > 1, ph, pw)
-        out[edge] = OUTLINE_COLOR
+        # dark outlines on light tokens, light ones on dark tokens (a night sky stays readable)
+        light = _gray(out) > 110
+        out[edge & light] = OUTLINE_COLOR
+        out[edge & ~light] = OUTLINE_LIGHT
     else:
         out = image.copy()
         fate_px = _expand(lv.fate, ph, pw)

@@ -210,6 +210,25 @@ def test_sweep_handler(tiny_app, example_image):
                                  "single", False, progress=_Progress())
     assert plot.ndim == 3 and plot.dtype == np.uint8
     assert table.count("<tr>") == 1 + len(explore.SWEEP_RATES)
+    assert "1 baseline + 7 condensed passes" in table  # R = 1 is the baseline: no pass
+    # after a Run of the same inputs its baseline is reused, with the same numbers
+    _, state, _ = _classify(tiny_app, str(example_image))
+    _, table2 = tiny_app.sweep(str(example_image), LABELS, TINY, "tca", "3,6,9", 2, "mean",
+                               "single", False, state, progress=_Progress())
+    assert "the Run's baseline + 7 condensed passes" in table2
+    fresh = explore.sweep(tiny_app.cache, str(example_image), LABELS, TINY, "tca")
+    reused = explore.sweep(tiny_app.cache, str(example_image), LABELS, TINY, "tca",
+                           reuse=state.result)
+    assert not reused.baseline_pass and fresh.baseline_pass
+    for a, b in zip(fresh.points["tca"], reused.points["tca"]):
+        assert a.gmacs == b.gmacs and a.top1 == b.top1
+        assert a.top1_prob == pytest.approx(b.top1_prob, abs=1e-5)
+        assert a.kl == pytest.approx(b.kl, abs=1e-5)
+    # another image: the Run's baseline is not used
+    other = sorted(example_image.parent.glob("*.jpg"))[-1]
+    _, table3 = tiny_app.sweep(str(other), LABELS, TINY, "tca", "3,6,9", 2, "mean",
+                               "single", False, state, progress=_Progress())
+    assert "1 baseline + 7" in table3
     sw = explore.sweep(tiny_app.cache, str(example_image), LABELS, TINY, "evit")
     pts = sw.points["evit"]
     assert [p.keep_rate for p in pts] == list(explore.SWEEP_RATES)

@@ -218,7 +218,8 @@ def test_keep_rate_sweep_plot_appears(page):
     expect(table).to_contain_text("KL", timeout=TIMEOUT)
     for r in ("0.3", "0.5", "0.9"):
         expect(table).to_contain_text(r)
-    expect(table).to_contain_text("One job: 1 baseline + 8 condensed passes")
+    # the shown Run's baseline is reused; R = 1 is the baseline itself
+    expect(table).to_contain_text("One job: the Run's baseline + 7 condensed passes")
 
 
 def test_no_image_shows_an_error_and_the_app_survives(browser, url):
