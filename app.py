@@ -62,7 +62,7 @@ CSS = """
 .tca-table {border-collapse: collapse; font-size: 14px}
 .tca-table td, .tca-table th {padding: 2px 8px; border-bottom: 1px solid #e5e7eb; text-align: left}
 .tca-table td {white-space: nowrap}
-.tca-table td.lab, .tca-table td.wrap {white-space: normal; word-break: break-word}
+.tca-table td.lab, .tca-table td.wrap {white-space: normal; overflow-wrap: break-word; min-width: 6em}
 .tca-cost .tca-table td {white-space: normal; padding: 2px 5px}
 .tca-follow tr.here {background: #fde7f7}
 .tca-up {color: #15803d} .tca-down {color: #b91c1c}
@@ -163,7 +163,8 @@ class App:
                     self._first = explore.run(self.cache, image, labels, self.default_model,
                                               d["method"], d["keep_rate"], d["layers"],
                                               d["merge_centers"], d["score"], d["templates"])
-                except tca.UserError:
+                except Exception as exc:  # noqa: BLE001 - the page then opens empty, still serving
+                    print(f"TCA Explorer: no first screen ({type(exc).__name__}: {exc})")
                     return None
             return self._first
 
@@ -399,12 +400,12 @@ def build_demo(model_name: str | None = None, pretrained: str | None = None,
                         baseline_out = gr.Label(
                             value=view0.baseline if view0 else None, num_top_classes=TOP_K,
                             label=view0.baseline_title if view0 else "Baseline CLIP",
-                            elem_id="baseline-label", min_width=250)
+                            elem_id="baseline-label", min_width=200)
                         condensed_out = gr.Label(
                             value=view0.condensed if view0 else None, num_top_classes=TOP_K,
                             label=view0.condensed_title if view0 else "Condensed",
-                            elem_id="condensed-label", min_width=250)
-                        with gr.Column(min_width=330):
+                            elem_id="condensed-label", min_width=200)
+                        with gr.Column(min_width=300):
                             shift_out = gr.HTML(view0.shift if view0 else "", elem_id="shift")
                     with gr.Row():
                         with gr.Column(scale=3, min_width=320):
