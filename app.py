@@ -10,6 +10,7 @@ The first curated example is run once at start-up, so the page opens on a comple
 """
 from __future__ import annotations
 
+import copy
 import functools
 import html
 import json
@@ -167,6 +168,17 @@ class App:
                     print(f"TCA Explorer: no first screen ({type(exc).__name__}: {exc})")
                     return None
             return self._first
+
+    def load_first(self, state):
+        """Page load (first screen computed in the background): the first example and its
+        result, unless this session already shows a Run."""
+        if state is not None:
+            return gr.skip(), gr.skip(), gr.skip()
+        first = self.first_screen()  # waits while the background thread computes it
+        examples = _examples()
+        if first is None or not examples:
+            return gr.skip(), gr.skip(), None
+        return examples[0][0], examples[0][1], copy.deepcopy(first)
 
     # -- events that run the model
     @user_errors
@@ -359,21 +371,28 @@ class App:
 
 def build_demo(model_name: str | None = None, pretrained: str | None = None,
                checkpoint: str | None = None, preload: bool = False,
-               app: App | None = None, first_screen: bool = True) -> gr.Blocks:
+               app: App | None = None, first_screen: str | None = "now") -> gr.Blocks:
     """The whole UI. ``model_name`` / ``pretrained`` default to $TCA_MODEL / $TCA_PRETRAINED;
-    ``preload`` starts loading the default model in the background right away;
-    ``first_screen`` runs the first curated example now, so every page opens on its result."""
+    ``preload`` starts loading the default model in the background right away.
+
+    first_screen: "now" runs the first curated example while building, so its result is part of
+    the page itself; "background" serves at once and runs it in a background thread, the page
+    load event then fills it in (waiting for it only on the first visits after start-up, which
+    keeps the cold start short); None: no first screen."""
     model_name = model_name or os.environ.get("TCA_MODEL") or tca.DEFAULT_MODEL
     if pretrained is None:
         pretrained = os.environ.get("TCA_PRETRAINED", tca.DEFAULT_PRETRAINED)
     app = app or App(model_name, pretrained, checkpoint)
-    if preload and not first_screen:
+    if first_screen == "background":
+        threading.Thread(target=app.first_screen, name="first-screen", daemon=True).start()
+    elif preload:
         app.cache.preload(model_name)
-    first = app.first_screen() if first_screen else None
+    first = app.first_screen() if first_screen == "now" else None
     examples = _examples()
     defaults = explore.APP_DEFAULTS
     view0 = page.run_view(first, Display(first.trace.depth - 1)) if first is not None else None
     depth0 = first.trace.depth if first is not None else 12
+    example0 = examples[0] if examples and first_screen else [None, ""]
 
     with gr.Blocks(title="TCA Explorer: token condensation in CLIP",
                    delete_cache=(1800, 3600)) as demo:
@@ -486,10 +505,10 @@ def build_demo(model_name: str | None = None, pretrained: str | None = None,
                 with gr.Column(scale=2, min_width=300, elem_id="settings-col"):
                     image = image_input(label="Image", sources=["upload", "clipboard"],
                                         height=260, elem_id="image-input",
-                                        value=examples[0][0] if first is not None else None)
+                                        value=example0[0] if first is not None else None)
                     labels = gr.Textbox(label="Candidate labels (comma-separated or one per line;"
                                               " Shift+Enter runs)",
-                                        value=examples[0][1] if first is not None else "",
+                                        value=example0[1] if first is not None else "",
                                         placeholder="cat, dog, car", lines=2, max_lines=8,
                                         elem_id="labels-input")
                     run_btn = gr.Button("Run", variant="primary", elem_id="run-button")
@@ -589,7 +608,16 @@ def build_demo(model_name: str | None = None, pretrained: str | None = None,
             app.compare, [image, labels, model, keep_rate, layers, merge_centers, score, templates],
             [compare_img, cmp_base, *cmp_labels, compare_md, banner], api_visibility="private",
             concurrency_limit=1, concurrency_id="model")
-        if first is None:
+        if first_screen == "background" and examples:
+            load_evt = demo.load(app.load_first, [run_state], [image, labels, run_state], **quiet)
+            load_evt.success(
+                app.show_run,
+                inputs=[run_state, layer, view, overlay, opacity, patch_state, depth_state,
+                        stream, stream_state],
+                outputs=[banner, baseline_out, condensed_out, shift_out, layer_map, layer,
+                         layer_md, chart, cost, strip, follow_md, stream_md, corrected_out, stale,
+                         depth_state, patch_state], **quiet)
+        elif first is None:
             demo.load(app.banner, None, [banner], **quiet)
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
     return demo
@@ -607,7 +635,7 @@ def main() -> None:
     pretrained = os.environ.get("TCA_PRETRAINED", tca.DEFAULT_PRETRAINED)
     # The checkpoint fits TCA_MODEL only; the model cache never applies it to the others.
     checkpoint = os.environ.get("TCA_CHECKPOINT") or None
-    demo = build_demo(model, pretrained, checkpoint, preload=True)
+    demo = build_demo(model, pretrained, checkpoint, first_screen="background")
     demo.launch(**launch_options())
 
 

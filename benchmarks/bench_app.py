@@ -16,7 +16,8 @@ Measured, interleaved round by round, medians reported:
 * maps: rendering all layer maps (numpy only);
 * rerender: a display-only change (one map with the attention overlay, zoomed, PNG-encoded);
 * first screen: a real browser (chromium) loading the page until the first example's map is
-  visible (the result is computed once at start-up, so this is page + image load time);
+  visible, served as ``python app.py`` does (the result computed once in the background at
+  start-up, handed over by the page load event);
 * cold start: ``python app.py`` until it answers HTTP, and until its first /classify result.
 
 Targets: run <= 1.2 x bare2, sweep <= 3 x run, first screen <= 3 s, rerender <= 100 ms,
@@ -142,8 +143,9 @@ def first_screen(loads: int = 5) -> list[float] | None:
         return None
     from playwright.sync_api import sync_playwright
 
-    demo = app_module.build_demo(MODEL, "none")  # computes the first screen now
+    demo = app_module.build_demo(MODEL, "none", first_screen="background")  # as python app.py
     _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **app_module.launch_options())
+    demo.tca_app.first_screen()  # the start-up computation is done; now time page loads
     out = []
     try:
         with sync_playwright() as p:

@@ -1,9 +1,12 @@
 """App-level orchestration for the explorer, with no UI code: loading models on demand (with
-the random-weights fallback), one Run from raw inputs, method comparison at one budget,
-per-session stream state, and the JSON / PNG exports. ``app.py`` only wires these to Gradio.
+the random-weights fallback), one Run from raw inputs, method comparison at one budget, the
+keep-rate sweep of one image, per-session stream state, input signatures (to tell shown results
+stale) and the JSON / PNG / GIF exports. ``tca.page`` turns a Run into what the page shows;
+``app.py`` only wires these to Gradio.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -12,7 +15,6 @@ import re
 import tempfile
 import threading
 import time
-import functools
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field

@@ -431,8 +431,7 @@ def follow_html(state: RunState, patch: int | None, layer: int | None = None) ->
     if patch is None:
         return ("<i>Click a patch on the map to follow it through every block.</i>")
     trace = state.trace
-    rows, cols = trace.grid
-    r, c = divmod(patch, cols)
+    r, c = divmod(patch, trace.grid[1])
     steps = follow_patch(trace, patch)
     lines = []
     for s in steps:

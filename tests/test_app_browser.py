@@ -227,6 +227,27 @@ def test_keep_rate_sweep_plot_appears(page):
     expect(table).to_contain_text("One job: the Run's baseline + 7 condensed passes")
 
 
+def test_first_screen_computed_in_the_background_fills_the_page(browser):
+    """As `python app.py` serves it: HTTP at once, the first screen from a background thread,
+    handed to every new page by the load event."""
+    demo = app_module.build_demo("tca-tiny-ViT", "none", first_screen="background")
+    _, local_url, _ = demo.launch(prevent_thread_lock=True, quiet=True,
+                                  **app_module.launch_options())
+    try:
+        pg = browser.new_page(viewport={"width": 390, "height": 844})  # a phone
+        pg.goto(local_url)
+        expect(pg.locator("#condensed-label")).to_contain_text("rabbit", timeout=TIMEOUT)
+        expect(pg.locator("#layer-info")).to_contain_text("After block 11", timeout=TIMEOUT)
+        expect(pg.locator("#labels-input textarea")).to_have_value("cat, dog, tiger, fox, rabbit")
+        expect(pg.locator("#stale-notice")).not_to_contain_text("Outdated")
+        # on a phone the results come before the settings
+        assert (pg.locator("#layer-map").bounding_box()["y"]
+                < pg.locator("#image-input").bounding_box()["y"])
+        pg.close()
+    finally:
+        demo.close()
+
+
 def test_no_image_shows_an_error_and_the_app_survives(browser, url):
     pg = browser.new_page(viewport={"width": 1400, "height": 1000})
     pg.goto(url)
