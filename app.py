@@ -4,7 +4,9 @@
     python app.py            # http://127.0.0.1:7860 (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT)
 
 Environment: TCA_MODEL (default ViT-B-16-quickgelu), TCA_PRETRAINED (default openai; "none" for
-random weights), TCA_CHECKPOINT (a local weights file for TCA_MODEL), TCA_QUEUE_SIZE (20).
+random weights), TCA_CHECKPOINT (a local weights file for TCA_MODEL), TCA_QUEUE_SIZE (20),
+TCA_FIRST_SCREEN (now: the first example's result is computed before serving and is part of the
+page; background: serve at once, compute it in a thread, hand it over on page load; off).
 Without reachable weights the app starts anyway on random weights and says so in a banner.
 The first curated example is run once at start-up, so the page opens on a complete result.
 """
@@ -23,6 +25,7 @@ from pathlib import Path
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
+from PIL import Image  # noqa: E402
 
 import tca  # noqa: E402
 from tca import explore, page  # noqa: E402
@@ -148,7 +151,8 @@ class App:
         if model_name not in explore.APP_MODELS.values():
             self.model_choices.insert(0, (model_name, model_name))
         self._first: explore.RunState | None = None
-        self._first_lock = threading.Lock()
+        self._first_view: tuple | None = None  # the first screen's view and picture files
+        self._first_lock = threading.RLock()
 
     def first_screen(self) -> explore.RunState | None:
         """The first curated example at the default settings, run once and kept (None without
@@ -170,15 +174,34 @@ class App:
             return self._first
 
     def load_first(self, state):
-        """Page load (first screen computed in the background): the first example and its
-        result, unless this session already shows a Run."""
+        """Page load (first screen computed in the background): the first example, its Run and
+        everything the page shows for it, in one event. The view is built and its pictures
+        written once per process, so every later visitor only fetches files."""
         if state is not None:
-            return gr.skip(), gr.skip(), gr.skip()
+            return (gr.skip(),) * 16
         first = self.first_screen()  # waits while the background thread computes it
         examples = _examples()
         if first is None or not examples:
-            return gr.skip(), gr.skip(), None
-        return examples[0][0], examples[0][1], copy.deepcopy(first)
+            return (gr.skip(),) * 16
+        with self._first_lock:
+            if self._first_view is None:
+                v = page.run_view(first, Display(first.trace.depth - 1))
+                folder = Path(tempfile.mkdtemp(prefix="tca-first-screen-"))
+
+                def png(arr, name):
+                    path = folder / f"{name}.png"
+                    Image.fromarray(arr).save(path, compress_level=1)
+                    return str(path)
+                self._first_view = (v, png(v.map, "map"), png(v.chart, "chart"),
+                                    [(png(t, f"block{i}"), c) for i, (t, c) in enumerate(v.strip)])
+            v, map_png, chart_png, tiles = self._first_view
+        return (examples[0][0], examples[0][1], copy.deepcopy(first),
+                page.banner_html(self.cache.peek(first.model), first.model),
+                gr.Label(value=v.baseline, label=v.baseline_title),
+                gr.Label(value=v.condensed, label=v.condensed_title),
+                v.shift, map_png, gr.Slider(maximum=v.depth - 1, value=v.layer), v.info,
+                chart_png, v.cost, gr.update(value=tiles, selected_index=v.layer), v.follow, "",
+                v.depth)
 
     # -- events that run the model
     @user_errors
@@ -609,14 +632,10 @@ def build_demo(model_name: str | None = None, pretrained: str | None = None,
             [compare_img, cmp_base, *cmp_labels, compare_md, banner], api_visibility="private",
             concurrency_limit=1, concurrency_id="model")
         if first_screen == "background" and examples:
-            load_evt = demo.load(app.load_first, [run_state], [image, labels, run_state], **quiet)
-            load_evt.success(
-                app.show_run,
-                inputs=[run_state, layer, view, overlay, opacity, patch_state, depth_state,
-                        stream, stream_state],
-                outputs=[banner, baseline_out, condensed_out, shift_out, layer_map, layer,
-                         layer_md, chart, cost, strip, follow_md, stream_md, corrected_out, stale,
-                         depth_state, patch_state], **quiet)
+            demo.load(app.load_first, [run_state],
+                      [image, labels, run_state, banner, baseline_out, condensed_out, shift_out,
+                       layer_map, layer, layer_md, chart, cost, strip, follow_md, stale,
+                       depth_state], queue=False, **quiet)
         elif first is None:
             demo.load(app.banner, None, [banner], **quiet)
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
@@ -635,7 +654,13 @@ def main() -> None:
     pretrained = os.environ.get("TCA_PRETRAINED", tca.DEFAULT_PRETRAINED)
     # The checkpoint fits TCA_MODEL only; the model cache never applies it to the others.
     checkpoint = os.environ.get("TCA_CHECKPOINT") or None
-    demo = build_demo(model, pretrained, checkpoint, first_screen="background")
+    # "now" (default): the first screen is part of the page, visible with it; "background":
+    # serve at once and hand the first screen over on page load (shorter cold start); "off"
+    first = os.environ.get("TCA_FIRST_SCREEN", "now").lower()
+    if first not in ("now", "background", "off"):
+        raise tca.ConfigError(f"TCA_FIRST_SCREEN must be now, background or off, got {first!r}")
+    demo = build_demo(model, pretrained, checkpoint, preload=True,
+                      first_screen=None if first == "off" else first)
     demo.launch(**launch_options())
 
 

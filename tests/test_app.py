@@ -556,3 +556,17 @@ def test_python_app_py_serves_with_env_settings(tmp_path):
             proc.wait(15)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def test_page_load_hands_over_the_background_first_screen(tiny_app):
+    out = tiny_app.load_first(None)
+    assert len(out) == 16
+    image, labels, state = out[:3]
+    assert Path(image).name == "chelsea.jpg" and labels == "cat, dog, tiger, fox, rabbit"
+    assert isinstance(state, explore.RunState) and state is not tiny_app.first_screen()  # a copy
+    assert Path(out[7]).is_file() and out[8].value == 11 and "After block 11" in out[9]
+    assert out[12]["selected_index"] == 11 and len(out[12]["value"]) == 12
+    again = tiny_app.load_first(None)
+    assert again[7] == out[7]  # the pictures are written once per process
+    skipped = tiny_app.load_first(state)  # a session that already shows a Run keeps it
+    assert len(skipped) == 16 and all(v == gr.skip() for v in skipped)
