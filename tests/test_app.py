@@ -530,7 +530,8 @@ def test_python_app_py_serves_with_env_settings(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = dict(os.environ, GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port),
-               TCA_MODEL="ViT-B-32-quickgelu", TCA_PRETRAINED="none", HF_HUB_OFFLINE="1")
+               TCA_MODEL="ViT-B-32-quickgelu", TCA_PRETRAINED="none", HF_HUB_OFFLINE="1",
+               TCA_FIRST_SCREEN="background")  # serve at once; the first screen in a thread
     root = Path(app_module.__file__).parent
     proc = subprocess.Popen([sys.executable, str(root / "app.py")], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
