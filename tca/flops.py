@@ -18,7 +18,7 @@ Towers without a CLS token (``prefix=0``) have N = N_p tokens and condense all o
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, asdict
+from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import open_clip

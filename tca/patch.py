@@ -19,10 +19,11 @@ the explicit path; every other block runs the tower's own fused forward unchange
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
+
 from . import condense
 from .config import (AtsPlan, CondenseConfig, LayerPlan, Schedule, TierPlan, TomePaperPlan,
                      TomePlan, plan_layers)
@@ -79,7 +80,7 @@ class Forward:
     """What one vision forward returns. cls_tokens: per block (B, D) float32, if recorded.
     image_counts: block -> (B,) per-image token counts, at the blocks where they differ (ATS)."""
 
-    features: torch.Tensor
+    features: Any  # (B, E); (pooled, tokens) when the tower has output_tokens
     tokens_per_layer: list[int]
     cls_tokens: list[torch.Tensor] = field(default_factory=list)
     image_counts: dict[int, torch.Tensor] = field(default_factory=dict)
@@ -131,7 +132,7 @@ def patch(model: torch.nn.Module, config: CondenseConfig | None = None, **settin
     (``method``, ``keep_rate``, ``rate``, ``layers``, ``merge_centers``, ``score``).
     Patching an already patched model only replaces its config. Returns the model."""
     config = config.with_(**settings) if config is not None else CondenseConfig(**settings)
-    visual = getattr(model, "visual", model)
+    visual: Any = getattr(model, "visual", model)
     tower = tower_for(visual)
     schedule_for(visual, config, tower=tower)  # validate layers / K against this model now
     if is_patched(model):
@@ -145,7 +146,7 @@ def patch(model: torch.nn.Module, config: CondenseConfig | None = None, **settin
 
 def unpatch(model: torch.nn.Module) -> torch.nn.Module:
     """Restore the original class; the model then behaves exactly as before patching."""
-    visual = getattr(model, "visual", model)
+    visual: Any = getattr(model, "visual", model)
     if not hasattr(visual, "_tca"):
         return model
     visual.__class__ = visual._tca_original_class
@@ -166,21 +167,21 @@ def _subclass(base: type, mixin: type) -> type:
     return _SUBCLASSES[key]
 
 
-def schedule_for(visual: torch.nn.Module, config: CondenseConfig, anchors: bool = False,
+def schedule_for(visual: Any, config: CondenseConfig, anchors: bool = False,
                  tower: type[Tower] | None = None) -> Schedule:
     """The token schedule of ``config`` on this tower (ConfigError if it does not fit)."""
-    tower = tower or visual._tca.tower
-    rows, cols = tower.grid(visual)
-    prefix = tower.prefix(visual)
-    return plan_layers(config, rows * cols + prefix, len(tower.blocks(visual)), anchors, prefix)
+    family: type[Tower] = tower or visual._tca.tower
+    rows, cols = family.grid(visual)
+    prefix = family.prefix(visual)
+    return plan_layers(config, rows * cols + prefix, len(family.blocks(visual)), anchors, prefix)
 
 
-def run_state(visual: torch.nn.Module, images: torch.Tensor, config: CondenseConfig,
+def run_state(visual: Any, images: torch.Tensor, config: CondenseConfig,
               anchors: torch.Tensor | None = None, trace: bool = False, record_cls: bool = False,
               explicit: bool = False) -> RunState:
     """The :class:`RunState` of one forward of ``images`` (B, 3, H, W) through a patched tower.
     Anchors only guide ``tca``; other methods run without them."""
-    tower = visual._tca.tower
+    tower: type[Tower] = visual._tca.tower
     anchors = anchors if config.method == "tca" else None
     recorder = None
     if trace:
@@ -205,7 +206,7 @@ def encode(model: torch.nn.Module, images: torch.Tensor, config: CondenseConfig 
     the pooled token standing in for it) after every block (the reservoir's keys).
     explicit_attention: compute softmax(QK^T)V with plain matmuls everywhere (FLOP counters).
     """
-    visual = getattr(model, "visual", model)
+    visual: Any = getattr(model, "visual", model)  # a patched tower
     if not hasattr(visual, "_tca"):
         raise ValueError("model is not patched: call tca.patch(model) first")
     run = run_state(visual, images, config or visual._tca.config, anchors, trace, record_cls,
@@ -223,7 +224,7 @@ def encode(model: torch.nn.Module, images: torch.Tensor, config: CondenseConfig 
     return out
 
 
-def forward(visual: torch.nn.Module, images: torch.Tensor, run: RunState) -> Forward:
+def forward(visual: Any, images: torch.Tensor, run: RunState) -> Forward:
     """One vision forward of ``images`` following ``run``: the tower's own forward (embed,
     blocks, pool, project) with the planned blocks condensing."""
     tower = run.tower
@@ -258,11 +259,13 @@ class CondensingTower(torch.nn.Module):
     """Mixed into the tower's class by ``patch``: its plain forward condenses with the patched
     config."""
 
-    def forward(self, x: torch.Tensor):  # type: ignore[override]
+    _tca: _Patched
+
+    def forward(self, x: torch.Tensor):
         return forward(self, x, run_state(self, x, self._tca.config)).features
 
 
-def condensing_block(visual: torch.nn.Module, block: torch.nn.Module, layer: int, x: torch.Tensor,
+def condensing_block(visual: Any, block: Any, layer: int, x: torch.Tensor,
                      size: torch.Tensor | None, plan: LayerPlan | None, run: RunState,
                      valid: torch.Tensor | None = None,
                      ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
@@ -273,8 +276,9 @@ def condensing_block(visual: torch.nn.Module, block: torch.nn.Module, layer: int
     Returns (x (B, n_out, D), size, valid); n_out is ``plan.n_out``, or at most that for ATS."""
     tower = run.tower
     by_cls = tower.signal(visual) == "cls"
+    needs_row = plan is not None and plan.needs_row
     anchor = None
-    if run.anchors is not None and isinstance(plan, TierPlan) and layer > 0:
+    if run.anchors is not None and needs_row and layer > 0:
         anchor = select_anchor(run.anchors[:, layer - 1], tower.pooled_token(visual, x))
     bias = size.log()[:, None, None, :] if size is not None and run.config.method == "tome" \
         else None
@@ -284,15 +288,14 @@ def condensing_block(visual: torch.nn.Module, block: torch.nn.Module, layer: int
     if bias is not None and anchor is not None:  # never both: anchors are TCA, sizes ToMe
         bias = F.pad(bias, (1, 0))
     att = attend(block, seq, bias, cls_index=1 if anchor is not None else 0,
-                 need_cls_row=isinstance(plan, (TierPlan, AtsPlan)) and by_cls,
-                 need_keys=isinstance(plan, TomePlan), explicit=run.explicit, tower=tower,
-                 need_probs=isinstance(plan, TomePaperPlan),
+                 need_cls_row=needs_row and by_cls, need_keys=plan is not None and plan.needs_keys,
+                 explicit=run.explicit, tower=tower, need_probs=isinstance(plan, TomePaperPlan),
                  need_value_norm=isinstance(plan, AtsPlan))
     out, cls_row = att.out, att.cls_row
     if anchor is not None:
         out = out[:, 1:]  # drop the anchor's row
     x = tower.attn_residual(block, x, out)
-    if isinstance(plan, TierPlan) and not by_cls:
+    if needs_row and not by_cls:
         # The pool's query over the condensing tokens (and the anchor, as CLS sees it).
         pooled_seq = x if anchor is None else torch.cat([anchor.unsqueeze(1).to(x.dtype), x], dim=1)
         cls_row = tower.pool_row(visual, pooled_seq)
@@ -314,11 +317,12 @@ def condensing_block(visual: torch.nn.Module, block: torch.nn.Module, layer: int
 # A condensing step: (x after the attention residual (B, N, D), ToMe sizes or None, the plan,
 # the block's attention, the run, the ATS padding mask or None) -> (Condensed, head-mean CLS
 # attention over patches (B, P) for the trace, or None).
-Condenser = Callable[[torch.Tensor, "torch.Tensor | None", LayerPlan, Attended, RunState,
-                      "torch.Tensor | None"], "tuple[condense.Condensed, torch.Tensor | None]"]
+# Typed with `...`: each step takes its own plan type (TierPlan, TomePlan, ...), chosen by plan.kind.
+Condenser = Callable[..., "tuple[condense.Condensed, torch.Tensor | None]"]
 
 
 def _condense_tiers(x, size, plan: TierPlan, att: Attended, run: RunState, valid=None):
+    assert att.cls_row is not None  # a CLS or pool-query row for every TierPlan
     patch_attn = att.cls_row[..., plan.prefix:]  # (B, h, P): CLS -> patches, not renormalised
     attn_mean = condense.head_mean_score(patch_attn)
     rank = run.config.method == "tca" and run.config.score == "rank"  # EViT: always mean
@@ -330,6 +334,7 @@ def _condense_tiers(x, size, plan: TierPlan, att: Attended, run: RunState, valid
 
 def _condense_tome(x, size, plan: TomePlan, att: Attended, run: RunState, valid=None):
     size = size if size is not None else x.new_ones(x.shape[:2])
+    assert att.keys is not None  # attend(need_keys=True) for every TomePlan
     return condense.tome_merge(x, size, att.keys, plan.r, plan.prefix), None
 
 
@@ -351,7 +356,8 @@ def _condense_ats(x, size, plan: AtsPlan, att: Attended, run: RunState, valid=No
     return condense.keep_patches(x, keep, valid), condense.head_mean_score(att.cls_row[..., 1:])
 
 
-# Plan kind -> condensing step. A new method adds its plan type in config.py and a step here.
+# Plan kind -> condensing step. A new method adds its plan type in config.py (kind, and what it
+# needs from the attention: needs_row / needs_keys) and its step here.
 CONDENSERS: dict[str, Condenser] = {TierPlan.kind: _condense_tiers, TomePlan.kind: _condense_tome,
                                     TomePaperPlan.kind: _condense_tome_paper,
                                     AtsPlan.kind: _condense_ats}
@@ -374,7 +380,7 @@ def padding_bias(valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         ~valid, float("-inf"))[:, None, None, :]
 
 
-def attend(block: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None,
+def attend(block: Any, x: torch.Tensor, bias: torch.Tensor | None = None,
            cls_index: int = 0, need_cls_row: bool = False, need_keys: bool = False,
            explicit: bool = False, tower: type[Tower] = OpenClipViT, need_probs: bool = False,
            need_value_norm: bool = False) -> Attended:

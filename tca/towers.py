@@ -196,7 +196,8 @@ class TimmViT(Tower):
     @classmethod
     def check(cls, visual) -> None:
         from timm.layers import Attention, AttentionPoolLatent
-        from timm.models.vision_transformer import Block, VisionTransformer as TimmVisionTransformer
+        from timm.models.vision_transformer import Block
+        from timm.models.vision_transformer import VisionTransformer as TimmVisionTransformer
         trunk = visual.trunk
         name = type(trunk).__name__
         if not isinstance(trunk, TimmVisionTransformer):
