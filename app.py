@@ -22,7 +22,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402
 
 import tca  # noqa: E402
-from tca import explore, render  # noqa: E402
+from tca import explore, render, uploads  # noqa: E402
 from tca.flops import CONVENTION  # noqa: E402
 from tca.models import WEIGHTS_HELP  # noqa: E402
 
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent
 ASSETS = ROOT / "assets"
 TOP_K = 5
 MAP_ZOOM = 2  # the single token map is shown at twice the model's resolution
-MAX_UPLOAD = "10mb"
+MAX_UPLOAD = uploads.MAX_UPLOAD_BYTES  # bytes, for the upload route and every other way in
 CONCURRENCY = 2  # events running at once (model events: 1, they share the CPU)
 QUEUE_SIZE = int(os.environ.get("TCA_QUEUE_SIZE", "20"))
 STATE_TTL_S = 2 * 3600  # per-session state is dropped after two idle hours
@@ -129,20 +129,29 @@ costs are exact, but the predictions mean nothing. {html.escape(WEIGHTS_HELP)}
 """
 
 
-def image_input(**kwargs) -> gr.Image:
-    """A ``gr.Image(type="filepath")`` that passes the uploaded file's path on unopened, so that
-    ``tca.load_image`` checks it (unreadable, truncated, too many pixels) and the user sees its
-    message instead of a decoder traceback. (The instance's ``preprocess`` is replaced rather
-    than subclassing: Gradio writes a .pyi stub next to any module defining a component.)"""
+def image_input(policy: uploads.UploadPolicy, **kwargs) -> gr.Image:
+    """A ``gr.Image(type="filepath")`` whose every payload goes through ``policy``: only a file
+    in Gradio's upload folder (or the curated examples) is passed on, unopened, so that
+    ``tca.load_image`` checks it and the user sees its one-line message; any other path is
+    refused with ``uploads.REFUSED`` and nothing is read. A ``data:`` URL is size-checked
+    before it is decoded. Gradio's own rule already refuses a foreign path sent with file
+    metadata before this runs. (The instance's ``preprocess`` is replaced rather than
+    subclassing: Gradio writes a .pyi stub next to any module defining a component.)"""
     component = gr.Image(type="filepath", **kwargs)
     default = component.preprocess
 
+    @user_errors
     def preprocess(payload):
-        path = getattr(payload, "path", None)
+        if payload is None:
+            return None
         url = getattr(payload, "url", None) or ""
-        if payload is not None and path and not url.startswith("data:"):
-            return str(path)
-        return default(payload)
+        if url.startswith("data:"):
+            uploads.check_data_url(url, policy.max_bytes)
+            try:
+                return str(policy.check(default(payload)))  # decoded into the upload folder
+            except (ValueError, OSError) as exc:
+                raise tca.ImageError("image: the data URL is not a readable image") from exc
+        return str(policy.check(getattr(payload, "path", None)))
     component.preprocess = preprocess
     return component
 
@@ -453,6 +462,12 @@ class App:
         return banner_html(loaded, model, loading=self.cache.is_loading(model))
 
 
+def upload_policy() -> uploads.UploadPolicy:
+    """Images are accepted from Gradio's upload folder (uploads, decoded data: URLs, the
+    examples' cached copies) and the curated examples in assets/ only."""
+    return uploads.UploadPolicy.of([gr.utils.get_upload_folder(), ASSETS], MAX_UPLOAD)
+
+
 def _examples() -> list[list[str]]:
     try:
         items = json.loads((ASSETS / "examples.json").read_text())
@@ -487,7 +502,7 @@ def build_demo(model_name: str | None = None, pretrained: str | None = None,
         with gr.Tab("Explore", id="explore"):
             with gr.Row():
                 with gr.Column(scale=2, min_width=320):
-                    image = image_input(label="Image", sources=["upload", "clipboard"],
+                    image = image_input(upload_policy(), label="Image", sources=["upload", "clipboard"],
                                           height=260, elem_id="image-input")
                     labels = gr.Textbox(label="Candidate labels (comma- or newline-separated)",
                                         placeholder="cat, dog, car", lines=1, max_lines=6,
@@ -623,7 +638,10 @@ def build_demo(model_name: str | None = None, pretrained: str | None = None,
 
 def launch_options() -> dict:
     """launch() arguments shared by ``main`` and the tests (Gradio 6: theme / css go here)."""
-    return dict(theme=gr.themes.Soft(), css=CSS, max_file_size=MAX_UPLOAD, show_error=True)
+    return dict(theme=gr.themes.Soft(), css=CSS, max_file_size=MAX_UPLOAD,
+                # a public Space: unexpected exceptions (and Gradio's own path refusals, which
+                # echo the path) show no text; every user error is a gr.Error and shows
+                show_error=False)
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ per-session stream state, and the JSON / PNG exports. ``app.py`` only wires thes
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -45,6 +46,9 @@ MERGE_CENTERS_RANGE = (1, 16)
 
 
 # ----------------------------------------------------------------------------------- models
+
+# a directory part of an absolute path ("/a/b/" of "/a/b/file"): cut from visitor-facing notes
+_SERVER_PATH = re.compile(r"(?<![\w.:/])((?:/[^\s'\"/]+)+/)([^\s'\"/]*)")
 
 @dataclass
 class LoadedModel:
@@ -142,7 +146,9 @@ class ModelCache:
     def _load(self, name: str) -> LoadedModel:
         t0 = time.perf_counter()
         checkpoint = self.checkpoint if (self.checkpoint and name == self.checkpoint_model) else None
-        requested = checkpoint or self.pretrained
+        # visitors see the checkpoint's file name only, never its server path
+        shown = Path(checkpoint).name if checkpoint else None
+        requested = f"checkpoint {shown}" if checkpoint else self.pretrained
         if name not in open_clip.list_models():
             raise InputError(f"unknown model {name!r}")
         note = None
@@ -155,8 +161,12 @@ class ModelCache:
             try:
                 clip = self._loader(name, self.pretrained, checkpoint, seed=self.seed)
             except WeightsUnavailableError as exc:
-                note = str(exc)
+                note = str(exc).replace(str(checkpoint), shown) if checkpoint else str(exc)
+                note = _SERVER_PATH.sub(lambda m: m.group(2), note)
                 clip = self._loader(name, None, seed=self.seed)
+            else:
+                if checkpoint and isinstance(clip, ClipModel):
+                    clip = dataclasses.replace(clip, pretrained=requested)
         return LoadedModel(clip, requested, note, time.perf_counter() - t0)
 
 
