@@ -4,7 +4,7 @@
     python app.py            # http://127.0.0.1:7860 (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT)
 
 Environment: TCA_MODEL (default ViT-B-16-quickgelu), TCA_PRETRAINED (default openai; "none" for
-random weights), TCA_CHECKPOINT (a local weights file for TCA_MODEL), TCA_QUEUE_SIZE (20).
+random weights), TCA_CHECKPOINT (a local weights file for TCA_MODEL), TCA_QUEUE_SIZE (256).
 Without reachable weights the app starts anyway on random weights and says so in a banner.
 """
 from __future__ import annotations
@@ -31,9 +31,15 @@ ASSETS = ROOT / "assets"
 TOP_K = 5
 MAP_ZOOM = 2  # the single token map is shown at twice the model's resolution
 MAX_UPLOAD = uploads.MAX_UPLOAD_BYTES  # bytes, for the upload route and every other way in
-CONCURRENCY = 2  # events running at once (model events: 1, they share the CPU)
-QUEUE_SIZE = int(os.environ.get("TCA_QUEUE_SIZE", "20"))
-STATE_TTL_S = 2 * 3600  # per-session state is dropped after two idle hours
+CONCURRENCY = 2  # events running at once; model events share one lane of MODEL_SLOTS
+# Two model requests at once: the vision passes take turns (explore's image lane) while a
+# request with many new prompts encodes them beside it, so it holds up nobody's Run.
+MODEL_SLOTS = 2
+# A busy public Space: room for every visitor's one request (see explore.SessionGate).
+QUEUE_SIZE = int(os.environ.get("TCA_QUEUE_SIZE", "256"))
+STATE_TTL_S = 2 * 3600  # per-session state is dropped after two idle hours...
+MAX_SESSIONS = 400  # ...and only the most recent sessions keep any (about 0.4 MB each)
+DELETE_CACHE = (900, 3600)  # every 15 min, uploads and outputs older than an hour are deleted
 
 METHOD_CHOICES = [("TCA (prune + merge)", "tca"), ("EViT (prune + fuse)", "evit"),
                   ("ToMe (merge pairs)", "tome"), ("none (plain CLIP)", "none")]
@@ -309,6 +315,10 @@ def compare_html(cmp: explore.Comparison) -> str:
 
 # ------------------------------------------------------------------------------- the app
 
+def _session(request: gr.Request | None) -> str | None:
+    return getattr(request, "session_hash", None) if request is not None else None
+
+
 class App:
     """The event handlers, over one shared :class:`tca.explore.ModelCache`. Per-user state
     (the cached run, the stream reservoir) lives in ``gr.State``, never here."""
@@ -321,6 +331,7 @@ class App:
         self.cache = cache or explore.ModelCache(pretrained, checkpoint, checkpoint_model=model_name,
                                                  max_models=max_models)
         self.exports = exports or explore.ExportDir()
+        self.gate = explore.SessionGate()  # one model request per visitor at a time
         self.model_choices = [(k, v) for k, v in explore.APP_MODELS.items()]
         if model_name not in explore.APP_MODELS.values():
             self.model_choices.insert(0, (model_name, model_name))
@@ -330,7 +341,7 @@ class App:
     def classify(self, image, labels: str, model: str, method: str = "tca",
                  keep_rate: float = 0.7, layers: str = "3,6,9", merge_centers: float = 2,
                  score: str = "mean", templates: str = "single", stream: bool = False,
-                 stream_state=None, progress=gr.Progress()):
+                 stream_state=None, progress=gr.Progress(), request: gr.Request = None):
         """Zero-shot classification of one image by baseline CLIP and condensed CLIP.
 
         Returns one JSON object: labels, baseline / condensed (and, in stream mode, corrected)
@@ -340,20 +351,22 @@ class App:
         """
         if stream and stream_state is None:
             stream_state = explore.StreamState()
-        state = explore.run(self.cache, image, labels, model or self.default_model, method,
-                            keep_rate, layers, merge_centers, score, templates,
-                            stream=stream_state if stream else None,
-                            progress=lambda f, d: progress(f, desc=d))
+        with self.gate.hold(_session(request)):
+            state = explore.run(self.cache, image, labels, model or self.default_model, method,
+                                keep_rate, layers, merge_centers, score, templates,
+                                stream=stream_state if stream else None,
+                                progress=lambda f, d: progress(f, desc=d))
         progress(0.95, desc="drawing")
         return explore.summary(state, TOP_K), state, stream_state
 
     @user_errors
     def compare(self, image, labels: str, model: str, keep_rate: float = 0.7,
                 layers: str = "3,6,9", merge_centers: float = 2, score: str = "mean",
-                templates: str = "single", progress=gr.Progress()):
-        cmp = explore.compare(self.cache, image, labels, model or self.default_model, keep_rate,
-                              layers, merge_centers, score, templates,
-                              progress=lambda f, d: progress(f, desc=d))
+                templates: str = "single", progress=gr.Progress(), request: gr.Request = None):
+        with self.gate.hold(_session(request)):
+            cmp = explore.compare(self.cache, image, labels, model or self.default_model,
+                                  keep_rate, layers, merge_centers, score, templates,
+                                  progress=lambda f, d: progress(f, desc=d))
         first = next(iter(cmp.results.values()))
         depth = first.trace.depth
         cols = sorted(set(first.trace.condensing_layers) | {depth - 1})
@@ -489,7 +502,7 @@ def build_demo(model_name: str | None = None, pretrained: str | None = None,
         app.cache.preload(model_name)
 
     with gr.Blocks(title="TCA Explorer: token condensation in CLIP",
-                   delete_cache=(1800, 3600)) as demo:
+                   delete_cache=DELETE_CACHE) as demo:
         demo.tca_app = app  # for tests and tools
         gr.Markdown("# TCA Explorer\nSee how **token condensation** (TCA, EViT, ToMe) prunes and "
                     "merges CLIP's image tokens, layer by layer, and what it costs and changes.")
@@ -604,7 +617,7 @@ def build_demo(model_name: str | None = None, pretrained: str | None = None,
             inputs=[image, labels, *settings, stream, stream_state],
             outputs=[api_json, run_state, stream_state], api_name="classify",
             api_description=API_DESCRIPTION,
-            concurrency_limit=1, concurrency_id="model",
+            concurrency_limit=MODEL_SLOTS, concurrency_id="model",
             show_progress_on=[baseline_out, condensed_out, layer_map])
         run_evt.success(
             app.show_run, inputs=[run_state, layer, overlay, opacity, stream, stream_state],
@@ -630,7 +643,7 @@ def build_demo(model_name: str | None = None, pretrained: str | None = None,
         compare_btn.click(
             app.compare, [image, labels, model, keep_rate, layers, merge_centers, score, templates],
             [compare_img, cmp_base, *cmp_labels, compare_md, banner], api_visibility="private",
-            concurrency_limit=1, concurrency_id="model")
+            concurrency_limit=MODEL_SLOTS, concurrency_id="model")
         demo.load(app.banner, None, [banner], api_visibility="private", show_progress="hidden")
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
     return demo
@@ -639,6 +652,7 @@ def build_demo(model_name: str | None = None, pretrained: str | None = None,
 def launch_options() -> dict:
     """launch() arguments shared by ``main`` and the tests (Gradio 6: theme / css go here)."""
     return dict(theme=gr.themes.Soft(), css=CSS, max_file_size=MAX_UPLOAD,
+                state_session_capacity=MAX_SESSIONS,
                 # a public Space: unexpected exceptions (and Gradio's own path refusals, which
                 # echo the path) show no text; every user error is a gr.Error and shows
                 show_error=False)
