@@ -491,9 +491,11 @@ def _examples() -> list[list[str]]:
 
 def build_demo(model_name: str | None = None, pretrained: str | None = None,
                checkpoint: str | None = None, preload: bool = False,
-               app: App | None = None) -> gr.Blocks:
+               app: App | None = None,
+               delete_cache: tuple[int, int] = DELETE_CACHE) -> gr.Blocks:
     """The whole UI. ``model_name`` / ``pretrained`` default to $TCA_MODEL / $TCA_PRETRAINED;
-    ``preload`` starts loading the default model in the background right away."""
+    ``preload`` starts loading the default model in the background right away;
+    ``delete_cache``: (every s, older than s) for Gradio's uploads and outputs."""
     model_name = model_name or os.environ.get("TCA_MODEL") or tca.DEFAULT_MODEL
     if pretrained is None:
         pretrained = os.environ.get("TCA_PRETRAINED", tca.DEFAULT_PRETRAINED)
@@ -502,7 +504,7 @@ def build_demo(model_name: str | None = None, pretrained: str | None = None,
         app.cache.preload(model_name)
 
     with gr.Blocks(title="TCA Explorer: token condensation in CLIP",
-                   delete_cache=DELETE_CACHE) as demo:
+                   delete_cache=delete_cache) as demo:
         demo.tca_app = app  # for tests and tools
         gr.Markdown("# TCA Explorer\nSee how **token condensation** (TCA, EViT, ToMe) prunes and "
                     "merges CLIP's image tokens, layer by layer, and what it costs and changes.")
