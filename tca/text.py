@@ -46,6 +46,8 @@ def text_tower(model: torch.nn.Module) -> TextTower | None:
     if text is not None and not hasattr(model, "token_embedding"):  # CustomTextCLIP
         if type(text).__name__ != "TextTransformer" or getattr(text, "cls_emb", None) is not None:
             return None
+        if getattr(text, "use_pad_mask", False):  # exact too, but keep to open_clip's own pass
+            return None
         src, pool, eos = text, getattr(text, "pool_type", None), getattr(text, "eos_id", None)
     parts = [getattr(src, n, None) for n in ("token_embedding", "positional_embedding",
                                              "transformer", "ln_final", "attn_mask")]
