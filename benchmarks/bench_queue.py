@@ -72,6 +72,8 @@ def main(argv=None) -> int:
                 loaded.append(ordinary())
             job.result()
             heavy.append(time.perf_counter() - t0)
+        if os.environ.get("BENCH_VERBOSE"):
+            print("solo", [round(x, 2) for x in solo], "loaded", [round(x, 2) for x in loaded])
         s, l = statistics.median(solo), statistics.median(loaded)
         print(f"{MODEL}, random weights, model slots {args.slots}, {args.rounds} rounds, "
               f"{len(solo)} solo / {len(loaded)} loaded runs")
