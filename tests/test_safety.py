@@ -269,3 +269,10 @@ def test_temp_folder_and_sessions_stay_bounded(tmp_path, monkeypatch):
         assert max(sizes[2:]) < 60 * one, sizes
     finally:
         demo.close()
+
+
+def test_export_folder_is_capped_in_number(tmp_path):
+    exports = explore.ExportDir(tmp_path / "exports", max_files=5)
+    paths = [exports.write_json({"i": i}) for i in range(12)]
+    left = sorted((tmp_path / "exports").iterdir())
+    assert len(left) <= 5 and paths[-1] in left
