@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 POOLS_AT_EOT = ("argmax", "eos")  # open_clip pool types that read the end-of-text position
-CHUNK = 128  # prompts per forward pass: bounds memory and paces progress reports
+CHUNK = 256  # prompts per forward pass: bounds memory and paces progress reports
 CACHE_LABELS = 4096  # class embeddings kept per model (about 2-3 KB each)
 
 
