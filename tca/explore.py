@@ -566,6 +566,7 @@ def sweep(cache: ModelCache, image, labels, model: str, method: str = "tca",
     pil, loaded, label_list, templates = _checked_inputs(cache, image, labels, model, templates,
                                                          max_labels, say)
     clip = loaded.clip
+    encode_labels(clip, label_list, templates, say)  # beside the image lane, like a Run
     t0 = time.perf_counter()
     base = reuse if reuse is not None and reuse.labels == label_list else None
     points: dict[str, list[SweepPoint]] = {}
@@ -579,8 +580,9 @@ def sweep(cache: ModelCache, image, labels, model: str, method: str = "tca",
                 probs, gmacs, final = (base.baseline.probs, base.flops_baseline.gmacs,
                                        base.baseline_tokens[-1])
             else:
-                r = classify(clip, pil, label_list, cfg, templates=templates, trace=False,
-                             max_labels=max_labels, baseline=base is None)
+                with cache.image_lane:  # one pass at a time, so other Runs interleave
+                    r = classify(clip, pil, label_list, cfg, templates=templates, trace=False,
+                                 max_labels=max_labels, baseline=base is None)
                 passes += 1
                 if base is None:
                     base = r
