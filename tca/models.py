@@ -4,8 +4,6 @@ from __future__ import annotations
 import os
 import re
 import socket
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -14,6 +12,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
+from . import text
 from .errors import ConfigError, LabelError, WeightsUnavailableError
 from .patch import check_supported
 from .prompts import TEMPLATES
@@ -47,10 +46,12 @@ class ClipModel:
     tokenizer: Callable
     name: str
     pretrained: str | None
-    cache_size: int = 32
     warmed: bool = False
-    _text_cache: OrderedDict = field(default_factory=OrderedDict, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    text_cache: text.LabelCache = field(default_factory=text.LabelCache, repr=False)
+    text_tower: text.TextTower | None = field(init=False, repr=False)  # None: encode_text
+
+    def __post_init__(self) -> None:
+        self.text_tower = text.text_tower(self.model)
 
     @property
     def is_random(self) -> bool:
@@ -97,25 +98,16 @@ class ClipModel:
         z = F.normalize(image_features.float(), dim=-1)
         return self.logit_scale * z @ text.to(z.device, torch.float32).T + self.logit_bias
 
-    def encode_text(self, labels: Sequence[str], templates: str | Sequence[str] = "single") -> torch.Tensor:
-        """Normalised class embeddings (C, E): each label through every template, averaged and
-        re-normalised (CLIP's prompt ensembling). Cached per (labels, templates)."""
-        temps = resolve_templates(templates)
-        key = (tuple(labels), temps)
-        with self._lock:
-            if key in self._text_cache:
-                self._text_cache.move_to_end(key)
-                return self._text_cache[key]
-        prompts = [t.format(label) for label in labels for t in temps]
-        tokens = self.tokenizer(prompts).to(self.device)
-        with torch.inference_mode():
-            emb = F.normalize(self.model.encode_text(tokens).float(), dim=-1)
-        emb = F.normalize(emb.view(len(labels), len(temps), -1).mean(dim=1), dim=-1).cpu()
-        with self._lock:
-            self._text_cache[key] = emb
-            while len(self._text_cache) > self.cache_size:
-                self._text_cache.popitem(last=False)
-        return emb
+    def encode_text(self, labels: Sequence[str], templates: str | Sequence[str] = "single",
+                    progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        """Normalised class embeddings (C, E) on the CPU: each label through every template,
+        averaged and re-normalised (CLIP's prompt ensembling). Prompts are encoded at the
+        length of the longest one where that is exact (``tca.text``); embeddings are cached
+        per (label, templates), so a new label costs one label. progress(done, total) counts
+        prompts as they are encoded."""
+        return text.class_embeddings(self.model, self.tokenizer, list(labels),
+                                     resolve_templates(templates), self.text_cache, self.device,
+                                     self.text_tower, progress=progress)
 
 
 def resolve_templates(templates: str | Sequence[str]) -> tuple[str, ...]:
