@@ -12,25 +12,25 @@ condensing layers).
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
 import statistics
-import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 
-from .config import METHODS, CondenseConfig, ConfigError
+from .config import CondenseConfig
+from .errors import ConfigError, InputError
 from .flops import CONVENTION, Geometry, macs_for
 from .patch import encode, is_patched, patch, unpatch
+from .timing import elapsed_ms, model_device, synchronize
 
 DEFAULT_BATCH_SIZES = (1, 8)
 DEFAULT_KEEP_RATES = (1.0, 0.9, 0.7, 0.5)
-DEFAULT_METHODS = ("tca", "evit", "tome")
+BENCH_METHODS = ("tca", "evit", "tome")  # unpatched and patched "none" are always timed
+DEFAULT_METHODS = BENCH_METHODS
 UNPATCHED = "open_clip (unpatched)"
 PATCHED_NONE = "none (patched)"
 # Issue 3's targets on a 2-core CPU with ViT-B/16.
@@ -63,16 +63,35 @@ def make_rows(batch_sizes: Sequence[int], methods: Sequence[str], keep_rates: Se
     for b in batch_sizes:
         rows.append(Row(b, UNPATCHED, None))
         rows.append(Row(b, PATCHED_NONE, CondenseConfig(method="none")))
-        settings = []
-        for m in methods:
-            for r in keep_rates:
-                settings.append(Row(b, f"{m} R={r:g}", CondenseConfig(method=m, keep_rate=r)))
+        settings = [Row(b, f"{m} R={r:g}", CondenseConfig(method=m, keep_rate=r))
+                    for m in methods for r in keep_rates]
         rows += settings
         if trace:
-            traced = [s for s in settings if s.config.method == "tca"] or settings
-            traced = [s for s in traced if not s.config.is_identity] or traced
+            traced = [s for s in settings if s.config and s.config.method == "tca"] or settings
+            traced = [s for s in traced if s.config and not s.config.is_identity] or traced
             rows += [Row(b, s.name + " +trace", s.config, True) for s in traced]
     return rows
+
+
+def check_options(batch_sizes: Sequence[int], methods: Sequence[str],
+                  keep_rates: Sequence[float], repeats: int = 5, warmup: int = 1,
+                  trace: bool = False, statistic: str = "median") -> list[Row]:
+    """The rows to time, or a :class:`tca.errors.UserError` naming the bad option. The CLI calls
+    it before loading the model, :func:`run_bench` again with the model."""
+    if repeats < 1:
+        raise InputError(f"--repeats must be >= 1, got {repeats}")
+    if warmup < 0:
+        raise InputError(f"--warmup must be >= 0, got {warmup}")
+    if statistic not in STATISTICS:
+        raise InputError(f"statistic must be one of {', '.join(STATISTICS)}, got {statistic!r}")
+    if not batch_sizes or any(b < 1 for b in batch_sizes):
+        raise InputError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
+    for m in methods:
+        if m not in BENCH_METHODS:
+            raise ConfigError(f"unknown method {m!r} for bench; choose from "
+                              f"{', '.join(BENCH_METHODS)} (unpatched and patched 'none' are "
+                              f"always timed)")
+    return make_rows(batch_sizes, methods, keep_rates, trace)  # checks every keep rate
 
 
 def machine_info() -> dict:
@@ -109,21 +128,10 @@ def run_bench(model: torch.nn.Module, batch_sizes: Sequence[int] = DEFAULT_BATCH
               statistic: str = "median", progress: Callable[[str], None] | None = None) -> dict:
     """Time every row interleaved; returns a JSON-ready dict (``rows``, ``targets``, ``machine``).
 
-    The model is left unpatched if it came unpatched, patched (``none``) otherwise.
+    The model is left unpatched if it came unpatched, patched (``none``) otherwise. Inputs are
+    made on the model's device; on CUDA every time is taken after synchronising.
     """
-    if repeats < 1:
-        raise ValueError(f"--repeats must be >= 1, got {repeats}")
-    if statistic not in STATISTICS:
-        raise ValueError(f"statistic must be one of {', '.join(STATISTICS)}, got {statistic!r}")
-    if warmup < 0:
-        raise ValueError(f"--warmup must be >= 0, got {warmup}")
-    if not batch_sizes or any(b < 1 for b in batch_sizes):
-        raise ValueError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
-    for m in methods:
-        if m not in METHODS or m == "none":
-            raise ConfigError(f"unknown method {m!r} for bench; choose from tca, evit, tome "
-                              f"(unpatched and patched 'none' are always timed)")
-    rows = make_rows(batch_sizes, methods, keep_rates, trace)
+    rows = check_options(batch_sizes, methods, keep_rates, repeats, warmup, trace, statistic)
     was_patched = is_patched(model)
     patch(model, CondenseConfig(method="none"))  # validates layers against this model
     geom = Geometry.from_model(model)
@@ -131,8 +139,9 @@ def run_bench(model: torch.nn.Module, batch_sizes: Sequence[int] = DEFAULT_BATCH
         if row.config is not None:
             macs_for(geom, row.config)
     size = geom.image_size
-    gen = torch.Generator().manual_seed(seed)
-    inputs = {b: torch.randn(b, 3, size, size, generator=gen) for b in batch_sizes}
+    gen = torch.Generator().manual_seed(seed)  # CPU draws: the same inputs on every device
+    device = model_device(model)
+    inputs = {b: torch.randn(b, 3, size, size, generator=gen).to(device) for b in batch_sizes}
     samples: dict[tuple[int, str], list[float]] = {row.key: [] for row in rows}
     load_before = machine_info().get("load_average")
     t_start = time.perf_counter()
@@ -176,6 +185,9 @@ def run_bench(model: torch.nn.Module, batch_sizes: Sequence[int] = DEFAULT_BATCH
         out_rows.append(entry)
     info = machine_info()
     info["load_average_before"] = load_before
+    info["device"] = str(device)
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
     return {"tool": "python -m tca bench", "model": name,
             "image_size": size, "repeats": repeats, "warmup": warmup,
             "statistic": f"{statistic} over interleaved repeats", "convention": CONVENTION,
@@ -184,17 +196,20 @@ def run_bench(model: torch.nn.Module, batch_sizes: Sequence[int] = DEFAULT_BATCH
 
 
 def _time_once(model, row: Row, x: torch.Tensor) -> float:
+    """Milliseconds of one forward of ``x`` (on the model's device) in ``row``'s setting."""
     if row.config is None:
         unpatch(model)
         try:
+            synchronize(x.device)
             t0 = time.perf_counter()
             model.encode_image(x)
-            return (time.perf_counter() - t0) * 1e3
+            return elapsed_ms(t0, x.device)
         finally:
             patch(model, CondenseConfig(method="none"))
+    synchronize(x.device)
     t0 = time.perf_counter()
     encode(model, x, row.config, trace=row.trace)
-    return (time.perf_counter() - t0) * 1e3
+    return elapsed_ms(t0, x.device)
 
 
 def targets(rows: list[dict]) -> list[dict]:
@@ -256,90 +271,5 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _ints(text: str) -> list[int]:
-    try:
-        values = [int(p) for p in text.replace(";", ",").split(",") if p.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
-
-
-def _floats(text: str) -> list[float]:
-    try:
-        values = [float(p) for p in text.replace(";", ",").split(",") if p.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one keep rate")
-    return values
-
-
-def _names(text: str) -> list[str]:
-    return [p.strip().lower() for p in text.split(",") if p.strip()]
-
-
-def add_parser(sub) -> None:
-    from .cli import add_model_args
-
-    p = sub.add_parser(
-        "bench", help="interleaved speed benchmark: condensed vs unpatched open_clip",
-        description="Times unpatched open_clip encode_image and every condensation setting "
-                    "interleaved in one process (round-robin per repeat) and prints medians, the "
-                    "speed-up over unpatched and the GMACs ratio (the FLOP-ideal). Random weights "
-                    "by default: timing does not depend on them.")
-    add_model_args(p)
-    p.set_defaults(pretrained="none")
-    for action in p._actions:  # same option as everywhere, another default here
-        if action.dest == "pretrained":
-            action.help = "open_clip pretrained tag (default none: random weights)"
-    p.add_argument("--batch-sizes", type=_ints, default=list(DEFAULT_BATCH_SIZES),
-                   help="comma-separated (default 1,8)")
-    p.add_argument("--keep-rates", type=_floats, default=list(DEFAULT_KEEP_RATES),
-                   help="comma-separated keep rates R (default 1.0,0.9,0.7,0.5)")
-    p.add_argument("--methods", type=_names, default=list(DEFAULT_METHODS),
-                   help="comma-separated, from tca, evit, tome (default all three)")
-    p.add_argument("--repeats", type=int, default=5, help="timed rounds (median; default 5)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
-    p.add_argument("--trace", action="store_true", help="also time tca with tracing on")
-    p.add_argument("--statistic", choices=tuple(STATISTICS), default="median",
-                   help="per-row summary of the repeats (default median; min = least disturbed)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    p.set_defaults(func=main)
-
-
-def main(args: argparse.Namespace) -> int:
-    from .cli import CliError, load_from_args
-
-    if args.threads is not None:
-        if args.threads < 1:
-            raise CliError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
-    if args.repeats < 1:
-        raise CliError(f"--repeats must be >= 1, got {args.repeats}")
-    if args.warmup < 0:
-        raise CliError(f"--warmup must be >= 0, got {args.warmup}")
-    for r in args.keep_rates:  # validate before the (slow) model load
-        CondenseConfig(method="evit", keep_rate=r)
-    for m in args.methods:
-        if m not in ("tca", "evit", "tome"):
-            raise CliError(f"unknown method {m!r} for bench; choose from tca, evit, tome")
-    clip = load_from_args(args)
-    n = len(make_rows(args.batch_sizes, args.methods, args.keep_rates, args.trace))
-    say = (lambda s: None) if args.json else (lambda s: print(s, file=sys.stderr, flush=True))
-    say(f"timing {n} rows x {args.warmup + args.repeats} rounds ({args.warmup} warm-up) ...")
-    result = run_bench(clip.model, args.batch_sizes, args.methods, args.keep_rates,
-                       args.repeats, args.warmup, args.trace, seed=args.seed,
-                       name=clip.weights_description, statistic=args.statistic, progress=say)
-    result["random_weights"] = clip.is_random
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(format_table(result))
-    return 0
-
-
-__all__ = ["run_bench", "make_rows", "format_table", "targets", "machine_info", "add_parser",
-           "main"]
+__all__ = ["run_bench", "check_options", "make_rows", "format_table", "targets", "machine_info",
+           "BENCH_METHODS", "STATISTICS"]

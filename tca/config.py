@@ -165,12 +165,28 @@ def _plan_one(config: CondenseConfig, n: int, layer: int) -> LayerPlan | None:
     return LayerPlan("tiers", n, n_out, t1, t2, t3, k)
 
 
+def split_list(text: str) -> list[str]:
+    """'a, b;c,' -> ['a', 'b', 'c']: the comma- (or semicolon-) separated items, blanks dropped.
+    The one list syntax of the command line and the app's text fields (labels excepted: they
+    may also be separated by newlines, see ``tca.models.parse_labels``)."""
+    return [p.strip() for p in text.replace(";", ",").split(",") if p.strip()]
+
+
+def format_layers(layers: Sequence[int]) -> str:
+    """(3, 6, 9) -> '3,6,9', the text form :func:`parse_layers` reads."""
+    return ",".join(str(int(i)) for i in layers)
+
+
+DEFAULT_LAYERS_TEXT = format_layers(DEFAULT_LAYERS)
+
+
 def parse_layers(text: str | Sequence[int]) -> tuple[int, ...]:
     """'3,6,9' -> (3, 6, 9), with a clear error for anything else."""
     if not isinstance(text, str):
         return tuple(int(i) for i in text)
-    parts = [p.strip() for p in text.replace(";", ",").split(",") if p.strip()]
+    parts = split_list(text)
     try:
         return tuple(int(p) for p in parts)
     except ValueError:
-        raise ConfigError(f"layers must be comma-separated integers like 3,6,9, got {text!r}") from None
+        raise ConfigError(f"layers must be comma-separated integers like {DEFAULT_LAYERS_TEXT}, "
+                          f"got {text!r}") from None

@@ -16,6 +16,7 @@ from dataclasses import dataclass, asdict
 import open_clip
 
 from .config import CondenseConfig, Schedule, plan_layers
+from .errors import UnknownModelError, UnsupportedModelError
 
 CONVENTION = "GMACs (1 MAC = 1 multiply-add; the papers' \"GFLOPs\" are GMACs; FLOPs = 2 x MACs)"
 
@@ -44,10 +45,11 @@ class Geometry:
     def from_name(cls, model_name: str) -> "Geometry":
         cfg = open_clip.get_model_config(model_name)
         if cfg is None:
-            raise ValueError(f"unknown open_clip model {model_name!r}")
+            raise UnknownModelError(f"unknown open_clip model {model_name!r}")
         v = cfg["vision_cfg"]
         if "timm_model_name" in v or not isinstance(v.get("layers"), int):
-            raise ValueError(f"{model_name} has no plain ViT vision tower with a CLS token")
+            raise UnsupportedModelError(f"{model_name} has no plain ViT vision tower with a CLS "
+                                        f"token")
         size = v["image_size"] if isinstance(v["image_size"], int) else v["image_size"][0]
         return cls(v["width"], v["layers"], v["width"] // v.get("head_width", 64), v["patch_size"],
                    size, cfg["embed_dim"], v.get("mlp_ratio", 4.0))

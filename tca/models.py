@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from open_clip import zero_shot_metadata
 
-from .errors import LabelError, WeightsUnavailableError
+from .errors import InputError, LabelError, UnknownModelError, WeightsUnavailableError
 from .patch import check_supported
 
 DEFAULT_MODEL = "ViT-B-16-quickgelu"
@@ -102,11 +102,11 @@ def resolve_templates(templates: str | Sequence[str]) -> tuple[str, ...]:
             return TEMPLATES[templates]
         if "{}" in templates:
             return (templates,)
-        raise ValueError(f"unknown templates {templates!r}; use one of {', '.join(TEMPLATES)} "
+        raise InputError(f"unknown templates {templates!r}; use one of {', '.join(TEMPLATES)} "
                          f"or a format string containing {{}}")
     temps = tuple(templates)
     if not temps or not all("{}" in t for t in temps):
-        raise ValueError("every prompt template must contain {}")
+        raise InputError("every prompt template must contain {}")
     return temps
 
 
@@ -168,7 +168,7 @@ def load_model(name: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETR
     """
     if name not in open_clip.list_models():
         close = [m for m in open_clip.list_models() if name.lower().split("-")[0] in m.lower()][:8]
-        raise ValueError(f"unknown open_clip model {name!r}" + (f"; similar: {', '.join(close)}" if close else ""))
+        raise UnknownModelError(f"unknown open_clip model {name!r}" + (f"; similar: {', '.join(close)}" if close else ""))
     if isinstance(pretrained, str) and pretrained.lower() in ("none", "random", ""):
         pretrained = None
     torch.manual_seed(seed)
@@ -182,7 +182,7 @@ def load_model(name: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETR
     else:
         if pretrained not in open_clip.list_pretrained_tags_by_model(name):
             tags = open_clip.list_pretrained_tags_by_model(name)
-            raise ValueError(f"{name} has no pretrained tag {pretrained!r}; available: "
+            raise UnknownModelError(f"{name} has no pretrained tag {pretrained!r}; available: "
                              f"{', '.join(tags) or 'none'}")
         model, preprocess = _load_pretrained(name, pretrained, device, cache_dir)
         source = pretrained
@@ -269,9 +269,30 @@ def _load_checkpoint(model: torch.nn.Module, path: Path) -> None:
     if not isinstance(state, dict):
         raise WeightsUnavailableError(f"checkpoint {str(path)!r} holds no state dict")
     state = {k.removeprefix("module."): v for k, v in state.items()}
+    mismatch = _state_mismatch(model.state_dict(), state)
+    if mismatch:
+        raise WeightsUnavailableError(
+            f"checkpoint {str(path)!r} does not fit this architecture: {mismatch}")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise WeightsUnavailableError(
             f"checkpoint {str(path)!r} does not fit this architecture: "
             f"{str(exc).splitlines()[0][:300]}") from exc
+
+
+def _state_mismatch(expected: dict, state: dict, show: int = 5) -> str:
+    """Which keys of ``state`` do not fit ``expected`` (a model's state dict): missing keys,
+    unexpected keys and shape mismatches, the first ``show`` of each named; '' if it fits."""
+    def some(keys: list[str]) -> str:
+        return ", ".join(keys[:show]) + (", ..." if len(keys) > show else "")
+
+    missing = sorted(expected.keys() - state.keys())
+    unexpected = sorted(state.keys() - expected.keys())
+    shapes = [f"{k} (checkpoint {tuple(getattr(state[k], 'shape', ()))}, model "
+              f"{tuple(expected[k].shape)})" for k in sorted(expected.keys() & state.keys())
+              if tuple(getattr(state[k], "shape", ())) != tuple(expected[k].shape)]
+    parts = [f"{len(keys)} {what}: {some(keys)}" for what, keys in
+             (("missing key(s)", missing), ("unexpected key(s)", unexpected),
+              ("shape mismatch(es)", shapes)) if keys]
+    return "; ".join(parts)

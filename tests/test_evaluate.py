@@ -1,4 +1,4 @@
-"""`python -m tca eval` and `tca.evaluate`: offline, tiny random-weight ViT, real images on disk.
+"""`python -m tca eval` and `tca.eval`: offline, tiny random-weight ViT, real images on disk.
 
 Accuracy is never asserted (random weights); the protocol, files and invariants are."""
 from __future__ import annotations
@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 import tca
-from tca import evaluate as ev
+import tca.eval as ev
+import tca.eval.records
 from tca.cli import main as cli_main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -253,8 +254,8 @@ def test_resume_after_crash(clip, folder, reference, tmp_path, monkeypatch, vari
     """Crash after 8 of 10 images, resume: done images are not recomputed and the result is
     identical to the uninterrupted run, TCA's reservoir included."""
     if variant == "snapshot":  # fold the reservoir log into a snapshot after every batch
-        monkeypatch.setattr(ev, "COMPACT_MIN", 1)
-        monkeypatch.setattr(ev, "COMPACT_FACTOR", 0)
+        monkeypatch.setattr(tca.eval.records, "COMPACT_MIN", 1)
+        monkeypatch.setattr(tca.eval.records, "COMPACT_FACTOR", 0)
     records = tmp_path / "records"
 
     def crash(repeat, done):
