@@ -23,6 +23,7 @@ import gradio as gr  # noqa: E402
 
 import tca  # noqa: E402
 from tca import explore, render  # noqa: E402
+from tca.config import DEFAULT_LAYERS_TEXT  # noqa: E402
 from tca.flops import CONVENTION  # noqa: E402
 from tca.models import WEIGHTS_HELP  # noqa: E402
 
@@ -319,7 +320,7 @@ class App:
     # -- events that run the model
     @user_errors
     def classify(self, image, labels: str, model: str, method: str = "tca",
-                 keep_rate: float = 0.7, layers: str = "3,6,9", merge_centers: float = 2,
+                 keep_rate: float = 0.7, layers: str = DEFAULT_LAYERS_TEXT, merge_centers: float = 2,
                  score: str = "mean", templates: str = "single", stream: bool = False,
                  stream_state=None, progress=gr.Progress()):
         """Zero-shot classification of one image by baseline CLIP and condensed CLIP.
@@ -340,7 +341,7 @@ class App:
 
     @user_errors
     def compare(self, image, labels: str, model: str, keep_rate: float = 0.7,
-                layers: str = "3,6,9", merge_centers: float = 2, score: str = "mean",
+                layers: str = DEFAULT_LAYERS_TEXT, merge_centers: float = 2, score: str = "mean",
                 templates: str = "single", progress=gr.Progress()):
         cmp = explore.compare(self.cache, image, labels, model or self.default_model, keep_rate,
                               layers, merge_centers, score, templates,
@@ -504,7 +505,7 @@ def build_demo(model_name: str | None = None, pretrained: str | None = None,
                         keep_rate = gr.Slider(explore.KEEP_RATE_RANGE[0], explore.KEEP_RATE_RANGE[1],
                                               value=0.7, step=0.05, label="Keep rate R")
                         with gr.Row():
-                            layers = gr.Textbox("3,6,9", label="Condensing blocks (0-based)")
+                            layers = gr.Textbox(DEFAULT_LAYERS_TEXT, label="Condensing blocks (0-based)")
                             merge_centers = gr.Number(2, minimum=explore.MERGE_CENTERS_RANGE[0],
                                                       maximum=explore.MERGE_CENTERS_RANGE[1],
                                                       precision=0, label="Merge centres K (TCA)")

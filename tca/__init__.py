@@ -7,13 +7,30 @@
 
 See README.md for the full API.
 """
+from .config import (
+                     DEFAULT_LAYERS,
+                     METHODS,
+                     CondenseConfig,
+                     ConfigError,
+                     Schedule,
+                     keep_rate_to_rate,
+                     plan_layers,
+)
 from .errors import InputError, UserError
-from .config import (DEFAULT_LAYERS, METHODS, ConfigError, CondenseConfig, Schedule,
-                     keep_rate_to_rate, plan_layers)
 from .flops import CONVENTION, FlopReport, Geometry, count_macs, macs_for
 from .images import ImageError, load_image
-from .models import (DEFAULT_MODEL, DEFAULT_PRETRAINED, SUPPORTED_MODELS, TEMPLATES, ClipModel,
-                     LabelError, WeightsUnavailableError, load_model, parse_labels, validate_labels)
+from .models import (
+                     DEFAULT_MODEL,
+                     DEFAULT_PRETRAINED,
+                     SUPPORTED_MODELS,
+                     TEMPLATES,
+                     ClipModel,
+                     LabelError,
+                     WeightsUnavailableError,
+                     load_model,
+                     parse_labels,
+                     validate_labels,
+)
 from .patch import Encoded, UnsupportedModelError, encode, is_patched, patch, unpatch
 from .pipeline import Prediction, RunResult, classify, prepare_image
 from .reservoir import PRESETS, Reservoir, ReservoirConfig, preset, stream_update

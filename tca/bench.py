@@ -96,7 +96,7 @@ def check_options(batch_sizes: Sequence[int], methods: Sequence[str],
 
 def machine_info() -> dict:
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    info = {"cpu_count": os.cpu_count(), "cpus_available": cpus,
+    info: dict = {"cpu_count": os.cpu_count(), "cpus_available": cpus,
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "python": platform.python_version(), "platform": platform.platform(),
             "processor": _cpu_model()}
@@ -169,7 +169,7 @@ def run_bench(model: torch.nn.Module, batch_sizes: Sequence[int] = DEFAULT_BATCH
         med = medians[row.key]
         ref = medians[(row.batch_size, UNPATCHED)]
         gmacs = base_gmacs if row.config is None else macs_for(geom, row.config).gmacs
-        entry = {"batch_size": row.batch_size, "setting": row.name,
+        entry: dict = {"batch_size": row.batch_size, "setting": row.name,
                  "method": "open_clip" if row.config is None else row.config.method,
                  "keep_rate": None if row.config is None or row.config.method == "none"
                  else row.config.keep_rate,
@@ -224,11 +224,11 @@ def targets(rows: list[dict]) -> list[dict]:
                         "value": f"{overhead:+.1f}%", "goal": f"<= +{TARGET_IDENTITY_OVERHEAD:g}%",
                         "met": overhead <= TARGET_IDENTITY_OVERHEAD})
     for b, goal in TARGET_TCA07.items():
-        r = by.get((b, "tca R=0.7"))
-        if r is not None:
+        t = by.get((b, "tca R=0.7"))
+        if t is not None:
             out.append({"target": f"tca R=0.7 speed-up over unpatched, batch {b}",
-                        "value": f"{r['speedup']:.2f}x (FLOP-ideal {r['gmacs_ratio']:.2f}x)",
-                        "goal": f">= {goal:.2f}x", "met": r["speedup"] >= goal})
+                        "value": f"{t['speedup']:.2f}x (FLOP-ideal {t['gmacs_ratio']:.2f}x)",
+                        "goal": f">= {goal:.2f}x", "met": t["speedup"] >= goal})
     for r in rows:
         if r["trace"]:
             o = r["trace_overhead_percent"]
@@ -238,10 +238,16 @@ def targets(rows: list[dict]) -> list[dict]:
     return out
 
 
+def _on_device(machine: dict) -> str:
+    device = machine.get("device", "cpu")
+    return "" if device == "cpu" else f", on {machine.get('gpu') or device}"
+
+
 def format_table(result: dict) -> str:
     m = result["machine"]
     lines = [f"{result['model'] or 'model'} @ {result['image_size']}px  |  {m['cpus_available']} CPU(s) "
-             f"({m['processor']}), torch {m['torch']} with {m['torch_threads']} thread(s)  |  "
+             f"({m['processor']}), torch {m['torch']} with {m['torch_threads']} thread(s)"
+             f"{_on_device(m)}  |  "
              f"{result['statistic'].split()[0]} of {result['repeats']} interleaved repeats after "
              f"{result['warmup']} warm-up"]
     if m.get("load_average_before") is not None:

@@ -20,8 +20,15 @@ from .config import DEFAULT_LAYERS_TEXT, METHODS, SCORES, CondenseConfig, parse_
 from .errors import CliError, UserError
 from .flops import CONVENTION, Geometry, macs_for, saved_percent
 from .images import load_image
-from .models import (DEFAULT_MODEL, DEFAULT_PRETRAINED, TEMPLATES, ClipModel, load_model,
-                     parse_labels, validate_labels)
+from .models import (
+    DEFAULT_MODEL,
+    DEFAULT_PRETRAINED,
+    TEMPLATES,
+    ClipModel,
+    load_model,
+    parse_labels,
+    validate_labels,
+)
 from .reservoir import PRESETS
 
 

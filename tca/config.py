@@ -82,7 +82,7 @@ class CondenseConfig:
             return self.tca_rate == 0.0
         return self.keep_rate >= 1.0
 
-    def with_(self, **changes) -> "CondenseConfig":
+    def with_(self, **changes) -> CondenseConfig:
         return replace(self, **changes)
 
     def describe(self) -> str:

@@ -20,20 +20,21 @@ import numpy as np
 import open_clip
 from PIL import Image
 
-from .config import CondenseConfig, parse_layers
+from .config import DEFAULT_LAYERS, DEFAULT_LAYERS_TEXT, CondenseConfig, parse_layers
 from .errors import ConfigError, InputError, LabelError, WeightsUnavailableError
 from .images import load_image
-from .models import (TEMPLATES, WEIGHTS_HELP, ClipModel, load_model, parse_labels,
-                     validate_labels)
+from .models import (
+    APP_MODELS,
+    TEMPLATES,
+    WEIGHTS_HELP,
+    ClipModel,
+    load_model,
+    parse_labels,
+    validate_labels,
+)
 from .pipeline import Prediction, RunResult, classify
 from .reservoir import Reservoir, ReservoirConfig, preset
 
-# Display name -> open_clip name. OpenAI weights need the QuickGELU configs.
-APP_MODELS: dict[str, str] = {
-    "ViT-B/32": "ViT-B-32-quickgelu",
-    "ViT-B/16": "ViT-B-16-quickgelu",
-    "ViT-L/14": "ViT-L-14-quickgelu",
-}
 COMPARE_METHODS = ("tca", "evit", "tome")
 METHOD_NAMES = {"tca": "TCA", "evit": "EViT", "tome": "ToMe", "none": "none (plain CLIP)"}
 MAX_LABELS = 100
@@ -57,7 +58,6 @@ class LoadedModel:
     clip: ClipModel
     requested: str | None
     note: str | None = None
-    load_s: float = 0.0
 
     @property
     def is_random(self) -> bool:
@@ -140,7 +140,6 @@ class ModelCache:
         return t
 
     def _load(self, name: str) -> LoadedModel:
-        t0 = time.perf_counter()
         checkpoint = self.checkpoint if (self.checkpoint and name == self.checkpoint_model) else None
         requested = checkpoint or self.pretrained
         if name not in open_clip.list_models():
@@ -157,7 +156,7 @@ class ModelCache:
             except WeightsUnavailableError as exc:
                 note = str(exc)
                 clip = self._loader(name, None, seed=self.seed)
-        return LoadedModel(clip, requested, note, time.perf_counter() - t0)
+        return LoadedModel(clip, requested, note)
 
 
 # ----------------------------------------------------------------------------------- inputs
@@ -174,7 +173,8 @@ def parse_settings(method: str, keep_rate: float, layers: str | Sequence[int],
                           f"to {MERGE_CENTERS_RANGE[1]}, got {merge_centers}")
     layer_tuple = parse_layers(layers if layers is not None else "")
     if method != "none" and not layer_tuple:
-        raise ConfigError("no condensing layers given: enter block indices like 3,6,9")
+        raise ConfigError(f"no condensing layers given: enter block indices like "
+                          f"{DEFAULT_LAYERS_TEXT}")
     return CondenseConfig(method=method, keep_rate=float(keep_rate), layers=layer_tuple,
                           merge_centers=int(float(merge_centers)), score=score)
 
@@ -274,7 +274,6 @@ class RunState:
     templates: str
     stream: dict | None = None  # reservoir summary after this image, in stream mode
     stream_notice: str | None = None
-    created: float = field(default_factory=time.time)
 
     @property
     def trace(self):
@@ -282,7 +281,7 @@ class RunState:
 
 
 def run(cache: ModelCache, image, labels, model: str, method: str = "tca",
-        keep_rate: float = 0.9, layers: str | Sequence[int] = "3,6,9", merge_centers: int = 2,
+        keep_rate: float = 0.9, layers: str | Sequence[int] = DEFAULT_LAYERS, merge_centers: int = 2,
         score: str = "mean", templates: str = "single", stream: StreamState | None = None,
         max_labels: int = MAX_LABELS, progress: Callable[[float, str], None] | None = None
         ) -> RunState:
@@ -333,7 +332,7 @@ class Comparison:
 
 
 def compare(cache: ModelCache, image, labels, model: str, keep_rate: float = 0.7,
-            layers: str | Sequence[int] = "3,6,9", merge_centers: int = 2, score: str = "mean",
+            layers: str | Sequence[int] = DEFAULT_LAYERS, merge_centers: int = 2, score: str = "mean",
             templates: str = "single", methods: Sequence[str] = COMPARE_METHODS,
             max_labels: int = MAX_LABELS,
             progress: Callable[[float, str], None] | None = None) -> Comparison:
@@ -344,16 +343,13 @@ def compare(cache: ModelCache, image, labels, model: str, keep_rate: float = 0.7
                                                      max_labels, say)
     clip = loaded.clip
     results: dict[str, RunResult] = {}
+    baseline = None  # plain CLIP runs once; every method is compared with that same result
     for i, cfg in enumerate(configs):
         say(0.1 + 0.85 * i / len(configs), f"running {METHOD_NAMES.get(cfg.method, cfg.method)}")
         results[cfg.method] = classify(clip, pil, labels, cfg, templates=templates,
-                                       trace=True, max_labels=max_labels, baseline=(i == 0))
+                                       trace=True, max_labels=max_labels, baseline=baseline)
+        baseline = baseline or results[cfg.method].reference
     first = results[configs[0].method]
-    for r in results.values():
-        # classify(baseline=False) skips the baseline pass; share the one real baseline
-        if r is not first:
-            r.baseline, r.flops_baseline = first.baseline, first.flops_baseline
-            r.baseline_tokens = list(first.baseline_tokens)
     return Comparison(model_view(clip, pil), first.baseline, results, clip.name, loaded.note,
                       float(keep_rate))
 

@@ -11,7 +11,7 @@ attention row, coreset distances, fusing, ToMe matching) is reported separately.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, asdict
+from dataclasses import asdict, dataclass
 
 import open_clip
 
@@ -42,7 +42,7 @@ class Geometry:
         return self.grid ** 2 + 1
 
     @classmethod
-    def from_name(cls, model_name: str) -> "Geometry":
+    def from_name(cls, model_name: str) -> Geometry:
         cfg = open_clip.get_model_config(model_name)
         if cfg is None:
             raise UnknownModelError(f"unknown open_clip model {model_name!r}")
@@ -55,7 +55,7 @@ class Geometry:
                    size, cfg["embed_dim"], v.get("mlp_ratio", 4.0))
 
     @classmethod
-    def from_model(cls, model) -> "Geometry":
+    def from_model(cls, model) -> Geometry:
         visual = getattr(model, "visual", model)
         block = visual.transformer.resblocks[0]
         patch = visual.conv1.kernel_size[0]

@@ -8,7 +8,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 import open_clip
 import torch
@@ -20,9 +20,15 @@ from .patch import check_supported
 
 DEFAULT_MODEL = "ViT-B-16-quickgelu"
 DEFAULT_PRETRAINED = "openai"
-# Models offered by the app and documented as supported (OpenAI weights need -quickgelu).
-SUPPORTED_MODELS = ("ViT-B-32-quickgelu", "ViT-B-16-quickgelu", "ViT-L-14-quickgelu",
-                    "ViT-B-32", "ViT-B-16", "ViT-L-14")
+# The models the app offers: display name -> open_clip name (OpenAI weights need -quickgelu).
+APP_MODELS: dict[str, str] = {
+    "ViT-B/32": "ViT-B-32-quickgelu",
+    "ViT-B/16": "ViT-B-16-quickgelu",
+    "ViT-L/14": "ViT-L-14-quickgelu",
+}
+# Documented and tested as supported: those and their plain-GELU configs.
+SUPPORTED_MODELS = tuple(APP_MODELS.values()) + tuple(
+    name.removesuffix("-quickgelu") for name in APP_MODELS.values())
 TEMPLATES: dict[str, tuple[str, ...]] = {
     "single": ("a photo of a {}.",),
     "imagenet80": tuple(t("{}") for t in zero_shot_metadata.OPENAI_IMAGENET_TEMPLATES),
@@ -73,7 +79,8 @@ class ClipModel:
 
     @property
     def logit_scale(self) -> float:
-        return float(self.model.logit_scale.detach().exp())
+        scale = cast(torch.Tensor, self.model.logit_scale)  # an nn.Parameter of open_clip's CLIP
+        return float(scale.detach().exp())
 
     def encode_text(self, labels: Sequence[str], templates: str | Sequence[str] = "single") -> torch.Tensor:
         """Normalised class embeddings (C, E): each label through every template, averaged and
@@ -87,7 +94,7 @@ class ClipModel:
         prompts = [t.format(label) for label in labels for t in temps]
         tokens = self.tokenizer(prompts).to(self.device)
         with torch.inference_mode():
-            emb = F.normalize(self.model.encode_text(tokens).float(), dim=-1)
+            emb = F.normalize(cast(Any, self.model).encode_text(tokens).float(), dim=-1)
         emb = F.normalize(emb.view(len(labels), len(temps), -1).mean(dim=1), dim=-1).cpu()
         with self._lock:
             self._text_cache[key] = emb

@@ -40,7 +40,7 @@ class TraceRecorder:
         self.per_layer.append((self.token_of, self.pruned))
 
     def finish(self, tokens_per_layer: list[int], grid: tuple[int, int],
-               condensing_layers: tuple[int, ...]) -> "Trace":
+               condensing_layers: tuple[int, ...]) -> Trace:
         token_index = torch.stack([t for t, _ in self.per_layer], dim=1).cpu()  # (B, L, P)
         pruned = torch.stack([p for _, p in self.per_layer], dim=1).cpu()
         b, l, p = token_index.shape
@@ -97,7 +97,7 @@ class Trace:
         f = self.fate[image, layer]
         return {name: int((f == code).sum()) for code, name in FATE_NAMES.items()}
 
-    def select(self, image: int) -> "Trace":
+    def select(self, image: int) -> Trace:
         """The trace of one image of the batch (batch dimension kept, size 1)."""
         sl = slice(image, image + 1)
         return Trace(self.tokens_per_layer, self.grid, self.token_index[sl], self.fate[sl],

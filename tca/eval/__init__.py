@@ -31,10 +31,24 @@ from .datasets import IMAGE_EXTENSIONS, Dataset, load_dataset
 from .loader import Batch, default_workers
 from .loop import TOP_K, evaluate, run
 from .records import RECORDS_VERSION, ReservoirStore, Run, RunLog
-from .report import (CSV_FIELDS, RANDOM_NOTE, format_table, plot, summarise, summarise_records,
-                     write_csv, write_json)
-from .settings import (DEFAULT_KEEP_RATES, DEFAULT_METHODS, EvalOptions, Setting, make_settings,
-                       stream_orders)
+from .report import (
+                     CSV_FIELDS,
+                     RANDOM_NOTE,
+                     format_table,
+                     plot,
+                     summarise,
+                     summarise_records,
+                     write_csv,
+                     write_json,
+)
+from .settings import (
+                     DEFAULT_KEEP_RATES,
+                     DEFAULT_METHODS,
+                     EvalOptions,
+                     Setting,
+                     make_settings,
+                     stream_orders,
+)
 
 __all__ = ["evaluate", "run", "EvalOptions", "load_dataset", "Dataset", "Setting", "make_settings",
            "stream_orders", "summarise", "summarise_records", "format_table", "write_csv",

@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +28,7 @@ from ..timing import elapsed_ms, synchronize
 from .datasets import Dataset
 from .loader import Batch, batches, default_workers
 from .records import RECORDS_VERSION, ReservoirStore, Run, RunLog
-from .report import summarise
+from .report import empty_classes_note, summarise
 from .settings import DEFAULT_KEEP_RATES, DEFAULT_METHODS, EvalOptions
 
 TOP_K = 5
@@ -90,6 +90,8 @@ def run(clip: ClipModel, dataset: Dataset, options: EvalOptions, *,
         echo: Callable[[str], None] | None = None) -> dict:
     """:func:`evaluate` with its protocol options already checked (what the CLI calls)."""
     echo = echo or (lambda s: print(s, file=sys.stderr))
+    if dataset.empty_classes:
+        echo(f"warning: {empty_classes_note(dataset.empty_classes)}")
     labels = validate_labels(dataset.labels, clip.tokenizer, options.templates,
                              context_length=clip.context_length)
     orders = options.orders(len(dataset))
@@ -153,7 +155,7 @@ def _slug(text: str) -> str:
 
 def _header(clip: ClipModel, ctx: _Context) -> dict:
     """What every run's records must agree on to be resumed: data, weights, text, top-k."""
-    visual = ctx.model.visual
+    visual: Any = ctx.model.visual  # open_clip's VisionTransformer
     proj = visual.proj if visual.proj is not None else visual.conv1.weight
     return {"version": RECORDS_VERSION, "dataset": ctx.dataset.fingerprint(),
             "model": clip.weights_description, "weights": _signature(visual.conv1.weight, proj),
