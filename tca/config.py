@@ -6,7 +6,7 @@ known before (or without) running the model.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 from . import condense
 from .errors import ConfigError
@@ -95,15 +95,31 @@ class CondenseConfig:
 
 @dataclass(frozen=True)
 class LayerPlan:
-    """What one condensing block does. kind: 'tiers' (TCA/EViT) or 'tome'."""
+    """What one condensing block does: ``n_in`` tokens in, ``n_out`` out. The subclass says how
+    (``kind`` names it; ``tca.patch`` maps each kind to its condensing step)."""
 
-    kind: str
+    kind: ClassVar[str] = ""
     n_in: int
     n_out: int
+
+
+@dataclass(frozen=True)
+class TierPlan(LayerPlan):
+    """TCA / EViT: rank the patches, keep the top ``t1``, merge the next ``t2`` into ``k``
+    coreset tokens, fuse the remaining ``t3`` into one token."""
+
+    kind: ClassVar[str] = "tiers"
     t1: int = 0
     t2: int = 0
     t3: int = 0
     k: int = 0
+
+
+@dataclass(frozen=True)
+class TomePlan(LayerPlan):
+    """ToMe: merge ``r`` tokens by bipartite soft matching."""
+
+    kind: ClassVar[str] = "tome"
     r: int = 0
 
 
@@ -147,7 +163,7 @@ def plan_layers(config: CondenseConfig, n_tokens: int, depth: int, anchors: bool
 def _plan_one(config: CondenseConfig, n: int, layer: int) -> LayerPlan | None:
     if config.method == "tome":
         r = condense.tome_r(n, config.keep_rate)
-        return LayerPlan("tome", n, n - r, r=r) if r > 0 else None
+        return TomePlan(n, n - r, r=r) if r > 0 else None
     if config.method == "evit":
         t1, t2, t3 = condense.evit_tier_sizes(n, config.keep_rate)
         k = 0
@@ -162,7 +178,7 @@ def _plan_one(config: CondenseConfig, n: int, layer: int) -> LayerPlan | None:
     n_out = 1 + t1 + k + (1 if t3 > 0 else 0)
     if t2 == 0 and t3 == 0:
         return None
-    return LayerPlan("tiers", n, n_out, t1, t2, t3, k)
+    return TierPlan(n, n_out, t1, t2, t3, k)
 
 
 def split_list(text: str) -> list[str]:

@@ -77,7 +77,9 @@ class Trace:
         return len(self.tokens_per_layer)
 
     def groups(self, layer: int, image: int = 0) -> dict[int, list[int]]:
-        """Merged groups at ``layer``: token index -> patches (only non-pruned, size >= 2)."""
+        """Merged groups at ``layer``: token index -> its non-pruned patches. The token holds at
+        least two patches; a group lists a single patch when the others in its token were fused
+        (pruned) earlier and then merged along with it."""
         out: dict[int, list[int]] = {}
         idx = self.token_index[image, layer].tolist()
         fate = self.fate[image, layer].tolist()
