@@ -18,7 +18,7 @@ the explicit path; every other block runs the tower's own fused forward unchange
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -70,7 +70,7 @@ class RunState:
 class Forward:
     """What one vision forward returns. cls_tokens: per block (B, D) float32, if recorded."""
 
-    features: torch.Tensor
+    features: Any  # (B, E); (pooled, tokens) when the tower has output_tokens
     tokens_per_layer: list[int]
     cls_tokens: list[torch.Tensor] = field(default_factory=list)
 
@@ -192,7 +192,7 @@ def encode(model: torch.nn.Module, images: torch.Tensor, config: CondenseConfig 
     every block (the reservoir's keys). explicit_attention: compute softmax(QK^T)V with plain
     matmuls in condensing paths (for FLOP counters).
     """
-    visual = getattr(model, "visual", model)
+    visual: Any = getattr(model, "visual", model)  # a patched VisionTransformer
     if not hasattr(visual, "_tca"):
         raise ValueError("model is not patched: call tca.patch(model) first")
     run = run_state(visual, images, config or visual._tca.config, anchors, trace, record_cls,
@@ -236,7 +236,7 @@ def forward(visual: VisionTransformer, images: torch.Tensor, run: RunState) -> F
 class CondensingVisionTransformer(VisionTransformer):
     """open_clip's ViT whose plain forward condenses with the patched config."""
 
-    def forward(self, x: torch.Tensor):  # type: ignore[override]
+    def forward(self, x: torch.Tensor):
         return forward(self, x, run_state(self, x, self._tca.config)).features
 
 
@@ -257,7 +257,7 @@ def condensing_block(block: ResidualAttentionBlock, layer: int, x: torch.Tensor,
                  need_cls_row=isinstance(plan, TierPlan), need_keys=isinstance(plan, TomePlan),
                  explicit=run.explicit)
     out, cls_row = att.out, att.cls_row
-    if anchor is not None:
+    if anchor is not None and cls_row is not None:  # (always: anchors go with TierPlan)
         out, cls_row = out[:, 1:], cls_row[..., 1:]  # drop the anchor's row and column
     x = x + block.ls_1(out)
     if plan is not None:
@@ -273,11 +273,12 @@ def condensing_block(block: ResidualAttentionBlock, layer: int, x: torch.Tensor,
 # A condensing step: (x after the attention residual (B, N, D), ToMe sizes or None, the plan,
 # the block's attention, the run) -> (Condensed, head-mean CLS attention over patches (B, P) for
 # the trace, or None).
-Condenser = Callable[[torch.Tensor, "torch.Tensor | None", LayerPlan, Attended, RunState],
-                     "tuple[condense.Condensed, torch.Tensor | None]"]
+# Typed with `...`: each step takes its own plan type (TierPlan, TomePlan), chosen by plan.kind.
+Condenser = Callable[..., "tuple[condense.Condensed, torch.Tensor | None]"]
 
 
 def _condense_tiers(x, size, plan: TierPlan, att: Attended, run: RunState):
+    assert att.cls_row is not None  # attend(need_cls_row=True) for every TierPlan
     patch_attn = att.cls_row[..., 1:]  # (B, h, P): CLS -> patches, not renormalised
     attn_mean = condense.head_mean_score(patch_attn)
     rank = run.config.method == "tca" and run.config.score == "rank"  # EViT: always mean
@@ -287,6 +288,7 @@ def _condense_tiers(x, size, plan: TierPlan, att: Attended, run: RunState):
 
 def _condense_tome(x, size, plan: TomePlan, att: Attended, run: RunState):
     size = size if size is not None else x.new_ones(x.shape[:2])
+    assert att.keys is not None  # attend(need_keys=True) for every TomePlan
     return condense.tome_merge(x, size, att.keys, plan.r), None
 
 
