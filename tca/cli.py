@@ -277,7 +277,13 @@ def _names(text: str) -> list[str]:
 
 
 def _add_bench_parser(sub) -> None:
-    from .bench import BENCH_METHODS, DEFAULT_BATCH_SIZES, DEFAULT_KEEP_RATES, STATISTICS
+    from .bench import (
+        BENCH_METHODS,
+        DEFAULT_BATCH_SIZES,
+        DEFAULT_KEEP_RATES,
+        DEFAULT_METHODS,
+        STATISTICS,
+    )
 
     p = sub.add_parser(
         "bench", help="interleaved speed benchmark: condensed vs unpatched open_clip",
@@ -297,8 +303,9 @@ def _add_bench_parser(sub) -> None:
                    default=list(DEFAULT_KEEP_RATES),
                    help="comma-separated keep rates R (default "
                         f"{','.join(map(str, DEFAULT_KEEP_RATES))})")
-    p.add_argument("--methods", type=_names, default=list(BENCH_METHODS),
-                   help=f"comma-separated, from {', '.join(BENCH_METHODS)} (default all three)")
+    p.add_argument("--methods", type=_names, default=list(DEFAULT_METHODS),
+                   help=f"comma-separated, from {', '.join(BENCH_METHODS)} (default "
+                        f"{', '.join(DEFAULT_METHODS)})")
     p.add_argument("--repeats", type=int, default=5, help="timed rounds (median; default 5)")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
     p.add_argument("--trace", action="store_true", help="also time tca with tracing on")

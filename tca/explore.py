@@ -14,7 +14,7 @@ import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import open_clip
@@ -211,14 +211,14 @@ def model_view(clip: ClipModel, image: Image.Image) -> np.ndarray:
         out = t(out)
     if not isinstance(out, Image.Image):  # unknown preprocessing: resize + centre crop
         out = image
-    visual = clip.model.visual
+    visual: Any = clip.model.visual  # open_clip's VisionTransformer
     size = visual.grid_size[0] * visual.conv1.kernel_size[0]
     out = out.convert("RGB")
     if out.size != (size, size):
         w, h = out.size
         s = min(w, h)
         out = out.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-        out = out.resize((size, size), Image.BICUBIC)
+        out = out.resize((size, size), Image.Resampling.BICUBIC)
     return np.asarray(out, dtype=np.uint8).copy()
 
 
@@ -302,7 +302,8 @@ def run(cache: ModelCache, image, labels, model: str, method: str = "tca",
                       trace=True, max_labels=max_labels)
     return RunState(result, model_view(clip, pil), clip.name, loaded.note, templates,
                     stream=result.reservoir if reservoir is not None else None,
-                    stream_notice=stream.notice if reservoir is not None else None)
+                    stream_notice=stream.notice if stream is not None and reservoir is not None
+                    else None)
 
 
 def _checked_inputs(cache: ModelCache, image, labels, model: str, templates: str,

@@ -219,7 +219,7 @@ def all_layer_maps(image: np.ndarray, trace: Trace, *, image_index: int = 0,
 # ---------------------------------------------------------------------------------- composing
 
 @lru_cache(maxsize=8)
-def _font(size: int) -> ImageFont.ImageFont:
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
         return ImageFont.load_default(size)
     except TypeError:  # Pillow < 10.1: fixed-size bitmap font
@@ -294,8 +294,8 @@ def grid(tiles: Sequence[Sequence[np.ndarray | None]], captions: Sequence[Sequen
     draw = ImageDraw.Draw(img)
     ink = (30, 30, 30)
     if captions:
-        for r, row in enumerate(captions):
-            for c, text in enumerate(row):
+        for r, line in enumerate(captions):
+            for c, text in enumerate(line):
                 if text:
                     draw.text((left + gap + c * lay.cell_w + 2, top + gap + r * lay.cell_h + 1),
                               text, fill=ink, font=font)
