@@ -179,6 +179,16 @@ def test_empty_class_folders_and_dangling_links_are_reported(clip, tmp_path, cap
     assert "ignored 2 empty class folder(s)" in table
 
 
+def test_a_bug_while_preprocessing_is_not_counted_as_an_unreadable_image(clip, folder):
+    import dataclasses
+
+    def broken(image):
+        raise ZeroDivisionError("a bug in the transform")
+
+    with pytest.raises(ZeroDivisionError, match="a bug in the transform"):
+        _run(dataclasses.replace(clip, preprocess=broken), folder, methods=("none",))
+
+
 def test_options_are_checked_in_one_place_before_any_model(folder, capsys):
     with pytest.raises(ev.EvalError, match="--batch-size must be >= 1, got 0"):
         ev.EvalOptions(batch_size=0)
