@@ -17,6 +17,7 @@ from open_clip import zero_shot_metadata
 
 from .errors import InputError, LabelError, UnknownModelError, WeightsUnavailableError
 from .patch import check_supported
+from .timing import model_device
 
 DEFAULT_MODEL = "ViT-B-16-quickgelu"
 DEFAULT_PRETRAINED = "openai"
@@ -71,7 +72,7 @@ class ClipModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return model_device(self.model)
 
     @property
     def context_length(self) -> int:

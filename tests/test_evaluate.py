@@ -162,6 +162,10 @@ def test_empty_class_folders_and_dangling_links_are_reported(clip, tmp_path, cap
     assert [ds.rel(i) for i in range(len(ds))] == ["cat/0.png", "cat/1.png", "dog/0.png",
                                                     "dog/1.png", "dog/gone.jpg"]
     assert ds.targets == [0, 0, 1, 1, 1]
+    manifest = root / "m.csv"
+    manifest.write_text("cat/0.png,cat\ndog/gone.jpg,dog\n")
+    assert ev.load_dataset(manifest).dangling_links == 1
+    manifest.unlink()
     said: list[str] = []
     result = _run(clip, root, methods=("none", "tca"), echo=said.append)
     assert said == ["warning: ignored 2 empty class folder(s) (no images, so not candidate "

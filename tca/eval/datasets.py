@@ -79,8 +79,9 @@ def load_dataset(source: str | os.PathLike) -> Dataset:
                         f"but those are not in its \"labels\" list")
     base = path.parent
     paths = [(base / p) if not Path(p).is_absolute() else Path(p) for p, _ in rows]
+    dangling = sum(p.is_symlink() and not p.exists() for p in paths)
     return Dataset(list(labels), paths, [index[label] for _, label in rows], str(path),
-                   suffix[1:], base)
+                   suffix[1:], base, dangling_links=dangling)
 
 
 def _load_folder(root: Path) -> Dataset:
