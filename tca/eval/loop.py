@@ -77,8 +77,10 @@ def evaluate(clip: ClipModel, dataset: Dataset, methods: Sequence[str] = DEFAULT
     memory. on_batch(repeat, images_done): called after every batch (e.g. for tests).
     The result's ``results`` list holds one entry per setting, averaged over repeats.
     """
-    options = EvalOptions(tuple(methods), tuple(keep_rates), tuple(layers), merge_centers, score,
-                          batch_size, templates, preset, shuffle_seed, repeats, limit)
+    options = EvalOptions(methods=tuple(methods), keep_rates=tuple(keep_rates),
+                          layers=tuple(layers), merge_centers=merge_centers, score=score,
+                          batch_size=batch_size, templates=templates, preset=preset,
+                          shuffle_seed=shuffle_seed, repeats=repeats, limit=limit)
     return run(clip, dataset, options, num_workers=num_workers, records_dir=records_dir,
                fresh=fresh, progress=progress, on_batch=on_batch, echo=echo)
 
@@ -100,7 +102,8 @@ def run(clip: ClipModel, dataset: Dataset, options: EvalOptions, *,
         macs_for(ctx.geom, s.config)
     records = Path(records_dir) if records_dir is not None else None
     runs_by_repeat = _open_runs(ctx, options, orders, _header(clip, ctx), records, fresh, echo)
-    resumed = sum(run.log.done for runs in runs_by_repeat for run in runs)
+    flat = [run_ for runs in runs_by_repeat for run_ in runs]
+    resumed = sum(run_.log.done for run_ in flat)
     if resumed:
         echo(f"resuming: {resumed} image result(s) already in {records}")
     workers = default_workers() if num_workers is None else max(0, int(num_workers))
@@ -111,11 +114,9 @@ def run(clip: ClipModel, dataset: Dataset, options: EvalOptions, *,
             desc = f"repeat {r + 1}/{len(orders)}" if len(orders) > 1 else "eval"
             _stream(ctx, feed, runs, order, r, desc)
     finally:
-        for runs in runs_by_repeat:
-            for run_ in runs:
-                run_.log.close()
+        for run_ in flat:
+            run_.log.close()
     wall = time.perf_counter() - t_wall
-    flat = [run_ for runs in runs_by_repeat for run_ in runs]
     for run_ in flat:
         if run_.store is not None:
             run_.store.discard()  # complete: the JSONL records are all that is needed
