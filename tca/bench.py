@@ -25,7 +25,8 @@ from .config import METHODS, CondenseConfig
 from .errors import ConfigError, InputError
 from .flops import CONVENTION, Geometry, macs_for
 from .patch import encode, is_patched, patch, unpatch
-from .timing import elapsed_ms, model_device, synchronize
+from .timing import elapsed_ms, synchronize
+from .towers import tower_for
 
 DEFAULT_BATCH_SIZES = (1, 8)
 DEFAULT_KEEP_RATES = (1.0, 0.9, 0.7, 0.5)
@@ -141,8 +142,10 @@ def run_bench(model: torch.nn.Module, batch_sizes: Sequence[int] = DEFAULT_BATCH
             macs_for(geom, row.config)
     size = geom.image_size
     gen = torch.Generator().manual_seed(seed)  # CPU draws: the same inputs on every device
-    device = model_device(model)
-    inputs = {b: torch.randn(b, 3, size, size, generator=gen).to(device) for b in batch_sizes}
+    weight = tower_for(model).patch_embed_weight(getattr(model, "visual", model))
+    device = weight.device
+    inputs = {b: torch.randn(b, 3, size, size, generator=gen).to(device, weight.dtype)
+              for b in batch_sizes}
     samples: dict[tuple[int, str], list[float]] = {row.key: [] for row in rows}
     load_before = machine_info().get("load_average")
     t_start = time.perf_counter()
@@ -190,7 +193,7 @@ def run_bench(model: torch.nn.Module, batch_sizes: Sequence[int] = DEFAULT_BATCH
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return {"tool": "python -m tca bench", "model": name,
-            "image_size": size, "repeats": repeats, "warmup": warmup,
+            "dtype": str(weight.dtype).removeprefix("torch."), "image_size": size, "repeats": repeats, "warmup": warmup,
             "statistic": f"{statistic} over interleaved repeats", "convention": CONVENTION,
             "machine": info, "wall_s": time.perf_counter() - t_start, "rows": out_rows,
             "targets": targets(out_rows)}
@@ -246,7 +249,8 @@ def _on_device(machine: dict) -> str:
 
 def format_table(result: dict) -> str:
     m = result["machine"]
-    lines = [f"{result['model'] or 'model'} @ {result['image_size']}px  |  {m['cpus_available']} CPU(s) "
+    lines = [f"{result['model'] or 'model'} @ {result['image_size']}px, {result.get('dtype', 'float32')}"
+             f"  |  {m['cpus_available']} CPU(s) "
              f"({m['processor']}), torch {m['torch']} with {m['torch_threads']} thread(s)"
              f"{_on_device(m)}  |  "
              f"{result['statistic'].split()[0]} of {result['repeats']} interleaved repeats after "

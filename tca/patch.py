@@ -18,15 +18,15 @@ the explicit path; every other block runs the tower's own fused forward unchange
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
-from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 
 from . import condense
 from .config import CondenseConfig, LayerPlan, Schedule, TierPlan, TomePlan, plan_layers
 from .errors import ConfigError, UnsupportedModelError
+from .towers import OpenClipViT, Tower, tower_for
 from .trace import Trace, TraceRecorder
 
 
@@ -52,18 +52,21 @@ class Encoded:
 class RunState:
     """Everything one vision forward reads; built by the caller, never stored on the model.
 
+    tower: the adapter of the tower family (``tca.towers``).
     anchors: (C, L, D) class anchors per layer (TCA's domain anchors), or None.
     recorder: the trace recorder of this forward (it accumulates the trace), or None.
     record_cls: also return the CLS token after every block (the reservoir's keys).
     explicit: full softmax(QK^T)V in every block (FLOP counters, tests).
     """
 
+    tower: type[Tower]
     config: CondenseConfig
     schedule: Schedule
     anchors: torch.Tensor | None = None
     recorder: TraceRecorder | None = None
     record_cls: bool = False
     explicit: bool = False
+    generator: torch.Generator | None = None  # TCA's random first coreset centres, if seeded
 
 
 @dataclass
@@ -89,30 +92,23 @@ class Attended(NamedTuple):
 
 
 class _Patched:
-    """What ``patch`` leaves on the tower: the config plain ``encode_image`` uses."""
+    """What ``patch`` leaves on the tower: its adapter, and the config plain ``encode_image``
+    uses."""
 
-    def __init__(self, config: CondenseConfig) -> None:
+    def __init__(self, tower: type[Tower], config: CondenseConfig) -> None:
+        self.tower = tower
         self.config = config
 
 
-def check_supported(model: torch.nn.Module) -> VisionTransformer:
-    """The model's ViT, or UnsupportedModelError naming what is missing."""
+def _patched(visual: torch.nn.Module) -> _Patched:
+    """The state ``patch`` left on a tower (nn.Module attributes are untyped)."""
+    return cast(_Patched, visual._tca)
+
+
+def check_supported(model: torch.nn.Module) -> torch.nn.Module:
+    """The model's vision tower, or UnsupportedModelError saying why it cannot be condensed."""
     visual = getattr(model, "visual", model)
-    if not isinstance(visual, VisionTransformer):
-        kind = type(visual).__name__
-        raise UnsupportedModelError(
-            f"{kind} vision tower is not supported: condensation needs an open_clip "
-            f"VisionTransformer with a CLS token (SigLIP/timm towers and ResNets have none)")
-    if getattr(visual, "pool_type", "tok") != "tok" or getattr(visual, "attn_pool", None) is not None:
-        raise UnsupportedModelError(
-            f"this ViT pools with {visual.pool_type!r}/attention pooling instead of its CLS token; "
-            f"condensation ranks patches by CLS attention and needs pool_type='tok'")
-    blocks = visual.transformer.resblocks
-    if not all(isinstance(b, ResidualAttentionBlock) for b in blocks):
-        raise UnsupportedModelError("only open_clip ResidualAttentionBlock towers are supported "
-                                    "(qk-norm / custom-attention blocks are not)")
-    if not getattr(visual.transformer, "batch_first", True):
-        raise UnsupportedModelError("open_clip >= 2.26 (batch-first transformer) is required")
+    tower_for(visual)
     return visual
 
 
@@ -125,14 +121,15 @@ def patch(model: torch.nn.Module, config: CondenseConfig | None = None, **settin
     (``method``, ``keep_rate``, ``rate``, ``layers``, ``merge_centers``, ``score``).
     Patching an already patched model only replaces its config. Returns the model."""
     config = config.with_(**settings) if config is not None else CondenseConfig(**settings)
-    visual = check_supported(model)
-    schedule_for(visual, config)  # validate layers / K against this model now
+    visual = getattr(model, "visual", model)
+    tower = tower_for(visual)
+    schedule_for(visual, config, tower=tower)  # validate layers / K against this model now
     if is_patched(model):
-        visual._tca.config = config
+        _patched(visual).config = config
         return model
-    visual._tca = _Patched(config)
+    visual._tca = _Patched(tower, config)
     visual._tca_original_class = visual.__class__
-    visual.__class__ = _subclass(visual.__class__, CondensingVisionTransformer)
+    visual.__class__ = _subclass(visual.__class__, CondensingTower)
     return model
 
 
@@ -150,8 +147,7 @@ _SUBCLASSES: dict[tuple[type, type], type] = {}
 
 
 def _subclass(base: type, mixin: type) -> type:
-    """A class deriving from both ``mixin`` and ``base`` (cached; works for subclasses of
-    open_clip's classes too)."""
+    """A class deriving from both ``mixin`` and ``base`` (cached)."""
     if issubclass(base, mixin):
         return base
     key = (base, mixin)
@@ -160,24 +156,31 @@ def _subclass(base: type, mixin: type) -> type:
     return _SUBCLASSES[key]
 
 
-def schedule_for(visual: VisionTransformer, config: CondenseConfig, anchors: bool = False) -> Schedule:
+def schedule_for(visual: torch.nn.Module, config: CondenseConfig, anchors: bool = False,
+                 tower: type[Tower] | None = None) -> Schedule:
     """The token schedule of ``config`` on this tower (ConfigError if it does not fit)."""
-    grid = visual.grid_size
-    return plan_layers(config, grid[0] * grid[1] + 1, len(visual.transformer.resblocks), anchors)
+    tower = tower or _patched(visual).tower
+    rows, cols = tower.grid(visual)
+    prefix = tower.prefix(visual)
+    return plan_layers(config, rows * cols + prefix, len(tower.blocks(visual)), anchors, prefix)
 
 
-def run_state(visual: VisionTransformer, images: torch.Tensor, config: CondenseConfig,
+def run_state(visual: torch.nn.Module, images: torch.Tensor, config: CondenseConfig,
               anchors: torch.Tensor | None = None, trace: bool = False, record_cls: bool = False,
               explicit: bool = False) -> RunState:
-    """The :class:`RunState` of one forward of ``images`` (B, 3, H, W). Anchors only guide
-    ``tca``; other methods run without them."""
+    """The :class:`RunState` of one forward of ``images`` (B, 3, H, W) through a patched tower.
+    Anchors only guide ``tca``; other methods run without them."""
+    tower = _patched(visual).tower
     anchors = anchors if config.method == "tca" else None
     recorder = None
     if trace:
-        grid = visual.grid_size
-        recorder = TraceRecorder(images.shape[0], grid[0] * grid[1], images.device)
-    return RunState(config, schedule_for(visual, config, anchors is not None), anchors, recorder,
-                    record_cls, explicit)
+        rows, cols = tower.grid(visual)
+        recorder = TraceRecorder(images.shape[0], rows * cols, images.device, tower.prefix(visual))
+    generator = None
+    if config.method == "tca" and config.center_seed is not None:
+        generator = torch.Generator().manual_seed(config.center_seed)
+    return RunState(tower, config, schedule_for(visual, config, anchors is not None), anchors,
+                    recorder, record_cls, explicit, generator)
 
 
 def encode(model: torch.nn.Module, images: torch.Tensor, config: CondenseConfig | None = None,
@@ -188,14 +191,14 @@ def encode(model: torch.nn.Module, images: torch.Tensor, config: CondenseConfig 
     config: overrides the patched config for this call only.
     anchors: (C, L, D) class anchors (TCA's domain anchors, see ``tca.reservoir``); used by
     ``tca`` at condensing layers > 0.
-    trace: also return the per-layer :class:`Trace`. record_cls: also return the CLS token after
-    every block (the reservoir's keys). explicit_attention: compute softmax(QK^T)V with plain
-    matmuls in condensing paths (for FLOP counters).
+    trace: also return the per-layer :class:`Trace`. record_cls: also return the CLS token (or
+    the pooled token standing in for it) after every block (the reservoir's keys).
+    explicit_attention: compute softmax(QK^T)V with plain matmuls everywhere (FLOP counters).
     """
     visual: Any = getattr(model, "visual", model)  # a patched VisionTransformer
     if not hasattr(visual, "_tca"):
         raise ValueError("model is not patched: call tca.patch(model) first")
-    run = run_state(visual, images, config or visual._tca.config, anchors, trace, record_cls,
+    run = run_state(visual, images, config or _patched(visual).config, anchors, trace, record_cls,
                     explicit_attention)
     result = forward(visual, images, run)
     out = Encoded(result.features, result.tokens_per_layer, run.schedule,
@@ -203,63 +206,70 @@ def encode(model: torch.nn.Module, images: torch.Tensor, config: CondenseConfig 
     if record_cls:
         out.cls_tokens = torch.stack(result.cls_tokens, dim=1)
     if run.recorder is not None:
-        out.trace = run.recorder.finish(result.tokens_per_layer, tuple(visual.grid_size),
+        out.trace = run.recorder.finish(result.tokens_per_layer, run.tower.grid(visual),
                                         tuple(i for i, p in enumerate(run.schedule.plans) if p))
     return out
 
 
-def forward(visual: VisionTransformer, images: torch.Tensor, run: RunState) -> Forward:
-    """One vision forward of ``images`` following ``run``: open_clip's ``VisionTransformer.forward``
-    (embed, blocks, pool, project) with the planned blocks condensing."""
-    x = visual._embeds(images)
+def forward(visual: torch.nn.Module, images: torch.Tensor, run: RunState) -> Forward:
+    """One vision forward of ``images`` following ``run``: the tower's own forward (embed,
+    blocks, pool, project) with the planned blocks condensing."""
+    tower = run.tower
+    weight = tower.patch_embed_weight(visual)
+    x = tower.embed(visual, images.to(weight.device, weight.dtype))
     size: torch.Tensor | None = None  # (B, N) patches per token, once ToMe has merged
     counts: list[int] = []
     cls_tokens: list[torch.Tensor] = []
-    for layer, block in enumerate(visual.transformer.resblocks):
+    for layer, block in enumerate(tower.blocks(visual)):
         plan = run.schedule.plans[layer]
         if plan is None and size is None and not run.explicit:
             x = block(x)
         else:
-            x, size = condensing_block(block, layer, x, size, plan, run)
+            x, size = condensing_block(visual, block, layer, x, size, plan, run)
         counts.append(x.shape[1])
         if run.record_cls:
-            cls_tokens.append(x[:, 0].float())
+            cls_tokens.append(tower.pooled_token(visual, x).float())
         if run.recorder is not None:
             run.recorder.end_block()
-    pooled, tokens = visual._pool(x)
-    if visual.proj is not None:
-        pooled = pooled @ visual.proj
-    features = (pooled, tokens) if visual.output_tokens else pooled
-    return Forward(features, counts, cls_tokens)
+    return Forward(tower.head(visual, x, size), counts, cls_tokens)
 
 
-class CondensingVisionTransformer(VisionTransformer):
-    """open_clip's ViT whose plain forward condenses with the patched config."""
+class CondensingTower(torch.nn.Module):
+    """Mixed into the tower's class by ``patch``: its plain forward condenses with the patched
+    config."""
 
     def forward(self, x: torch.Tensor):
-        return forward(self, x, run_state(self, x, self._tca.config)).features
+        return forward(self, x, run_state(self, x, _patched(self).config)).features
 
 
-def condensing_block(block: ResidualAttentionBlock, layer: int, x: torch.Tensor,
+def condensing_block(visual: torch.nn.Module, block: torch.nn.Module, layer: int, x: torch.Tensor,
                      size: torch.Tensor | None, plan: LayerPlan | None,
                      run: RunState) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """open_clip's block computed from its weights, with ``plan``'s condensing step between the
+    """The block computed from its weights, with ``plan``'s condensing step between the
     attention residual and the MLP. x: (B, N, D); size: (B, N) ToMe token sizes or None.
     Returns (x (B, plan.n_out, D), size)."""
+    tower = run.tower
+    by_cls = tower.signal(visual) == "cls"
     anchor = None
     if run.anchors is not None and isinstance(plan, TierPlan) and layer > 0:
-        anchor = select_anchor(run.anchors[:, layer - 1], x[:, 0])
+        anchor = select_anchor(run.anchors[:, layer - 1], tower.pooled_token(visual, x))
     bias = size.log()[:, None, None, :] if size is not None else None
     seq = x if anchor is None else torch.cat([anchor.unsqueeze(1).to(x.dtype), x], dim=1)
     if bias is not None and anchor is not None:  # never both: anchors are TCA, sizes ToMe
         bias = F.pad(bias, (1, 0))
     att = attend(block, seq, bias, cls_index=1 if anchor is not None else 0,
-                 need_cls_row=isinstance(plan, TierPlan), need_keys=isinstance(plan, TomePlan),
-                 explicit=run.explicit)
+                 need_cls_row=isinstance(plan, TierPlan) and by_cls,
+                 need_keys=isinstance(plan, TomePlan), explicit=run.explicit, tower=tower)
     out, cls_row = att.out, att.cls_row
-    if anchor is not None and cls_row is not None:  # (always: anchors go with TierPlan)
-        out, cls_row = out[:, 1:], cls_row[..., 1:]  # drop the anchor's row and column
-    x = x + block.ls_1(out)
+    if anchor is not None:
+        out = out[:, 1:]  # drop the anchor's row
+    x = tower.attn_residual(block, x, out)
+    if isinstance(plan, TierPlan) and not by_cls:
+        # The pool's query over the condensing tokens (and the anchor, as CLS sees it).
+        pooled_seq = x if anchor is None else torch.cat([anchor.unsqueeze(1).to(x.dtype), x], dim=1)
+        cls_row = tower.pool_row(visual, pooled_seq)
+    if anchor is not None and cls_row is not None:
+        cls_row = cls_row[..., 1:]  # drop the anchor's column, not renormalised
     if plan is not None:
         c, attn_mean = CONDENSERS[plan.kind](x, size, plan, Attended(out, cls_row, att.keys), run)
         if c.x.shape[1] != plan.n_out:
@@ -267,7 +277,7 @@ def condensing_block(block: ResidualAttentionBlock, layer: int, x: torch.Tensor,
         if run.recorder is not None:
             run.recorder.condense(layer, c.dest, c.pruned, attn_mean)
         x, size = c.x, c.size if c.size is not None else size
-    return x + block.ls_2(block.mlp(block.ln_2(x))), size
+    return tower.mlp_residual(block, x), size
 
 
 # A condensing step: (x after the attention residual (B, N, D), ToMe sizes or None, the plan,
@@ -278,18 +288,20 @@ Condenser = Callable[..., "tuple[condense.Condensed, torch.Tensor | None]"]
 
 
 def _condense_tiers(x, size, plan: TierPlan, att: Attended, run: RunState):
-    assert att.cls_row is not None  # attend(need_cls_row=True) for every TierPlan
-    patch_attn = att.cls_row[..., 1:]  # (B, h, P): CLS -> patches, not renormalised
+    assert att.cls_row is not None  # attend(need_cls_row) or the pool's row for every TierPlan
+    patch_attn = att.cls_row[..., plan.prefix:]  # (B, h, P): CLS -> patches, not renormalised
     attn_mean = condense.head_mean_score(patch_attn)
     rank = run.config.method == "tca" and run.config.score == "rank"  # EViT: always mean
     select = condense.head_rank_score(patch_attn) if rank else attn_mean
-    return condense.prune_merge_fuse(x, select, attn_mean, plan.t1, plan.t2, plan.k), attn_mean
+    c = condense.prune_merge_fuse(x, select, attn_mean, plan.t1, plan.t2, plan.k, plan.prefix,
+                                  run.generator)
+    return c, attn_mean
 
 
 def _condense_tome(x, size, plan: TomePlan, att: Attended, run: RunState):
     size = size if size is not None else x.new_ones(x.shape[:2])
     assert att.keys is not None  # attend(need_keys=True) for every TomePlan
-    return condense.tome_merge(x, size, att.keys, plan.r), None
+    return condense.tome_merge(x, size, att.keys, plan.r, plan.prefix), None
 
 
 # Plan kind -> condensing step. A new method adds its plan type in config.py and a step here.
@@ -301,42 +313,37 @@ def select_anchor(class_anchors: torch.Tensor, cls: torch.Tensor) -> torch.Tenso
 
     class_anchors: (C, D) at the previous block's output; cls: (B, D). Returns (B, D).
     """
-    class_anchors = class_anchors.to(device=cls.device, dtype=cls.dtype)
-    best = (F.normalize(cls, dim=-1) @ F.normalize(class_anchors, dim=-1).T).argmax(dim=-1)
-    return class_anchors[best]
+    class_anchors = class_anchors.to(device=cls.device, dtype=torch.float32)
+    best = (F.normalize(cls.float(), dim=-1) @ F.normalize(class_anchors, dim=-1).T).argmax(dim=-1)
+    return class_anchors[best].to(cls.dtype)
 
 
-def attend(block: ResidualAttentionBlock, x: torch.Tensor, bias: torch.Tensor | None = None,
+def attend(block: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None,
            cls_index: int = 0, need_cls_row: bool = False, need_keys: bool = False,
-           explicit: bool = False) -> Attended:
-    """The block's attention on ``x`` (B, N, D) with its own weights, before ``ls_1``.
+           explicit: bool = False, tower: type[Tower] = OpenClipViT) -> Attended:
+    """The block's attention on ``x`` (B, N, D) with its own weights, before layer scale.
 
     bias: additive logits (B, 1, 1, N), e.g. log token sizes (ToMe's proportional attention).
     Uses the fused scaled_dot_product_attention unless ``explicit``; the CLS row then costs one
     extra (1 x N) product per head instead of materialising N x N probabilities.
     """
-    attn = block.attn
-    b, n, d = x.shape
-    h = attn.num_heads
-    qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
-    q, k, v = qkv.view(b, n, 3, h, d // h).permute(2, 0, 3, 1, 4).unbind(0)
+    q, k, v = tower.qkv(block, x)
     cls_row = None
     if explicit:
-        logits = (q * (d // h) ** -0.5) @ k.transpose(-2, -1)
+        logits = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
         if bias is not None:
             logits = logits + bias
         probs = logits.softmax(dim=-1)
         o = probs @ v
         if need_cls_row:
-            cls_row = probs[:, :, cls_index]
+            cls_row = probs[:, :, cls_index].float()
     else:
         if bias is not None:
             bias = bias.to(q.dtype)
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         if need_cls_row:
             cls_row = condense.cls_attention_row(q, k, cls_index, bias)
-    o = attn.out_proj(o.transpose(1, 2).reshape(b, n, d))
-    return Attended(o, cls_row, k.mean(dim=1) if need_keys else None)
+    return Attended(tower.attn_out(block, o), cls_row, k.mean(dim=1) if need_keys else None)
 
 
 __all__ = ["patch", "unpatch", "encode", "forward", "is_patched", "check_supported", "Encoded",

@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .config import CondenseConfig, plan_layers
+from .config import CondenseConfig
 from .flops import CONVENTION, FlopReport, Geometry, count_macs, saved_percent
 from .images import load_image
 from .models import ClipModel, parse_labels, validate_labels
@@ -79,7 +79,8 @@ class RunResult:
             "settings": {"method": self.config.method, "keep_rate": self.config.keep_rate,
                          "rate": self.config.tca_rate if self.config.method == "tca" else None,
                          "layers": list(self.config.layers),
-                         "merge_centers": self.config.merge_centers, "score": self.config.score},
+                         "merge_centers": self.config.merge_centers, "score": self.config.score,
+                         "center_seed": self.config.center_seed},
             "labels": self.labels,
             "baseline": {"probs": self.baseline.probs, "logits": self.baseline.logits},
             "condensed": {"probs": self.condensed.probs, "logits": self.condensed.logits},
@@ -110,7 +111,7 @@ def _prediction(labels: list[str], logits: torch.Tensor) -> Prediction:
 
 def prepare_image(clip: ClipModel, image) -> torch.Tensor:
     """(1, 3, H, W) tensor from anything :func:`tca.images.load_image` accepts."""
-    return clip.preprocess(load_image(image)).unsqueeze(0).to(clip.device)
+    return clip.preprocess(load_image(image)).unsqueeze(0).to(clip.device, clip.dtype)
 
 
 @dataclass(frozen=True)
@@ -133,9 +134,9 @@ def baseline_of(clip: ClipModel, pixels: torch.Tensor, labels: list[str],
         t0 = time.perf_counter()
         enc = encode(clip.model, pixels, CondenseConfig(method="none"))
         ms = elapsed_ms(t0, pixels.device)
-    logits = clip.logit_scale * F.normalize(enc.features.float().cpu(), dim=-1) @ text.T
+    logits = clip.logits(enc.features.cpu(), text)  # the model's own scale (and SigLIP's bias)
     geom = Geometry.from_model(clip.model)
-    schedule = plan_layers(CondenseConfig(method="none"), geom.n_tokens, geom.depth)
+    schedule = geom.schedule(CondenseConfig(method="none"))
     return Baseline(_prediction(labels, logits[0]), list(schedule.tokens),
                     count_macs(geom, schedule), ms)
 
@@ -186,7 +187,7 @@ def classify(clip: ClipModel, image, labels: str | Sequence[str], config: Conden
                               record_cls=use_reservoir)
         timings["condensed_ms"] = elapsed_ms(t0, pixels.device)
     z = F.normalize(enc.features.float().cpu(), dim=-1)
-    logits = clip.logit_scale * z @ text.T
+    logits = clip.logits(enc.features.cpu(), text)  # the model's own scale (and SigLIP's bias)
     geom = Geometry.from_model(clip.model)
     result = RunResult(
         labels=labels, config=config, model=clip.weights_description, random_weights=clip.is_random,
