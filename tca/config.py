@@ -111,6 +111,10 @@ class LayerPlan:
     SigLIP's, where every token is a patch and can be selected, merged or fused)."""
 
     kind: ClassVar[str] = ""
+    # What the condensing step reads from the block's attention (``tca.patch.attend``): the CLS
+    # (or pool-query) row, and/or the head-mean keys.
+    needs_row: ClassVar[bool] = False
+    needs_keys: ClassVar[bool] = False
     n_in: int
     n_out: int
     prefix: int = field(default=1, kw_only=True)
@@ -122,6 +126,7 @@ class TierPlan(LayerPlan):
     into ``k`` coreset tokens, fuse the remaining ``t3`` into one token."""
 
     kind: ClassVar[str] = "tiers"
+    needs_row: ClassVar[bool] = True
     t1: int = 0
     t2: int = 0
     t3: int = 0
@@ -133,6 +138,7 @@ class TomePlan(LayerPlan):
     """ToMe: merge ``r`` tokens by bipartite soft matching."""
 
     kind: ClassVar[str] = "tome"
+    needs_keys: ClassVar[bool] = True
     r: int = 0
 
 

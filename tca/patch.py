@@ -18,7 +18,7 @@ the explicit path; every other block runs the tower's own fused forward unchange
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, NamedTuple, cast
+from typing import Any, Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -100,11 +100,6 @@ class _Patched:
         self.config = config
 
 
-def _patched(visual: torch.nn.Module) -> _Patched:
-    """The state ``patch`` left on a tower (nn.Module attributes are untyped)."""
-    return cast(_Patched, visual._tca)
-
-
 def check_supported(model: torch.nn.Module) -> torch.nn.Module:
     """The model's vision tower, or UnsupportedModelError saying why it cannot be condensed."""
     visual = getattr(model, "visual", model)
@@ -121,11 +116,11 @@ def patch(model: torch.nn.Module, config: CondenseConfig | None = None, **settin
     (``method``, ``keep_rate``, ``rate``, ``layers``, ``merge_centers``, ``score``).
     Patching an already patched model only replaces its config. Returns the model."""
     config = config.with_(**settings) if config is not None else CondenseConfig(**settings)
-    visual = getattr(model, "visual", model)
+    visual: Any = getattr(model, "visual", model)
     tower = tower_for(visual)
     schedule_for(visual, config, tower=tower)  # validate layers / K against this model now
     if is_patched(model):
-        _patched(visual).config = config
+        visual._tca.config = config
         return model
     visual._tca = _Patched(tower, config)
     visual._tca_original_class = visual.__class__
@@ -135,7 +130,7 @@ def patch(model: torch.nn.Module, config: CondenseConfig | None = None, **settin
 
 def unpatch(model: torch.nn.Module) -> torch.nn.Module:
     """Restore the original class; the model then behaves exactly as before patching."""
-    visual = getattr(model, "visual", model)
+    visual: Any = getattr(model, "visual", model)
     if not hasattr(visual, "_tca"):
         return model
     visual.__class__ = visual._tca_original_class
@@ -156,21 +151,21 @@ def _subclass(base: type, mixin: type) -> type:
     return _SUBCLASSES[key]
 
 
-def schedule_for(visual: torch.nn.Module, config: CondenseConfig, anchors: bool = False,
+def schedule_for(visual: Any, config: CondenseConfig, anchors: bool = False,
                  tower: type[Tower] | None = None) -> Schedule:
     """The token schedule of ``config`` on this tower (ConfigError if it does not fit)."""
-    tower = tower or _patched(visual).tower
-    rows, cols = tower.grid(visual)
-    prefix = tower.prefix(visual)
-    return plan_layers(config, rows * cols + prefix, len(tower.blocks(visual)), anchors, prefix)
+    family: type[Tower] = tower or visual._tca.tower
+    rows, cols = family.grid(visual)
+    prefix = family.prefix(visual)
+    return plan_layers(config, rows * cols + prefix, len(family.blocks(visual)), anchors, prefix)
 
 
-def run_state(visual: torch.nn.Module, images: torch.Tensor, config: CondenseConfig,
+def run_state(visual: Any, images: torch.Tensor, config: CondenseConfig,
               anchors: torch.Tensor | None = None, trace: bool = False, record_cls: bool = False,
               explicit: bool = False) -> RunState:
     """The :class:`RunState` of one forward of ``images`` (B, 3, H, W) through a patched tower.
     Anchors only guide ``tca``; other methods run without them."""
-    tower = _patched(visual).tower
+    tower: type[Tower] = visual._tca.tower
     anchors = anchors if config.method == "tca" else None
     recorder = None
     if trace:
@@ -195,10 +190,10 @@ def encode(model: torch.nn.Module, images: torch.Tensor, config: CondenseConfig 
     the pooled token standing in for it) after every block (the reservoir's keys).
     explicit_attention: compute softmax(QK^T)V with plain matmuls everywhere (FLOP counters).
     """
-    visual: Any = getattr(model, "visual", model)  # a patched VisionTransformer
+    visual: Any = getattr(model, "visual", model)  # a patched tower
     if not hasattr(visual, "_tca"):
         raise ValueError("model is not patched: call tca.patch(model) first")
-    run = run_state(visual, images, config or _patched(visual).config, anchors, trace, record_cls,
+    run = run_state(visual, images, config or visual._tca.config, anchors, trace, record_cls,
                     explicit_attention)
     result = forward(visual, images, run)
     out = Encoded(result.features, result.tokens_per_layer, run.schedule,
@@ -211,7 +206,7 @@ def encode(model: torch.nn.Module, images: torch.Tensor, config: CondenseConfig 
     return out
 
 
-def forward(visual: torch.nn.Module, images: torch.Tensor, run: RunState) -> Forward:
+def forward(visual: Any, images: torch.Tensor, run: RunState) -> Forward:
     """One vision forward of ``images`` following ``run``: the tower's own forward (embed,
     blocks, pool, project) with the planned blocks condensing."""
     tower = run.tower
@@ -238,11 +233,13 @@ class CondensingTower(torch.nn.Module):
     """Mixed into the tower's class by ``patch``: its plain forward condenses with the patched
     config."""
 
+    _tca: _Patched
+
     def forward(self, x: torch.Tensor):
-        return forward(self, x, run_state(self, x, _patched(self).config)).features
+        return forward(self, x, run_state(self, x, self._tca.config)).features
 
 
-def condensing_block(visual: torch.nn.Module, block: torch.nn.Module, layer: int, x: torch.Tensor,
+def condensing_block(visual: Any, block: Any, layer: int, x: torch.Tensor,
                      size: torch.Tensor | None, plan: LayerPlan | None,
                      run: RunState) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The block computed from its weights, with ``plan``'s condensing step between the
@@ -250,21 +247,22 @@ def condensing_block(visual: torch.nn.Module, block: torch.nn.Module, layer: int
     Returns (x (B, plan.n_out, D), size)."""
     tower = run.tower
     by_cls = tower.signal(visual) == "cls"
+    needs_row = plan is not None and plan.needs_row
     anchor = None
-    if run.anchors is not None and isinstance(plan, TierPlan) and layer > 0:
+    if run.anchors is not None and needs_row and layer > 0:
         anchor = select_anchor(run.anchors[:, layer - 1], tower.pooled_token(visual, x))
     bias = size.log()[:, None, None, :] if size is not None else None
     seq = x if anchor is None else torch.cat([anchor.unsqueeze(1).to(x.dtype), x], dim=1)
     if bias is not None and anchor is not None:  # never both: anchors are TCA, sizes ToMe
         bias = F.pad(bias, (1, 0))
     att = attend(block, seq, bias, cls_index=1 if anchor is not None else 0,
-                 need_cls_row=isinstance(plan, TierPlan) and by_cls,
-                 need_keys=isinstance(plan, TomePlan), explicit=run.explicit, tower=tower)
+                 need_cls_row=needs_row and by_cls, need_keys=plan is not None and plan.needs_keys,
+                 explicit=run.explicit, tower=tower)
     out, cls_row = att.out, att.cls_row
     if anchor is not None:
         out = out[:, 1:]  # drop the anchor's row
     x = tower.attn_residual(block, x, out)
-    if isinstance(plan, TierPlan) and not by_cls:
+    if needs_row and not by_cls:
         # The pool's query over the condensing tokens (and the anchor, as CLS sees it).
         pooled_seq = x if anchor is None else torch.cat([anchor.unsqueeze(1).to(x.dtype), x], dim=1)
         cls_row = tower.pool_row(visual, pooled_seq)
@@ -288,7 +286,7 @@ Condenser = Callable[..., "tuple[condense.Condensed, torch.Tensor | None]"]
 
 
 def _condense_tiers(x, size, plan: TierPlan, att: Attended, run: RunState):
-    assert att.cls_row is not None  # attend(need_cls_row) or the pool's row for every TierPlan
+    assert att.cls_row is not None  # a CLS or pool-query row for every TierPlan
     patch_attn = att.cls_row[..., plan.prefix:]  # (B, h, P): CLS -> patches, not renormalised
     attn_mean = condense.head_mean_score(patch_attn)
     rank = run.config.method == "tca" and run.config.score == "rank"  # EViT: always mean
@@ -304,7 +302,8 @@ def _condense_tome(x, size, plan: TomePlan, att: Attended, run: RunState):
     return condense.tome_merge(x, size, att.keys, plan.r, plan.prefix), None
 
 
-# Plan kind -> condensing step. A new method adds its plan type in config.py and a step here.
+# Plan kind -> condensing step. A new method adds its plan type in config.py (kind, and what it
+# needs from the attention: needs_row / needs_keys) and its step here.
 CONDENSERS: dict[str, Condenser] = {TierPlan.kind: _condense_tiers, TomePlan.kind: _condense_tome}
 
 
@@ -318,7 +317,7 @@ def select_anchor(class_anchors: torch.Tensor, cls: torch.Tensor) -> torch.Tenso
     return class_anchors[best].to(cls.dtype)
 
 
-def attend(block: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None,
+def attend(block: Any, x: torch.Tensor, bias: torch.Tensor | None = None,
            cls_index: int = 0, need_cls_row: bool = False, need_keys: bool = False,
            explicit: bool = False, tower: type[Tower] = OpenClipViT) -> Attended:
     """The block's attention on ``x`` (B, N, D) with its own weights, before layer scale.
