@@ -4,7 +4,7 @@
     python app.py            # http://127.0.0.1:7860 (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT)
 
 Environment: TCA_MODEL (default ViT-B-16-quickgelu), TCA_PRETRAINED (default openai; "none" for
-random weights), TCA_CHECKPOINT (a local weights file for TCA_MODEL), TCA_QUEUE_SIZE (20),
+random weights), TCA_CHECKPOINT (a local weights file for TCA_MODEL), TCA_QUEUE_SIZE (256),
 TCA_FIRST_SCREEN (now: the first example's result is computed before serving and is part of the
 page; background: serve at once, compute it in a thread, hand it over on page load; off).
 Without reachable weights the app starts anyway on random weights and says so in a banner.
@@ -28,17 +28,23 @@ import gradio as gr  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import tca  # noqa: E402
-from tca import explore, page  # noqa: E402
+from tca import explore, page, uploads  # noqa: E402
 from tca.page import Display  # noqa: E402
 from tca.config import DEFAULT_LAYERS_TEXT  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 ASSETS = ROOT / "assets"
 TOP_K = 5
-MAX_UPLOAD = "10mb"
-CONCURRENCY = 2  # events running at once (model events: 1, they share the CPU)
-QUEUE_SIZE = int(os.environ.get("TCA_QUEUE_SIZE", "20"))
-STATE_TTL_S = 2 * 3600  # per-session state is dropped after two idle hours
+MAX_UPLOAD = uploads.MAX_UPLOAD_BYTES  # bytes, for the upload route and every other way in
+CONCURRENCY = 2  # events running at once; model events share one lane of MODEL_SLOTS
+# Two model requests at once: the vision passes take turns (explore's image lane) while a
+# request with many new prompts encodes them beside it, so it holds up nobody's Run.
+MODEL_SLOTS = 2
+# A busy public Space: room for every visitor's one request (see explore.SessionGate).
+QUEUE_SIZE = int(os.environ.get("TCA_QUEUE_SIZE", "256"))
+STATE_TTL_S = 2 * 3600  # per-session state is dropped after two idle hours...
+MAX_SESSIONS = 400  # ...and only the most recent sessions keep any (about 0.4 MB each)
+DELETE_CACHE = (900, 3600)  # every 15 min, uploads and outputs older than an hour are deleted
 STRIP_COLUMNS = 3  # tiles per strip row (4 for 24-block models)
 
 METHOD_CHOICES = [("TCA (prune + merge)", "tca"), ("EViT (prune + fuse)", "evit"),
@@ -86,20 +92,29 @@ SCROLL_TO_MAP = ("() => { const m = document.querySelector('#layer-map');"
                  " if (m) m.scrollIntoView({behavior: 'smooth', block: 'nearest'}); }")
 
 
-def image_input(**kwargs) -> gr.Image:
-    """A ``gr.Image(type="filepath")`` that passes the uploaded file's path on unopened, so that
-    ``tca.load_image`` checks it (unreadable, truncated, too many pixels) and the user sees its
-    message instead of a decoder traceback. (The instance's ``preprocess`` is replaced rather
-    than subclassing: Gradio writes a .pyi stub next to any module defining a component.)"""
+def image_input(policy: uploads.UploadPolicy, **kwargs) -> gr.Image:
+    """A ``gr.Image(type="filepath")`` whose every payload goes through ``policy``: only a file
+    in Gradio's upload folder (or the curated examples) is passed on, unopened, so that
+    ``tca.load_image`` checks it and the user sees its one-line message; any other path is
+    refused with ``uploads.REFUSED`` and nothing is read. A ``data:`` URL is size-checked
+    before it is decoded. Gradio's own rule already refuses a foreign path sent with file
+    metadata before this runs. (The instance's ``preprocess`` is replaced rather than
+    subclassing: Gradio writes a .pyi stub next to any module defining a component.)"""
     component = gr.Image(type="filepath", **kwargs)
     default = component.preprocess
 
+    @user_errors
     def preprocess(payload):
-        path = getattr(payload, "path", None)
+        if payload is None:
+            return None
         url = getattr(payload, "url", None) or ""
-        if payload is not None and path and not url.startswith("data:"):
-            return str(path)
-        return default(payload)
+        if url.startswith("data:"):
+            uploads.check_data_url(url, policy.max_bytes)
+            try:
+                return str(policy.check(default(payload)))  # decoded into the upload folder
+            except (ValueError, OSError) as exc:
+                raise tca.ImageError("image: the data URL is not a readable image") from exc
+        return str(policy.check(getattr(payload, "path", None)))
     component.preprocess = preprocess
     return component
 
@@ -135,6 +150,10 @@ def _examples() -> list[list[str]]:
 
 # ------------------------------------------------------------------------------- the app
 
+def _session(request: gr.Request | None) -> str | None:
+    return getattr(request, "session_hash", None) if request is not None else None
+
+
 class App:
     """The event handlers, over one shared :class:`tca.explore.ModelCache`. Per-user state
     (the cached run, the stream reservoir, the followed patch) lives in ``gr.State``, never
@@ -148,6 +167,7 @@ class App:
         self.cache = cache or explore.ModelCache(pretrained, checkpoint, checkpoint_model=model_name,
                                                  max_models=max_models)
         self.exports = exports or explore.ExportDir()
+        self.gate = explore.SessionGate()  # one model request per visitor at a time
         self.model_choices = [(k, v) for k, v in explore.APP_MODELS.items()]
         if model_name not in explore.APP_MODELS.values():
             self.model_choices.insert(0, (model_name, model_name))
@@ -209,7 +229,7 @@ class App:
     def classify(self, image, labels: str, model: str, method: str = "tca",
                  keep_rate: float = 0.7, layers: str = DEFAULT_LAYERS_TEXT, merge_centers: float = 2,
                  score: str = "mean", templates: str = "single", stream: bool = False,
-                 stream_state=None, progress=gr.Progress()):
+                 stream_state=None, progress=gr.Progress(), request: gr.Request = None):
         """Zero-shot classification of one image by baseline CLIP and condensed CLIP.
 
         Returns one JSON object: labels, baseline / condensed (and, in stream mode, corrected)
@@ -219,20 +239,22 @@ class App:
         """
         if stream and stream_state is None:
             stream_state = explore.StreamState()
-        state = explore.run(self.cache, image, labels, model or self.default_model, method,
-                            keep_rate, layers, merge_centers, score, templates,
-                            stream=stream_state if stream else None,
-                            progress=lambda f, d: progress(f, desc=d))
+        with self.gate.hold(_session(request)):
+            state = explore.run(self.cache, image, labels, model or self.default_model, method,
+                                keep_rate, layers, merge_centers, score, templates,
+                                stream=stream_state if stream else None,
+                                progress=lambda f, d: progress(f, desc=d))
         progress(0.95, desc="drawing")
         return explore.summary(state, TOP_K), state, stream_state
 
     @user_errors
     def compare(self, image, labels: str, model: str, keep_rate: float = 0.7,
                 layers: str = DEFAULT_LAYERS_TEXT, merge_centers: float = 2, score: str = "mean",
-                templates: str = "single", progress=gr.Progress()):
-        cmp = explore.compare(self.cache, image, labels, model or self.default_model, keep_rate,
-                              layers, merge_centers, score, templates,
-                              progress=lambda f, d: progress(f, desc=d))
+                templates: str = "single", progress=gr.Progress(), request: gr.Request = None):
+        with self.gate.hold(_session(request)):
+            cmp = explore.compare(self.cache, image, labels, model or self.default_model,
+                                  keep_rate, layers, merge_centers, score, templates,
+                                  progress=lambda f, d: progress(f, desc=d))
         labels_out = [gr.Label(value=r.condensed.as_dict(),
                                label=f"{explore.METHOD_NAMES[m]}: {r.saved_percent:.1f}% GMACs saved")
                       for m, r in cmp.results.items()]
@@ -242,7 +264,8 @@ class App:
     @user_errors
     def sweep(self, image, labels: str, model: str, method: str, layers: str,
               merge_centers: float, score: str, templates: str, all_methods: bool = False,
-              state: explore.RunState | None = None, progress=gr.Progress()):
+              state: explore.RunState | None = None, progress=gr.Progress(),
+              request: gr.Request = None):
         """The keep-rate sweep of the current image: one job, plot + table. The shown Run's
         baseline is reused when it was made from the same image, labels, model and prompts."""
         methods = explore.COMPARE_METHODS if all_methods else (method,)
@@ -254,9 +277,10 @@ class App:
             if (sig[0], sig[1], sig[2], sig[8]) == (state.signature[0], state.signature[1],
                                                     state.signature[2], state.signature[8]):
                 reuse = state.result
-        sw = explore.sweep(self.cache, image, labels, model, method, layers, merge_centers,
-                           score, templates, methods=methods, reuse=reuse,
-                           progress=lambda f, d: progress(f, desc=d))
+        with self.gate.hold(_session(request)):
+            sw = explore.sweep(self.cache, image, labels, model, method, layers, merge_centers,
+                               score, templates, methods=methods, reuse=reuse,
+                               progress=lambda f, d: progress(f, desc=d))
         return page.sweep_image(sw), page.sweep_html(sw)
 
     # -- display-only events (no model)
@@ -393,11 +417,19 @@ class App:
         return page.banner_html(loaded, model, loading=self.cache.is_loading(model))
 
 
+def upload_policy() -> uploads.UploadPolicy:
+    """Images are accepted from Gradio's upload folder (uploads, decoded data: URLs, the
+    examples' cached copies) and the curated examples in assets/ only."""
+    return uploads.UploadPolicy.of([gr.utils.get_upload_folder(), ASSETS], MAX_UPLOAD)
+
+
 def build_demo(model_name: str | None = None, pretrained: str | None = None,
                checkpoint: str | None = None, preload: bool = False,
-               app: App | None = None, first_screen: str | None = "now") -> gr.Blocks:
+               app: App | None = None, first_screen: str | None = "now",
+               delete_cache: tuple[int, int] = DELETE_CACHE) -> gr.Blocks:
     """The whole UI. ``model_name`` / ``pretrained`` default to $TCA_MODEL / $TCA_PRETRAINED;
-    ``preload`` starts loading the default model in the background right away.
+    ``preload`` starts loading the default model in the background right away;
+    ``delete_cache``: (every s, older than s) for Gradio's uploads and outputs.
 
     first_screen: "now" runs the first curated example while building, so its result is part of
     the page itself; "background" serves at once and runs it in a background thread, the page
@@ -419,7 +451,7 @@ def build_demo(model_name: str | None = None, pretrained: str | None = None,
     example0 = examples[0] if examples and first_screen else [None, ""]
 
     with gr.Blocks(title="TCA Explorer: token condensation in CLIP",
-                   delete_cache=(1800, 3600)) as demo:
+                   delete_cache=delete_cache) as demo:
         demo.tca_app = app  # for tests and tools
         gr.Markdown("# TCA Explorer\nSee how **token condensation** (TCA, EViT, ToMe) prunes and "
                     "merges CLIP's image tokens, block by block, and what it costs and changes.")
@@ -527,7 +559,7 @@ def build_demo(model_name: str | None = None, pretrained: str | None = None,
                     with gr.Accordion("API result (what /classify returns)", open=False):
                         api_json = gr.JSON(label="classify", elem_id="api-json")
                 with gr.Column(scale=2, min_width=300, elem_id="settings-col"):
-                    image = image_input(label="Image", sources=["upload", "clipboard"],
+                    image = image_input(upload_policy(), label="Image", sources=["upload", "clipboard"],
                                         height=260, elem_id="image-input",
                                         value=example0[0] if first is not None else None)
                     labels = gr.Textbox(label="Candidate labels (comma-separated or one per line;"
@@ -583,7 +615,7 @@ def build_demo(model_name: str | None = None, pretrained: str | None = None,
             inputs=[image, labels, *settings, stream, stream_state],
             outputs=[api_json, run_state, stream_state], api_name="classify",
             api_description=API_DESCRIPTION,
-            concurrency_limit=1, concurrency_id="model",
+            concurrency_limit=MODEL_SLOTS, concurrency_id="model",
             show_progress_on=[baseline_out, condensed_out, layer_map])
         run_evt.success(
             app.show_run,
@@ -627,11 +659,11 @@ def build_demo(model_name: str | None = None, pretrained: str | None = None,
             app.sweep, [image, labels, model, method, layers, merge_centers, score, templates,
                         sweep_all, run_state],
             [sweep_plot, sweep_md], api_visibility="private",
-            concurrency_limit=1, concurrency_id="model")
+            concurrency_limit=MODEL_SLOTS, concurrency_id="model")
         compare_btn.click(
             app.compare, [image, labels, model, keep_rate, layers, merge_centers, score, templates],
             [compare_img, cmp_base, *cmp_labels, compare_md, banner], api_visibility="private",
-            concurrency_limit=1, concurrency_id="model")
+            concurrency_limit=MODEL_SLOTS, concurrency_id="model")
         if first_screen == "background" and examples:
             demo.load(app.load_first, [run_state],
                       [image, labels, run_state, banner, baseline_out, condensed_out, shift_out,
@@ -646,8 +678,11 @@ def build_demo(model_name: str | None = None, pretrained: str | None = None,
 def launch_options() -> dict:
     """launch() arguments shared by ``main`` and the tests (Gradio 6: theme / css go here).
     ``allowed_paths``: the curated example photos only (the first screen shows one)."""
-    return dict(theme=gr.themes.Soft(), css=CSS, max_file_size=MAX_UPLOAD, show_error=True,
-                allowed_paths=[str(ASSETS)])
+    return dict(theme=gr.themes.Soft(), css=CSS, max_file_size=MAX_UPLOAD,
+                allowed_paths=[str(ASSETS)], state_session_capacity=MAX_SESSIONS,
+                # a public Space: unexpected exceptions (and Gradio's own path refusals, which
+                # echo the path) show no text; every user error is a gr.Error and shows
+                show_error=False)
 
 
 def main() -> None:

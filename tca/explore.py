@@ -6,6 +6,8 @@ stale) and the JSON / PNG / GIF exports. ``tca.page`` turns a Run into what the 
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import hashlib
 import json
@@ -19,7 +21,7 @@ import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import open_clip
@@ -43,6 +45,9 @@ from .reservoir import Reservoir, ReservoirConfig, preset
 COMPARE_METHODS = ("tca", "evit", "tome")
 METHOD_NAMES = {"tca": "TCA", "evit": "EViT", "tome": "ToMe", "none": "none (plain CLIP)"}
 MAX_LABELS = 100
+# Prompts one request may encode (labels x templates): 15 labels with the 80 ImageNet prompts,
+# or every one of MAX_LABELS with one prompt. Encoding them takes a few seconds here (README).
+MAX_PROMPTS = 1200
 MAX_LABELS_TEXT = 20_000  # characters of label text accepted before parsing
 KEEP_RATE_RANGE = (0.1, 1.0)
 MERGE_CENTERS_RANGE = (1, 16)
@@ -53,6 +58,9 @@ SWEEP_RATES = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 SWEEP_MAX_PASSES = 24  # condensed passes one sweep may run (3 methods x 8 rates)
 
 # ----------------------------------------------------------------------------------- models
+
+# a directory part of an absolute path ("/a/b/" of "/a/b/file"): cut from visitor-facing notes
+_SERVER_PATH = re.compile(r"(?<![\w.:/])((?:/[^\s'\"/]+)+/)([^\s'\"/]*)")
 
 @dataclass
 class LoadedModel:
@@ -100,6 +108,9 @@ class ModelCache:
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()
         self._loading: set[str] = set()
+        # The vision passes run one at a time (they use every core); text encoding runs beside
+        # them, so a request with many new prompts never holds up another visitor's Run.
+        self.image_lane = threading.Lock()
 
     def peek(self, name: str) -> LoadedModel | None:
         with self._lock:
@@ -148,7 +159,9 @@ class ModelCache:
 
     def _load(self, name: str) -> LoadedModel:
         checkpoint = self.checkpoint if (self.checkpoint and name == self.checkpoint_model) else None
-        requested = checkpoint or self.pretrained
+        # visitors see the checkpoint's file name only, never its server path
+        shown = Path(checkpoint).name if checkpoint else None
+        requested = f"checkpoint {shown}" if checkpoint else self.pretrained
         if name not in open_clip.list_models():
             raise InputError(f"unknown model {name!r}")
         note = None
@@ -161,9 +174,47 @@ class ModelCache:
             try:
                 clip = self._loader(name, self.pretrained, checkpoint, seed=self.seed)
             except WeightsUnavailableError as exc:
-                note = str(exc)
+                note = str(exc).replace(str(checkpoint), shown or "") if checkpoint else str(exc)
+                note = _SERVER_PATH.sub(lambda m: m.group(2), note)
                 clip = self._loader(name, None, seed=self.seed)
+            else:
+                if checkpoint and isinstance(clip, ClipModel):
+                    clip = dataclasses.replace(clip, pretrained=requested)
         return LoadedModel(clip, requested, note)
+
+
+# ----------------------------------------------------------------------------------- visitors
+
+BUSY = ("one request at a time per visitor: your previous Run or Compare is still running; "
+        "try again when it has finished")
+
+
+class SessionGate:
+    """At most one model request running per visitor session: a second one while the first
+    runs is refused at once (:data:`BUSY`), so one visitor never holds more than one of the
+    server's model slots however many requests they send. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._active: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._active)
+
+    @contextlib.contextmanager
+    def hold(self, session: str | None) -> Iterator[None]:
+        if session is None:  # a direct call (tests, tools): nothing to bound
+            yield
+            return
+        with self._lock:
+            if session in self._active:
+                raise InputError(BUSY)
+            self._active.add(session)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._active.discard(session)
 
 
 # ----------------------------------------------------------------------------------- inputs
@@ -306,9 +357,11 @@ def run(cache: ModelCache, image, labels, model: str, method: str = "tca",
     reservoir = None
     if stream is not None and config.method == "tca":
         reservoir = stream.reservoir_for(clip.name, label_list)
-    say(0.3, "running baseline and condensed CLIP")
-    result = classify(clip, pil, label_list, config, templates=templates, reservoir=reservoir,
-                      trace=True, max_labels=max_labels)
+    encode_labels(clip, label_list, templates, say)
+    say(0.4, "running baseline and condensed CLIP")
+    with cache.image_lane:
+        result = classify(clip, pil, label_list, config, templates=templates,
+                          reservoir=reservoir, trace=True, max_labels=max_labels)
     return RunState(result, model_view(clip, pil), clip.name, loaded.note, templates,
                     stream=result.reservoir if reservoir is not None else None,
                     stream_notice=stream.notice if stream is not None and reservoir is not None
@@ -379,7 +432,29 @@ def _checked_inputs(cache: ModelCache, image, labels, model: str, templates: str
     loaded = cache.get(model)
     label_list = validate_labels(parse_labels(labels), loaded.clip.tokenizer, templates,
                                  max_labels, loaded.clip.context_length)
+    check_prompt_count(len(label_list), templates)
     return pil, loaded, label_list, templates
+
+
+def check_prompt_count(n_labels: int, templates: str, max_prompts: int = MAX_PROMPTS) -> None:
+    """LabelError if labels x templates exceeds what one request may encode."""
+    n_temps = len(TEMPLATES[templates])
+    if n_labels * n_temps > max_prompts:
+        raise LabelError(
+            f"too many prompts: {n_labels} labels x {n_temps} prompt templates = "
+            f"{n_labels * n_temps}; one request may encode at most {max_prompts} (up to "
+            f"{max_prompts // len(TEMPLATES['imagenet80'])} labels with the 80 ImageNet prompts, "
+            f"up to {min(MAX_LABELS, max_prompts)} with one prompt)")
+
+
+def encode_labels(clip: ClipModel, labels: Sequence[str], templates: str,
+                  say: Callable[[float, str], None], start: float = 0.15,
+                  end: float = 0.4) -> None:
+    """Encode (and cache) the labels' class embeddings, reporting progress between ``start``
+    and ``end``; labels already cached cost nothing."""
+    def step(done: int, total: int) -> None:
+        say(start + (end - start) * done / total, f"encoding prompts: {done} of {total}")
+    clip.encode_text(labels, templates, progress=step)
 
 
 @dataclass
@@ -405,12 +480,14 @@ def compare(cache: ModelCache, image, labels, model: str, keep_rate: float = 0.7
     pil, loaded, labels, templates = _checked_inputs(cache, image, labels, model, templates,
                                                      max_labels, say)
     clip = loaded.clip
+    encode_labels(clip, labels, templates, say)
     results: dict[str, RunResult] = {}
     baseline = None  # plain CLIP runs once; every method is compared with that same result
     for i, cfg in enumerate(configs):
-        say(0.1 + 0.85 * i / len(configs), f"running {METHOD_NAMES.get(cfg.method, cfg.method)}")
-        results[cfg.method] = classify(clip, pil, labels, cfg, templates=templates,
-                                       trace=True, max_labels=max_labels, baseline=baseline)
+        say(0.4 + 0.55 * i / len(configs), f"running {METHOD_NAMES.get(cfg.method, cfg.method)}")
+        with cache.image_lane:
+            results[cfg.method] = classify(clip, pil, labels, cfg, templates=templates,
+                                           trace=True, max_labels=max_labels, baseline=baseline)
         baseline = baseline or results[cfg.method].reference
     first = results[configs[0].method]
     return Comparison(model_view(clip, pil), first.baseline, results, clip.name, loaded.note,
@@ -486,6 +563,7 @@ def sweep(cache: ModelCache, image, labels, model: str, method: str = "tca",
     pil, loaded, label_list, templates = _checked_inputs(cache, image, labels, model, templates,
                                                          max_labels, say)
     clip = loaded.clip
+    encode_labels(clip, label_list, templates, say)  # beside the image lane, like a Run
     t0 = time.perf_counter()
     base = reuse if reuse is not None and reuse.labels == label_list else None
     points: dict[str, list[SweepPoint]] = {}
@@ -499,9 +577,10 @@ def sweep(cache: ModelCache, image, labels, model: str, method: str = "tca",
                 probs, gmacs, final = (base.baseline.probs, base.flops_baseline.gmacs,
                                        base.baseline_tokens[-1])
             else:
-                r = classify(clip, pil, label_list, cfg, templates=templates, trace=False,
-                             max_labels=max_labels,
-                             baseline=base.reference if base is not None else None)
+                with cache.image_lane:  # one pass at a time, so other Runs interleave
+                    r = classify(clip, pil, label_list, cfg, templates=templates, trace=False,
+                                 max_labels=max_labels,
+                                 baseline=base.reference if base is not None else None)
                 passes += 1
                 if base is None:
                     base = r
@@ -558,9 +637,11 @@ class ExportDir:
     """A private folder for generated downloads; files older than ``max_age_s`` are removed
     whenever a new one is written, so a long-running server does not fill its disk."""
 
-    def __init__(self, root: str | os.PathLike | None = None, max_age_s: float = 3600.0) -> None:
+    def __init__(self, root: str | os.PathLike | None = None, max_age_s: float = 3600.0,
+                 max_files: int = 200) -> None:
         self.root = Path(root) if root else Path(tempfile.gettempdir()) / f"tca-explorer-{os.getpid()}"
         self.max_age_s = max_age_s
+        self.max_files = max_files  # Gradio serves its own copy, so only recent ones are kept
 
     def path(self, stem: str, suffix: str) -> Path:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -569,13 +650,22 @@ class ExportDir:
         return self.root / f"{safe}-{uuid.uuid4().hex[:10]}{suffix}"
 
     def prune(self) -> None:
+        """Remove files older than ``max_age_s`` and all but the newest ``max_files - 1``."""
         cutoff = time.time() - self.max_age_s
+        files = []
         for f in self.root.glob("*"):
             try:
-                if f.is_file() and f.stat().st_mtime < cutoff:
-                    f.unlink()
+                if f.is_file():
+                    files.append((f.stat().st_mtime, f))
             except OSError:
                 pass
+        files.sort(reverse=True)
+        for i, (mtime, f) in enumerate(files):
+            if mtime < cutoff or i >= self.max_files - 1:
+                try:
+                    f.unlink()
+                except OSError:
+                    pass
 
     def write_json(self, data: dict, stem: str = "tca-run") -> Path:
         p = self.path(stem, ".json")
@@ -596,7 +686,8 @@ class ExportDir:
         return p
 
 
-__all__ = ["APP_MODELS", "COMPARE_METHODS", "METHOD_NAMES", "MAX_LABELS",
+__all__ = ["APP_MODELS", "COMPARE_METHODS", "METHOD_NAMES", "MAX_LABELS", "MAX_PROMPTS", "BUSY",
+           "SessionGate", "check_prompt_count", "encode_labels",
            "InputError", "LoadedModel", "ModelCache", "StreamState", "RunState", "Comparison",
            "run", "compare", "summary", "export_dict", "ExportDir", "model_view", "open_image",
            "parse_settings", "APP_DEFAULTS", "SWEEP_RATES", "Sweep", "SweepPoint", "sweep",

@@ -7,7 +7,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from .errors import ImageError
 
@@ -38,14 +38,7 @@ def load_image(source: str | os.PathLike | bytes | Image.Image | np.ndarray,
             if not path.is_file():
                 raise ImageError(f"no such image file: {str(path)!r}")
             fp = path
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                image = Image.open(fp)
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
-            raise ImageError(f"{name} is not a readable image ({_short(exc, source)})") from None
-        except Image.DecompressionBombWarning:
-            raise ImageError(f"{name} is too large to decode safely") from None
+        image = _open(fp, name, source, max_pixels)
     w, h = image.size
     if w < 1 or h < 1:
         raise ImageError(f"{name} has no pixels ({w}x{h})")
@@ -53,11 +46,36 @@ def load_image(source: str | os.PathLike | bytes | Image.Image | np.ndarray,
         raise ImageError(f"{name} is {w}x{h} = {w * h / 1e6:.0f} megapixels; the limit is "
                          f"{max_pixels / 1e6:.0f} megapixels (downscale it first)")
     try:
-        image.load()
-        image = ImageOps.exif_transpose(image) or image
-        return _crop_aspect(_to_rgb(image))
-    except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt data
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image.load()
+            image = ImageOps.exif_transpose(image) or image
+            return _crop_aspect(_to_rgb(image))
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise ImageError(_too_many_pixels(name, max_pixels)) from None
+    except MemoryError:
+        raise ImageError(f"{name} is too large to decode here") from None
+    except Exception as exc:  # noqa: BLE001 - Pillow's decoders raise any type on corrupt data
         raise ImageError(f"{name} could not be decoded ({_short(exc, source)})") from None
+
+
+def _open(fp, name: str, source, max_pixels: int) -> Image.Image:
+    """``Image.open`` (header only) with every failure as one ImageError: Pillow raises
+    UnidentifiedImageError, OSError, ValueError, SyntaxError, struct.error, ... on bad data,
+    and DecompressionBombError (not an OSError) past its hard pixel limit."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(fp)
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise ImageError(_too_many_pixels(name, max_pixels)) from None
+    except Exception as exc:  # noqa: BLE001 - see above; the message is one line either way
+        raise ImageError(f"{name} is not a readable image ({_short(exc, source)})") from None
+
+
+def _too_many_pixels(name: str, max_pixels: int) -> str:
+    return (f"{name} has too many pixels to decode safely; the limit is "
+            f"{max_pixels / 1e6:.0f} megapixels (downscale it first)")
 
 
 def _short(exc: BaseException, source=None) -> str:

@@ -4,17 +4,16 @@ from __future__ import annotations
 import os
 import re
 import socket
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence, cast
+from typing import Callable, Sequence, cast
 
 import open_clip
 import torch
 import torch.nn.functional as F
 from open_clip import zero_shot_metadata
 
+from . import text
 from .errors import (
     ConfigError,
     InputError,
@@ -64,10 +63,12 @@ class ClipModel:
     tokenizer: Callable
     name: str
     pretrained: str | None
-    cache_size: int = 32
     warmed: bool = False
-    _text_cache: OrderedDict = field(default_factory=OrderedDict, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    text_cache: text.LabelCache = field(default_factory=text.LabelCache, repr=False)
+    text_tower: text.TextTower | None = field(init=False, repr=False)  # None: encode_text
+
+    def __post_init__(self) -> None:
+        self.text_tower = text.text_tower(self.model)
 
     @property
     def is_random(self) -> bool:
@@ -115,25 +116,16 @@ class ClipModel:
         z = F.normalize(image_features.float(), dim=-1)
         return self.logit_scale * z @ text.to(z.device, torch.float32).T + self.logit_bias
 
-    def encode_text(self, labels: Sequence[str], templates: str | Sequence[str] = "single") -> torch.Tensor:
-        """Normalised class embeddings (C, E): each label through every template, averaged and
-        re-normalised (CLIP's prompt ensembling). Cached per (labels, templates)."""
-        temps = resolve_templates(templates)
-        key = (tuple(labels), temps)
-        with self._lock:
-            if key in self._text_cache:
-                self._text_cache.move_to_end(key)
-                return self._text_cache[key]
-        prompts = [t.format(label) for label in labels for t in temps]
-        tokens = self.tokenizer(prompts).to(self.device)
-        with torch.inference_mode():
-            emb = F.normalize(cast(Any, self.model).encode_text(tokens).float(), dim=-1)
-        emb = F.normalize(emb.view(len(labels), len(temps), -1).mean(dim=1), dim=-1).cpu()
-        with self._lock:
-            self._text_cache[key] = emb
-            while len(self._text_cache) > self.cache_size:
-                self._text_cache.popitem(last=False)
-        return emb
+    def encode_text(self, labels: Sequence[str], templates: str | Sequence[str] = "single",
+                    progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        """Normalised class embeddings (C, E) on the CPU: each label through every template,
+        averaged and re-normalised (CLIP's prompt ensembling). Prompts are encoded at the
+        length of the longest one where that is exact (``tca.text``); embeddings are cached
+        per (label, templates), so a new label costs one label. progress(done, total) counts
+        prompts as they are encoded."""
+        return text.class_embeddings(self.model, self.tokenizer, list(labels),
+                                     resolve_templates(templates), self.text_cache, self.device,
+                                     self.text_tower, progress=progress)
 
 
 def resolve_templates(templates: str | Sequence[str]) -> tuple[str, ...]:
@@ -259,8 +251,8 @@ class ByteTokenizer:
         texts = [texts] if isinstance(texts, str) else list(texts)
         n = context_length or self.context_length
         out = torch.zeros((len(texts), n), dtype=torch.long)
-        for i, text in enumerate(texts):
-            ids = self.encode(text)[:n]
+        for i, prompt in enumerate(texts):
+            ids = self.encode(prompt)[:n]
             out[i, :len(ids)] = torch.tensor(ids, dtype=torch.long)
         return out
 

@@ -1,0 +1,278 @@
+"""A Space strangers can use (issue 8), against the real app on loopback: only uploads are read,
+through every event; one refusal that says nothing about a path; the size cap for every way an
+image arrives; no server path in any answer; every visitor served in turn; bounded temp folder
+and session count. Raw HTTP where gradio_client would not send the request. Tiny random model."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import threading
+import uuid
+from pathlib import Path
+
+import gradio as gr
+import httpx
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+import app as app_module
+from tca import explore, uploads
+
+TINY = "tca-tiny-ViT"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _png_bytes(seed: int = 0, size: int = 48) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+class Raw:
+    """The queue protocol spoken by hand: a request exactly as a stranger can send it."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.http = httpx.Client(base_url=url, timeout=120)
+        self.deps = self.http.get("config").json()["dependencies"]
+
+    def fn(self, name: str) -> int:
+        return next(i for i, d in enumerate(self.deps) if d.get("api_name") == name)
+
+    def upload(self, data: bytes, name: str = "x.png") -> str:
+        r = self.http.post("gradio_api/upload", files={"files": (name, data, "image/png")})
+        r.raise_for_status()
+        return r.json()[0]
+
+    def call(self, fn: int, data: list, session: str | None = None) -> dict:
+        """The final message of one event: {"ok": bool, "error": str | None, "data": ...}."""
+        session = session or uuid.uuid4().hex[:12]
+        targets = self.deps[fn]["targets"]
+        body = {"data": data, "fn_index": fn, "session_hash": session, "event_data": None,
+                "trigger_id": targets[0][0] if targets else None}
+        self.http.post("gradio_api/queue/join", json=body).raise_for_status()
+        with self.http.stream("GET", f"gradio_api/queue/data?session_hash={session}") as s:
+            for line in s.iter_lines():
+                if not line.startswith("data:"):
+                    continue
+                msg = json.loads(line[5:])
+                if msg.get("msg") == "process_completed":
+                    out = msg.get("output") or {}
+                    return {"ok": bool(msg.get("success")), "error": out.get("error"),
+                            "data": out.get("data")}
+        raise AssertionError("no process_completed message")
+
+
+@pytest.fixture(scope="module")
+def served():
+    demo = app_module.build_demo(TINY, "none")
+    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **app_module.launch_options())
+    try:
+        yield demo, url, Raw(url)
+    finally:
+        demo.close()
+
+
+SETTINGS = [TINY, "tca", 0.7, "3,6,9", 2, "mean", "single"]
+
+
+def _inputs(raw: Raw, fn: int, image) -> list:
+    """A full input list for event ``fn`` with ``image`` in the image slot."""
+    name = raw.deps[fn].get("api_name")
+    if name == "classify":
+        return [image, "cat, dog", *SETTINGS, False, None]
+    if name == "compare":
+        return [image, "cat, dog", TINY, 0.7, "3,6,9", 2, "mean", "single"]
+    raise AssertionError(f"unexpected image event {name}")
+
+
+def _image_events(raw: Raw, demo) -> list[int]:
+    image_id = next(b._id for b in demo.blocks.values() if getattr(b, "elem_id", None) == "image-input")
+    return [i for i, d in enumerate(raw.deps) if image_id in d["inputs"]]
+
+
+def _server_paths(outside: Path, upload_dir: str) -> dict[str, str]:
+    """Every spelling of a server path, for a file that exists and one that does not."""
+    rel_up = os.path.relpath(outside, upload_dir)
+    out = {}
+    for kind, target in (("existing", outside), ("missing", outside.with_name("nope.png"))):
+        out[f"{kind}-absolute"] = str(target)
+        out[f"{kind}-dotdot"] = os.path.join(upload_dir, os.path.relpath(target, upload_dir))
+        out[f"{kind}-relative"] = os.path.relpath(target, os.getcwd())
+    assert ".." in rel_up
+    out["system-file"] = "/etc/hostname"
+    out["app-source"] = str(ROOT / "app.py")
+    return out
+
+
+def test_server_paths_are_refused_by_every_image_event(served, tmp_path):
+    demo, url, raw = served
+    events = _image_events(raw, demo)
+    assert {raw.deps[i].get("api_name") for i in events} == {"classify", "compare"}
+    outside = tmp_path / "secret.png"  # a real, readable image outside the upload folder
+    outside.write_bytes(_png_bytes(1))
+    paths = _server_paths(outside, gr.utils.get_upload_folder())
+    answers = {}
+    for fn in events:
+        for form, path in paths.items():
+            for meta in (False, True):
+                payload = {"path": path, "orig_name": "x.png"}
+                if meta:
+                    payload["meta"] = {"_type": "gradio.FileData"}
+                answers[(fn, form, meta)] = raw.call(fn, _inputs(raw, fn, payload))
+    for (fn, form, meta), ans in answers.items():
+        assert not ans["ok"], (form, meta)
+        # without file metadata the app's check answers; with it Gradio's own rule refuses
+        # first and, with show_error off, says nothing at all
+        assert ans["error"] == (None if meta else uploads.REFUSED), (form, meta, ans)
+    # nothing was copied into Gradio's folder from outside it
+    secret = outside.read_bytes()
+    for f in Path(gr.utils.get_upload_folder()).rglob("secret.png"):
+        assert f.read_bytes() != secret
+    # ... while a real upload (and a curated example) works on every event
+    uploaded = raw.upload(_png_bytes(2))
+    for fn in events:
+        for payload in ({"path": uploaded, "meta": {"_type": "gradio.FileData"}},
+                        {"path": str(ROOT / "assets" / "coffee.jpg")}):
+            ans = raw.call(fn, _inputs(raw, fn, payload))
+            assert ans["ok"], ans
+
+
+def test_data_url_size_cap_and_a_small_one_works(served):
+    demo, url, raw = served
+    fn = raw.fn("classify")
+    big = "data:image/png;base64," + "A" * (15 * 1024 * 1024)  # ~11 MB decoded
+    ans = raw.call(fn, _inputs(raw, fn, {"url": big, "path": None}))
+    assert not ans["ok"] and "the limit is 10 MB" in ans["error"]
+    small = "data:image/png;base64," + base64.b64encode(_png_bytes(3)).decode()
+    ans = raw.call(fn, _inputs(raw, fn, {"url": small, "path": None, "orig_name": "s.png"}))
+    assert ans["ok"], ans
+    assert ans["data"][0]["labels"] == ["cat", "dog"]
+    garbage = "data:image/png;base64," + base64.b64encode(b"not an image" * 50).decode()
+    ans = raw.call(fn, _inputs(raw, fn, {"url": garbage, "path": None, "orig_name": "g.png"}))
+    assert not ans["ok"] and "not a readable image" in ans["error"]
+
+
+def test_private_events_are_not_in_the_api(served):
+    demo, url, raw = served
+    client = Client(url, verbose=False)
+    assert list(client.view_api(print_info=False, return_format="dict")["named_endpoints"]) \
+        == ["/classify"]
+    with pytest.raises(Exception):
+        client.predict(handle_file(str(ROOT / "assets" / "coffee.jpg")), "cat, dog",
+                       api_name="/compare")
+
+
+def test_no_server_path_in_weights_note(tmp_path):
+    """A missing checkpoint: the note (banner, API's weights_note) names the file only."""
+    secret_dir = tmp_path / "very-secret-dir"
+    cache = explore.ModelCache("openai", checkpoint=str(secret_dir / "w.safetensors"),
+                               checkpoint_model=TINY)
+    entry = cache.get(TINY)
+    assert entry.is_random and "w.safetensors" in entry.note
+    assert str(tmp_path) not in entry.note and "very-secret-dir" not in entry.note
+    assert "very-secret-dir" not in (entry.requested or "")
+    banner = app_module.banner_html(entry, TINY)
+    assert "very-secret-dir" not in banner
+
+
+def test_prompt_cap_message(served, example_image):
+    demo, url, raw = served
+    with pytest.raises(tca_errors().LabelError, match="at most 1200"):
+        explore.check_prompt_count(16, "imagenet80")
+    explore.check_prompt_count(15, "imagenet80")  # 1200: allowed
+    client = Client(url, verbose=False)
+    labels = ", ".join(f"thing{i}" for i in range(16))
+    with pytest.raises(AppError, match=r"16 labels x 80 prompt templates = 1280; one request "
+                                       r"may encode at most 1200"):
+        client.predict(handle_file(str(example_image)), labels, templates="imagenet80",
+                       api_name="/classify")
+
+
+def tca_errors():
+    import tca.errors
+    return tca.errors
+
+
+def test_one_request_per_session_at_a_time():
+    gate = explore.SessionGate()
+    with gate.hold("a"):
+        with pytest.raises(tca_errors().InputError, match="one request at a time"):
+            with gate.hold("a"):
+                pass
+        with gate.hold("b"):  # another visitor is not held up
+            assert len(gate) == 2
+    with gate.hold("a"):  # released
+        pass
+    assert len(gate) == 0
+
+
+def test_32_visitors_x_5_runs_all_served_with_their_own_state(served, example_image):
+    """A bounded load test on loopback: 32 gradio_client visitors send 5 runs each at once
+    (stream mode, each with its own labels); none is refused, none sees another's state."""
+    demo, url, raw = served
+    results: dict[int, list] = {}
+    errors: list = []
+    image = handle_file(str(example_image))
+
+    def visitor(i: int) -> None:
+        try:
+            c = Client(url, verbose=False)
+            labels = f"cat{i}, dog{i}"
+            results[i] = [c.predict(image, labels, stream=True, api_name="/classify")
+                          for _ in range(5)]
+        except Exception as exc:  # noqa: BLE001 - collected and reported below
+            errors.append((i, repr(exc)))
+    threads = [threading.Thread(target=visitor, args=(i,)) for i in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(600)
+    assert errors == []
+    assert sorted(results) == list(range(32))
+    for i, runs in results.items():
+        for k, out in enumerate(runs):
+            assert out["labels"] == [f"cat{i}", f"dog{i}"]
+            assert set(out["reservoir"]["buckets"]) == {f"cat{i}", f"dog{i}"}
+            assert out["reservoir"]["images_seen"] == k + 1
+
+
+def test_temp_folder_and_sessions_stay_bounded(tmp_path, monkeypatch):
+    """200 runs, each a new visitor with a new upload: Gradio's folder holds only the last
+    few seconds' files (delete_cache) and only the newest sessions keep state."""
+    folder = tmp_path / "gradio"
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(folder))
+    demo = app_module.build_demo(TINY, "none", delete_cache=(1, 2))
+    options = dict(app_module.launch_options(), state_session_capacity=10)
+    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **options)
+    try:
+        raw = Raw(url)
+        fn = raw.fn("classify")
+        sizes = []
+        for i in range(200):
+            path = raw.upload(_png_bytes(100 + i, size=64), f"v{i}.png")
+            assert path.startswith(str(folder))
+            ans = raw.call(fn, _inputs(raw, fn, {"path": path, "orig_name": f"v{i}.png",
+                                                 "meta": {"_type": "gradio.FileData"}}))
+            assert ans["ok"], ans
+            assert len(demo.state_holder.session_data) <= 10
+            if i % 20 == 19:
+                sizes.append(sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()))
+        one = len(_png_bytes(0, size=64))
+        # 200 uploads would be 200 * one bytes; only the last ~2-3 s of them are left
+        assert max(sizes[2:]) < 60 * one, sizes
+    finally:
+        demo.close()
+
+
+def test_export_folder_is_capped_in_number(tmp_path):
+    exports = explore.ExportDir(tmp_path / "exports", max_files=5)
+    paths = [exports.write_json({"i": i}) for i in range(12)]
+    left = sorted((tmp_path / "exports").iterdir())
+    assert len(left) <= 5 and paths[-1] in left
