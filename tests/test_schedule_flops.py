@@ -9,10 +9,14 @@ import tca
 from tca.config import ConfigError, CondenseConfig, keep_rate_to_rate, plan_layers
 from tca.flops import Geometry, macs_for
 
-B16 = Geometry.from_name("ViT-B-16-quickgelu")
+
+def b16() -> Geometry:
+    # built inside each test (not at import) so that mutation testing exercises from_name
+    return Geometry.from_name("ViT-B-16-quickgelu")
 
 
-def _tokens(config: CondenseConfig, geom: Geometry = B16) -> list[int]:
+def _tokens(config: CondenseConfig, geom: Geometry | None = None) -> list[int]:
+    geom = geom or b16()
     s = plan_layers(config, geom.n_tokens, geom.depth)
     return [s.tokens[i] for i in (3, 6, 9)]
 
@@ -78,7 +82,7 @@ def test_baseline_gmacs_match_open_clip_profile():
     for name, gflops in [("ViT-B-32", 8.82), ("ViT-B-16", 35.13), ("ViT-L-14", 162.03)]:
         g = macs_for(Geometry.from_name(name), CondenseConfig(method="none")).gmacs
         assert g * 2 == pytest.approx(gflops, abs=0.006)
-    assert macs_for(B16, CondenseConfig(method="none")).gmacs == pytest.approx(17.56, abs=0.005)
+    assert macs_for(b16(), CondenseConfig(method="none")).gmacs == pytest.approx(17.56, abs=0.005)
 
 
 @pytest.mark.parametrize("config, paper", [
@@ -88,7 +92,7 @@ def test_baseline_gmacs_match_open_clip_profile():
     (CondenseConfig(method="evit", keep_rate=0.7), 11.62),
 ])
 def test_paper_gflops_within_half_a_percent(config, paper):
-    assert macs_for(B16, config).gmacs == pytest.approx(paper, rel=0.005)
+    assert macs_for(b16(), config).gmacs == pytest.approx(paper, rel=0.005)
 
 
 def test_vit_l14_at_r07_saves_the_papers_48_9_percent():
@@ -100,8 +104,8 @@ def test_vit_l14_at_r07_saves_the_papers_48_9_percent():
 
 def test_anchor_token_adds_attention_cost_at_condensing_layers_only():
     assert plan_layers(CondenseConfig(layers=(0, 3)), 197, 12, anchors=True).attention_tokens(0) == 197
-    plain = macs_for(B16, CondenseConfig(keep_rate=0.7))
-    anchored = macs_for(B16, CondenseConfig(keep_rate=0.7), anchors=True)
+    plain = macs_for(b16(), CondenseConfig(keep_rate=0.7))
+    anchored = macs_for(b16(), CondenseConfig(keep_rate=0.7), anchors=True)
     diff = [a.total - p.total for a, p in zip(anchored.layers, plain.layers)]
     assert [i for i, d in enumerate(diff) if d] == [3, 6, 9]
     # one more token through qkv/out projections and both attention products
@@ -110,7 +114,7 @@ def test_anchor_token_adds_attention_cost_at_condensing_layers_only():
 
 
 def test_geometry_from_model_matches_config(tiny_clip, b16_clip):
-    assert Geometry.from_model(b16_clip.model) == B16
+    assert Geometry.from_model(b16_clip.model) == b16()
     assert Geometry.from_model(tiny_clip.model).width == 64
 
 
