@@ -316,3 +316,17 @@ def test_tensor_functions_create_everything_on_the_input_device():
         *condense.tome_merge(x, torch.empty(2, 9, device=m), x, 3)[:2],
     ]
     assert [t.device.type for t in outs] == ["meta"] * len(outs)
+
+
+def test_prune_merge_fuse_ties_and_a_single_tier_two_token():
+    # 40 patches with 3 distinct scores: the order within a score is the patch order
+    g = torch.Generator().manual_seed(6)
+    select = torch.randint(0, 3, (1, 40), generator=g).float()
+    x = torch.arange(41.0).view(1, 41, 1)
+    out = condense.prune_merge_fuse(x, select, torch.ones(1, 40), t1=40, t2=0, k=0)
+    order = sorted(range(40), key=lambda i: (-select[0, i].item(), i))
+    assert out.x[0, 1:, 0].tolist() == [float(i + 1) for i in order]
+    # one tier-2 token (K = 1) is kept as it is, then one fused token
+    x = torch.arange(1.0, 6.0).view(1, 5, 1)
+    out = condense.prune_merge_fuse(x, torch.tensor([[0.4, 0.3, 0.2, 0.1]]), torch.ones(1, 4), 2, 1, 1)
+    assert out.dest.tolist() == [[0, 1, 2, 3, 4]] and out.x[0, :, 0].tolist() == [1.0, 2, 3, 4, 5]

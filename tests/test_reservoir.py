@@ -233,6 +233,8 @@ def test_layer_weights_are_exact_in_double_precision():
     l = torch.arange(5, dtype=torch.float64)
     assert torch.equal(layer_weights(5, 0.3), torch.softmax(l / (4 * 0.3), dim=0).float())
     assert torch.equal(layer_weights(1, 0.3), torch.ones(1))  # one layer: weight 1, no 0/0
+    two = torch.softmax(torch.tensor([0.0, 1.0], dtype=torch.float64) / 0.3, dim=0).float()
+    assert torch.equal(layer_weights(2, 0.3), two)  # L - 1 = 1
 
 
 def test_update_records_step_embedding_and_eviction_rule():

@@ -217,6 +217,12 @@ def test_schedule_plans_and_attention_tokens_exactly():
     tome = plan_layers(CondenseConfig(method="tome", keep_rate=0.8, layers=(0, 3)), 17, 4)
     assert tome.plans[0] == tca.config.LayerPlan("tome", 17, 14, r=3)
     assert tome.tokens == (14, 14, 14, 12)
+    # int(17 * 0.1) = 1: a ToMe layer merging a single pair still condenses
+    one = plan_layers(CondenseConfig(method="tome", keep_rate=0.9, layers=(0,)), 17, 4)
+    assert one.plans[0] == tca.config.LayerPlan("tome", 17, 16, r=1)
+    # N = 2 at d = 0.3: tier 2 holds the only patch, so K = 2 is refused
+    with pytest.raises(ConfigError, match="K=2 is larger than tier 2 at layer 0 \\(1 class-ambiguous"):
+        plan_layers(CondenseConfig(rate=0.3, layers=(0,)), 2, 1)
     # a ToMe layer with nothing to merge is a plain layer; so is an identity TCA layer
     assert plan_layers(CondenseConfig(method="tome", keep_rate=0.95, layers=(0,)), 17, 4).plans[0] is None
     assert plan_layers(CondenseConfig(rate=0.0, layers=(0,)), 17, 4).plans == (None,) * 4

@@ -188,3 +188,12 @@ def test_trace_views_groups_source_counts_and_dict():
     assert d["layers"][1] == {"layer": 1, "tokens": 5, "fates": {"kept": 2, "merged": 2, "pruned": 2},
                               "fate": [2, 0, 0, 1, 1, 2], "token_index": [4, 1, 2, 3, 3, 4],
                               "condensing": True}
+
+
+def test_trace_select_first_image_and_dict_of_second():
+    t = _hand_trace()
+    assert t.source(1).dtype == torch.bool
+    first = t.select(0)
+    assert first.fate.shape == (1, 4, 6) and torch.equal(first.token_index[0], t.token_index[0])
+    assert first.cls_attention[1].shape == (1, 6)
+    assert t.to_dict(image=1)["layers"][3]["fates"] == {"kept": 1, "merged": 3, "pruned": 2}
