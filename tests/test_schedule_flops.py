@@ -220,6 +220,15 @@ def test_schedule_plans_and_attention_tokens_exactly():
     # int(17 * 0.1) = 1: a ToMe layer merging a single pair still condenses
     one = plan_layers(CondenseConfig(method="tome", keep_rate=0.9, layers=(0,)), 17, 4)
     assert one.plans[0] == tca.config.LayerPlan("tome", 17, 16, r=1)
+    # d·P < 1: nothing to fuse, so no fused token (tiers 14 / 2 / 0, K = 2 -> 17 tokens)
+    assert plan_layers(CondenseConfig(rate=1e-4, layers=(0,)), 17, 4).plans[0] == \
+        tca.config.LayerPlan("tiers", 17, 17, 14, 2, 0, 2)
+    # EViT fusing a single patch still condenses (ceil(0.9 * 16) = 15 kept + 1 fused: 17 tokens)
+    assert plan_layers(CondenseConfig(method="evit", keep_rate=0.9, layers=(0,)), 17, 4).plans[0] == \
+        tca.config.LayerPlan("tiers", 17, 17, 15, 0, 1, 0)
+    assert not plan_layers(CondenseConfig(rate=0.1, layers=(1,)), 17, 4).anchors  # off by default
+    assert plan_layers(CondenseConfig(rate=0.3, merge_centers=1, layers=(0,)), 2, 1).plans[0] == \
+        tca.config.LayerPlan("tiers", 2, 2, 0, 1, 0, 1)
     # N = 2 at d = 0.3: tier 2 holds the only patch, so K = 2 is refused
     with pytest.raises(ConfigError, match="K=2 is larger than tier 2 at layer 0 \\(1 class-ambiguous"):
         plan_layers(CondenseConfig(rate=0.3, layers=(0,)), 2, 1)
