@@ -27,6 +27,7 @@ import torch
 from .config import METHODS, CondenseConfig, ConfigError
 from .flops import CONVENTION, Geometry, macs_for
 from .patch import encode, is_patched, patch, unpatch
+from .towers import tower_for
 
 DEFAULT_BATCH_SIZES = (1, 8)
 DEFAULT_KEEP_RATES = (1.0, 0.9, 0.7, 0.5)
@@ -132,7 +133,9 @@ def run_bench(model: torch.nn.Module, batch_sizes: Sequence[int] = DEFAULT_BATCH
             macs_for(geom, row.config)
     size = geom.image_size
     gen = torch.Generator().manual_seed(seed)
-    inputs = {b: torch.randn(b, 3, size, size, generator=gen) for b in batch_sizes}
+    weight = tower_for(model).patch_embed_weight(getattr(model, "visual", model))
+    inputs = {b: torch.randn(b, 3, size, size, generator=gen).to(weight.device, weight.dtype)
+              for b in batch_sizes}
     samples: dict[tuple[int, str], list[float]] = {row.key: [] for row in rows}
     load_before = machine_info().get("load_average")
     t_start = time.perf_counter()
@@ -177,7 +180,7 @@ def run_bench(model: torch.nn.Module, batch_sizes: Sequence[int] = DEFAULT_BATCH
     info = machine_info()
     info["load_average_before"] = load_before
     return {"tool": "python -m tca bench", "model": name,
-            "image_size": size, "repeats": repeats, "warmup": warmup,
+            "dtype": str(weight.dtype).removeprefix("torch."), "image_size": size, "repeats": repeats, "warmup": warmup,
             "statistic": f"{statistic} over interleaved repeats", "convention": CONVENTION,
             "machine": info, "wall_s": time.perf_counter() - t_start, "rows": out_rows,
             "targets": targets(out_rows)}
@@ -225,7 +228,8 @@ def targets(rows: list[dict]) -> list[dict]:
 
 def format_table(result: dict) -> str:
     m = result["machine"]
-    lines = [f"{result['model'] or 'model'} @ {result['image_size']}px  |  {m['cpus_available']} CPU(s) "
+    lines = [f"{result['model'] or 'model'} @ {result['image_size']}px, {result.get('dtype', 'float32')}"
+             f"  |  {m['cpus_available']} CPU(s) "
              f"({m['processor']}), torch {m['torch']} with {m['torch_threads']} thread(s)  |  "
              f"{result['statistic'].split()[0]} of {result['repeats']} interleaved repeats after "
              f"{result['warmup']} warm-up"]

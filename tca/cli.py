@@ -10,7 +10,7 @@ from typing import Sequence
 from .config import METHODS, ConfigError, CondenseConfig, parse_layers
 from .flops import CONVENTION, Geometry, macs_for, saved_percent
 from .images import ImageError, load_image
-from .models import (DEFAULT_MODEL, DEFAULT_PRETRAINED, TEMPLATES, LabelError,
+from .models import (DEFAULT_MODEL, DEFAULT_PRETRAINED, PRECISIONS, TEMPLATES, LabelError,
                      WeightsUnavailableError, load_model, parse_labels, validate_labels)
 from .errors import UserError
 from .patch import UnsupportedModelError
@@ -27,6 +27,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=os.environ.get("TCA_CHECKPOINT") or None,
                    help="local .safetensors / state-dict file (default: $TCA_CHECKPOINT)")
     p.add_argument("--seed", type=int, default=0, help="seed for random initialisation")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="fp32, or open_clip's mixed fp16 / bf16 (half-precision weights, "
+                        "LayerNorms, distances and logits in float32; default fp32)")
 
 
 def add_condense_args(p: argparse.ArgumentParser, method_default: str = "tca") -> None:
@@ -37,16 +40,20 @@ def add_condense_args(p: argparse.ArgumentParser, method_default: str = "tca") -
     p.add_argument("--layers", default="3,6,9", help="condensing block indices, 0-based")
     p.add_argument("--merge-centers", type=int, default=2, help="TCA coreset centres K")
     p.add_argument("--score", default="mean", choices=("mean", "rank"))
+    p.add_argument("--center-seed", type=int, default=None,
+                   help="TCA only: draw each image's first coreset centre at random with this "
+                        "seed, as the released code does (default: the most-attended tier-2 token)")
 
 
 def config_from_args(args: argparse.Namespace) -> CondenseConfig:
     return CondenseConfig(method=args.method, keep_rate=args.keep_rate, rate=args.rate,
                           layers=parse_layers(args.layers), merge_centers=args.merge_centers,
-                          score=args.score)
+                          score=args.score, center_seed=getattr(args, "center_seed", None))
 
 
 def load_from_args(args: argparse.Namespace):
-    return load_model(args.model, args.pretrained, args.checkpoint, seed=args.seed)
+    return load_model(args.model, args.pretrained, args.checkpoint, seed=args.seed,
+                      precision=args.precision)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -28,10 +28,11 @@ def cls_attention_row(q: torch.Tensor, k: torch.Tensor, cls_index: int = 0,
     """Per-head attention probabilities of the CLS query over all keys.
 
     q, k: (B, h, N, d_h); bias: additive logits broadcastable to (B, h, 1, N).
-    Returns (B, h, N). Costs N·D MACs instead of the N²·D of full probabilities.
+    Returns (B, h, N) float32. Costs N·D MACs instead of the N²·D of full probabilities.
     """
     scale = q.shape[-1] ** -0.5
-    logits = (q[:, :, cls_index:cls_index + 1] @ k.transpose(-2, -1)) * scale
+    # float32 (a no-op for float32 inputs): half-precision models rank like float32 ones
+    logits = (q[:, :, cls_index:cls_index + 1].float() @ k.float().transpose(-2, -1)) * scale
     if bias is not None:
         logits = logits + bias
     return logits.softmax(dim=-1).squeeze(2)
@@ -84,11 +85,11 @@ def evit_tier_sizes(n_tokens: int, keep_rate: float) -> tuple[int, int, int]:
     return n_keep, 0, p - n_keep
 
 
-def tome_r(n_tokens: int, keep_rate: float) -> int:
+def tome_r(n_tokens: int, keep_rate: float, prefix: int = 1) -> int:
     """Tokens ToMe merges at a condensing layer: int(N (1 - R)) as in the paper's baseline,
-    capped so that set A (even indices, CLS excluded) can supply them."""
+    capped so that set A (even indices, the ``prefix`` CLS token excluded) can supply them."""
     r = int(n_tokens * (1.0 - keep_rate) + 1e-9)
-    return max(0, min(r, (n_tokens + 1) // 2 - 1))
+    return max(0, min(r, (n_tokens + 1) // 2 - prefix))
 
 
 # --------------------------------------------------------------------------- TCA / EViT
@@ -105,18 +106,25 @@ def pairwise_distance(x: torch.Tensor) -> torch.Tensor:
     return dist
 
 
-def k_center_greedy(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def k_center_greedy(x: torch.Tensor, k: int,
+                    first: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Greedy farthest-point selection of k centres among T tokens, batched.
 
     x: (B, T, D). The first centre is token 0 (callers pass tokens sorted by descending score,
     so it is the most-attended ambiguous token): a rule, not a random draw, so the same input
-    always gives the same output. Returns (centres (B, k) long, dist (B, T, T)).
+    always gives the same output. ``first`` (B,) long overrides it per image (the released
+    code draws it at random). Returns (centres (B, k) long, dist (B, T, T)).
     """
     b, t, _ = x.shape
     dist = pairwise_distance(x)
     centres = x.new_zeros((b, k), dtype=torch.long)
-    min_dist = dist[:, 0].clone()
-    min_dist[:, 0] = -1.0  # never pick a centre twice, even among duplicate tokens
+    if first is None:
+        min_dist = dist[:, 0].clone()
+        min_dist[:, 0] = -1.0  # never pick a centre twice, even among duplicate tokens
+    else:
+        centres[:, 0] = first
+        min_dist = dist.gather(1, first.view(b, 1, 1).expand(b, 1, t)).squeeze(1)
+        min_dist.scatter_(1, first.view(b, 1), -1.0)
     for j in range(1, k):
         nxt = min_dist.argmax(dim=-1)
         centres[:, j] = nxt
@@ -126,14 +134,16 @@ def k_center_greedy(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor
     return centres, dist
 
 
-def coreset_merge(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def coreset_merge(x: torch.Tensor, k: int,
+                  first: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """TCA's coreset averaging: k-center greedy, nearest-centre assignment, then an
     inverse-distance weighted mean per cluster (the centre itself gets weight 1).
 
-    x: (B, T, D) with T >= k. Returns (merged (B, k, D), assign (B, T) in [0, k)).
+    x: (B, T, D) with T >= k; first: (B,) first centres, or None for token 0 (see
+    :func:`k_center_greedy`). Returns (merged (B, k, D), assign (B, T) in [0, k)).
     """
     b, t, d = x.shape
-    centres, dist = k_center_greedy(x, k)
+    centres, dist = k_center_greedy(x, k, first)
     to_centres = dist.gather(1, centres.unsqueeze(-1).expand(b, k, t))  # (B, k, T)
     assign = to_centres.argmin(dim=1)
     # A centre belongs to its own cluster even when a duplicate centre ties with it.
@@ -148,35 +158,44 @@ def coreset_merge(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def prune_merge_fuse(x: torch.Tensor, select: torch.Tensor, fuse_weight: torch.Tensor,
-                     t1: int, t2: int, k: int) -> Condensed:
+                     t1: int, t2: int, k: int, prefix: int = 1,
+                     generator: torch.Generator | None = None) -> Condensed:
     """Three-tier condensation (TCA §1.6; EViT when t2 = 0).
 
-    x: (B, N, D) tokens after the attention residual, CLS at 0.
+    x: (B, N, D) tokens after the attention residual, CLS at 0; ``prefix=0`` for towers without
+    a CLS token (then P = N and every token is a patch; the output starts with tier 1).
     select: (B, P) score that ranks patches; fuse_weight: (B, P) head-mean CLS attention.
     Tier 1 = top t1 patches (kept as is, in descending score), tier 2 = next t2 (merged into
     min(k, t2) coreset tokens), tier 3 = the rest (fused into one token, Σ s_j x_j with the raw
     attention weights). Output: [CLS; tier 1; merged; fused] with the fused token only if tier 3
-    is non-empty.
+    is non-empty. generator: draw each image's first coreset centre uniformly among tier 2 from
+    it (the released code's random start); None = the most-attended tier-2 token.
+    Distances, the coreset means and the fused sum are computed in float32 and cast back to
+    x's dtype (no-ops for float32), so half-precision models condense soundly.
     """
     b, n, d = x.shape
-    p = n - 1
+    p = n - prefix
     t3 = p - t1 - t2
     order = select.argsort(dim=-1, descending=True, stable=True)  # (B, P) patch indices
-    tok = order + 1  # token indices
+    tok = order + prefix  # token indices
 
     def take(idx: torch.Tensor) -> torch.Tensor:
         return x.gather(1, idx.unsqueeze(-1).expand(-1, -1, d))
 
-    parts = [x[:, :1], take(tok[:, :t1])]
+    parts = ([x[:, :prefix]] if prefix else []) + [take(tok[:, :t1])]
     dest = torch.empty((b, n), dtype=torch.long, device=x.device)
-    dest[:, 0] = 0
-    ar = torch.arange(1, t1 + 1, device=x.device).expand(b, t1)
+    dest[:, :prefix] = torch.arange(prefix, device=x.device)
+    ar = torch.arange(prefix, prefix + t1, device=x.device).expand(b, t1)
     dest.scatter_(1, tok[:, :t1], ar)
-    nxt = 1 + t1
+    nxt = prefix + t1
     if t2 > 0:
         x2 = take(tok[:, t1:t1 + t2])
         if t2 > k:
-            merged, assign = coreset_merge(x2, k)
+            first = None
+            if generator is not None:
+                first = torch.randint(t2, (b,), generator=generator).to(x.device)
+            merged, assign = coreset_merge(x2.float(), k, first)
+            merged = merged.to(x.dtype)
         else:
             merged, assign = x2, torch.arange(t2, device=x.device).expand(b, t2)
         parts.append(merged)
@@ -186,7 +205,8 @@ def prune_merge_fuse(x: torch.Tensor, select: torch.Tensor, fuse_weight: torch.T
     if t3 > 0:
         i3 = tok[:, t1 + t2:]
         w3 = fuse_weight.gather(1, order[:, t1 + t2:])
-        parts.append((take(i3) * w3.unsqueeze(-1)).sum(dim=1, keepdim=True))
+        fused = (take(i3).float() * w3.float().unsqueeze(-1)).sum(dim=1, keepdim=True)
+        parts.append(fused.to(x.dtype))
         dest.scatter_(1, i3, nxt)
         pruned = torch.zeros((b, n), dtype=torch.bool, device=x.device)
         pruned.scatter_(1, i3, True)
@@ -196,20 +216,22 @@ def prune_merge_fuse(x: torch.Tensor, select: torch.Tensor, fuse_weight: torch.T
 # --------------------------------------------------------------------------- ToMe
 
 
-def bipartite_soft_matching(metric: torch.Tensor, r: int) -> tuple[torch.Tensor, int]:
+def bipartite_soft_matching(metric: torch.Tensor, r: int, prefix: int = 1) -> tuple[torch.Tensor, int]:
     """ToMe's matching: alternate tokens into sets A (even) and B (odd), link each A token to
     its most similar B token (cosine), and merge the r strongest links. CLS (index 0, in A) is
     never merged; unmerged A tokens keep their original order so CLS stays at index 0.
+    ``prefix=0``: no CLS token, every token can merge.
 
     metric: (B, N, C), e.g. the head-mean attention keys. Returns (dest (B, N), N_out).
     """
     b, n, _ = metric.shape
+    metric = metric.float()  # cosine similarities in float32 (a no-op for float32 keys)
     metric = metric / metric.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     a, bb = metric[:, ::2], metric[:, 1::2]
     na, nb = a.shape[1], bb.shape[1]
-    r = min(r, na - 1)
+    r = min(r, na - prefix)
     scores = a @ bb.transpose(-1, -2)  # (B, Na, Nb)
-    scores[:, 0] = -math.inf
+    scores[:, :prefix] = -math.inf
     best, best_b = scores.max(dim=-1)
     edge = best.argsort(dim=-1, descending=True, stable=True)
     src, unm = edge[:, :r], edge[:, r:].sort(dim=-1).values
@@ -231,14 +253,16 @@ def merge_weighted(x: torch.Tensor, size: torch.Tensor, dest: torch.Tensor,
     size (B, n_out)).
     """
     b, n, d = x.shape
+    size = size.float()  # sums in float32 (no-ops for float32 inputs), results in x's dtype
     new_size = size.new_zeros((b, n_out)).scatter_add_(1, dest, size)
-    num = x.new_zeros((b, n_out, d)).scatter_add_(
-        1, dest.unsqueeze(-1).expand(b, n, d), x * size.unsqueeze(-1))
-    return num / new_size.unsqueeze(-1), new_size
+    num = size.new_zeros((b, n_out, d)).scatter_add_(
+        1, dest.unsqueeze(-1).expand(b, n, d), x.float() * size.unsqueeze(-1))
+    return (num / new_size.unsqueeze(-1)).to(x.dtype), new_size
 
 
-def tome_merge(x: torch.Tensor, size: torch.Tensor, metric: torch.Tensor, r: int) -> Condensed:
+def tome_merge(x: torch.Tensor, size: torch.Tensor, metric: torch.Tensor, r: int,
+               prefix: int = 1) -> Condensed:
     """One ToMe step: bipartite soft matching on ``metric`` then size-weighted merging."""
-    dest, n_out = bipartite_soft_matching(metric, r)
+    dest, n_out = bipartite_soft_matching(metric, r, prefix)
     x, size = merge_weighted(x, size, dest, n_out)
     return Condensed(x, dest, None, size)

@@ -5,8 +5,8 @@ known before (or without) running the model.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Sequence
+from dataclasses import dataclass, field, replace
+from typing import ClassVar, Sequence
 
 from . import condense
 from .errors import ConfigError
@@ -45,6 +45,9 @@ class CondenseConfig:
     layers: 0-based block indices that condense. merge_centers: K coreset tokens (TCA tier 2).
     score: ``mean`` = head-mean CLS attention (released code), ``rank`` = cross-head average rank
     (paper text).
+    center_seed: TCA only. None (default) starts the coreset at the most-attended tier-2 token,
+    a rule; an integer draws each image's first centre at random from a generator seeded with
+    it at every forward, as the released code does (reproducible for a given seed and batch).
     """
 
     method: str = "tca"
@@ -53,6 +56,7 @@ class CondenseConfig:
     layers: tuple[int, ...] = DEFAULT_LAYERS
     merge_centers: int = 2
     score: str = "mean"
+    center_seed: int | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -65,6 +69,10 @@ class CondenseConfig:
             raise ConfigError(f"rate d must be in [0, 1/3), got {self.rate}")
         if not isinstance(self.merge_centers, int) or self.merge_centers < 1:
             raise ConfigError(f"merge centres K must be a positive integer, got {self.merge_centers}")
+        if self.center_seed is not None and (isinstance(self.center_seed, bool)
+                                             or not isinstance(self.center_seed, int)
+                                             or self.center_seed < 0):
+            raise ConfigError(f"centre seed must be a non-negative integer, got {self.center_seed!r}")
         layers = tuple(sorted(set(int(i) for i in self.layers)))
         if any(i < 0 for i in layers):
             raise ConfigError(f"layer indices must be >= 0, got {list(self.layers)}")
@@ -90,31 +98,67 @@ class CondenseConfig:
             return "none (unmodified CLIP)"
         extra = f", d={self.tca_rate:g}, K={self.merge_centers}, score={self.score}" \
             if self.method == "tca" else ""
+        if self.method == "tca" and self.center_seed is not None:
+            extra += f", random first centre (seed {self.center_seed})"
         return f"{self.method} R={self.keep_rate:g}{extra}, layers {list(self.layers)}"
 
 
 @dataclass(frozen=True)
 class LayerPlan:
-    """What one condensing block does. kind: 'tiers' (TCA/EViT) or 'tome'."""
+    """What one condensing block does: ``n_in`` tokens in, ``n_out`` out. The subclass says how
+    (``kind`` names it; ``tca.patch`` maps each kind to its condensing step). ``prefix``: the
+    leading tokens that never condense (1 = the CLS token; 0 for towers without one, such as
+    SigLIP's, where every token is a patch and can be selected, merged or fused)."""
 
-    kind: str
+    kind: ClassVar[str] = ""
+    # What the condensing step reads from the block's attention (``tca.patch.attend``): the CLS
+    # (or pool-query) row, and/or the head-mean keys.
+    needs_row: ClassVar[bool] = False
+    needs_keys: ClassVar[bool] = False
     n_in: int
     n_out: int
+    prefix: int = field(default=1, kw_only=True)
+
+
+@dataclass(frozen=True)
+class TierPlan(LayerPlan):
+    """TCA / EViT: rank the ``n_in - prefix`` patches, keep the top ``t1``, merge the next ``t2``
+    into ``k`` coreset tokens, fuse the remaining ``t3`` into one token."""
+
+    kind: ClassVar[str] = "tiers"
+    needs_row: ClassVar[bool] = True
     t1: int = 0
     t2: int = 0
     t3: int = 0
     k: int = 0
+
+
+@dataclass(frozen=True)
+class TomePlan(LayerPlan):
+    """ToMe: merge ``r`` tokens by bipartite soft matching."""
+
+    kind: ClassVar[str] = "tome"
+    needs_keys: ClassVar[bool] = True
     r: int = 0
 
 
 @dataclass(frozen=True)
 class Schedule:
-    """Per-block plan (None = plain block) and token counts at every block output."""
+    """Per-block plan (None = plain block) and token counts at every block output.
+
+    n_tokens: tokens entering block 0, ``prefix`` of them (the CLS token, or none) exempt from
+    condensation. anchors: TCA prepends a domain anchor at condensing blocks > 0.
+    """
 
     plans: tuple[LayerPlan | None, ...]
     tokens: tuple[int, ...]
     n_tokens: int
     anchors: bool = False
+    prefix: int = 1
+
+    @property
+    def n_patches(self) -> int:
+        return self.n_tokens - self.prefix
 
     def attention_tokens(self, layer: int) -> int:
         """Tokens seen by block ``layer``'s attention (one more where a domain anchor is added)."""
@@ -122,9 +166,14 @@ class Schedule:
         return n_in + (1 if self.anchors and self.plans[layer] is not None and layer > 0 else 0)
 
 
-def plan_layers(config: CondenseConfig, n_tokens: int, depth: int, anchors: bool = False) -> Schedule:
-    """The token schedule of ``config`` for a ViT with ``n_tokens`` (CLS included) and ``depth``
-    blocks. Raises ConfigError for layers out of range or K larger than tier 2."""
+def plan_layers(config: CondenseConfig, n_tokens: int, depth: int, anchors: bool = False,
+                prefix: int = 1) -> Schedule:
+    """The token schedule of ``config`` for a ViT with ``n_tokens`` (``prefix`` of them CLS:
+    1 for CLIP, 0 for towers without a CLS token) and ``depth`` blocks. Budgets depend on the
+    patch count only, so a tower of P patches without CLS gets the tiers of a CLIP tower of P
+    patches. Raises ConfigError for layers out of range or K larger than tier 2."""
+    if prefix not in (0, 1):
+        raise ConfigError(f"prefix must be 0 (no CLS token) or 1 (CLS token), got {prefix}")
     bad = [i for i in config.layers if i >= depth]
     if bad and not config.is_identity:
         raise ConfigError(f"layer index {bad[0]} is out of range: this model has {depth} blocks "
@@ -135,34 +184,36 @@ def plan_layers(config: CondenseConfig, n_tokens: int, depth: int, anchors: bool
     for i in range(depth):
         plan = None
         if not config.is_identity and i in config.layers:
-            plan = _plan_one(config, n, i)
+            plan = _plan_one(config, n, i, prefix)
         plans.append(plan)
         if plan is not None:
             n = plan.n_out
         tokens.append(n)
     return Schedule(tuple(plans), tuple(tokens), n_tokens,
-                    anchors=anchors and config.method == "tca")
+                    anchors=anchors and config.method == "tca", prefix=prefix)
 
 
-def _plan_one(config: CondenseConfig, n: int, layer: int) -> LayerPlan | None:
+def _plan_one(config: CondenseConfig, n: int, layer: int, prefix: int = 1) -> LayerPlan | None:
     if config.method == "tome":
-        r = condense.tome_r(n, config.keep_rate)
-        return LayerPlan("tome", n, n - r, r=r) if r > 0 else None
+        r = condense.tome_r(n, config.keep_rate, prefix)
+        return TomePlan(n, n - r, r=r, prefix=prefix) if r > 0 else None
+    # The tier budgets are defined on N = patches + 1 (the released code counts the CLS token).
+    n_cls = n - prefix + 1
     if config.method == "evit":
-        t1, t2, t3 = condense.evit_tier_sizes(n, config.keep_rate)
+        t1, t2, t3 = condense.evit_tier_sizes(n_cls, config.keep_rate)
         k = 0
     else:
-        t1, t2, t3 = condense.tca_tier_sizes(n, config.tca_rate)
+        t1, t2, t3 = condense.tca_tier_sizes(n_cls, config.tca_rate)
         k = config.merge_centers
         if 0 < t2 < k:
             raise ConfigError(
                 f"merge centres K={k} is larger than tier 2 at layer {layer} ({t2} class-ambiguous "
                 f"tokens of {n}); use K <= {t2} or a lower keep rate")
         k = min(k, t2)
-    n_out = 1 + t1 + k + (1 if t3 > 0 else 0)
+    n_out = prefix + t1 + k + (1 if t3 > 0 else 0)
     if t2 == 0 and t3 == 0:
         return None
-    return LayerPlan("tiers", n, n_out, t1, t2, t3, k)
+    return TierPlan(n, n_out, t1, t2, t3, k, prefix=prefix)
 
 
 def parse_layers(text: str | Sequence[int]) -> tuple[int, ...]:

@@ -1,10 +1,15 @@
 """App-level orchestration for the explorer, with no UI code: loading models on demand (with
-the random-weights fallback), one Run from raw inputs, method comparison at one budget,
-per-session stream state, and the JSON / PNG exports. ``app.py`` only wires these to Gradio.
+the random-weights fallback), one Run from raw inputs, method comparison at one budget, the
+keep-rate sweep of one image, per-session stream state, input signatures (to tell shown results
+stale) and the JSON / PNG / GIF exports. ``tca.page`` turns a Run into what the page shows;
+``app.py`` only wires these to Gradio.
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
+import math
 import os
 import re
 import tempfile
@@ -40,9 +45,11 @@ MAX_LABELS = 100
 MAX_LABELS_TEXT = 20_000  # characters of label text accepted before parsing
 KEEP_RATE_RANGE = (0.1, 1.0)
 MERGE_CENTERS_RANGE = (1, 16)
-
-
-
+# The settings the page opens with (and the first screen is computed with).
+APP_DEFAULTS = dict(method="tca", keep_rate=0.7, layers="3,6,9", merge_centers=2, score="mean",
+                    templates="single")
+SWEEP_RATES = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+SWEEP_MAX_PASSES = 24  # condensed passes one sweep may run (3 methods x 8 rates)
 
 # ----------------------------------------------------------------------------------- models
 
@@ -275,6 +282,8 @@ class RunState:
     stream: dict | None = None  # reservoir summary after this image, in stream mode
     stream_notice: str | None = None
     created: float = field(default_factory=time.time)
+    image_name: str | None = None  # the file name only (never a server path)
+    signature: tuple | None = None  # the inputs that made it (see input_signature)
 
     @property
     def trace(self):
@@ -303,7 +312,60 @@ def run(cache: ModelCache, image, labels, model: str, method: str = "tca",
                       trace=True, max_labels=max_labels)
     return RunState(result, model_view(clip, pil), clip.name, loaded.note, templates,
                     stream=result.reservoir if reservoir is not None else None,
-                    stream_notice=stream.notice if reservoir is not None else None)
+                    stream_notice=stream.notice if reservoir is not None else None,
+                    image_name=image_name(image),
+                    signature=input_signature(image, labels, model, method, keep_rate, layers,
+                                              merge_centers, score, templates))
+
+
+def image_name(image) -> str | None:
+    """The base name of an image given as a path (for exports), else None."""
+    if isinstance(image, (str, os.PathLike)):
+        return Path(image).name
+    return getattr(image, "orig_name", None) or None
+
+
+@functools.lru_cache(maxsize=64)
+def _file_digest(path: str, size: int, mtime: float) -> str:
+    with open(path, "rb") as f:
+        return hashlib.blake2b(f.read(), digest_size=12).hexdigest()
+
+
+def image_key(image) -> str | None:
+    """A content key of an image input: the same picture gives the same key whatever the file
+    path (the app's copy of an example vs the asset), so results can be told stale or current."""
+    if image is None:
+        return None
+    if isinstance(image, (str, os.PathLike)):
+        try:
+            st = os.stat(image)
+        except OSError:
+            return f"missing:{image}"
+        return _file_digest(str(image), st.st_size, st.st_mtime)
+    if isinstance(image, Image.Image):
+        return hashlib.blake2b(image.tobytes(), digest_size=12).hexdigest()
+    if isinstance(image, np.ndarray):
+        return hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=12).hexdigest()
+    return repr(image)
+
+
+def input_signature(image, labels, model, method, keep_rate, layers, merge_centers, score,
+                    templates) -> tuple:
+    """Everything a Run depends on, normalised (labels parsed, numbers rounded), for telling
+    whether the shown results still match the inputs on screen."""
+    try:
+        label_key: object = tuple(parse_labels(labels))
+    except Exception:  # noqa: BLE001 - an unparsable text is compared as typed
+        label_key = labels
+
+    def num(v):
+        try:
+            return round(float(v), 6)
+        except (TypeError, ValueError):
+            return v
+    layer_key = re.sub(r"\s+", "", str(layers)) if isinstance(layers, str) else tuple(layers)
+    return (image_key(image), label_key, model, method, num(keep_rate), layer_key,
+            num(merge_centers), score, templates)
 
 
 def _checked_inputs(cache: ModelCache, image, labels, model: str, templates: str,
@@ -358,6 +420,106 @@ def compare(cache: ModelCache, image, labels, model: str, keep_rate: float = 0.7
                       float(keep_rate))
 
 
+# ----------------------------------------------------------------------------------- sweep
+
+@dataclass
+class SweepPoint:
+    """One keep rate of a sweep: cost and what it did to the prediction."""
+
+    keep_rate: float
+    gmacs: float
+    final_tokens: int
+    top1: str
+    top1_prob: float
+    base_label_prob: float  # probability of the baseline's top-1 label
+    kl: float  # KL(baseline || condensed), nats
+
+
+@dataclass
+class Sweep:
+    """A keep-rate sweep of one image (per method, points in keep-rate order)."""
+
+    model: str
+    labels: list[str]
+    baseline: Prediction
+    gmacs_baseline: float
+    points: dict[str, list[SweepPoint]]
+    elapsed_ms: float = 0.0
+    passes: int = 0  # condensed passes run
+    baseline_pass: bool = True  # whether a baseline pass ran (else a Run's was reused)
+
+    @property
+    def base_label(self) -> str:
+        return self.baseline.top(1)[0][0]
+
+
+def kl_divergence(p: Sequence[float], q: Sequence[float]) -> float:
+    """KL(p || q) in nats for two probability vectors (terms with p = 0 contribute 0)."""
+    return float(sum(pi * (math.log(pi) - math.log(max(qi, 1e-12)))
+                     for pi, qi in zip(p, q) if pi > 0))
+
+
+def sweep(cache: ModelCache, image, labels, model: str, method: str = "tca",
+          layers: str | Sequence[int] = "3,6,9", merge_centers: int = 2, score: str = "mean",
+          templates: str = "single", rates: Sequence[float] = SWEEP_RATES,
+          methods: Sequence[str] | None = None, max_labels: int = MAX_LABELS,
+          reuse: RunResult | None = None,
+          progress: Callable[[float, str], None] | None = None) -> Sweep:
+    """Run ``method`` (or each of ``methods``) at every keep rate in ``rates`` on one image, as
+    one job: inputs checked and the text encoded once, one baseline pass, then one untraced
+    condensed pass per rate; a rate that removes nothing (R = 1) is the baseline itself and
+    runs no pass. At most :data:`SWEEP_MAX_PASSES` condensed passes.
+
+    reuse: a Run of the same image, labels, model and templates whose baseline is taken
+    instead of a new baseline pass (the caller vouches that the inputs match).
+    """
+    say = progress or (lambda frac, desc: None)
+    methods = tuple(methods) if methods else (method,)
+    if any(m == "none" for m in methods):
+        raise ConfigError("the keep-rate sweep needs a condensing method (TCA, EViT or ToMe), "
+                          "not \"none\"")
+    rates = sorted({round(float(r), 6) for r in rates})
+    if not rates:
+        raise ConfigError("the sweep needs at least one keep rate")
+    if len(rates) * len(methods) > SWEEP_MAX_PASSES:
+        raise ConfigError(f"a sweep runs at most {SWEEP_MAX_PASSES} passes, asked for "
+                          f"{len(rates) * len(methods)}")
+    configs = {m: [parse_settings(m, r, layers, merge_centers, score) for r in rates]
+               for m in methods}
+    pil, loaded, label_list, templates = _checked_inputs(cache, image, labels, model, templates,
+                                                         max_labels, say)
+    clip = loaded.clip
+    t0 = time.perf_counter()
+    base = reuse if reuse is not None and reuse.labels == label_list else None
+    points: dict[str, list[SweepPoint]] = {}
+    total, done, passes = len(rates) * len(methods), 0, 0
+    for m, cfgs in configs.items():
+        points[m] = []
+        for cfg in cfgs:
+            say(0.1 + 0.88 * done / total,
+                f"{METHOD_NAMES[m]} at R={cfg.keep_rate:g} ({done + 1} of {total})")
+            if cfg.is_identity and base is not None:
+                probs, gmacs, final = (base.baseline.probs, base.flops_baseline.gmacs,
+                                       base.baseline_tokens[-1])
+            else:
+                r = classify(clip, pil, label_list, cfg, templates=templates, trace=False,
+                             max_labels=max_labels, baseline=base is None)
+                passes += 1
+                if base is None:
+                    base = r
+                probs, gmacs, final = r.condensed.probs, r.flops_condensed.gmacs, \
+                    r.tokens_per_layer[-1]
+            top = max(range(len(probs)), key=probs.__getitem__)
+            bi = max(range(len(probs)), key=base.baseline.probs.__getitem__)
+            points[m].append(SweepPoint(cfg.keep_rate, gmacs, final, label_list[top], probs[top],
+                                        probs[bi], kl_divergence(base.baseline.probs, probs)))
+            done += 1
+    assert base is not None
+    return Sweep(clip.name, label_list, base.baseline, base.flops_baseline.gmacs, points,
+                 (time.perf_counter() - t0) * 1e3, passes=passes,
+                 baseline_pass=reuse is None or base is not reuse)
+
+
 # ----------------------------------------------------------------------------------- exports
 
 def _top(pred: Prediction, k: int) -> list[dict]:
@@ -389,6 +551,8 @@ def export_dict(state: RunState) -> dict:
         out["trace"]["patch_order"] = "row-major over grid (rows, cols)"
     out["flops"] = {"baseline": state.result.flops_baseline.to_dict(),
                     "condensed": state.result.flops_condensed.to_dict()}
+    out["image"] = {"name": state.image_name, "content_key": state.signature[0]
+                    if state.signature else None, "model_view_px": list(state.view.shape[:2])}
     return out
 
 
@@ -425,8 +589,17 @@ class ExportDir:
         image.save(p, format="PNG", compress_level=1)
         return p
 
+    def write_gif(self, frames: Sequence[Image.Image], stem: str = "tca-depth",
+                  ms_per_frame: int = 600) -> Path:
+        """An animated GIF (looping) of ``frames``, e.g. the map after every block."""
+        p = self.path(stem, ".gif")
+        frames[0].save(p, format="GIF", save_all=True, append_images=list(frames[1:]),
+                       duration=ms_per_frame, loop=0, optimize=False)
+        return p
+
 
 __all__ = ["APP_MODELS", "COMPARE_METHODS", "METHOD_NAMES", "MAX_LABELS",
            "InputError", "LoadedModel", "ModelCache", "StreamState", "RunState", "Comparison",
            "run", "compare", "summary", "export_dict", "ExportDir", "model_view", "open_image",
-           "parse_settings"]
+           "parse_settings", "APP_DEFAULTS", "SWEEP_RATES", "Sweep", "SweepPoint", "sweep",
+           "kl_divergence", "input_signature", "image_key", "image_name"]

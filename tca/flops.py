@@ -5,17 +5,25 @@ MAC a "FLOP", so their "GFLOPs" are GMACs: ViT-B/16 @ 224 = 17.56 GMACs = 35.13 
 
 Per block with N_in tokens into attention (one more where TCA prepends a domain anchor) and N_out
 into the MLP: 4·N_in·D² + 2·N_in²·D + 2·m·N_out·D² (qkv, QK^T, AV, output projection, MLP with
-ratio m). Plus the patch embedding (N_p·3·P²·D) and the final projection (D·E). LayerNorm,
-softmax, GELU and residual adds are not counted (as in the papers). Condensation overhead (CLS
-attention row, coreset distances, fusing, ToMe matching) is reported separately.
+ratio m). Plus the patch embedding (N_p·3·P²·D) and the head: the final projection (D·E) for
+CLS pooling; for an attention pool (SigLIP's MAP head, one learned query over the N final
+tokens) also its query (D²), keys and values (2·N·D²), attention (2·N·D), output projection
+(D²) and MLP (2·D·hidden). LayerNorm, softmax, GELU and residual adds are not counted (as in the
+papers). Condensation overhead (CLS attention row, or the pool query's row for towers without
+CLS, coreset distances, fusing, ToMe matching) is reported separately.
+
+Towers without a CLS token (``prefix=0``) have N = N_p tokens and condense all of them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, asdict
+from dataclasses import asdict, dataclass
 
 import open_clip
+import torch
 
 from .config import CondenseConfig, Schedule, plan_layers
+from .errors import UnsupportedModelError
+from .towers import tower_for
 
 CONVENTION = "GMACs (1 MAC = 1 multiply-add; the papers' \"GFLOPs\" are GMACs; FLOPs = 2 x MACs)"
 
@@ -31,6 +39,10 @@ class Geometry:
     image_size: int
     embed_dim: int
     mlp_ratio: float = 4.0
+    prefix: int = 1  # tokens before the patches: 1 = CLS, 0 = none (SigLIP)
+    pool: str = "tok"  # "tok" (CLS / token pooling) or "map" (attention pool, one query)
+    pool_hidden: int = 0  # MLP width of the attention pool ("map")
+    proj: bool = True  # a final D x E projection after pooling
 
     @property
     def grid(self) -> int:
@@ -38,7 +50,11 @@ class Geometry:
 
     @property
     def n_tokens(self) -> int:
-        return self.grid ** 2 + 1
+        return self.grid ** 2 + self.prefix
+
+    def schedule(self, config: CondenseConfig, anchors: bool = False) -> Schedule:
+        """The token schedule of ``config`` on this geometry."""
+        return plan_layers(config, self.n_tokens, self.depth, anchors, self.prefix)
 
     @classmethod
     def from_name(cls, model_name: str) -> "Geometry":
@@ -46,21 +62,55 @@ class Geometry:
         if cfg is None:
             raise ValueError(f"unknown open_clip model {model_name!r}")
         v = cfg["vision_cfg"]
-        if "timm_model_name" in v or not isinstance(v.get("layers"), int):
-            raise ValueError(f"{model_name} has no plain ViT vision tower with a CLS token")
+        if v.get("timm_model_name"):
+            return cls._from_timm_cfg(model_name, cfg)
+        if not isinstance(v.get("layers"), int):
+            raise UnsupportedModelError(f"{model_name} has no ViT vision tower (ResNets have no "
+                                        f"tokens to condense)")
         size = v["image_size"] if isinstance(v["image_size"], int) else v["image_size"][0]
         return cls(v["width"], v["layers"], v["width"] // v.get("head_width", 64), v["patch_size"],
                    size, cfg["embed_dim"], v.get("mlp_ratio", 4.0))
 
     @classmethod
+    def _from_timm_cfg(cls, model_name: str, cfg: dict) -> "Geometry":
+        """A timm tower's geometry, read from the tower built on the meta device (no memory, no
+        weights, no download)."""
+        from open_clip.timm_model import TimmModel
+        v = cfg["vision_cfg"]
+        with torch.device("meta"):
+            visual = TimmModel(v["timm_model_name"], cfg["embed_dim"], image_size=v.get("image_size", 224),
+                               pool=v.get("timm_pool", "avg"), proj=v.get("timm_proj", "linear"),
+                               proj_bias=v.get("timm_proj_bias", False))
+        return cls.from_model(visual)
+
+    @classmethod
     def from_model(cls, model) -> "Geometry":
         visual = getattr(model, "visual", model)
+        if not hasattr(visual, "transformer"):
+            return cls._from_timm(visual)
         block = visual.transformer.resblocks[0]
         patch = visual.conv1.kernel_size[0]
         return cls(visual.transformer.width, len(visual.transformer.resblocks), block.attn.num_heads,
                    patch, visual.grid_size[0] * patch,
                    visual.proj.shape[1] if visual.proj is not None else visual.transformer.width,
                    block.mlp.c_fc.out_features / visual.transformer.width)
+
+    @classmethod
+    def _from_timm(cls, visual) -> "Geometry":
+        tower = tower_for(visual)  # refuses towers it cannot condense, with the reason
+        trunk = visual.trunk
+        block = trunk.blocks[0]
+        width = trunk.embed_dim
+        pool = trunk.attn_pool
+        linears = [m for m in visual.head.modules() if isinstance(m, torch.nn.Linear)]
+        if len(linears) > 1 or not isinstance(trunk.head, torch.nn.Identity):
+            raise UnsupportedModelError("timm towers with an MLP or classifier head are not counted")
+        embed = linears[0].out_features if linears else width
+        return cls(width, len(trunk.blocks), block.attn.num_heads, trunk.patch_embed.patch_size[0],
+                   trunk.patch_embed.img_size[0], embed, block.mlp.fc1.out_features / width,
+                   prefix=tower.prefix(visual), pool="map" if pool is not None else "tok",
+                   pool_hidden=pool.mlp.fc1.out_features if pool is not None else 0,
+                   proj=bool(linears))
 
 
 @dataclass(frozen=True)
@@ -121,25 +171,37 @@ def count_macs(geom: Geometry, schedule: Schedule) -> FlopReport:
         n_out = schedule.tokens[i]
         attention = 4 * n_in * d * d + 2 * n_in * n_in * d
         mlp = 2 * n_out * d * hidden
-        layers.append(LayerMacs(i, n_in, n_out, attention, mlp, _overhead(plan, n_in, d, h)))
+        overhead = _overhead(plan, n_in, d, h, pool_row=geom.pool == "map" and geom.prefix == 0)
+        layers.append(LayerMacs(i, n_in, n_out, attention, mlp, overhead))
     patch_embed = geom.grid ** 2 * 3 * geom.patch ** 2 * d
-    return FlopReport(tuple(layers), patch_embed, d * geom.embed_dim)
+    return FlopReport(tuple(layers), patch_embed, _head(geom, schedule.tokens[-1]))
 
 
-def _overhead(plan, n_in: int, d: int, h: int) -> int:
+def _head(geom: Geometry, n: int) -> int:
+    """Pooling and projection of the ``n`` final tokens."""
+    d = geom.width
+    macs = d * geom.embed_dim if geom.proj else 0
+    if geom.pool == "map":  # query, keys+values, q·k and attention·v, output projection, MLP
+        macs += d * d + 2 * n * d * d + 2 * n * d + d * d + 2 * d * geom.pool_hidden
+    return macs
+
+
+def _overhead(plan, n_in: int, d: int, h: int, pool_row: bool = False) -> int:
     if plan is None:
         return 0
     if plan.kind == "tome":
         na, nb = (n_in + 1) // 2, n_in // 2
         return na * nb * (d // h) + n_in * d  # cosine matching on head-mean keys + weighted merge
-    cls_row = n_in * d  # one CLS query against every key, all heads
+    # one CLS query against every key, all heads; for towers without CLS, the pool's query
+    # (D²) folded into its key projection (D²), then against every normed token, per head
+    cls_row = 2 * d * d + n_in * d * h if pool_row else n_in * d
     coreset = plan.t2 * plan.t2 * d + plan.t2 * d if plan.t2 > plan.k else 0
     return cls_row + coreset + plan.t3 * d
 
 
 def macs_for(geom: Geometry, config: CondenseConfig, anchors: bool = False) -> FlopReport:
     """The analytic report of ``config`` on ``geom``, without running a model."""
-    return count_macs(geom, plan_layers(config, geom.n_tokens, geom.depth, anchors))
+    return count_macs(geom, geom.schedule(config, anchors))
 
 
 def saved_percent(baseline: FlopReport, condensed: FlopReport) -> float:

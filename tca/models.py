@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 from open_clip import zero_shot_metadata
 
-from .errors import LabelError, WeightsUnavailableError
+from .errors import ConfigError, LabelError, WeightsUnavailableError
 from .patch import check_supported
+from .towers import input_dtype
 
 DEFAULT_MODEL = "ViT-B-16-quickgelu"
 DEFAULT_PRETRAINED = "openai"
@@ -28,6 +29,8 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
     "imagenet80": tuple(t("{}") for t in zero_shot_metadata.OPENAI_IMAGENET_TEMPLATES),
 }
 MAX_LABEL_CHARS = 300
+# --precision choices: open_clip's names for float32 and its mixed fp16 / bf16 modes.
+PRECISIONS = ("fp32", "fp16", "bf16")
 WEIGHTS_HELP = (
     "To use real weights: connect to the internet once (open_clip downloads them into the "
     "Hugging Face cache), or pass --checkpoint PATH / set TCA_CHECKPOINT to a local "
@@ -60,12 +63,23 @@ class ClipModel:
     @property
     def weights_description(self) -> str:
         if self.is_random:
-            return f"{self.name} with RANDOM weights (predictions are meaningless)"
+            stand_in = ", byte-level stand-in tokenizer" if self.tokenizer_note else ""
+            return f"{self.name} with RANDOM weights{stand_in} (predictions are meaningless)"
         return f"{self.name} / {self.pretrained}"
+
+    @property
+    def tokenizer_note(self) -> str | None:
+        """Why the model's own tokenizer is not used (a :class:`ByteTokenizer` stands in), or None."""
+        return getattr(self.tokenizer, "reason", None)
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype images must have: that of the vision tower's patch embedding."""
+        return input_dtype(self.model)
 
     @property
     def context_length(self) -> int:
@@ -74,6 +88,18 @@ class ClipModel:
     @property
     def logit_scale(self) -> float:
         return float(self.model.logit_scale.detach().exp())
+
+    @property
+    def logit_bias(self) -> float:
+        """SigLIP's learned logit bias (0 for CLIP, which has none)."""
+        bias = getattr(self.model, "logit_bias", None)
+        return float(bias.detach()) if bias is not None else 0.0
+
+    def logits(self, image_features: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """The model's own logits (B, C): scale · cos(image, text) + bias, in float32.
+        image_features: (B, E), not necessarily normalised; text: (C, E) normalised."""
+        z = F.normalize(image_features.float(), dim=-1)
+        return self.logit_scale * z @ text.to(z.device, torch.float32).T + self.logit_bias
 
     def encode_text(self, labels: Sequence[str], templates: str | Sequence[str] = "single") -> torch.Tensor:
         """Normalised class embeddings (C, E): each label through every template, averaged and
@@ -154,7 +180,8 @@ def validate_labels(labels: Sequence[str], tokenizer: Callable | None = None,
 
 def load_model(name: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETRAINED,
                checkpoint: str | os.PathLike | None = None, device: str = "cpu",
-               seed: int = 0, cache_dir: str | os.PathLike | None = None) -> ClipModel:
+               seed: int = 0, cache_dir: str | os.PathLike | None = None,
+               precision: str = "fp32") -> ClipModel:
     """Load an open_clip CLIP by name.
 
     pretrained: an open_clip tag (e.g. ``openai``), or None / ``"none"`` for random weights
@@ -165,7 +192,12 @@ def load_model(name: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETR
     Raises WeightsUnavailableError with instructions when weights cannot be had: at once when
     they are not cached and the Hub is offline (HF_HUB_OFFLINE=1) or unreachable.
     cache_dir: the Hugging Face hub cache to use (default: the standard one).
+    precision: ``fp32``, or ``fp16`` / ``bf16``: open_clip's mixed precision (weights in half
+    precision, LayerNorms in float32). Random weights are drawn in float32 and then cast, so a
+    seed gives the same model at every precision, up to rounding.
     """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if name not in open_clip.list_models():
         close = [m for m in open_clip.list_models() if name.lower().split("-")[0] in m.lower()][:8]
         raise ValueError(f"unknown open_clip model {name!r}" + (f"; similar: {', '.join(close)}" if close else ""))
@@ -173,22 +205,94 @@ def load_model(name: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETR
         pretrained = None
     torch.manual_seed(seed)
     if checkpoint is not None:
-        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None, device=device)
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            name, pretrained=None, device=device, precision=precision)
         _load_checkpoint(model, Path(checkpoint))
         source: str | None = str(checkpoint)
     elif pretrained is None:
-        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None, device=device)
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            name, pretrained=None, device=device, precision=precision)
         source = None
     else:
         if pretrained not in open_clip.list_pretrained_tags_by_model(name):
             tags = open_clip.list_pretrained_tags_by_model(name)
             raise ValueError(f"{name} has no pretrained tag {pretrained!r}; available: "
                              f"{', '.join(tags) or 'none'}")
-        model, preprocess = _load_pretrained(name, pretrained, device, cache_dir)
+        model, preprocess = _load_pretrained(name, pretrained, device, cache_dir, precision)
         source = pretrained
     model.eval()
     check_supported(model)
-    return ClipModel(model, preprocess, open_clip.get_tokenizer(name), name, source)
+    return ClipModel(model, preprocess, load_tokenizer(name, random=source is None,
+                                                       cache_dir=cache_dir), name, source)
+
+
+class ByteTokenizer:
+    """Token ids from UTF-8 bytes, for random-weight models whose own tokenizer is a Hub
+    download that is not available (offline, or without ``transformers``). The text tower then
+    runs for real on these ids; with random weights no tokenizer gives meaning, so nothing is
+    lost. ``reason`` says why the model's own tokenizer is not used."""
+
+    def __init__(self, context_length: int, vocab_size: int, reason: str) -> None:
+        self.context_length = context_length
+        self.vocab_size = vocab_size
+        self.reason = reason
+
+    def encode(self, text: str) -> list[int]:
+        # ids 1..256 (0 is padding), folded into the vocabulary if it is smaller
+        return [1 + (b % (self.vocab_size - 1)) for b in text.encode("utf-8")]
+
+    def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> torch.Tensor:
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        n = context_length or self.context_length
+        out = torch.zeros((len(texts), n), dtype=torch.long)
+        for i, text in enumerate(texts):
+            ids = self.encode(text)[:n]
+            out[i, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+        return out
+
+
+def load_tokenizer(name: str, random: bool = False, cache_dir: str | os.PathLike | None = None):
+    """The tokenizer of open_clip model ``name``.
+
+    CLIP's BPE vocabulary ships with open_clip. SigLIP-style models use a Hugging Face tokenizer
+    downloaded from the Hub on first use (and need ``transformers``): when it is not cached and
+    the Hub is offline or unreachable, this fails at once with WeightsUnavailableError, like
+    missing weights. With ``random`` weights it returns a :class:`ByteTokenizer` instead, so the
+    model still runs end to end offline.
+    """
+    text_cfg = (open_clip.get_model_config(name) or {}).get("text_cfg", {})
+    hf_name = text_cfg.get("hf_tokenizer_name")
+    if not hf_name:
+        return open_clip.get_tokenizer(name)
+    reason = None
+    try:
+        import transformers  # noqa: F401  (open_clip's HFTokenizer needs it)
+    except ImportError:
+        reason = f"{name}'s tokenizer {hf_name} needs the transformers package (pip install transformers)"
+    if reason is None and not _tokenizer_cached(hf_name, cache_dir) and not _hub_reachable():
+        reason = (f"{name}'s tokenizer {hf_name} is not in the local cache and the Hugging Face "
+                  f"Hub cannot be reached (offline)")
+    if reason is None:
+        try:
+            return open_clip.get_tokenizer(name, cache_dir=str(cache_dir) if cache_dir else None)
+        except Exception as exc:  # network errors, partial caches, ...
+            first = str(exc).splitlines()[0][:200] if str(exc) else ""
+            reason = f"could not load {name}'s tokenizer {hf_name}: {type(exc).__name__}: {first}"
+    if random:
+        return ByteTokenizer(int(text_cfg.get("context_length", 77)),
+                             int(text_cfg.get("vocab_size", 49408)), reason)
+    raise WeightsUnavailableError(f"{reason}. Connect to the internet once (the tokenizer is "
+                                  f"cached like the weights), or use --pretrained none for random "
+                                  f"weights with a byte-level stand-in tokenizer.")
+
+
+def _tokenizer_cached(repo: str, cache_dir) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+    for fname in ("tokenizer.json", "tokenizer_config.json"):
+        path = try_to_load_from_cache(repo, fname, cache_dir=str(cache_dir) if cache_dir else None)
+        if isinstance(path, str) and os.path.isfile(path):
+            return True
+    return False
 
 
 def _cached_weights(cfg: dict, cache_dir) -> str | None:
@@ -224,12 +328,12 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _load_pretrained(name: str, tag: str, device: str, cache_dir):
+def _load_pretrained(name: str, tag: str, device: str, cache_dir, precision: str = "fp32"):
     cfg = open_clip.get_pretrained_cfg(name, tag)
     cached = _cached_weights(cfg, cache_dir)
     kwargs = dict(image_mean=cfg.get("mean"), image_std=cfg.get("std"),
                   image_interpolation=cfg.get("interpolation"),
-                  image_resize_mode=cfg.get("resize_mode"), device=device)
+                  image_resize_mode=cfg.get("resize_mode"), device=device, precision=precision)
     try:
         if cached:  # load the file directly: no network round trip, works offline
             model, _, preprocess = open_clip.create_model_and_transforms(
@@ -241,7 +345,7 @@ def _load_pretrained(name: str, tag: str, device: str, cache_dir):
         else:
             model, _, preprocess = open_clip.create_model_and_transforms(
                 name, pretrained=tag, cache_dir=str(cache_dir) if cache_dir else None,
-                device=device)
+                device=device, precision=precision)
     except WeightsUnavailableError:
         raise
     except Exception as exc:  # network errors, corrupt downloads, ...

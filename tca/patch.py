@@ -1,27 +1,32 @@
-"""Patching an open_clip ViT in place (the open_clip plumbing).
+"""Patching a CLIP vision tower in place (the open_clip plumbing).
 
-``patch(model, config)`` swaps the classes of ``model.visual`` and its residual blocks for
-subclasses that condense between the attention residual and the MLP (weights untouched, CLS kept
-at index 0); ``unpatch(model)`` swaps them back. All blocks share one :class:`_Shared` object.
-Per-call options (another config, domain anchors, tracing, recording CLS tokens) go through
-:func:`encode`, which holds the model's lock for the call, so concurrent users never see each
-other's anchors or traces. Plain ``model.encode_image`` runs condensed with the patched config.
+``patch(model, config)`` swaps the class of ``model.visual`` for a subclass whose forward runs
+the tower block by block, condensing between the attention residual and the MLP of the planned
+blocks (weights untouched); ``unpatch(model)`` swaps it back. The blocks themselves are not
+touched: plain blocks are called as they are, condensing blocks are computed from their weights.
+
+State flows one way. :func:`encode` builds a :class:`RunState` for one forward (config, token
+schedule with its typed plans, domain anchors, trace recorder, whether to record CLS tokens and
+whether to use explicit attention), passes it to :func:`forward`, and gets a :class:`Forward`
+back (features, token counts, CLS tokens). Nothing is parked on the model between or during
+calls, so concurrent callers never see each other's anchors or traces. Plain
+``model.encode_image`` builds a default RunState from the patched config.
 
 Only condensing blocks (and, once ToMe has merged, blocks needing proportional attention) take
-the explicit path; every other block runs open_clip's own fused forward unchanged.
+the explicit path; every other block runs the tower's own fused forward unchanged.
 """
 from __future__ import annotations
 
-import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 
 from . import condense
-from .config import CondenseConfig, Schedule, plan_layers
+from .config import CondenseConfig, LayerPlan, Schedule, TierPlan, TomePlan, plan_layers
 from .errors import ConfigError, UnsupportedModelError
+from .towers import OpenClipViT, Tower, tower_for
 from .trace import Trace, TraceRecorder
 
 
@@ -43,50 +48,62 @@ class Encoded:
     anchors_used: bool = False
 
 
-class _Run:
-    """State of one vision forward: plan, anchors, ToMe sizes, trace and CLS recorders."""
+@dataclass(frozen=True)
+class RunState:
+    """Everything one vision forward reads; built by the caller, never stored on the model.
 
-    def __init__(self, schedule: Schedule, config: CondenseConfig, anchors: torch.Tensor | None,
-                 trace: bool, record_cls: bool, explicit: bool) -> None:
-        self.schedule = schedule
+    tower: the adapter of the tower family (``tca.towers``).
+    anchors: (C, L, D) class anchors per layer (TCA's domain anchors), or None.
+    recorder: the trace recorder of this forward (it accumulates the trace), or None.
+    record_cls: also return the CLS token after every block (the reservoir's keys).
+    explicit: full softmax(QK^T)V in every block (FLOP counters, tests).
+    """
+
+    tower: type[Tower]
+    config: CondenseConfig
+    schedule: Schedule
+    anchors: torch.Tensor | None = None
+    recorder: TraceRecorder | None = None
+    record_cls: bool = False
+    explicit: bool = False
+    generator: torch.Generator | None = None  # TCA's random first coreset centres, if seeded
+
+
+@dataclass
+class Forward:
+    """What one vision forward returns. cls_tokens: per block (B, D) float32, if recorded."""
+
+    features: Any  # (B, E); (pooled, tokens) when the tower has output_tokens
+    tokens_per_layer: list[int]
+    cls_tokens: list[torch.Tensor] = field(default_factory=list)
+
+
+class Attended(NamedTuple):
+    """Result of :func:`attend`.
+
+    out: (B, N, D) attention output after the output projection, before layer scale.
+    cls_row: (B, h, N) per-head attention probabilities of the CLS query, if asked for.
+    keys: (B, N, d_h) head-mean keys (ToMe's similarity metric), if asked for.
+    """
+
+    out: torch.Tensor
+    cls_row: torch.Tensor | None
+    keys: torch.Tensor | None
+
+
+class _Patched:
+    """What ``patch`` leaves on the tower: its adapter, and the config plain ``encode_image``
+    uses."""
+
+    def __init__(self, tower: type[Tower], config: CondenseConfig) -> None:
+        self.tower = tower
         self.config = config
-        self.anchors = anchors  # (C, L, D): class anchors per layer, or None
-        self.want_trace = trace
-        self.record_cls = record_cls
-        self.explicit = explicit  # full softmax(QK^T)V everywhere (FLOP counting, tests)
-        self.size: torch.Tensor | None = None
-        self.recorder: TraceRecorder | None = None
-        self.counts: list[int] = []
-        self.cls: list[torch.Tensor] = []
 
 
-class _Shared:
-    def __init__(self, config: CondenseConfig) -> None:
-        self.config = config
-        self.lock = threading.RLock()
-        self.call: dict | None = None  # options of the encode() call in progress
-        self.run: _Run | None = None
-        self.last: _Run | None = None
-
-
-def check_supported(model: torch.nn.Module) -> VisionTransformer:
-    """The model's ViT, or UnsupportedModelError naming what is missing."""
+def check_supported(model: torch.nn.Module) -> torch.nn.Module:
+    """The model's vision tower, or UnsupportedModelError saying why it cannot be condensed."""
     visual = getattr(model, "visual", model)
-    if not isinstance(visual, VisionTransformer):
-        kind = type(visual).__name__
-        raise UnsupportedModelError(
-            f"{kind} vision tower is not supported: condensation needs an open_clip "
-            f"VisionTransformer with a CLS token (SigLIP/timm towers and ResNets have none)")
-    if getattr(visual, "pool_type", "tok") != "tok" or getattr(visual, "attn_pool", None) is not None:
-        raise UnsupportedModelError(
-            f"this ViT pools with {visual.pool_type!r}/attention pooling instead of its CLS token; "
-            f"condensation ranks patches by CLS attention and needs pool_type='tok'")
-    blocks = visual.transformer.resblocks
-    if not all(isinstance(b, ResidualAttentionBlock) for b in blocks):
-        raise UnsupportedModelError("only open_clip ResidualAttentionBlock towers are supported "
-                                    "(qk-norm / custom-attention blocks are not)")
-    if not getattr(visual.transformer, "batch_first", True):
-        raise UnsupportedModelError("open_clip >= 2.26 (batch-first transformer) is required")
+    tower_for(visual)
     return visual
 
 
@@ -99,31 +116,23 @@ def patch(model: torch.nn.Module, config: CondenseConfig | None = None, **settin
     (``method``, ``keep_rate``, ``rate``, ``layers``, ``merge_centers``, ``score``).
     Patching an already patched model only replaces its config. Returns the model."""
     config = config.with_(**settings) if config is not None else CondenseConfig(**settings)
-    visual = check_supported(model)
-    _schedule(visual, config)  # validate layers / K against this model now
+    visual: Any = getattr(model, "visual", model)
+    tower = tower_for(visual)
+    schedule_for(visual, config, tower=tower)  # validate layers / K against this model now
     if is_patched(model):
         visual._tca.config = config
         return model
-    shared = _Shared(config)
-    visual._tca = shared
+    visual._tca = _Patched(tower, config)
     visual._tca_original_class = visual.__class__
-    visual.__class__ = _subclass(visual.__class__, CondensingVisionTransformer)
-    for i, block in enumerate(visual.transformer.resblocks):
-        block._tca = shared
-        block._tca_index = i
-        block._tca_original_class = block.__class__
-        block.__class__ = _subclass(block.__class__, CondensingBlock)
+    visual.__class__ = _subclass(visual.__class__, CondensingTower)
     return model
 
 
 def unpatch(model: torch.nn.Module) -> torch.nn.Module:
-    """Restore the original classes; the model then behaves exactly as before patching."""
-    visual = getattr(model, "visual", model)
+    """Restore the original class; the model then behaves exactly as before patching."""
+    visual: Any = getattr(model, "visual", model)
     if not hasattr(visual, "_tca"):
         return model
-    for block in visual.transformer.resblocks:
-        block.__class__ = block._tca_original_class
-        del block._tca, block._tca_index, block._tca_original_class
     visual.__class__ = visual._tca_original_class
     del visual._tca, visual._tca_original_class
     return model
@@ -133,8 +142,7 @@ _SUBCLASSES: dict[tuple[type, type], type] = {}
 
 
 def _subclass(base: type, mixin: type) -> type:
-    """A class deriving from both ``mixin`` and ``base`` (cached; works for subclasses of
-    open_clip's blocks too)."""
+    """A class deriving from both ``mixin`` and ``base`` (cached)."""
     if issubclass(base, mixin):
         return base
     key = (base, mixin)
@@ -143,9 +151,31 @@ def _subclass(base: type, mixin: type) -> type:
     return _SUBCLASSES[key]
 
 
-def _schedule(visual: VisionTransformer, config: CondenseConfig, anchors: bool = False) -> Schedule:
-    grid = visual.grid_size
-    return plan_layers(config, grid[0] * grid[1] + 1, len(visual.transformer.resblocks), anchors)
+def schedule_for(visual: Any, config: CondenseConfig, anchors: bool = False,
+                 tower: type[Tower] | None = None) -> Schedule:
+    """The token schedule of ``config`` on this tower (ConfigError if it does not fit)."""
+    family: type[Tower] = tower or visual._tca.tower
+    rows, cols = family.grid(visual)
+    prefix = family.prefix(visual)
+    return plan_layers(config, rows * cols + prefix, len(family.blocks(visual)), anchors, prefix)
+
+
+def run_state(visual: Any, images: torch.Tensor, config: CondenseConfig,
+              anchors: torch.Tensor | None = None, trace: bool = False, record_cls: bool = False,
+              explicit: bool = False) -> RunState:
+    """The :class:`RunState` of one forward of ``images`` (B, 3, H, W) through a patched tower.
+    Anchors only guide ``tca``; other methods run without them."""
+    tower: type[Tower] = visual._tca.tower
+    anchors = anchors if config.method == "tca" else None
+    recorder = None
+    if trace:
+        rows, cols = tower.grid(visual)
+        recorder = TraceRecorder(images.shape[0], rows * cols, images.device, tower.prefix(visual))
+    generator = None
+    if config.method == "tca" and config.center_seed is not None:
+        generator = torch.Generator().manual_seed(config.center_seed)
+    return RunState(tower, config, schedule_for(visual, config, anchors is not None), anchors,
+                    recorder, record_cls, explicit, generator)
 
 
 def encode(model: torch.nn.Module, images: torch.Tensor, config: CondenseConfig | None = None,
@@ -156,111 +186,125 @@ def encode(model: torch.nn.Module, images: torch.Tensor, config: CondenseConfig 
     config: overrides the patched config for this call only.
     anchors: (C, L, D) class anchors (TCA's domain anchors, see ``tca.reservoir``); used by
     ``tca`` at condensing layers > 0.
-    trace: also return the per-layer :class:`Trace`. record_cls: also return the CLS token after
-    every block (the reservoir's keys). explicit_attention: compute softmax(QK^T)V with plain
-    matmuls in condensing paths (for FLOP counters).
+    trace: also return the per-layer :class:`Trace`. record_cls: also return the CLS token (or
+    the pooled token standing in for it) after every block (the reservoir's keys).
+    explicit_attention: compute softmax(QK^T)V with plain matmuls everywhere (FLOP counters).
     """
-    visual = getattr(model, "visual", model)
+    visual: Any = getattr(model, "visual", model)  # a patched tower
     if not hasattr(visual, "_tca"):
         raise ValueError("model is not patched: call tca.patch(model) first")
-    shared: _Shared = visual._tca
-    with shared.lock:
-        shared.call = dict(config=config or shared.config, anchors=anchors, trace=trace,
-                           record_cls=record_cls, explicit=explicit_attention)
-        try:
-            features = model.encode_image(images) if hasattr(model, "encode_image") else model(images)
-            run = shared.last
-        finally:
-            shared.call = None
-            shared.last = None
-    out = Encoded(features, run.counts, run.schedule, anchors_used=run.anchors is not None)
+    run = run_state(visual, images, config or visual._tca.config, anchors, trace, record_cls,
+                    explicit_attention)
+    result = forward(visual, images, run)
+    out = Encoded(result.features, result.tokens_per_layer, run.schedule,
+                  anchors_used=run.anchors is not None)
     if record_cls:
-        out.cls_tokens = torch.stack(run.cls, dim=1)
-    if trace:
-        out.trace = run.recorder.finish(run.counts, tuple(visual.grid_size),
+        out.cls_tokens = torch.stack(result.cls_tokens, dim=1)
+    if run.recorder is not None:
+        out.trace = run.recorder.finish(result.tokens_per_layer, run.tower.grid(visual),
                                         tuple(i for i, p in enumerate(run.schedule.plans) if p))
     return out
 
 
-class CondensingVisionTransformer(VisionTransformer):
-    """Sets up the per-forward :class:`_Run` around open_clip's own forward."""
-
-    def forward(self, x: torch.Tensor):  # type: ignore[override]
-        shared: _Shared = self._tca
-        with shared.lock:
-            call = shared.call or dict(config=shared.config, anchors=None, trace=False,
-                                       record_cls=False, explicit=False)
-            config = call["config"]
-            anchors = call["anchors"] if config.method == "tca" else None
-            run = _Run(_schedule(self, config, anchors is not None), config, anchors,
-                       call["trace"], call["record_cls"], call["explicit"])
-            if run.want_trace:
-                grid = self.grid_size
-                run.recorder = TraceRecorder(x.shape[0], grid[0] * grid[1], x.device)
-            shared.run = run
-            try:
-                return super().forward(x)
-            finally:
-                shared.run = None
-                shared.last = run
-
-
-class CondensingBlock(ResidualAttentionBlock):
-    """open_clip's block with an optional condensation step between attention and MLP."""
-
-    def forward(self, q_x: torch.Tensor, k_x=None, v_x=None, attn_mask=None):  # type: ignore[override]
-        run: _Run | None = self._tca.run
-        if run is None:  # e.g. a text tower block or a direct call outside encode
-            return super().forward(q_x, k_x, v_x, attn_mask)
-        plan = run.schedule.plans[self._tca_index]
-        if plan is None and run.size is None and not run.explicit:
-            x = super().forward(q_x, k_x, v_x, attn_mask)
+def forward(visual: Any, images: torch.Tensor, run: RunState) -> Forward:
+    """One vision forward of ``images`` following ``run``: the tower's own forward (embed,
+    blocks, pool, project) with the planned blocks condensing."""
+    tower = run.tower
+    weight = tower.patch_embed_weight(visual)
+    x = tower.embed(visual, images.to(weight.device, weight.dtype))
+    size: torch.Tensor | None = None  # (B, N) patches per token, once ToMe has merged
+    counts: list[int] = []
+    cls_tokens: list[torch.Tensor] = []
+    for layer, block in enumerate(tower.blocks(visual)):
+        plan = run.schedule.plans[layer]
+        if plan is None and size is None and not run.explicit:
+            x = block(x)
         else:
-            x = self._condensing_forward(q_x, run, plan)
-        run.counts.append(x.shape[1])
+            x, size = condensing_block(visual, block, layer, x, size, plan, run)
+        counts.append(x.shape[1])
         if run.record_cls:
-            run.cls.append(x[:, 0].float())
+            cls_tokens.append(tower.pooled_token(visual, x).float())
         if run.recorder is not None:
             run.recorder.end_block()
-        return x
+    return Forward(tower.head(visual, x, size), counts, cls_tokens)
 
-    def _condensing_forward(self, x: torch.Tensor, run: _Run, plan) -> torch.Tensor:
-        layer = self._tca_index
-        anchor = None
-        if run.anchors is not None and plan is not None and plan.kind == "tiers" and layer > 0:
-            anchor = select_anchor(run.anchors[:, layer - 1], x[:, 0])
-        bias = run.size.log()[:, None, None, :] if run.size is not None else None
-        seq = x if anchor is None else torch.cat([anchor.unsqueeze(1).to(x.dtype), x], dim=1)
-        if bias is not None and anchor is not None:  # never both: anchors are TCA, sizes ToMe
-            bias = F.pad(bias, (1, 0))
-        need_cls = plan is not None and plan.kind == "tiers"
-        out, cls_row, keys = attend(self, seq, bias, cls_index=1 if anchor is not None else 0,
-                                    need_cls_row=need_cls, need_keys=plan is not None and plan.kind == "tome",
-                                    explicit=run.explicit)
-        if anchor is not None:
-            out, cls_row = out[:, 1:], cls_row[..., 1:]  # drop the anchor's row and column
-        x = x + self.ls_1(out)
-        if plan is not None:
-            x = self._condense(x, run, plan, layer, cls_row, keys)
-        return x + self.ls_2(self.mlp(self.ln_2(x)))
 
-    def _condense(self, x, run: _Run, plan, layer, cls_row, keys) -> torch.Tensor:
-        if plan.kind == "tome":
-            size = run.size if run.size is not None else x.new_ones(x.shape[:2])
-            c = condense.tome_merge(x, size, keys, plan.r)
-            run.size = c.size
-            attn_mean = None
-        else:
-            patch_attn = cls_row[..., 1:]  # (B, h, P): CLS -> patches, not renormalised
-            attn_mean = condense.head_mean_score(patch_attn)
-            rank = run.config.method == "tca" and run.config.score == "rank"  # EViT: always mean
-            select = condense.head_rank_score(patch_attn) if rank else attn_mean
-            c = condense.prune_merge_fuse(x, select, attn_mean, plan.t1, plan.t2, plan.k)
+class CondensingTower(torch.nn.Module):
+    """Mixed into the tower's class by ``patch``: its plain forward condenses with the patched
+    config."""
+
+    _tca: _Patched
+
+    def forward(self, x: torch.Tensor):
+        return forward(self, x, run_state(self, x, self._tca.config)).features
+
+
+def condensing_block(visual: Any, block: Any, layer: int, x: torch.Tensor,
+                     size: torch.Tensor | None, plan: LayerPlan | None,
+                     run: RunState) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The block computed from its weights, with ``plan``'s condensing step between the
+    attention residual and the MLP. x: (B, N, D); size: (B, N) ToMe token sizes or None.
+    Returns (x (B, plan.n_out, D), size)."""
+    tower = run.tower
+    by_cls = tower.signal(visual) == "cls"
+    needs_row = plan is not None and plan.needs_row
+    anchor = None
+    if run.anchors is not None and needs_row and layer > 0:
+        anchor = select_anchor(run.anchors[:, layer - 1], tower.pooled_token(visual, x))
+    bias = size.log()[:, None, None, :] if size is not None else None
+    seq = x if anchor is None else torch.cat([anchor.unsqueeze(1).to(x.dtype), x], dim=1)
+    if bias is not None and anchor is not None:  # never both: anchors are TCA, sizes ToMe
+        bias = F.pad(bias, (1, 0))
+    att = attend(block, seq, bias, cls_index=1 if anchor is not None else 0,
+                 need_cls_row=needs_row and by_cls, need_keys=plan is not None and plan.needs_keys,
+                 explicit=run.explicit, tower=tower)
+    out, cls_row = att.out, att.cls_row
+    if anchor is not None:
+        out = out[:, 1:]  # drop the anchor's row
+    x = tower.attn_residual(block, x, out)
+    if needs_row and not by_cls:
+        # The pool's query over the condensing tokens (and the anchor, as CLS sees it).
+        pooled_seq = x if anchor is None else torch.cat([anchor.unsqueeze(1).to(x.dtype), x], dim=1)
+        cls_row = tower.pool_row(visual, pooled_seq)
+    if anchor is not None and cls_row is not None:
+        cls_row = cls_row[..., 1:]  # drop the anchor's column, not renormalised
+    if plan is not None:
+        c, attn_mean = CONDENSERS[plan.kind](x, size, plan, Attended(out, cls_row, att.keys), run)
         if c.x.shape[1] != plan.n_out:
             raise RuntimeError(f"layer {layer}: {c.x.shape[1]} tokens, planned {plan.n_out}")
         if run.recorder is not None:
             run.recorder.condense(layer, c.dest, c.pruned, attn_mean)
-        return c.x
+        x, size = c.x, c.size if c.size is not None else size
+    return tower.mlp_residual(block, x), size
+
+
+# A condensing step: (x after the attention residual (B, N, D), ToMe sizes or None, the plan,
+# the block's attention, the run) -> (Condensed, head-mean CLS attention over patches (B, P) for
+# the trace, or None).
+# Typed with `...`: each step takes its own plan type (TierPlan, TomePlan), chosen by plan.kind.
+Condenser = Callable[..., "tuple[condense.Condensed, torch.Tensor | None]"]
+
+
+def _condense_tiers(x, size, plan: TierPlan, att: Attended, run: RunState):
+    assert att.cls_row is not None  # a CLS or pool-query row for every TierPlan
+    patch_attn = att.cls_row[..., plan.prefix:]  # (B, h, P): CLS -> patches, not renormalised
+    attn_mean = condense.head_mean_score(patch_attn)
+    rank = run.config.method == "tca" and run.config.score == "rank"  # EViT: always mean
+    select = condense.head_rank_score(patch_attn) if rank else attn_mean
+    c = condense.prune_merge_fuse(x, select, attn_mean, plan.t1, plan.t2, plan.k, plan.prefix,
+                                  run.generator)
+    return c, attn_mean
+
+
+def _condense_tome(x, size, plan: TomePlan, att: Attended, run: RunState):
+    size = size if size is not None else x.new_ones(x.shape[:2])
+    assert att.keys is not None  # attend(need_keys=True) for every TomePlan
+    return condense.tome_merge(x, size, att.keys, plan.r, plan.prefix), None
+
+
+# Plan kind -> condensing step. A new method adds its plan type in config.py (kind, and what it
+# needs from the attention: needs_row / needs_keys) and its step here.
+CONDENSERS: dict[str, Condenser] = {TierPlan.kind: _condense_tiers, TomePlan.kind: _condense_tome}
 
 
 def select_anchor(class_anchors: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
@@ -268,44 +312,39 @@ def select_anchor(class_anchors: torch.Tensor, cls: torch.Tensor) -> torch.Tenso
 
     class_anchors: (C, D) at the previous block's output; cls: (B, D). Returns (B, D).
     """
-    class_anchors = class_anchors.to(device=cls.device, dtype=cls.dtype)
-    best = (F.normalize(cls, dim=-1) @ F.normalize(class_anchors, dim=-1).T).argmax(dim=-1)
-    return class_anchors[best]
+    class_anchors = class_anchors.to(device=cls.device, dtype=torch.float32)
+    best = (F.normalize(cls.float(), dim=-1) @ F.normalize(class_anchors, dim=-1).T).argmax(dim=-1)
+    return class_anchors[best].to(cls.dtype)
 
 
-def attend(block: ResidualAttentionBlock, x: torch.Tensor, bias: torch.Tensor | None = None,
+def attend(block: Any, x: torch.Tensor, bias: torch.Tensor | None = None,
            cls_index: int = 0, need_cls_row: bool = False, need_keys: bool = False,
-           explicit: bool = False):
-    """The block's attention on ``x`` (B, N, D) with its own weights, before ``ls_1``.
+           explicit: bool = False, tower: type[Tower] = OpenClipViT) -> Attended:
+    """The block's attention on ``x`` (B, N, D) with its own weights, before layer scale.
 
     bias: additive logits (B, 1, 1, N), e.g. log token sizes (ToMe's proportional attention).
-    Returns (out (B, N, D), cls_row (B, h, N) or None, head-mean keys (B, N, d_h) or None).
     Uses the fused scaled_dot_product_attention unless ``explicit``; the CLS row then costs one
     extra (1 x N) product per head instead of materialising N x N probabilities.
     """
-    attn = block.attn
-    b, n, d = x.shape
-    h = attn.num_heads
-    qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
-    q, k, v = qkv.view(b, n, 3, h, d // h).permute(2, 0, 3, 1, 4).unbind(0)
+    q, k, v = tower.qkv(block, x)
     cls_row = None
     if explicit:
-        logits = (q * (d // h) ** -0.5) @ k.transpose(-2, -1)
+        logits = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
         if bias is not None:
             logits = logits + bias
         probs = logits.softmax(dim=-1)
         o = probs @ v
         if need_cls_row:
-            cls_row = probs[:, :, cls_index]
+            cls_row = probs[:, :, cls_index].float()
     else:
         if bias is not None:
             bias = bias.to(q.dtype)
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         if need_cls_row:
             cls_row = condense.cls_attention_row(q, k, cls_index, bias)
-    o = attn.out_proj(o.transpose(1, 2).reshape(b, n, d))
-    return o, cls_row, (k.mean(dim=1) if need_keys else None)
+    return Attended(tower.attn_out(block, o), cls_row, k.mean(dim=1) if need_keys else None)
 
 
-__all__ = ["patch", "unpatch", "encode", "is_patched", "check_supported", "Encoded",
-           "UnsupportedModelError", "ConfigError", "attend", "select_anchor"]
+__all__ = ["patch", "unpatch", "encode", "forward", "is_patched", "check_supported", "Encoded",
+           "RunState", "Forward", "Attended", "CONDENSERS", "UnsupportedModelError",
+           "ConfigError", "attend", "select_anchor"]

@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .config import CondenseConfig, plan_layers
+from .config import CondenseConfig
 from .flops import CONVENTION, FlopReport, Geometry, count_macs, saved_percent
 from .images import load_image
 from .models import ClipModel, parse_labels, validate_labels
@@ -72,7 +72,8 @@ class RunResult:
             "settings": {"method": self.config.method, "keep_rate": self.config.keep_rate,
                          "rate": self.config.tca_rate if self.config.method == "tca" else None,
                          "layers": list(self.config.layers),
-                         "merge_centers": self.config.merge_centers, "score": self.config.score},
+                         "merge_centers": self.config.merge_centers, "score": self.config.score,
+                         "center_seed": self.config.center_seed},
             "labels": self.labels,
             "baseline": {"probs": self.baseline.probs, "logits": self.baseline.logits},
             "condensed": {"probs": self.condensed.probs, "logits": self.condensed.logits},
@@ -103,7 +104,7 @@ def _prediction(labels: list[str], logits: torch.Tensor) -> Prediction:
 
 def prepare_image(clip: ClipModel, image) -> torch.Tensor:
     """(1, 3, H, W) tensor from anything :func:`tca.images.load_image` accepts."""
-    return clip.preprocess(load_image(image)).unsqueeze(0).to(clip.device)
+    return clip.preprocess(load_image(image)).unsqueeze(0).to(clip.device, clip.dtype)
 
 
 def classify(clip: ClipModel, image, labels: str | Sequence[str], config: CondenseConfig,
@@ -127,7 +128,6 @@ def classify(clip: ClipModel, image, labels: str | Sequence[str], config: Conden
     timings = {"text_ms": (time.perf_counter() - t0) * 1e3}
     use_reservoir = reservoir is not None and config.method == "tca"
     anchors = reservoir.anchors() if use_reservoir else None
-    scale = clip.logit_scale
     with torch.inference_mode():
         if not clip.warmed:  # the first forward pays one-time set-up costs; keep them out of timings
             encode(clip.model, pixels, CondenseConfig(method="none"))
@@ -142,11 +142,10 @@ def classify(clip: ClipModel, image, labels: str | Sequence[str], config: Conden
                               record_cls=use_reservoir)
         timings["condensed_ms"] = (time.perf_counter() - t0) * 1e3
     z = F.normalize(enc.features.float().cpu(), dim=-1)
-    logits = scale * z @ text.T
-    base_logits = (scale * F.normalize(base_enc.features.float().cpu(), dim=-1) @ text.T
-                   if base_enc is not None else logits)
+    logits = clip.logits(enc.features.cpu(), text)  # the model's own scale (and SigLIP's bias)
+    base_logits = clip.logits(base_enc.features.cpu(), text) if base_enc is not None else logits
     geom = Geometry.from_model(clip.model)
-    base_schedule = plan_layers(CondenseConfig(method="none"), geom.n_tokens, geom.depth)
+    base_schedule = geom.schedule(CondenseConfig(method="none"))
     result = RunResult(
         labels=labels, config=config, model=clip.weights_description, random_weights=clip.is_random,
         baseline=_prediction(labels, base_logits[0]), condensed=_prediction(labels, logits[0]),

@@ -18,19 +18,22 @@ FATE_NAMES = {KEPT: "kept", MERGED: "merged", PRUNED: "pruned"}
 class TraceRecorder:
     """Mutable per-forward state; becomes an immutable :class:`Trace` at the end."""
 
-    def __init__(self, batch: int, n_patches: int, device: torch.device) -> None:
-        self.token_of = torch.arange(1, n_patches + 1, device=device).expand(batch, n_patches)
+    def __init__(self, batch: int, n_patches: int, device: torch.device, prefix: int = 1) -> None:
+        # prefix: tokens before the patches (1 = CLS; 0 for towers without a CLS token)
+        self.prefix = prefix
+        self.token_of = torch.arange(prefix, n_patches + prefix, device=device).expand(batch, n_patches)
         self.pruned = torch.zeros((batch, n_patches), dtype=torch.bool, device=device)
         self.per_layer: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.cls_attention: dict[int, torch.Tensor] = {}
 
     def condense(self, layer: int, dest: torch.Tensor, pruned: torch.Tensor | None,
                  patch_attention: torch.Tensor | None) -> None:
-        """dest: (B, N_in); pruned: (B, N_in) bool; patch_attention: (B, N_in - 1) head-mean CLS
-        attention of the tokens entering the layer (each patch gets its token's value)."""
+        """dest: (B, N_in); pruned: (B, N_in) bool; patch_attention: (B, N_in - prefix) head-mean
+        CLS attention of the tokens entering the layer (each patch gets its token's value)."""
         if patch_attention is not None:
-            att = torch.cat([patch_attention.new_full((patch_attention.shape[0], 1), float("nan")),
-                             patch_attention], dim=1)
+            att = patch_attention
+            if self.prefix:
+                att = torch.cat([att.new_full((att.shape[0], self.prefix), float("nan")), att], dim=1)
             self.cls_attention[layer] = att.gather(1, self.token_of).float().cpu()
         if pruned is not None:
             self.pruned = self.pruned | pruned.gather(1, self.token_of)
@@ -51,7 +54,7 @@ class TraceRecorder:
         fate[shared] = MERGED
         fate[pruned] = PRUNED
         return Trace(tuple(tokens_per_layer), grid, token_index, fate, self.cls_attention,
-                     tuple(condensing_layers))
+                     tuple(condensing_layers), self.prefix)
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,9 @@ class Trace:
     after block l. fate: (B, L, P) uint8, KEPT / MERGED / PRUNED. A patch is MERGED when its
     token holds other patches too, PRUNED once it was fused into a class-irrelevant token
     (final). cls_attention: layer -> (B, P) head-mean CLS attention that drove that layer's
-    decision. Patches are in row-major order of the ``grid`` (rows, cols).
+    decision (for towers without CLS: the attention of the query that stands in for it).
+    Patches are in row-major order of the ``grid`` (rows, cols). prefix: tokens before the
+    patches at every layer (1 = CLS at index 0; 0 = no CLS token, every token holds patches).
     """
 
     tokens_per_layer: tuple[int, ...]
@@ -71,13 +76,16 @@ class Trace:
     fate: torch.Tensor
     cls_attention: dict[int, torch.Tensor]
     condensing_layers: tuple[int, ...]
+    prefix: int = 1
 
     @property
     def depth(self) -> int:
         return len(self.tokens_per_layer)
 
     def groups(self, layer: int, image: int = 0) -> dict[int, list[int]]:
-        """Merged groups at ``layer``: token index -> patches (only non-pruned, size >= 2)."""
+        """Merged groups at ``layer``: token index -> its non-pruned patches. The token holds at
+        least two patches; a group lists a single patch when the others in its token were fused
+        (pruned) earlier and then merged along with it."""
         out: dict[int, list[int]] = {}
         idx = self.token_index[image, layer].tolist()
         fate = self.fate[image, layer].tolist()
@@ -101,7 +109,8 @@ class Trace:
         """The trace of one image of the batch (batch dimension kept, size 1)."""
         sl = slice(image, image + 1)
         return Trace(self.tokens_per_layer, self.grid, self.token_index[sl], self.fate[sl],
-                     {k: v[sl] for k, v in self.cls_attention.items()}, self.condensing_layers)
+                     {k: v[sl] for k, v in self.cls_attention.items()}, self.condensing_layers,
+                     self.prefix)
 
     def to_dict(self, image: int = 0) -> dict:
         """JSON-ready summary: counts, fates and groups per layer."""

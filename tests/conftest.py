@@ -11,6 +11,12 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import open_clip  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+# CI runs the same examples every time (no flaky first sighting of a counterexample there);
+# locally hypothesis explores new examples on each run.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.load_profile("ci" if os.environ.get("CI") else "default")
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent

@@ -18,7 +18,7 @@ from PIL import Image
 
 import app as app_module
 import tca
-from tca import explore, render
+from tca import explore, page, render
 from tca.models import WEIGHTS_HELP
 
 TINY = "tca-tiny-ViT"
@@ -66,31 +66,58 @@ def test_classify_handler_returns_the_api_summary(tiny_app, example_image):
     assert isinstance(state, explore.RunState) and state.view.shape == (224, 224, 3)
 
 
+def _show(app, state, layer=9, view="fates", overlay=False, opacity=0.5, patch=None,
+          shown_depth=12, stream_on=False, stream_state=None):
+    return app.show_run(state, layer, view, overlay, opacity, patch, shown_depth, stream_on,
+                        stream_state)
+
+
 def test_show_run_renders_everything_from_the_cached_run(tiny_app, example_image):
     _, state, _ = _classify(tiny_app, str(example_image))
-    out = tiny_app.show_run(state, 9, False, 0.5, False, None)
-    (banner, base, cond, shift, current, slider, info, chart, cost, strip, stream_md, corrected,
-     strip_file, json_file, state_out) = out
-    assert "RANDOM WEIGHTS" in banner
+    out = _show(tiny_app, state)
+    (banner, base, cond, shift, current, slider, info, chart, cost, strip, follow, stream_md,
+     corrected, stale, depth, patch) = out
+    assert "RANDOM WEIGHTS" in banner and "<details>" in banner  # operator help folded away
     assert set(base.value["confidences"][i]["label"] for i in range(4)) == {"cat", "dog", "tiger", "fox"}
-    assert "tiger" in shift and "pp" in shift
+    assert "tiger" in shift and "pp" in shift and "-0.0 pp" not in shift
+    assert "Probability shift" in shift
     assert current.shape == (448, 448, 3)  # shown at 2x
     small = render.fate_map(state.view, state.trace, 9)
     assert np.array_equal(current[::2, ::2], small)
     assert slider.maximum == 11 and slider.value == 9
-    assert "After block 9 (a condensing block): 74 tokens" in info
-    assert chart.ndim == 3 and chart.shape[2] == 3 and chart.dtype == np.uint8
+    assert "After block 9" in info and "(a condensing block): 74 tokens" in info
+    assert np.array_equal(chart, page.chart_image(state, 9))
     assert "saved" in cost and f"{state.result.flops_baseline.gmacs:.2f}" in cost
-    assert Path(strip).is_file() and strip == strip_file
-    with Image.open(strip) as im:
+    assert "warm-up" in cost
+    # the strip: one (map, caption) per block, the shown block selected, condensing blocks marked
+    assert strip["selected_index"] == 9 and len(strip["value"]) == 12
+    assert [c for _, c in strip["value"]][3] == f"3 {page.CONDENSING_MARK} \u00b7 141"
+    assert np.array_equal(strip["value"][9][0], small)
+    assert "Click a patch" in follow
+    assert "Stream mode is off" in stream_md and corrected.visible is False
+    assert stale == "" and depth == 12 and patch is None
+    # a run of another depth (ViT-L/14 after ViT-B/16) opens at its last block
+    out = _show(tiny_app, state, layer=4, shown_depth=24)
+    assert out[5].value == 11 and "After block 11" in out[6]
+    # the same depth keeps the block the user chose
+    assert _show(tiny_app, state, layer=4)[5].value == 4
+
+
+def test_exports_name_the_image_and_the_settings(tiny_app, example_image):
+    _, state, _ = _classify(tiny_app, str(example_image))
+    png, gif, js = tiny_app.export(state, 11, "fates", None)
+    with Image.open(png) as im:
         assert im.format == "PNG" and im.width > 6 * 224
-    data = json.loads(Path(json_file).read_text())
+    with Image.open(gif) as im:
+        assert im.format == "GIF" and im.n_frames == 12
+    data = json.loads(Path(js).read_text())
+    assert data["image"]["name"] == example_image.name
     assert len(data["trace"]["layers"]) == 12
     layer9 = data["trace"]["layers"][9]
     assert sum(len(g) for g in layer9["groups"]) == layer9["fates"]["merged"]
     assert data["flops"]["condensed"]["gmacs"] == pytest.approx(data["gmacs"]["condensed"])
-    assert "Stream mode is off" in stream_md and corrected.visible is False
-    assert state_out is state
+    line = page.settings_line(state)
+    assert example_image.name in line and "R=0.7" in line and "GMACs" in line
 
 
 def test_display_only_changes_do_not_run_the_model(tiny_app, example_image, monkeypatch):
@@ -101,20 +128,133 @@ def test_display_only_changes_do_not_run_the_model(tiny_app, example_image, monk
     monkeypatch.setattr(tca, "classify", boom)
     monkeypatch.setattr(explore, "classify", boom)
     monkeypatch.setattr(tiny_app.cache.peek(TINY).clip.model.visual, "forward", boom)
-    a, info_a = tiny_app.show_layer(state, 3, False, 0.5)
-    b, info_b = tiny_app.show_layer(state, 11, False, 0.5)
-    c, info_c = tiny_app.show_layer(state, 11, True, 0.6)
-    assert not np.array_equal(a, b) and not np.array_equal(b, c)
+    a, info_a, chart_a, _, strip_a = tiny_app.show_layer(state, 3, "fates", False, 0.5)
+    b, info_b, chart_b, _, strip_b = tiny_app.show_layer(state, 11, "fates", False, 0.5)
+    c, info_c, _, _, _ = tiny_app.show_layer(state, 11, "fates", True, 0.6)
+    m, _, _, _, _ = tiny_app.show_layer(state, 11, "model", False, 0.5)
+    assert not np.array_equal(a, b) and not np.array_equal(b, c) and not np.array_equal(b, m)
+    assert not np.array_equal(chart_a, chart_b)  # the chart marks the shown block
+    assert strip_a["selected_index"] == 3 and strip_b["selected_index"] == 11
     assert "141 tokens" in info_a and "74 tokens" in info_b
     assert "Overlay: CLS attention at block 9" in info_c
-    # clicking the strip: the tile of block 7 selects block 7
-    _, lay = render.layer_strip([state.view] * 12, render.layer_captions(state.trace))
-    x = lay.left + lay.gap + 1 * lay.cell_w + 20
-    y = lay.top + lay.gap + 1 * lay.cell_h + lay.caption + 20
-    evt = gr.SelectData(None, {"index": [x, y], "value": None})
-    slider, image, info = tiny_app.pick_layer(state, False, 0.5, evt)
-    assert slider.value == 7 and "After block 7" in info
-    assert np.array_equal(image, tiny_app.show_layer(state, 7, False, 0.5)[0])
+    # clicking a strip tile selects that block; the strip is not redrawn
+    evt = gr.SelectData(None, {"index": 7, "value": None})
+    out = tiny_app.pick_layer(state, "fates", False, 0.5, None, evt)
+    assert len(out) == 5 and out[0].value == 7 and "After block 7" in out[2]
+    assert np.array_equal(out[1], tiny_app.show_layer(state, 7, "fates", False, 0.5)[0])
+    # the arrows step one block and stop at the ends
+    assert tiny_app.step_layer(state, 7, 1, "fates", False, 0.5, None)[0].value == 8
+    assert tiny_app.step_layer(state, 11, 1, "fates", False, 0.5, None)[0].value == 11
+    assert tiny_app.step_layer(state, 0, -1, "fates", False, 0.5, None)[0].value == 0
+    # follow a patch: a click on the big map at 2x
+    trace = state.trace
+    lv = render.layer_view(trace, 11)
+    merged = int(np.flatnonzero(lv.fate.ravel() == 1)[0])
+    r, c = divmod(merged, trace.grid[1])
+    evt = gr.SelectData(None, {"index": [c * 32 + 5, r * 32 + 5], "value": None})
+    patch, image, follow = tiny_app.pick_patch(state, 11, "fates", False, 0.5, evt)
+    assert patch == merged and "Following patch" in follow and "merged into group" in follow
+    assert np.array_equal(image, page.map_image(state, page.Display(11, patch=merged)))
+    # a view change redraws the strip in that view
+    _, strip = tiny_app.change_view(state, 11, "model", False, 0.5, None)
+    assert len(strip["value"]) == 12
+    assert np.array_equal(strip["value"][11][0], render.fate_map(state.view, state.trace, 11,
+                                                              view="model"))
+
+
+def test_follow_a_patch_from_the_trace(tiny_app, example_image):
+    _, state, _ = _classify(tiny_app, str(example_image))
+    trace = state.trace
+    for patch in range(0, 196, 13):
+        steps = page.follow_patch(trace, patch)
+        assert [s.layer for s in steps] == list(range(12))
+        for s in steps:
+            tok = trace.token_index[0, s.layer]
+            assert s.token == int(tok[patch]) and s.group_size == int((tok == s.token).sum())
+            assert s.fate == ("kept", "merged", "pruned")[int(trace.fate[0, s.layer, patch])]
+            assert (s.attention_rank is not None) == (s.layer in (3, 6, 9))
+        # ranks at condensing blocks are among the tokens entering the block
+        for s in steps:
+            if s.attention_rank is not None:
+                assert 1 <= s.attention_rank <= s.ranked_tokens <= trace.tokens_per_layer[s.layer - 1] - 1
+        # once fused, always fused
+        fates = [s.fate for s in steps]
+        if "pruned" in fates:
+            assert all(f == "pruned" for f in fates[fates.index("pruned"):])
+    # the most attended patch at block 3 ranks 1 there
+    att = trace.cls_attention[3][0].numpy()  # per patch: its token's attention
+    best = int(np.nanargmax(att))
+    assert page.follow_patch(trace, best)[3].attention_rank == 1
+    with pytest.raises(ValueError, match="outside"):
+        page.follow_patch(trace, 196)
+
+
+def test_stale_results_are_marked(tiny_app, example_image, tmp_path):
+    _, state, _ = _classify(tiny_app, str(example_image))
+    args = [str(example_image), LABELS, TINY, "tca", 0.7, "3,6,9", 2, "mean", "single"]
+    assert tiny_app.check_stale(state, *args) == ""
+    copy = tmp_path / "copy.jpg"  # the same picture under another path is not a change
+    copy.write_bytes(example_image.read_bytes())
+    assert tiny_app.check_stale(state, str(copy), *args[1:]) == ""
+    assert tiny_app.check_stale(state, *args[:1], "cat,dog ,tiger, fox", *args[2:]) == ""
+    for i, value in ((1, "cat, dog"), (3, "evit"), (4, 0.5), (5, "3,6"), (6, 3), (8, "imagenet80")):
+        changed = list(args)
+        changed[i] = value
+        assert "Outdated" in tiny_app.check_stale(state, *changed), i
+    other = sorted(example_image.parent.glob("*.jpg"))[-1]
+    assert "Outdated" in tiny_app.check_stale(state, str(other), *args[1:])
+
+
+def test_sweep_handler(tiny_app, example_image):
+    plot, table = tiny_app.sweep(str(example_image), LABELS, TINY, "tca", "3,6,9", 2, "mean",
+                                 "single", False, progress=_Progress())
+    assert plot.ndim == 3 and plot.dtype == np.uint8
+    assert table.count("<tr>") == 1 + len(explore.SWEEP_RATES)
+    assert "1 baseline + 7 condensed passes" in table  # R = 1 is the baseline: no pass
+    # after a Run of the same inputs its baseline is reused, with the same numbers
+    _, state, _ = _classify(tiny_app, str(example_image))
+    _, table2 = tiny_app.sweep(str(example_image), LABELS, TINY, "tca", "3,6,9", 2, "mean",
+                               "single", False, state, progress=_Progress())
+    assert "the Run's baseline + 7 condensed passes" in table2
+    fresh = explore.sweep(tiny_app.cache, str(example_image), LABELS, TINY, "tca")
+    reused = explore.sweep(tiny_app.cache, str(example_image), LABELS, TINY, "tca",
+                           reuse=state.result)
+    assert not reused.baseline_pass and fresh.baseline_pass
+    for a, b in zip(fresh.points["tca"], reused.points["tca"]):
+        assert a.gmacs == b.gmacs and a.top1 == b.top1
+        assert a.top1_prob == pytest.approx(b.top1_prob, abs=1e-5)
+        assert a.kl == pytest.approx(b.kl, abs=1e-5)
+    # another image: the Run's baseline is not used
+    other = sorted(example_image.parent.glob("*.jpg"))[-1]
+    _, table3 = tiny_app.sweep(str(other), LABELS, TINY, "tca", "3,6,9", 2, "mean",
+                               "single", False, state, progress=_Progress())
+    assert "1 baseline + 7" in table3
+    sw = explore.sweep(tiny_app.cache, str(example_image), LABELS, TINY, "evit")
+    pts = sw.points["evit"]
+    assert [p.keep_rate for p in pts] == list(explore.SWEEP_RATES)
+    gm = [p.gmacs for p in pts]
+    assert gm == sorted(gm) and gm[-1] == pytest.approx(sw.gmacs_baseline)
+    assert pts[-1].kl == pytest.approx(0.0, abs=1e-6)  # R = 1 is the baseline
+    assert pts[-1].base_label_prob == pytest.approx(max(sw.baseline.probs), abs=1e-6)
+    assert all(p.kl >= -1e-9 for p in pts)
+    with pytest.raises(gr.Error, match="condensing method"):
+        tiny_app.sweep(str(example_image), LABELS, TINY, "none", "3,6,9", 2, "mean", "single",
+                       False, progress=_Progress())
+    both = explore.sweep(tiny_app.cache, str(example_image), LABELS, TINY, "tca",
+                         methods=explore.COMPARE_METHODS)
+    assert list(both.points) == list(explore.COMPARE_METHODS)
+    assert explore.kl_divergence([0.5, 0.5], [0.5, 0.5]) == 0.0
+
+
+def test_first_screen_is_computed_once(tiny_app):
+    first = tiny_app.first_screen()
+    assert first is not None and tiny_app.first_screen() is first
+    assert first.image_name == "chelsea.jpg" and first.result.config.keep_rate == 0.7
+    demo = app_module.build_demo(TINY, "none", app=tiny_app)
+    values = {getattr(b, "elem_id", None): b for b in demo.blocks.values()}
+    assert values["layer-slider"].value == 11
+    assert values["condensed-label"].value is not None
+    assert "74 tokens" in values["layer-info"].value
 
 
 def test_stream_mode_reservoir_per_label_set(tiny_app, example_image):
@@ -126,7 +266,7 @@ def test_stream_mode_reservoir_per_label_set(tiny_app, example_image):
         assert "corrected" in summary["top"] and summary["final"] == "corrected"
     assert isinstance(stream, explore.StreamState)
     assert set(summary["reservoir"]["buckets"]) == {"cat", "dog", "tiger", "fox"}
-    panel = app_module.stream_html(state, stream, True)
+    panel = page.stream_html(state, stream, True)
     assert "Images seen: 3" in panel and "anchors inactive" in panel
     assert "Logits correction on this image" in panel
     # different labels: a new reservoir tied to them
@@ -139,14 +279,17 @@ def test_stream_mode_reservoir_per_label_set(tiny_app, example_image):
     summary, _, _ = _classify(tiny_app, str(example_image), labels="cat, dog", method="evit",
                               stream=True, stream_state=stream)
     assert "reservoir" not in summary and "corrected" not in summary["top"]
-    panel = tiny_app.show_run(state, 11, False, 0.5, True, stream)[10]
+    panel = _show(tiny_app, state, 11, stream_on=True, stream_state=stream)[11]
     assert "TCA only" not in panel
     _, evit_state, _ = _classify(tiny_app, str(example_image), labels="cat, dog", method="evit",
                                  stream=True, stream_state=stream)
-    assert "Stream mode applies to TCA only" in tiny_app.show_run(evit_state, 11, False, 0.5,
-                                                                  True, stream)[10]
-    stream, panel, corrected = tiny_app.reset_stream(stream, state)
+    assert "Stream mode applies to TCA only" in _show(tiny_app, evit_state, 11, stream_on=True,
+                                                      stream_state=stream)[11]
+    stream, panel, corrected = tiny_app.reset_stream(stream, state, True)
     assert stream.reservoir.steps == 0 and "Reservoir cleared" in panel
+    # with stream mode off, the reset says so (not "Stream mode is on")
+    _, panel, _ = tiny_app.reset_stream(stream, state, False)
+    assert "Reservoir cleared" in panel and "Stream mode is off" in panel
 
 
 def test_compare_handler(tiny_app, example_image):
@@ -220,7 +363,7 @@ def test_model_cache_falls_back_to_random_weights_and_says_why():
     entry = cache.get("ViT-B-16-quickgelu")
     assert entry.is_random and "could not load" in entry.note
     assert calls == [("ViT-B-16-quickgelu", "openai"), ("ViT-B-16-quickgelu", None)]
-    html = app_module.banner_html(entry, "ViT-B-16-quickgelu")
+    html = page.banner_html(entry, "ViT-B-16-quickgelu")
     assert "RANDOM WEIGHTS" in html and "tca-random" in html and "TCA_CHECKPOINT" in html
     assert cache.get("ViT-B-16-quickgelu") is entry and len(calls) == 2  # cached
     cache.get("ViT-B-32-quickgelu")  # bounded: the first one is evicted
@@ -323,7 +466,7 @@ def test_api_classify_contract(client, example_image):
     (dict(labels=", ".join(f"l{i}" for i in range(300))), "too many labels"),
     (dict(labels="cat, " + "y" * 1000), "characters long"),
     (dict(keep_rate=5), "greater than maximum"),
-    (dict(merge_centers=0), "less than minimum"),
+    (dict(merge_centers=0), "merge centres K must be a whole number from 1"),
     (dict(layers="1,2,99"), "out of range"),
     (dict(method="nope"), "not in the list of choices"),
     (dict(unreadable=True), "not a readable image"),
@@ -387,7 +530,8 @@ def test_python_app_py_serves_with_env_settings(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = dict(os.environ, GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port),
-               TCA_MODEL="ViT-B-32-quickgelu", TCA_PRETRAINED="none", HF_HUB_OFFLINE="1")
+               TCA_MODEL="ViT-B-32-quickgelu", TCA_PRETRAINED="none", HF_HUB_OFFLINE="1",
+               TCA_FIRST_SCREEN="background")  # serve at once; the first screen in a thread
     root = Path(app_module.__file__).parent
     proc = subprocess.Popen([sys.executable, str(root / "app.py")], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -413,3 +557,17 @@ def test_python_app_py_serves_with_env_settings(tmp_path):
             proc.wait(15)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def test_page_load_hands_over_the_background_first_screen(tiny_app):
+    out = tiny_app.load_first(None)
+    assert len(out) == 16
+    image, labels, state = out[:3]
+    assert Path(image).name == "chelsea.jpg" and labels == "cat, dog, tiger, fox, rabbit"
+    assert isinstance(state, explore.RunState) and state is not tiny_app.first_screen()  # a copy
+    assert Path(out[7]).is_file() and out[8].value == 11 and "After block 11" in out[9]
+    assert out[12]["selected_index"] == 11 and len(out[12]["value"]) == 12
+    again = tiny_app.load_first(None)
+    assert again[7] == out[7]  # the pictures are written once per process
+    skipped = tiny_app.load_first(state)  # a session that already shows a Run keeps it
+    assert len(skipped) == 16 and all(v == gr.skip() for v in skipped)

@@ -74,7 +74,10 @@ def test_flops_json_without_running_a_model(capsys):
     (["predict", "{img}", "--labels", "cat,dog", "--layers", "3,20"], "layer index 20 is out of range"),
     (["predict", "{img}", "--labels", "cat,dog", "--layers", "a,b"], "comma-separated integers"),
     (["predict", "{img}", "--labels", "cat,dog", "--merge-centers", "50"], "larger than tier 2"),
-    (["predict", "{img}", "--labels", "cat,dog", "--model", "ViT-B-16-SigLIP"], "CLS token"),
+    (["predict", "{img}", "--labels", "cat,dog", "--model", "tca-tiny-timm-avg", "--pretrained",
+      "none"], "no usable pooling signal"),
+    (["predict", "{img}", "--labels", "cat,dog", "--model", "RN50", "--pretrained", "none"],
+     "RN50 has no ViT vision tower"),
     (["predict", "{img}", "--labels", "cat,dog", "--model", "nope"], "unknown open_clip model"),
     (["flops", "--merge-centers", "0"], "merge centres"),
 ])

@@ -55,35 +55,84 @@ def test_layer_without_condensation_is_the_image():
     assert np.array_equal(out, img)
 
 
+def _gray(img: np.ndarray) -> np.ndarray:
+    return img.astype(np.float32) @ np.asarray([0.299, 0.587, 0.114], dtype=np.float32)
+
+
 def test_fates_are_drawn_as_specified():
     img, trace = _image(), _synthetic_trace()
     out = render.fate_map(img, trace, 1, border=1)
     # kept: untouched
     for i in (2, 3, 5, 6, 7, 8, 9, 12, 13):
         assert np.array_equal(_patch(out, i), _patch(img, i)), i
-    # pruned: darkened by DARKEN, never brighter
+    # pruned: the patch's grey at PRUNED_BASE, with the white stripes on the hatch pixels
+    hatch = render.hatch_mask(ROWS * PS, COLS * PS)
     for i in (14, 15):
-        expect = (_patch(img, i).astype(np.float32) * render.DARKEN).astype(np.uint8)
-        assert np.array_equal(_patch(out, i), expect)
-    # merged: interior is the group's mean colour (mean over the group's pixels)
-    group = np.concatenate([_patch(img, i).reshape(-1, 3) for i in (0, 1, 4)]).astype(np.float64)
-    mean = group.mean(axis=0).round().astype(np.uint8)
-    assert np.array_equal(_patch(out, 0)[3, 3], mean)
-    assert np.array_equal(_patch(out, 1)[4, 2], mean)
-    # the border between patch 0 and 1 (same group) is not outlined, the outside edge is
-    assert np.array_equal(_patch(out, 0)[3, PS - 1], mean)
-    palette = render.group_palette()
-    colour_a = palette[0]  # group {0, 1, 4}: smallest patch 0
-    colour_b = palette[10]  # group {10, 11}: smallest patch 10
-    assert not np.array_equal(colour_a, colour_b)
-    assert np.array_equal(out[0, 0], colour_a)  # image corner = group outline
-    assert np.array_equal(_patch(out, 1)[3, PS - 1], colour_a)  # edge towards kept patch 2
-    assert np.array_equal(_patch(out, 10)[0, 3], colour_b)
-    assert np.array_equal(_patch(out, 11)[PS - 1, 3], colour_b)
+        r, c = divmod(i, COLS)
+        cell_hatch = hatch[r * PS:(r + 1) * PS, c * PS:(c + 1) * PS]
+        base = (_gray(_patch(img, i)) * render.PRUNED_BASE).astype(np.uint8)
+        cell = _patch(out, i)
+        assert (cell[cell_hatch] == render.PRUNED_HATCH).all()
+        assert np.array_equal(cell[~cell_hatch], np.repeat(base[~cell_hatch][:, None], 3, 1))
+        assert cell_hatch.any() and (~cell_hatch).any()
+    # merged: interior = MERGED_FILL x the group's palette colour + the rest x the patch's grey;
+    # group {0, 1, 4} is the first by smallest patch (colour 0), {10, 11} the second (colour 1)
+    for i, colour in ((0, render.GROUP_COLORS[0]), (1, render.GROUP_COLORS[0]),
+                      (10, render.GROUP_COLORS[1])):
+        g = _gray(_patch(img, i))[3, 3]
+        expect = (render.MERGED_FILL * np.asarray(colour, np.float32)
+                  + (1 - render.MERGED_FILL) * g).round().astype(np.uint8)
+        assert np.array_equal(_patch(out, i)[3, 3], expect), i
+    # outlines: the border between patch 0 and 1 (same group) is not drawn, the outside edge is
+    assert not np.array_equal(_patch(out, 0)[3, PS - 1], render.OUTLINE_COLOR)
+    assert np.array_equal(out[0, 0], render.OUTLINE_COLOR)  # image corner = group outline
+    assert np.array_equal(_patch(out, 1)[3, PS - 1], render.OUTLINE_COLOR)  # towards kept 2
+    assert np.array_equal(_patch(out, 10)[0, 3], render.OUTLINE_COLOR)
+
+
+def test_pruned_patch_differs_from_its_kept_rendering_on_a_black_image():
+    """On a black image darkening shows nothing: the pruned fate must still be visible."""
+    black = np.zeros((ROWS * PS, COLS * PS, 3), np.uint8)
+    trace = _synthetic_trace()
+    kept = render.fate_map(black, trace, 0)  # layer 0: every patch kept
+    pruned = render.fate_map(black, trace, 1)
+    for i in (14, 15):
+        assert np.array_equal(_patch(kept, i), _patch(black, i))
+        assert not np.array_equal(_patch(pruned, i), _patch(kept, i))
+        assert (_patch(pruned, i) == render.PRUNED_HATCH).all(axis=-1).mean() > 0.2
+    # and on a white one too
+    white = np.full_like(black, 255)
+    assert not np.array_equal(_patch(render.fate_map(white, trace, 1), 14), _patch(white, 14))
+
+
+def test_model_view_paints_each_token_with_its_patches_mean():
+    img, trace = _image(), _synthetic_trace()
+    out = render.fate_map(img, trace, 1, view="model", border=1)
+    means = render.patch_means(img, trace.grid).reshape(-1, 3)
+    group = means[[0, 1, 4]].mean(axis=0).round().astype(np.uint8)
+    assert np.array_equal(_patch(out, 0)[3, 3], group) and np.array_equal(_patch(out, 4)[3, 3], group)
+    fused = means[[14, 15]].mean(axis=0).round().astype(np.uint8)
+    assert np.array_equal(_patch(out, 14)[3, 3], fused)
+    # a kept patch: flat, its own mean, no outline (a token of one patch)
+    assert (_patch(out, 6) == means[6].round().astype(np.uint8)).all()
+    with pytest.raises(ValueError, match="view"):
+        render.fate_map(img, trace, 1, view="x-ray")
+
+
+def test_follow_highlight_lights_the_token_and_dims_the_rest():
+    img, trace = _image(), _synthetic_trace()
+    plain = render.fate_map(img, trace, 1)
+    out = render.fate_map(img, trace, 1, follow=1)  # patch 1 shares token 1 with 0 and 4
+    # the clicked patch is framed, its group partners keep their drawing inside, others dim
+    assert np.array_equal(_patch(out, 1)[0, 3], render.HIGHLIGHT)
+    assert np.array_equal(_patch(out, 4)[4, 4], _patch(plain, 4)[4, 4])
+    assert (_patch(out, 6).astype(int) <= _patch(plain, 6).astype(int)).all()
+    assert _patch(out, 6).mean() < 0.5 * _patch(plain, 6).mean() + 1
+    assert np.array_equal(_patch(out, 0)[0, 3], (255, 255, 255))  # group outline: white
 
 
 def test_group_colour_follows_the_group_not_the_token_index():
-    """Same group, different token index: same outline colour (stable across depth)."""
+    """Same group, different token index: same colour (stable across depth)."""
     img, trace = _image(), _synthetic_trace()
     shifted = trace.token_index.clone()
     shifted[0, 1] = torch.where(shifted[0, 1] == 1, torch.tensor(7), torch.where(
@@ -150,9 +199,10 @@ def test_maps_of_a_real_run_match_the_trace(tiny_clip, example_image, method):
         fate = trace.fate[0, layer].numpy()
         counts = trace.fate_counts(layer)
         same = [np.array_equal(_cell(m, i, ph), _cell(view, i, ph)) for i in range(fate.size)]
-        darker = [bool((_cell(m, i, ph) <= _cell(view, i, ph)).all()) for i in range(fate.size)]
+        hatched = [bool((_cell(m, i, ph) == render.PRUNED_HATCH).all(-1).any())
+                   for i in range(fate.size)]
         assert all(same[i] for i in np.flatnonzero(fate == KEPT))
-        assert all(darker[i] and not same[i] for i in np.flatnonzero(fate == PRUNED))
+        assert all(hatched[i] and not same[i] for i in np.flatnonzero(fate == PRUNED))
         assert sum(not s for s in same) == counts["merged"] + counts["pruned"]
     if method == "evit":
         assert trace.fate_counts(11)["pruned"] > 0
@@ -205,6 +255,16 @@ def test_tokens_chart():
         render.tokens_chart([1, 2], [1])
 
 
+def test_chart_marks_the_current_block():
+    base, cond = [197] * 12, [197] * 3 + [141] * 9
+    a = render.tokens_chart_image(base, cond, (3,), "tca", current=4)
+    b = render.tokens_chart_image(base, cond, (3,), "tca", current=8)
+    assert not np.array_equal(a, b)
+    fig = render.tokens_chart(base, cond, (3,), "tca", current=4)
+    spans = [p for p in fig.axes[0].patches if p.get_x() == 4]
+    assert len(spans) == 1 and spans[0].get_width() == 1
+
+
 def test_chart_image_is_memoised_per_schedule():
     base, cond = [197] * 12, [197] * 3 + [141] * 9
     a = render.tokens_chart_image(base, cond, (3,), "tca")
@@ -214,6 +274,40 @@ def test_chart_image_is_memoised_per_schedule():
     assert b is not a and not np.array_equal(a, b)
 
 
-def test_palette_is_distinct():
-    pal = render.group_palette(64)
-    assert len({tuple(c) for c in pal}) == 64
+def test_palette_is_the_categorical_one():
+    pal = render.group_palette(20)
+    n = len(render.GROUP_COLORS)
+    assert len({tuple(c) for c in pal[:n]}) == n  # all distinct before repeating
+    assert [tuple(c) for c in pal[n:2 * n]] == list(render.GROUP_COLORS)
+    assert render.FATES[MERGED].swatch == render.GROUP_COLORS[0]
+
+
+def test_legend_shows_the_map_colours():
+    """One colour source: the HTML legend's colours are those the maps are drawn with."""
+    from tca import page
+
+    img, trace = _image(), _synthetic_trace()
+    out = render.fate_map(img, trace, 1)
+    legend = page.legend_html()
+    colours = page.legend_colors()
+    for name, cols in colours.items():
+        assert name in legend
+    hex_ = lambda c: "#%02x%02x%02x" % tuple(c)  # noqa: E731
+    # the pruned stripes and the first group colours appear in the legend's CSS and on the map
+    assert hex_(render.PRUNED_HATCH) in legend
+    assert (out == render.PRUNED_HATCH).all(-1).any()
+    for c in render.GROUP_COLORS[:3]:
+        assert hex_(c) in legend
+    # the map's merged fills are derived from exactly those palette colours
+    drawn = {tuple(_patch(out, 0)[3, 3]), tuple(_patch(out, 10)[3, 3])}
+    expect = set()
+    for i, k in ((0, 0), (10, 1)):
+        g = _gray(_patch(img, i))[3, 3]
+        expect.add(tuple((render.MERGED_FILL * np.asarray(colours["merged"][k], np.float32)
+                          + (1 - render.MERGED_FILL) * g).round().astype(np.uint8)))
+    assert drawn == expect
+    # the exported strip's legend draws from the same FATES
+    strip, _ = render.layer_strip([out], ["x"], legend=True)
+    arr = np.asarray(strip)
+    assert (arr == render.GROUP_COLORS[0]).all(-1).any()
+    assert (arr == render.PRUNED_HATCH).all(-1).any()

@@ -38,7 +38,12 @@ def _check(trace: tca.Trace, config: CondenseConfig, image: int) -> None:
         groups = trace.groups(l, image)
         merged = sorted(i for g in groups.values() for i in g)
         assert merged == sorted(torch.nonzero(fate == MERGED).flatten().tolist())
-        assert all(len(g) >= 2 for g in groups.values())
+        # every group's token holds several patches; its visible (non-pruned) members can be a
+        # single patch when the token also absorbed earlier-fused patches (e.g. merged into the
+        # previous layer's fused token)
+        holds = torch.bincount(idx, minlength=n)
+        assert all(holds[tok] >= 2 for tok in groups)
+        assert all(len(g) >= 2 or (fate[idx == tok] == PRUNED).any() for tok, g in groups.items())
         # kept patches sit alone in their token
         kept = torch.nonzero(fate == KEPT).flatten()
         assert len(set(idx[kept].tolist())) == len(kept)
