@@ -207,28 +207,28 @@ def test_schedule_plans_and_attention_tokens_exactly():
     s = plan_layers(CondenseConfig(rate=0.1, layers=(1, 2)), 17, 4, anchors=True)
     assert s.tokens == (17, 15, 13, 13) and s.n_tokens == 17 and s.anchors
     assert s.plans[0] is None and s.plans[3] is None
-    assert s.plans[1] == tca.config.LayerPlan("tiers", 17, 15, 11, 4, 1, 2)
-    assert s.plans[2] == tca.config.LayerPlan("tiers", 15, 13, 9, 4, 1, 2)
+    assert s.plans[1] == tca.config.TierPlan(17, 15, 11, 4, 1, 2)
+    assert s.plans[2] == tca.config.TierPlan(15, 13, 9, 4, 1, 2)
     assert [s.attention_tokens(i) for i in range(4)] == [17, 18, 16, 13]
     # anchors are TCA only
     evit = plan_layers(CondenseConfig(method="evit", keep_rate=0.5, layers=(1,)), 17, 4, anchors=True)
-    assert not evit.anchors and evit.plans[1] == tca.config.LayerPlan("tiers", 17, 10, 8, 0, 8, 0)
+    assert not evit.anchors and evit.plans[1] == tca.config.TierPlan(17, 10, 8, 0, 8, 0)
     assert [evit.attention_tokens(i) for i in range(4)] == [17, 17, 10, 10]
     tome = plan_layers(CondenseConfig(method="tome", keep_rate=0.8, layers=(0, 3)), 17, 4)
-    assert tome.plans[0] == tca.config.LayerPlan("tome", 17, 14, r=3)
+    assert tome.plans[0] == tca.config.TomePlan(17, 14, r=3)
     assert tome.tokens == (14, 14, 14, 12)
     # int(17 * 0.1) = 1: a ToMe layer merging a single pair still condenses
     one = plan_layers(CondenseConfig(method="tome", keep_rate=0.9, layers=(0,)), 17, 4)
-    assert one.plans[0] == tca.config.LayerPlan("tome", 17, 16, r=1)
+    assert one.plans[0] == tca.config.TomePlan(17, 16, r=1)
     # d·P < 1: nothing to fuse, so no fused token (tiers 14 / 2 / 0, K = 2 -> 17 tokens)
     assert plan_layers(CondenseConfig(rate=1e-4, layers=(0,)), 17, 4).plans[0] == \
-        tca.config.LayerPlan("tiers", 17, 17, 14, 2, 0, 2)
+        tca.config.TierPlan(17, 17, 14, 2, 0, 2)
     # EViT fusing a single patch still condenses (ceil(0.9 * 16) = 15 kept + 1 fused: 17 tokens)
     assert plan_layers(CondenseConfig(method="evit", keep_rate=0.9, layers=(0,)), 17, 4).plans[0] == \
-        tca.config.LayerPlan("tiers", 17, 17, 15, 0, 1, 0)
+        tca.config.TierPlan(17, 17, 15, 0, 1, 0)
     assert not plan_layers(CondenseConfig(rate=0.1, layers=(1,)), 17, 4).anchors  # off by default
     assert plan_layers(CondenseConfig(rate=0.3, merge_centers=1, layers=(0,)), 2, 1).plans[0] == \
-        tca.config.LayerPlan("tiers", 2, 2, 0, 1, 0, 1)
+        tca.config.TierPlan(2, 2, 0, 1, 0, 1)
     # N = 2 at d = 0.3: tier 2 holds the only patch, so K = 2 is refused
     with pytest.raises(ConfigError, match="K=2 is larger than tier 2 at layer 0 \\(1 class-ambiguous"):
         plan_layers(CondenseConfig(rate=0.3, layers=(0,)), 2, 1)
@@ -301,8 +301,6 @@ def test_geometry_from_name_reads_every_field(tmp_path):
                                            "head_width": 16, "patch_size": 16, "mlp_ratio": 2.0},
            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
     (tmp_path / "tca-geometry-test.json").write_text(json.dumps(cfg))
-    timm = dict(cfg, vision_cfg=dict(cfg["vision_cfg"], timm_model_name="vit_tiny_patch16_224"))
-    (tmp_path / "tca-geometry-timm.json").write_text(json.dumps(timm))
     open_clip.add_model_config(tmp_path)
     g = Geometry.from_name("tca-geometry-test")
     assert g == Geometry(width=48, depth=3, heads=3, patch=16, image_size=96, embed_dim=24, mlp_ratio=2.0)
@@ -312,8 +310,7 @@ def test_geometry_from_name_reads_every_field(tmp_path):
     model.visual.proj = None  # no projection: the embedding is the width
     assert Geometry.from_model(model).embed_dim == 48
     for name, message in [("tca-no-such-model", "unknown open_clip model 'tca-no-such-model'"),
-                          ("tca-geometry-timm", "tca-geometry-timm has no plain ViT vision tower with a CLS token"),
-                          ("RN50", "RN50 has no plain ViT vision tower with a CLS token")]:
+                          ("RN50", "RN50 has no ViT vision tower (ResNets have no tokens to condense)")]:
         with pytest.raises(ValueError) as err:
             Geometry.from_name(name)
         assert str(err.value) == message
