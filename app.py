@@ -30,6 +30,7 @@ from PIL import Image  # noqa: E402
 import tca  # noqa: E402
 from tca import explore, page, uploads  # noqa: E402
 from tca.page import Display  # noqa: E402
+from tca.config import DEFAULT_LAYERS_TEXT  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 ASSETS = ROOT / "assets"
@@ -230,7 +231,7 @@ class App:
     # -- events that run the model
     @user_errors
     def classify(self, image, labels: str, model: str, method: str = "tca",
-                 keep_rate: float = 0.7, layers: str = "3,6,9", merge_centers: float = 2,
+                 keep_rate: float = 0.7, layers: str = DEFAULT_LAYERS_TEXT, merge_centers: float = 2,
                  score: str = "mean", templates: str = "single", stream: bool = False,
                  stream_state=None, progress=gr.Progress(), request: gr.Request = None):
         """Zero-shot classification of one image by baseline CLIP and condensed CLIP.
@@ -252,7 +253,7 @@ class App:
 
     @user_errors
     def compare(self, image, labels: str, model: str, keep_rate: float = 0.7,
-                layers: str = "3,6,9", merge_centers: float = 2, score: str = "mean",
+                layers: str = DEFAULT_LAYERS_TEXT, merge_centers: float = 2, score: str = "mean",
                 templates: str = "single", progress=gr.Progress(), request: gr.Request = None):
         with self.gate.hold(_session(request)):
             cmp = explore.compare(self.cache, image, labels, model or self.default_model,

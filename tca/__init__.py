@@ -7,29 +7,54 @@
 
 See README.md for the full API.
 """
-from .errors import InputError, UserError
-from .config import (DEFAULT_LAYERS, METHODS, ConfigError, CondenseConfig, Schedule,
-                     keep_rate_to_rate, plan_layers)
-from .flops import (CONVENTION, FlopReport, Geometry, count_macs, macs_for, macs_per_image,
-                    mean_gmacs)
+from .config import (
+    DEFAULT_LAYERS,
+    METHODS,
+    CondenseConfig,
+    ConfigError,
+    Schedule,
+    keep_rate_to_rate,
+    plan_layers,
+)
+from .errors import CliError, EvalError, InputError, UnknownModelError, UserError
+from .flops import (
+    CONVENTION,
+    FlopReport,
+    Geometry,
+    count_macs,
+    macs_for,
+    macs_per_image,
+    mean_gmacs,
+)
 from .images import ImageError, load_image
-from .models import (DEFAULT_MODEL, DEFAULT_PRETRAINED, SUPPORTED_MODELS, TEMPLATES, ClipModel,
-                     LabelError, WeightsUnavailableError, load_model, parse_labels, validate_labels)
+from .models import (
+    DEFAULT_MODEL,
+    DEFAULT_PRETRAINED,
+    SUPPORTED_MODELS,
+    TEMPLATES,
+    ClipModel,
+    LabelError,
+    WeightsUnavailableError,
+    load_model,
+    parse_labels,
+    validate_labels,
+)
 from .patch import Encoded, UnsupportedModelError, encode, is_patched, patch, unpatch
+from .pipeline import Baseline, Prediction, RunResult, baseline_of, classify, prepare_image
 from .prompts import PRESET_TEMPLATES, templates_for
-from .pipeline import Prediction, RunResult, classify, prepare_image
 from .reservoir import PRESETS, Reservoir, ReservoirConfig, preset, stream_update
 from .trace import KEPT, MERGED, PRUNED, Trace
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "UserError", "InputError", "CondenseConfig", "ConfigError", "METHODS", "DEFAULT_LAYERS", "Schedule", "plan_layers",
+    "UserError", "InputError", "UnknownModelError", "EvalError", "CliError", "CondenseConfig", "ConfigError", "METHODS", "DEFAULT_LAYERS", "Schedule", "plan_layers",
     "keep_rate_to_rate", "patch", "unpatch", "encode", "is_patched", "Encoded",
     "UnsupportedModelError", "Trace", "KEPT", "MERGED", "PRUNED", "Geometry", "FlopReport",
     "count_macs", "macs_for", "CONVENTION", "Reservoir", "ReservoirConfig", "PRESETS", "preset",
     "stream_update", "ClipModel", "load_model", "parse_labels", "validate_labels", "LabelError",
     "WeightsUnavailableError", "TEMPLATES", "SUPPORTED_MODELS", "DEFAULT_MODEL",
     "DEFAULT_PRETRAINED", "load_image", "ImageError", "classify", "prepare_image", "Prediction",
-    "RunResult", "macs_per_image", "mean_gmacs", "PRESET_TEMPLATES", "templates_for",
+    "RunResult", "Baseline", "baseline_of", "macs_per_image", "mean_gmacs", "PRESET_TEMPLATES",
+    "templates_for",
 ]

@@ -12,25 +12,26 @@ condensing layers).
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
 import statistics
-import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 
-from .config import METHODS, CondenseConfig, ConfigError
+from .config import METHODS, CondenseConfig
+from .errors import ConfigError, InputError
 from .flops import CONVENTION, Geometry, macs_for
 from .patch import encode, is_patched, patch, unpatch
+from .timing import elapsed_ms, synchronize
 from .towers import tower_for
 
 DEFAULT_BATCH_SIZES = (1, 8)
 DEFAULT_KEEP_RATES = (1.0, 0.9, 0.7, 0.5)
+# Every condensing method can be timed; unpatched and patched "none" always are.
+BENCH_METHODS = tuple(m for m in METHODS if m != "none")
 DEFAULT_METHODS = ("tca", "evit", "tome")
 UNPATCHED = "open_clip (unpatched)"
 PATCHED_NONE = "none (patched)"
@@ -64,21 +65,40 @@ def make_rows(batch_sizes: Sequence[int], methods: Sequence[str], keep_rates: Se
     for b in batch_sizes:
         rows.append(Row(b, UNPATCHED, None))
         rows.append(Row(b, PATCHED_NONE, CondenseConfig(method="none")))
-        settings = []
-        for m in methods:
-            for r in keep_rates:
-                settings.append(Row(b, f"{m} R={r:g}", CondenseConfig(method=m, keep_rate=r)))
+        settings = [Row(b, f"{m} R={r:g}", CondenseConfig(method=m, keep_rate=r))
+                    for m in methods for r in keep_rates]
         rows += settings
         if trace:
-            traced = [s for s in settings if s.config.method == "tca"] or settings
-            traced = [s for s in traced if not s.config.is_identity] or traced
+            traced = [s for s in settings if s.config and s.config.method == "tca"] or settings
+            traced = [s for s in traced if s.config and not s.config.is_identity] or traced
             rows += [Row(b, s.name + " +trace", s.config, True) for s in traced]
     return rows
 
 
+def check_options(batch_sizes: Sequence[int], methods: Sequence[str],
+                  keep_rates: Sequence[float], repeats: int = 5, warmup: int = 1,
+                  trace: bool = False, statistic: str = "median") -> list[Row]:
+    """The rows to time, or a :class:`tca.errors.UserError` naming the bad option. The CLI calls
+    it before loading the model, :func:`run_bench` again with the model."""
+    if repeats < 1:
+        raise InputError(f"--repeats must be >= 1, got {repeats}")
+    if warmup < 0:
+        raise InputError(f"--warmup must be >= 0, got {warmup}")
+    if statistic not in STATISTICS:
+        raise InputError(f"statistic must be one of {', '.join(STATISTICS)}, got {statistic!r}")
+    if not batch_sizes or any(b < 1 for b in batch_sizes):
+        raise InputError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
+    for m in methods:
+        if m not in BENCH_METHODS:
+            raise ConfigError(f"unknown method {m!r} for bench; choose from "
+                              f"{', '.join(BENCH_METHODS)} (unpatched and patched 'none' are "
+                              f"always timed)")
+    return make_rows(batch_sizes, methods, keep_rates, trace)  # checks every keep rate
+
+
 def machine_info() -> dict:
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    info = {"cpu_count": os.cpu_count(), "cpus_available": cpus,
+    info: dict = {"cpu_count": os.cpu_count(), "cpus_available": cpus,
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "python": platform.python_version(), "platform": platform.platform(),
             "processor": _cpu_model()}
@@ -110,22 +130,10 @@ def run_bench(model: torch.nn.Module, batch_sizes: Sequence[int] = DEFAULT_BATCH
               statistic: str = "median", progress: Callable[[str], None] | None = None) -> dict:
     """Time every row interleaved; returns a JSON-ready dict (``rows``, ``targets``, ``machine``).
 
-    The model is left unpatched if it came unpatched, patched (``none``) otherwise.
+    The model is left unpatched if it came unpatched, patched (``none``) otherwise. Inputs are
+    made on the model's device; on CUDA every time is taken after synchronising.
     """
-    if repeats < 1:
-        raise ValueError(f"--repeats must be >= 1, got {repeats}")
-    if statistic not in STATISTICS:
-        raise ValueError(f"statistic must be one of {', '.join(STATISTICS)}, got {statistic!r}")
-    if warmup < 0:
-        raise ValueError(f"--warmup must be >= 0, got {warmup}")
-    if not batch_sizes or any(b < 1 for b in batch_sizes):
-        raise ValueError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
-    for m in methods:
-        if m not in METHODS or m == "none":
-            raise ConfigError(f"unknown method {m!r} for bench; choose from "
-                              f"{', '.join(x for x in METHODS if x != 'none')} "
-                              f"(unpatched and patched 'none' are always timed)")
-    rows = make_rows(batch_sizes, methods, keep_rates, trace)
+    rows = check_options(batch_sizes, methods, keep_rates, repeats, warmup, trace, statistic)
     was_patched = is_patched(model)
     patch(model, CondenseConfig(method="none"))  # validates layers against this model
     geom = Geometry.from_model(model)
@@ -133,9 +141,10 @@ def run_bench(model: torch.nn.Module, batch_sizes: Sequence[int] = DEFAULT_BATCH
         if row.config is not None:
             macs_for(geom, row.config)
     size = geom.image_size
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)  # CPU draws: the same inputs on every device
     weight = tower_for(model).patch_embed_weight(getattr(model, "visual", model))
-    inputs = {b: torch.randn(b, 3, size, size, generator=gen).to(weight.device, weight.dtype)
+    device = weight.device
+    inputs = {b: torch.randn(b, 3, size, size, generator=gen).to(device, weight.dtype)
               for b in batch_sizes}
     samples: dict[tuple[int, str], list[float]] = {row.key: [] for row in rows}
     load_before = machine_info().get("load_average")
@@ -164,7 +173,7 @@ def run_bench(model: torch.nn.Module, batch_sizes: Sequence[int] = DEFAULT_BATCH
         med = medians[row.key]
         ref = medians[(row.batch_size, UNPATCHED)]
         gmacs = base_gmacs if row.config is None else macs_for(geom, row.config).gmacs
-        entry = {"batch_size": row.batch_size, "setting": row.name,
+        entry: dict = {"batch_size": row.batch_size, "setting": row.name,
                  "method": "open_clip" if row.config is None else row.config.method,
                  "keep_rate": None if row.config is None or row.config.method == "none"
                  else row.config.keep_rate,
@@ -180,6 +189,9 @@ def run_bench(model: torch.nn.Module, batch_sizes: Sequence[int] = DEFAULT_BATCH
         out_rows.append(entry)
     info = machine_info()
     info["load_average_before"] = load_before
+    info["device"] = str(device)
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
     return {"tool": "python -m tca bench", "model": name,
             "dtype": str(weight.dtype).removeprefix("torch."), "image_size": size, "repeats": repeats, "warmup": warmup,
             "statistic": f"{statistic} over interleaved repeats", "convention": CONVENTION,
@@ -188,17 +200,20 @@ def run_bench(model: torch.nn.Module, batch_sizes: Sequence[int] = DEFAULT_BATCH
 
 
 def _time_once(model, row: Row, x: torch.Tensor) -> float:
+    """Milliseconds of one forward of ``x`` (on the model's device) in ``row``'s setting."""
     if row.config is None:
         unpatch(model)
         try:
+            synchronize(x.device)
             t0 = time.perf_counter()
             model.encode_image(x)
-            return (time.perf_counter() - t0) * 1e3
+            return elapsed_ms(t0, x.device)
         finally:
             patch(model, CondenseConfig(method="none"))
+    synchronize(x.device)
     t0 = time.perf_counter()
     encode(model, x, row.config, trace=row.trace)
-    return (time.perf_counter() - t0) * 1e3
+    return elapsed_ms(t0, x.device)
 
 
 def targets(rows: list[dict]) -> list[dict]:
@@ -213,11 +228,11 @@ def targets(rows: list[dict]) -> list[dict]:
                         "value": f"{overhead:+.1f}%", "goal": f"<= +{TARGET_IDENTITY_OVERHEAD:g}%",
                         "met": overhead <= TARGET_IDENTITY_OVERHEAD})
     for b, goal in TARGET_TCA07.items():
-        r = by.get((b, "tca R=0.7"))
-        if r is not None:
+        t = by.get((b, "tca R=0.7"))
+        if t is not None:
             out.append({"target": f"tca R=0.7 speed-up over unpatched, batch {b}",
-                        "value": f"{r['speedup']:.2f}x (FLOP-ideal {r['gmacs_ratio']:.2f}x)",
-                        "goal": f">= {goal:.2f}x", "met": r["speedup"] >= goal})
+                        "value": f"{t['speedup']:.2f}x (FLOP-ideal {t['gmacs_ratio']:.2f}x)",
+                        "goal": f">= {goal:.2f}x", "met": t["speedup"] >= goal})
     for r in rows:
         if r["trace"]:
             o = r["trace_overhead_percent"]
@@ -227,11 +242,17 @@ def targets(rows: list[dict]) -> list[dict]:
     return out
 
 
+def _on_device(machine: dict) -> str:
+    device = machine.get("device", "cpu")
+    return "" if device == "cpu" else f", on {machine.get('gpu') or device}"
+
+
 def format_table(result: dict) -> str:
     m = result["machine"]
     lines = [f"{result['model'] or 'model'} @ {result['image_size']}px, {result.get('dtype', 'float32')}"
              f"  |  {m['cpus_available']} CPU(s) "
-             f"({m['processor']}), torch {m['torch']} with {m['torch_threads']} thread(s)  |  "
+             f"({m['processor']}), torch {m['torch']} with {m['torch_threads']} thread(s)"
+             f"{_on_device(m)}  |  "
              f"{result['statistic'].split()[0]} of {result['repeats']} interleaved repeats after "
              f"{result['warmup']} warm-up"]
     if m.get("load_average_before") is not None:
@@ -261,92 +282,5 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _ints(text: str) -> list[int]:
-    try:
-        values = [int(p) for p in text.replace(";", ",").split(",") if p.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
-
-
-def _floats(text: str) -> list[float]:
-    try:
-        values = [float(p) for p in text.replace(";", ",").split(",") if p.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one keep rate")
-    return values
-
-
-def _names(text: str) -> list[str]:
-    return [p.strip().lower() for p in text.split(",") if p.strip()]
-
-
-def add_parser(sub) -> None:
-    from .cli import add_model_args
-
-    p = sub.add_parser(
-        "bench", help="interleaved speed benchmark: condensed vs unpatched open_clip",
-        description="Times unpatched open_clip encode_image and every condensation setting "
-                    "interleaved in one process (round-robin per repeat) and prints medians, the "
-                    "speed-up over unpatched and the GMACs ratio (the FLOP-ideal). Random weights "
-                    "by default: timing does not depend on them.")
-    add_model_args(p)
-    p.set_defaults(pretrained="none")
-    for action in p._actions:  # same option as everywhere, another default here
-        if action.dest == "pretrained":
-            action.help = "open_clip pretrained tag (default none: random weights)"
-    p.add_argument("--batch-sizes", type=_ints, default=list(DEFAULT_BATCH_SIZES),
-                   help="comma-separated (default 1,8)")
-    p.add_argument("--keep-rates", type=_floats, default=list(DEFAULT_KEEP_RATES),
-                   help="comma-separated keep rates R (default 1.0,0.9,0.7,0.5)")
-    p.add_argument("--methods", type=_names, default=list(DEFAULT_METHODS),
-                   help="comma-separated, from tca, evit, tome, tome-paper, ats "
-                        "(default tca, evit, tome)")
-    p.add_argument("--repeats", type=int, default=5, help="timed rounds (median; default 5)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
-    p.add_argument("--trace", action="store_true", help="also time tca with tracing on")
-    p.add_argument("--statistic", choices=tuple(STATISTICS), default="median",
-                   help="per-row summary of the repeats (default median; min = least disturbed)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    p.set_defaults(func=main)
-
-
-def main(args: argparse.Namespace) -> int:
-    from .cli import CliError, load_from_args
-
-    if args.threads is not None:
-        if args.threads < 1:
-            raise CliError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
-    if args.repeats < 1:
-        raise CliError(f"--repeats must be >= 1, got {args.repeats}")
-    if args.warmup < 0:
-        raise CliError(f"--warmup must be >= 0, got {args.warmup}")
-    for r in args.keep_rates:  # validate before the (slow) model load
-        CondenseConfig(method="evit", keep_rate=r)
-    for m in args.methods:
-        if m not in METHODS or m == "none":
-            raise CliError(f"unknown method {m!r} for bench; choose from "
-                           f"{', '.join(x for x in METHODS if x != 'none')}")
-    clip = load_from_args(args)
-    n = len(make_rows(args.batch_sizes, args.methods, args.keep_rates, args.trace))
-    say = (lambda s: None) if args.json else (lambda s: print(s, file=sys.stderr, flush=True))
-    say(f"timing {n} rows x {args.warmup + args.repeats} rounds ({args.warmup} warm-up) ...")
-    result = run_bench(clip.model, args.batch_sizes, args.methods, args.keep_rates,
-                       args.repeats, args.warmup, args.trace, seed=args.seed,
-                       name=clip.weights_description, statistic=args.statistic, progress=say)
-    result["random_weights"] = clip.is_random
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(format_table(result))
-    return 0
-
-
-__all__ = ["run_bench", "make_rows", "format_table", "targets", "machine_info", "add_parser",
-           "main"]
+__all__ = ["run_bench", "check_options", "make_rows", "format_table", "targets", "machine_info",
+           "BENCH_METHODS", "STATISTICS"]

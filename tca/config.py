@@ -97,7 +97,7 @@ class CondenseConfig:
             return self.tca_rate == 0.0
         return self.keep_rate >= 1.0
 
-    def with_(self, **changes) -> "CondenseConfig":
+    def with_(self, **changes) -> CondenseConfig:
         return replace(self, **changes)
 
     def describe(self) -> str:
@@ -191,7 +191,7 @@ class Schedule:
         """Whether token counts depend on the image (``tokens`` are then upper bounds)."""
         return any(isinstance(p, AtsPlan) for p in self.plans)
 
-    def realised(self, tokens: Sequence[int]) -> "Schedule":
+    def realised(self, tokens: Sequence[int]) -> Schedule:
         """This schedule with the token counts one image actually had (ATS), for FLOPs."""
         tokens = tuple(int(t) for t in tokens)
         if len(tokens) != len(self.plans):
@@ -264,12 +264,28 @@ def _plan_one(config: CondenseConfig, n: int, layer: int, prefix: int = 1) -> La
     return TierPlan(n, n_out, t1, t2, t3, k, prefix=prefix)
 
 
+def split_list(text: str) -> list[str]:
+    """'a, b;c,' -> ['a', 'b', 'c']: the comma- (or semicolon-) separated items, blanks dropped.
+    The one list syntax of the command line and the app's text fields (labels excepted: they
+    may also be separated by newlines, see ``tca.models.parse_labels``)."""
+    return [p.strip() for p in text.replace(";", ",").split(",") if p.strip()]
+
+
+def format_layers(layers: Sequence[int]) -> str:
+    """(3, 6, 9) -> '3,6,9', the text form :func:`parse_layers` reads."""
+    return ",".join(str(int(i)) for i in layers)
+
+
+DEFAULT_LAYERS_TEXT = format_layers(DEFAULT_LAYERS)
+
+
 def parse_layers(text: str | Sequence[int]) -> tuple[int, ...]:
     """'3,6,9' -> (3, 6, 9), with a clear error for anything else."""
     if not isinstance(text, str):
         return tuple(int(i) for i in text)
-    parts = [p.strip() for p in text.replace(";", ",").split(",") if p.strip()]
+    parts = split_list(text)
     try:
         return tuple(int(p) for p in parts)
     except ValueError:
-        raise ConfigError(f"layers must be comma-separated integers like 3,6,9, got {text!r}") from None
+        raise ConfigError(f"layers must be comma-separated integers like {DEFAULT_LAYERS_TEXT}, "
+                          f"got {text!r}") from None

@@ -35,5 +35,18 @@ class UnsupportedModelError(UserError, ValueError):
     """The model cannot be condensed (no CLS token, non-standard blocks, ...)."""
 
 
+class UnknownModelError(UserError, ValueError):
+    """No open_clip model of that name, or no pretrained weights with that tag."""
+
+
+class EvalError(UserError, ValueError):
+    """A user error in the evaluation input (folder, manifest, options)."""
+
+
+class CliError(UserError):
+    """A command-line option or environment setting that cannot work."""
+
+
 __all__ = ["UserError", "ConfigError", "ImageError", "LabelError", "InputError",
-           "WeightsUnavailableError", "UnsupportedModelError"]
+           "WeightsUnavailableError", "UnsupportedModelError", "UnknownModelError", "EvalError",
+           "CliError"]

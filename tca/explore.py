@@ -21,26 +21,27 @@ import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import open_clip
 from PIL import Image
 
-from .config import CondenseConfig, parse_layers
+from .config import DEFAULT_LAYERS, DEFAULT_LAYERS_TEXT, CondenseConfig, parse_layers
 from .errors import ConfigError, InputError, LabelError, WeightsUnavailableError
 from .images import load_image
-from .models import (TEMPLATES, WEIGHTS_HELP, ClipModel, load_model, parse_labels,
-                     validate_labels)
+from .models import (
+    APP_MODELS,
+    TEMPLATES,
+    WEIGHTS_HELP,
+    ClipModel,
+    load_model,
+    parse_labels,
+    validate_labels,
+)
 from .pipeline import Prediction, RunResult, classify
 from .reservoir import Reservoir, ReservoirConfig, preset
 
-# Display name -> open_clip name. OpenAI weights need the QuickGELU configs.
-APP_MODELS: dict[str, str] = {
-    "ViT-B/32": "ViT-B-32-quickgelu",
-    "ViT-B/16": "ViT-B-16-quickgelu",
-    "ViT-L/14": "ViT-L-14-quickgelu",
-}
 COMPARE_METHODS = ("tca", "evit", "tome")
 METHOD_NAMES = {"tca": "TCA", "evit": "EViT", "tome": "ToMe", "tome-paper": "ToMe (paper)",
                 "ats": "ATS", "none": "none (plain CLIP)"}
@@ -52,7 +53,7 @@ MAX_LABELS_TEXT = 20_000  # characters of label text accepted before parsing
 KEEP_RATE_RANGE = (0.1, 1.0)
 MERGE_CENTERS_RANGE = (1, 16)
 # The settings the page opens with (and the first screen is computed with).
-APP_DEFAULTS = dict(method="tca", keep_rate=0.7, layers="3,6,9", merge_centers=2, score="mean",
+APP_DEFAULTS = dict(method="tca", keep_rate=0.7, layers=DEFAULT_LAYERS_TEXT, merge_centers=2, score="mean",
                     templates="single")
 SWEEP_RATES = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 SWEEP_MAX_PASSES = 24  # condensed passes one sweep may run (3 methods x 8 rates)
@@ -73,7 +74,6 @@ class LoadedModel:
     clip: ClipModel
     requested: str | None
     note: str | None = None
-    load_s: float = 0.0
 
     @property
     def is_random(self) -> bool:
@@ -159,7 +159,6 @@ class ModelCache:
         return t
 
     def _load(self, name: str) -> LoadedModel:
-        t0 = time.perf_counter()
         checkpoint = self.checkpoint if (self.checkpoint and name == self.checkpoint_model) else None
         # visitors see the checkpoint's file name only, never its server path
         shown = Path(checkpoint).name if checkpoint else None
@@ -176,13 +175,13 @@ class ModelCache:
             try:
                 clip = self._loader(name, self.pretrained, checkpoint, seed=self.seed)
             except WeightsUnavailableError as exc:
-                note = str(exc).replace(str(checkpoint), shown) if checkpoint else str(exc)
+                note = str(exc).replace(str(checkpoint), shown or "") if checkpoint else str(exc)
                 note = _SERVER_PATH.sub(lambda m: m.group(2), note)
                 clip = self._loader(name, None, seed=self.seed)
             else:
                 if checkpoint and isinstance(clip, ClipModel):
                     clip = dataclasses.replace(clip, pretrained=requested)
-        return LoadedModel(clip, requested, note, time.perf_counter() - t0)
+        return LoadedModel(clip, requested, note)
 
 
 # ----------------------------------------------------------------------------------- visitors
@@ -233,7 +232,8 @@ def parse_settings(method: str, keep_rate: float, layers: str | Sequence[int],
                           f"to {MERGE_CENTERS_RANGE[1]}, got {merge_centers}")
     layer_tuple = parse_layers(layers if layers is not None else "")
     if method != "none" and not layer_tuple:
-        raise ConfigError("no condensing layers given: enter block indices like 3,6,9")
+        raise ConfigError(f"no condensing layers given: enter block indices like "
+                          f"{DEFAULT_LAYERS_TEXT}")
     return CondenseConfig(method=method, keep_rate=float(keep_rate), layers=layer_tuple,
                           merge_centers=int(float(merge_centers)), score=score)
 
@@ -270,14 +270,14 @@ def model_view(clip: ClipModel, image: Image.Image) -> np.ndarray:
         out = t(out)
     if not isinstance(out, Image.Image):  # unknown preprocessing: resize + centre crop
         out = image
-    visual = clip.model.visual
+    visual: Any = clip.model.visual  # open_clip's VisionTransformer
     size = visual.grid_size[0] * visual.conv1.kernel_size[0]
     out = out.convert("RGB")
     if out.size != (size, size):
         w, h = out.size
         s = min(w, h)
         out = out.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-        out = out.resize((size, size), Image.BICUBIC)
+        out = out.resize((size, size), Image.Resampling.BICUBIC)
     return np.asarray(out, dtype=np.uint8).copy()
 
 
@@ -333,7 +333,6 @@ class RunState:
     templates: str
     stream: dict | None = None  # reservoir summary after this image, in stream mode
     stream_notice: str | None = None
-    created: float = field(default_factory=time.time)
     image_name: str | None = None  # the file name only (never a server path)
     signature: tuple | None = None  # the inputs that made it (see input_signature)
 
@@ -343,7 +342,7 @@ class RunState:
 
 
 def run(cache: ModelCache, image, labels, model: str, method: str = "tca",
-        keep_rate: float = 0.9, layers: str | Sequence[int] = "3,6,9", merge_centers: int = 2,
+        keep_rate: float = 0.9, layers: str | Sequence[int] = DEFAULT_LAYERS, merge_centers: int = 2,
         score: str = "mean", templates: str = "single", stream: StreamState | None = None,
         max_labels: int = MAX_LABELS, progress: Callable[[float, str], None] | None = None
         ) -> RunState:
@@ -366,7 +365,8 @@ def run(cache: ModelCache, image, labels, model: str, method: str = "tca",
                           reservoir=reservoir, trace=True, max_labels=max_labels)
     return RunState(result, model_view(clip, pil), clip.name, loaded.note, templates,
                     stream=result.reservoir if reservoir is not None else None,
-                    stream_notice=stream.notice if reservoir is not None else None,
+                    stream_notice=stream.notice if stream is not None and reservoir is not None
+                    else None,
                     image_name=image_name(image),
                     signature=input_signature(image, labels, model, method, keep_rate, layers,
                                               merge_centers, score, templates))
@@ -471,7 +471,7 @@ class Comparison:
 
 
 def compare(cache: ModelCache, image, labels, model: str, keep_rate: float = 0.7,
-            layers: str | Sequence[int] = "3,6,9", merge_centers: int = 2, score: str = "mean",
+            layers: str | Sequence[int] = DEFAULT_LAYERS, merge_centers: int = 2, score: str = "mean",
             templates: str = "single", methods: Sequence[str] = COMPARE_METHODS,
             max_labels: int = MAX_LABELS,
             progress: Callable[[float, str], None] | None = None) -> Comparison:
@@ -483,17 +483,14 @@ def compare(cache: ModelCache, image, labels, model: str, keep_rate: float = 0.7
     clip = loaded.clip
     encode_labels(clip, labels, templates, say)
     results: dict[str, RunResult] = {}
+    baseline = None  # plain CLIP runs once; every method is compared with that same result
     for i, cfg in enumerate(configs):
         say(0.4 + 0.55 * i / len(configs), f"running {METHOD_NAMES.get(cfg.method, cfg.method)}")
         with cache.image_lane:
             results[cfg.method] = classify(clip, pil, labels, cfg, templates=templates,
-                                           trace=True, max_labels=max_labels, baseline=(i == 0))
+                                           trace=True, max_labels=max_labels, baseline=baseline)
+        baseline = baseline or results[cfg.method].reference
     first = results[configs[0].method]
-    for r in results.values():
-        # classify(baseline=False) skips the baseline pass; share the one real baseline
-        if r is not first:
-            r.baseline, r.flops_baseline = first.baseline, first.flops_baseline
-            r.baseline_tokens = list(first.baseline_tokens)
     return Comparison(model_view(clip, pil), first.baseline, results, clip.name, loaded.note,
                       float(keep_rate))
 
@@ -538,7 +535,7 @@ def kl_divergence(p: Sequence[float], q: Sequence[float]) -> float:
 
 
 def sweep(cache: ModelCache, image, labels, model: str, method: str = "tca",
-          layers: str | Sequence[int] = "3,6,9", merge_centers: int = 2, score: str = "mean",
+          layers: str | Sequence[int] = DEFAULT_LAYERS, merge_centers: int = 2, score: str = "mean",
           templates: str = "single", rates: Sequence[float] = SWEEP_RATES,
           methods: Sequence[str] | None = None, max_labels: int = MAX_LABELS,
           reuse: RunResult | None = None,
@@ -583,7 +580,8 @@ def sweep(cache: ModelCache, image, labels, model: str, method: str = "tca",
             else:
                 with cache.image_lane:  # one pass at a time, so other Runs interleave
                     r = classify(clip, pil, label_list, cfg, templates=templates, trace=False,
-                                 max_labels=max_labels, baseline=base is None)
+                                 max_labels=max_labels,
+                                 baseline=base.reference if base is not None else None)
                 passes += 1
                 if base is None:
                     base = r

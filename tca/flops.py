@@ -25,7 +25,7 @@ import open_clip
 import torch
 
 from .config import CondenseConfig, Schedule, plan_layers
-from .errors import UnsupportedModelError
+from .errors import UnknownModelError, UnsupportedModelError
 from .towers import tower_for
 
 CONVENTION = "GMACs (1 MAC = 1 multiply-add; the papers' \"GFLOPs\" are GMACs; FLOPs = 2 x MACs)"
@@ -60,10 +60,10 @@ class Geometry:
         return plan_layers(config, self.n_tokens, self.depth, anchors, self.prefix)
 
     @classmethod
-    def from_name(cls, model_name: str) -> "Geometry":
+    def from_name(cls, model_name: str) -> Geometry:
         cfg = open_clip.get_model_config(model_name)
         if cfg is None:
-            raise ValueError(f"unknown open_clip model {model_name!r}")
+            raise UnknownModelError(f"unknown open_clip model {model_name!r}")
         v = cfg["vision_cfg"]
         if v.get("timm_model_name"):
             return cls._from_timm_cfg(model_name, cfg)
@@ -75,7 +75,7 @@ class Geometry:
                    size, cfg["embed_dim"], v.get("mlp_ratio", 4.0))
 
     @classmethod
-    def _from_timm_cfg(cls, model_name: str, cfg: dict) -> "Geometry":
+    def _from_timm_cfg(cls, model_name: str, cfg: dict) -> Geometry:
         """A timm tower's geometry, read from the tower built on the meta device (no memory, no
         weights, no download)."""
         from open_clip.timm_model import TimmModel
@@ -87,7 +87,7 @@ class Geometry:
         return cls.from_model(visual)
 
     @classmethod
-    def from_model(cls, model) -> "Geometry":
+    def from_model(cls, model) -> Geometry:
         visual = getattr(model, "visual", model)
         if not hasattr(visual, "transformer"):
             return cls._from_timm(visual)
@@ -99,7 +99,7 @@ class Geometry:
                    block.mlp.c_fc.out_features / visual.transformer.width)
 
     @classmethod
-    def _from_timm(cls, visual) -> "Geometry":
+    def _from_timm(cls, visual) -> Geometry:
         tower = tower_for(visual)  # refuses towers it cannot condense, with the reason
         trunk = visual.trunk
         block = trunk.blocks[0]

@@ -31,7 +31,7 @@ def load_image(source: str | os.PathLike | bytes | Image.Image | np.ndarray,
         image = source
     else:
         if isinstance(source, (bytes, bytearray)):
-            fp = io.BytesIO(source)
+            fp: io.BytesIO | Path = io.BytesIO(source)
         else:
             path = Path(source)
             name = path.name

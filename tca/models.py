@@ -6,23 +6,36 @@ import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Sequence, cast
 
 import open_clip
 import torch
 import torch.nn.functional as F
 
 from . import text
-from .errors import ConfigError, LabelError, WeightsUnavailableError
+from .errors import (
+    ConfigError,
+    InputError,
+    LabelError,
+    UnknownModelError,
+    WeightsUnavailableError,
+)
 from .patch import check_supported
 from .prompts import TEMPLATES
+from .timing import model_device
 from .towers import input_dtype
 
 DEFAULT_MODEL = "ViT-B-16-quickgelu"
 DEFAULT_PRETRAINED = "openai"
-# Models offered by the app and documented as supported (OpenAI weights need -quickgelu).
-SUPPORTED_MODELS = ("ViT-B-32-quickgelu", "ViT-B-16-quickgelu", "ViT-L-14-quickgelu",
-                    "ViT-B-32", "ViT-B-16", "ViT-L-14")
+# The models the app offers: display name -> open_clip name (OpenAI weights need -quickgelu).
+APP_MODELS: dict[str, str] = {
+    "ViT-B/32": "ViT-B-32-quickgelu",
+    "ViT-B/16": "ViT-B-16-quickgelu",
+    "ViT-L/14": "ViT-L-14-quickgelu",
+}
+# Documented and tested as supported: those and their plain-GELU configs.
+SUPPORTED_MODELS = tuple(APP_MODELS.values()) + tuple(
+    name.removesuffix("-quickgelu") for name in APP_MODELS.values())
 MAX_LABEL_CHARS = 300
 # --precision choices: open_clip's names for float32 and its mixed fp16 / bf16 modes.
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -71,7 +84,7 @@ class ClipModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return model_device(self.model)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -84,7 +97,8 @@ class ClipModel:
 
     @property
     def logit_scale(self) -> float:
-        return float(self.model.logit_scale.detach().exp())
+        scale = cast(torch.Tensor, self.model.logit_scale)  # an nn.Parameter of open_clip's CLIP
+        return float(scale.detach().exp())
 
     @property
     def logit_bias(self) -> float:
@@ -116,11 +130,11 @@ def resolve_templates(templates: str | Sequence[str]) -> tuple[str, ...]:
             return TEMPLATES[templates]
         if "{}" in templates:
             return (templates,)
-        raise ValueError(f"unknown templates {templates!r}; use one of {', '.join(TEMPLATES)} "
+        raise InputError(f"unknown templates {templates!r}; use one of {', '.join(TEMPLATES)} "
                          f"or a format string containing {{}}")
     temps = tuple(templates)
     if not temps or not all("{}" in t for t in temps):
-        raise ValueError("every prompt template must contain {}")
+        raise InputError("every prompt template must contain {}")
     return temps
 
 
@@ -188,7 +202,7 @@ def load_model(name: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETR
         raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if name not in open_clip.list_models():
         close = [m for m in open_clip.list_models() if name.lower().split("-")[0] in m.lower()][:8]
-        raise ValueError(f"unknown open_clip model {name!r}" + (f"; similar: {', '.join(close)}" if close else ""))
+        raise UnknownModelError(f"unknown open_clip model {name!r}" + (f"; similar: {', '.join(close)}" if close else ""))
     if isinstance(pretrained, str) and pretrained.lower() in ("none", "random", ""):
         pretrained = None
     torch.manual_seed(seed)
@@ -204,7 +218,7 @@ def load_model(name: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETR
     else:
         if pretrained not in open_clip.list_pretrained_tags_by_model(name):
             tags = open_clip.list_pretrained_tags_by_model(name)
-            raise ValueError(f"{name} has no pretrained tag {pretrained!r}; available: "
+            raise UnknownModelError(f"{name} has no pretrained tag {pretrained!r}; available: "
                              f"{', '.join(tags) or 'none'}")
         model, preprocess = _load_pretrained(name, pretrained, device, cache_dir, precision)
         source = pretrained
@@ -233,8 +247,8 @@ class ByteTokenizer:
         texts = [texts] if isinstance(texts, str) else list(texts)
         n = context_length or self.context_length
         out = torch.zeros((len(texts), n), dtype=torch.long)
-        for i, text in enumerate(texts):
-            ids = self.encode(text)[:n]
+        for i, prompt in enumerate(texts):
+            ids = self.encode(prompt)[:n]
             out[i, :len(ids)] = torch.tensor(ids, dtype=torch.long)
         return out
 
@@ -361,9 +375,30 @@ def _load_checkpoint(model: torch.nn.Module, path: Path) -> None:
     if not isinstance(state, dict):
         raise WeightsUnavailableError(f"checkpoint {str(path)!r} holds no state dict")
     state = {k.removeprefix("module."): v for k, v in state.items()}
+    mismatch = _state_mismatch(model.state_dict(), state)
+    if mismatch:
+        raise WeightsUnavailableError(
+            f"checkpoint {str(path)!r} does not fit this architecture: {mismatch}")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise WeightsUnavailableError(
             f"checkpoint {str(path)!r} does not fit this architecture: "
             f"{str(exc).splitlines()[0][:300]}") from exc
+
+
+def _state_mismatch(expected: dict, state: dict, show: int = 5) -> str:
+    """Which keys of ``state`` do not fit ``expected`` (a model's state dict): missing keys,
+    unexpected keys and shape mismatches, the first ``show`` of each named; '' if it fits."""
+    def some(keys: list[str]) -> str:
+        return ", ".join(keys[:show]) + (", ..." if len(keys) > show else "")
+
+    missing = sorted(expected.keys() - state.keys())
+    unexpected = sorted(state.keys() - expected.keys())
+    shapes = [f"{k} (checkpoint {tuple(getattr(state[k], 'shape', ()))}, model "
+              f"{tuple(expected[k].shape)})" for k in sorted(expected.keys() & state.keys())
+              if tuple(getattr(state[k], "shape", ())) != tuple(expected[k].shape)]
+    parts = [f"{len(keys)} {what}: {some(keys)}" for what, keys in
+             (("missing key(s)", missing), ("unexpected key(s)", unexpected),
+              ("shape mismatch(es)", shapes)) if keys]
+    return "; ".join(parts)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass
-from typing import Sequence
+from typing import cast
 
 import numpy as np
 from PIL import Image
@@ -32,8 +32,8 @@ def _escape(text) -> str:
     return html.escape(str(text), quote=False)
 
 
-def _rgb(c: Sequence[int]) -> str:
-    return "#%02x%02x%02x" % tuple(int(v) for v in c)
+def _rgb(c) -> str:
+    return "#" + "".join(f"{int(v):02x}" for v in c)
 
 
 # ------------------------------------------------------------------------------ colours / text
@@ -253,8 +253,8 @@ def stream_html(state: RunState | None, stream: StreamState | None, enabled: boo
         rows.append(f"<tr><td>{_escape(label)}</td><td>{dots}</td><td>{ent}</td></tr>")
     effect = ""
     if state is not None and state.result.corrected is not None:
-        r = state.result
-        diffs = [(l, r.condensed.probs[i], r.corrected.probs[i]) for i, l in enumerate(r.labels)]
+        r, corrected = state.result, state.result.corrected
+        diffs = [(l, r.condensed.probs[i], corrected.probs[i]) for i, l in enumerate(r.labels)]
         diffs.sort(key=lambda x: -abs(x[2] - x[1]))
         effect = "<br><b>Logits correction on this image</b><table class='tca-table'>" + \
             "<tr><th>label</th><th>condensed</th><th>corrected</th></tr>" + "".join(
@@ -298,7 +298,7 @@ class Display:
     opacity: float = 0.5
     patch: int | None = None
 
-    def clamped(self, trace: Trace) -> "Display":
+    def clamped(self, trace: Trace) -> Display:
         layer = int(min(max(0, int(self.layer or 0)), trace.depth - 1))
         n = trace.grid[0] * trace.grid[1]
         patch = self.patch if self.patch is not None and 0 <= self.patch < n else None
@@ -436,7 +436,7 @@ def follow_html(state: RunState, patch: int | None, layer: int | None = None) ->
     lines = []
     for s in steps:
         cond = f" {CONDENSING_MARK}" if s.layer in trace.condensing_layers else ""
-        if s.fate == "merged":
+        if s.fate == "merged" and s.group_rank is not None:
             colour = render.group_palette(s.group_rank + 1)[s.group_rank]
             what = (f"<span class='sw' style='display:inline-block;width:12px;height:12px;"
                     f"background:{_rgb(colour)};border:1px solid #222;vertical-align:-1px'></span>"
@@ -508,12 +508,15 @@ def exports(state: RunState, d: Display, out: ExportDir) -> dict[str, str]:
 
 def compare_picture(cmp: Comparison) -> Image.Image:
     first = next(iter(cmp.results.values()))
-    depth = first.trace.depth
-    cols = sorted(set(first.trace.condensing_layers) | {depth - 1})
+    traces = [r.trace for r in cmp.results.values()]
+    assert all(t is not None for t in traces)  # compare always traces
+    first_trace = cast(Trace, first.trace)
+    depth = first_trace.depth
+    cols = sorted(set(first_trace.condensing_layers) | {depth - 1})
     tiles = []
-    for r in cmp.results.values():
-        means = render.patch_means(cmp.view, r.trace.grid)
-        tiles.append([render.fate_map(cmp.view, r.trace, l, means=means) for l in cols])
+    for t in cast(list[Trace], traces):
+        means = render.patch_means(cmp.view, t.grid)
+        tiles.append([render.fate_map(cmp.view, t, l, means=means) for l in cols])
     picture, _ = render.grid(
         tiles, captions=[[f"{r.tokens_per_layer[l]} tokens" for l in cols]
                          for r in cmp.results.values()],

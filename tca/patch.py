@@ -25,8 +25,16 @@ import torch
 import torch.nn.functional as F
 
 from . import condense
-from .config import (AtsPlan, CondenseConfig, LayerPlan, Schedule, TierPlan, TomePaperPlan,
-                     TomePlan, plan_layers)
+from .config import (
+    AtsPlan,
+    CondenseConfig,
+    LayerPlan,
+    Schedule,
+    TierPlan,
+    TomePaperPlan,
+    TomePlan,
+    plan_layers,
+)
 from .errors import ConfigError, UnsupportedModelError
 from .towers import OpenClipViT, Tower, tower_for
 from .trace import Trace, TraceRecorder
@@ -342,12 +350,14 @@ def _condense_tome_paper(x, size, plan: TomePaperPlan, att: Attended, run: RunSt
     """The released baseline: head-mean attention rows as the metric; the sizes weight the
     average but never the attention."""
     size = size if size is not None else x.new_ones(x.shape[:2])
+    assert att.probs is not None  # attend(need_probs=True) for every TomePaperPlan
     metric = condense.attention_rows_metric(att.probs.float())
     return condense.tome_merge(x, size, metric, plan.r, plan.prefix), None
 
 
 def _condense_ats(x, size, plan: AtsPlan, att: Attended, run: RunState, valid=None):
     """ATS: keep at most ceil(R P_b) patches of each image, sampled from its score CDF."""
+    assert att.cls_row is not None and att.value_norm is not None  # AtsPlan's needs
     score = condense.ats_score(att.cls_row.float(), att.value_norm.float(), valid)
     n_patches = (valid.sum(dim=1) - 1) if valid is not None else \
         torch.full((x.shape[0],), x.shape[1] - 1, device=x.device)

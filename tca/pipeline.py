@@ -14,6 +14,7 @@ from .images import load_image
 from .models import ClipModel, parse_labels, validate_labels
 from .patch import Encoded, encode, is_patched, patch
 from .reservoir import Reservoir, stream_update
+from .timing import elapsed_ms
 from .trace import Trace
 
 
@@ -62,6 +63,12 @@ class RunResult:
         return self.corrected or self.condensed
 
     @property
+    def reference(self) -> Baseline:
+        """This run's baseline as data, to pass to another :func:`classify` of the same image."""
+        return Baseline(self.baseline, list(self.baseline_tokens), self.flops_baseline,
+                        self.timings_ms.get("baseline_ms", 0.0))
+
+    @property
     def saved_percent(self) -> float:
         return saved_percent(self.flops_baseline, self.flops_condensed)
 
@@ -107,11 +114,54 @@ def prepare_image(clip: ClipModel, image) -> torch.Tensor:
     return clip.preprocess(load_image(image)).unsqueeze(0).to(clip.device, clip.dtype)
 
 
+@dataclass(frozen=True)
+class Baseline:
+    """Plain CLIP (all tokens) on one image with one label set: what condensed runs are
+    compared with. Computed once by :func:`baseline_of` and shared by every method run on the
+    same image (``classify(..., baseline=...)``)."""
+
+    prediction: Prediction
+    tokens: list[int]  # tokens at every block output (all of them)
+    flops: FlopReport
+    ms: float  # time of its forward pass
+
+
+def baseline_of(clip: ClipModel, pixels: torch.Tensor, labels: list[str],
+                text: torch.Tensor) -> Baseline:
+    """Run unmodified CLIP on ``pixels`` (1, 3, H, W) against class embeddings ``text`` (C, E)."""
+    _warm_up(clip, pixels)
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        enc = encode(clip.model, pixels, CondenseConfig(method="none"))
+        ms = elapsed_ms(t0, pixels.device)
+    logits = clip.logits(enc.features.cpu(), text)  # the model's own scale (and SigLIP's bias)
+    geom = Geometry.from_model(clip.model)
+    schedule = geom.schedule(CondenseConfig(method="none"))
+    return Baseline(_prediction(labels, logits[0]), list(schedule.tokens),
+                    count_macs(geom, schedule), ms)
+
+
+def _warm_up(clip: ClipModel, pixels: torch.Tensor) -> None:
+    """The first forward on a model pays one-time set-up costs: one untimed pass keeps them
+    out of every timing."""
+    if not is_patched(clip.model):
+        patch(clip.model, CondenseConfig(method="none"))
+    if not clip.warmed:
+        with torch.inference_mode():
+            encode(clip.model, pixels, CondenseConfig(method="none"))
+        clip.warmed = True
+
+
 def classify(clip: ClipModel, image, labels: str | Sequence[str], config: CondenseConfig,
              templates: str | Sequence[str] = "single", reservoir: Reservoir | None = None,
-             trace: bool = True, max_labels: int | None = None, baseline: bool = True) -> RunResult:
-    """Run baseline CLIP and the condensed model on one image, in one traced pass each.
+             trace: bool = True, max_labels: int | None = None,
+             baseline: Baseline | None = None) -> RunResult:
+    """Baseline CLIP vs the condensed model on one image.
 
+    Runs plain CLIP once (not traced; skipped when ``baseline``, from :func:`baseline_of` or an
+    earlier result's :attr:`RunResult.reference`, is given for the same image and labels), then
+    the condensed model once (traced when ``trace``). The first call on a model adds one untimed
+    warm-up pass.
     reservoir: TCA stream mode. Its anchors (if active) guide condensation, the image is filed
     into it, and ``corrected`` holds the logits-corrected prediction. Only ``tca`` uses it.
     """
@@ -121,40 +171,33 @@ def classify(clip: ClipModel, image, labels: str | Sequence[str], config: Conden
     if reservoir is not None and reservoir.num_classes != len(labels):
         raise ValueError(f"the reservoir was built for {reservoir.num_classes} labels, "
                          f"got {len(labels)}; reset it when the labels change")
-    if not is_patched(clip.model):
-        patch(clip.model, CondenseConfig(method="none"))
+    if baseline is not None and baseline.prediction.labels != labels:
+        raise ValueError("the given baseline was computed for other labels")
     t0 = time.perf_counter()
     text = clip.encode_text(labels, templates)
     timings = {"text_ms": (time.perf_counter() - t0) * 1e3}
+    base = baseline or baseline_of(clip, pixels, labels, text)
+    timings["baseline_ms"] = base.ms
     use_reservoir = reservoir is not None and config.method == "tca"
-    anchors = reservoir.anchors() if use_reservoir else None
+    anchors = reservoir.anchors() if reservoir is not None and use_reservoir else None
+    _warm_up(clip, pixels)
     with torch.inference_mode():
-        if not clip.warmed:  # the first forward pays one-time set-up costs; keep them out of timings
-            encode(clip.model, pixels, CondenseConfig(method="none"))
-            clip.warmed = True
-        base_enc = None
-        if baseline:
-            t0 = time.perf_counter()
-            base_enc = encode(clip.model, pixels, CondenseConfig(method="none"))
-            timings["baseline_ms"] = (time.perf_counter() - t0) * 1e3
         t0 = time.perf_counter()
         enc: Encoded = encode(clip.model, pixels, config, anchors=anchors, trace=trace,
                               record_cls=use_reservoir)
-        timings["condensed_ms"] = (time.perf_counter() - t0) * 1e3
+        timings["condensed_ms"] = elapsed_ms(t0, pixels.device)
     z = F.normalize(enc.features.float().cpu(), dim=-1)
     logits = clip.logits(enc.features.cpu(), text)  # the model's own scale (and SigLIP's bias)
-    base_logits = clip.logits(base_enc.features.cpu(), text) if base_enc is not None else logits
     geom = Geometry.from_model(clip.model)
-    base_schedule = geom.schedule(CondenseConfig(method="none"))
     result = RunResult(
         labels=labels, config=config, model=clip.weights_description, random_weights=clip.is_random,
-        baseline=_prediction(labels, base_logits[0]), condensed=_prediction(labels, logits[0]),
-        tokens_per_layer=enc.tokens_per_image[0], baseline_tokens=list(base_schedule.tokens),
-        flops_baseline=count_macs(geom, base_schedule),
+        baseline=base.prediction, condensed=_prediction(labels, logits[0]),
+        tokens_per_layer=enc.tokens_per_image[0], baseline_tokens=list(base.tokens),
+        flops_baseline=base.flops,
         flops_condensed=count_macs(geom, enc.schedule.realised(enc.tokens_per_image[0])),
         timings_ms=timings, trace=enc.trace, anchors_used=enc.anchors_used,
         cls_tokens=enc.cls_tokens)
-    if use_reservoir:
+    if reservoir is not None and use_reservoir and enc.cls_tokens is not None:
         corrected = stream_update(reservoir, enc.cls_tokens, logits.detach(), z, clip.logit_scale)
         result.corrected = _prediction(labels, corrected[0])
         result.reservoir = reservoir.summary(labels)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import matplotlib
 
@@ -312,7 +312,7 @@ def all_layer_maps(image: np.ndarray, trace: Trace, *, image_index: int = 0,
 # ---------------------------------------------------------------------------------- composing
 
 @lru_cache(maxsize=8)
-def _font(size: int) -> ImageFont.ImageFont:
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
         return ImageFont.load_default(size)
     except TypeError:  # Pillow < 10.1: fixed-size bitmap font
@@ -394,8 +394,8 @@ def grid(tiles: Sequence[Sequence[np.ndarray | None]], captions: Sequence[Sequen
     draw = ImageDraw.Draw(img)
     ink = (30, 30, 30)
     if captions:
-        for r, row in enumerate(captions):
-            for c, text in enumerate(row):
+        for r, line in enumerate(captions):
+            for c, text in enumerate(line):
                 if text:
                     accent = marked is not None and r < len(marked) and c < len(marked[r]) \
                         and marked[r][c]
@@ -523,7 +523,7 @@ def tokens_chart(baseline: Sequence[int], condensed: Sequence[int],
 
 
 def _hex(rgb: tuple[int, int, int]) -> str:
-    return "#%02x%02x%02x" % tuple(rgb)
+    return "#" + "".join(f"{int(v):02x}" for v in rgb)
 
 
 @lru_cache(maxsize=128)
@@ -547,7 +547,7 @@ def tokens_chart_image(baseline: Sequence[int], condensed: Sequence[int],
                          None if current is None else int(current))
 
 
-def sweep_chart(gmacs_baseline: float, series: dict[str, dict[str, Sequence[float]]],
+def sweep_chart(gmacs_baseline: float, series: Mapping[str, Mapping[str, Sequence[float]]],
                 size: tuple[float, float] = (6.4, 3.4)) -> Figure:
     """Keep-rate sweep of one image: per method, against GMACs, the condensed top-1
     probability, the probability of the baseline's top-1 label, and KL(baseline || condensed).
@@ -583,9 +583,8 @@ def sweep_chart(gmacs_baseline: float, series: dict[str, dict[str, Sequence[floa
     ax.grid(alpha=0.3)
     ax.set_title("Keep-rate sweep of this image (numbers on top: keep rate R)", fontsize=10,
                  pad=12)
-    lines = ax.get_lines() + ax2.get_lines()
-    fig.legend([l for l in lines if not l.get_label().startswith("_")],
-               [l.get_label() for l in lines if not l.get_label().startswith("_")],
+    shown = [l for l in ax.get_lines() + ax2.get_lines() if not str(l.get_label()).startswith("_")]
+    fig.legend(shown, [str(l.get_label()) for l in shown],
                loc="lower left", fontsize=7, frameon=True, bbox_to_anchor=(0.1, 0.15))
     return fig
 

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field, replace
 import torch
 import torch.nn.functional as F
 
+from .errors import ConfigError
+
 EVICTIONS = ("diversity", "similarity", "uncertainty", "fifo")
 # The released correction adds λ Σ exp(-β(1 - a)) to 100 * cosine logits; the presets assume it.
 RELEASED_LOGIT_SCALE = 100.0
@@ -31,13 +33,13 @@ class ReservoirConfig:
 
     def __post_init__(self) -> None:
         if self.size < 1:
-            raise ValueError(f"reservoir size M must be >= 1, got {self.size}")
+            raise ConfigError(f"reservoir size M must be >= 1, got {self.size}")
         if self.scale <= 0:
-            raise ValueError(f"scale σ must be > 0, got {self.scale}")
+            raise ConfigError(f"scale σ must be > 0, got {self.scale}")
         if self.min_per_class < 1:
-            raise ValueError(f"min_per_class must be >= 1, got {self.min_per_class}")
+            raise ConfigError(f"min_per_class must be >= 1, got {self.min_per_class}")
         if self.eviction not in EVICTIONS:
-            raise ValueError(f"eviction must be one of {', '.join(EVICTIONS)}, got {self.eviction!r}")
+            raise ConfigError(f"eviction must be one of {', '.join(EVICTIONS)}, got {self.eviction!r}")
 
 
 # The released per-dataset configs (ViT-B/16): (M, σ, λ, β). "default" is ImageNet's, the most
@@ -68,7 +70,7 @@ PRESETS: dict[str, ReservoirConfig] = {
 def preset(name: str, **overrides) -> ReservoirConfig:
     """A named preset (``tca.reservoir.PRESETS``), optionally with fields overridden."""
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return replace(PRESETS[name], **overrides)
 
 

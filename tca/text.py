@@ -12,8 +12,9 @@ the last or every position; towers of unknown type) go through open_clip's ``enc
 from __future__ import annotations
 
 import threading
+import typing
 from collections import OrderedDict
-from typing import Callable, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -49,7 +50,7 @@ def text_tower(model: torch.nn.Module) -> TextTower | None:
         if getattr(text, "use_pad_mask", False):  # exact too, but keep to open_clip's own pass
             return None
         src, pool, eos = text, getattr(text, "pool_type", None), getattr(text, "eos_id", None)
-    parts = [getattr(src, n, None) for n in ("token_embedding", "positional_embedding",
+    parts: list[Any] = [getattr(src, n, None) for n in ("token_embedding", "positional_embedding",
                                              "transformer", "ln_final", "attn_mask")]
     if any(p is None for p in parts) or pool not in POOLS_AT_EOT:
         return None
@@ -75,7 +76,8 @@ def pool_index(tower: TextTower, tokens: torch.Tensor) -> torch.Tensor:
     ``text_global_pool`` picks it. tokens: (N, 77)."""
     if tower.pool_type == "argmax":
         return tokens.argmax(dim=-1)
-    return (tokens == tower.eos_id).int().argmax(dim=-1)
+    assert tower.eos_id is not None  # text_tower() refuses eos pooling without an id
+    return torch.eq(tokens, tower.eos_id).int().argmax(dim=-1)
 
 
 def encode_cut(tower: TextTower, tokens: torch.Tensor) -> torch.Tensor:
@@ -83,8 +85,8 @@ def encode_cut(tower: TextTower, tokens: torch.Tensor) -> torch.Tensor:
     tokens: (N, 77) long. Runs the tower on the first L = max(pool index) + 1 positions."""
     idx = pool_index(tower, tokens)
     length = int(idx.max()) + 1
-    cast = tower.transformer.get_cast_dtype() if hasattr(tower.transformer, "get_cast_dtype") \
-        else tower.positional_embedding.dtype
+    get_cast: Any = getattr(tower.transformer, "get_cast_dtype", None)
+    cast = get_cast() if get_cast is not None else tower.positional_embedding.dtype
     x = tower.token_embedding(tokens[:, :length]).to(cast)  # (N, L, W)
     x = x + tower.positional_embedding[:length].to(cast)
     x = tower.transformer(x, attn_mask=tower.attn_mask[:length, :length])
@@ -103,7 +105,8 @@ def encode_tokens(model: torch.nn.Module, tokens: torch.Tensor,
     with torch.inference_mode():
         if tower is not None:
             return encode_cut(tower, tokens)
-        return model.encode_text(tokens)
+        clip_model: Any = model  # open_clip's CLIP (nn.Module attributes are untyped)
+        return clip_model.encode_text(tokens)
 
 
 def ensemble(features: torch.Tensor, n_labels: int, n_templates: int) -> torch.Tensor:
@@ -154,7 +157,7 @@ def class_embeddings(model: torch.nn.Module, tokenizer: Callable, labels: Sequen
         for label, emb in zip(missing, ensemble(feats, len(missing), len(templates))):
             found[label] = emb
             cache.put(label, templates, emb)
-    return torch.stack([found[label] for label in labels])
+    return torch.stack(typing.cast(list[torch.Tensor], [found[label] for label in labels]))
 
 
 def encode_prompts(model: torch.nn.Module, tokenizer: Callable, prompts: Sequence[str],

@@ -50,7 +50,7 @@ class TraceRecorder:
 
     def finish(self, tokens_per_layer: list[int], grid: tuple[int, int],
                condensing_layers: tuple[int, ...],
-               tokens_per_image: list[list[int]] | None = None) -> "Trace":
+               tokens_per_image: list[list[int]] | None = None) -> Trace:
         token_index = torch.stack([t for t, _ in self.per_layer], dim=1).cpu()  # (B, L, P)
         pruned = torch.stack([p for _, p in self.per_layer], dim=1).cpu()
         b, l, p = token_index.shape
@@ -128,7 +128,7 @@ class Trace:
         f = self.fate[image, layer]
         return {name: int((f == code).sum()) for code, name in FATE_NAMES.items()}
 
-    def select(self, image: int) -> "Trace":
+    def select(self, image: int) -> Trace:
         """The trace of one image of the batch (batch dimension kept, size 1)."""
         sl = slice(image, image + 1)
         tokens = self.tokens(image)

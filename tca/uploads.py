@@ -39,7 +39,7 @@ class UploadPolicy:
 
     @classmethod
     def of(cls, roots: Sequence[str | os.PathLike], max_bytes: int = MAX_UPLOAD_BYTES
-           ) -> "UploadPolicy":
+           ) -> UploadPolicy:
         return cls(tuple(Path(os.path.abspath(r)).resolve() for r in roots), max_bytes)
 
     def check(self, path: str | os.PathLike | None) -> Path:

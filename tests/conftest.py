@@ -22,7 +22,9 @@ HERE = Path(__file__).parent
 ROOT = HERE.parent
 TINY = "tca-tiny-ViT"  # registered from tests/model_configs
 open_clip.add_model_config(HERE / "model_configs")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# OMP_NUM_THREADS wins: mutation testing forks a worker per mutant, and a forked child must not
+# inherit an OpenMP pool (it hangs); it runs with OMP_NUM_THREADS=1.
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or max(1, min(2, os.cpu_count() or 1))))
 
 
 @pytest.fixture(scope="session")

@@ -456,7 +456,10 @@ def test_api_classify_contract(client, example_image):
     assert out["tokens_per_layer"][-1] < out["tokens_per_layer"][2]
     assert out["gmacs"]["condensed"] < out["gmacs"]["baseline"]
     assert abs(sum(out["condensed"]["probs"]) - 1) < 1e-4
-    assert [t["label"] for t in out["top"]["baseline"]] != []
+    top = out["top"]["baseline"]
+    assert sorted(t["label"] for t in top) == ["car", "cat", "dog"]  # top-5 of 3 labels: all
+    probs = dict(zip(out["labels"], out["baseline"]["probs"]))
+    assert [t["label"] for t in top] == sorted(probs, key=lambda l: -probs[l])
     assert out["random_weights"] is True
 
 

@@ -40,6 +40,7 @@ def test_run_bench_interleaved(model, monkeypatch):
     def recording(m, row, x):
         calls.append(row.key)
         assert x.shape[0] == row.batch_size
+        assert x.device == next(m.parameters()).device  # inputs made on the model's device
         return real(m, row, x)
 
     monkeypatch.setattr(bench, "_time_once", recording)
@@ -148,3 +149,26 @@ def test_cli_bad_lists():
         with pytest.raises(SystemExit) as exc:
             cli_main(["bench", "--model", TINY, *extra])
         assert exc.value.code == 2
+
+
+def test_options_are_checked_before_the_model_loads(capsys):
+    rows = bench.check_options([1, 8], ["tca"], [0.7], repeats=1, warmup=0, trace=True)
+    assert [r.name for r in rows] == [bench.UNPATCHED, bench.PATCHED_NONE, "tca R=0.7",
+                                      "tca R=0.7 +trace"] * 2
+    with pytest.raises(tca.InputError, match="batch sizes must be positive integers, got \\[0\\]"):
+        bench.check_options([0], ["tca"], [0.7])
+    with pytest.raises(tca.InputError, match="statistic must be one of median, min, got 'mean'"):
+        bench.check_options([1], ["tca"], [0.7], statistic="mean")
+    rc = cli_main(["bench", "--model", "ViT-Q-99", "--repeats", "0"])  # never reaches the model
+    assert rc == 2 and capsys.readouterr().err.strip() == "error: --repeats must be >= 1, got 0"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_cuda_bench_times_on_the_gpu():
+    gpu = tca.load_model(TINY, pretrained="none", seed=0, device="cuda").model
+    result = bench.run_bench(gpu, [1, 2], ["tca"], [0.7], repeats=2, warmup=1)
+    assert result["machine"]["device"].startswith("cuda") and result["machine"]["gpu"]
+    assert [r["setting"] for r in result["rows"]][:3] == [bench.UNPATCHED, bench.PATCHED_NONE,
+                                                         "tca R=0.7"]
+    assert all(r["median_ms"] > 0 and len(r["samples_ms"]) == 2 for r in result["rows"])
+    assert not tca.is_patched(gpu)

@@ -158,3 +158,175 @@ def test_pairwise_distance_matches_cdist(t, seed, scale):
     ref = torch.cdist(x.double(), x.double(), compute_mode="donot_use_mm_for_euclid_dist")
     torch.testing.assert_close(d.double(), ref, rtol=1e-4, atol=1e-3 * scale)
     assert (d.diagonal(dim1=-2, dim2=-1) == 0).all()
+
+
+# --------------------------------------------------------------------------- exact values
+
+
+def test_budgets_at_their_edges():
+    # tier 2 clipped to n_keep: d close to 1/3 at N=7 keeps ceil(0.7 * 6) = 5, m = 2, 2m = 4
+    assert condense.tca_tier_sizes(7, 0.3) == (1, 4, 1)
+    assert condense.tca_tier_sizes(5, 0.6) == (0, 2, 2)  # n_keep 2 < 2m = 6: clipped
+    assert condense.tca_tier_sizes(197, -0.1) == (196, 0, 0)
+    # the smallest positive rate keeps every patch but still pairs m = 1 token into tier 2
+    assert condense.tca_tier_sizes(11, 1e-6) == (8, 2, 0)
+    assert condense.evit_tier_sizes(11, 0.45) == (5, 0, 5)  # ceil(4.5)
+    assert condense.evit_tier_sizes(11, 0.5) == (5, 0, 5)  # 0.5 * 10 is exactly 5: no jump to 6
+    # 1 - 0.9 = 0.09999999999999998, so 10 * (1 - R) is just under 1: ToMe still merges one
+    assert condense.tome_r(10, 0.9) == 1
+    assert condense.tome_r(197, 1.0) == 0
+    assert condense.tome_r(9, 0.5) == 4 and condense.tome_r(8, 0.3) == 3  # caps: 4 and 3 A tokens
+
+
+def test_cls_attention_row_with_additive_bias():
+    g = torch.Generator().manual_seed(3)
+    q, k = torch.randn(2, 2, 6, 4, generator=g), torch.randn(2, 2, 6, 4, generator=g)
+    bias = torch.log(torch.tensor([1.0, 2.0, 1.0, 3.0, 1.0, 0.5])).expand(2, 1, 1, 6)
+    full = ((q @ k.transpose(-2, -1)) * 0.5 + bias).softmax(-1)
+    torch.testing.assert_close(condense.cls_attention_row(q, k, 1, bias), full[:, :, 1])
+
+
+def _stable_ranks(values: list[float]) -> list[int]:
+    """Rank of each value (0 = smallest); equal values ranked by position."""
+    return [sum(v < x or (v == x and j < i) for j, v in enumerate(values)) for i, x in enumerate(values)]
+
+
+def test_head_rank_score_breaks_ties_by_position():
+    g = torch.Generator().manual_seed(4)
+    attn = torch.randint(0, 3, (2, 3, 40), generator=g).float()  # many ties in every head
+    expected = torch.tensor([[_stable_ranks(head) for head in image] for image in attn.tolist()])
+    torch.testing.assert_close(condense.head_rank_score(attn), expected.float().mean(1) / 39)
+    # two patches: ranks 0 and 1, divided by P - 1 = 1; one patch: rank 0, no division by zero
+    two = torch.tensor([[[0.2, 0.8], [0.3, 0.7]]])
+    assert condense.head_rank_score(two).tolist() == [[0.0, 1.0]]
+    assert condense.head_rank_score(torch.tensor([[[0.5], [0.5]]])).tolist() == [[0.0]]
+
+
+def test_k_center_greedy_by_hand():
+    # on a line: 0 first, then the farthest (9.0 at index 4), then the farthest from both (4.0)
+    x = torch.tensor([[[0.0], [1.0], [4.0], [5.0], [9.0], [8.5]]])
+    centres, dist = condense.k_center_greedy(x, 3)
+    assert centres.tolist() == [[0, 4, 2]]
+    assert condense.k_center_greedy(x, 1)[0].tolist() == [[0]]
+    torch.testing.assert_close(dist[0, 2], torch.tensor([4.0, 3.0, 0.0, 1.0, 5.0, 4.5]))
+
+
+def test_coreset_merge_weights_short_distances_up():
+    # distances below 1 weigh more than the centre: 0.1 -> 10, 0.4 -> 2.5
+    x = torch.tensor([[[0.0], [0.1], [0.4], [1.0]]])
+    merged, assign = condense.coreset_merge(x, 2)
+    assert assign.tolist() == [[0, 0, 0, 1]]
+    torch.testing.assert_close(merged, torch.tensor([[[(10 * 0.1 + 2.5 * 0.4) / 13.5], [1.0]]]))
+    # a token equal to a centre but not chosen as one gets weight 1 (not 1/0)
+    x = torch.tensor([[[0.0], [0.0], [2.0], [3.0]], [[1.0], [5.0], [1.0], [1.5]]])
+    merged, assign = condense.coreset_merge(x, 2)
+    assert assign.tolist() == [[0, 0, 1, 1], [0, 1, 0, 0]]
+    torch.testing.assert_close(merged, torch.tensor([[[0.0], [(1 * 3 + 2.0) / 2]],
+                                                     [[(1 + 1 + 2 * 1.5) / 4], [5.0]]]))
+
+
+def test_prune_merge_fuse_by_hand():
+    """Score ties broken by patch index; fused with fuse_weight (not select); dest exact."""
+    x = torch.arange(1.0, 10.0).view(1, 9, 1)  # token t holds the value t + 1
+    select = torch.tensor([[0.5, 0.9, 0.5, 0.1, 0.5, 0.2, 0.9, 0.0]])  # patch order 1 6 0 2 4 5 3 7
+    weight = torch.tensor([[0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08]])
+    out = condense.prune_merge_fuse(x, select, weight, t1=2, t2=3, k=3)
+    # tier 1 = patches 1, 6 (tokens 2, 7); tier 2 = patches 0, 2, 4 (tokens 1, 3, 5) kept as they
+    # are (t2 = K); tier 3 = patches 5, 3, 7 (tokens 6, 4, 8) fused with their fuse weights
+    assert out.dest.tolist() == [[0, 3, 1, 4, 6, 5, 6, 2, 6]]
+    assert out.pruned.tolist() == [[False, False, False, False, True, False, True, False, True]]
+    fused = 0.06 * 7 + 0.04 * 5 + 0.08 * 9
+    torch.testing.assert_close(out.x[0, :, 0], torch.tensor([1.0, 3, 8, 2, 4, 6, fused]))
+    assert out.size is None
+    # tier 2 larger than K: coreset over tier 2 in score order (2, 4, 6): centres 2 and 6, the
+    # equidistant 4 joins the first with weight 1/2
+    out = condense.prune_merge_fuse(x, select, weight, t1=2, t2=3, k=2)
+    assert out.dest.tolist() == [[0, 3, 1, 3, 5, 4, 5, 2, 5]]
+    torch.testing.assert_close(out.x[0, :, 0], torch.tensor([1.0, 3, 8, (2 + 4 / 2) / 1.5, 6, fused]))
+    # nothing in tier 3: no fused token, no pruned mask
+    out = condense.prune_merge_fuse(x, select, weight, t1=5, t2=3, k=3)
+    assert out.pruned is None and out.x.shape == (1, 9, 1)
+    assert out.dest.tolist() == [[0, 3, 1, 4, 7, 5, 6, 2, 8]]  # tier 2 = patches 5, 3, 7 in order
+
+
+def test_bipartite_matching_by_cosine_not_dot_product():
+    # A = tokens 0 (CLS), 2, 4; B = tokens 1, 3. Token 2 points along token 1 (cos 0.995) but
+    # has its largest dot product with the long token 3: cosine merges 2 into 1.
+    metric = torch.tensor([[[1.0, 0.0], [1.0, 0.1], [10.0, 0.0], [5.0, 5.0], [0.0, 1.0]]])
+    for scale in (1.0, 0.05):  # norms below 1 too: cosine does not depend on them
+        dest, n_out = condense.bipartite_soft_matching(metric * scale, 1)
+        assert (dest.tolist(), n_out) == ([[0, 2, 2, 3, 1]], 4)
+    dest, n_out = condense.bipartite_soft_matching(metric, 2)  # then 4 into 3
+    assert (dest.tolist(), n_out) == ([[0, 1, 1, 2, 2]], 3)
+
+
+def _reference_matching(metric: torch.Tensor, r: int) -> list[int]:
+    """ToMe's rule written out for one image: strongest links first, ties by A position."""
+    m = torch.nn.functional.normalize(metric.double(), dim=-1).tolist()
+    n = len(m)
+    a_idx, b_idx = list(range(0, n, 2)), list(range(1, n, 2))
+    best = []
+    for ai, a in enumerate(a_idx):
+        scores = [sum(u * v for u, v in zip(m[a], m[b])) for b in b_idx]
+        top = max(scores)
+        best.append((-float("inf") if ai == 0 else top, scores.index(top)))
+    order = sorted(range(len(a_idx)), key=lambda ai: -best[ai][0])
+    src, unm = order[:r], sorted(order[r:])
+    dest = [0] * n
+    for i, ai in enumerate(unm):
+        dest[a_idx[ai]] = i
+    for ai in src:
+        dest[a_idx[ai]] = len(unm) + best[ai][1]
+    for j, b in enumerate(b_idx):
+        dest[b] = len(unm) + j
+    return dest
+
+
+def test_bipartite_matching_equals_the_rule_written_out_with_ties():
+    # one-hot tokens: every cosine is exactly 0 or 1, so most links tie, in any precision
+    g = torch.Generator().manual_seed(5)
+    metric = torch.eye(4)[torch.randint(0, 4, (2, 61), generator=g)]
+    for r in (0, 7, 20, 30):
+        dest, n_out = condense.bipartite_soft_matching(metric, r)
+        assert n_out == 61 - r
+        assert dest.tolist() == [_reference_matching(metric[i], r) for i in range(2)]
+
+
+def test_merge_weighted_by_hand():
+    x = torch.tensor([[[1.0], [3.0], [10.0]]])
+    size = torch.tensor([[1.0, 3.0, 2.0]])
+    out, new_size = condense.merge_weighted(x, size, torch.tensor([[0, 0, 1]]), 2)
+    torch.testing.assert_close(out, torch.tensor([[[(1 + 9) / 4], [10.0]]]))
+    assert new_size.tolist() == [[4.0, 2.0]]
+
+
+def test_tensor_functions_create_everything_on_the_input_device():
+    """Run on the meta device: a tensor made on the default device instead fails or shows."""
+    m = torch.device("meta")
+    x = torch.empty(2, 9, 4, device=m)
+    q = torch.empty(2, 2, 9, 4, device=m)
+    outs = [
+        condense.cls_attention_row(q, q, 0, torch.empty(2, 1, 1, 9, device=m)),
+        condense.head_rank_score(torch.empty(2, 3, 8, device=m)),
+        *condense.k_center_greedy(x, 3),
+        *condense.coreset_merge(x, 3),
+        *condense.prune_merge_fuse(x, torch.empty(2, 8, device=m), torch.empty(2, 8, device=m),
+                                   3, 3, 2)[:3],
+        condense.bipartite_soft_matching(x, 3)[0],
+        *condense.tome_merge(x, torch.empty(2, 9, device=m), x, 3)[:2],
+    ]
+    assert [t.device.type for t in outs] == ["meta"] * len(outs)
+
+
+def test_prune_merge_fuse_ties_and_a_single_tier_two_token():
+    # 40 patches with 3 distinct scores: the order within a score is the patch order
+    g = torch.Generator().manual_seed(6)
+    select = torch.randint(0, 3, (1, 40), generator=g).float()
+    x = torch.arange(41.0).view(1, 41, 1)
+    out = condense.prune_merge_fuse(x, select, torch.ones(1, 40), t1=40, t2=0, k=0)
+    order = sorted(range(40), key=lambda i: (-select[0, i].item(), i))
+    assert out.x[0, 1:, 0].tolist() == [float(i + 1) for i in order]
+    # one tier-2 token (K = 1) is kept as it is, then one fused token
+    x = torch.arange(1.0, 6.0).view(1, 5, 1)
+    out = condense.prune_merge_fuse(x, torch.tensor([[0.4, 0.3, 0.2, 0.1]]), torch.ones(1, 4), 2, 1, 1)
+    assert out.dest.tolist() == [[0, 1, 2, 3, 4]] and out.x[0, :, 0].tolist() == [1.0, 2, 3, 4, 5]

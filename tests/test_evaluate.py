@@ -1,4 +1,4 @@
-"""`python -m tca eval` and `tca.evaluate`: offline, tiny random-weight ViT, real images on disk.
+"""`python -m tca eval` and `tca.eval`: offline, tiny random-weight ViT, real images on disk.
 
 Accuracy is never asserted (random weights); the protocol, files and invariants are."""
 from __future__ import annotations
@@ -17,7 +17,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 import tca
-from tca import evaluate as ev
+import tca.eval as ev
+import tca.eval.loop
+import tca.eval.records
 from tca.cli import main as cli_main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -143,6 +145,107 @@ def test_dataset_errors(tmp_path):
         ev.load_dataset(tmp_path)
 
 
+def test_empty_class_folders_and_dangling_links_are_reported(clip, tmp_path, capsys):
+    root = tmp_path / "data"
+    for c, cls in enumerate(("cat", "dog")):
+        (root / cls).mkdir(parents=True)
+        for j in range(2):
+            _image(10 * c + j, "RGB", (32, 40)).save(root / cls / f"{j}.png")
+    (root / "empty_class").mkdir()
+    (root / "only_notes").mkdir()
+    (root / "only_notes" / "readme.txt").write_text("no images here")
+    (root / "dog" / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+    ds = ev.load_dataset(root)
+    assert ds.labels == ["cat", "dog"]  # empty folders are not candidate labels...
+    assert ds.empty_classes == ["empty_class", "only_notes"]  # ... but reported
+    assert ds.dangling_links == 1 and ds.ignored_files == 1
+    assert [ds.rel(i) for i in range(len(ds))] == ["cat/0.png", "cat/1.png", "dog/0.png",
+                                                    "dog/1.png", "dog/gone.jpg"]
+    assert ds.targets == [0, 0, 1, 1, 1]
+    manifest = root / "m.csv"
+    manifest.write_text("cat/0.png,cat\ndog/gone.jpg,dog\n")
+    assert ev.load_dataset(manifest).dangling_links == 1
+    manifest.unlink()
+    said: list[str] = []
+    result = _run(clip, root, methods=("none", "tca"), echo=said.append)
+    assert said == ["warning: ignored 2 empty class folder(s) (no images, so not candidate "
+                    "labels): empty_class, only_notes"]
+    d = result["dataset"]
+    assert d["empty_class_folders"] == ["empty_class", "only_notes"] and d["dangling_links"] == 1
+    assert d["unreadable"] == 1 and d["unreadable_files"] == ["dog/gone.jpg"]
+    assert [(e["n_images"], e["unreadable"]) for e in result["results"]] == [(4, 1), (4, 1)]
+    err = capsys.readouterr().err
+    assert err.count("skipped unreadable image dog/gone.jpg: gone.jpg is a symbolic link to a "
+                     "missing file") == 1
+    table = ev.format_table(result)
+    assert "skipped 1 unreadable image(s): dog/gone.jpg" in table
+    assert "1 of them: symbolic link(s) to missing files" in table
+    assert "ignored 2 empty class folder(s)" in table
+
+
+def test_a_bug_while_preprocessing_is_not_counted_as_an_unreadable_image(clip, folder):
+    import dataclasses
+
+    def broken(image):
+        raise ZeroDivisionError("a bug in the transform")
+
+    with pytest.raises(ZeroDivisionError, match="a bug in the transform"):
+        _run(dataclasses.replace(clip, preprocess=broken), folder, methods=("none",))
+
+
+def test_options_are_checked_in_one_place_before_any_model(folder, capsys):
+    with pytest.raises(ev.EvalError, match="--batch-size must be >= 1, got 0"):
+        ev.EvalOptions(batch_size=0)
+    with pytest.raises(tca.ConfigError, match=r"keep rate must be in \(0, 1\], got 1.5"):
+        ev.EvalOptions(keep_rates=(1.5,))
+    with pytest.raises(tca.ConfigError, match="unknown preset 'nope'"):
+        ev.EvalOptions(preset="nope")
+    with pytest.raises(tca.InputError, match="unknown templates 'nope'"):
+        ev.EvalOptions(templates="nope")
+    with pytest.raises(ev.EvalError, match="--limit must be >= 1, got 0"):
+        ev.EvalOptions(limit=0)
+    options = ev.EvalOptions(methods=("TCA", "none", "tca"), keep_rates=(0.7, 0.7))
+    assert [s.key for s in options.settings] == ["tca-R0.7", "none"]
+    assert options.orders(5) == ev.stream_orders(5, 0, 1, None)
+    # the CLI checks them before loading a model: this model name does not even exist
+    rc = cli_main(["eval", str(folder), "--model", "ViT-Q-99", "--batch-size", "0"])
+    assert rc == 2 and capsys.readouterr().err.strip() == "error: --batch-size must be >= 1, got 0"
+
+
+def test_inputs_and_text_go_to_the_model_device(clip, folder, monkeypatch):
+    """On the CPU (an explicit device): every forward gets its pixels on the model's device and
+    the logits use text embeddings from the same device."""
+    clip_cpu = tca.load_model(TINY, pretrained="none", seed=0, device="cpu")
+    ds = ev.load_dataset(folder)
+    ctx = tca.eval.loop._context(clip_cpu, ds, ds.labels, "single")
+    assert ctx.device == torch.device("cpu") and ctx.text.device == ctx.device
+    assert ctx.text.shape == (3, clip_cpu.model.text_projection.shape[1])
+    seen = []
+    real = tca.eval.loop.encode
+
+    def spy(model, x, config, **kw):
+        seen.append((x.device, next(model.parameters()).device, x.shape[0]))
+        return real(model, x, config, **kw)
+
+    monkeypatch.setattr(tca.eval.loop, "encode", spy)
+    result = _run(clip_cpu, folder, methods=("tca",))
+    assert len(seen) == 3 and sum(n for _, _, n in seen) == 9  # 10 images (1 corrupt), batch 4
+    assert all(a == b == torch.device("cpu") for a, b, _ in seen)
+    assert result["machine"]["device"] == "cpu"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_cuda_evaluation_matches_the_cpu_protocol(folder, reference):
+    gpu = tca.load_model(TINY, pretrained="none", seed=0, device="cuda")
+    result = _run(gpu, folder)
+    assert result["machine"]["device"].startswith("cuda")
+    ref = reference[0]["results"]
+    assert [e["setting"] for e in result["results"]] == [e["setting"] for e in ref]
+    for e, r in zip(result["results"], ref):
+        assert (e["n_images"], e["unreadable"]) == (r["n_images"], r["unreadable"])
+        assert e["gmacs_analytic"] == r["gmacs_analytic"] and e["top5"] == 100.0
+
+
 def test_stream_orders():
     a = ev.stream_orders(20, shuffle_seed=3, repeats=3, limit=8)
     assert a == ev.stream_orders(20, shuffle_seed=3, repeats=3, limit=8)  # deterministic
@@ -253,8 +356,8 @@ def test_resume_after_crash(clip, folder, reference, tmp_path, monkeypatch, vari
     """Crash after 8 of 10 images, resume: done images are not recomputed and the result is
     identical to the uninterrupted run, TCA's reservoir included."""
     if variant == "snapshot":  # fold the reservoir log into a snapshot after every batch
-        monkeypatch.setattr(ev, "COMPACT_MIN", 1)
-        monkeypatch.setattr(ev, "COMPACT_FACTOR", 0)
+        monkeypatch.setattr(tca.eval.records, "COMPACT_MIN", 1)
+        monkeypatch.setattr(tca.eval.records, "COMPACT_FACTOR", 0)
     records = tmp_path / "records"
 
     def crash(repeat, done):

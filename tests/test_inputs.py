@@ -153,8 +153,19 @@ def test_checkpoints_load_safely(tmp_path, tiny_clip):
     with pytest.raises(WeightsUnavailableError, match="does not exist"):
         tca.load_model("tca-tiny-ViT", checkpoint=tmp_path / "nope.safetensors")
     save_file({"visual.proj": torch.zeros(2, 2)}, str(tmp_path / "wrong.safetensors"))
-    with pytest.raises(WeightsUnavailableError, match="does not fit this architecture"):
+    with pytest.raises(WeightsUnavailableError, match="does not fit this architecture") as info:
         tca.load_model("tca-tiny-ViT", checkpoint=tmp_path / "wrong.safetensors")
+    n_keys = len(state)
+    proj = tuple(state["visual.proj"].shape)
+    assert f"{n_keys - 1} missing key(s): " in str(info.value)  # every key but visual.proj
+    assert f"1 shape mismatch(es): visual.proj (checkpoint (2, 2), model {proj})" in str(info.value)
+    extra = dict(state, **{"visual.extra_head.weight": torch.zeros(3)})
+    del extra["logit_scale"]
+    save_file(extra, str(tmp_path / "extra.safetensors"))
+    with pytest.raises(WeightsUnavailableError) as info:
+        tca.load_model("tca-tiny-ViT", checkpoint=tmp_path / "extra.safetensors")
+    assert str(info.value).endswith("does not fit this architecture: 1 missing key(s): "
+                                    "logit_scale; 1 unexpected key(s): visual.extra_head.weight")
 
 
 def test_checkpoint_from_environment_is_read_by_the_cli_only(tmp_path, monkeypatch):
@@ -182,10 +193,12 @@ def test_offline_pretrained_fails_fast_with_instructions():
 
 
 def test_unknown_model_and_tag():
-    with pytest.raises(ValueError, match="unknown open_clip model 'ViT-Q-99'"):
+    with pytest.raises(tca.UnknownModelError, match="unknown open_clip model 'ViT-Q-99'"):
         tca.load_model("ViT-Q-99")
-    with pytest.raises(ValueError, match="no pretrained tag 'nope'.*openai"):
+    with pytest.raises(tca.UnknownModelError, match="no pretrained tag 'nope'.*openai"):
         tca.load_model("ViT-B-32-quickgelu", pretrained="nope")
+    with pytest.raises(tca.UnknownModelError, match="unknown open_clip model 'ViT-Q-99'"):
+        tca.Geometry.from_name("ViT-Q-99")
     with pytest.raises(tca.UnsupportedModelError):
         tca.load_model("RN50", pretrained="none")
 

@@ -52,15 +52,40 @@ def test_update_files_under_predicted_class_and_keeps_buckets_sorted():
         r.update(_cls(1, 0, 0), torch.zeros(3))
 
 
-def test_diversity_eviction_removes_uncertain_and_redundant():
-    bucket = [Entry(_cls(1, 0, 0), 0.5, step=1), Entry(_cls(1, 0.01, 0), 0.5, step=2),
-              Entry(_cls(0, 1, 0), 0.5, step=3), Entry(_cls(0, 0, 1), 0.6, step=4)]
-    # equal entropies for the first three: one of the two near-duplicates is the most redundant
-    assert choose_eviction(bucket, "diversity") in (0, 1)
-    assert choose_eviction(bucket, "uncertainty") == 3
-    assert choose_eviction(bucket, "fifo") == 0
-    # similarity rule prefers to evict the most *dissimilar* uncertain entry
-    assert choose_eviction(bucket, "similarity") in (2, 3)
+def _bucket(vectors, entropies, steps) -> list[Entry]:
+    """Entries whose CLS tokens differ per layer but average to ``vectors`` over the layers."""
+    wobble = torch.tensor([[1.0, -1.0, 0.5]]).T * torch.tensor([[0.3, 0.2, -0.1]])  # (L=3, D) rows
+    wobble = torch.cat([wobble, -wobble.sum(0, keepdim=True)])  # (L=4, D), sums to zero
+    return [Entry(torch.tensor(v) + wobble, h, step=s) for v, h, s in zip(vectors, entropies, steps)]
+
+
+# Four entries on which the four rules all disagree. With τ the layer-mean CLS, normalised:
+#   mean cosine to the others  = [0.2545, 0.4344, 0.6590, 0.6899]   (entry 3 the most redundant)
+#   dissimilarity 1 - mean     = [0.7455, 0.5656, 0.3410, 0.3101], spread 0.4354
+#   entropy h                  = [0.9, 1.0, 0.1, 0.8], range 0.9 -> similarity weight w = int(2.067) = 2
+#   diversity  h + mean cosine = [1.1545, 1.4344, 0.7590, 1.4899] -> 3
+#   similarity h + 2 dissim    = [2.3910, 2.1311, 0.7820, 1.4203] -> 0  (h - 2 dissim -> 3)
+#   uncertainty argmax h -> 1; fifo: smallest step -> 2
+DISAGREE = _bucket([(0.0, 1.0, 0.0), (1.0, 0.0, 1.0), (3.0, 1.0, 0.0), (2.0, 1.0, 0.0)],
+                   [0.9, 1.0, 0.1, 0.8], [3, 2, 1, 4])
+
+
+def test_each_eviction_rule_makes_its_own_choice():
+    assert [choose_eviction(DISAGREE, rule) for rule in ("diversity", "similarity", "uncertainty",
+                                                         "fifo")] == [3, 0, 1, 2]
+
+
+def test_similarity_weight_is_the_entropy_range_over_the_dissimilarity_spread():
+    # DISAGREE's geometry with entropies [1.2, 1.65, 2.0, 1.0]: range 1.0 / spread 0.4354 = 2.297,
+    # so w = 2 and h + 2 dissim = [2.691, 2.781, 2.682, 1.620] -> 1. Any other weight chooses
+    # differently: w = 1 -> [1.946, 2.216, 2.341, 1.310] -> 2, w = 3 -> [3.437, 3.347, 3.023, 1.930]
+    # -> 0, w = 0 (pure uncertainty) -> 2.
+    bucket = _bucket([(0.0, 1.0, 0.0), (1.0, 0.0, 1.0), (3.0, 1.0, 0.0), (2.0, 1.0, 0.0)],
+                     [1.2, 1.65, 2.0, 1.0], [1, 2, 3, 4])
+    assert choose_eviction(bucket, "similarity") == 1
+    # identical entries: no dissimilarity spread, so the rule falls back to pure uncertainty
+    alike = _bucket([(1.0, 0.0, 0.0)] * 3, [0.2, 0.7, 0.4], [3, 1, 2])
+    assert [choose_eviction(alike, rule) for rule in ("similarity", "diversity", "fifo")] == [1, 1, 1]
 
 
 def test_bucket_never_exceeds_m_and_evicts_by_rule():
@@ -159,7 +184,113 @@ def test_state_dict_round_trip_and_vectorised_correction(tmp_path):
     back.load_state_dict(torch.load(tmp_path / "r.pt", weights_only=True))
     assert back.steps == r.steps and [len(b) for b in back.buckets] == [len(b) for b in r.buckets]
     torch.testing.assert_close(back.correction(query), r.correction(query))
-    if r.active:
-        torch.testing.assert_close(back.anchors(), r.anchors())
+    # predicted classes of the seeded stream, evictions included: class 2 holds one entry only
+    assert [[e.step for e in b] for b in back.buckets] == [[7, 3], [1, 4], [6]]
+    assert not back.active and back.anchors() is None
     with pytest.raises(ValueError, match="3 classes"):
         Reservoir(2, cfg).load_state_dict(r.state_dict())
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(size=0), "reservoir size M must be >= 1, got 0"),
+    (dict(scale=0.0), "scale σ must be > 0, got 0.0"),
+    (dict(min_per_class=0), "min_per_class must be >= 1, got 0"),
+    (dict(eviction="random"),
+     "eviction must be one of diversity, similarity, uncertainty, fifo, got 'random'"),
+])
+def test_bad_reservoir_settings_are_named(kwargs, message):
+    with pytest.raises(ValueError) as err:
+        ReservoirConfig(**kwargs)
+    assert str(err.value) == message
+
+
+def test_smallest_valid_reservoir_settings():
+    cfg = ReservoirConfig(size=1, scale=1e-6, min_per_class=1, eviction="fifo")
+    assert (cfg.size, cfg.min_per_class) == (1, 1)
+    with pytest.raises(ValueError) as err:
+        Reservoir(0)
+    assert str(err.value) == "a reservoir needs at least one class"
+    r = Reservoir(1, cfg)
+    assert r.buckets == [[]] and not r.active  # one class, empty: the gate is shut
+    r.update(_cls(1, 0, 0), torch.tensor([0.3]))
+    assert r.active and r.anchors().shape == (1, L, D)
+    r.update(_cls(0, 1, 0), torch.tensor([0.1]))  # M = 1, FIFO: the first entry leaves
+    assert [e.step for e in r.buckets[0]] == [2]
+
+
+def test_unknown_preset_lists_the_choices():
+    with pytest.raises(ValueError) as err:
+        tca.preset("mnist")
+    assert str(err.value).startswith("unknown preset 'mnist'; choose one of default, caltech101, dtd, ")
+
+
+def test_entropy_is_per_row():
+    logits = torch.tensor([[0.0, 0.0], [100.0, 0.0], [0.0, 0.0]])
+    torch.testing.assert_close(entropy(logits), torch.tensor([math.log(2), 0.0, math.log(2)]))
+
+
+def test_layer_weights_are_exact_in_double_precision():
+    l = torch.arange(5, dtype=torch.float64)
+    assert torch.equal(layer_weights(5, 0.3), torch.softmax(l / (4 * 0.3), dim=0).float())
+    assert torch.equal(layer_weights(1, 0.3), torch.ones(1))  # one layer: weight 1, no 0/0
+    two = torch.softmax(torch.tensor([0.0, 1.0], dtype=torch.float64) / 0.3, dim=0).float()
+    assert torch.equal(layer_weights(2, 0.3), two)  # L - 1 = 1
+
+
+def test_update_records_step_embedding_and_eviction_rule():
+    r = Reservoir(3, ReservoirConfig(size=2, eviction="fifo"))
+    emb = torch.tensor([0.6, 0.8], dtype=torch.float64)
+    assert r.update(_cls(1, 0, 0), _logits(2, 3), emb) == 2
+    assert r.update(_cls(0, 1, 0), _logits(2, 3, margin=1.0)) == 2
+    first, second = sorted(r.buckets[2], key=lambda e: e.step)
+    assert (first.step, second.step) == (1, 2)
+    assert first.embedding.dtype == torch.float32 and torch.equal(first.embedding, emb.float())
+    assert second.embedding is None
+    assert first.cls_tokens.dtype == torch.float32
+    # a third image: FIFO evicts step 1 even though its entropy is the lowest
+    r.update(_cls(0, 0, 1), _logits(2, 3, margin=2.0))
+    assert sorted(e.step for e in r.buckets[2]) == [2, 3]
+    # buckets stay sorted by entropy (margin 2 is more certain than margin 1)
+    assert [e.step for e in r.buckets[2]] == [3, 2]
+
+
+def test_state_dict_round_trip_keeps_every_field():
+    r = Reservoir(2, ReservoirConfig(size=2))
+    r.update(_cls(1, 0, 0), _logits(0), torch.tensor([1.0, 0.0]))
+    r.update(_cls(0, 1, 0), _logits(1, margin=2.0))
+    back = Reservoir(2, ReservoirConfig(size=2))
+    back.load_state_dict(r.state_dict())
+    assert back.steps == 2
+    for got, want in zip(back.buckets, r.buckets):
+        assert [(e.step, e.entropy) for e in got] == [(e.step, e.entropy) for e in want]
+        assert all(torch.equal(a.cls_tokens, b.cls_tokens) for a, b in zip(got, want))
+    assert torch.equal(back.buckets[0][0].embedding, torch.tensor([1.0, 0.0]))
+    assert back.buckets[1][0].embedding is None
+    assert isinstance(back.buckets[0][0].entropy, float) and isinstance(back.buckets[0][0].step, int)
+    state = r.state_dict()
+    state["buckets"] = state["buckets"][:1]  # right class count, wrong number of buckets
+    with pytest.raises(ValueError) as err:
+        back.load_state_dict(state)
+    assert str(err.value) == "state is for 2 classes, reservoir has 2"
+
+
+def test_stream_update_with_embeddings_and_more_images_than_classes():
+    r = Reservoir(2, ReservoirConfig(size=3, lambd=1.0, beta=1.0))
+    cls = torch.stack([_cls(1, 0, 0), _cls(0, 1, 0), _cls(1, 0, 0)])
+    logits = torch.stack([_logits(0), _logits(1), _logits(0)])
+    emb = torch.eye(3)[:, :2]
+    corrected = stream_update(r, cls, logits, emb)
+    assert r.steps == 3 and [len(b) for b in r.buckets] == [2, 1]
+    assert torch.equal(r.buckets[1][0].embedding, emb[1])
+    # image 3 votes with affinity 1 for both class-0 entries (itself and image 1), 1/e for class 1
+    torch.testing.assert_close(corrected[2], logits[2] + torch.tensor([2.0, math.exp(-1.0)]))
+    assert corrected.dtype == torch.float32
+
+
+def test_summary_is_exact():
+    r = Reservoir(2, ReservoirConfig(size=3, min_per_class=1))
+    r.update(_cls(1, 0, 0), torch.tensor([0.0, 0.0]))  # entropy log 2
+    assert r.summary(["cat", "dog"]) == {
+        "active": False, "images_seen": 1, "min_per_class": 1, "size": 3,
+        "buckets": {"cat": [{"step": 1, "entropy": round(math.log(2), 4)}], "dog": []}}
+    assert list(r.summary()["buckets"]) == ["0", "1"]
