@@ -20,6 +20,8 @@ import os
 import re
 import tempfile
 import threading
+import time
+import weakref
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -676,7 +678,33 @@ def build_demo(model_name: str | None = None, pretrained: str | None = None,
         elif first is None:
             demo.load(app.banner, None, [banner], **quiet)
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
+    if delete_cache:
+        keep_deleting(demo, *delete_cache)
     return demo
+
+
+def keep_deleting(demo: gr.Blocks, every_s: float, older_than_s: float) -> threading.Thread:
+    """Delete the app's uploads and outputs older than ``older_than_s`` every ``every_s``, in a
+    thread that survives errors. Gradio's own ``delete_cache`` task does the same but ends for
+    good on its first exception (e.g. an upload changing the file set while it iterates it), after
+    which the folder grows without bound; this one just tries again at the next tick."""
+    from gradio.route_utils import delete_files_created_by_app
+    ref = weakref.ref(demo)
+
+    def work() -> None:
+        while True:
+            time.sleep(every_s)
+            blocks = ref()
+            if blocks is None:  # the app is gone
+                return
+            try:
+                delete_files_created_by_app(blocks, older_than_s)
+            except Exception:  # noqa: BLE001 - a concurrent upload; the next tick retries
+                pass
+            del blocks
+    t = threading.Thread(target=work, name="tca-delete-cache", daemon=True)
+    t.start()
+    return t
 
 
 def launch_options() -> dict:
