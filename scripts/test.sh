@@ -7,11 +7,7 @@ cd "$(dirname "$0")/.."
 [ "${SKIP_SETUP:-0}" = 1 ] || bash scripts/setup.sh
 
 python3 -m ruff check tca
-# Formatting is enforced once the tree has been formatted with `ruff format`; until then
-# TCA_FORMAT_CHECK=1 switches the check on.
-if [ "${TCA_FORMAT_CHECK:-0}" = 1 ]; then
-  python3 -m ruff format --check tca
-fi
+python3 -m ruff format --check tca
 python3 -m mypy
 
 # Tests never touch the network.

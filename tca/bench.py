@@ -10,6 +10,7 @@ ratio (the FLOP-ideal speed-up). Weights are random by default: timing does not 
 ``tca`` is timed without domain anchors (an empty reservoir; anchors add one token at the
 condensing layers).
 """
+
 from __future__ import annotations
 
 import os
@@ -57,16 +58,23 @@ class Row:
         return self.batch_size, self.name
 
 
-def make_rows(batch_sizes: Sequence[int], methods: Sequence[str], keep_rates: Sequence[float],
-              trace: bool = False) -> list[Row]:
+def make_rows(
+    batch_sizes: Sequence[int],
+    methods: Sequence[str],
+    keep_rates: Sequence[float],
+    trace: bool = False,
+) -> list[Row]:
     """Unpatched, patched ``none``, each method x keep rate, and (with ``trace``) traced copies
     of the condensing ``tca`` settings (R < 1; of every setting when there are none)."""
     rows = []
     for b in batch_sizes:
         rows.append(Row(b, UNPATCHED, None))
         rows.append(Row(b, PATCHED_NONE, CondenseConfig(method="none")))
-        settings = [Row(b, f"{m} R={r:g}", CondenseConfig(method=m, keep_rate=r))
-                    for m in methods for r in keep_rates]
+        settings = [
+            Row(b, f"{m} R={r:g}", CondenseConfig(method=m, keep_rate=r))
+            for m in methods
+            for r in keep_rates
+        ]
         rows += settings
         if trace:
             traced = [s for s in settings if s.config and s.config.method == "tca"] or settings
@@ -75,9 +83,15 @@ def make_rows(batch_sizes: Sequence[int], methods: Sequence[str], keep_rates: Se
     return rows
 
 
-def check_options(batch_sizes: Sequence[int], methods: Sequence[str],
-                  keep_rates: Sequence[float], repeats: int = 5, warmup: int = 1,
-                  trace: bool = False, statistic: str = "median") -> list[Row]:
+def check_options(
+    batch_sizes: Sequence[int],
+    methods: Sequence[str],
+    keep_rates: Sequence[float],
+    repeats: int = 5,
+    warmup: int = 1,
+    trace: bool = False,
+    statistic: str = "median",
+) -> list[Row]:
     """The rows to time, or a :class:`tca.errors.UserError` naming the bad option. The CLI calls
     it before loading the model, :func:`run_bench` again with the model."""
     if repeats < 1:
@@ -90,20 +104,28 @@ def check_options(batch_sizes: Sequence[int], methods: Sequence[str],
         raise InputError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
     for m in methods:
         if m not in BENCH_METHODS:
-            raise ConfigError(f"unknown method {m!r} for bench; choose from "
-                              f"{', '.join(BENCH_METHODS)} (unpatched and patched 'none' are "
-                              f"always timed)")
+            raise ConfigError(
+                f"unknown method {m!r} for bench; choose from "
+                f"{', '.join(BENCH_METHODS)} (unpatched and patched 'none' are "
+                f"always timed)"
+            )
     return make_rows(batch_sizes, methods, keep_rates, trace)  # checks every keep rate
 
 
 def machine_info() -> dict:
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    info: dict = {"cpu_count": os.cpu_count(), "cpus_available": cpus,
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "platform": platform.platform(),
-            "processor": _cpu_model()}
+    info: dict = {
+        "cpu_count": os.cpu_count(),
+        "cpus_available": cpus,
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": _cpu_model(),
+    }
     try:
         import open_clip
+
         info["open_clip"] = open_clip.__version__
     except Exception:  # noqa: BLE001 - informational only
         pass
@@ -123,11 +145,19 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def run_bench(model: torch.nn.Module, batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
-              methods: Sequence[str] = DEFAULT_METHODS,
-              keep_rates: Sequence[float] = DEFAULT_KEEP_RATES, repeats: int = 5, warmup: int = 1,
-              trace: bool = False, seed: int = 0, name: str | None = None,
-              statistic: str = "median", progress: Callable[[str], None] | None = None) -> dict:
+def run_bench(
+    model: torch.nn.Module,
+    batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
+    methods: Sequence[str] = DEFAULT_METHODS,
+    keep_rates: Sequence[float] = DEFAULT_KEEP_RATES,
+    repeats: int = 5,
+    warmup: int = 1,
+    trace: bool = False,
+    seed: int = 0,
+    name: str | None = None,
+    statistic: str = "median",
+    progress: Callable[[str], None] | None = None,
+) -> dict:
     """Time every row interleaved; returns a JSON-ready dict (``rows``, ``targets``, ``machine``).
 
     The model is left unpatched if it came unpatched, patched (``none``) otherwise. Inputs are
@@ -144,8 +174,10 @@ def run_bench(model: torch.nn.Module, batch_sizes: Sequence[int] = DEFAULT_BATCH
     gen = torch.Generator().manual_seed(seed)  # CPU draws: the same inputs on every device
     weight = tower_for(model).patch_embed_weight(getattr(model, "visual", model))
     device = weight.device
-    inputs = {b: torch.randn(b, 3, size, size, generator=gen).to(device, weight.dtype)
-              for b in batch_sizes}
+    inputs = {
+        b: torch.randn(b, 3, size, size, generator=gen).to(device, weight.dtype)
+        for b in batch_sizes
+    }
     samples: dict[tuple[int, str], list[float]] = {row.key: [] for row in rows}
     load_before = machine_info().get("load_average")
     t_start = time.perf_counter()
@@ -173,15 +205,24 @@ def run_bench(model: torch.nn.Module, batch_sizes: Sequence[int] = DEFAULT_BATCH
         med = medians[row.key]
         ref = medians[(row.batch_size, UNPATCHED)]
         gmacs = base_gmacs if row.config is None else macs_for(geom, row.config).gmacs
-        entry: dict = {"batch_size": row.batch_size, "setting": row.name,
-                 "method": "open_clip" if row.config is None else row.config.method,
-                 "keep_rate": None if row.config is None or row.config.method == "none"
-                 else row.config.keep_rate,
-                 "trace": row.trace, "median_ms": statistics.median(samples[row.key]),
-                 "min_ms": min(samples[row.key]), "time_ms": med, "ms_per_image": med / row.batch_size,
-                 "images_per_s": 1e3 * row.batch_size / med, "speedup": ref / med,
-                 "gmacs": gmacs, "gmacs_ratio": base_gmacs / gmacs,
-                 "samples_ms": samples[row.key]}
+        entry: dict = {
+            "batch_size": row.batch_size,
+            "setting": row.name,
+            "method": "open_clip" if row.config is None else row.config.method,
+            "keep_rate": None
+            if row.config is None or row.config.method == "none"
+            else row.config.keep_rate,
+            "trace": row.trace,
+            "median_ms": statistics.median(samples[row.key]),
+            "min_ms": min(samples[row.key]),
+            "time_ms": med,
+            "ms_per_image": med / row.batch_size,
+            "images_per_s": 1e3 * row.batch_size / med,
+            "speedup": ref / med,
+            "gmacs": gmacs,
+            "gmacs_ratio": base_gmacs / gmacs,
+            "samples_ms": samples[row.key],
+        }
         entry["percent_of_ideal"] = 100.0 * entry["speedup"] / entry["gmacs_ratio"]
         if row.trace:
             plain = medians[(row.batch_size, row.name.removesuffix(" +trace"))]
@@ -192,11 +233,20 @@ def run_bench(model: torch.nn.Module, batch_sizes: Sequence[int] = DEFAULT_BATCH
     info["device"] = str(device)
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
-    return {"tool": "python -m tca bench", "model": name,
-            "dtype": str(weight.dtype).removeprefix("torch."), "image_size": size, "repeats": repeats, "warmup": warmup,
-            "statistic": f"{statistic} over interleaved repeats", "convention": CONVENTION,
-            "machine": info, "wall_s": time.perf_counter() - t_start, "rows": out_rows,
-            "targets": targets(out_rows)}
+    return {
+        "tool": "python -m tca bench",
+        "model": name,
+        "dtype": str(weight.dtype).removeprefix("torch."),
+        "image_size": size,
+        "repeats": repeats,
+        "warmup": warmup,
+        "statistic": f"{statistic} over interleaved repeats",
+        "convention": CONVENTION,
+        "machine": info,
+        "wall_s": time.perf_counter() - t_start,
+        "rows": out_rows,
+        "targets": targets(out_rows),
+    }
 
 
 def _time_once(model, row: Row, x: torch.Tensor) -> float:
@@ -224,21 +274,37 @@ def targets(rows: list[dict]) -> list[dict]:
         b = r["batch_size"]
         if (r["keep_rate"] == 1.0 and not r["trace"]) or r["setting"] == PATCHED_NONE:
             overhead = 100.0 * (1.0 / r["speedup"] - 1.0)
-            out.append({"target": f"patched, nothing removed ({r['setting']}) vs unpatched, batch {b}",
-                        "value": f"{overhead:+.1f}%", "goal": f"<= +{TARGET_IDENTITY_OVERHEAD:g}%",
-                        "met": overhead <= TARGET_IDENTITY_OVERHEAD})
+            out.append(
+                {
+                    "target": f"patched, nothing removed ({r['setting']}) vs unpatched, batch {b}",
+                    "value": f"{overhead:+.1f}%",
+                    "goal": f"<= +{TARGET_IDENTITY_OVERHEAD:g}%",
+                    "met": overhead <= TARGET_IDENTITY_OVERHEAD,
+                }
+            )
     for b, goal in TARGET_TCA07.items():
         t = by.get((b, "tca R=0.7"))
         if t is not None:
-            out.append({"target": f"tca R=0.7 speed-up over unpatched, batch {b}",
-                        "value": f"{t['speedup']:.2f}x (FLOP-ideal {t['gmacs_ratio']:.2f}x)",
-                        "goal": f">= {goal:.2f}x", "met": t["speedup"] >= goal})
+            out.append(
+                {
+                    "target": f"tca R=0.7 speed-up over unpatched, batch {b}",
+                    "value": f"{t['speedup']:.2f}x (FLOP-ideal {t['gmacs_ratio']:.2f}x)",
+                    "goal": f">= {goal:.2f}x",
+                    "met": t["speedup"] >= goal,
+                }
+            )
     for r in rows:
         if r["trace"]:
             o = r["trace_overhead_percent"]
-            out.append({"target": f"tracing {r['setting'].removesuffix(' +trace')}, batch "
-                                  f"{r['batch_size']}", "value": f"{o:+.1f}%",
-                        "goal": f"<= +{TARGET_TRACE_OVERHEAD:g}%", "met": o <= TARGET_TRACE_OVERHEAD})
+            out.append(
+                {
+                    "target": f"tracing {r['setting'].removesuffix(' +trace')}, batch "
+                    f"{r['batch_size']}",
+                    "value": f"{o:+.1f}%",
+                    "goal": f"<= +{TARGET_TRACE_OVERHEAD:g}%",
+                    "met": o <= TARGET_TRACE_OVERHEAD,
+                }
+            )
     return out
 
 
@@ -249,17 +315,23 @@ def _on_device(machine: dict) -> str:
 
 def format_table(result: dict) -> str:
     m = result["machine"]
-    lines = [f"{result['model'] or 'model'} @ {result['image_size']}px, {result.get('dtype', 'float32')}"
-             f"  |  {m['cpus_available']} CPU(s) "
-             f"({m['processor']}), torch {m['torch']} with {m['torch_threads']} thread(s)"
-             f"{_on_device(m)}  |  "
-             f"{result['statistic'].split()[0]} of {result['repeats']} interleaved repeats after "
-             f"{result['warmup']} warm-up"]
+    lines = [
+        f"{result['model'] or 'model'} @ {result['image_size']}px, {result.get('dtype', 'float32')}"
+        f"  |  {m['cpus_available']} CPU(s) "
+        f"({m['processor']}), torch {m['torch']} with {m['torch_threads']} thread(s)"
+        f"{_on_device(m)}  |  "
+        f"{result['statistic'].split()[0]} of {result['repeats']} interleaved repeats after "
+        f"{result['warmup']} warm-up"
+    ]
     if m.get("load_average_before") is not None:
-        lines.append(f"load average before {m['load_average_before']}, after {m.get('load_average')} "
-                     f"(other processes on the machine slow every row alike, not the ratios)")
-    head = (f"{'batch':>5}  {'setting':<22}{'ms/batch':>10}{'ms/img':>9}{'img/s':>8}"
-            f"{'speed-up':>10}{'GMACs':>8}{'ideal':>8}{'of ideal':>10}")
+        lines.append(
+            f"load average before {m['load_average_before']}, after {m.get('load_average')} "
+            f"(other processes on the machine slow every row alike, not the ratios)"
+        )
+    head = (
+        f"{'batch':>5}  {'setting':<22}{'ms/batch':>10}{'ms/img':>9}{'img/s':>8}"
+        f"{'speed-up':>10}{'GMACs':>8}{'ideal':>8}{'of ideal':>10}"
+    )
     lines += [head, "-" * len(head)]
     last_b = None
     for r in result["rows"]:
@@ -267,20 +339,36 @@ def format_table(result: dict) -> str:
             lines.append("")
         last_b = r["batch_size"]
         extra = f"  (trace {r['trace_overhead_percent']:+.1f}%)" if r["trace"] else ""
-        lines.append(f"{r['batch_size']:>5}  {r['setting']:<22}{r['time_ms']:>10.1f}"
-                     f"{r['ms_per_image']:>9.1f}{r['images_per_s']:>8.2f}{r['speedup']:>9.2f}x"
-                     f"{r['gmacs']:>8.2f}{r['gmacs_ratio']:>7.2f}x{r['percent_of_ideal']:>9.0f}%{extra}")
+        lines.append(
+            f"{r['batch_size']:>5}  {r['setting']:<22}{r['time_ms']:>10.1f}"
+            f"{r['ms_per_image']:>9.1f}{r['images_per_s']:>8.2f}{r['speedup']:>9.2f}x"
+            f"{r['gmacs']:>8.2f}{r['gmacs_ratio']:>7.2f}x{r['percent_of_ideal']:>9.0f}%{extra}"
+        )
     stat = result["statistic"].split()[0]
-    lines.append(f"speed-up = unpatched {stat} / setting {stat}; ideal = GMACs ratio (the FLOP-ideal "
-                 f"speed-up); {CONVENTION}.")
+    lines.append(
+        f"speed-up = unpatched {stat} / setting {stat}; ideal = GMACs ratio (the FLOP-ideal "
+        f"speed-up); {CONVENTION}."
+    )
     if result["targets"]:
-        lines.append(f"\nissue-3 targets (set for ViT-B/16 on the project's 2-core CPU; "
-                     f"this run: {result['model'] or 'model'}, {m['cpus_available']} CPU(s)):")
+        lines.append(
+            f"\nissue-3 targets (set for ViT-B/16 on the project's 2-core CPU; "
+            f"this run: {result['model'] or 'model'}, {m['cpus_available']} CPU(s)):"
+        )
         for t in result["targets"]:
-            lines.append(f"  {'met    ' if t['met'] else 'NOT met'}  {t['target']}: {t['value']} "
-                         f"(goal {t['goal']})")
+            lines.append(
+                f"  {'met    ' if t['met'] else 'NOT met'}  {t['target']}: {t['value']} "
+                f"(goal {t['goal']})"
+            )
     return "\n".join(lines)
 
 
-__all__ = ["run_bench", "check_options", "make_rows", "format_table", "targets", "machine_info",
-           "BENCH_METHODS", "STATISTICS"]
+__all__ = [
+    "run_bench",
+    "check_options",
+    "make_rows",
+    "format_table",
+    "targets",
+    "machine_info",
+    "BENCH_METHODS",
+    "STATISTICS",
+]

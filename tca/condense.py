@@ -5,6 +5,7 @@ Every function that changes the token count also returns ``dest`` (B, N_in): the
 index each input token went to (-1: dropped, held by no token, as ATS does). Composing ``dest`` across layers gives every original patch's
 fate (see ``tca.trace``) without a B x N x N source matrix.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,8 +25,9 @@ class Condensed(NamedTuple):
 # --------------------------------------------------------------------------- scores
 
 
-def cls_attention_row(q: torch.Tensor, k: torch.Tensor, cls_index: int = 0,
-                      bias: torch.Tensor | None = None) -> torch.Tensor:
+def cls_attention_row(
+    q: torch.Tensor, k: torch.Tensor, cls_index: int = 0, bias: torch.Tensor | None = None
+) -> torch.Tensor:
     """Per-head attention probabilities of the CLS query over all keys.
 
     q, k: (B, h, N, d_h); bias: additive logits broadcastable to (B, h, 1, N).
@@ -33,7 +35,7 @@ def cls_attention_row(q: torch.Tensor, k: torch.Tensor, cls_index: int = 0,
     """
     scale = q.shape[-1] ** -0.5
     # float32 (a no-op for float32 inputs): half-precision models rank like float32 ones
-    logits = (q[:, :, cls_index:cls_index + 1].float() @ k.float().transpose(-2, -1)) * scale
+    logits = (q[:, :, cls_index : cls_index + 1].float() @ k.float().transpose(-2, -1)) * scale
     if bias is not None:
         logits = logits + bias
     return logits.softmax(dim=-1).squeeze(2)
@@ -107,8 +109,9 @@ def pairwise_distance(x: torch.Tensor) -> torch.Tensor:
     return dist
 
 
-def k_center_greedy(x: torch.Tensor, k: int,
-                    first: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def k_center_greedy(
+    x: torch.Tensor, k: int, first: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Greedy farthest-point selection of k centres among T tokens, batched.
 
     x: (B, T, D). The first centre is token 0 (callers pass tokens sorted by descending score,
@@ -135,8 +138,9 @@ def k_center_greedy(x: torch.Tensor, k: int,
     return centres, dist
 
 
-def coreset_merge(x: torch.Tensor, k: int,
-                  first: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def coreset_merge(
+    x: torch.Tensor, k: int, first: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """TCA's coreset averaging: k-center greedy, nearest-centre assignment, then an
     inverse-distance weighted mean per cluster (the centre itself gets weight 1).
 
@@ -158,9 +162,16 @@ def coreset_merge(x: torch.Tensor, k: int,
     return num / den.unsqueeze(-1), assign
 
 
-def prune_merge_fuse(x: torch.Tensor, select: torch.Tensor, fuse_weight: torch.Tensor,
-                     t1: int, t2: int, k: int, prefix: int = 1,
-                     generator: torch.Generator | None = None) -> Condensed:
+def prune_merge_fuse(
+    x: torch.Tensor,
+    select: torch.Tensor,
+    fuse_weight: torch.Tensor,
+    t1: int,
+    t2: int,
+    k: int,
+    prefix: int = 1,
+    generator: torch.Generator | None = None,
+) -> Condensed:
     """Three-tier condensation (TCA §1.6; EViT when t2 = 0).
 
     x: (B, N, D) tokens after the attention residual, CLS at 0; ``prefix=0`` for towers without
@@ -190,7 +201,7 @@ def prune_merge_fuse(x: torch.Tensor, select: torch.Tensor, fuse_weight: torch.T
     dest.scatter_(1, tok[:, :t1], ar)
     nxt = prefix + t1
     if t2 > 0:
-        x2 = take(tok[:, t1:t1 + t2])
+        x2 = take(tok[:, t1 : t1 + t2])
         if t2 > k:
             first = None
             if generator is not None:
@@ -200,12 +211,12 @@ def prune_merge_fuse(x: torch.Tensor, select: torch.Tensor, fuse_weight: torch.T
         else:
             merged, assign = x2, torch.arange(t2, device=x.device).expand(b, t2)
         parts.append(merged)
-        dest.scatter_(1, tok[:, t1:t1 + t2], nxt + assign)
+        dest.scatter_(1, tok[:, t1 : t1 + t2], nxt + assign)
         nxt += merged.shape[1]
     pruned = None
     if t3 > 0:
-        i3 = tok[:, t1 + t2:]
-        w3 = fuse_weight.gather(1, order[:, t1 + t2:])
+        i3 = tok[:, t1 + t2 :]
+        w3 = fuse_weight.gather(1, order[:, t1 + t2 :])
         fused = (take(i3).float() * w3.float().unsqueeze(-1)).sum(dim=1, keepdim=True)
         parts.append(fused.to(x.dtype))
         dest.scatter_(1, i3, nxt)
@@ -217,7 +228,9 @@ def prune_merge_fuse(x: torch.Tensor, select: torch.Tensor, fuse_weight: torch.T
 # --------------------------------------------------------------------------- ToMe
 
 
-def bipartite_soft_matching(metric: torch.Tensor, r: int, prefix: int = 1) -> tuple[torch.Tensor, int]:
+def bipartite_soft_matching(
+    metric: torch.Tensor, r: int, prefix: int = 1
+) -> tuple[torch.Tensor, int]:
     """ToMe's matching: alternate tokens into sets A (even) and B (odd), link each A token to
     its most similar B token (cosine), and merge the r strongest links. CLS (index 0, in A) is
     never merged; unmerged A tokens keep their original order so CLS stays at index 0.
@@ -246,8 +259,9 @@ def bipartite_soft_matching(metric: torch.Tensor, r: int, prefix: int = 1) -> tu
     return dest, n - r
 
 
-def merge_weighted(x: torch.Tensor, size: torch.Tensor, dest: torch.Tensor,
-                   n_out: int) -> tuple[torch.Tensor, torch.Tensor]:
+def merge_weighted(
+    x: torch.Tensor, size: torch.Tensor, dest: torch.Tensor, n_out: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Size-weighted average of the tokens sharing a destination.
 
     x: (B, N, D); size: (B, N) patches per token; dest: (B, N). Returns (x (B, n_out, D),
@@ -257,12 +271,14 @@ def merge_weighted(x: torch.Tensor, size: torch.Tensor, dest: torch.Tensor,
     size = size.float()  # sums in float32 (no-ops for float32 inputs), results in x's dtype
     new_size = size.new_zeros((b, n_out)).scatter_add_(1, dest, size)
     num = size.new_zeros((b, n_out, d)).scatter_add_(
-        1, dest.unsqueeze(-1).expand(b, n, d), x.float() * size.unsqueeze(-1))
+        1, dest.unsqueeze(-1).expand(b, n, d), x.float() * size.unsqueeze(-1)
+    )
     return (num / new_size.unsqueeze(-1)).to(x.dtype), new_size
 
 
-def tome_merge(x: torch.Tensor, size: torch.Tensor, metric: torch.Tensor, r: int,
-               prefix: int = 1) -> Condensed:
+def tome_merge(
+    x: torch.Tensor, size: torch.Tensor, metric: torch.Tensor, r: int, prefix: int = 1
+) -> Condensed:
     """One ToMe step: bipartite soft matching on ``metric`` then size-weighted merging."""
     dest, n_out = bipartite_soft_matching(metric, r, prefix)
     x, size = merge_weighted(x, size, dest, n_out)
@@ -282,8 +298,9 @@ def attention_rows_metric(probs: torch.Tensor) -> torch.Tensor:
 # kept once, so the number of kept tokens adapts to each image (at most the budget).
 
 
-def ats_score(cls_attn: torch.Tensor, value_norm: torch.Tensor,
-              valid: torch.Tensor | None = None) -> torch.Tensor:
+def ats_score(
+    cls_attn: torch.Tensor, value_norm: torch.Tensor, valid: torch.Tensor | None = None
+) -> torch.Tensor:
     """ATS significance score of every patch, normalised to sum to 1 per image.
 
     cls_attn: (B, h, N) per-head CLS attention probabilities; value_norm: (B, h, N) per-head
@@ -338,7 +355,9 @@ def unique_indices(samples: torch.Tensor, n_patches: int) -> torch.Tensor:
     return keep[:, 1:]
 
 
-def keep_patches(x: torch.Tensor, keep: torch.Tensor, valid: torch.Tensor | None = None) -> Condensed:
+def keep_patches(
+    x: torch.Tensor, keep: torch.Tensor, valid: torch.Tensor | None = None
+) -> Condensed:
     """Keep CLS and the patches marked in ``keep`` (original order), drop the rest, and pack the
     batch to the largest per-image count with padding.
 

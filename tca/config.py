@@ -3,6 +3,7 @@
 The schedule depends only on the settings and the ViT geometry, so token counts and FLOPs can be
 known before (or without) running the model.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -75,11 +76,17 @@ class CondenseConfig:
         if self.rate is not None and not 0.0 <= self.rate < 1.0 / 3.0:
             raise ConfigError(f"rate d must be in [0, 1/3), got {self.rate}")
         if not isinstance(self.merge_centers, int) or self.merge_centers < 1:
-            raise ConfigError(f"merge centres K must be a positive integer, got {self.merge_centers}")
-        if self.center_seed is not None and (isinstance(self.center_seed, bool)
-                                             or not isinstance(self.center_seed, int)
-                                             or self.center_seed < 0):
-            raise ConfigError(f"centre seed must be a non-negative integer, got {self.center_seed!r}")
+            raise ConfigError(
+                f"merge centres K must be a positive integer, got {self.merge_centers}"
+            )
+        if self.center_seed is not None and (
+            isinstance(self.center_seed, bool)
+            or not isinstance(self.center_seed, int)
+            or self.center_seed < 0
+        ):
+            raise ConfigError(
+                f"centre seed must be a non-negative integer, got {self.center_seed!r}"
+            )
         layers = tuple(sorted(set(int(i) for i in self.layers)))
         if any(i < 0 for i in layers):
             raise ConfigError(f"layer indices must be >= 0, got {list(self.layers)}")
@@ -103,8 +110,11 @@ class CondenseConfig:
     def describe(self) -> str:
         if self.method == "none":
             return "none (unmodified CLIP)"
-        extra = f", d={self.tca_rate:g}, K={self.merge_centers}, score={self.score}" \
-            if self.method == "tca" else ""
+        extra = (
+            f", d={self.tca_rate:g}, K={self.merge_centers}, score={self.score}"
+            if self.method == "tca"
+            else ""
+        )
         if self.method == "tca" and self.center_seed is not None:
             extra += f", random first centre (seed {self.center_seed})"
         return f"{self.method} R={self.keep_rate:g}{extra}, layers {list(self.layers)}"
@@ -204,8 +214,9 @@ class Schedule:
         return n_in + (1 if self.anchors and self.plans[layer] is not None and layer > 0 else 0)
 
 
-def plan_layers(config: CondenseConfig, n_tokens: int, depth: int, anchors: bool = False,
-                prefix: int = 1) -> Schedule:
+def plan_layers(
+    config: CondenseConfig, n_tokens: int, depth: int, anchors: bool = False, prefix: int = 1
+) -> Schedule:
     """The token schedule of ``config`` for a ViT with ``n_tokens`` (``prefix`` of them CLS:
     1 for CLIP, 0 for towers without a CLS token) and ``depth`` blocks. Budgets depend on the
     patch count only, so a tower of P patches without CLS gets the tiers of a CLIP tower of P
@@ -214,8 +225,10 @@ def plan_layers(config: CondenseConfig, n_tokens: int, depth: int, anchors: bool
         raise ConfigError(f"prefix must be 0 (no CLS token) or 1 (CLS token), got {prefix}")
     bad = [i for i in config.layers if i >= depth]
     if bad and not config.is_identity:
-        raise ConfigError(f"layer index {bad[0]} is out of range: this model has {depth} blocks "
-                          f"(valid indices 0..{depth - 1})")
+        raise ConfigError(
+            f"layer index {bad[0]} is out of range: this model has {depth} blocks "
+            f"(valid indices 0..{depth - 1})"
+        )
     plans: list[LayerPlan | None] = []
     tokens: list[int] = []
     n = n_tokens
@@ -227,8 +240,13 @@ def plan_layers(config: CondenseConfig, n_tokens: int, depth: int, anchors: bool
         if plan is not None:
             n = plan.n_out
         tokens.append(n)
-    return Schedule(tuple(plans), tuple(tokens), n_tokens,
-                    anchors=anchors and config.method == "tca", prefix=prefix)
+    return Schedule(
+        tuple(plans),
+        tuple(tokens),
+        n_tokens,
+        anchors=anchors and config.method == "tca",
+        prefix=prefix,
+    )
 
 
 def _plan_one(config: CondenseConfig, n: int, layer: int, prefix: int = 1) -> LayerPlan | None:
@@ -240,8 +258,10 @@ def _plan_one(config: CondenseConfig, n: int, layer: int, prefix: int = 1) -> La
         return TomePaperPlan(n, n - r, r=r, prefix=prefix) if r > 0 else None
     if config.method == "ats":
         if prefix != 1:
-            raise ConfigError("ats scores patches by their CLS attention and this tower has no "
-                              "CLS token; use tca, evit, tome or tome-paper")
+            raise ConfigError(
+                "ats scores patches by their CLS attention and this tower has no "
+                "CLS token; use tca, evit, tome or tome-paper"
+            )
         # Even a budget of every patch drops some: duplicates collapse.
         budget = int(condense.ats_budget(torch.tensor([n - 1]), config.keep_rate)[0])
         return AtsPlan(n, 1 + budget, budget=budget) if n > 1 else None
@@ -256,7 +276,8 @@ def _plan_one(config: CondenseConfig, n: int, layer: int, prefix: int = 1) -> La
         if 0 < t2 < k:
             raise ConfigError(
                 f"merge centres K={k} is larger than tier 2 at layer {layer} ({t2} class-ambiguous "
-                f"tokens of {n}); use K <= {t2} or a lower keep rate")
+                f"tokens of {n}); use K <= {t2} or a lower keep rate"
+            )
         k = min(k, t2)
     n_out = prefix + t1 + k + (1 if t3 > 0 else 0)
     if t2 == 0 and t3 == 0:
@@ -287,5 +308,6 @@ def parse_layers(text: str | Sequence[int]) -> tuple[int, ...]:
     try:
         return tuple(int(p) for p in parts)
     except ValueError:
-        raise ConfigError(f"layers must be comma-separated integers like {DEFAULT_LAYERS_TEXT}, "
-                          f"got {text!r}") from None
+        raise ConfigError(
+            f"layers must be comma-separated integers like {DEFAULT_LAYERS_TEXT}, got {text!r}"
+        ) from None

@@ -4,6 +4,7 @@ The CLI, eval and the app catch :class:`UserError` (and nothing else) as a user 
 message is shown as one line. Any other exception is a bug and keeps its traceback. Each class
 also derives from the standard exception it used to be, so ``except ValueError`` still works.
 """
+
 from __future__ import annotations
 
 
@@ -47,6 +48,15 @@ class CliError(UserError):
     """A command-line option or environment setting that cannot work."""
 
 
-__all__ = ["UserError", "ConfigError", "ImageError", "LabelError", "InputError",
-           "WeightsUnavailableError", "UnsupportedModelError", "UnknownModelError", "EvalError",
-           "CliError"]
+__all__ = [
+    "UserError",
+    "ConfigError",
+    "ImageError",
+    "LabelError",
+    "InputError",
+    "WeightsUnavailableError",
+    "UnsupportedModelError",
+    "UnknownModelError",
+    "EvalError",
+    "CliError",
+]

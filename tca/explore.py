@@ -4,6 +4,7 @@ keep-rate sweep of one image, per-session stream state, input signatures (to tel
 stale) and the JSON / PNG / GIF exports. ``tca.page`` turns a Run into what the page shows;
 ``app.py`` only wires these to Gradio.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -43,8 +44,14 @@ from .pipeline import Prediction, RunResult, classify
 from .reservoir import Reservoir, ReservoirConfig, preset
 
 COMPARE_METHODS = ("tca", "evit", "tome")
-METHOD_NAMES = {"tca": "TCA", "evit": "EViT", "tome": "ToMe", "tome-paper": "ToMe (paper)",
-                "ats": "ATS", "none": "none (plain CLIP)"}
+METHOD_NAMES = {
+    "tca": "TCA",
+    "evit": "EViT",
+    "tome": "ToMe",
+    "tome-paper": "ToMe (paper)",
+    "ats": "ATS",
+    "none": "none (plain CLIP)",
+}
 MAX_LABELS = 100
 # Prompts one request may encode (labels x templates): 15 labels with the 80 ImageNet prompts,
 # or every one of MAX_LABELS with one prompt. Encoding them takes a few seconds here (README).
@@ -53,8 +60,14 @@ MAX_LABELS_TEXT = 20_000  # characters of label text accepted before parsing
 KEEP_RATE_RANGE = (0.1, 1.0)
 MERGE_CENTERS_RANGE = (1, 16)
 # The settings the page opens with (and the first screen is computed with).
-APP_DEFAULTS = dict(method="tca", keep_rate=0.7, layers=DEFAULT_LAYERS_TEXT, merge_centers=2, score="mean",
-                    templates="single")
+APP_DEFAULTS = dict(
+    method="tca",
+    keep_rate=0.7,
+    layers=DEFAULT_LAYERS_TEXT,
+    merge_centers=2,
+    score="mean",
+    templates="single",
+)
 SWEEP_RATES = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 SWEEP_MAX_PASSES = 24  # condensed passes one sweep may run (3 methods x 8 rates)
 
@@ -62,6 +75,7 @@ SWEEP_MAX_PASSES = 24  # condensed passes one sweep may run (3 methods x 8 rates
 
 # a directory part of an absolute path ("/a/b/" of "/a/b/file"): cut from visitor-facing notes
 _SERVER_PATH = re.compile(r"(?<![\w.:/])((?:/[^\s'\"/]+)+/)([^\s'\"/]*)")
+
 
 @dataclass
 class LoadedModel:
@@ -94,9 +108,15 @@ class ModelCache:
     dict, another serialises loading so a model is never loaded twice at once.
     """
 
-    def __init__(self, pretrained: str | None = "openai", checkpoint: str | None = None,
-                 checkpoint_model: str | None = None, max_models: int = 2, seed: int = 0,
-                 loader: Callable[..., ClipModel] = load_model) -> None:
+    def __init__(
+        self,
+        pretrained: str | None = "openai",
+        checkpoint: str | None = None,
+        checkpoint_model: str | None = None,
+        max_models: int = 2,
+        seed: int = 0,
+        loader: Callable[..., ClipModel] = load_model,
+    ) -> None:
         if isinstance(pretrained, str) and pretrained.lower() in ("", "none", "random"):
             pretrained = None
         self.pretrained = pretrained
@@ -149,27 +169,36 @@ class ModelCache:
 
     def preload(self, name: str) -> threading.Thread:
         """Start loading ``name`` in a background thread (errors are left for ``get``)."""
+
         def work() -> None:
             try:
                 self.get(name)
             except Exception:  # noqa: BLE001 - reported again on first use
                 pass
+
         t = threading.Thread(target=work, name=f"preload-{name}", daemon=True)
         t.start()
         return t
 
     def _load(self, name: str) -> LoadedModel:
-        checkpoint = self.checkpoint if (self.checkpoint and name == self.checkpoint_model) else None
+        checkpoint = (
+            self.checkpoint if (self.checkpoint and name == self.checkpoint_model) else None
+        )
         # visitors see the checkpoint's file name only, never its server path
         shown = Path(checkpoint).name if checkpoint else None
         requested = f"checkpoint {shown}" if checkpoint else self.pretrained
         if name not in open_clip.list_models():
             raise InputError(f"unknown model {name!r}")
         note = None
-        if checkpoint is None and self.pretrained is not None \
-                and self.pretrained not in open_clip.list_pretrained_tags_by_model(name):
-            note = (f"{name} has no pretrained weights tagged {self.pretrained!r}, so it runs "
-                    f"on random weights. {WEIGHTS_HELP}")
+        if (
+            checkpoint is None
+            and self.pretrained is not None
+            and self.pretrained not in open_clip.list_pretrained_tags_by_model(name)
+        ):
+            note = (
+                f"{name} has no pretrained weights tagged {self.pretrained!r}, so it runs "
+                f"on random weights. {WEIGHTS_HELP}"
+            )
             clip = self._loader(name, None, seed=self.seed)
         else:
             try:
@@ -186,8 +215,10 @@ class ModelCache:
 
 # ----------------------------------------------------------------------------------- visitors
 
-BUSY = ("one request at a time per visitor: your previous Run or Compare is still running; "
-        "try again when it has finished")
+BUSY = (
+    "one request at a time per visitor: your previous Run or Compare is still running; "
+    "try again when it has finished"
+)
 
 
 class SessionGate:
@@ -220,37 +251,59 @@ class SessionGate:
 
 # ----------------------------------------------------------------------------------- inputs
 
-def parse_settings(method: str, keep_rate: float, layers: str | Sequence[int],
-                   merge_centers: float | int, score: str) -> CondenseConfig:
+
+def parse_settings(
+    method: str,
+    keep_rate: float,
+    layers: str | Sequence[int],
+    merge_centers: float | int,
+    score: str,
+) -> CondenseConfig:
     """A CondenseConfig from the app's controls, with range checks that name the control."""
     if keep_rate is None or not KEEP_RATE_RANGE[0] <= float(keep_rate) <= KEEP_RATE_RANGE[1]:
-        raise ConfigError(f"keep rate R must be between {KEEP_RATE_RANGE[0]} and "
-                          f"{KEEP_RATE_RANGE[1]}, got {keep_rate}")
-    if merge_centers is None or float(merge_centers) != int(float(merge_centers)) \
-            or not MERGE_CENTERS_RANGE[0] <= int(float(merge_centers)) <= MERGE_CENTERS_RANGE[1]:
-        raise ConfigError(f"merge centres K must be a whole number from {MERGE_CENTERS_RANGE[0]} "
-                          f"to {MERGE_CENTERS_RANGE[1]}, got {merge_centers}")
+        raise ConfigError(
+            f"keep rate R must be between {KEEP_RATE_RANGE[0]} and "
+            f"{KEEP_RATE_RANGE[1]}, got {keep_rate}"
+        )
+    if (
+        merge_centers is None
+        or float(merge_centers) != int(float(merge_centers))
+        or not MERGE_CENTERS_RANGE[0] <= int(float(merge_centers)) <= MERGE_CENTERS_RANGE[1]
+    ):
+        raise ConfigError(
+            f"merge centres K must be a whole number from {MERGE_CENTERS_RANGE[0]} "
+            f"to {MERGE_CENTERS_RANGE[1]}, got {merge_centers}"
+        )
     layer_tuple = parse_layers(layers if layers is not None else "")
     if method != "none" and not layer_tuple:
-        raise ConfigError(f"no condensing layers given: enter block indices like "
-                          f"{DEFAULT_LAYERS_TEXT}")
-    return CondenseConfig(method=method, keep_rate=float(keep_rate), layers=layer_tuple,
-                          merge_centers=int(float(merge_centers)), score=score)
+        raise ConfigError(
+            f"no condensing layers given: enter block indices like {DEFAULT_LAYERS_TEXT}"
+        )
+    return CondenseConfig(
+        method=method,
+        keep_rate=float(keep_rate),
+        layers=layer_tuple,
+        merge_centers=int(float(merge_centers)),
+        score=score,
+    )
 
 
 def check_labels_text(labels: str | Sequence[str] | None) -> str | Sequence[str]:
     if labels is None:
-        raise LabelError("no labels: type at least two candidate labels, e.g. \"cat, dog\"")
+        raise LabelError('no labels: type at least two candidate labels, e.g. "cat, dog"')
     if isinstance(labels, str) and len(labels) > MAX_LABELS_TEXT:
-        raise LabelError(f"the labels text is {len(labels)} characters long (at most "
-                         f"{MAX_LABELS_TEXT}); use at most {MAX_LABELS} short labels")
+        raise LabelError(
+            f"the labels text is {len(labels)} characters long (at most "
+            f"{MAX_LABELS_TEXT}); use at most {MAX_LABELS} short labels"
+        )
     return labels
 
 
 def check_templates(templates: str) -> str:
     if templates not in TEMPLATES:
-        raise InputError(f"unknown prompt templates {templates!r}; choose one of "
-                         f"{', '.join(TEMPLATES)}")
+        raise InputError(
+            f"unknown prompt templates {templates!r}; choose one of {', '.join(TEMPLATES)}"
+        )
     return templates
 
 
@@ -283,6 +336,7 @@ def model_view(clip: ClipModel, image: Image.Image) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------- stream
 
+
 @dataclass
 class StreamState:
     """One browser session's stream: the reservoir and what it is tied to (model + labels).
@@ -303,8 +357,10 @@ class StreamState:
         if self.reservoir is None or self.model != model or self.labels != labels:
             if self.reservoir is not None and self.reservoir.steps:
                 what = "model" if self.model != model else "labels"
-                self.notice = (f"The {what} changed, so the reservoir started again "
-                               f"(it keeps one bucket per label).")
+                self.notice = (
+                    f"The {what} changed, so the reservoir started again "
+                    f"(it keeps one bucket per label)."
+                )
             self.reservoir = Reservoir(len(labels), self.config)
             self.model, self.labels = model, labels
         return self.reservoir
@@ -321,6 +377,7 @@ class StreamState:
 
 
 # ----------------------------------------------------------------------------------- runs
+
 
 @dataclass
 class RunState:
@@ -341,19 +398,30 @@ class RunState:
         return self.result.trace
 
 
-def run(cache: ModelCache, image, labels, model: str, method: str = "tca",
-        keep_rate: float = 0.9, layers: str | Sequence[int] = DEFAULT_LAYERS, merge_centers: int = 2,
-        score: str = "mean", templates: str = "single", stream: StreamState | None = None,
-        max_labels: int = MAX_LABELS, progress: Callable[[float, str], None] | None = None
-        ) -> RunState:
+def run(
+    cache: ModelCache,
+    image,
+    labels,
+    model: str,
+    method: str = "tca",
+    keep_rate: float = 0.9,
+    layers: str | Sequence[int] = DEFAULT_LAYERS,
+    merge_centers: int = 2,
+    score: str = "mean",
+    templates: str = "single",
+    stream: StreamState | None = None,
+    max_labels: int = MAX_LABELS,
+    progress: Callable[[float, str], None] | None = None,
+) -> RunState:
     """Validate raw app inputs and run baseline + condensed (+ stream) on one image.
 
     Raises :class:`tca.errors.UserError` with a message fit for the user.
     """
     say = progress or (lambda frac, desc: None)
     config = parse_settings(method, keep_rate, layers, merge_centers, score)
-    pil, loaded, label_list, templates = _checked_inputs(cache, image, labels, model, templates,
-                                                         max_labels, say)
+    pil, loaded, label_list, templates = _checked_inputs(
+        cache, image, labels, model, templates, max_labels, say
+    )
     clip = loaded.clip
     reservoir = None
     if stream is not None and config.method == "tca":
@@ -361,15 +429,29 @@ def run(cache: ModelCache, image, labels, model: str, method: str = "tca",
     encode_labels(clip, label_list, templates, say)
     say(0.4, "running baseline and condensed CLIP")
     with cache.image_lane:
-        result = classify(clip, pil, label_list, config, templates=templates,
-                          reservoir=reservoir, trace=True, max_labels=max_labels)
-    return RunState(result, model_view(clip, pil), clip.name, loaded.note, templates,
-                    stream=result.reservoir if reservoir is not None else None,
-                    stream_notice=stream.notice if stream is not None and reservoir is not None
-                    else None,
-                    image_name=image_name(image),
-                    signature=input_signature(image, labels, model, method, keep_rate, layers,
-                                              merge_centers, score, templates))
+        result = classify(
+            clip,
+            pil,
+            label_list,
+            config,
+            templates=templates,
+            reservoir=reservoir,
+            trace=True,
+            max_labels=max_labels,
+        )
+    return RunState(
+        result,
+        model_view(clip, pil),
+        clip.name,
+        loaded.note,
+        templates,
+        stream=result.reservoir if reservoir is not None else None,
+        stream_notice=stream.notice if stream is not None and reservoir is not None else None,
+        image_name=image_name(image),
+        signature=input_signature(
+            image, labels, model, method, keep_rate, layers, merge_centers, score, templates
+        ),
+    )
 
 
 def image_name(image) -> str | None:
@@ -403,8 +485,9 @@ def image_key(image) -> str | None:
     return repr(image)
 
 
-def input_signature(image, labels, model, method, keep_rate, layers, merge_centers, score,
-                    templates) -> tuple:
+def input_signature(
+    image, labels, model, method, keep_rate, layers, merge_centers, score, templates
+) -> tuple:
     """Everything a Run depends on, normalised (labels parsed, numbers rounded), for telling
     whether the shown results still match the inputs on screen."""
     try:
@@ -417,13 +500,30 @@ def input_signature(image, labels, model, method, keep_rate, layers, merge_cente
             return round(float(v), 6)
         except (TypeError, ValueError):
             return v
+
     layer_key = re.sub(r"\s+", "", str(layers)) if isinstance(layers, str) else tuple(layers)
-    return (image_key(image), label_key, model, method, num(keep_rate), layer_key,
-            num(merge_centers), score, templates)
+    return (
+        image_key(image),
+        label_key,
+        model,
+        method,
+        num(keep_rate),
+        layer_key,
+        num(merge_centers),
+        score,
+        templates,
+    )
 
 
-def _checked_inputs(cache: ModelCache, image, labels, model: str, templates: str,
-                    max_labels: int, say: Callable[[float, str], None]):
+def _checked_inputs(
+    cache: ModelCache,
+    image,
+    labels,
+    model: str,
+    templates: str,
+    max_labels: int,
+    say: Callable[[float, str], None],
+):
     """Validate the raw inputs shared by :func:`run` and :func:`compare`, load the model.
     Returns (image, loaded model, label list, templates)."""
     templates = check_templates(templates)
@@ -431,8 +531,13 @@ def _checked_inputs(cache: ModelCache, image, labels, model: str, templates: str
     pil = open_image(image)
     say(0.1, "loading the model")
     loaded = cache.get(model)
-    label_list = validate_labels(parse_labels(labels), loaded.clip.tokenizer, templates,
-                                 max_labels, loaded.clip.context_length)
+    label_list = validate_labels(
+        parse_labels(labels),
+        loaded.clip.tokenizer,
+        templates,
+        max_labels,
+        loaded.clip.context_length,
+    )
     check_prompt_count(len(label_list), templates)
     return pil, loaded, label_list, templates
 
@@ -445,16 +550,24 @@ def check_prompt_count(n_labels: int, templates: str, max_prompts: int = MAX_PRO
             f"too many prompts: {n_labels} labels x {n_temps} prompt templates = "
             f"{n_labels * n_temps}; one request may encode at most {max_prompts} (up to "
             f"{max_prompts // len(TEMPLATES['imagenet80'])} labels with the 80 ImageNet prompts, "
-            f"up to {min(MAX_LABELS, max_prompts)} with one prompt)")
+            f"up to {min(MAX_LABELS, max_prompts)} with one prompt)"
+        )
 
 
-def encode_labels(clip: ClipModel, labels: Sequence[str], templates: str,
-                  say: Callable[[float, str], None], start: float = 0.15,
-                  end: float = 0.4) -> None:
+def encode_labels(
+    clip: ClipModel,
+    labels: Sequence[str],
+    templates: str,
+    say: Callable[[float, str], None],
+    start: float = 0.15,
+    end: float = 0.4,
+) -> None:
     """Encode (and cache) the labels' class embeddings, reporting progress between ``start``
     and ``end``; labels already cached cost nothing."""
+
     def step(done: int, total: int) -> None:
         say(start + (end - start) * done / total, f"encoding prompts: {done} of {total}")
+
     clip.encode_text(labels, templates, progress=step)
 
 
@@ -470,16 +583,26 @@ class Comparison:
     keep_rate: float
 
 
-def compare(cache: ModelCache, image, labels, model: str, keep_rate: float = 0.7,
-            layers: str | Sequence[int] = DEFAULT_LAYERS, merge_centers: int = 2, score: str = "mean",
-            templates: str = "single", methods: Sequence[str] = COMPARE_METHODS,
-            max_labels: int = MAX_LABELS,
-            progress: Callable[[float, str], None] | None = None) -> Comparison:
+def compare(
+    cache: ModelCache,
+    image,
+    labels,
+    model: str,
+    keep_rate: float = 0.7,
+    layers: str | Sequence[int] = DEFAULT_LAYERS,
+    merge_centers: int = 2,
+    score: str = "mean",
+    templates: str = "single",
+    methods: Sequence[str] = COMPARE_METHODS,
+    max_labels: int = MAX_LABELS,
+    progress: Callable[[float, str], None] | None = None,
+) -> Comparison:
     """Run each method on the same image, labels and keep rate R (the baseline only once)."""
     say = progress or (lambda frac, desc: None)
     configs = [parse_settings(m, keep_rate, layers, merge_centers, score) for m in methods]
-    pil, loaded, labels, templates = _checked_inputs(cache, image, labels, model, templates,
-                                                     max_labels, say)
+    pil, loaded, labels, templates = _checked_inputs(
+        cache, image, labels, model, templates, max_labels, say
+    )
     clip = loaded.clip
     encode_labels(clip, labels, templates, say)
     results: dict[str, RunResult] = {}
@@ -487,15 +610,25 @@ def compare(cache: ModelCache, image, labels, model: str, keep_rate: float = 0.7
     for i, cfg in enumerate(configs):
         say(0.4 + 0.55 * i / len(configs), f"running {METHOD_NAMES.get(cfg.method, cfg.method)}")
         with cache.image_lane:
-            results[cfg.method] = classify(clip, pil, labels, cfg, templates=templates,
-                                           trace=True, max_labels=max_labels, baseline=baseline)
+            results[cfg.method] = classify(
+                clip,
+                pil,
+                labels,
+                cfg,
+                templates=templates,
+                trace=True,
+                max_labels=max_labels,
+                baseline=baseline,
+            )
         baseline = baseline or results[cfg.method].reference
     first = results[configs[0].method]
-    return Comparison(model_view(clip, pil), first.baseline, results, clip.name, loaded.note,
-                      float(keep_rate))
+    return Comparison(
+        model_view(clip, pil), first.baseline, results, clip.name, loaded.note, float(keep_rate)
+    )
 
 
 # ----------------------------------------------------------------------------------- sweep
+
 
 @dataclass
 class SweepPoint:
@@ -530,16 +663,27 @@ class Sweep:
 
 def kl_divergence(p: Sequence[float], q: Sequence[float]) -> float:
     """KL(p || q) in nats for two probability vectors (terms with p = 0 contribute 0)."""
-    return float(sum(pi * (math.log(pi) - math.log(max(qi, 1e-12)))
-                     for pi, qi in zip(p, q) if pi > 0))
+    return float(
+        sum(pi * (math.log(pi) - math.log(max(qi, 1e-12))) for pi, qi in zip(p, q) if pi > 0)
+    )
 
 
-def sweep(cache: ModelCache, image, labels, model: str, method: str = "tca",
-          layers: str | Sequence[int] = DEFAULT_LAYERS, merge_centers: int = 2, score: str = "mean",
-          templates: str = "single", rates: Sequence[float] = SWEEP_RATES,
-          methods: Sequence[str] | None = None, max_labels: int = MAX_LABELS,
-          reuse: RunResult | None = None,
-          progress: Callable[[float, str], None] | None = None) -> Sweep:
+def sweep(
+    cache: ModelCache,
+    image,
+    labels,
+    model: str,
+    method: str = "tca",
+    layers: str | Sequence[int] = DEFAULT_LAYERS,
+    merge_centers: int = 2,
+    score: str = "mean",
+    templates: str = "single",
+    rates: Sequence[float] = SWEEP_RATES,
+    methods: Sequence[str] | None = None,
+    max_labels: int = MAX_LABELS,
+    reuse: RunResult | None = None,
+    progress: Callable[[float, str], None] | None = None,
+) -> Sweep:
     """Run ``method`` (or each of ``methods``) at every keep rate in ``rates`` on one image, as
     one job: inputs checked and the text encoded once, one baseline pass, then one untraced
     condensed pass per rate; a rate that removes nothing (R = 1) is the baseline itself and
@@ -551,18 +695,22 @@ def sweep(cache: ModelCache, image, labels, model: str, method: str = "tca",
     say = progress or (lambda frac, desc: None)
     methods = tuple(methods) if methods else (method,)
     if any(m == "none" for m in methods):
-        raise ConfigError("the keep-rate sweep needs a condensing method (TCA, EViT or ToMe), "
-                          "not \"none\"")
+        raise ConfigError(
+            'the keep-rate sweep needs a condensing method (TCA, EViT or ToMe), not "none"'
+        )
     rates = sorted({round(float(r), 6) for r in rates})
     if not rates:
         raise ConfigError("the sweep needs at least one keep rate")
     if len(rates) * len(methods) > SWEEP_MAX_PASSES:
-        raise ConfigError(f"a sweep runs at most {SWEEP_MAX_PASSES} passes, asked for "
-                          f"{len(rates) * len(methods)}")
-    configs = {m: [parse_settings(m, r, layers, merge_centers, score) for r in rates]
-               for m in methods}
-    pil, loaded, label_list, templates = _checked_inputs(cache, image, labels, model, templates,
-                                                         max_labels, say)
+        raise ConfigError(
+            f"a sweep runs at most {SWEEP_MAX_PASSES} passes, asked for {len(rates) * len(methods)}"
+        )
+    configs = {
+        m: [parse_settings(m, r, layers, merge_centers, score) for r in rates] for m in methods
+    }
+    pil, loaded, label_list, templates = _checked_inputs(
+        cache, image, labels, model, templates, max_labels, say
+    )
     clip = loaded.clip
     encode_labels(clip, label_list, templates, say)  # beside the image lane, like a Run
     t0 = time.perf_counter()
@@ -572,33 +720,65 @@ def sweep(cache: ModelCache, image, labels, model: str, method: str = "tca",
     for m, cfgs in configs.items():
         points[m] = []
         for cfg in cfgs:
-            say(0.1 + 0.88 * done / total,
-                f"{METHOD_NAMES[m]} at R={cfg.keep_rate:g} ({done + 1} of {total})")
+            say(
+                0.1 + 0.88 * done / total,
+                f"{METHOD_NAMES[m]} at R={cfg.keep_rate:g} ({done + 1} of {total})",
+            )
             if cfg.is_identity and base is not None:
-                probs, gmacs, final = (base.baseline.probs, base.flops_baseline.gmacs,
-                                       base.baseline_tokens[-1])
+                probs, gmacs, final = (
+                    base.baseline.probs,
+                    base.flops_baseline.gmacs,
+                    base.baseline_tokens[-1],
+                )
             else:
                 with cache.image_lane:  # one pass at a time, so other Runs interleave
-                    r = classify(clip, pil, label_list, cfg, templates=templates, trace=False,
-                                 max_labels=max_labels,
-                                 baseline=base.reference if base is not None else None)
+                    r = classify(
+                        clip,
+                        pil,
+                        label_list,
+                        cfg,
+                        templates=templates,
+                        trace=False,
+                        max_labels=max_labels,
+                        baseline=base.reference if base is not None else None,
+                    )
                 passes += 1
                 if base is None:
                     base = r
-                probs, gmacs, final = r.condensed.probs, r.flops_condensed.gmacs, \
-                    r.tokens_per_layer[-1]
+                probs, gmacs, final = (
+                    r.condensed.probs,
+                    r.flops_condensed.gmacs,
+                    r.tokens_per_layer[-1],
+                )
             top = max(range(len(probs)), key=probs.__getitem__)
             bi = max(range(len(probs)), key=base.baseline.probs.__getitem__)
-            points[m].append(SweepPoint(cfg.keep_rate, gmacs, final, label_list[top], probs[top],
-                                        probs[bi], kl_divergence(base.baseline.probs, probs)))
+            points[m].append(
+                SweepPoint(
+                    cfg.keep_rate,
+                    gmacs,
+                    final,
+                    label_list[top],
+                    probs[top],
+                    probs[bi],
+                    kl_divergence(base.baseline.probs, probs),
+                )
+            )
             done += 1
     assert base is not None
-    return Sweep(clip.name, label_list, base.baseline, base.flops_baseline.gmacs, points,
-                 (time.perf_counter() - t0) * 1e3, passes=passes,
-                 baseline_pass=reuse is None or base is not reuse)
+    return Sweep(
+        clip.name,
+        label_list,
+        base.baseline,
+        base.flops_baseline.gmacs,
+        points,
+        (time.perf_counter() - t0) * 1e3,
+        passes=passes,
+        baseline_pass=reuse is None or base is not reuse,
+    )
 
 
 # ----------------------------------------------------------------------------------- exports
+
 
 def _top(pred: Prediction, k: int) -> list[dict]:
     return [{"label": l, "prob": p} for l, p in pred.top(k)]
@@ -627,10 +807,15 @@ def export_dict(state: RunState) -> dict:
         for layer in out["trace"]["layers"]:
             layer["groups"] = [sorted(p) for p in trace.groups(layer["layer"]).values()]
         out["trace"]["patch_order"] = "row-major over grid (rows, cols)"
-    out["flops"] = {"baseline": state.result.flops_baseline.to_dict(),
-                    "condensed": state.result.flops_condensed.to_dict()}
-    out["image"] = {"name": state.image_name, "content_key": state.signature[0]
-                    if state.signature else None, "model_view_px": list(state.view.shape[:2])}
+    out["flops"] = {
+        "baseline": state.result.flops_baseline.to_dict(),
+        "condensed": state.result.flops_condensed.to_dict(),
+    }
+    out["image"] = {
+        "name": state.image_name,
+        "content_key": state.signature[0] if state.signature else None,
+        "model_view_px": list(state.view.shape[:2]),
+    }
     return out
 
 
@@ -638,9 +823,12 @@ class ExportDir:
     """A private folder for generated downloads; files older than ``max_age_s`` are removed
     whenever a new one is written, so a long-running server does not fill its disk."""
 
-    def __init__(self, root: str | os.PathLike | None = None, max_age_s: float = 3600.0,
-                 max_files: int = 200) -> None:
-        self.root = Path(root) if root else Path(tempfile.gettempdir()) / f"tca-explorer-{os.getpid()}"
+    def __init__(
+        self, root: str | os.PathLike | None = None, max_age_s: float = 3600.0, max_files: int = 200
+    ) -> None:
+        self.root = (
+            Path(root) if root else Path(tempfile.gettempdir()) / f"tca-explorer-{os.getpid()}"
+        )
         self.max_age_s = max_age_s
         self.max_files = max_files  # Gradio serves its own copy, so only recent ones are kept
 
@@ -678,18 +866,54 @@ class ExportDir:
         image.save(p, format="PNG", compress_level=1)
         return p
 
-    def write_gif(self, frames: Sequence[Image.Image], stem: str = "tca-depth",
-                  ms_per_frame: int = 600) -> Path:
+    def write_gif(
+        self, frames: Sequence[Image.Image], stem: str = "tca-depth", ms_per_frame: int = 600
+    ) -> Path:
         """An animated GIF (looping) of ``frames``, e.g. the map after every block."""
         p = self.path(stem, ".gif")
-        frames[0].save(p, format="GIF", save_all=True, append_images=list(frames[1:]),
-                       duration=ms_per_frame, loop=0, optimize=False)
+        frames[0].save(
+            p,
+            format="GIF",
+            save_all=True,
+            append_images=list(frames[1:]),
+            duration=ms_per_frame,
+            loop=0,
+            optimize=False,
+        )
         return p
 
 
-__all__ = ["APP_MODELS", "COMPARE_METHODS", "METHOD_NAMES", "MAX_LABELS", "MAX_PROMPTS", "BUSY",
-           "SessionGate", "check_prompt_count", "encode_labels",
-           "InputError", "LoadedModel", "ModelCache", "StreamState", "RunState", "Comparison",
-           "run", "compare", "summary", "export_dict", "ExportDir", "model_view", "open_image",
-           "parse_settings", "APP_DEFAULTS", "SWEEP_RATES", "Sweep", "SweepPoint", "sweep",
-           "kl_divergence", "input_signature", "image_key", "image_name"]
+__all__ = [
+    "APP_MODELS",
+    "COMPARE_METHODS",
+    "METHOD_NAMES",
+    "MAX_LABELS",
+    "MAX_PROMPTS",
+    "BUSY",
+    "SessionGate",
+    "check_prompt_count",
+    "encode_labels",
+    "InputError",
+    "LoadedModel",
+    "ModelCache",
+    "StreamState",
+    "RunState",
+    "Comparison",
+    "run",
+    "compare",
+    "summary",
+    "export_dict",
+    "ExportDir",
+    "model_view",
+    "open_image",
+    "parse_settings",
+    "APP_DEFAULTS",
+    "SWEEP_RATES",
+    "Sweep",
+    "SweepPoint",
+    "sweep",
+    "kl_divergence",
+    "input_signature",
+    "image_key",
+    "image_name",
+]

@@ -16,6 +16,7 @@ bound) and :func:`macs_per_image` counts each image from its actual counts.
 
 Towers without a CLS token (``prefix=0``) have N = N_p tokens and condense all of them.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -28,7 +29,7 @@ from .config import CondenseConfig, Schedule, plan_layers
 from .errors import UnknownModelError, UnsupportedModelError
 from .towers import tower_for
 
-CONVENTION = "GMACs (1 MAC = 1 multiply-add; the papers' \"GFLOPs\" are GMACs; FLOPs = 2 x MACs)"
+CONVENTION = 'GMACs (1 MAC = 1 multiply-add; the papers\' "GFLOPs" are GMACs; FLOPs = 2 x MACs)'
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class Geometry:
 
     @property
     def n_tokens(self) -> int:
-        return self.grid ** 2 + self.prefix
+        return self.grid**2 + self.prefix
 
     def schedule(self, config: CondenseConfig, anchors: bool = False) -> Schedule:
         """The token schedule of ``config`` on this geometry."""
@@ -68,22 +69,36 @@ class Geometry:
         if v.get("timm_model_name"):
             return cls._from_timm_cfg(model_name, cfg)
         if not isinstance(v.get("layers"), int):
-            raise UnsupportedModelError(f"{model_name} has no ViT vision tower (ResNets have no "
-                                        f"tokens to condense)")
+            raise UnsupportedModelError(
+                f"{model_name} has no ViT vision tower (ResNets have no tokens to condense)"
+            )
         size = v["image_size"] if isinstance(v["image_size"], int) else v["image_size"][0]
-        return cls(v["width"], v["layers"], v["width"] // v.get("head_width", 64), v["patch_size"],
-                   size, cfg["embed_dim"], v.get("mlp_ratio", 4.0))
+        return cls(
+            v["width"],
+            v["layers"],
+            v["width"] // v.get("head_width", 64),
+            v["patch_size"],
+            size,
+            cfg["embed_dim"],
+            v.get("mlp_ratio", 4.0),
+        )
 
     @classmethod
     def _from_timm_cfg(cls, model_name: str, cfg: dict) -> Geometry:
         """A timm tower's geometry, read from the tower built on the meta device (no memory, no
         weights, no download)."""
         from open_clip.timm_model import TimmModel
+
         v = cfg["vision_cfg"]
         with torch.device("meta"):
-            visual = TimmModel(v["timm_model_name"], cfg["embed_dim"], image_size=v.get("image_size", 224),
-                               pool=v.get("timm_pool", "avg"), proj=v.get("timm_proj", "linear"),
-                               proj_bias=v.get("timm_proj_bias", False))
+            visual = TimmModel(
+                v["timm_model_name"],
+                cfg["embed_dim"],
+                image_size=v.get("image_size", 224),
+                pool=v.get("timm_pool", "avg"),
+                proj=v.get("timm_proj", "linear"),
+                proj_bias=v.get("timm_proj_bias", False),
+            )
         return cls.from_model(visual)
 
     @classmethod
@@ -93,10 +108,15 @@ class Geometry:
             return cls._from_timm(visual)
         block = visual.transformer.resblocks[0]
         patch = visual.conv1.kernel_size[0]
-        return cls(visual.transformer.width, len(visual.transformer.resblocks), block.attn.num_heads,
-                   patch, visual.grid_size[0] * patch,
-                   visual.proj.shape[1] if visual.proj is not None else visual.transformer.width,
-                   block.mlp.c_fc.out_features / visual.transformer.width)
+        return cls(
+            visual.transformer.width,
+            len(visual.transformer.resblocks),
+            block.attn.num_heads,
+            patch,
+            visual.grid_size[0] * patch,
+            visual.proj.shape[1] if visual.proj is not None else visual.transformer.width,
+            block.mlp.c_fc.out_features / visual.transformer.width,
+        )
 
     @classmethod
     def _from_timm(cls, visual) -> Geometry:
@@ -107,13 +127,23 @@ class Geometry:
         pool = trunk.attn_pool
         linears = [m for m in visual.head.modules() if isinstance(m, torch.nn.Linear)]
         if len(linears) > 1 or not isinstance(trunk.head, torch.nn.Identity):
-            raise UnsupportedModelError("timm towers with an MLP or classifier head are not counted")
+            raise UnsupportedModelError(
+                "timm towers with an MLP or classifier head are not counted"
+            )
         embed = linears[0].out_features if linears else width
-        return cls(width, len(trunk.blocks), block.attn.num_heads, trunk.patch_embed.patch_size[0],
-                   trunk.patch_embed.img_size[0], embed, block.mlp.fc1.out_features / width,
-                   prefix=tower.prefix(visual), pool="map" if pool is not None else "tok",
-                   pool_hidden=pool.mlp.fc1.out_features if pool is not None else 0,
-                   proj=bool(linears))
+        return cls(
+            width,
+            len(trunk.blocks),
+            block.attn.num_heads,
+            trunk.patch_embed.patch_size[0],
+            trunk.patch_embed.img_size[0],
+            embed,
+            block.mlp.fc1.out_features / width,
+            prefix=tower.prefix(visual),
+            pool="map" if pool is not None else "tok",
+            pool_hidden=pool.mlp.fc1.out_features if pool is not None else 0,
+            proj=bool(linears),
+        )
 
 
 @dataclass(frozen=True)
@@ -159,9 +189,15 @@ class FlopReport:
         return self.total / 1e9
 
     def to_dict(self) -> dict:
-        return {"convention": CONVENTION, "gmacs": self.gmacs, "gmacs_model": self.model / 1e9,
-                "gmacs_overhead": self.overhead / 1e9, "patch_embed": self.patch_embed,
-                "head": self.head, "layers": [asdict(l) | {"total": l.total} for l in self.layers]}
+        return {
+            "convention": CONVENTION,
+            "gmacs": self.gmacs,
+            "gmacs_model": self.model / 1e9,
+            "gmacs_overhead": self.overhead / 1e9,
+            "patch_embed": self.patch_embed,
+            "head": self.head,
+            "layers": [asdict(l) | {"total": l.total} for l in self.layers],
+        }
 
 
 def count_macs(geom: Geometry, schedule: Schedule) -> FlopReport:
@@ -176,7 +212,7 @@ def count_macs(geom: Geometry, schedule: Schedule) -> FlopReport:
         mlp = 2 * n_out * d * hidden
         overhead = _overhead(plan, n_in, d, h, pool_row=geom.pool == "map" and geom.prefix == 0)
         layers.append(LayerMacs(i, n_in, n_out, attention, mlp, overhead))
-    patch_embed = geom.grid ** 2 * 3 * geom.patch ** 2 * d
+    patch_embed = geom.grid**2 * 3 * geom.patch**2 * d
     return FlopReport(tuple(layers), patch_embed, _head(geom, schedule.tokens[-1]))
 
 
@@ -207,8 +243,9 @@ def _overhead(plan, n_in: int, d: int, h: int, pool_row: bool = False) -> int:
     return cls_row + coreset + plan.t3 * d
 
 
-def macs_per_image(geom: Geometry, schedule: Schedule,
-                   tokens_per_image: Sequence[Sequence[int]]) -> list[FlopReport]:
+def macs_per_image(
+    geom: Geometry, schedule: Schedule, tokens_per_image: Sequence[Sequence[int]]
+) -> list[FlopReport]:
     """One report per image from the token counts it actually had (ATS varies per image; every
     other method gives the schedule's counts). Padding in a batch is not counted: one image run
     alone costs exactly this."""

@@ -1,4 +1,5 @@
 """Reading images of any mode and size safely, before CLIP's preprocessing."""
+
 from __future__ import annotations
 
 import io
@@ -15,8 +16,9 @@ MAX_PIXELS = 64_000_000  # decoded size guard against decompression bombs (e.g. 
 MAX_ASPECT = 2.0  # CLIP keeps only the centre square; longer sides are cropped before resizing
 
 
-def load_image(source: str | os.PathLike | bytes | Image.Image | np.ndarray,
-               max_pixels: int = MAX_PIXELS) -> Image.Image:
+def load_image(
+    source: str | os.PathLike | bytes | Image.Image | np.ndarray, max_pixels: int = MAX_PIXELS
+) -> Image.Image:
     """An RGB PIL image from a path, bytes, PIL image or array.
 
     Handles every PIL mode (L, LA, P, RGBA, CMYK, I;16, I, F, 1): transparency is composited on
@@ -43,8 +45,10 @@ def load_image(source: str | os.PathLike | bytes | Image.Image | np.ndarray,
     if w < 1 or h < 1:
         raise ImageError(f"{name} has no pixels ({w}x{h})")
     if w * h > max_pixels:
-        raise ImageError(f"{name} is {w}x{h} = {w * h / 1e6:.0f} megapixels; the limit is "
-                         f"{max_pixels / 1e6:.0f} megapixels (downscale it first)")
+        raise ImageError(
+            f"{name} is {w}x{h} = {w * h / 1e6:.0f} megapixels; the limit is "
+            f"{max_pixels / 1e6:.0f} megapixels (downscale it first)"
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -74,8 +78,10 @@ def _open(fp, name: str, source, max_pixels: int) -> Image.Image:
 
 
 def _too_many_pixels(name: str, max_pixels: int) -> str:
-    return (f"{name} has too many pixels to decode safely; the limit is "
-            f"{max_pixels / 1e6:.0f} megapixels (downscale it first)")
+    return (
+        f"{name} has too many pixels to decode safely; the limit is "
+        f"{max_pixels / 1e6:.0f} megapixels (downscale it first)"
+    )
 
 
 def _short(exc: BaseException, source=None) -> str:

@@ -1,4 +1,5 @@
 """Loading CLIP models by open_clip name, and the text side (labels, templates, embeddings)."""
+
 from __future__ import annotations
 
 import os
@@ -35,7 +36,8 @@ APP_MODELS: dict[str, str] = {
 }
 # Documented and tested as supported: those and their plain-GELU configs.
 SUPPORTED_MODELS = tuple(APP_MODELS.values()) + tuple(
-    name.removesuffix("-quickgelu") for name in APP_MODELS.values())
+    name.removesuffix("-quickgelu") for name in APP_MODELS.values()
+)
 MAX_LABEL_CHARS = 300
 # --precision choices: open_clip's names for float32 and its mixed fp16 / bf16 modes.
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -43,7 +45,8 @@ WEIGHTS_HELP = (
     "To use real weights: connect to the internet once (open_clip downloads them into the "
     "Hugging Face cache), or pass --checkpoint PATH / set TCA_CHECKPOINT to a local "
     ".safetensors or PyTorch state-dict file for this architecture, or use --pretrained none "
-    "for random weights.")
+    "for random weights."
+)
 
 
 @dataclass
@@ -112,16 +115,27 @@ class ClipModel:
         z = F.normalize(image_features.float(), dim=-1)
         return self.logit_scale * z @ text.to(z.device, torch.float32).T + self.logit_bias
 
-    def encode_text(self, labels: Sequence[str], templates: str | Sequence[str] = "single",
-                    progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    def encode_text(
+        self,
+        labels: Sequence[str],
+        templates: str | Sequence[str] = "single",
+        progress: Callable[[int, int], None] | None = None,
+    ) -> torch.Tensor:
         """Normalised class embeddings (C, E) on the CPU: each label through every template,
         averaged and re-normalised (CLIP's prompt ensembling). Prompts are encoded at the
         length of the longest one where that is exact (``tca.text``); embeddings are cached
         per (label, templates), so a new label costs one label. progress(done, total) counts
         prompts as they are encoded."""
-        return text.class_embeddings(self.model, self.tokenizer, list(labels),
-                                     resolve_templates(templates), self.text_cache, self.device,
-                                     self.text_tower, progress=progress)
+        return text.class_embeddings(
+            self.model,
+            self.tokenizer,
+            list(labels),
+            resolve_templates(templates),
+            self.text_cache,
+            self.device,
+            self.text_tower,
+            progress=progress,
+        )
 
 
 def resolve_templates(templates: str | Sequence[str]) -> tuple[str, ...]:
@@ -130,8 +144,10 @@ def resolve_templates(templates: str | Sequence[str]) -> tuple[str, ...]:
             return TEMPLATES[templates]
         if "{}" in templates:
             return (templates,)
-        raise InputError(f"unknown templates {templates!r}; use one of {', '.join(TEMPLATES)} "
-                         f"or a format string containing {{}}")
+        raise InputError(
+            f"unknown templates {templates!r}; use one of {', '.join(TEMPLATES)} "
+            f"or a format string containing {{}}"
+        )
     temps = tuple(templates)
     if not temps or not all("{}" in t for t in temps):
         raise InputError("every prompt template must contain {}")
@@ -146,9 +162,13 @@ def parse_labels(text: str | Sequence[str]) -> list[str]:
     return [str(p).strip() for p in text]
 
 
-def validate_labels(labels: Sequence[str], tokenizer: Callable | None = None,
-                    templates: str | Sequence[str] = "single", max_labels: int | None = None,
-                    context_length: int = 77) -> list[str]:
+def validate_labels(
+    labels: Sequence[str],
+    tokenizer: Callable | None = None,
+    templates: str | Sequence[str] = "single",
+    max_labels: int | None = None,
+    context_length: int = 77,
+) -> list[str]:
     """Check a label list; returns it, or raises LabelError naming the problem."""
     labels = list(labels)
     if len(labels) < 2:
@@ -160,30 +180,41 @@ def validate_labels(labels: Sequence[str], tokenizer: Callable | None = None,
         if not label.strip():
             raise LabelError(f"label {i + 1} is empty")
         if len(label) > MAX_LABEL_CHARS:
-            raise LabelError(f"label {i + 1} is {len(label)} characters long "
-                             f"(at most {MAX_LABEL_CHARS}): {label[:40]!r}...")
+            raise LabelError(
+                f"label {i + 1} is {len(label)} characters long "
+                f"(at most {MAX_LABEL_CHARS}): {label[:40]!r}..."
+            )
     seen: dict[str, int] = {}
     for label in labels:
         seen[label.lower()] = seen.get(label.lower(), 0) + 1
     dups = [l for l, n in seen.items() if n > 1]
     if dups:
-        raise LabelError(f"duplicate label{'s' if len(dups) > 1 else ''}: "
-                         f"{', '.join(repr(d) for d in dups)} (labels are compared "
-                         f"case-insensitively and must be unique; remove the repeats)")
+        raise LabelError(
+            f"duplicate label{'s' if len(dups) > 1 else ''}: "
+            f"{', '.join(repr(d) for d in dups)} (labels are compared "
+            f"case-insensitively and must be unique; remove the repeats)"
+        )
     if tokenizer is not None and hasattr(tokenizer, "encode"):
         longest = max(resolve_templates(templates), key=len)
         for label in labels:
             n = len(tokenizer.encode(longest.format(label))) + 2  # start + end tokens
             if n > context_length:
-                raise LabelError(f"label {label[:40]!r} is too long: {n} tokens with its prompt "
-                                 f"template, the text encoder takes at most {context_length}")
+                raise LabelError(
+                    f"label {label[:40]!r} is too long: {n} tokens with its prompt "
+                    f"template, the text encoder takes at most {context_length}"
+                )
     return labels
 
 
-def load_model(name: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETRAINED,
-               checkpoint: str | os.PathLike | None = None, device: str = "cpu",
-               seed: int = 0, cache_dir: str | os.PathLike | None = None,
-               precision: str = "fp32") -> ClipModel:
+def load_model(
+    name: str = DEFAULT_MODEL,
+    pretrained: str | None = DEFAULT_PRETRAINED,
+    checkpoint: str | os.PathLike | None = None,
+    device: str = "cpu",
+    seed: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+    precision: str = "fp32",
+) -> ClipModel:
     """Load an open_clip CLIP by name.
 
     pretrained: an open_clip tag (e.g. ``openai``), or None / ``"none"`` for random weights
@@ -202,30 +233,42 @@ def load_model(name: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETR
         raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if name not in open_clip.list_models():
         close = [m for m in open_clip.list_models() if name.lower().split("-")[0] in m.lower()][:8]
-        raise UnknownModelError(f"unknown open_clip model {name!r}" + (f"; similar: {', '.join(close)}" if close else ""))
+        raise UnknownModelError(
+            f"unknown open_clip model {name!r}"
+            + (f"; similar: {', '.join(close)}" if close else "")
+        )
     if isinstance(pretrained, str) and pretrained.lower() in ("none", "random", ""):
         pretrained = None
     torch.manual_seed(seed)
     if checkpoint is not None:
         model, _, preprocess = open_clip.create_model_and_transforms(
-            name, pretrained=None, device=device, precision=precision)
+            name, pretrained=None, device=device, precision=precision
+        )
         _load_checkpoint(model, Path(checkpoint))
         source: str | None = str(checkpoint)
     elif pretrained is None:
         model, _, preprocess = open_clip.create_model_and_transforms(
-            name, pretrained=None, device=device, precision=precision)
+            name, pretrained=None, device=device, precision=precision
+        )
         source = None
     else:
         if pretrained not in open_clip.list_pretrained_tags_by_model(name):
             tags = open_clip.list_pretrained_tags_by_model(name)
-            raise UnknownModelError(f"{name} has no pretrained tag {pretrained!r}; available: "
-                             f"{', '.join(tags) or 'none'}")
+            raise UnknownModelError(
+                f"{name} has no pretrained tag {pretrained!r}; available: "
+                f"{', '.join(tags) or 'none'}"
+            )
         model, preprocess = _load_pretrained(name, pretrained, device, cache_dir, precision)
         source = pretrained
     model.eval()
     check_supported(model)
-    return ClipModel(model, preprocess, load_tokenizer(name, random=source is None,
-                                                       cache_dir=cache_dir), name, source)
+    return ClipModel(
+        model,
+        preprocess,
+        load_tokenizer(name, random=source is None, cache_dir=cache_dir),
+        name,
+        source,
+    )
 
 
 class ByteTokenizer:
@@ -243,13 +286,15 @@ class ByteTokenizer:
         # ids 1..256 (0 is padding), folded into the vocabulary if it is smaller
         return [1 + (b % (self.vocab_size - 1)) for b in text.encode("utf-8")]
 
-    def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> torch.Tensor:
+    def __call__(
+        self, texts: str | Sequence[str], context_length: int | None = None
+    ) -> torch.Tensor:
         texts = [texts] if isinstance(texts, str) else list(texts)
         n = context_length or self.context_length
         out = torch.zeros((len(texts), n), dtype=torch.long)
         for i, prompt in enumerate(texts):
             ids = self.encode(prompt)[:n]
-            out[i, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+            out[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         return out
 
 
@@ -272,8 +317,10 @@ def load_tokenizer(name: str, random: bool = False, cache_dir: str | os.PathLike
     except ImportError:
         reason = f"{name}'s tokenizer {hf_name} needs the transformers package (pip install transformers)"
     if reason is None and not _tokenizer_cached(hf_name, cache_dir) and not _hub_reachable():
-        reason = (f"{name}'s tokenizer {hf_name} is not in the local cache and the Hugging Face "
-                  f"Hub cannot be reached (offline)")
+        reason = (
+            f"{name}'s tokenizer {hf_name} is not in the local cache and the Hugging Face "
+            f"Hub cannot be reached (offline)"
+        )
     if reason is None:
         try:
             return open_clip.get_tokenizer(name, cache_dir=str(cache_dir) if cache_dir else None)
@@ -281,15 +328,19 @@ def load_tokenizer(name: str, random: bool = False, cache_dir: str | os.PathLike
             first = str(exc).splitlines()[0][:200] if str(exc) else ""
             reason = f"could not load {name}'s tokenizer {hf_name}: {type(exc).__name__}: {first}"
     if random:
-        return ByteTokenizer(int(text_cfg.get("context_length", 77)),
-                             int(text_cfg.get("vocab_size", 49408)), reason)
-    raise WeightsUnavailableError(f"{reason}. Connect to the internet once (the tokenizer is "
-                                  f"cached like the weights), or use --pretrained none for random "
-                                  f"weights with a byte-level stand-in tokenizer.")
+        return ByteTokenizer(
+            int(text_cfg.get("context_length", 77)), int(text_cfg.get("vocab_size", 49408)), reason
+        )
+    raise WeightsUnavailableError(
+        f"{reason}. Connect to the internet once (the tokenizer is "
+        f"cached like the weights), or use --pretrained none for random "
+        f"weights with a byte-level stand-in tokenizer."
+    )
 
 
 def _tokenizer_cached(repo: str, cache_dir) -> bool:
     from huggingface_hub import try_to_load_from_cache
+
     for fname in ("tokenizer.json", "tokenizer_config.json"):
         path = try_to_load_from_cache(repo, fname, cache_dir=str(cache_dir) if cache_dir else None)
         if isinstance(path, str) and os.path.isfile(path):
@@ -300,11 +351,16 @@ def _tokenizer_cached(repo: str, cache_dir) -> bool:
 def _cached_weights(cfg: dict, cache_dir) -> str | None:
     """Path of already-downloaded weights for an open_clip pretrained config, if any."""
     from huggingface_hub import try_to_load_from_cache
+
     hub = cfg.get("hf_hub", "")
     if not hub:
         return None
-    repo, filename = os.path.split(hub.rstrip("/")) if not hub.endswith("/") else (hub.rstrip("/"), "")
-    names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+    repo, filename = (
+        os.path.split(hub.rstrip("/")) if not hub.endswith("/") else (hub.rstrip("/"), "")
+    )
+    names = (
+        [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+    )
     if filename.endswith(".bin"):
         names.insert(0, filename[:-4] + ".safetensors")
     for fname in names:
@@ -317,11 +373,13 @@ def _cached_weights(cfg: dict, cache_dir) -> str | None:
 def _hub_reachable(timeout: float = 3.0) -> bool:
     """Whether a download could start at all; avoids minutes of retries on offline machines."""
     from huggingface_hub import constants
+
     if constants.HF_HUB_OFFLINE:
         return False
     if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
         return True  # behind a proxy only the real request can tell
     from urllib.parse import urlparse
+
     host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
     try:
         socket.create_connection((host, 443), timeout=timeout).close()
@@ -333,27 +391,40 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 def _load_pretrained(name: str, tag: str, device: str, cache_dir, precision: str = "fp32"):
     cfg = open_clip.get_pretrained_cfg(name, tag)
     cached = _cached_weights(cfg, cache_dir)
-    kwargs = dict(image_mean=cfg.get("mean"), image_std=cfg.get("std"),
-                  image_interpolation=cfg.get("interpolation"),
-                  image_resize_mode=cfg.get("resize_mode"), device=device, precision=precision)
+    kwargs = dict(
+        image_mean=cfg.get("mean"),
+        image_std=cfg.get("std"),
+        image_interpolation=cfg.get("interpolation"),
+        image_resize_mode=cfg.get("resize_mode"),
+        device=device,
+        precision=precision,
+    )
     try:
         if cached:  # load the file directly: no network round trip, works offline
             model, _, preprocess = open_clip.create_model_and_transforms(
-                name, pretrained=cached, **kwargs)
+                name, pretrained=cached, **kwargs
+            )
         elif not _hub_reachable():
             raise WeightsUnavailableError(
                 f"pretrained weights {name}/{tag} are not in the local cache and the Hugging Face "
-                f"Hub cannot be reached (offline). {WEIGHTS_HELP}")
+                f"Hub cannot be reached (offline). {WEIGHTS_HELP}"
+            )
         else:
             model, _, preprocess = open_clip.create_model_and_transforms(
-                name, pretrained=tag, cache_dir=str(cache_dir) if cache_dir else None,
-                device=device, precision=precision)
+                name,
+                pretrained=tag,
+                cache_dir=str(cache_dir) if cache_dir else None,
+                device=device,
+                precision=precision,
+            )
     except WeightsUnavailableError:
         raise
     except Exception as exc:  # network errors, corrupt downloads, ...
         first = str(exc).splitlines()[0][:200] if str(exc) else ""
-        raise WeightsUnavailableError(f"could not load pretrained weights {name}/{tag}: "
-                                      f"{type(exc).__name__}: {first}. {WEIGHTS_HELP}") from exc
+        raise WeightsUnavailableError(
+            f"could not load pretrained weights {name}/{tag}: "
+            f"{type(exc).__name__}: {first}. {WEIGHTS_HELP}"
+        ) from exc
     return model, preprocess
 
 
@@ -363,13 +434,15 @@ def _load_checkpoint(model: torch.nn.Module, path: Path) -> None:
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
+
             state = load_file(str(path))
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
         raise WeightsUnavailableError(
             f"cannot read checkpoint {str(path)!r} ({type(exc).__name__}: {str(exc)[:200]}); it "
-            f"must be a .safetensors file or a PyTorch state dict saved with plain tensors") from exc
+            f"must be a .safetensors file or a PyTorch state dict saved with plain tensors"
+        ) from exc
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -378,27 +451,39 @@ def _load_checkpoint(model: torch.nn.Module, path: Path) -> None:
     mismatch = _state_mismatch(model.state_dict(), state)
     if mismatch:
         raise WeightsUnavailableError(
-            f"checkpoint {str(path)!r} does not fit this architecture: {mismatch}")
+            f"checkpoint {str(path)!r} does not fit this architecture: {mismatch}"
+        )
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise WeightsUnavailableError(
             f"checkpoint {str(path)!r} does not fit this architecture: "
-            f"{str(exc).splitlines()[0][:300]}") from exc
+            f"{str(exc).splitlines()[0][:300]}"
+        ) from exc
 
 
 def _state_mismatch(expected: dict, state: dict, show: int = 5) -> str:
     """Which keys of ``state`` do not fit ``expected`` (a model's state dict): missing keys,
     unexpected keys and shape mismatches, the first ``show`` of each named; '' if it fits."""
+
     def some(keys: list[str]) -> str:
         return ", ".join(keys[:show]) + (", ..." if len(keys) > show else "")
 
     missing = sorted(expected.keys() - state.keys())
     unexpected = sorted(state.keys() - expected.keys())
-    shapes = [f"{k} (checkpoint {tuple(getattr(state[k], 'shape', ()))}, model "
-              f"{tuple(expected[k].shape)})" for k in sorted(expected.keys() & state.keys())
-              if tuple(getattr(state[k], "shape", ())) != tuple(expected[k].shape)]
-    parts = [f"{len(keys)} {what}: {some(keys)}" for what, keys in
-             (("missing key(s)", missing), ("unexpected key(s)", unexpected),
-              ("shape mismatch(es)", shapes)) if keys]
+    shapes = [
+        f"{k} (checkpoint {tuple(getattr(state[k], 'shape', ()))}, model "
+        f"{tuple(expected[k].shape)})"
+        for k in sorted(expected.keys() & state.keys())
+        if tuple(getattr(state[k], "shape", ())) != tuple(expected[k].shape)
+    ]
+    parts = [
+        f"{len(keys)} {what}: {some(keys)}"
+        for what, keys in (
+            ("missing key(s)", missing),
+            ("unexpected key(s)", unexpected),
+            ("shape mismatch(es)", shapes),
+        )
+        if keys
+    ]
     return "; ".join(parts)

@@ -5,6 +5,7 @@ text (colours read from :mod:`tca.render`, their one home).
 
 ``app.py`` only lays the page out and wires events to these functions.
 """
+
 from __future__ import annotations
 
 import html
@@ -23,8 +24,10 @@ from .trace import FATE_NAMES, KEPT, MERGED, PRUNED, Trace
 
 MAP_ZOOM = 2  # the big token map is shown at twice the model's resolution
 SHIFT_ROWS = 10  # labels listed in the probability-shift table
-VIEW_CHOICES = [("fates (kept / merged groups / pruned)", "fates"),
-                ("what the model sees (mean colour per token)", "model")]
+VIEW_CHOICES = [
+    ("fates (kept / merged groups / pruned)", "fates"),
+    ("what the model sees (mean colour per token)", "model"),
+]
 CONDENSING_MARK = "\u2702"  # scissors, on condensing blocks in captions
 
 
@@ -38,18 +41,25 @@ def _rgb(c) -> str:
 
 # ------------------------------------------------------------------------------ colours / text
 
+
 def swatch_html(code: int) -> str:
     """The legend swatch of one fate, drawn as on the map (same colours, from render.FATES)."""
     style = render.FATES[code]
-    base = ("display:inline-block;width:16px;height:16px;border-radius:3px;"
-            "vertical-align:-3px;margin:0 5px 0 10px;")
+    base = (
+        "display:inline-block;width:16px;height:16px;border-radius:3px;"
+        "vertical-align:-3px;margin:0 5px 0 10px;"
+    )
     if code == MERGED:
-        stops = ", ".join(f"{_rgb(c)} {i * 100 // 3}% {(i + 1) * 100 // 3}%"
-                          for i, c in enumerate(render.GROUP_COLORS[:3]))
+        stops = ", ".join(
+            f"{_rgb(c)} {i * 100 // 3}% {(i + 1) * 100 // 3}%"
+            for i, c in enumerate(render.GROUP_COLORS[:3])
+        )
         fill = f"background:linear-gradient(90deg, {stops});border:2px solid {_rgb(style.edge)}"
     elif code == PRUNED:
-        fill = (f"background:repeating-linear-gradient(45deg, {_rgb(render.PRUNED_HATCH)} 0 2px,"
-                f" {_rgb(style.swatch)} 2px 6px);border:2px solid {_rgb(style.swatch)}")
+        fill = (
+            f"background:repeating-linear-gradient(45deg, {_rgb(render.PRUNED_HATCH)} 0 2px,"
+            f" {_rgb(style.swatch)} 2px 6px);border:2px solid {_rgb(style.swatch)}"
+        )
     else:
         fill = f"background:{_rgb(style.swatch)};border:2px solid {_rgb(style.edge)}"
     return f'<span class="sw" data-fate="{style.name}" style="{base}{fill}"></span>'
@@ -57,16 +67,20 @@ def swatch_html(code: int) -> str:
 
 def legend_html() -> str:
     """The map legend: one swatch per fate, colours and words from :data:`render.FATES`."""
-    items = "".join(f"{swatch_html(code)}<b>{_escape(s.name)}</b> ({_escape(s.meaning)}) "
-                    for code, s in render.FATES.items())
+    items = "".join(
+        f"{swatch_html(code)}<b>{_escape(s.name)}</b> ({_escape(s.meaning)}) "
+        for code, s in render.FATES.items()
+    )
     return f'<div class="tca-legend">{items}</div>'
 
 
 def legend_colors() -> dict[str, list[tuple[int, int, int]]]:
     """The colours the legend shows, per fate name (what tests compare with the maps)."""
-    return {render.FATES[KEPT].name: [render.FATES[KEPT].swatch],
-            render.FATES[MERGED].name: list(render.GROUP_COLORS),
-            render.FATES[PRUNED].name: [render.PRUNED_HATCH]}
+    return {
+        render.FATES[KEPT].name: [render.FATES[KEPT].swatch],
+        render.FATES[MERGED].name: list(render.GROUP_COLORS),
+        render.FATES[PRUNED].name: [render.PRUNED_HATCH],
+    }
 
 
 def how_it_works_md() -> str:
@@ -149,17 +163,23 @@ def banner_html(loaded: LoadedModel | None, model: str, loading: bool = False) -
     """The weights line: one short sentence for visitors; operator help behind a toggle."""
     if loaded is None:
         what = "is loading" if loading else "loads on the next Run"
-        return (f'<div class="tca-banner tca-wait">Model <b>{_escape(model)}</b> {what}; '
-                f"whether its weights are real or random shows here.</div>")
+        return (
+            f'<div class="tca-banner tca-wait">Model <b>{_escape(model)}</b> {what}; '
+            f"whether its weights are real or random shows here.</div>"
+        )
     if loaded.is_random:
         why = loaded.note or "random weights were asked for (TCA_PRETRAINED=none)."
         help_ = "" if WEIGHTS_HELP in why else f" {_escape(WEIGHTS_HELP)}"
-        return ('<div class="tca-banner tca-random" role="alert"><b>RANDOM WEIGHTS</b>: '
-                "predictions are meaningless; maps, token counts and FLOPs are exact. "
-                "<details><summary>For the operator: why, and how to load real weights"
-                f"</summary>Model {_escape(loaded.name)}. {_escape(why)}{help_}</details></div>")
-    return (f'<div class="tca-banner tca-ok">Weights: <b>{_escape(loaded.name)}</b> / '
-            f"{_escape(loaded.requested)}</div>")
+        return (
+            '<div class="tca-banner tca-random" role="alert"><b>RANDOM WEIGHTS</b>: '
+            "predictions are meaningless; maps, token counts and FLOPs are exact. "
+            "<details><summary>For the operator: why, and how to load real weights"
+            f"</summary>Model {_escape(loaded.name)}. {_escape(why)}{help_}</details></div>"
+        )
+    return (
+        f'<div class="tca-banner tca-ok">Weights: <b>{_escape(loaded.name)}</b> / '
+        f"{_escape(loaded.requested)}</div>"
+    )
 
 
 def _pp(d: float) -> str:
@@ -176,14 +196,21 @@ def shift_html(result: RunResult, limit: int = SHIFT_ROWS) -> str:
     for i in order:
         d = final.probs[i] - result.baseline.probs[i]
         cls = "tca-up" if round(100 * d, 1) > 0 else "tca-down" if round(100 * d, 1) < 0 else ""
-        rows.append(f"<tr><td class='lab'>{_escape(result.labels[i])}</td>"
-                    f"<td>{result.baseline.probs[i]:.1%}</td>"
-                    f"<td>{final.probs[i]:.1%}</td><td class='{cls}'>{_pp(d)}</td></tr>")
-    more = (f"<br><small>{len(result.labels) - limit} more labels in the JSON.</small>"
-            if len(result.labels) > limit else "")
-    return (f"<div class='tca-shift'><b>Probability shift</b> ({name} &minus; baseline)"
-            f"<div class='tca-scroll'><table class='tca-table'><tr><th>label</th><th>baseline</th><th>{name}</th>"
-            f"<th>shift</th></tr>{''.join(rows)}</table></div>{more}</div>")
+        rows.append(
+            f"<tr><td class='lab'>{_escape(result.labels[i])}</td>"
+            f"<td>{result.baseline.probs[i]:.1%}</td>"
+            f"<td>{final.probs[i]:.1%}</td><td class='{cls}'>{_pp(d)}</td></tr>"
+        )
+    more = (
+        f"<br><small>{len(result.labels) - limit} more labels in the JSON.</small>"
+        if len(result.labels) > limit
+        else ""
+    )
+    return (
+        f"<div class='tca-shift'><b>Probability shift</b> ({name} &minus; baseline)"
+        f"<div class='tca-scroll'><table class='tca-table'><tr><th>label</th><th>baseline</th><th>{name}</th>"
+        f"<th>shift</th></tr>{''.join(rows)}</table></div>{more}</div>"
+    )
 
 
 def cost_html(result: RunResult) -> str:
@@ -206,7 +233,8 @@ def cost_html(result: RunResult) -> str:
         f"<small>GMACs are counted from the token counts ({_escape(CONVENTION)}). Wall-clock is "
         "one measurement on a shared CPU at batch 1, where the condensed pass also records the "
         f"trace; it gains less time than FLOPs.{warm} Text encoding: "
-        f"{t.get('text_ms', 0):.0f} ms (cached per label set).</small></div>")
+        f"{t.get('text_ms', 0):.0f} ms (cached per label set).</small></div>"
+    )
 
 
 def layer_info(state: RunState, layer: int, overlay: bool = False) -> str:
@@ -214,38 +242,56 @@ def layer_info(state: RunState, layer: int, overlay: bool = False) -> str:
     counts = trace.fate_counts(layer)
     groups = len(trace.groups(layer))
     cond = f" {CONDENSING_MARK} (a condensing block)" if layer in trace.condensing_layers else ""
-    text = (f"**After block {layer}{cond}: {trace.tokens_per_layer[layer]} tokens.** "
-            f"Patches: {counts['kept']} kept, {counts['merged']} merged in {groups} group(s), "
-            f"{counts['pruned']} pruned.")
+    text = (
+        f"**After block {layer}{cond}: {trace.tokens_per_layer[layer]} tokens.** "
+        f"Patches: {counts['kept']} kept, {counts['merged']} merged in {groups} group(s), "
+        f"{counts['pruned']} pruned."
+    )
     if overlay:
         src = render.attention_layer(trace, layer)
-        text += (f" Overlay: CLS attention at block {src}." if src is not None else
-                 " Overlay: no CLS attention recorded at or before this block"
-                 f"{' (ToMe does not use it)' if state.result.config.method == 'tome' else ''}.")
+        text += (
+            f" Overlay: CLS attention at block {src}."
+            if src is not None
+            else " Overlay: no CLS attention recorded at or before this block"
+            f"{' (ToMe does not use it)' if state.result.config.method == 'tome' else ''}."
+        )
     return text
 
 
-def stream_html(state: RunState | None, stream: StreamState | None, enabled: bool,
-                method: str = "tca") -> str:
+def stream_html(
+    state: RunState | None, stream: StreamState | None, enabled: bool, method: str = "tca"
+) -> str:
     if not enabled:
         notice = f"{_escape(stream.notice)} " if stream is not None and stream.notice else ""
-        return (f"{notice}Stream mode is off. Turn it on (method TCA) and run several images "
-                "with the same labels: each one is filed in this session's reservoir.")
+        return (
+            f"{notice}Stream mode is off. Turn it on (method TCA) and run several images "
+            "with the same labels: each one is filed in this session's reservoir."
+        )
     if method != "tca":
-        return (f"<b>Stream mode applies to TCA only</b>: this run "
-                f"({explore.METHOD_NAMES.get(method, method)}) neither used nor fed the "
-                "reservoir. " + stream_html(None, stream, True))
-    summ = (state.stream if state is not None and state.stream is not None
-            else stream.summary() if stream is not None else None)
+        return (
+            f"<b>Stream mode applies to TCA only</b>: this run "
+            f"({explore.METHOD_NAMES.get(method, method)}) neither used nor fed the "
+            "reservoir. " + stream_html(None, stream, True)
+        )
+    summ = (
+        state.stream
+        if state is not None and state.stream is not None
+        else stream.summary()
+        if stream is not None
+        else None
+    )
     if summ is None:
         notice = f"{_escape(stream.notice)} " if stream is not None and stream.notice else ""
         return f"{notice}Stream mode is on: the next Run with TCA starts this session's reservoir."
     notice = stream.notice if stream is not None and stream.notice else ""
     need = summ["min_per_class"]
     ready = sum(len(b) >= need for b in summ["buckets"].values())
-    status = ("<b class='tca-up'>ANCHORS ACTIVE</b>" if summ["active"] else
-              f"<b>anchors inactive</b>: every label needs {need} images in its bucket "
-              f"({ready} of {len(summ['buckets'])} ready)")
+    status = (
+        "<b class='tca-up'>ANCHORS ACTIVE</b>"
+        if summ["active"]
+        else f"<b>anchors inactive</b>: every label needs {need} images in its bucket "
+        f"({ready} of {len(summ['buckets'])} ready)"
+    )
     rows = []
     for label, entries in summ["buckets"].items():
         dots = "&#9679;" * len(entries) + "&#9675;" * max(0, summ["size"] - len(entries))
@@ -256,16 +302,23 @@ def stream_html(state: RunState | None, stream: StreamState | None, enabled: boo
         r, corrected = state.result, state.result.corrected
         diffs = [(l, r.condensed.probs[i], corrected.probs[i]) for i, l in enumerate(r.labels)]
         diffs.sort(key=lambda x: -abs(x[2] - x[1]))
-        effect = "<br><b>Logits correction on this image</b><table class='tca-table'>" + \
-            "<tr><th>label</th><th>condensed</th><th>corrected</th></tr>" + "".join(
+        effect = (
+            "<br><b>Logits correction on this image</b><table class='tca-table'>"
+            + "<tr><th>label</th><th>condensed</th><th>corrected</th></tr>"
+            + "".join(
                 f"<tr><td>{_escape(l)}</td><td>{a:.1%}</td><td>{b:.1%}</td></tr>"
-                for l, a, b in diffs[:8]) + "</table>"
+                for l, a, b in diffs[:8]
+            )
+            + "</table>"
+        )
         if not state.result.anchors_used:
             effect += "<small>No anchors were used for the condensation of this image yet.</small>"
-    return (f"{_escape(notice)} {status}. Images seen: {summ['images_seen']}."
-            f"<div class='tca-scroll'><table class='tca-table'><tr><th>label</th>"
-            f"<th>bucket (of {summ['size']})</th><th>entropy of entries</th></tr>"
-            f"{''.join(rows)}</table></div>{effect}")
+    return (
+        f"{_escape(notice)} {status}. Images seen: {summ['images_seen']}."
+        f"<div class='tca-scroll'><table class='tca-table'><tr><th>label</th>"
+        f"<th>bucket (of {summ['size']})</th><th>entropy of entries</th></tr>"
+        f"{''.join(rows)}</table></div>{effect}"
+    )
 
 
 def stale_html(state: RunState | None, signature: tuple | None) -> str:
@@ -274,8 +327,10 @@ def stale_html(state: RunState | None, signature: tuple | None) -> str:
         return ""
     if tuple(signature) == tuple(state.signature):
         return ""
-    return ("<div class='tca-stale' role='status'><b>Outdated:</b> the image or a setting "
-            "changed since these results were computed. Press <b>Run</b> to update them.</div>")
+    return (
+        "<div class='tca-stale' role='status'><b>Outdated:</b> the image or a setting "
+        "changed since these results were computed. Press <b>Run</b> to update them.</div>"
+    )
 
 
 def condensed_title(result: RunResult) -> str:
@@ -287,6 +342,7 @@ def condensed_title(result: RunResult) -> str:
 
 
 # ------------------------------------------------------------------------------- maps and strip
+
 
 @dataclass(frozen=True)
 class Display:
@@ -309,8 +365,15 @@ class Display:
 def map_image(state: RunState, d: Display, zoom: int = MAP_ZOOM) -> np.ndarray:
     """The big map: (zoom*S, zoom*S, 3) uint8."""
     d = d.clamped(state.trace)
-    out = render.fate_map(state.view, state.trace, d.layer, attention=d.overlay,
-                          opacity=d.opacity, view=d.view, follow=d.patch)
+    out = render.fate_map(
+        state.view,
+        state.trace,
+        d.layer,
+        attention=d.overlay,
+        opacity=d.opacity,
+        view=d.view,
+        follow=d.patch,
+    )
     return render.upscale(out, zoom)
 
 
@@ -326,8 +389,10 @@ def patch_at(state: RunState, x: float, y: float, zoom: int = MAP_ZOOM) -> int |
 
 def strip_captions(trace: Trace) -> list[str]:
     """Gallery captions: "3 ✂ · 141" (block, ✂ on condensing blocks, tokens after it)."""
-    return [f"{l}{' ' + CONDENSING_MARK if l in trace.condensing_layers else ''} \u00b7 {n}"
-            for l, n in enumerate(trace.tokens_per_layer)]
+    return [
+        f"{l}{' ' + CONDENSING_MARK if l in trace.condensing_layers else ''} \u00b7 {n}"
+        for l, n in enumerate(trace.tokens_per_layer)
+    ]
 
 
 def strip_items(state: RunState, view: str = "fates") -> list[tuple[np.ndarray, str]]:
@@ -339,9 +404,11 @@ def strip_items(state: RunState, view: str = "fates") -> list[tuple[np.ndarray, 
 def settings_line(state: RunState) -> str:
     r = state.result
     img = f"{state.image_name}, " if state.image_name else ""
-    return (f"{img}{state.model}, {r.config.describe()}, {state.templates} prompts; "
-            f"{r.flops_baseline.gmacs:.2f} -> {r.flops_condensed.gmacs:.2f} GMACs "
-            f"({r.saved_percent:.1f}% saved); * = condensing block")
+    return (
+        f"{img}{state.model}, {r.config.describe()}, {state.templates} prompts; "
+        f"{r.flops_baseline.gmacs:.2f} -> {r.flops_condensed.gmacs:.2f} GMACs "
+        f"({r.saved_percent:.1f}% saved); * = condensing block"
+    )
 
 
 def strip_png(state: RunState, view: str = "fates") -> Image.Image:
@@ -350,8 +417,12 @@ def strip_png(state: RunState, view: str = "fates") -> Image.Image:
     trace = state.trace
     maps = render.all_layer_maps(state.view, trace, view=view)
     caps = render.layer_captions(trace)
-    img, _ = render.layer_strip(maps, caps, title=settings_line(state),
-                                marked=[l in trace.condensing_layers for l in range(trace.depth)])
+    img, _ = render.layer_strip(
+        maps,
+        caps,
+        title=settings_line(state),
+        marked=[l in trace.condensing_layers for l in range(trace.depth)],
+    )
     return img
 
 
@@ -363,24 +434,31 @@ def depth_frames(state: RunState, d: Display) -> list[Image.Image]:
     means = render.patch_means(state.view, trace.grid)
     for l in range(trace.depth):
         m = render.fate_map(state.view, trace, l, means=means, view=d.view, follow=d.patch)
-        cap = (f"block {l}{'*' if l in trace.condensing_layers else ''}: "
-               f"{trace.tokens_per_layer[l]} tokens")
-        img, _ = render.grid([[render.upscale(m, 2)]], [[cap]], font_size=18,
-                             marked=[[l in trace.condensing_layers]])
+        cap = (
+            f"block {l}{'*' if l in trace.condensing_layers else ''}: "
+            f"{trace.tokens_per_layer[l]} tokens"
+        )
+        img, _ = render.grid(
+            [[render.upscale(m, 2)]], [[cap]], font_size=18, marked=[[l in trace.condensing_layers]]
+        )
         frames.append(img)
     return frames
 
 
 def chart_image(state: RunState, layer: int) -> np.ndarray:
     r, trace = state.result, state.trace
-    return render.tokens_chart_image(r.baseline_tokens, r.tokens_per_layer,
-                                     trace.condensing_layers,
-                                     label=r.config.describe().split(",")[0],
-                                     title="Tokens per block: baseline vs condensed",
-                                     current=int(layer))
+    return render.tokens_chart_image(
+        r.baseline_tokens,
+        r.tokens_per_layer,
+        trace.condensing_layers,
+        label=r.config.describe().split(",")[0],
+        title="Tokens per block: baseline vs condensed",
+        current=int(layer),
+    )
 
 
 # ------------------------------------------------------------------------------ follow a patch
+
 
 @dataclass(frozen=True)
 class FollowStep:
@@ -415,8 +493,9 @@ def follow_patch(trace: Trace, patch: int, image: int = 0) -> list[FollowStep]:
         arank = ranked = None
         if l in trace.cls_attention:
             att = trace.cls_attention[l][image].numpy().astype(np.float64)
-            prev = (trace.token_index[image, l - 1].numpy() if l > 0
-                    else np.arange(1, rows * cols + 1))
+            prev = (
+                trace.token_index[image, l - 1].numpy() if l > 0 else np.arange(1, rows * cols + 1)
+            )
             _, first = np.unique(prev, return_index=True)  # one value per entering token
             vals = att[first]
             vals = vals[np.isfinite(vals)]
@@ -429,7 +508,7 @@ def follow_patch(trace: Trace, patch: int, image: int = 0) -> list[FollowStep]:
 
 def follow_html(state: RunState, patch: int | None, layer: int | None = None) -> str:
     if patch is None:
-        return ("<i>Click a patch on the map to follow it through every block.</i>")
+        return "<i>Click a patch on the map to follow it through every block.</i>"
     trace = state.trace
     r, c = divmod(patch, trace.grid[1])
     steps = follow_patch(trace, patch)
@@ -438,28 +517,36 @@ def follow_html(state: RunState, patch: int | None, layer: int | None = None) ->
         cond = f" {CONDENSING_MARK}" if s.layer in trace.condensing_layers else ""
         if s.fate == "merged" and s.group_rank is not None:
             colour = render.group_palette(s.group_rank + 1)[s.group_rank]
-            what = (f"<span class='sw' style='display:inline-block;width:12px;height:12px;"
-                    f"background:{_rgb(colour)};border:1px solid #222;vertical-align:-1px'></span>"
-                    f" merged into group {s.group_rank + 1} with {s.group_size - 1} other "
-                    f"patch{'es' if s.group_size != 2 else ''}")
+            what = (
+                f"<span class='sw' style='display:inline-block;width:12px;height:12px;"
+                f"background:{_rgb(colour)};border:1px solid #222;vertical-align:-1px'></span>"
+                f" merged into group {s.group_rank + 1} with {s.group_size - 1} other "
+                f"patch{'es' if s.group_size != 2 else ''}"
+            )
         elif s.fate == "pruned":
             what = f"fused into the pruned token ({s.group_size} patches share it)"
         else:
             what = "kept as itself"
-        rank = (f"{s.attention_rank} of {s.ranked_tokens}" if s.attention_rank is not None
-                else "")
+        rank = f"{s.attention_rank} of {s.ranked_tokens}" if s.attention_rank is not None else ""
         here = " class='here'" if layer is not None and s.layer == layer else ""
         lines.append(f"<tr{here}><td>block {s.layer}{cond}</td><td>{what}</td><td>{rank}</td></tr>")
     now = steps[min(max(0, layer if layer is not None else trace.depth - 1), trace.depth - 1)]
-    lit = (f"{now.group_size - 1} other patch{'es' if now.group_size != 2 else ''} of its token "
-           "lit on the map" if now.group_size > 1 else "no other patch shares its token")
-    return (f"<div class='tca-follow'><b>Following patch (row {r}, column {c})</b>, framed in "
-            f"magenta; after block {now.layer}: {lit}."
-            "<div class='tca-scroll'><table class='tca-table'><tr><th>after</th><th>where it is</th>"
-            f"<th>CLS-attention rank</th></tr>{''.join(lines)}</table></div></div>")
+    lit = (
+        f"{now.group_size - 1} other patch{'es' if now.group_size != 2 else ''} of its token "
+        "lit on the map"
+        if now.group_size > 1
+        else "no other patch shares its token"
+    )
+    return (
+        f"<div class='tca-follow'><b>Following patch (row {r}, column {c})</b>, framed in "
+        f"magenta; after block {now.layer}: {lit}."
+        "<div class='tca-scroll'><table class='tca-table'><tr><th>after</th><th>where it is</th>"
+        f"<th>CLS-attention rank</th></tr>{''.join(lines)}</table></div></div>"
+    )
 
 
 # ------------------------------------------------------------------------------ the whole page
+
 
 @dataclass
 class RunView:
@@ -486,25 +573,37 @@ def run_view(state: RunState, d: Display) -> RunView:
     r, trace = state.result, state.trace
     d = d.clamped(trace)
     return RunView(
-        baseline=r.baseline.as_dict(), baseline_title="Baseline CLIP (all tokens)",
-        condensed=r.condensed.as_dict(), condensed_title=condensed_title(r),
-        shift=shift_html(r), map=map_image(state, d), layer=d.layer, depth=trace.depth,
-        info=layer_info(state, d.layer, d.overlay), chart=chart_image(state, d.layer),
-        cost=cost_html(r), strip=strip_items(state, d.view),
+        baseline=r.baseline.as_dict(),
+        baseline_title="Baseline CLIP (all tokens)",
+        condensed=r.condensed.as_dict(),
+        condensed_title=condensed_title(r),
+        shift=shift_html(r),
+        map=map_image(state, d),
+        layer=d.layer,
+        depth=trace.depth,
+        info=layer_info(state, d.layer, d.overlay),
+        chart=chart_image(state, d.layer),
+        cost=cost_html(r),
+        strip=strip_items(state, d.view),
         follow=follow_html(state, d.patch, d.layer),
-        corrected=r.corrected.as_dict() if r.corrected is not None else None)
+        corrected=r.corrected.as_dict() if r.corrected is not None else None,
+    )
 
 
 def exports(state: RunState, d: Display, out: ExportDir) -> dict[str, str]:
     """Write the downloads of one Run: strip PNG, depth GIF, JSON. Returns kind -> path."""
     stem = (state.image_name or "image").rsplit(".", 1)[0]
-    return {"png": str(out.write_png(strip_png(state, d.clamped(state.trace).view),
-                                     f"tca-{stem}-blocks")),
-            "gif": str(out.write_gif(depth_frames(state, d), f"tca-{stem}-depth")),
-            "json": str(out.write_json(explore.export_dict(state), f"tca-{stem}-run"))}
+    return {
+        "png": str(
+            out.write_png(strip_png(state, d.clamped(state.trace).view), f"tca-{stem}-blocks")
+        ),
+        "gif": str(out.write_gif(depth_frames(state, d), f"tca-{stem}-depth")),
+        "json": str(out.write_json(explore.export_dict(state), f"tca-{stem}-run")),
+    }
 
 
 # ------------------------------------------------------------------------------ compare / sweep
+
 
 def compare_picture(cmp: Comparison) -> Image.Image:
     first = next(iter(cmp.results.values()))
@@ -518,10 +617,13 @@ def compare_picture(cmp: Comparison) -> Image.Image:
         means = render.patch_means(cmp.view, t.grid)
         tiles.append([render.fate_map(cmp.view, t, l, means=means) for l in cols])
     picture, _ = render.grid(
-        tiles, captions=[[f"{r.tokens_per_layer[l]} tokens" for l in cols]
-                         for r in cmp.results.values()],
+        tiles,
+        captions=[[f"{r.tokens_per_layer[l]} tokens" for l in cols] for r in cmp.results.values()],
         row_labels=[explore.METHOD_NAMES[m] for m in cmp.results],
-        col_labels=[f"after block {l}" for l in cols], legend=True, font_size=15)
+        col_labels=[f"after block {l}" for l in cols],
+        legend=True,
+        font_size=15,
+    )
     return picture
 
 
@@ -529,25 +631,35 @@ def compare_html(cmp: Comparison) -> str:
     rows = []
     for method, r in cmp.results.items():
         top, p = r.condensed.top(1)[0]
-        rows.append(f"<tr><td><b>{explore.METHOD_NAMES[method]}</b></td>"
-                    f"<td>{r.flops_condensed.gmacs:.2f}</td><td>{r.saved_percent:.1f}%</td>"
-                    f"<td>{r.tokens_per_layer[-1]}</td><td>{_escape(top)} ({p:.1%})</td>"
-                    f"<td>{r.timings_ms['condensed_ms']:.0f}</td></tr>")
+        rows.append(
+            f"<tr><td><b>{explore.METHOD_NAMES[method]}</b></td>"
+            f"<td>{r.flops_condensed.gmacs:.2f}</td><td>{r.saved_percent:.1f}%</td>"
+            f"<td>{r.tokens_per_layer[-1]}</td><td>{_escape(top)} ({p:.1%})</td>"
+            f"<td>{r.timings_ms['condensed_ms']:.0f}</td></tr>"
+        )
     base = next(iter(cmp.results.values()))
-    return (f"<div class='tca-scroll'><table class='tca-table'><tr><th>method</th><th>GMACs</th>"
-            f"<th>saved</th><th>final tokens</th><th>top-1</th><th>ms</th></tr>"
-            f"<tr><td>baseline CLIP</td><td>{base.flops_baseline.gmacs:.2f}</td><td>-</td>"
-            f"<td>{base.baseline_tokens[-1]}</td><td>{_escape(cmp.baseline.top(1)[0][0])} "
-            f"({cmp.baseline.top(1)[0][1]:.1%})</td><td>{base.timings_ms.get('baseline_ms', 0):.0f}"
-            f"</td></tr>{''.join(rows)}</table></div><small>Same keep rate R = {cmp.keep_rate:g} "
-            f"and condensing blocks for all three; {_escape(CONVENTION)}.</small>")
+    return (
+        f"<div class='tca-scroll'><table class='tca-table'><tr><th>method</th><th>GMACs</th>"
+        f"<th>saved</th><th>final tokens</th><th>top-1</th><th>ms</th></tr>"
+        f"<tr><td>baseline CLIP</td><td>{base.flops_baseline.gmacs:.2f}</td><td>-</td>"
+        f"<td>{base.baseline_tokens[-1]}</td><td>{_escape(cmp.baseline.top(1)[0][0])} "
+        f"({cmp.baseline.top(1)[0][1]:.1%})</td><td>{base.timings_ms.get('baseline_ms', 0):.0f}"
+        f"</td></tr>{''.join(rows)}</table></div><small>Same keep rate R = {cmp.keep_rate:g} "
+        f"and condensing blocks for all three; {_escape(CONVENTION)}.</small>"
+    )
 
 
 def sweep_image(sw: Sweep) -> np.ndarray:
-    series = {explore.METHOD_NAMES[m]: {
-        "gmacs": [p.gmacs for p in pts], "keep_rate": [p.keep_rate for p in pts],
-        "top1": [p.top1_prob for p in pts], "base_label": [p.base_label_prob for p in pts],
-        "kl": [p.kl for p in pts]} for m, pts in sw.points.items()}
+    series = {
+        explore.METHOD_NAMES[m]: {
+            "gmacs": [p.gmacs for p in pts],
+            "keep_rate": [p.keep_rate for p in pts],
+            "top1": [p.top1_prob for p in pts],
+            "base_label": [p.base_label_prob for p in pts],
+            "kl": [p.kl for p in pts],
+        }
+        for m, pts in sw.points.items()
+    }
     return render.figure_to_array(render.sweep_chart(sw.gmacs_baseline, series))
 
 
@@ -555,22 +667,54 @@ def sweep_html(sw: Sweep) -> str:
     rows = []
     for m, pts in sw.points.items():
         for p in pts:
-            rows.append(f"<tr><td>{explore.METHOD_NAMES[m]}</td><td>{p.keep_rate:g}</td>"
-                        f"<td>{p.gmacs:.2f}</td><td>{p.final_tokens}</td>"
-                        f"<td>{_escape(p.top1)} ({p.top1_prob:.1%})</td>"
-                        f"<td>{p.base_label_prob:.1%}</td><td>{p.kl:.3f}</td></tr>")
+            rows.append(
+                f"<tr><td>{explore.METHOD_NAMES[m]}</td><td>{p.keep_rate:g}</td>"
+                f"<td>{p.gmacs:.2f}</td><td>{p.final_tokens}</td>"
+                f"<td>{_escape(p.top1)} ({p.top1_prob:.1%})</td>"
+                f"<td>{p.base_label_prob:.1%}</td><td>{p.kl:.3f}</td></tr>"
+            )
     base = "1 baseline + " if sw.baseline_pass else "the Run's baseline + "
-    return (f"<div class='tca-scroll'><table class='tca-table'><tr><th>method</th><th>R</th>"
-            f"<th>GMACs</th><th>final tokens</th><th>top-1</th>"
-            f"<th>p({_escape(sw.base_label)})</th><th>KL</th></tr>{''.join(rows)}</table></div>"
-            f"<small>Baseline: {_escape(sw.base_label)} ({sw.baseline.top(1)[0][1]:.1%}) at "
-            f"{sw.gmacs_baseline:.2f} GMACs. One job: {base}{sw.passes} condensed passes "
-            f"(R = 1 is the baseline) in {sw.elapsed_ms / 1e3:.1f} s.</small>")
+    return (
+        f"<div class='tca-scroll'><table class='tca-table'><tr><th>method</th><th>R</th>"
+        f"<th>GMACs</th><th>final tokens</th><th>top-1</th>"
+        f"<th>p({_escape(sw.base_label)})</th><th>KL</th></tr>{''.join(rows)}</table></div>"
+        f"<small>Baseline: {_escape(sw.base_label)} ({sw.baseline.top(1)[0][1]:.1%}) at "
+        f"{sw.gmacs_baseline:.2f} GMACs. One job: {base}{sw.passes} condensed passes "
+        f"(R = 1 is the baseline) in {sw.elapsed_ms / 1e3:.1f} s.</small>"
+    )
 
 
-__all__ = ["MAP_ZOOM", "VIEW_CHOICES", "Display", "RunView", "run_view", "exports", "map_image",
-           "patch_at", "strip_items", "strip_captions", "strip_png", "depth_frames",
-           "chart_image", "FollowStep", "follow_patch", "follow_html", "legend_html",
-           "legend_colors", "swatch_html", "how_it_works_md", "banner_html", "shift_html",
-           "cost_html", "layer_info", "stream_html", "stale_html", "condensed_title",
-           "compare_picture", "compare_html", "sweep_image", "sweep_html", "settings_line"]
+__all__ = [
+    "MAP_ZOOM",
+    "VIEW_CHOICES",
+    "Display",
+    "RunView",
+    "run_view",
+    "exports",
+    "map_image",
+    "patch_at",
+    "strip_items",
+    "strip_captions",
+    "strip_png",
+    "depth_frames",
+    "chart_image",
+    "FollowStep",
+    "follow_patch",
+    "follow_html",
+    "legend_html",
+    "legend_colors",
+    "swatch_html",
+    "how_it_works_md",
+    "banner_html",
+    "shift_html",
+    "cost_html",
+    "layer_info",
+    "stream_html",
+    "stale_html",
+    "condensed_title",
+    "compare_picture",
+    "compare_html",
+    "sweep_image",
+    "sweep_html",
+    "settings_line",
+]

@@ -16,6 +16,7 @@ Only condensing blocks (and, once ToMe has merged, blocks needing proportional a
 ATS has left images of one batch with different token counts, blocks masking the padding) take
 the explicit path; every other block runs the tower's own fused forward unchanged.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -95,8 +96,10 @@ class Forward:
 
     def tokens_per_image(self, batch: int) -> list[list[int]]:
         """(B, L) token counts: the padded width wherever every image has the same count."""
-        rows = [self.image_counts[i].tolist() if i in self.image_counts else [n] * batch
-                for i, n in enumerate(self.tokens_per_layer)]
+        rows = [
+            self.image_counts[i].tolist() if i in self.image_counts else [n] * batch
+            for i, n in enumerate(self.tokens_per_layer)
+        ]
         return [list(r) for r in zip(*rows)] if rows else [[] for _ in range(batch)]
 
 
@@ -135,7 +138,9 @@ def is_patched(model: torch.nn.Module) -> bool:
     return hasattr(getattr(model, "visual", model), "_tca")
 
 
-def patch(model: torch.nn.Module, config: CondenseConfig | None = None, **settings) -> torch.nn.Module:
+def patch(
+    model: torch.nn.Module, config: CondenseConfig | None = None, **settings
+) -> torch.nn.Module:
     """Make ``model.encode_image`` run condensed. Settings as in :class:`CondenseConfig`
     (``method``, ``keep_rate``, ``rate``, ``layers``, ``merge_centers``, ``score``).
     Patching an already patched model only replaces its config. Returns the model."""
@@ -175,8 +180,9 @@ def _subclass(base: type, mixin: type) -> type:
     return _SUBCLASSES[key]
 
 
-def schedule_for(visual: Any, config: CondenseConfig, anchors: bool = False,
-                 tower: type[Tower] | None = None) -> Schedule:
+def schedule_for(
+    visual: Any, config: CondenseConfig, anchors: bool = False, tower: type[Tower] | None = None
+) -> Schedule:
     """The token schedule of ``config`` on this tower (ConfigError if it does not fit)."""
     family: type[Tower] = tower or visual._tca.tower
     rows, cols = family.grid(visual)
@@ -184,9 +190,15 @@ def schedule_for(visual: Any, config: CondenseConfig, anchors: bool = False,
     return plan_layers(config, rows * cols + prefix, len(family.blocks(visual)), anchors, prefix)
 
 
-def run_state(visual: Any, images: torch.Tensor, config: CondenseConfig,
-              anchors: torch.Tensor | None = None, trace: bool = False, record_cls: bool = False,
-              explicit: bool = False) -> RunState:
+def run_state(
+    visual: Any,
+    images: torch.Tensor,
+    config: CondenseConfig,
+    anchors: torch.Tensor | None = None,
+    trace: bool = False,
+    record_cls: bool = False,
+    explicit: bool = False,
+) -> RunState:
     """The :class:`RunState` of one forward of ``images`` (B, 3, H, W) through a patched tower.
     Anchors only guide ``tca``; other methods run without them."""
     tower: type[Tower] = visual._tca.tower
@@ -198,13 +210,27 @@ def run_state(visual: Any, images: torch.Tensor, config: CondenseConfig,
     generator = None
     if config.method == "tca" and config.center_seed is not None:
         generator = torch.Generator().manual_seed(config.center_seed)
-    return RunState(tower, config, schedule_for(visual, config, anchors is not None), anchors,
-                    recorder, record_cls, explicit, generator)
+    return RunState(
+        tower,
+        config,
+        schedule_for(visual, config, anchors is not None),
+        anchors,
+        recorder,
+        record_cls,
+        explicit,
+        generator,
+    )
 
 
-def encode(model: torch.nn.Module, images: torch.Tensor, config: CondenseConfig | None = None,
-           anchors: torch.Tensor | None = None, trace: bool = False, record_cls: bool = False,
-           explicit_attention: bool = False) -> Encoded:
+def encode(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    config: CondenseConfig | None = None,
+    anchors: torch.Tensor | None = None,
+    trace: bool = False,
+    record_cls: bool = False,
+    explicit_attention: bool = False,
+) -> Encoded:
     """Encode ``images`` (B, 3, H, W) with a patched model, in one forward pass.
 
     config: overrides the patched config for this call only.
@@ -217,18 +243,26 @@ def encode(model: torch.nn.Module, images: torch.Tensor, config: CondenseConfig 
     visual: Any = getattr(model, "visual", model)  # a patched tower
     if not hasattr(visual, "_tca"):
         raise ValueError("model is not patched: call tca.patch(model) first")
-    run = run_state(visual, images, config or visual._tca.config, anchors, trace, record_cls,
-                    explicit_attention)
+    run = run_state(
+        visual, images, config or visual._tca.config, anchors, trace, record_cls, explicit_attention
+    )
     result = forward(visual, images, run)
-    out = Encoded(result.features, result.tokens_per_layer, run.schedule,
-                  anchors_used=run.anchors is not None,
-                  tokens_per_image=result.tokens_per_image(images.shape[0]))
+    out = Encoded(
+        result.features,
+        result.tokens_per_layer,
+        run.schedule,
+        anchors_used=run.anchors is not None,
+        tokens_per_image=result.tokens_per_image(images.shape[0]),
+    )
     if record_cls:
         out.cls_tokens = torch.stack(result.cls_tokens, dim=1)
     if run.recorder is not None:
-        out.trace = run.recorder.finish(result.tokens_per_layer, run.tower.grid(visual),
-                                        tuple(i for i, p in enumerate(run.schedule.plans) if p),
-                                        out.tokens_per_image if result.image_counts else None)
+        out.trace = run.recorder.finish(
+            result.tokens_per_layer,
+            run.tower.grid(visual),
+            tuple(i for i, p in enumerate(run.schedule.plans) if p),
+            out.tokens_per_image if result.image_counts else None,
+        )
     return out
 
 
@@ -247,8 +281,12 @@ def forward(visual: Any, images: torch.Tensor, run: RunState) -> Forward:
     cls_tokens: list[torch.Tensor] = []
     for layer, block in enumerate(tower.blocks(visual)):
         plan = run.schedule.plans[layer]
-        if plan is None and (size is None or not proportional) and valid is None \
-                and not run.explicit:
+        if (
+            plan is None
+            and (size is None or not proportional)
+            and valid is None
+            and not run.explicit
+        ):
             x = block(x)
         else:
             x, size, valid = condensing_block(visual, block, layer, x, size, plan, run, valid)
@@ -259,8 +297,9 @@ def forward(visual: Any, images: torch.Tensor, run: RunState) -> Forward:
             cls_tokens.append(tower.pooled_token(visual, x).float())
         if run.recorder is not None:
             run.recorder.end_block()
-    return Forward(tower.head(visual, x, size if proportional else None), counts, cls_tokens,
-                   image_counts)
+    return Forward(
+        tower.head(visual, x, size if proportional else None), counts, cls_tokens, image_counts
+    )
 
 
 class CondensingTower(torch.nn.Module):
@@ -273,10 +312,16 @@ class CondensingTower(torch.nn.Module):
         return forward(self, x, run_state(self, x, self._tca.config)).features
 
 
-def condensing_block(visual: Any, block: Any, layer: int, x: torch.Tensor,
-                     size: torch.Tensor | None, plan: LayerPlan | None, run: RunState,
-                     valid: torch.Tensor | None = None,
-                     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+def condensing_block(
+    visual: Any,
+    block: Any,
+    layer: int,
+    x: torch.Tensor,
+    size: torch.Tensor | None,
+    plan: LayerPlan | None,
+    run: RunState,
+    valid: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """The block computed from its weights, with ``plan``'s condensing step between the
     attention residual and the MLP. x: (B, N, D); size: (B, N) ToMe token sizes or None (they
     bias the attention for ``tome`` only); valid: (B, N) bool ATS padding mask or None (padding
@@ -288,17 +333,26 @@ def condensing_block(visual: Any, block: Any, layer: int, x: torch.Tensor,
     anchor = None
     if run.anchors is not None and needs_row and layer > 0:
         anchor = select_anchor(run.anchors[:, layer - 1], tower.pooled_token(visual, x))
-    bias = size.log()[:, None, None, :] if size is not None and run.config.method == "tome" \
-        else None
+    bias = (
+        size.log()[:, None, None, :] if size is not None and run.config.method == "tome" else None
+    )
     if valid is not None:  # never with sizes or anchors: ATS only
         bias = padding_bias(valid, x.dtype)
     seq = x if anchor is None else torch.cat([anchor.unsqueeze(1).to(x.dtype), x], dim=1)
     if bias is not None and anchor is not None:  # never both: anchors are TCA, sizes ToMe
         bias = F.pad(bias, (1, 0))
-    att = attend(block, seq, bias, cls_index=1 if anchor is not None else 0,
-                 need_cls_row=needs_row and by_cls, need_keys=plan is not None and plan.needs_keys,
-                 explicit=run.explicit, tower=tower, need_probs=isinstance(plan, TomePaperPlan),
-                 need_value_norm=isinstance(plan, AtsPlan))
+    att = attend(
+        block,
+        seq,
+        bias,
+        cls_index=1 if anchor is not None else 0,
+        need_cls_row=needs_row and by_cls,
+        need_keys=plan is not None and plan.needs_keys,
+        explicit=run.explicit,
+        tower=tower,
+        need_probs=isinstance(plan, TomePaperPlan),
+        need_value_norm=isinstance(plan, AtsPlan),
+    )
     out, cls_row = att.out, att.cls_row
     if anchor is not None:
         out = out[:, 1:]  # drop the anchor's row
@@ -310,8 +364,9 @@ def condensing_block(visual: Any, block: Any, layer: int, x: torch.Tensor,
     if anchor is not None and cls_row is not None:
         cls_row = cls_row[..., 1:]  # drop the anchor's column, not renormalised
     if plan is not None:
-        c, attn_mean = CONDENSERS[plan.kind](x, size, plan,
-                                             att._replace(out=out, cls_row=cls_row), run, valid)
+        c, attn_mean = CONDENSERS[plan.kind](
+            x, size, plan, att._replace(out=out, cls_row=cls_row), run, valid
+        )
         if c.x.shape[1] > plan.n_out or (c.valid is None and c.x.shape[1] != plan.n_out):
             raise RuntimeError(f"layer {layer}: {c.x.shape[1]} tokens, planned {plan.n_out}")
         if run.recorder is not None:
@@ -331,12 +386,13 @@ Condenser = Callable[..., "tuple[condense.Condensed, torch.Tensor | None]"]
 
 def _condense_tiers(x, size, plan: TierPlan, att: Attended, run: RunState, valid=None):
     assert att.cls_row is not None  # a CLS or pool-query row for every TierPlan
-    patch_attn = att.cls_row[..., plan.prefix:]  # (B, h, P): CLS -> patches, not renormalised
+    patch_attn = att.cls_row[..., plan.prefix :]  # (B, h, P): CLS -> patches, not renormalised
     attn_mean = condense.head_mean_score(patch_attn)
     rank = run.config.method == "tca" and run.config.score == "rank"  # EViT: always mean
     select = condense.head_rank_score(patch_attn) if rank else attn_mean
-    c = condense.prune_merge_fuse(x, select, attn_mean, plan.t1, plan.t2, plan.k, plan.prefix,
-                                  run.generator)
+    c = condense.prune_merge_fuse(
+        x, select, attn_mean, plan.t1, plan.t2, plan.k, plan.prefix, run.generator
+    )
     return c, attn_mean
 
 
@@ -359,8 +415,11 @@ def _condense_ats(x, size, plan: AtsPlan, att: Attended, run: RunState, valid=No
     """ATS: keep at most ceil(R P_b) patches of each image, sampled from its score CDF."""
     assert att.cls_row is not None and att.value_norm is not None  # AtsPlan's needs
     score = condense.ats_score(att.cls_row.float(), att.value_norm.float(), valid)
-    n_patches = (valid.sum(dim=1) - 1) if valid is not None else \
-        torch.full((x.shape[0],), x.shape[1] - 1, device=x.device)
+    n_patches = (
+        (valid.sum(dim=1) - 1)
+        if valid is not None
+        else torch.full((x.shape[0],), x.shape[1] - 1, device=x.device)
+    )
     budget = condense.ats_budget(n_patches, run.config.keep_rate)
     keep = condense.unique_indices(condense.inverse_cdf_sample(score, budget), x.shape[1] - 1)
     return condense.keep_patches(x, keep, valid), condense.head_mean_score(att.cls_row[..., 1:])
@@ -368,9 +427,12 @@ def _condense_ats(x, size, plan: AtsPlan, att: Attended, run: RunState, valid=No
 
 # Plan kind -> condensing step. A new method adds its plan type in config.py (kind, and what it
 # needs from the attention: needs_row / needs_keys) and its step here.
-CONDENSERS: dict[str, Condenser] = {TierPlan.kind: _condense_tiers, TomePlan.kind: _condense_tome,
-                                    TomePaperPlan.kind: _condense_tome_paper,
-                                    AtsPlan.kind: _condense_ats}
+CONDENSERS: dict[str, Condenser] = {
+    TierPlan.kind: _condense_tiers,
+    TomePlan.kind: _condense_tome,
+    TomePaperPlan.kind: _condense_tome_paper,
+    AtsPlan.kind: _condense_ats,
+}
 
 
 def select_anchor(class_anchors: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
@@ -387,13 +449,22 @@ def padding_bias(valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Additive attention logits (B, 1, 1, N) that hide padding keys: 0 for real tokens, -inf
     for padding. valid: (B, N) bool (CLS, always real, keeps every softmax row finite)."""
     return torch.zeros(valid.shape, dtype=dtype, device=valid.device).masked_fill(
-        ~valid, float("-inf"))[:, None, None, :]
+        ~valid, float("-inf")
+    )[:, None, None, :]
 
 
-def attend(block: Any, x: torch.Tensor, bias: torch.Tensor | None = None,
-           cls_index: int = 0, need_cls_row: bool = False, need_keys: bool = False,
-           explicit: bool = False, tower: type[Tower] = OpenClipViT, need_probs: bool = False,
-           need_value_norm: bool = False) -> Attended:
+def attend(
+    block: Any,
+    x: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    cls_index: int = 0,
+    need_cls_row: bool = False,
+    need_keys: bool = False,
+    explicit: bool = False,
+    tower: type[Tower] = OpenClipViT,
+    need_probs: bool = False,
+    need_value_norm: bool = False,
+) -> Attended:
     """The block's attention on ``x`` (B, N, D) with its own weights, before layer scale.
 
     bias: additive logits (B, 1, 1, N), e.g. log token sizes (ToMe's proportional attention) or
@@ -417,10 +488,30 @@ def attend(block: Any, x: torch.Tensor, bias: torch.Tensor | None = None,
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         if need_cls_row:
             cls_row = condense.cls_attention_row(q, k, cls_index, bias)
-    return Attended(tower.attn_out(block, o), cls_row, k.mean(dim=1) if need_keys else None,
-                    probs if need_probs else None, v.norm(dim=-1) if need_value_norm else None)
+    return Attended(
+        tower.attn_out(block, o),
+        cls_row,
+        k.mean(dim=1) if need_keys else None,
+        probs if need_probs else None,
+        v.norm(dim=-1) if need_value_norm else None,
+    )
 
 
-__all__ = ["patch", "unpatch", "encode", "forward", "is_patched", "check_supported", "Encoded",
-           "RunState", "Forward", "Attended", "CONDENSERS", "UnsupportedModelError",
-           "ConfigError", "attend", "select_anchor", "padding_bias"]
+__all__ = [
+    "patch",
+    "unpatch",
+    "encode",
+    "forward",
+    "is_patched",
+    "check_supported",
+    "Encoded",
+    "RunState",
+    "Forward",
+    "Attended",
+    "CONDENSERS",
+    "UnsupportedModelError",
+    "ConfigError",
+    "attend",
+    "select_anchor",
+    "padding_bias",
+]

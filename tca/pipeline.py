@@ -1,4 +1,5 @@
 """Baseline vs condensed zero-shot classification of one image: what the CLI and app show."""
+
 from __future__ import annotations
 
 import time
@@ -65,8 +66,12 @@ class RunResult:
     @property
     def reference(self) -> Baseline:
         """This run's baseline as data, to pass to another :func:`classify` of the same image."""
-        return Baseline(self.baseline, list(self.baseline_tokens), self.flops_baseline,
-                        self.timings_ms.get("baseline_ms", 0.0))
+        return Baseline(
+            self.baseline,
+            list(self.baseline_tokens),
+            self.flops_baseline,
+            self.timings_ms.get("baseline_ms", 0.0),
+        )
 
     @property
     def saved_percent(self) -> float:
@@ -76,22 +81,30 @@ class RunResult:
         out = {
             "model": self.model,
             "random_weights": self.random_weights,
-            "settings": {"method": self.config.method, "keep_rate": self.config.keep_rate,
-                         "rate": self.config.tca_rate if self.config.method == "tca" else None,
-                         "layers": list(self.config.layers),
-                         "merge_centers": self.config.merge_centers, "score": self.config.score,
-                         "center_seed": self.config.center_seed},
+            "settings": {
+                "method": self.config.method,
+                "keep_rate": self.config.keep_rate,
+                "rate": self.config.tca_rate if self.config.method == "tca" else None,
+                "layers": list(self.config.layers),
+                "merge_centers": self.config.merge_centers,
+                "score": self.config.score,
+                "center_seed": self.config.center_seed,
+            },
             "labels": self.labels,
             "baseline": {"probs": self.baseline.probs, "logits": self.baseline.logits},
             "condensed": {"probs": self.condensed.probs, "logits": self.condensed.logits},
             "shift": self.shift,
             "tokens_per_layer": self.tokens_per_layer,
             "baseline_tokens_per_layer": self.baseline_tokens,
-            "gmacs": {"baseline": self.flops_baseline.gmacs, "condensed": self.flops_condensed.gmacs,
-                      "saved_percent": self.saved_percent, "convention": CONVENTION,
-                      "per_layer_baseline": [l.total / 1e9 for l in self.flops_baseline.layers],
-                      "per_layer_condensed": [l.total / 1e9 for l in self.flops_condensed.layers],
-                      "overhead": self.flops_condensed.overhead / 1e9},
+            "gmacs": {
+                "baseline": self.flops_baseline.gmacs,
+                "condensed": self.flops_condensed.gmacs,
+                "saved_percent": self.saved_percent,
+                "convention": CONVENTION,
+                "per_layer_baseline": [l.total / 1e9 for l in self.flops_baseline.layers],
+                "per_layer_condensed": [l.total / 1e9 for l in self.flops_condensed.layers],
+                "overhead": self.flops_condensed.overhead / 1e9,
+            },
             "timings_ms": self.timings_ms,
             "anchors_used": self.anchors_used,
         }
@@ -126,8 +139,9 @@ class Baseline:
     ms: float  # time of its forward pass
 
 
-def baseline_of(clip: ClipModel, pixels: torch.Tensor, labels: list[str],
-                text: torch.Tensor) -> Baseline:
+def baseline_of(
+    clip: ClipModel, pixels: torch.Tensor, labels: list[str], text: torch.Tensor
+) -> Baseline:
     """Run unmodified CLIP on ``pixels`` (1, 3, H, W) against class embeddings ``text`` (C, E)."""
     _warm_up(clip, pixels)
     with torch.inference_mode():
@@ -137,8 +151,9 @@ def baseline_of(clip: ClipModel, pixels: torch.Tensor, labels: list[str],
     logits = clip.logits(enc.features.cpu(), text)  # the model's own scale (and SigLIP's bias)
     geom = Geometry.from_model(clip.model)
     schedule = geom.schedule(CondenseConfig(method="none"))
-    return Baseline(_prediction(labels, logits[0]), list(schedule.tokens),
-                    count_macs(geom, schedule), ms)
+    return Baseline(
+        _prediction(labels, logits[0]), list(schedule.tokens), count_macs(geom, schedule), ms
+    )
 
 
 def _warm_up(clip: ClipModel, pixels: torch.Tensor) -> None:
@@ -152,10 +167,17 @@ def _warm_up(clip: ClipModel, pixels: torch.Tensor) -> None:
         clip.warmed = True
 
 
-def classify(clip: ClipModel, image, labels: str | Sequence[str], config: CondenseConfig,
-             templates: str | Sequence[str] = "single", reservoir: Reservoir | None = None,
-             trace: bool = True, max_labels: int | None = None,
-             baseline: Baseline | None = None) -> RunResult:
+def classify(
+    clip: ClipModel,
+    image,
+    labels: str | Sequence[str],
+    config: CondenseConfig,
+    templates: str | Sequence[str] = "single",
+    reservoir: Reservoir | None = None,
+    trace: bool = True,
+    max_labels: int | None = None,
+    baseline: Baseline | None = None,
+) -> RunResult:
     """Baseline CLIP vs the condensed model on one image.
 
     Runs plain CLIP once (not traced; skipped when ``baseline``, from :func:`baseline_of` or an
@@ -165,12 +187,15 @@ def classify(clip: ClipModel, image, labels: str | Sequence[str], config: Conden
     reservoir: TCA stream mode. Its anchors (if active) guide condensation, the image is filed
     into it, and ``corrected`` holds the logits-corrected prediction. Only ``tca`` uses it.
     """
-    labels = validate_labels(parse_labels(labels), clip.tokenizer, templates, max_labels,
-                             clip.context_length)
+    labels = validate_labels(
+        parse_labels(labels), clip.tokenizer, templates, max_labels, clip.context_length
+    )
     pixels = prepare_image(clip, image)
     if reservoir is not None and reservoir.num_classes != len(labels):
-        raise ValueError(f"the reservoir was built for {reservoir.num_classes} labels, "
-                         f"got {len(labels)}; reset it when the labels change")
+        raise ValueError(
+            f"the reservoir was built for {reservoir.num_classes} labels, "
+            f"got {len(labels)}; reset it when the labels change"
+        )
     if baseline is not None and baseline.prediction.labels != labels:
         raise ValueError("the given baseline was computed for other labels")
     t0 = time.perf_counter()
@@ -183,20 +208,29 @@ def classify(clip: ClipModel, image, labels: str | Sequence[str], config: Conden
     _warm_up(clip, pixels)
     with torch.inference_mode():
         t0 = time.perf_counter()
-        enc: Encoded = encode(clip.model, pixels, config, anchors=anchors, trace=trace,
-                              record_cls=use_reservoir)
+        enc: Encoded = encode(
+            clip.model, pixels, config, anchors=anchors, trace=trace, record_cls=use_reservoir
+        )
         timings["condensed_ms"] = elapsed_ms(t0, pixels.device)
     z = F.normalize(enc.features.float().cpu(), dim=-1)
     logits = clip.logits(enc.features.cpu(), text)  # the model's own scale (and SigLIP's bias)
     geom = Geometry.from_model(clip.model)
     result = RunResult(
-        labels=labels, config=config, model=clip.weights_description, random_weights=clip.is_random,
-        baseline=base.prediction, condensed=_prediction(labels, logits[0]),
-        tokens_per_layer=enc.tokens_per_image[0], baseline_tokens=list(base.tokens),
+        labels=labels,
+        config=config,
+        model=clip.weights_description,
+        random_weights=clip.is_random,
+        baseline=base.prediction,
+        condensed=_prediction(labels, logits[0]),
+        tokens_per_layer=enc.tokens_per_image[0],
+        baseline_tokens=list(base.tokens),
         flops_baseline=base.flops,
         flops_condensed=count_macs(geom, enc.schedule.realised(enc.tokens_per_image[0])),
-        timings_ms=timings, trace=enc.trace, anchors_used=enc.anchors_used,
-        cls_tokens=enc.cls_tokens)
+        timings_ms=timings,
+        trace=enc.trace,
+        anchors_used=enc.anchors_used,
+        cls_tokens=enc.cls_tokens,
+    )
     if reservoir is not None and use_reservoir and enc.cls_tokens is not None:
         corrected = stream_update(reservoir, enc.cls_tokens, logits.detach(), z, clip.logit_scale)
         result.corrected = _prediction(labels, corrected[0])

@@ -15,6 +15,7 @@ OpenAI's larger per-dataset ensembles (e.g. three EuroSAT templates) are a diffe
 not included; ``clip_benchmark`` ships them. Template-set names equal the reservoir preset names
 (``tca.reservoir.PRESETS``), so ``--preset eurosat`` implies ``--templates eurosat``.
 """
+
 from __future__ import annotations
 
 from open_clip import zero_shot_metadata
@@ -50,8 +51,10 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
 DEFAULT_TEMPLATES = "single"
 # The reservoir preset "default" is ImageNet's hyper-parameters but keeps the plain prompt, as
 # before presets implied templates.
-PRESET_TEMPLATES: dict[str, str] = {"default": DEFAULT_TEMPLATES,
-                                    **{n: n for n in (*_DATASET_TEMPLATE, *_IMAGENET_FAMILY)}}
+PRESET_TEMPLATES: dict[str, str] = {
+    "default": DEFAULT_TEMPLATES,
+    **{n: n for n in (*_DATASET_TEMPLATE, *_IMAGENET_FAMILY)},
+}
 
 
 def templates_for(preset: str | None, templates: str | None = None) -> str:

@@ -15,6 +15,7 @@ All functions are pure and take / return ``uint8`` RGB arrays (H, W, 3), except
 :func:`tokens_chart` (a matplotlib Figure built without pyplot, so no global figure is left
 open) and :func:`grid` / :func:`layer_strip` (PIL images).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from .trace import KEPT, MERGED, PRUNED, Trace  # noqa: E402
 # Every colour a fate is drawn with lives here: the maps, the strip, the exported PNG legend and
 # the app's HTML legend / How-it-works text all read FATES and GROUP_COLORS.
 
+
 @dataclass(frozen=True)
 class FateStyle:
     """How one fate is drawn: its name, the legend swatch (fill, edge) and a one-line meaning."""
@@ -48,8 +50,14 @@ class FateStyle:
 
 # Okabe & Ito's colour-blind-safe categorical palette (black left out: it reads as "pruned").
 GROUP_COLORS: tuple[tuple[int, int, int], ...] = (
-    (230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178),
-    (213, 94, 0), (204, 121, 167))
+    (230, 159, 0),
+    (86, 180, 233),
+    (0, 158, 115),
+    (240, 228, 66),
+    (0, 114, 178),
+    (213, 94, 0),
+    (204, 121, 167),
+)
 PRUNED_BASE = 0.35  # brightness left to the grey of a pruned patch
 PRUNED_HATCH = (235, 235, 235)  # the diagonal stripes over pruned patches (seen on any image)
 HATCH_PERIOD = 6  # pixels (at the model's resolution) between stripes
@@ -57,15 +65,33 @@ OUTLINE_COLOR = (20, 20, 20)  # group borders
 OUTLINE_LIGHT = (225, 225, 225)  # token borders over dark tokens ("what the model sees")
 MERGED_FILL = 0.65  # share of the group colour in a merged patch (the rest: the patch's grey)
 HIGHLIGHT = (255, 0, 200)
-ACCENT = (180, 83, 9)  # condensing blocks in captions and charts  # follow-a-patch: the clicked patch
+ACCENT = (
+    180,
+    83,
+    9,
+)  # condensing blocks in captions and charts  # follow-a-patch: the clicked patch
 FATES: dict[int, FateStyle] = {
-    KEPT: FateStyle(KEPT, "kept", (255, 255, 255), (120, 120, 120),
-                    "class-relevant: kept as its own token, drawn as the image"),
-    MERGED: FateStyle(MERGED, "merged", GROUP_COLORS[0], OUTLINE_COLOR,
-                      "class-ambiguous: merged into a group token; one colour per group, "
-                      "outlined"),
-    PRUNED: FateStyle(PRUNED, "pruned / fused", (60, 60, 60), PRUNED_HATCH,
-                      "class-irrelevant: fused into one token; grey with white stripes"),
+    KEPT: FateStyle(
+        KEPT,
+        "kept",
+        (255, 255, 255),
+        (120, 120, 120),
+        "class-relevant: kept as its own token, drawn as the image",
+    ),
+    MERGED: FateStyle(
+        MERGED,
+        "merged",
+        GROUP_COLORS[0],
+        OUTLINE_COLOR,
+        "class-ambiguous: merged into a group token; one colour per group, outlined",
+    ),
+    PRUNED: FateStyle(
+        PRUNED,
+        "pruned / fused",
+        (60, 60, 60),
+        PRUNED_HATCH,
+        "class-irrelevant: fused into one token; grey with white stripes",
+    ),
 }
 VIEWS = ("fates", "model")  # "model": what the model sees, each token its patches' mean colour
 
@@ -94,8 +120,10 @@ def _check_image(image: np.ndarray, grid: tuple[int, int]) -> tuple[int, int]:
     rows, cols = grid
     h, w = image.shape[:2]
     if h % rows or w % cols:
-        raise ValueError(f"image {w}x{h} is not a multiple of the {cols}x{rows} patch grid; "
-                         f"pass the image the model saw (see tca.explore.model_view)")
+        raise ValueError(
+            f"image {w}x{h} is not a multiple of the {cols}x{rows} patch grid; "
+            f"pass the image the model saw (see tca.explore.model_view)"
+        )
     return h // rows, w // cols
 
 
@@ -116,10 +144,10 @@ def outline(ids: np.ndarray, width: int = 1) -> np.ndarray:
     pad = np.pad(ids, width, mode="constant", constant_values=-1)
     edge = np.zeros((h, w), dtype=bool)
     for d in range(1, width + 1):
-        edge |= pad[width - d:width - d + h, width:width + w] != ids
-        edge |= pad[width + d:width + d + h, width:width + w] != ids
-        edge |= pad[width:width + h, width - d:width - d + w] != ids
-        edge |= pad[width:width + h, width + d:width + d + w] != ids
+        edge |= pad[width - d : width - d + h, width : width + w] != ids
+        edge |= pad[width + d : width + d + h, width : width + w] != ids
+        edge |= pad[width : width + h, width - d : width - d + w] != ids
+        edge |= pad[width : width + h, width + d : width + d + w] != ids
     return edge
 
 
@@ -174,15 +202,25 @@ def token_means(view: LayerView, means: np.ndarray) -> np.ndarray:
     flat_tok = view.token.ravel()
     counts = np.bincount(flat_tok, minlength=n).astype(np.float32)
     flat_means = means.reshape(-1, 3)
-    sums = np.stack([np.bincount(flat_tok, weights=flat_means[:, c], minlength=n)
-                     for c in range(3)], axis=1)
+    sums = np.stack(
+        [np.bincount(flat_tok, weights=flat_means[:, c], minlength=n) for c in range(3)], axis=1
+    )
     return (sums / np.maximum(counts, 1)[:, None]).round().astype(np.uint8)
 
 
-def fate_map(image: np.ndarray, trace: Trace, layer: int, *, image_index: int = 0,
-             border: int = 1, attention: bool = False, opacity: float = 0.5,
-             means: np.ndarray | None = None, view: str = "fates",
-             follow: int | None = None) -> np.ndarray:
+def fate_map(
+    image: np.ndarray,
+    trace: Trace,
+    layer: int,
+    *,
+    image_index: int = 0,
+    border: int = 1,
+    attention: bool = False,
+    opacity: float = 0.5,
+    means: np.ndarray | None = None,
+    view: str = "fates",
+    follow: int | None = None,
+) -> np.ndarray:
     """The token map of ``layer`` (after that block) drawn over ``image``.
 
     image: (H, W, 3) uint8, the picture the model saw (a multiple of the patch grid).
@@ -221,9 +259,12 @@ def fate_map(image: np.ndarray, trace: Trace, layer: int, *, image_index: int = 
         if merged.any():
             gray = _gray(image)
             colour = group_palette(max(1, int(lv.first_patch.shape[0])))[
-                np.maximum(group_ranks(lv), 0)].astype(np.float32)
-            fill = MERGED_FILL * _expand(colour[lv.token], ph, pw) \
+                np.maximum(group_ranks(lv), 0)
+            ].astype(np.float32)
+            fill = (
+                MERGED_FILL * _expand(colour[lv.token], ph, pw)
                 + (1.0 - MERGED_FILL) * gray[..., None]
+            )
             out[merged] = fill[merged].round().clip(0, 255).astype(np.uint8)
             out[outline(ids, border) & merged] = OUTLINE_COLOR
         pruned = fate_px == PRUNED
@@ -256,7 +297,7 @@ def highlight_token(out: np.ndarray, lv: LayerView, patch: int, ph: int, pw: int
     r, c = divmod(patch, cols)
     y0, x0 = r * ph, c * pw
     t = max(1, min(ph, pw) // 6)
-    box = res[y0:y0 + ph, x0:x0 + pw]
+    box = res[y0 : y0 + ph, x0 : x0 + pw]
     box[:t], box[-t:], box[:, :t], box[:, -t:] = HIGHLIGHT, HIGHLIGHT, HIGHLIGHT, HIGHLIGHT
     return res
 
@@ -281,8 +322,9 @@ def attention_grid(trace: Trace, layer: int, image_index: int = 0) -> np.ndarray
     return np.where(finite, norm, 0.0)
 
 
-def blend_heatmap(image: np.ndarray, values: np.ndarray, opacity: float = 0.5,
-                  cmap: str = "inferno") -> np.ndarray:
+def blend_heatmap(
+    image: np.ndarray, values: np.ndarray, opacity: float = 0.5, cmap: str = "inferno"
+) -> np.ndarray:
     """Blend a (rows, cols) map of values in [0, 1] over ``image`` (nearest upsampling)."""
     if not 0.0 <= opacity <= 1.0:
         raise ValueError(f"opacity must be in [0, 1], got {opacity}")
@@ -301,15 +343,19 @@ def upscale(image: np.ndarray, factor: int) -> np.ndarray:
     return image if factor == 1 else _expand(image, factor, factor)
 
 
-def all_layer_maps(image: np.ndarray, trace: Trace, *, image_index: int = 0,
-                   **kwargs) -> list[np.ndarray]:
+def all_layer_maps(
+    image: np.ndarray, trace: Trace, *, image_index: int = 0, **kwargs
+) -> list[np.ndarray]:
     """:func:`fate_map` of every layer (patch means computed once)."""
     means = patch_means(image, trace.grid)
-    return [fate_map(image, trace, l, image_index=image_index, means=means, **kwargs)
-            for l in range(trace.depth)]
+    return [
+        fate_map(image, trace, l, image_index=image_index, means=means, **kwargs)
+        for l in range(trace.depth)
+    ]
 
 
 # ---------------------------------------------------------------------------------- composing
+
 
 @lru_cache(maxsize=8)
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -351,11 +397,18 @@ class GridLayout:
         return r, c
 
 
-def grid(tiles: Sequence[Sequence[np.ndarray | None]], captions: Sequence[Sequence[str]] | None = None,
-         row_labels: Sequence[str] | None = None, col_labels: Sequence[str] | None = None,
-         legend: bool = False, gap: int = 4, font_size: int = 13,
-         background: tuple[int, int, int] = (255, 255, 255), title: str | None = None,
-         marked: Sequence[Sequence[bool]] | None = None) -> tuple[Image.Image, GridLayout]:
+def grid(
+    tiles: Sequence[Sequence[np.ndarray | None]],
+    captions: Sequence[Sequence[str]] | None = None,
+    row_labels: Sequence[str] | None = None,
+    col_labels: Sequence[str] | None = None,
+    legend: bool = False,
+    gap: int = 4,
+    font_size: int = 13,
+    background: tuple[int, int, int] = (255, 255, 255),
+    title: str | None = None,
+    marked: Sequence[Sequence[bool]] | None = None,
+) -> tuple[Image.Image, GridLayout]:
     """Tile equally sized (H, W, 3) uint8 images row by row into one picture.
 
     captions: one short line above each tile. row_labels / col_labels: a header column / row.
@@ -389,7 +442,7 @@ def grid(tiles: Sequence[Sequence[np.ndarray | None]], captions: Sequence[Sequen
                 raise ValueError("all tiles must have the same size")
             y = top + gap + r * lay.cell_h + cap_h
             x = left + gap + c * lay.cell_w
-            canvas[y:y + th, x:x + tw] = tile
+            canvas[y : y + th, x : x + tw] = tile
     img = Image.fromarray(canvas)
     draw = ImageDraw.Draw(img)
     ink = (30, 30, 30)
@@ -397,18 +450,27 @@ def grid(tiles: Sequence[Sequence[np.ndarray | None]], captions: Sequence[Sequen
         for r, line in enumerate(captions):
             for c, text in enumerate(line):
                 if text:
-                    accent = marked is not None and r < len(marked) and c < len(marked[r]) \
+                    accent = (
+                        marked is not None
+                        and r < len(marked)
+                        and c < len(marked[r])
                         and marked[r][c]
-                    draw.text((left + gap + c * lay.cell_w + 2, top + gap + r * lay.cell_h + 1),
-                              text, fill=ACCENT if accent else ink, font=font)
+                    )
+                    draw.text(
+                        (left + gap + c * lay.cell_w + 2, top + gap + r * lay.cell_h + 1),
+                        text,
+                        fill=ACCENT if accent else ink,
+                        font=font,
+                    )
     if row_labels:
         for r, text in enumerate(row_labels):
             y = top + gap + r * lay.cell_h + cap_h + th // 2 - font_size // 2
             draw.text((6, y), text, fill=ink, font=font)
     if col_labels:
         for c, text in enumerate(col_labels):
-            draw.text((left + gap + c * lay.cell_w + 2, top - font_size - 5), text, fill=ink,
-                      font=font)
+            draw.text(
+                (left + gap + c * lay.cell_w + 2, top - font_size - 5), text, fill=ink, font=font
+            )
     if title:
         draw.text((6, 4), title, fill=ink, font=font)
     if legend:
@@ -436,8 +498,16 @@ def _draw_legend(draw: ImageDraw.ImageDraw, font, size: int, x: int, y: int) -> 
         draw.rectangle(box, fill=style.swatch, outline=style.edge, width=2)
         if style.code == PRUNED:  # the stripes, as on the map
             for k in range(-size, size, 4):
-                draw.line([x + max(0, k), y + max(0, -k), x + min(size, size + k),
-                           y + min(size, size - k)], fill=PRUNED_HATCH, width=1)
+                draw.line(
+                    [
+                        x + max(0, k),
+                        y + max(0, -k),
+                        x + min(size, size + k),
+                        y + min(size, size - k),
+                    ],
+                    fill=PRUNED_HATCH,
+                    width=1,
+                )
         elif style.code == MERGED:  # a few group colours
             step = size / 3
             for j, col in enumerate(GROUP_COLORS[:3]):
@@ -447,37 +517,50 @@ def _draw_legend(draw: ImageDraw.ImageDraw, font, size: int, x: int, y: int) -> 
         x += size + 5 + _text_w(font, text) + 18
 
 
-def layer_strip(maps: Sequence[np.ndarray], captions: Sequence[str] | None = None,
-                cols: int = 6, legend: bool = True, title: str | None = None,
-                marked: Sequence[bool] | None = None,
-                font_size: int = 16) -> tuple[Image.Image, GridLayout]:
+def layer_strip(
+    maps: Sequence[np.ndarray],
+    captions: Sequence[str] | None = None,
+    cols: int = 6,
+    legend: bool = True,
+    title: str | None = None,
+    marked: Sequence[bool] | None = None,
+    font_size: int = 16,
+) -> tuple[Image.Image, GridLayout]:
     """All layer maps in one picture, ``cols`` per row (captions e.g. "block 3*: 141 tok");
     ``marked`` layers (condensing blocks) get their caption in the accent colour."""
     if not maps:
         raise ValueError("no maps to draw")
     cols = max(1, min(cols, len(maps)))
-    rows = [list(maps[i:i + cols]) for i in range(0, len(maps), cols)]
+    rows = [list(maps[i : i + cols]) for i in range(0, len(maps), cols)]
     caps = None
     if captions is not None:
-        caps = [list(captions[i:i + cols]) for i in range(0, len(captions), cols)]
+        caps = [list(captions[i : i + cols]) for i in range(0, len(captions), cols)]
     marks = None
     if marked is not None:
-        marks = [list(marked[i:i + cols]) for i in range(0, len(marked), cols)]
+        marks = [list(marked[i : i + cols]) for i in range(0, len(marked), cols)]
     return grid(rows, caps, legend=legend, title=title, marked=marks, font_size=font_size)
 
 
 def layer_captions(trace: Trace) -> list[str]:
-    """"block 3: 141 tok" per layer, with a marker on condensing layers."""
-    return [f"block {l}{'*' if l in trace.condensing_layers else ''}: {n} tok"
-            for l, n in enumerate(trace.tokens_per_layer)]
+    """ "block 3: 141 tok" per layer, with a marker on condensing layers."""
+    return [
+        f"block {l}{'*' if l in trace.condensing_layers else ''}: {n} tok"
+        for l, n in enumerate(trace.tokens_per_layer)
+    ]
 
 
 # ---------------------------------------------------------------------------------- the chart
 
-def tokens_chart(baseline: Sequence[int], condensed: Sequence[int],
-                 condensing_layers: Sequence[int] = (), label: str = "condensed",
-                 title: str | None = None, size: tuple[float, float] = (5.6, 3.0),
-                 current: int | None = None) -> Figure:
+
+def tokens_chart(
+    baseline: Sequence[int],
+    condensed: Sequence[int],
+    condensing_layers: Sequence[int] = (),
+    label: str = "condensed",
+    title: str | None = None,
+    size: tuple[float, float] = (5.6, 3.0),
+    current: int | None = None,
+) -> Figure:
     """Tokens at every block output, baseline vs condensed (a step chart).
 
     Built with ``matplotlib.figure.Figure`` (Agg canvas, not pyplot): nothing stays registered
@@ -504,12 +587,25 @@ def tokens_chart(baseline: Sequence[int], condensed: Sequence[int],
     top = max(max(baseline), max(condensed))
     if current is not None and 0 <= current < n:
         ax.axvspan(current, current + 1, color=_hex(HIGHLIGHT), alpha=0.18, lw=0)
-        ax.text(current + 0.5, top * 1.1, f"block {current}: {condensed[current]}",
-                color=_hex(HIGHLIGHT), fontsize=8, ha="center" if 0 < current < n - 1 else
-                ("left" if current == 0 else "right"), va="top")
+        ax.text(
+            current + 0.5,
+            top * 1.1,
+            f"block {current}: {condensed[current]}",
+            color=_hex(HIGHLIGHT),
+            fontsize=8,
+            ha="center" if 0 < current < n - 1 else ("left" if current == 0 else "right"),
+            va="top",
+        )
     ax.text(0.2, baseline[0] - 0.03 * top, "baseline CLIP", color="#555555", fontsize=8, va="top")
-    ax.text(n - 0.2, condensed[-1] + 0.03 * top, f"{label}: {condensed[-1]}", color="#d62728",
-            fontsize=8, ha="right", va="bottom")
+    ax.text(
+        n - 0.2,
+        condensed[-1] + 0.03 * top,
+        f"{label}: {condensed[-1]}",
+        color="#d62728",
+        fontsize=8,
+        ha="right",
+        va="bottom",
+    )
     ax.set_xlabel("block (0-based; dotted = condensing)", fontsize=9)
     ax.set_ylabel("tokens (CLS incl.)", fontsize=9)
     ax.set_xticks(x[:-1] if n <= 12 else x[:-1:2])
@@ -527,28 +623,47 @@ def _hex(rgb: tuple[int, int, int]) -> str:
 
 
 @lru_cache(maxsize=128)
-def _chart_cached(baseline: tuple[int, ...], condensed: tuple[int, ...],
-                  condensing_layers: tuple[int, ...], label: str, title: str | None,
-                  current: int | None) -> np.ndarray:
-    arr = figure_to_array(tokens_chart(baseline, condensed, condensing_layers, label, title,
-                                       current=current))
+def _chart_cached(
+    baseline: tuple[int, ...],
+    condensed: tuple[int, ...],
+    condensing_layers: tuple[int, ...],
+    label: str,
+    title: str | None,
+    current: int | None,
+) -> np.ndarray:
+    arr = figure_to_array(
+        tokens_chart(baseline, condensed, condensing_layers, label, title, current=current)
+    )
     arr.setflags(write=False)
     return arr
 
 
-def tokens_chart_image(baseline: Sequence[int], condensed: Sequence[int],
-                       condensing_layers: Sequence[int] = (), label: str = "condensed",
-                       title: str | None = None, current: int | None = None) -> np.ndarray:
+def tokens_chart_image(
+    baseline: Sequence[int],
+    condensed: Sequence[int],
+    condensing_layers: Sequence[int] = (),
+    label: str = "condensed",
+    title: str | None = None,
+    current: int | None = None,
+) -> np.ndarray:
     """:func:`tokens_chart` drawn to a (H, W, 3) uint8 array, memoised: the token schedule
     depends only on the settings and the model, so a new image with the same settings reuses
     the drawing (read-only array; copy before editing)."""
-    return _chart_cached(tuple(int(v) for v in baseline), tuple(int(v) for v in condensed),
-                         tuple(int(v) for v in condensing_layers), str(label), title,
-                         None if current is None else int(current))
+    return _chart_cached(
+        tuple(int(v) for v in baseline),
+        tuple(int(v) for v in condensed),
+        tuple(int(v) for v in condensing_layers),
+        str(label),
+        title,
+        None if current is None else int(current),
+    )
 
 
-def sweep_chart(gmacs_baseline: float, series: Mapping[str, Mapping[str, Sequence[float]]],
-                size: tuple[float, float] = (6.4, 3.4)) -> Figure:
+def sweep_chart(
+    gmacs_baseline: float,
+    series: Mapping[str, Mapping[str, Sequence[float]]],
+    size: tuple[float, float] = (6.4, 3.4),
+) -> Figure:
     """Keep-rate sweep of one image: per method, against GMACs, the condensed top-1
     probability, the probability of the baseline's top-1 label, and KL(baseline || condensed).
 
@@ -562,16 +677,44 @@ def sweep_chart(gmacs_baseline: float, series: Mapping[str, Mapping[str, Sequenc
     for i, (method, s) in enumerate(series.items()):
         ls = styles[i % len(styles)]
         tag = f" {method}" if len(series) > 1 else ""
-        ax.plot(s["gmacs"], s["top1"], ls, marker="o", ms=4, color=_hex(GROUP_COLORS[4]),
-                label=f"top-1 prob{tag}")
-        ax.plot(s["gmacs"], s["base_label"], ls, marker="s", ms=4, color=_hex(GROUP_COLORS[0]),
-                label=f"baseline's top-1 label{tag}")
-        ax2.plot(s["gmacs"], s["kl"], ls, marker="^", ms=4, color=_hex(GROUP_COLORS[5]),
-                 label=f"KL from baseline{tag}")
+        ax.plot(
+            s["gmacs"],
+            s["top1"],
+            ls,
+            marker="o",
+            ms=4,
+            color=_hex(GROUP_COLORS[4]),
+            label=f"top-1 prob{tag}",
+        )
+        ax.plot(
+            s["gmacs"],
+            s["base_label"],
+            ls,
+            marker="s",
+            ms=4,
+            color=_hex(GROUP_COLORS[0]),
+            label=f"baseline's top-1 label{tag}",
+        )
+        ax2.plot(
+            s["gmacs"],
+            s["kl"],
+            ls,
+            marker="^",
+            ms=4,
+            color=_hex(GROUP_COLORS[5]),
+            label=f"KL from baseline{tag}",
+        )
         if i == 0:
             for g, r in zip(s["gmacs"], s["keep_rate"]):
-                ax.annotate(f"{r:g}", (g, 1.0), xytext=(0, 2), textcoords="offset points",
-                            ha="center", fontsize=7, color="#555555")
+                ax.annotate(
+                    f"{r:g}",
+                    (g, 1.0),
+                    xytext=(0, 2),
+                    textcoords="offset points",
+                    ha="center",
+                    fontsize=7,
+                    color="#555555",
+                )
     ax.axvline(gmacs_baseline, color="#7f7f7f", lw=1, ls=":")
     ax.set_ylim(0, 1.06)
     ax.set_xlabel("GMACs of the condensed image encoder (dotted: baseline)", fontsize=9)
@@ -581,11 +724,16 @@ def sweep_chart(gmacs_baseline: float, series: Mapping[str, Mapping[str, Sequenc
     ax.tick_params(labelsize=8)
     ax2.tick_params(labelsize=8)
     ax.grid(alpha=0.3)
-    ax.set_title("Keep-rate sweep of this image (numbers on top: keep rate R)", fontsize=10,
-                 pad=12)
+    ax.set_title("Keep-rate sweep of this image (numbers on top: keep rate R)", fontsize=10, pad=12)
     shown = [l for l in ax.get_lines() + ax2.get_lines() if not str(l.get_label()).startswith("_")]
-    fig.legend(shown, [str(l.get_label()) for l in shown],
-               loc="lower left", fontsize=7, frameon=True, bbox_to_anchor=(0.1, 0.15))
+    fig.legend(
+        shown,
+        [str(l.get_label()) for l in shown],
+        loc="lower left",
+        fontsize=7,
+        frameon=True,
+        bbox_to_anchor=(0.1, 0.15),
+    )
     return fig
 
 
@@ -598,9 +746,32 @@ def figure_to_array(fig: Figure) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
-__all__ = ["fate_map", "all_layer_maps", "attention_grid", "attention_layer", "blend_heatmap",
-           "outline", "patch_means", "upscale", "layer_view", "LayerView", "group_palette", "grid",
-           "GridLayout", "layer_strip", "layer_captions", "tokens_chart", "tokens_chart_image",
-           "figure_to_array",
-           "FATES", "FateStyle", "GROUP_COLORS", "VIEWS", "hatch_mask", "group_ranks",
-           "token_means", "highlight_token", "sweep_chart"]
+__all__ = [
+    "fate_map",
+    "all_layer_maps",
+    "attention_grid",
+    "attention_layer",
+    "blend_heatmap",
+    "outline",
+    "patch_means",
+    "upscale",
+    "layer_view",
+    "LayerView",
+    "group_palette",
+    "grid",
+    "GridLayout",
+    "layer_strip",
+    "layer_captions",
+    "tokens_chart",
+    "tokens_chart_image",
+    "figure_to_array",
+    "FATES",
+    "FateStyle",
+    "GROUP_COLORS",
+    "VIEWS",
+    "hatch_mask",
+    "group_ranks",
+    "token_means",
+    "highlight_token",
+    "sweep_chart",
+]

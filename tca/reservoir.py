@@ -3,6 +3,7 @@
 A :class:`Reservoir` is plain caller-owned state: one per stream (dataset, browser session).
 Nothing is stored on the model or at module level, so two users never share anchors.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -39,7 +40,9 @@ class ReservoirConfig:
         if self.min_per_class < 1:
             raise ConfigError(f"min_per_class must be >= 1, got {self.min_per_class}")
         if self.eviction not in EVICTIONS:
-            raise ConfigError(f"eviction must be one of {', '.join(EVICTIONS)}, got {self.eviction!r}")
+            raise ConfigError(
+                f"eviction must be one of {', '.join(EVICTIONS)}, got {self.eviction!r}"
+            )
 
 
 # The released per-dataset configs (ViT-B/16): (M, σ, λ, β). "default" is ImageNet's, the most
@@ -150,17 +153,26 @@ class Reservoir:
     def anchors(self) -> torch.Tensor | None:
         if not self.active:
             return None
-        return torch.stack([torch.stack([e.cls_tokens for e in b]).mean(dim=0) for b in self.buckets])
+        return torch.stack(
+            [torch.stack([e.cls_tokens for e in b]).mean(dim=0) for b in self.buckets]
+        )
 
-    def update(self, cls_tokens: torch.Tensor, logits: torch.Tensor,
-               embedding: torch.Tensor | None = None) -> int:
+    def update(
+        self, cls_tokens: torch.Tensor, logits: torch.Tensor, embedding: torch.Tensor | None = None
+    ) -> int:
         """Insert one image (cls_tokens (L, D), logits (C,)) under its predicted class."""
         if logits.shape[-1] != self.num_classes:
-            raise ValueError(f"logits have {logits.shape[-1]} classes, reservoir has {self.num_classes}")
+            raise ValueError(
+                f"logits have {logits.shape[-1]} classes, reservoir has {self.num_classes}"
+            )
         pred = int(logits.argmax())
         self.steps += 1
-        entry = Entry(cls_tokens.detach().float().cpu(), float(entropy(logits)),
-                      None if embedding is None else embedding.detach().float().cpu(), self.steps)
+        entry = Entry(
+            cls_tokens.detach().float().cpu(),
+            float(entropy(logits)),
+            None if embedding is None else embedding.detach().float().cpu(),
+            self.steps,
+        )
         bucket = self.buckets[pred]
         bucket.append(entry)
         if len(bucket) > self.config.size:
@@ -183,17 +195,31 @@ class Reservoir:
 
     def state_dict(self) -> dict:
         """Plain tensors and numbers (safe for ``torch.save`` / ``torch.load(weights_only=True)``)."""
-        return {"num_classes": self.num_classes, "steps": self.steps,
-                "buckets": [[{"cls": e.cls_tokens, "entropy": e.entropy, "emb": e.embedding,
-                              "step": e.step} for e in b] for b in self.buckets]}
+        return {
+            "num_classes": self.num_classes,
+            "steps": self.steps,
+            "buckets": [
+                [
+                    {"cls": e.cls_tokens, "entropy": e.entropy, "emb": e.embedding, "step": e.step}
+                    for e in b
+                ]
+                for b in self.buckets
+            ],
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Restore what :meth:`state_dict` returned (the config stays this reservoir's own)."""
-        if int(state["num_classes"]) != self.num_classes or len(state["buckets"]) != self.num_classes:
-            raise ValueError(f"state is for {state['num_classes']} classes, reservoir has "
-                             f"{self.num_classes}")
-        self.buckets = [[Entry(e["cls"], float(e["entropy"]), e["emb"], int(e["step"])) for e in b]
-                        for b in state["buckets"]]
+        if (
+            int(state["num_classes"]) != self.num_classes
+            or len(state["buckets"]) != self.num_classes
+        ):
+            raise ValueError(
+                f"state is for {state['num_classes']} classes, reservoir has {self.num_classes}"
+            )
+        self.buckets = [
+            [Entry(e["cls"], float(e["entropy"]), e["emb"], int(e["step"])) for e in b]
+            for b in state["buckets"]
+        ]
         self.steps = int(state["steps"])
 
     def summary(self, labels: list[str] | None = None) -> dict:
@@ -204,14 +230,20 @@ class Reservoir:
             "images_seen": self.steps,
             "min_per_class": self.config.min_per_class,
             "size": self.config.size,
-            "buckets": {n: [{"step": e.step, "entropy": round(e.entropy, 4)} for e in b]
-                        for n, b in zip(names, self.buckets)},
+            "buckets": {
+                n: [{"step": e.step, "entropy": round(e.entropy, 4)} for e in b]
+                for n, b in zip(names, self.buckets)
+            },
         }
 
 
-def stream_update(reservoir: Reservoir, cls_tokens: torch.Tensor, logits: torch.Tensor,
-                  embeddings: torch.Tensor | None = None,
-                  logit_scale: float | None = None) -> torch.Tensor:
+def stream_update(
+    reservoir: Reservoir,
+    cls_tokens: torch.Tensor,
+    logits: torch.Tensor,
+    embeddings: torch.Tensor | None = None,
+    logit_scale: float | None = None,
+) -> torch.Tensor:
     """The released TCA loop for a batch, image by image in order: insert into the reservoir,
     then correct with the updated reservoir (so an image votes for its own class, as in the
     code). cls_tokens: (B, L, D); logits: (B, C). Returns corrected logits (B, C).
@@ -229,11 +261,23 @@ def stream_update(reservoir: Reservoir, cls_tokens: torch.Tensor, logits: torch.
     out = logits.detach().float().cpu().clone()
     at_release = out / ratio
     for b in range(logits.shape[0]):
-        reservoir.update(cls_tokens[b], at_release[b],
-                         None if embeddings is None else embeddings[b])
+        reservoir.update(
+            cls_tokens[b], at_release[b], None if embeddings is None else embeddings[b]
+        )
         out[b] += ratio * reservoir.correction(cls_tokens[b])
     return out
 
 
-__all__ = ["Reservoir", "ReservoirConfig", "PRESETS", "preset", "stream_update", "layer_weights",
-           "layer_affinity", "choose_eviction", "entropy", "EVICTIONS", "RELEASED_LOGIT_SCALE"]
+__all__ = [
+    "Reservoir",
+    "ReservoirConfig",
+    "PRESETS",
+    "preset",
+    "stream_update",
+    "layer_weights",
+    "layer_affinity",
+    "choose_eviction",
+    "entropy",
+    "EVICTIONS",
+    "RELEASED_LOGIT_SCALE",
+]

@@ -9,6 +9,7 @@ ensembles are 8-20 tokens long). The cut pass reuses the model's own modules; to
 cut is not exact (no causal mask, e.g. SigLIP's; a CLS token appended at the end; pooling at
 the last or every position; towers of unknown type) go through open_clip's ``encode_text``.
 """
+
 from __future__ import annotations
 
 import threading
@@ -50,8 +51,10 @@ def text_tower(model: torch.nn.Module) -> TextTower | None:
         if getattr(text, "use_pad_mask", False):  # exact too, but keep to open_clip's own pass
             return None
         src, pool, eos = text, getattr(text, "pool_type", None), getattr(text, "eos_id", None)
-    parts: list[Any] = [getattr(src, n, None) for n in ("token_embedding", "positional_embedding",
-                                             "transformer", "ln_final", "attn_mask")]
+    parts: list[Any] = [
+        getattr(src, n, None)
+        for n in ("token_embedding", "positional_embedding", "transformer", "ln_final", "attn_mask")
+    ]
     if any(p is None for p in parts) or pool not in POOLS_AT_EOT:
         return None
     if pool == "eos" and eos is None:
@@ -61,8 +64,9 @@ def text_tower(model: torch.nn.Module) -> TextTower | None:
         return None
     if not hasattr(transformer, "resblocks"):
         return None
-    return TextTower(emb, pos, transformer, ln_final, getattr(src, "text_projection", None),
-                     mask, pool, eos)
+    return TextTower(
+        emb, pos, transformer, ln_final, getattr(src, "text_projection", None), mask, pool, eos
+    )
 
 
 def _is_causal(mask: torch.Tensor) -> bool:
@@ -98,8 +102,9 @@ def encode_cut(tower: TextTower, tokens: torch.Tensor) -> torch.Tensor:
     return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
 
 
-def encode_tokens(model: torch.nn.Module, tokens: torch.Tensor,
-                  tower: TextTower | None = None) -> torch.Tensor:
+def encode_tokens(
+    model: torch.nn.Module, tokens: torch.Tensor, tower: TextTower | None = None
+) -> torch.Tensor:
     """(N, E) unnormalised features of (N, 77) tokens: the cut pass where it is exact
     (``tower``, from :func:`text_tower`), else open_clip's ``encode_text``."""
     with torch.inference_mode():
@@ -143,32 +148,55 @@ class LabelCache:
                 self._data.popitem(last=False)
 
 
-def class_embeddings(model: torch.nn.Module, tokenizer: Callable, labels: Sequence[str],
-                     templates: tuple[str, ...], cache: LabelCache, device: torch.device,
-                     tower: TextTower | None = None, chunk: int = CHUNK,
-                     progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+def class_embeddings(
+    model: torch.nn.Module,
+    tokenizer: Callable,
+    labels: Sequence[str],
+    templates: tuple[str, ...],
+    cache: LabelCache,
+    device: torch.device,
+    tower: TextTower | None = None,
+    chunk: int = CHUNK,
+    progress: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
     """(C, E) normalised class embeddings on the CPU; only labels missing from ``cache`` are
     encoded (C_new * T prompts, see :func:`encode_prompts`), then cached."""
     found = {label: cache.get(label, templates) for label in dict.fromkeys(labels)}
     missing = [label for label, emb in found.items() if emb is None]
     if missing:
-        feats = encode_prompts(model, tokenizer, [t.format(l) for l in missing for t in templates],
-                               device, tower, chunk, progress)
+        feats = encode_prompts(
+            model,
+            tokenizer,
+            [t.format(l) for l in missing for t in templates],
+            device,
+            tower,
+            chunk,
+            progress,
+        )
         for label, emb in zip(missing, ensemble(feats, len(missing), len(templates))):
             found[label] = emb
             cache.put(label, templates, emb)
     return torch.stack(typing.cast(list[torch.Tensor], [found[label] for label in labels]))
 
 
-def encode_prompts(model: torch.nn.Module, tokenizer: Callable, prompts: Sequence[str],
-                   device: torch.device, tower: TextTower | None = None, chunk: int = CHUNK,
-                   progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+def encode_prompts(
+    model: torch.nn.Module,
+    tokenizer: Callable,
+    prompts: Sequence[str],
+    device: torch.device,
+    tower: TextTower | None = None,
+    chunk: int = CHUNK,
+    progress: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
     """(P, E) float features of P prompts on the CPU, in prompt order. With a cut pass the
     prompts go in order of length, ``chunk`` at a time, so each batch is cut to nearly its
     own prompts' length; progress(done, P) after each batch."""
     tokens = tokenizer(list(prompts))  # (P, 77)
-    order = (torch.argsort(pool_index(tower, tokens), stable=True) if tower is not None
-             else torch.arange(len(prompts)))
+    order = (
+        torch.argsort(pool_index(tower, tokens), stable=True)
+        if tower is not None
+        else torch.arange(len(prompts))
+    )
     out: torch.Tensor | None = None
     done = 0
     for part in order.split(chunk):
@@ -182,5 +210,15 @@ def encode_prompts(model: torch.nn.Module, tokenizer: Callable, prompts: Sequenc
     assert out is not None
     return out
 
-__all__ = ["TextTower", "text_tower", "pool_index", "encode_cut", "encode_tokens", "ensemble",
-           "LabelCache", "class_embeddings", "encode_prompts"]
+
+__all__ = [
+    "TextTower",
+    "text_tower",
+    "pool_index",
+    "encode_cut",
+    "encode_tokens",
+    "ensemble",
+    "LabelCache",
+    "class_embeddings",
+    "encode_prompts",
+]

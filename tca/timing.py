@@ -3,6 +3,7 @@
 CUDA kernels run asynchronously: the clock is read only after the device has finished, so a
 time covers the work itself and not just its launch.
 """
+
 from __future__ import annotations
 
 import time

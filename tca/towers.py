@@ -21,6 +21,7 @@ ranks patches comes from (``signal``):
 
 Adding a family is one subclass of :class:`Tower` registered in :data:`TOWERS`.
 """
+
 from __future__ import annotations
 
 from typing import ClassVar, Sequence
@@ -126,13 +127,19 @@ class OpenClipViT(Tower):
 
     @classmethod
     def check(cls, visual) -> None:
-        if getattr(visual, "pool_type", "tok") != "tok" or getattr(visual, "attn_pool", None) is not None:
+        if (
+            getattr(visual, "pool_type", "tok") != "tok"
+            or getattr(visual, "attn_pool", None) is not None
+        ):
             raise UnsupportedModelError(
                 f"this ViT pools with {visual.pool_type!r}/attention pooling instead of its CLS "
-                f"token; condensation ranks patches by CLS attention and needs pool_type='tok'")
+                f"token; condensation ranks patches by CLS attention and needs pool_type='tok'"
+            )
         if not all(isinstance(b, ResidualAttentionBlock) for b in visual.transformer.resblocks):
-            raise UnsupportedModelError("only open_clip ResidualAttentionBlock towers are supported "
-                                        "(qk-norm / custom-attention blocks are not)")
+            raise UnsupportedModelError(
+                "only open_clip ResidualAttentionBlock towers are supported "
+                "(qk-norm / custom-attention blocks are not)"
+            )
         if not getattr(visual.transformer, "batch_first", True):
             raise UnsupportedModelError("open_clip >= 2.26 (batch-first transformer) is required")
 
@@ -191,6 +198,7 @@ class TimmViT(Tower):
     @classmethod
     def accepts(cls, visual) -> bool:
         from open_clip.timm_model import TimmModel
+
         return isinstance(visual, TimmModel)
 
     @classmethod
@@ -198,19 +206,26 @@ class TimmViT(Tower):
         from timm.layers import Attention, AttentionPoolLatent
         from timm.models.vision_transformer import Block
         from timm.models.vision_transformer import VisionTransformer as TimmVisionTransformer
+
         trunk = visual.trunk
         name = type(trunk).__name__
         if not isinstance(trunk, TimmVisionTransformer):
             raise UnsupportedModelError(
                 f"timm {name} tower is not supported: condensation needs a timm VisionTransformer "
-                f"(patch tokens through plain attention blocks)")
+                f"(patch tokens through plain attention blocks)"
+            )
         if getattr(trunk, "dynamic_img_size", False):
             raise UnsupportedModelError("timm towers with dynamic image size are not supported")
-        bad = [type(b).__name__ for b in trunk.blocks
-               if type(b) is not Block or type(b.attn) is not Attention]
+        bad = [
+            type(b).__name__
+            for b in trunk.blocks
+            if type(b) is not Block or type(b.attn) is not Attention
+        ]
         if bad:
-            raise UnsupportedModelError(f"timm {bad[0]} blocks are not supported (only timm's plain "
-                                        f"Block with Attention: qkv projection, then proj)")
+            raise UnsupportedModelError(
+                f"timm {bad[0]} blocks are not supported (only timm's plain "
+                f"Block with Attention: qkv projection, then proj)"
+            )
         if any(getattr(b.attn, "gate", None) is not None for b in trunk.blocks):
             raise UnsupportedModelError("timm gated attention blocks are not supported")
         pool = trunk.attn_pool
@@ -219,10 +234,13 @@ class TimmViT(Tower):
             if pool.latent_len != 1 or pool.pos_embed is not None or pool.pool != "token":
                 raise UnsupportedModelError(
                     "this tower's attention pool has several latent queries or its own position "
-                    "embedding; condensation uses a single pool query to stand in for CLS")
+                    "embedding; condensation uses a single pool query to stand in for CLS"
+                )
             if not isinstance(pool.k_norm, torch.nn.Identity):
-                raise UnsupportedModelError("attention pools with key normalisation are not supported "
-                                            "(the pool query cannot be folded into the keys)")
+                raise UnsupportedModelError(
+                    "attention pools with key normalisation are not supported "
+                    "(the pool query cannot be folded into the keys)"
+                )
             return
         if pool is None and prefix == 1 and trunk.global_pool == "token":
             return
@@ -231,7 +249,8 @@ class TimmViT(Tower):
             f"this timm tower has no usable pooling signal to rank patches by: it has "
             f"{prefix} prefix token(s) and pools with {how}. Condensation needs either one CLS "
             f"token that the tower pools by ('token') or no CLS token and a single-query "
-            f"attention pool ('map', as in SigLIP); average pooling weighs all tokens alike")
+            f"attention pool ('map', as in SigLIP); average pooling weighs all tokens alike"
+        )
 
     @classmethod
     def prefix(cls, visual) -> int:
@@ -326,4 +345,5 @@ def tower_for(model: torch.nn.Module) -> type[Tower]:
     raise UnsupportedModelError(
         f"{type(visual).__name__} vision tower is not supported: condensation needs a ViT of "
         f"patch tokens (open_clip's VisionTransformer or a timm VisionTransformer, e.g. SigLIP); "
-        f"ResNets have no tokens to condense")
+        f"ResNets have no tokens to condense"
+    )

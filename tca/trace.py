@@ -6,6 +6,7 @@ token holds each original patch, and ``pruned`` (P,): whether the patch was ever
 Each condensing layer composes its ``dest`` map into ``token_of``; plain layers leave both
 tensors untouched, so recording them costs two references per block.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,13 +24,20 @@ class TraceRecorder:
     def __init__(self, batch: int, n_patches: int, device: torch.device, prefix: int = 1) -> None:
         # prefix: tokens before the patches (1 = CLS; 0 for towers without a CLS token)
         self.prefix = prefix
-        self.token_of = torch.arange(prefix, n_patches + prefix, device=device).expand(batch, n_patches)
+        self.token_of = torch.arange(prefix, n_patches + prefix, device=device).expand(
+            batch, n_patches
+        )
         self.pruned = torch.zeros((batch, n_patches), dtype=torch.bool, device=device)
         self.per_layer: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.cls_attention: dict[int, torch.Tensor] = {}
 
-    def condense(self, layer: int, dest: torch.Tensor, pruned: torch.Tensor | None,
-                 patch_attention: torch.Tensor | None) -> None:
+    def condense(
+        self,
+        layer: int,
+        dest: torch.Tensor,
+        pruned: torch.Tensor | None,
+        patch_attention: torch.Tensor | None,
+    ) -> None:
         """dest: (B, N_in), -1 for dropped tokens; pruned: (B, N_in) bool; patch_attention:
         (B, N_in - prefix) head-mean CLS attention of the tokens entering the layer (each patch
         gets its token's value; NaN for patches dropped earlier)."""
@@ -38,7 +46,9 @@ class TraceRecorder:
         if patch_attention is not None:
             att = patch_attention
             if self.prefix:
-                att = torch.cat([att.new_full((att.shape[0], self.prefix), float("nan")), att], dim=1)
+                att = torch.cat(
+                    [att.new_full((att.shape[0], self.prefix), float("nan")), att], dim=1
+                )
             att = att.gather(1, idx).masked_fill(~alive, float("nan"))
             self.cls_attention[layer] = att.float().cpu()
         if pruned is not None:
@@ -48,9 +58,13 @@ class TraceRecorder:
     def end_block(self) -> None:
         self.per_layer.append((self.token_of, self.pruned))
 
-    def finish(self, tokens_per_layer: list[int], grid: tuple[int, int],
-               condensing_layers: tuple[int, ...],
-               tokens_per_image: list[list[int]] | None = None) -> Trace:
+    def finish(
+        self,
+        tokens_per_layer: list[int],
+        grid: tuple[int, int],
+        condensing_layers: tuple[int, ...],
+        tokens_per_image: list[list[int]] | None = None,
+    ) -> Trace:
         token_index = torch.stack([t for t, _ in self.per_layer], dim=1).cpu()  # (B, L, P)
         pruned = torch.stack([p for _, p in self.per_layer], dim=1).cpu()
         b, l, p = token_index.shape
@@ -62,10 +76,21 @@ class TraceRecorder:
         fate = torch.full((b, l, p), KEPT, dtype=torch.uint8)
         fate[shared] = MERGED
         fate[pruned] = PRUNED
-        per_image = tuple(tuple(int(n) for n in row) for row in tokens_per_image) \
-            if tokens_per_image is not None else None
-        return Trace(tuple(tokens_per_layer), grid, token_index, fate, self.cls_attention,
-                     tuple(condensing_layers), self.prefix, per_image)
+        per_image = (
+            tuple(tuple(int(n) for n in row) for row in tokens_per_image)
+            if tokens_per_image is not None
+            else None
+        )
+        return Trace(
+            tuple(tokens_per_layer),
+            grid,
+            token_index,
+            fate,
+            self.cls_attention,
+            tuple(condensing_layers),
+            self.prefix,
+            per_image,
+        )
 
 
 @dataclass(frozen=True)
@@ -132,21 +157,33 @@ class Trace:
         """The trace of one image of the batch (batch dimension kept, size 1)."""
         sl = slice(image, image + 1)
         tokens = self.tokens(image)
-        return Trace(tokens, self.grid, self.token_index[sl], self.fate[sl],
-                     {k: v[sl] for k, v in self.cls_attention.items()}, self.condensing_layers,
-                     self.prefix, None if self.tokens_per_image is None else (tokens,))
+        return Trace(
+            tokens,
+            self.grid,
+            self.token_index[sl],
+            self.fate[sl],
+            {k: v[sl] for k, v in self.cls_attention.items()},
+            self.condensing_layers,
+            self.prefix,
+            None if self.tokens_per_image is None else (tokens,),
+        )
 
     def to_dict(self, image: int = 0) -> dict:
         """JSON-ready summary: counts, fates and groups per layer."""
         layers = []
         for l in range(self.depth):
-            layers.append({
-                "layer": l,
-                "tokens": self.tokens(image)[l],
-                "fates": self.fate_counts(l, image),
-                "fate": self.fate[image, l].tolist(),
-                "token_index": self.token_index[image, l].tolist(),
-                "condensing": l in self.condensing_layers,
-            })
-        return {"grid": list(self.grid), "fate_codes": {v: k for k, v in FATE_NAMES.items()},
-                "layers": layers}
+            layers.append(
+                {
+                    "layer": l,
+                    "tokens": self.tokens(image)[l],
+                    "fates": self.fate_counts(l, image),
+                    "fate": self.fate[image, l].tolist(),
+                    "token_index": self.token_index[image, l].tolist(),
+                    "condensing": l in self.condensing_layers,
+                }
+            )
+        return {
+            "grid": list(self.grid),
+            "fate_codes": {v: k for k, v in FATE_NAMES.items()},
+            "layers": layers,
+        }

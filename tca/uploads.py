@@ -5,6 +5,7 @@ Everything else (another server file, a missing file, a relative or ``..`` path,
 the roots) gets one and the same refusal, :data:`REFUSED`, which says nothing about the path;
 nothing outside the roots is opened, read or stat-ed for its contents.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,8 +15,10 @@ from typing import Sequence
 
 from .errors import ImageError, InputError
 
-REFUSED = ("image: only an uploaded image is accepted (drop a file on the page, or send one "
-           "with gradio_client.handle_file); other file references are refused")
+REFUSED = (
+    "image: only an uploaded image is accepted (drop a file on the page, or send one "
+    "with gradio_client.handle_file); other file references are refused"
+)
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024  # the app's upload cap (its launch(max_file_size) too)
 
 
@@ -38,8 +41,9 @@ class UploadPolicy:
     max_bytes: int = MAX_UPLOAD_BYTES
 
     @classmethod
-    def of(cls, roots: Sequence[str | os.PathLike], max_bytes: int = MAX_UPLOAD_BYTES
-           ) -> UploadPolicy:
+    def of(
+        cls, roots: Sequence[str | os.PathLike], max_bytes: int = MAX_UPLOAD_BYTES
+    ) -> UploadPolicy:
         return cls(tuple(Path(os.path.abspath(r)).resolve() for r in roots), max_bytes)
 
     def check(self, path: str | os.PathLike | None) -> Path:
@@ -67,8 +71,10 @@ class UploadPolicy:
 
 
 def too_large(size: int, max_bytes: int) -> str:
-    return (f"image: the file is {size / 2**20:.1f} MB; the limit is "
-            f"{max_bytes / 2**20:.0f} MB (downscale or compress it first)")
+    return (
+        f"image: the file is {size / 2**20:.1f} MB; the limit is "
+        f"{max_bytes / 2**20:.0f} MB (downscale or compress it first)"
+    )
 
 
 def check_data_url(url: str, max_bytes: int = MAX_UPLOAD_BYTES) -> None:
@@ -80,5 +86,11 @@ def check_data_url(url: str, max_bytes: int = MAX_UPLOAD_BYTES) -> None:
         raise ImageError(too_large(size, max_bytes))
 
 
-__all__ = ["REFUSED", "MAX_UPLOAD_BYTES", "UploadRefused", "UploadPolicy", "check_data_url",
-           "too_large"]
+__all__ = [
+    "REFUSED",
+    "MAX_UPLOAD_BYTES",
+    "UploadRefused",
+    "UploadPolicy",
+    "check_data_url",
+    "too_large",
+]

@@ -26,32 +26,57 @@ Modules, one concept each: ``datasets`` (folders and manifests), ``settings`` (o
 stream orders), ``records`` (resumable per-run output), ``loader`` (image decoding), ``loop``
 (the evaluation), ``report`` (JSON, table, CSV, plot). The command line lives in ``tca.cli``.
 """
+
 from ..errors import EvalError
 from .datasets import IMAGE_EXTENSIONS, Dataset, load_dataset
 from .loader import Batch, default_workers
 from .loop import TOP_K, evaluate, run
 from .records import RECORDS_VERSION, ReservoirStore, Run, RunLog
 from .report import (
-                     CSV_FIELDS,
-                     RANDOM_NOTE,
-                     format_table,
-                     plot,
-                     summarise,
-                     summarise_records,
-                     write_csv,
-                     write_json,
+    CSV_FIELDS,
+    RANDOM_NOTE,
+    format_table,
+    plot,
+    summarise,
+    summarise_records,
+    write_csv,
+    write_json,
 )
 from .settings import (
-                     DEFAULT_KEEP_RATES,
-                     DEFAULT_METHODS,
-                     EvalOptions,
-                     Setting,
-                     make_settings,
-                     stream_orders,
+    DEFAULT_KEEP_RATES,
+    DEFAULT_METHODS,
+    EvalOptions,
+    Setting,
+    make_settings,
+    stream_orders,
 )
 
-__all__ = ["evaluate", "run", "EvalOptions", "load_dataset", "Dataset", "Setting", "make_settings",
-           "stream_orders", "summarise", "summarise_records", "format_table", "write_csv",
-           "write_json", "plot", "Run", "RunLog", "ReservoirStore", "Batch", "EvalError",
-           "RANDOM_NOTE", "CSV_FIELDS", "IMAGE_EXTENSIONS", "DEFAULT_METHODS",
-           "DEFAULT_KEEP_RATES", "RECORDS_VERSION", "TOP_K", "default_workers"]
+__all__ = [
+    "evaluate",
+    "run",
+    "EvalOptions",
+    "load_dataset",
+    "Dataset",
+    "Setting",
+    "make_settings",
+    "stream_orders",
+    "summarise",
+    "summarise_records",
+    "format_table",
+    "write_csv",
+    "write_json",
+    "plot",
+    "Run",
+    "RunLog",
+    "ReservoirStore",
+    "Batch",
+    "EvalError",
+    "RANDOM_NOTE",
+    "CSV_FIELDS",
+    "IMAGE_EXTENSIONS",
+    "DEFAULT_METHODS",
+    "DEFAULT_KEEP_RATES",
+    "RECORDS_VERSION",
+    "TOP_K",
+    "default_workers",
+]

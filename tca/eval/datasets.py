@@ -4,6 +4,7 @@ Nothing is guessed quietly: an empty class folder is reported (``empty_classes``
 candidate label; a dangling symbolic link stays in the data set so the evaluation reports it as
 unreadable and counts it (``dangling_links``).
 """
+
 from __future__ import annotations
 
 import csv
@@ -15,8 +16,23 @@ from pathlib import Path
 
 from ..errors import EvalError
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif",
-                              ".tiff", ".ppm", ".pgm", ".pbm", ".pnm"})
+IMAGE_EXTENSIONS = frozenset(
+    {
+        ".jpg",
+        ".jpeg",
+        ".jfif",
+        ".png",
+        ".bmp",
+        ".gif",
+        ".webp",
+        ".tif",
+        ".tiff",
+        ".ppm",
+        ".pgm",
+        ".pbm",
+        ".pnm",
+    }
+)
 
 
 @dataclass
@@ -75,13 +91,22 @@ def load_dataset(source: str | os.PathLike) -> Dataset:
     index = {label: i for i, label in enumerate(labels)}
     unknown = sorted({label for _, label in rows if label not in index})
     if unknown:
-        raise EvalError(f"manifest {path.name}: images labelled {', '.join(map(repr, unknown[:5]))} "
-                        f"but those are not in its \"labels\" list")
+        raise EvalError(
+            f"manifest {path.name}: images labelled {', '.join(map(repr, unknown[:5]))} "
+            f'but those are not in its "labels" list'
+        )
     base = path.parent
     paths = [(base / p) if not Path(p).is_absolute() else Path(p) for p, _ in rows]
     dangling = sum(p.is_symlink() and not p.exists() for p in paths)
-    return Dataset(list(labels), paths, [index[label] for _, label in rows], str(path),
-                   suffix[1:], base, dangling_links=dangling)
+    return Dataset(
+        list(labels),
+        paths,
+        [index[label] for _, label in rows],
+        str(path),
+        suffix[1:],
+        base,
+        dangling_links=dangling,
+    )
 
 
 def _load_folder(root: Path) -> Dataset:
@@ -89,8 +114,10 @@ def _load_folder(root: Path) -> Dataset:
     if not classes:
         loose = [p for p in root.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS]
         hint = f" (it holds {len(loose)} loose image(s))" if loose else ""
-        raise EvalError(f"{root} has no class sub-folders{hint}: the ImageFolder layout is "
-                        f"DATA_DIR/<label>/<image>, or pass a .csv/.json manifest of path,label")
+        raise EvalError(
+            f"{root} has no class sub-folders{hint}: the ImageFolder layout is "
+            f"DATA_DIR/<label>/<image>, or pass a .csv/.json manifest of path,label"
+        )
     labels: list[str] = []
     paths: list[Path] = []
     targets: list[int] = []
@@ -107,8 +134,10 @@ def _load_folder(root: Path) -> Dataset:
         paths += images
         dangling += broken
     if not paths:
-        raise EvalError(f"{root} has class folders ({', '.join(d.name for d in classes[:5])}"
-                        f"{', ...' if len(classes) > 5 else ''}) but no image files in them")
+        raise EvalError(
+            f"{root} has class folders ({', '.join(d.name for d in classes[:5])}"
+            f"{', ...' if len(classes) > 5 else ''}) but no image files in them"
+        )
     return Dataset(labels, paths, targets, str(root), "folder", root, ignored, empty, dangling)
 
 
@@ -149,8 +178,10 @@ def _read_csv(path: Path) -> list[tuple[str, str]]:
     if pcol is not None and lcol is not None:
         rows = rows[1:]
     elif pcol is not None or lcol is not None:
-        raise EvalError(f"manifest {path.name}: its header needs both a path column "
-                        f"({'/'.join(_PATH_COLUMNS)}) and a label column ({'/'.join(_LABEL_COLUMNS)})")
+        raise EvalError(
+            f"manifest {path.name}: its header needs both a path column "
+            f"({'/'.join(_PATH_COLUMNS)}) and a label column ({'/'.join(_LABEL_COLUMNS)})"
+        )
     else:
         pcol, lcol = 0, 1
     out = []
@@ -170,11 +201,15 @@ def _read_json(path: Path) -> tuple[list[str] | None, list[tuple[str, str]]]:
     if isinstance(data, dict):
         labels = data.get("labels")
         data = data.get("images", data.get("items"))
-        if labels is not None and not (isinstance(labels, list) and all(isinstance(l, str) for l in labels)):
-            raise EvalError(f"manifest {path.name}: \"labels\" must be a list of strings")
+        if labels is not None and not (
+            isinstance(labels, list) and all(isinstance(l, str) for l in labels)
+        ):
+            raise EvalError(f'manifest {path.name}: "labels" must be a list of strings')
     if not isinstance(data, list):
-        raise EvalError(f"manifest {path.name}: expected a list of {{\"path\", \"label\"}} objects "
-                        f"(or {{\"labels\": [...], \"images\": [...]}})")
+        raise EvalError(
+            f'manifest {path.name}: expected a list of {{"path", "label"}} objects '
+            f'(or {{"labels": [...], "images": [...]}})'
+        )
     out = []
     for n, e in enumerate(data):
         if isinstance(e, dict):
@@ -184,12 +219,17 @@ def _read_json(path: Path) -> tuple[list[str] | None, list[tuple[str, str]]]:
             p, label = e
         else:
             p = label = None
-        if not isinstance(p, str) or not isinstance(label, str) or not p.strip() or not label.strip():
-            raise EvalError(f"manifest {path.name} item {n}: expected a path and a label, got {e!r}")
+        if (
+            not isinstance(p, str)
+            or not isinstance(label, str)
+            or not p.strip()
+            or not label.strip()
+        ):
+            raise EvalError(
+                f"manifest {path.name} item {n}: expected a path and a label, got {e!r}"
+            )
         out.append((p.strip(), label.strip()))
     return ([l.strip() for l in labels] if labels is not None else None), out
-
-
 
 
 __all__ = ["Dataset", "load_dataset", "IMAGE_EXTENSIONS"]

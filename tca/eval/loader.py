@@ -3,6 +3,7 @@
 Every failure to read one image (undecodable, missing, a dangling link) becomes that image's
 error message in :class:`Batch`; the evaluation reports, skips and counts it.
 """
+
 from __future__ import annotations
 
 import os
@@ -28,7 +29,9 @@ class Batch(NamedTuple):
 
 def default_workers() -> int:
     """DataLoader workers: one fewer than the cores (at least 0, at most 4); 1 on a 2-core CPU."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpus = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    )
     return max(0, min(4, cpus - 1))
 
 
@@ -63,17 +66,25 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def batches(items: list[tuple[int, Path]], preprocess: Callable, batch_size: int,
-            workers: int) -> Iterable[Batch]:
+def batches(
+    items: list[tuple[int, Path]], preprocess: Callable, batch_size: int, workers: int
+) -> Iterable[Batch]:
     """(stream position, path) items in order, ``batch_size`` at a time, decoded by
     ``workers`` processes (0: in this process)."""
     data = _Images(items, preprocess)
     if workers > 0:
-        return torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False,
-                                           num_workers=workers, collate_fn=_collate,
-                                           worker_init_fn=_worker_init, prefetch_factor=2)
-    return torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False,
-                                       num_workers=0, collate_fn=_collate)
+        return torch.utils.data.DataLoader(
+            data,
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=workers,
+            collate_fn=_collate,
+            worker_init_fn=_worker_init,
+            prefetch_factor=2,
+        )
+    return torch.utils.data.DataLoader(
+        data, batch_size=batch_size, shuffle=False, num_workers=0, collate_fn=_collate
+    )
 
 
 __all__ = ["Batch", "batches", "default_workers"]

@@ -4,6 +4,7 @@
 guide condensation, each image is filed in order, then its logits are corrected); the baselines
 run once, without reservoir or correction. Inputs and text embeddings live on the model's device.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -60,15 +61,28 @@ class _Feed:
     on_batch: Callable[[int, int], None] | None
 
 
-def evaluate(clip: ClipModel, dataset: Dataset, methods: Sequence[str] = DEFAULT_METHODS,
-             keep_rates: Sequence[float] = DEFAULT_KEEP_RATES, *, batch_size: int = 8,
-             templates: str | None = None, preset: str = "default", shuffle_seed: int | None = 0,
-             repeats: int = 1, limit: int | None = None, num_workers: int | None = None,
-             records_dir: str | os.PathLike | None = None, fresh: bool = False,
-             progress: bool = True, layers: Sequence[int] = DEFAULT_LAYERS,
-             merge_centers: int = 2, score: str = "mean",
-             on_batch: Callable[[int, int], None] | None = None,
-             echo: Callable[[str], None] | None = None) -> dict:
+def evaluate(
+    clip: ClipModel,
+    dataset: Dataset,
+    methods: Sequence[str] = DEFAULT_METHODS,
+    keep_rates: Sequence[float] = DEFAULT_KEEP_RATES,
+    *,
+    batch_size: int = 8,
+    templates: str | None = None,
+    preset: str = "default",
+    shuffle_seed: int | None = 0,
+    repeats: int = 1,
+    limit: int | None = None,
+    num_workers: int | None = None,
+    records_dir: str | os.PathLike | None = None,
+    fresh: bool = False,
+    progress: bool = True,
+    layers: Sequence[int] = DEFAULT_LAYERS,
+    merge_centers: int = 2,
+    score: str = "mean",
+    on_batch: Callable[[int, int], None] | None = None,
+    echo: Callable[[str], None] | None = None,
+) -> dict:
     """Evaluate every (method, keep rate) setting on ``dataset``; returns a JSON-ready dict.
 
     The protocol options are those of :class:`EvalOptions` (checked there).
@@ -77,25 +91,51 @@ def evaluate(clip: ClipModel, dataset: Dataset, methods: Sequence[str] = DEFAULT
     memory. on_batch(repeat, images_done): called after every batch (e.g. for tests).
     The result's ``results`` list holds one entry per setting, averaged over repeats.
     """
-    options = EvalOptions(methods=tuple(methods), keep_rates=tuple(keep_rates),
-                          layers=tuple(layers), merge_centers=merge_centers, score=score,
-                          batch_size=batch_size, templates=templates, preset=preset,
-                          shuffle_seed=shuffle_seed, repeats=repeats, limit=limit)
-    return run(clip, dataset, options, num_workers=num_workers, records_dir=records_dir,
-               fresh=fresh, progress=progress, on_batch=on_batch, echo=echo)
+    options = EvalOptions(
+        methods=tuple(methods),
+        keep_rates=tuple(keep_rates),
+        layers=tuple(layers),
+        merge_centers=merge_centers,
+        score=score,
+        batch_size=batch_size,
+        templates=templates,
+        preset=preset,
+        shuffle_seed=shuffle_seed,
+        repeats=repeats,
+        limit=limit,
+    )
+    return run(
+        clip,
+        dataset,
+        options,
+        num_workers=num_workers,
+        records_dir=records_dir,
+        fresh=fresh,
+        progress=progress,
+        on_batch=on_batch,
+        echo=echo,
+    )
 
 
-def run(clip: ClipModel, dataset: Dataset, options: EvalOptions, *,
-        num_workers: int | None = None, records_dir: str | os.PathLike | None = None,
-        fresh: bool = False, progress: bool = True,
-        on_batch: Callable[[int, int], None] | None = None,
-        echo: Callable[[str], None] | None = None) -> dict:
+def run(
+    clip: ClipModel,
+    dataset: Dataset,
+    options: EvalOptions,
+    *,
+    num_workers: int | None = None,
+    records_dir: str | os.PathLike | None = None,
+    fresh: bool = False,
+    progress: bool = True,
+    on_batch: Callable[[int, int], None] | None = None,
+    echo: Callable[[str], None] | None = None,
+) -> dict:
     """:func:`evaluate` with its protocol options already checked (what the CLI calls)."""
     echo = echo or (lambda s: print(s, file=sys.stderr))
     if dataset.empty_classes:
         echo(f"warning: {empty_classes_note(dataset.empty_classes)}")
-    labels = validate_labels(dataset.labels, clip.tokenizer, options.template_set,
-                             context_length=clip.context_length)
+    labels = validate_labels(
+        dataset.labels, clip.tokenizer, options.template_set, context_length=clip.context_length
+    )
     orders = options.orders(len(dataset))
     ctx = _context(clip, dataset, labels, options.template_set)
     for s in options.settings:  # fail fast on settings this model cannot run (layers, K)
@@ -121,11 +161,20 @@ def run(clip: ClipModel, dataset: Dataset, options: EvalOptions, *,
         if run_.store is not None:
             run_.store.discard()  # complete: the JSONL records are all that is needed
     used = dict(
-        batch_size=options.batch_size, templates=options.template_set, preset=options.preset,
-        reservoir=vars(options.reservoir), shuffle_seed=options.shuffle_seed,
-        repeats=options.repeats, limit=options.limit, num_workers=workers,
-        layers=list(options.layers), merge_centers=options.merge_centers, score=options.score,
-        top_k=ctx.top_k, records=str(records) if records is not None else None)
+        batch_size=options.batch_size,
+        templates=options.template_set,
+        preset=options.preset,
+        reservoir=vars(options.reservoir),
+        shuffle_seed=options.shuffle_seed,
+        repeats=options.repeats,
+        limit=options.limit,
+        num_workers=workers,
+        layers=list(options.layers),
+        merge_centers=options.merge_centers,
+        score=options.score,
+        top_k=ctx.top_k,
+        records=str(records) if records is not None else None,
+    )
     return summarise(clip, dataset, flat, ctx.geom, used, wall)
 
 
@@ -135,8 +184,16 @@ def _context(clip: ClipModel, dataset: Dataset, labels: list[str], templates: st
         patch(model, CondenseConfig(method="none"))
     device = clip.device
     text = clip.encode_text(labels, templates).to(device)
-    return _Context(model, clip.preprocess, device, Geometry.from_model(model), text,
-                    clip.logit_scale, min(TOP_K, len(labels)), dataset)
+    return _Context(
+        model,
+        clip.preprocess,
+        device,
+        Geometry.from_model(model),
+        text,
+        clip.logit_scale,
+        min(TOP_K, len(labels)),
+        dataset,
+    )
 
 
 def _digest(obj, n: int = 16) -> str:
@@ -158,13 +215,25 @@ def _header(clip: ClipModel, ctx: _Context) -> dict:
     """What every run's records must agree on to be resumed: data, weights, text, top-k."""
     visual: Any = ctx.model.visual  # open_clip's VisionTransformer
     proj = visual.proj if visual.proj is not None else visual.conv1.weight
-    return {"version": RECORDS_VERSION, "dataset": ctx.dataset.fingerprint(),
-            "model": clip.weights_description, "weights": _signature(visual.conv1.weight, proj),
-            "text": _signature(ctx.text), "top_k": ctx.top_k}
+    return {
+        "version": RECORDS_VERSION,
+        "dataset": ctx.dataset.fingerprint(),
+        "model": clip.weights_description,
+        "weights": _signature(visual.conv1.weight, proj),
+        "text": _signature(ctx.text),
+        "top_k": ctx.top_k,
+    }
 
 
-def _open_runs(ctx: _Context, options: EvalOptions, orders: list[list[int]], header: dict,
-               records: Path | None, fresh: bool, echo: Callable[[str], None]) -> list[list[Run]]:
+def _open_runs(
+    ctx: _Context,
+    options: EvalOptions,
+    orders: list[list[int]],
+    header: dict,
+    records: Path | None,
+    fresh: bool,
+    echo: Callable[[str], None],
+) -> list[list[Run]]:
     """Every run of every repeat, resumed from ``records`` where they match."""
     settings, res_config = options.settings, options.reservoir
     out = []
@@ -174,13 +243,22 @@ def _open_runs(ctx: _Context, options: EvalOptions, orders: list[list[int]], hea
         for s in settings:
             if r > 0 and not s.stream:
                 continue  # order-independent: repeat 0 stands for every repeat
-            head = header | {"setting": s.key, "config": s.config.describe(), "repeat": r,
-                             "order": order_sig, "n": len(order)}
+            head = header | {
+                "setting": s.key,
+                "config": s.config.describe(),
+                "repeat": r,
+                "order": order_sig,
+                "n": len(order),
+            }
             if s.stream:
                 head |= {"batch_size": options.batch_size, "preset": vars(res_config)}
             base = records / f"{_slug(s.key)}.rep{r}.{_digest(head, 12)}" if records else None
-            run_ = Run(s, r, order, RunLog(base.with_name(base.name + ".jsonl") if base else None,
-                                           head, fresh))
+            run_ = Run(
+                s,
+                r,
+                order,
+                RunLog(base.with_name(base.name + ".jsonl") if base else None, head, fresh),
+            )
             if s.stream:
                 _resume_stream(ctx, run_, res_config, base, fresh, echo)
             run_.resumed = run_.log.done
@@ -189,8 +267,14 @@ def _open_runs(ctx: _Context, options: EvalOptions, orders: list[list[int]], hea
     return out
 
 
-def _resume_stream(ctx: _Context, run_: Run, res_config: ReservoirConfig, base: Path | None,
-                   fresh: bool, echo: Callable[[str], None]) -> None:
+def _resume_stream(
+    ctx: _Context,
+    run_: Run,
+    res_config: ReservoirConfig,
+    base: Path | None,
+    fresh: bool,
+    echo: Callable[[str], None],
+) -> None:
     """Give a TCA run its fresh reservoir, rebuilt from the store when resuming (or restart
     the run when the stored state does not match its records)."""
     run_.reservoir = Reservoir(len(ctx.dataset.labels), res_config)
@@ -204,28 +288,40 @@ def _resume_stream(ctx: _Context, run_: Run, res_config: ReservoirConfig, base: 
     elif log.done < len(run_.order):  # (a complete run no longer needs its reservoir)
         filed = [rec["k"] for rec in log.records if "error" not in rec]
         if not run_.store.restore(run_.reservoir, filed, log.done):
-            echo(f"warning: the reservoir state of {base.name} is missing or inconsistent; "
-                 f"restarting that run from the first image")
+            echo(
+                f"warning: the reservoir state of {base.name} is missing or inconsistent; "
+                f"restarting that run from the first image"
+            )
             log.truncate(0)
             run_.store.discard()
 
 
-def _stream(ctx: _Context, feed: _Feed, runs: list[Run], order: list[int], repeat: int,
-            desc: str) -> None:
+def _stream(
+    ctx: _Context, feed: _Feed, runs: list[Run], order: list[int], repeat: int, desc: str
+) -> None:
     """One stream order through every run of a repeat, from the first position any lacks."""
     start = min((run_.log.done for run_ in runs), default=len(order))
     if start >= len(order):
         return
     items = [(k, ctx.dataset.paths[order[k]]) for k in range(start, len(order))]
-    bar = tqdm(total=len(order), initial=start, desc=desc, unit="img", disable=not feed.progress,
-               file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(
+        total=len(order),
+        initial=start,
+        desc=desc,
+        unit="img",
+        disable=not feed.progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
     try:
         for batch in batches(items, ctx.preprocess, feed.batch_size, feed.workers):
             for k, msg in batch.errors.items():
                 if order[k] not in ctx.reported:
                     ctx.reported.add(order[k])
-                    bar.write(f"skipped unreadable image {ctx.dataset.rel(order[k])}: {msg}",
-                              file=sys.stderr)
+                    bar.write(
+                        f"skipped unreadable image {ctx.dataset.rel(order[k])}: {msg}",
+                        file=sys.stderr,
+                    )
             for run_ in runs:
                 _run_batch(run_, ctx, batch)
             bar.update(len(batch.ks))
@@ -286,8 +382,11 @@ def _forward(run_: Run, ctx: _Context, batch: Batch, sel: list[int], out: dict[i
         k = batch.ok_ks[jj]
         out[k] |= {"pred": top[j][0], "top": top[j], "gmacs": gmacs[j], "ms": round(ms, 3)}
         if top_c is not None:
-            out[k] |= {"pred_corrected": top_c[j][0], "top_corrected": top_c[j],
-                       "anchors": enc.anchors_used}
+            out[k] |= {
+                "pred_corrected": top_c[j][0],
+                "top_corrected": top_c[j],
+                "anchors": enc.anchors_used,
+            }
         filed.append(k)
     if run_.store is not None and enc.cls_tokens is not None:
         # replayed through Reservoir.update, which sees logits at the released scale

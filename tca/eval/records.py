@@ -4,6 +4,7 @@ Every evaluated image is appended to its run's JSONL file as soon as its batch i
 run also keeps a reservoir snapshot plus an append-only log of the images filed since), so
 rerunning the same command after a crash resumes where it stopped and loses nothing computed.
 """
+
 from __future__ import annotations
 
 import json
@@ -107,8 +108,14 @@ class ReservoirStore:
     def __init__(self, base: Path, num_classes: int, depth: int, width: int, embed: int) -> None:
         self.snapshot = base.with_name(base.name + ".reservoir.pt")
         self.log = base.with_name(base.name + ".reservoir.bin")
-        self.dtype = np.dtype([("k", "<i8"), ("logits", "<f4", (num_classes,)),
-                               ("cls", "<f4", (depth, width)), ("emb", "<f4", (embed,))])
+        self.dtype = np.dtype(
+            [
+                ("k", "<i8"),
+                ("logits", "<f4", (num_classes,)),
+                ("cls", "<f4", (depth, width)),
+                ("emb", "<f4", (embed,)),
+            ]
+        )
         self.logged = 0
 
     def discard(self) -> None:
@@ -137,8 +144,11 @@ class ReservoirStore:
             reservoir.reset()
             return False
         for r in keep:
-            reservoir.update(torch.from_numpy(r["cls"].copy()), torch.from_numpy(r["logits"].copy()),
-                             torch.from_numpy(r["emb"].copy()))
+            reservoir.update(
+                torch.from_numpy(r["cls"].copy()),
+                torch.from_numpy(r["logits"].copy()),
+                torch.from_numpy(r["emb"].copy()),
+            )
         # Drop log entries past the resumed position (filed, but their records never written).
         n_valid = int(np.searchsorted(records["k"], upto)) if len(records) else 0
         if self.log.exists():
@@ -154,7 +164,9 @@ class ReservoirStore:
         whole = len(raw) // self.dtype.itemsize * self.dtype.itemsize  # drop a torn record
         return np.frombuffer(raw[:whole], dtype=self.dtype)
 
-    def append(self, ks: list[int], logits: torch.Tensor, cls: torch.Tensor, emb: torch.Tensor) -> None:
+    def append(
+        self, ks: list[int], logits: torch.Tensor, cls: torch.Tensor, emb: torch.Tensor
+    ) -> None:
         rec = np.zeros(len(ks), dtype=self.dtype)
         rec["k"] = ks
         rec["logits"] = logits.detach().float().cpu().numpy()

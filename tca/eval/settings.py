@@ -3,6 +3,7 @@
 :class:`EvalOptions` is the single place the evaluation's options are checked: the CLI builds one
 before the (slow) model load, :func:`tca.eval.evaluate` builds one from its keyword arguments.
 """
+
 from __future__ import annotations
 
 import random
@@ -42,10 +43,13 @@ class Setting:
         return self.method == "tca"
 
 
-def make_settings(methods: Sequence[str] = DEFAULT_METHODS,
-                  keep_rates: Sequence[float] = DEFAULT_KEEP_RATES,
-                  layers: Sequence[int] = DEFAULT_LAYERS, merge_centers: int = 2,
-                  score: str = "mean") -> list[Setting]:
+def make_settings(
+    methods: Sequence[str] = DEFAULT_METHODS,
+    keep_rates: Sequence[float] = DEFAULT_KEEP_RATES,
+    layers: Sequence[int] = DEFAULT_LAYERS,
+    merge_centers: int = 2,
+    score: str = "mean",
+) -> list[Setting]:
     """Every method at every keep rate (``none`` once); raises ConfigError / EvalError."""
     methods = list(dict.fromkeys(m.strip().lower() for m in methods if m.strip()))
     if not methods:
@@ -62,13 +66,25 @@ def make_settings(methods: Sequence[str] = DEFAULT_METHODS,
             out.append(Setting("none", None, CondenseConfig(method="none")))
             continue
         for r in rates:
-            out.append(Setting(m, r, CondenseConfig(method=m, keep_rate=r, layers=tuple(layers),
-                                                    merge_centers=merge_centers, score=score)))
+            out.append(
+                Setting(
+                    m,
+                    r,
+                    CondenseConfig(
+                        method=m,
+                        keep_rate=r,
+                        layers=tuple(layers),
+                        merge_centers=merge_centers,
+                        score=score,
+                    ),
+                )
+            )
     return out
 
 
-def stream_orders(n: int, shuffle_seed: int | None = 0, repeats: int = 1,
-                  limit: int | None = None) -> list[list[int]]:
+def stream_orders(
+    n: int, shuffle_seed: int | None = 0, repeats: int = 1, limit: int | None = None
+) -> list[list[int]]:
     """The image order of each repeat (dataset indices).
 
     Repeat 0 is the file order shuffled with ``shuffle_seed`` (unshuffled if None); ``limit``
@@ -126,8 +142,9 @@ class EvalOptions:
 
     @property
     def settings(self) -> list[Setting]:
-        return make_settings(self.methods, self.keep_rates, self.layers, self.merge_centers,
-                             self.score)
+        return make_settings(
+            self.methods, self.keep_rates, self.layers, self.merge_centers, self.score
+        )
 
     @property
     def template_set(self) -> str:
@@ -143,5 +160,11 @@ class EvalOptions:
         return stream_orders(n, self.shuffle_seed, self.repeats, self.limit)
 
 
-__all__ = ["EvalOptions", "Setting", "make_settings", "stream_orders", "DEFAULT_METHODS",
-           "DEFAULT_KEEP_RATES"]
+__all__ = [
+    "EvalOptions",
+    "Setting",
+    "make_settings",
+    "stream_orders",
+    "DEFAULT_METHODS",
+    "DEFAULT_KEEP_RATES",
+]
