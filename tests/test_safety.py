@@ -43,6 +43,8 @@ class Raw:
         config = self.http.get("config").json()
         self.deps = config["dependencies"]
         self.defaults = {c["id"]: c.get("props", {}).get("value") for c in config["components"]}
+        self.image_id = next(c["id"] for c in config["components"]
+                             if c.get("props", {}).get("elem_id") == "image-input")
 
     def fn(self, name: str) -> int:
         return next(i for i, d in enumerate(self.deps) if d.get("api_name") == name)
@@ -92,13 +94,12 @@ def _inputs(raw: Raw, fn: int, image) -> list:
     if name == "compare":
         return [image, "cat, dog", TINY, 0.7, "3,6,9", 2, "mean", "single"]
     # any other (UI-only) event that takes the image: the page's own values elsewhere
-    image_id = raw.image_id
-    return [image if i == image_id else raw.defaults.get(i) for i in raw.deps[fn]["inputs"]]
+    return [image if i == raw.image_id else raw.defaults.get(i) for i in raw.deps[fn]["inputs"]]
 
 
 def _image_events(raw: Raw, demo) -> list[int]:
     image_id = next(b._id for b in demo.blocks.values() if getattr(b, "elem_id", None) == "image-input")
-    raw.image_id = image_id
+    assert image_id == raw.image_id  # the page's config names the same component
     return [i for i, d in enumerate(raw.deps) if image_id in d["inputs"]]
 
 
