@@ -81,6 +81,9 @@ CSS = """
 .tca-table td {white-space: nowrap}
 .tca-table td.lab, .tca-table td.wrap {white-space: normal; overflow-wrap: break-word; min-width: 6em}
 .tca-cost .tca-table td {white-space: normal; padding: 2px 5px}
+.tca-shift .tca-table {font-size: 13px}
+.tca-shift .tca-table td, .tca-shift .tca-table th {padding: 2px 4px}
+.tca-shift .tca-table td.lab {min-width: 4em}
 .tca-follow tr.here {background: #fde7f7}
 .tca-up {color: #15803d} .tca-down {color: #b91c1c}
 #depth-row button {min-width: 3em; max-width: 5em}

@@ -23,6 +23,9 @@ from .pipeline import RunResult
 from .trace import FATE_NAMES, KEPT, MERGED, PRUNED, Trace
 
 MAP_ZOOM = 2  # the big token map is shown at twice the model's resolution
+# Strip tiles are drawn at half the model's resolution: they show at about that size, and
+# encoding 12 full-size hatched PNGs per Run was a fifth of a Run's time.
+STRIP_SHRINK = 2
 SHIFT_ROWS = 10  # labels listed in the probability-shift table
 VIEW_CHOICES = [
     ("fates (kept / merged groups / pruned)", "fates"),
@@ -396,8 +399,10 @@ def strip_captions(trace: Trace) -> list[str]:
 
 
 def strip_items(state: RunState, view: str = "fates") -> list[tuple[np.ndarray, str]]:
-    """The strip of all blocks: (map, caption) per block, for a gallery."""
-    maps = render.all_layer_maps(state.view, state.trace, view=view)
+    """The strip of all blocks: (map, caption) per block, for a gallery; each map drawn on the
+    image shrunk by :data:`STRIP_SHRINK`."""
+    small = render.shrink(state.view, state.trace.grid, STRIP_SHRINK)
+    maps = render.all_layer_maps(small, state.trace, view=view)
     return list(zip(maps, strip_captions(state.trace)))
 
 
@@ -686,6 +691,7 @@ def sweep_html(sw: Sweep) -> str:
 
 __all__ = [
     "MAP_ZOOM",
+    "STRIP_SHRINK",
     "VIEW_CHOICES",
     "Display",
     "RunView",

@@ -343,6 +343,19 @@ def upscale(image: np.ndarray, factor: int) -> np.ndarray:
     return image if factor == 1 else _expand(image, factor, factor)
 
 
+def shrink(image: np.ndarray, grid: tuple[int, int], factor: int) -> np.ndarray:
+    """(H/factor, W/factor, 3) uint8: ``image`` box-averaged by ``factor``, still a multiple of
+    the (rows, cols) patch grid, so every map function draws on it with patches ``factor`` times
+    smaller. ``factor`` is lowered to the largest divisor of the patch size that is <= it."""
+    ph, pw = _check_image(image, grid)
+    f = max(d for d in range(1, max(1, factor) + 1) if ph % d == 0 and pw % d == 0)
+    if f == 1:
+        return image
+    h, w = image.shape[:2]
+    boxes = image.reshape(h // f, f, w // f, f, 3).mean(axis=(1, 3), dtype=np.float32)
+    return boxes.round().astype(np.uint8)
+
+
 def all_layer_maps(
     image: np.ndarray, trace: Trace, *, image_index: int = 0, **kwargs
 ) -> list[np.ndarray]:
@@ -770,6 +783,7 @@ __all__ = [
     "GROUP_COLORS",
     "VIEWS",
     "hatch_mask",
+    "shrink",
     "group_ranks",
     "token_means",
     "highlight_token",

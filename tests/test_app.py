@@ -92,7 +92,10 @@ def test_show_run_renders_everything_from_the_cached_run(tiny_app, example_image
     # the strip: one (map, caption) per block, the shown block selected, condensing blocks marked
     assert strip["selected_index"] == 9 and len(strip["value"]) == 12
     assert [c for _, c in strip["value"]][3] == f"3 {page.CONDENSING_MARK} \u00b7 141"
-    assert np.array_equal(strip["value"][9][0], small)
+    # tiles are drawn on the image shrunk by 2 (patches of 16 px for this 32-px-patch model)
+    tile_view = render.shrink(state.view, state.trace.grid, page.STRIP_SHRINK)
+    assert tile_view.shape == (112, 112, 3)
+    assert np.array_equal(strip["value"][9][0], render.fate_map(tile_view, state.trace, 9))
     assert "Click a patch" in follow
     assert "Stream mode is off" in stream_md and corrected.visible is False
     assert stale == "" and depth == 12 and patch is None
@@ -158,7 +161,8 @@ def test_display_only_changes_do_not_run_the_model(tiny_app, example_image, monk
     # a view change redraws the strip in that view
     _, strip = tiny_app.change_view(state, 11, "model", False, 0.5, None)
     assert len(strip["value"]) == 12
-    assert np.array_equal(strip["value"][11][0], render.fate_map(state.view, state.trace, 11,
+    tile_view = render.shrink(state.view, state.trace.grid, page.STRIP_SHRINK)
+    assert np.array_equal(strip["value"][11][0], render.fate_map(tile_view, state.trace, 11,
                                                               view="model"))
 
 

@@ -142,6 +142,25 @@ def test_group_colour_follows_the_group_not_the_token_index():
     assert np.array_equal(render.fate_map(img, trace, 1), render.fate_map(img, other, 1))
 
 
+def test_shrink_box_averages_and_keeps_the_patch_grid():
+    img = np.zeros((ROWS * PS, COLS * PS, 3), dtype=np.uint8)
+    img[0::2, :, 0] = 10  # rows alternate 10 / 21 in red: each 2x2 box averages to 15.5 -> 16 (or 15 if rounding were floor)
+    img[1::2, :, 0] = 21
+    img[:, :, 1] = 4 * np.arange(COLS * PS, dtype=np.uint8)[None, :]  # green = 4 x column
+    small = render.shrink(img, (ROWS, COLS), 2)
+    assert small.shape == (ROWS * PS // 2, COLS * PS // 2, 3) and small.dtype == np.uint8
+    assert (small[..., 0] == 16).all()
+    assert small[0, :, 1].tolist() == [8 * j + 2 for j in range(COLS * PS // 2)]
+    assert (small[..., 2] == 0).all()
+    # patch means survive the shrink, so the model view is the same map at half size
+    assert np.allclose(render.patch_means(small, (ROWS, COLS)),
+                       render.patch_means(img, (ROWS, COLS)), atol=0.5)
+    # the factor falls back to a divisor of the patch size (8 px: 3 -> 2), 1 returns the image
+    assert render.shrink(img, (ROWS, COLS), 3).shape == small.shape
+    assert render.shrink(img, (ROWS, COLS), 1) is img
+    assert render.shrink(img, (ROWS, COLS), 8).shape == (ROWS, COLS, 3)
+
+
 def test_outline_of_an_id_map():
     ids = np.zeros((6, 6), dtype=np.int64)
     ids[2:4, 2:4] = 1
