@@ -87,7 +87,17 @@ CSS = """
 .tca-follow tr.here {background: #fde7f7}
 .tca-up {color: #15803d} .tca-down {color: #b91c1c}
 #depth-row button {min-width: 3em; max-width: 5em}
+/* examples: the labels wrap, so the thumbnails never scroll out of the column */
+#tca-examples table {table-layout: fixed; width: 100%}
+#tca-examples td.textbox {text-align: left; white-space: normal; overflow-wrap: anywhere}
+#tca-examples td:first-child, #tca-examples th:first-child {width: 88px}
 @media (min-width: 1100px) { #settings-col {order: -1} }
+/* a phone: the map box is as tall as the map, not a fixed 470 px with blank bands */
+@media (max-width: 700px) {
+  #layer-map {height: auto !important}
+  #layer-map .image-container, #layer-map .image-frame, #layer-map button, #layer-map img
+    {height: auto !important}
+}
 """
 
 API_DESCRIPTION = (
@@ -484,12 +494,12 @@ def build_demo(model_name: str | None = None, pretrained: str | None = None,
                         baseline_out = gr.Label(
                             value=view0.baseline if view0 else None, num_top_classes=TOP_K,
                             label=view0.baseline_title if view0 else "Baseline CLIP",
-                            elem_id="baseline-label", min_width=200)
+                            elem_id="baseline-label", min_width=200, scale=2)
                         condensed_out = gr.Label(
                             value=view0.condensed if view0 else None, num_top_classes=TOP_K,
                             label=view0.condensed_title if view0 else "Condensed",
-                            elem_id="condensed-label", min_width=200)
-                        with gr.Column(min_width=300):
+                            elem_id="condensed-label", min_width=200, scale=2)
+                        with gr.Column(min_width=300, scale=3):  # the table needs the room
                             shift_out = gr.HTML(view0.shift if view0 else "", elem_id="shift")
                     with gr.Row():
                         with gr.Column(scale=3, min_width=320):
@@ -579,6 +589,7 @@ def build_demo(model_name: str | None = None, pretrained: str | None = None,
                     run_btn = gr.Button("Run", variant="primary", elem_id="run-button")
                     if examples:
                         gr.Examples(examples, inputs=[image, labels], cache_examples=False,
+                                    elem_id="tca-examples",
                                     label="Examples (public-domain photos, see assets/CREDITS.md)")
                     with gr.Accordion("Settings", open=True):
                         model = gr.Dropdown(app.model_choices, value=model_name, label="Model",
