@@ -128,7 +128,7 @@ class LayerPlan:
     SigLIP's, where every token is a patch and can be selected, merged or fused)."""
 
     kind: ClassVar[str] = ""
-    # What the condensing step reads from the block's attention (``tca.patch.attend``): the CLS
+    # What the condensing step reads from the block's attention (``tca.block.attend``): the CLS
     # (or pool-query) row, and/or the head-mean keys.
     needs_row: ClassVar[bool] = False
     needs_keys: ClassVar[bool] = False

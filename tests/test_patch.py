@@ -9,7 +9,8 @@ import torch
 
 import tca
 from tca.config import CondenseConfig, plan_layers
-from tca.patch import UnsupportedModelError, select_anchor
+from tca.block import select_anchor
+from tca.patch import UnsupportedModelError
 
 FAMILIES = ["ViT-B-32", "ViT-B-32-quickgelu", "ViT-B-16", "ViT-B-16-quickgelu", "ViT-L-14",
             "ViT-L-14-quickgelu"]
