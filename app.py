@@ -30,7 +30,7 @@ import gradio as gr  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import tca  # noqa: E402
-from tca import explore, page, uploads  # noqa: E402
+from tca import explore, export, page, serving, sweeps, uploads  # noqa: E402
 from tca.page import Display  # noqa: E402
 from tca.config import DEFAULT_LAYERS_TEXT  # noqa: E402
 
@@ -42,7 +42,7 @@ CONCURRENCY = 2  # events running at once; model events share one lane of MODEL_
 # Two model requests at once: the vision passes take turns (explore's image lane) while a
 # request with many new prompts encodes them beside it, so it holds up nobody's Run.
 MODEL_SLOTS = 2
-# A busy public Space: room for every visitor's one request (see explore.SessionGate).
+# A busy public Space: room for every visitor's one request (see serving.SessionGate).
 QUEUE_SIZE = int(os.environ.get("TCA_QUEUE_SIZE", "256"))
 STATE_TTL_S = 2 * 3600  # per-session state is dropped after two idle hours...
 MAX_SESSIONS = 400  # ...and only the most recent sessions keep any (about 0.4 MB each)
@@ -174,27 +174,27 @@ def _session(request: gr.Request | None) -> str | None:
 
 
 class App:
-    """The event handlers, over one shared :class:`tca.explore.ModelCache`. Per-user state
+    """The event handlers, over one shared :class:`tca.serving.ModelCache`. Per-user state
     (the cached run, the stream reservoir, the followed patch) lives in ``gr.State``, never
     here; the only shared result is the first screen, the same for every visitor."""
 
     def __init__(self, model_name: str = tca.DEFAULT_MODEL, pretrained: str | None = "openai",
                  checkpoint: str | None = None, max_models: int = 2,
-                 cache: explore.ModelCache | None = None,
-                 exports: explore.ExportDir | None = None) -> None:
+                 cache: serving.ModelCache | None = None,
+                 exports: export.ExportDir | None = None) -> None:
         self.default_model = model_name
-        self.cache = cache or explore.ModelCache(pretrained, checkpoint, checkpoint_model=model_name,
+        self.cache = cache or serving.ModelCache(pretrained, checkpoint, checkpoint_model=model_name,
                                                  max_models=max_models)
-        self.exports = exports or explore.ExportDir()
-        self.gate = explore.SessionGate()  # one model request per visitor at a time
+        self.exports = exports or export.ExportDir()
+        self.gate = serving.SessionGate()  # one model request per visitor at a time
         self.model_choices = [(k, v) for k, v in explore.APP_MODELS.items()]
         if model_name not in explore.APP_MODELS.values():
             self.model_choices.insert(0, (model_name, model_name))
-        self._first: explore.RunState | None = None
+        self._first: explore.ExplorerRun | None = None
         self._first_view: tuple | None = None  # the first screen's view and picture files
         self._first_lock = threading.RLock()
 
-    def first_screen(self) -> explore.RunState | None:
+    def first_screen(self) -> explore.ExplorerRun | None:
         """The first curated example at the default settings, run once and kept (None without
         examples or when it cannot run)."""
         with self._first_lock:
@@ -264,7 +264,7 @@ class App:
                                 stream=stream_state if stream else None,
                                 progress=lambda f, d: progress(f, desc=d))
         progress(0.95, desc="drawing")
-        return explore.summary(state, TOP_K), state, stream_state
+        return export.summary(state, TOP_K), state, stream_state
 
     @user_errors
     def compare(self, image, labels: str, model: str, keep_rate: float = 0.7,
@@ -283,7 +283,7 @@ class App:
     @user_errors
     def sweep(self, image, labels: str, model: str, method: str, layers: str,
               merge_centers: float, score: str, templates: str, all_methods: bool = False,
-              state: explore.RunState | None = None, progress=gr.Progress(),
+              state: explore.ExplorerRun | None = None, progress=gr.Progress(),
               request: gr.Request = None):
         """The keep-rate sweep of the current image: one job, plot + table. The shown Run's
         baseline is reused when it was made from the same image, labels, model and prompts."""
@@ -297,13 +297,13 @@ class App:
                                                     state.signature[2], state.signature[8]):
                 reuse = state.result
         with self.gate.hold(_session(request)):
-            sw = explore.sweep(self.cache, image, labels, model, method, layers, merge_centers,
+            sw = sweeps.sweep(self.cache, image, labels, model, method, layers, merge_centers,
                                score, templates, methods=methods, reuse=reuse,
                                progress=lambda f, d: progress(f, desc=d))
         return page.sweep_image(sw), page.sweep_html(sw)
 
     # -- display-only events (no model)
-    def show_run(self, state: explore.RunState | None, layer: float, view: str, overlay: bool,
+    def show_run(self, state: explore.ExplorerRun | None, layer: float, view: str, overlay: bool,
                  opacity: float, patch, shown_depth, stream_on: bool, stream_state):
         """Everything a new Run changes. A run with another depth than the one shown (e.g.
         ViT-L/14 after ViT-B/16) opens at its last block."""
@@ -331,11 +331,11 @@ class App:
             corrected, "", depth, d.patch,
         )
 
-    def _layer_outputs(self, state: explore.RunState, d: Display):
+    def _layer_outputs(self, state: explore.ExplorerRun, d: Display):
         return (page.map_image(state, d), page.layer_info(state, d.layer, d.overlay),
                 page.chart_image(state, d.layer), page.follow_html(state, d.patch, d.layer))
 
-    def show_layer(self, state: explore.RunState | None, layer: float, view: str = "fates",
+    def show_layer(self, state: explore.ExplorerRun | None, layer: float, view: str = "fates",
                    overlay: bool = False, opacity: float = 0.5, patch=None):
         """Map, info, chart and follow table at ``layer``; the strip's selected tile moves."""
         if state is None:
@@ -351,7 +351,7 @@ class App:
         return (gr.Slider(value=d.layer), *self._layer_outputs(state, d),
                 gr.update(selected_index=d.layer))
 
-    def pick_layer(self, state: explore.RunState | None, view: str, overlay: bool,
+    def pick_layer(self, state: explore.ExplorerRun | None, view: str, overlay: bool,
                    opacity: float, patch, evt: gr.SelectData):
         """A click on a strip tile selects that block (the strip itself is not redrawn)."""
         if state is None or evt is None or not isinstance(evt.index, int):
@@ -361,7 +361,7 @@ class App:
         d = Display(evt.index, view, overlay, opacity, patch).clamped(state.trace)
         return (gr.Slider(value=d.layer), *self._layer_outputs(state, d))
 
-    def pick_patch(self, state: explore.RunState | None, layer: float, view: str, overlay: bool,
+    def pick_patch(self, state: explore.ExplorerRun | None, layer: float, view: str, overlay: bool,
                    opacity: float, evt: gr.SelectData):
         """A click on the big map follows that patch through every block."""
         if state is None or evt is None or not isinstance(evt.index, (list, tuple)):
@@ -548,7 +548,7 @@ def build_demo(model_name: str | None = None, pretrained: str | None = None,
                     with gr.Accordion("Keep-rate sweep: where does this image break?",
                                       open=False, elem_id="sweep-accordion"):
                         gr.Markdown("Runs the method at keep rates "
-                                    f"{', '.join(f'{r:g}' for r in explore.SWEEP_RATES)} on the "
+                                    f"{', '.join(f'{r:g}' for r in sweeps.SWEEP_RATES)} on the "
                                     "image and labels above, as one job.")
                         with gr.Row():
                             sweep_all = gr.Checkbox(False, label="all three methods (slower)")

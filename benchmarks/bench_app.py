@@ -46,7 +46,7 @@ import torch  # noqa: E402
 
 import app as app_module  # noqa: E402
 import tca  # noqa: E402
-from tca import explore, render  # noqa: E402
+from tca import export, render  # noqa: E402
 
 MODEL = "ViT-B-16-quickgelu"
 IMAGE = ROOT / "assets" / "chelsea.jpg"
@@ -68,7 +68,7 @@ def measure(repeats: int) -> dict[str, list[float]]:
     torch.manual_seed(0)
     bare = tca.load_model(MODEL, pretrained="none", seed=0)  # never patched
     pixels = tca.prepare_image(bare, IMAGE)
-    app = app_module.App(MODEL, "none", exports=explore.ExportDir(tempfile.mkdtemp(prefix="bench-")))
+    app = app_module.App(MODEL, "none", exports=export.ExportDir(tempfile.mkdtemp(prefix="bench-")))
     image_out = gr.Image(type="numpy", format="png")
     gallery_out = gr.Gallery(format="png")
 

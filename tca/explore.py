@@ -1,47 +1,37 @@
-"""App-level orchestration for the explorer, with no UI code: loading models on demand (with
-the random-weights fallback), one Run from raw inputs, method comparison at one budget, the
-keep-rate sweep of one image, per-session stream state, input signatures (to tell shown results
-stale) and the JSON / PNG / GIF exports. ``tca.page`` turns a Run into what the page shows;
-``app.py`` only wires these to Gradio.
+"""The explorer's Runs from raw app inputs, with no UI code: the inputs checked with messages
+naming the field, one Run (baseline + condensed + trace, and the reservoir in stream mode), the
+method comparison at one budget, per-session stream state and input signatures (to tell shown
+results stale). Models come from ``tca.serving``; the keep-rate sweep is ``tca.sweeps``, the
+downloads ``tca.export``; ``tca.page`` turns a Run into what the page shows and ``app.py`` only
+wires these to Gradio.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import functools
 import hashlib
-import json
-import math
 import os
 import re
-import tempfile
-import threading
-import time
-import uuid
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
-import open_clip
 from PIL import Image
 
 from .config import DEFAULT_LAYERS, DEFAULT_LAYERS_TEXT, CondenseConfig, parse_layers
-from .errors import ConfigError, InputError, LabelError, WeightsUnavailableError
+from .errors import ConfigError, InputError, LabelError
 from .images import load_image
 from .models import (
     APP_MODELS,
     TEMPLATES,
-    WEIGHTS_HELP,
     ClipModel,
-    load_model,
     parse_labels,
     validate_labels,
 )
 from .pipeline import Prediction, RunResult, classify
 from .reservoir import Reservoir, ReservoirConfig, preset
+from .serving import ModelCache
 
 COMPARE_METHODS = ("tca", "evit", "tome")
 METHOD_NAMES = {
@@ -68,186 +58,6 @@ APP_DEFAULTS = dict(
     score="mean",
     templates="single",
 )
-SWEEP_RATES = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
-SWEEP_MAX_PASSES = 24  # condensed passes one sweep may run (3 methods x 8 rates)
-
-# ----------------------------------------------------------------------------------- models
-
-# a directory part of an absolute path ("/a/b/" of "/a/b/file"): cut from visitor-facing notes
-_SERVER_PATH = re.compile(r"(?<![\w.:/])((?:/[^\s'\"/]+)+/)([^\s'\"/]*)")
-
-
-@dataclass
-class LoadedModel:
-    """A cached model plus how its weights came about.
-
-    requested: the pretrained tag or checkpoint asked for (None = random was asked for).
-    note: why the weights are random although real ones were asked for, else None.
-    """
-
-    clip: ClipModel
-    requested: str | None
-    note: str | None = None
-
-    @property
-    def is_random(self) -> bool:
-        return self.clip.is_random
-
-    @property
-    def name(self) -> str:
-        return self.clip.name
-
-
-class ModelCache:
-    """Models loaded lazily on first use, at most ``max_models`` kept (least recently used go).
-
-    pretrained: the tag every model is asked for (None / "none": random weights).
-    checkpoint: a local weights file for ``checkpoint_model`` only (it fits one architecture).
-    When real weights cannot be had, the model is loaded with random weights instead and
-    ``LoadedModel.note`` says why and how to supply real ones. Thread-safe: one lock guards the
-    dict, another serialises loading so a model is never loaded twice at once.
-    """
-
-    def __init__(
-        self,
-        pretrained: str | None = "openai",
-        checkpoint: str | None = None,
-        checkpoint_model: str | None = None,
-        max_models: int = 2,
-        seed: int = 0,
-        loader: Callable[..., ClipModel] = load_model,
-    ) -> None:
-        if isinstance(pretrained, str) and pretrained.lower() in ("", "none", "random"):
-            pretrained = None
-        self.pretrained = pretrained
-        self.checkpoint = checkpoint or None
-        self.checkpoint_model = checkpoint_model
-        self.max_models = max(1, max_models)
-        self.seed = seed
-        self._loader = loader
-        self._models: OrderedDict[str, LoadedModel] = OrderedDict()
-        self._lock = threading.Lock()
-        self._load_lock = threading.Lock()
-        self._loading: set[str] = set()
-        # The vision passes run one at a time (they use every core); text encoding runs beside
-        # them, so a request with many new prompts never holds up another visitor's Run.
-        self.image_lane = threading.Lock()
-
-    def peek(self, name: str) -> LoadedModel | None:
-        with self._lock:
-            return self._models.get(name)
-
-    def is_loading(self, name: str) -> bool:
-        with self._lock:
-            return name in self._loading
-
-    def loaded(self) -> list[str]:
-        with self._lock:
-            return list(self._models)
-
-    def get(self, name: str) -> LoadedModel:
-        with self._lock:
-            if name in self._models:
-                self._models.move_to_end(name)
-                return self._models[name]
-        with self._load_lock:
-            with self._lock:
-                if name in self._models:  # loaded while we waited
-                    self._models.move_to_end(name)
-                    return self._models[name]
-                self._loading.add(name)
-            try:
-                entry = self._load(name)
-            finally:
-                with self._lock:
-                    self._loading.discard(name)
-            with self._lock:
-                self._models[name] = entry
-                while len(self._models) > self.max_models:
-                    self._models.popitem(last=False)
-            return entry
-
-    def preload(self, name: str) -> threading.Thread:
-        """Start loading ``name`` in a background thread (errors are left for ``get``)."""
-
-        def work() -> None:
-            try:
-                self.get(name)
-            except Exception:  # noqa: BLE001 - reported again on first use
-                pass
-
-        t = threading.Thread(target=work, name=f"preload-{name}", daemon=True)
-        t.start()
-        return t
-
-    def _load(self, name: str) -> LoadedModel:
-        checkpoint = (
-            self.checkpoint if (self.checkpoint and name == self.checkpoint_model) else None
-        )
-        # visitors see the checkpoint's file name only, never its server path
-        shown = Path(checkpoint).name if checkpoint else None
-        requested = f"checkpoint {shown}" if checkpoint else self.pretrained
-        if name not in open_clip.list_models():
-            raise InputError(f"unknown model {name!r}")
-        note = None
-        if (
-            checkpoint is None
-            and self.pretrained is not None
-            and self.pretrained not in open_clip.list_pretrained_tags_by_model(name)
-        ):
-            note = (
-                f"{name} has no pretrained weights tagged {self.pretrained!r}, so it runs "
-                f"on random weights. {WEIGHTS_HELP}"
-            )
-            clip = self._loader(name, None, seed=self.seed)
-        else:
-            try:
-                clip = self._loader(name, self.pretrained, checkpoint, seed=self.seed)
-            except WeightsUnavailableError as exc:
-                note = str(exc).replace(str(checkpoint), shown or "") if checkpoint else str(exc)
-                note = _SERVER_PATH.sub(lambda m: m.group(2), note)
-                clip = self._loader(name, None, seed=self.seed)
-            else:
-                if checkpoint and isinstance(clip, ClipModel):
-                    clip = dataclasses.replace(clip, pretrained=requested)
-        return LoadedModel(clip, requested, note)
-
-
-# ----------------------------------------------------------------------------------- visitors
-
-BUSY = (
-    "one request at a time per visitor: your previous Run or Compare is still running; "
-    "try again when it has finished"
-)
-
-
-class SessionGate:
-    """At most one model request running per visitor session: a second one while the first
-    runs is refused at once (:data:`BUSY`), so one visitor never holds more than one of the
-    server's model slots however many requests they send. Thread-safe."""
-
-    def __init__(self) -> None:
-        self._active: set[str] = set()
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._active)
-
-    @contextlib.contextmanager
-    def hold(self, session: str | None) -> Iterator[None]:
-        if session is None:  # a direct call (tests, tools): nothing to bound
-            yield
-            return
-        with self._lock:
-            if session in self._active:
-                raise InputError(BUSY)
-            self._active.add(session)
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._active.discard(session)
-
 
 # ----------------------------------------------------------------------------------- inputs
 
@@ -380,7 +190,7 @@ class StreamState:
 
 
 @dataclass
-class RunState:
+class ExplorerRun:
     """One Run, cached per session so display-only controls re-render without the model."""
 
     result: RunResult
@@ -412,7 +222,7 @@ def run(
     stream: StreamState | None = None,
     max_labels: int = MAX_LABELS,
     progress: Callable[[float, str], None] | None = None,
-) -> RunState:
+) -> ExplorerRun:
     """Validate raw app inputs and run baseline + condensed (+ stream) on one image.
 
     Raises :class:`tca.errors.UserError` with a message fit for the user.
@@ -439,7 +249,7 @@ def run(
             trace=True,
             max_labels=max_labels,
         )
-    return RunState(
+    return ExplorerRun(
         result,
         model_view(clip, pil),
         clip.name,
@@ -627,293 +437,25 @@ def compare(
     )
 
 
-# ----------------------------------------------------------------------------------- sweep
-
-
-@dataclass
-class SweepPoint:
-    """One keep rate of a sweep: cost and what it did to the prediction."""
-
-    keep_rate: float
-    gmacs: float
-    final_tokens: int
-    top1: str
-    top1_prob: float
-    base_label_prob: float  # probability of the baseline's top-1 label
-    kl: float  # KL(baseline || condensed), nats
-
-
-@dataclass
-class Sweep:
-    """A keep-rate sweep of one image (per method, points in keep-rate order)."""
-
-    model: str
-    labels: list[str]
-    baseline: Prediction
-    gmacs_baseline: float
-    points: dict[str, list[SweepPoint]]
-    elapsed_ms: float = 0.0
-    passes: int = 0  # condensed passes run
-    baseline_pass: bool = True  # whether a baseline pass ran (else a Run's was reused)
-
-    @property
-    def base_label(self) -> str:
-        return self.baseline.top(1)[0][0]
-
-
-def kl_divergence(p: Sequence[float], q: Sequence[float]) -> float:
-    """KL(p || q) in nats for two probability vectors (terms with p = 0 contribute 0)."""
-    return float(
-        sum(pi * (math.log(pi) - math.log(max(qi, 1e-12))) for pi, qi in zip(p, q) if pi > 0)
-    )
-
-
-def sweep(
-    cache: ModelCache,
-    image,
-    labels,
-    model: str,
-    method: str = "tca",
-    layers: str | Sequence[int] = DEFAULT_LAYERS,
-    merge_centers: int = 2,
-    score: str = "mean",
-    templates: str = "single",
-    rates: Sequence[float] = SWEEP_RATES,
-    methods: Sequence[str] | None = None,
-    max_labels: int = MAX_LABELS,
-    reuse: RunResult | None = None,
-    progress: Callable[[float, str], None] | None = None,
-) -> Sweep:
-    """Run ``method`` (or each of ``methods``) at every keep rate in ``rates`` on one image, as
-    one job: inputs checked and the text encoded once, one baseline pass, then one untraced
-    condensed pass per rate; a rate that removes nothing (R = 1) is the baseline itself and
-    runs no pass. At most :data:`SWEEP_MAX_PASSES` condensed passes.
-
-    reuse: a Run of the same image, labels, model and templates whose baseline is taken
-    instead of a new baseline pass (the caller vouches that the inputs match).
-    """
-    say = progress or (lambda frac, desc: None)
-    methods = tuple(methods) if methods else (method,)
-    if any(m == "none" for m in methods):
-        raise ConfigError(
-            'the keep-rate sweep needs a condensing method (TCA, EViT or ToMe), not "none"'
-        )
-    rates = sorted({round(float(r), 6) for r in rates})
-    if not rates:
-        raise ConfigError("the sweep needs at least one keep rate")
-    if len(rates) * len(methods) > SWEEP_MAX_PASSES:
-        raise ConfigError(
-            f"a sweep runs at most {SWEEP_MAX_PASSES} passes, asked for {len(rates) * len(methods)}"
-        )
-    configs = {
-        m: [parse_settings(m, r, layers, merge_centers, score) for r in rates] for m in methods
-    }
-    pil, loaded, label_list, templates = _checked_inputs(
-        cache, image, labels, model, templates, max_labels, say
-    )
-    clip = loaded.clip
-    encode_labels(clip, label_list, templates, say)  # beside the image lane, like a Run
-    t0 = time.perf_counter()
-    base = reuse if reuse is not None and reuse.labels == label_list else None
-    points: dict[str, list[SweepPoint]] = {}
-    total, done, passes = len(rates) * len(methods), 0, 0
-    for m, cfgs in configs.items():
-        points[m] = []
-        for cfg in cfgs:
-            say(
-                0.1 + 0.88 * done / total,
-                f"{METHOD_NAMES[m]} at R={cfg.keep_rate:g} ({done + 1} of {total})",
-            )
-            if cfg.is_identity and base is not None:
-                probs, gmacs, final = (
-                    base.baseline.probs,
-                    base.flops_baseline.gmacs,
-                    base.baseline_tokens[-1],
-                )
-            else:
-                with cache.image_lane:  # one pass at a time, so other Runs interleave
-                    r = classify(
-                        clip,
-                        pil,
-                        label_list,
-                        cfg,
-                        templates=templates,
-                        trace=False,
-                        max_labels=max_labels,
-                        baseline=base.reference if base is not None else None,
-                    )
-                passes += 1
-                if base is None:
-                    base = r
-                probs, gmacs, final = (
-                    r.condensed.probs,
-                    r.flops_condensed.gmacs,
-                    r.tokens_per_layer[-1],
-                )
-            top = max(range(len(probs)), key=probs.__getitem__)
-            bi = max(range(len(probs)), key=base.baseline.probs.__getitem__)
-            points[m].append(
-                SweepPoint(
-                    cfg.keep_rate,
-                    gmacs,
-                    final,
-                    label_list[top],
-                    probs[top],
-                    probs[bi],
-                    kl_divergence(base.baseline.probs, probs),
-                )
-            )
-            done += 1
-    assert base is not None
-    return Sweep(
-        clip.name,
-        label_list,
-        base.baseline,
-        base.flops_baseline.gmacs,
-        points,
-        (time.perf_counter() - t0) * 1e3,
-        passes=passes,
-        baseline_pass=reuse is None or base is not reuse,
-    )
-
-
-# ----------------------------------------------------------------------------------- exports
-
-
-def _top(pred: Prediction, k: int) -> list[dict]:
-    return [{"label": l, "prob": p} for l, p in pred.top(k)]
-
-
-def summary(state: RunState, top_k: int = 5) -> dict:
-    """The API answer of one Run: predictions, tokens per layer, GMACs, timings, settings."""
-    r = state.result
-    out = r.to_dict(include_trace=False)
-    out["weights_note"] = state.weights_note
-    out["templates"] = state.templates
-    out["top"] = {"baseline": _top(r.baseline, top_k), "condensed": _top(r.condensed, top_k)}
-    if r.corrected is not None:
-        out["top"]["corrected"] = _top(r.corrected, top_k)
-    out["final"] = "corrected" if r.corrected is not None else "condensed"
-    return out
-
-
-def export_dict(state: RunState) -> dict:
-    """Everything about one Run for the JSON download: the summary plus the per-layer trace
-    (fates, token of each patch) and the merged groups at every layer."""
-    out = summary(state, top_k=len(state.result.labels))
-    trace = state.trace
-    if trace is not None:
-        out["trace"] = trace.to_dict()
-        for layer in out["trace"]["layers"]:
-            layer["groups"] = [sorted(p) for p in trace.groups(layer["layer"]).values()]
-        out["trace"]["patch_order"] = "row-major over grid (rows, cols)"
-    out["flops"] = {
-        "baseline": state.result.flops_baseline.to_dict(),
-        "condensed": state.result.flops_condensed.to_dict(),
-    }
-    out["image"] = {
-        "name": state.image_name,
-        "content_key": state.signature[0] if state.signature else None,
-        "model_view_px": list(state.view.shape[:2]),
-    }
-    return out
-
-
-class ExportDir:
-    """A private folder for generated downloads; files older than ``max_age_s`` are removed
-    whenever a new one is written, so a long-running server does not fill its disk."""
-
-    def __init__(
-        self, root: str | os.PathLike | None = None, max_age_s: float = 3600.0, max_files: int = 200
-    ) -> None:
-        self.root = (
-            Path(root) if root else Path(tempfile.gettempdir()) / f"tca-explorer-{os.getpid()}"
-        )
-        self.max_age_s = max_age_s
-        self.max_files = max_files  # Gradio serves its own copy, so only recent ones are kept
-
-    def path(self, stem: str, suffix: str) -> Path:
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.prune()
-        safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", stem)[:60]
-        return self.root / f"{safe}-{uuid.uuid4().hex[:10]}{suffix}"
-
-    def prune(self) -> None:
-        """Remove files older than ``max_age_s`` and all but the newest ``max_files - 1``."""
-        cutoff = time.time() - self.max_age_s
-        files = []
-        for f in self.root.glob("*"):
-            try:
-                if f.is_file():
-                    files.append((f.stat().st_mtime, f))
-            except OSError:
-                pass
-        files.sort(reverse=True)
-        for i, (mtime, f) in enumerate(files):
-            if mtime < cutoff or i >= self.max_files - 1:
-                try:
-                    f.unlink()
-                except OSError:
-                    pass
-
-    def write_json(self, data: dict, stem: str = "tca-run") -> Path:
-        p = self.path(stem, ".json")
-        p.write_text(json.dumps(data, indent=1))
-        return p
-
-    def write_png(self, image: Image.Image, stem: str = "tca-layers") -> Path:
-        p = self.path(stem, ".png")
-        image.save(p, format="PNG", compress_level=1)
-        return p
-
-    def write_gif(
-        self, frames: Sequence[Image.Image], stem: str = "tca-depth", ms_per_frame: int = 600
-    ) -> Path:
-        """An animated GIF (looping) of ``frames``, e.g. the map after every block."""
-        p = self.path(stem, ".gif")
-        frames[0].save(
-            p,
-            format="GIF",
-            save_all=True,
-            append_images=list(frames[1:]),
-            duration=ms_per_frame,
-            loop=0,
-            optimize=False,
-        )
-        return p
-
-
 __all__ = [
+    "APP_DEFAULTS",
     "APP_MODELS",
     "COMPARE_METHODS",
-    "METHOD_NAMES",
+    "KEEP_RATE_RANGE",
     "MAX_LABELS",
     "MAX_PROMPTS",
-    "BUSY",
-    "SessionGate",
-    "check_prompt_count",
-    "encode_labels",
-    "InputError",
-    "LoadedModel",
-    "ModelCache",
-    "StreamState",
-    "RunState",
+    "METHOD_NAMES",
     "Comparison",
-    "run",
+    "ExplorerRun",
+    "StreamState",
+    "check_prompt_count",
     "compare",
-    "summary",
-    "export_dict",
-    "ExportDir",
+    "encode_labels",
+    "image_key",
+    "image_name",
+    "input_signature",
     "model_view",
     "open_image",
     "parse_settings",
-    "APP_DEFAULTS",
-    "SWEEP_RATES",
-    "Sweep",
-    "SweepPoint",
-    "sweep",
-    "kl_divergence",
-    "input_signature",
-    "image_key",
-    "image_name",
+    "run",
 ]

@@ -15,11 +15,14 @@ from typing import cast
 import numpy as np
 from PIL import Image
 
-from . import explore, render
-from .explore import Comparison, ExportDir, LoadedModel, RunState, StreamState, Sweep
+from . import explore, export, render, sweeps
+from .explore import Comparison, ExplorerRun, StreamState
+from .export import ExportDir
 from .flops import CONVENTION
 from .models import WEIGHTS_HELP
 from .pipeline import RunResult
+from .serving import LoadedModel
+from .sweeps import Sweep
 from .trace import FATE_NAMES, KEPT, MERGED, PRUNED, Trace
 
 MAP_ZOOM = 2  # the big token map is shown at twice the model's resolution
@@ -133,7 +136,7 @@ The optional overlay shows the CLS attention that drove the latest condensing de
 
 ### Keep-rate sweep
 
-Runs the method at keep rates {", ".join(f"{r:g}" for r in explore.SWEEP_RATES)} on the
+Runs the method at keep rates {", ".join(f"{r:g}" for r in sweeps.SWEEP_RATES)} on the
 same image in one job and plots, against the cost, the condensed top-1 probability, the
 probability the condensed model gives the baseline's top-1 label, and the KL divergence of
 its prediction from the baseline's: where the curves bend is where this image breaks.
@@ -240,7 +243,7 @@ def cost_html(result: RunResult) -> str:
     )
 
 
-def layer_info(state: RunState, layer: int, overlay: bool = False) -> str:
+def layer_info(state: ExplorerRun, layer: int, overlay: bool = False) -> str:
     trace = state.trace
     counts = trace.fate_counts(layer)
     groups = len(trace.groups(layer))
@@ -262,7 +265,7 @@ def layer_info(state: RunState, layer: int, overlay: bool = False) -> str:
 
 
 def stream_html(
-    state: RunState | None, stream: StreamState | None, enabled: bool, method: str = "tca"
+    state: ExplorerRun | None, stream: StreamState | None, enabled: bool, method: str = "tca"
 ) -> str:
     if not enabled:
         notice = f"{_escape(stream.notice)} " if stream is not None and stream.notice else ""
@@ -324,7 +327,7 @@ def stream_html(
     )
 
 
-def stale_html(state: RunState | None, signature: tuple | None) -> str:
+def stale_html(state: ExplorerRun | None, signature: tuple | None) -> str:
     """A notice when the results on screen were made from other inputs than those shown."""
     if state is None or state.signature is None or signature is None:
         return ""
@@ -365,7 +368,7 @@ class Display:
         return Display(layer, view, bool(self.overlay), float(self.opacity), patch)
 
 
-def map_image(state: RunState, d: Display, zoom: int = MAP_ZOOM) -> np.ndarray:
+def map_image(state: ExplorerRun, d: Display, zoom: int = MAP_ZOOM) -> np.ndarray:
     """The big map: (zoom*S, zoom*S, 3) uint8."""
     d = d.clamped(state.trace)
     out = render.fate_map(
@@ -380,7 +383,7 @@ def map_image(state: RunState, d: Display, zoom: int = MAP_ZOOM) -> np.ndarray:
     return render.upscale(out, zoom)
 
 
-def patch_at(state: RunState, x: float, y: float, zoom: int = MAP_ZOOM) -> int | None:
+def patch_at(state: ExplorerRun, x: float, y: float, zoom: int = MAP_ZOOM) -> int | None:
     """The patch (row-major index) under pixel (x, y) of the big map, or None."""
     rows, cols = state.trace.grid
     h, w = state.view.shape[:2]
@@ -398,7 +401,7 @@ def strip_captions(trace: Trace) -> list[str]:
     ]
 
 
-def strip_items(state: RunState, view: str = "fates") -> list[tuple[np.ndarray, str]]:
+def strip_items(state: ExplorerRun, view: str = "fates") -> list[tuple[np.ndarray, str]]:
     """The strip of all blocks: (map, caption) per block, for a gallery; each map drawn on the
     image shrunk by :data:`STRIP_SHRINK`."""
     small = render.shrink(state.view, state.trace.grid, STRIP_SHRINK)
@@ -406,7 +409,7 @@ def strip_items(state: RunState, view: str = "fates") -> list[tuple[np.ndarray, 
     return list(zip(maps, strip_captions(state.trace)))
 
 
-def settings_line(state: RunState) -> str:
+def settings_line(state: ExplorerRun) -> str:
     r = state.result
     img = f"{state.image_name}, " if state.image_name else ""
     return (
@@ -416,7 +419,7 @@ def settings_line(state: RunState) -> str:
     )
 
 
-def strip_png(state: RunState, view: str = "fates") -> Image.Image:
+def strip_png(state: ExplorerRun, view: str = "fates") -> Image.Image:
     """The exported strip: every block with legible captions, the settings that made it and
     the legend."""
     trace = state.trace
@@ -431,7 +434,7 @@ def strip_png(state: RunState, view: str = "fates") -> Image.Image:
     return img
 
 
-def depth_frames(state: RunState, d: Display) -> list[Image.Image]:
+def depth_frames(state: ExplorerRun, d: Display) -> list[Image.Image]:
     """One frame per block (the current view and followed patch), captioned, for the GIF."""
     trace = state.trace
     d = d.clamped(trace)
@@ -450,7 +453,7 @@ def depth_frames(state: RunState, d: Display) -> list[Image.Image]:
     return frames
 
 
-def chart_image(state: RunState, layer: int) -> np.ndarray:
+def chart_image(state: ExplorerRun, layer: int) -> np.ndarray:
     r, trace = state.result, state.trace
     return render.tokens_chart_image(
         r.baseline_tokens,
@@ -511,7 +514,7 @@ def follow_patch(trace: Trace, patch: int, image: int = 0) -> list[FollowStep]:
     return steps
 
 
-def follow_html(state: RunState, patch: int | None, layer: int | None = None) -> str:
+def follow_html(state: ExplorerRun, patch: int | None, layer: int | None = None) -> str:
     if patch is None:
         return "<i>Click a patch on the map to follow it through every block.</i>"
     trace = state.trace
@@ -573,7 +576,7 @@ class RunView:
     corrected: dict[str, float] | None
 
 
-def run_view(state: RunState, d: Display) -> RunView:
+def run_view(state: ExplorerRun, d: Display) -> RunView:
     """Turn a Run into everything the page shows (no files written; see :func:`exports`)."""
     r, trace = state.result, state.trace
     d = d.clamped(trace)
@@ -595,7 +598,7 @@ def run_view(state: RunState, d: Display) -> RunView:
     )
 
 
-def exports(state: RunState, d: Display, out: ExportDir) -> dict[str, str]:
+def exports(state: ExplorerRun, d: Display, out: ExportDir) -> dict[str, str]:
     """Write the downloads of one Run: strip PNG, depth GIF, JSON. Returns kind -> path."""
     stem = (state.image_name or "image").rsplit(".", 1)[0]
     return {
@@ -603,7 +606,7 @@ def exports(state: RunState, d: Display, out: ExportDir) -> dict[str, str]:
             out.write_png(strip_png(state, d.clamped(state.trace).view), f"tca-{stem}-blocks")
         ),
         "gif": str(out.write_gif(depth_frames(state, d), f"tca-{stem}-depth")),
-        "json": str(out.write_json(explore.export_dict(state), f"tca-{stem}-run")),
+        "json": str(out.write_json(export.export_dict(state), f"tca-{stem}-run")),
     }
 
 

@@ -18,7 +18,7 @@ from PIL import Image
 
 import app as app_module
 import tca
-from tca import explore, page, render
+from tca import explore, export, page, render, serving, sweeps
 from tca.models import WEIGHTS_HELP
 
 TINY = "tca-tiny-ViT"
@@ -29,7 +29,7 @@ LABELS = "cat, dog, tiger, fox"
 
 @pytest.fixture(scope="module")
 def tiny_app(tmp_path_factory) -> app_module.App:
-    return app_module.App(TINY, "none", exports=explore.ExportDir(tmp_path_factory.mktemp("exports")))
+    return app_module.App(TINY, "none", exports=export.ExportDir(tmp_path_factory.mktemp("exports")))
 
 
 class _Progress:
@@ -63,7 +63,7 @@ def test_classify_handler_returns_the_api_summary(tiny_app, example_image):
     assert "GMACs" in g["convention"]
     assert summary["random_weights"] is True and summary["settings"]["keep_rate"] == 0.7
     json.dumps(summary)  # JSON-ready
-    assert isinstance(state, explore.RunState) and state.view.shape == (224, 224, 3)
+    assert isinstance(state, explore.ExplorerRun) and state.view.shape == (224, 224, 3)
 
 
 def _show(app, state, layer=9, view="fates", overlay=False, opacity=0.5, patch=None,
@@ -213,15 +213,15 @@ def test_sweep_handler(tiny_app, example_image):
     plot, table = tiny_app.sweep(str(example_image), LABELS, TINY, "tca", "3,6,9", 2, "mean",
                                  "single", False, progress=_Progress())
     assert plot.ndim == 3 and plot.dtype == np.uint8
-    assert table.count("<tr>") == 1 + len(explore.SWEEP_RATES)
+    assert table.count("<tr>") == 1 + len(sweeps.SWEEP_RATES)
     assert "1 baseline + 7 condensed passes" in table  # R = 1 is the baseline: no pass
     # after a Run of the same inputs its baseline is reused, with the same numbers
     _, state, _ = _classify(tiny_app, str(example_image))
     _, table2 = tiny_app.sweep(str(example_image), LABELS, TINY, "tca", "3,6,9", 2, "mean",
                                "single", False, state, progress=_Progress())
     assert "the Run's baseline + 7 condensed passes" in table2
-    fresh = explore.sweep(tiny_app.cache, str(example_image), LABELS, TINY, "tca")
-    reused = explore.sweep(tiny_app.cache, str(example_image), LABELS, TINY, "tca",
+    fresh = sweeps.sweep(tiny_app.cache, str(example_image), LABELS, TINY, "tca")
+    reused = sweeps.sweep(tiny_app.cache, str(example_image), LABELS, TINY, "tca",
                            reuse=state.result)
     assert not reused.baseline_pass and fresh.baseline_pass
     for a, b in zip(fresh.points["tca"], reused.points["tca"]):
@@ -233,9 +233,9 @@ def test_sweep_handler(tiny_app, example_image):
     _, table3 = tiny_app.sweep(str(other), LABELS, TINY, "tca", "3,6,9", 2, "mean",
                                "single", False, state, progress=_Progress())
     assert "1 baseline + 7" in table3
-    sw = explore.sweep(tiny_app.cache, str(example_image), LABELS, TINY, "evit")
+    sw = sweeps.sweep(tiny_app.cache, str(example_image), LABELS, TINY, "evit")
     pts = sw.points["evit"]
-    assert [p.keep_rate for p in pts] == list(explore.SWEEP_RATES)
+    assert [p.keep_rate for p in pts] == list(sweeps.SWEEP_RATES)
     gm = [p.gmacs for p in pts]
     assert gm == sorted(gm) and gm[-1] == pytest.approx(sw.gmacs_baseline)
     assert pts[-1].kl == pytest.approx(0.0, abs=1e-6)  # R = 1 is the baseline
@@ -244,10 +244,10 @@ def test_sweep_handler(tiny_app, example_image):
     with pytest.raises(gr.Error, match="condensing method"):
         tiny_app.sweep(str(example_image), LABELS, TINY, "none", "3,6,9", 2, "mean", "single",
                        False, progress=_Progress())
-    both = explore.sweep(tiny_app.cache, str(example_image), LABELS, TINY, "tca",
+    both = sweeps.sweep(tiny_app.cache, str(example_image), LABELS, TINY, "tca",
                          methods=explore.COMPARE_METHODS)
     assert list(both.points) == list(explore.COMPARE_METHODS)
-    assert explore.kl_divergence([0.5, 0.5], [0.5, 0.5]) == 0.0
+    assert sweeps.kl_divergence([0.5, 0.5], [0.5, 0.5]) == 0.0
 
 
 def test_first_screen_is_computed_once(tiny_app):
@@ -362,7 +362,7 @@ def test_model_cache_falls_back_to_random_weights_and_says_why():
             raise tca.WeightsUnavailableError(f"could not load {name}/{pretrained}. {WEIGHTS_HELP}")
         return SimpleNamespace(is_random=True, name=name)
 
-    cache = explore.ModelCache("openai", max_models=1, loader=loader)
+    cache = serving.ModelCache("openai", max_models=1, loader=loader)
     # the tag exists for ViT-B-16-quickgelu, so loading is tried, fails, falls back
     entry = cache.get("ViT-B-16-quickgelu")
     assert entry.is_random and "could not load" in entry.note
@@ -385,7 +385,7 @@ def test_model_cache_loads_once_under_concurrency():
         time.sleep(0.2)
         return SimpleNamespace(is_random=True, name=name)
 
-    cache = explore.ModelCache(None, loader=loader)
+    cache = serving.ModelCache(None, loader=loader)
     got = []
     threads = [threading.Thread(target=lambda: got.append(cache.get(TINY))) for _ in range(4)]
     for t in threads:
@@ -399,7 +399,7 @@ def test_offline_fallback_with_real_open_clip():
     """The real path: pretrained weights cannot be downloaded offline, so ViT-B/32 loads with
     random weights and the banner says how to supply real ones."""
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
-    cache = explore.ModelCache("openai")
+    cache = serving.ModelCache("openai")
     entry = cache.get("ViT-B-32-quickgelu")
     assert entry.clip.is_random and entry.clip.name == "ViT-B-32-quickgelu"
     assert "ViT-B-32-quickgelu/openai" in entry.note and WEIGHTS_HELP in entry.note
@@ -412,7 +412,7 @@ def test_checkpoint_applies_to_its_model_only(tmp_path):
         seen.append((name, pretrained, checkpoint))
         return SimpleNamespace(is_random=checkpoint is None and pretrained is None, name=name)
 
-    cache = explore.ModelCache("openai", checkpoint="/w/b16.safetensors",
+    cache = serving.ModelCache("openai", checkpoint="/w/b16.safetensors",
                                checkpoint_model="ViT-B-16-quickgelu", loader=loader)
     cache.get("ViT-B-16-quickgelu")
     cache.get("ViT-B-32-quickgelu")
@@ -571,7 +571,7 @@ def test_page_load_hands_over_the_background_first_screen(tiny_app):
     assert len(out) == 16
     image, labels, state = out[:3]
     assert Path(image).name == "chelsea.jpg" and labels == "cat, dog, tiger, fox, rabbit"
-    assert isinstance(state, explore.RunState) and state is not tiny_app.first_screen()  # a copy
+    assert isinstance(state, explore.ExplorerRun) and state is not tiny_app.first_screen()  # a copy
     assert Path(out[7]).is_file() and out[8].value == 11 and "After block 11" in out[9]
     assert out[12]["selected_index"] == 11 and len(out[12]["value"]) == 12
     again = tiny_app.load_first(None)

@@ -265,9 +265,9 @@ def test_classify_reports_per_image_gmacs(tiny_clip, example_image):
 
 def test_app_runs_ats_with_per_image_gmacs_and_dataset_prompts(tmp_path, example_image):
     import app as app_module
-    from tca import explore
+    from tca import export
 
-    tiny_app = app_module.App("tca-tiny-ViT", "none", exports=explore.ExportDir(tmp_path))
+    tiny_app = app_module.App("tca-tiny-ViT", "none", exports=export.ExportDir(tmp_path))
     assert ("ATS (adaptive sampling)", "ats") in app_module.METHOD_CHOICES
     assert "eurosat" in dict((v, k) for k, v in app_module.TEMPLATE_CHOICES)
 

@@ -1,7 +1,6 @@
 """Bad and odd inputs: images of every mode and size, labels, checkpoints, model names."""
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np

@@ -21,7 +21,7 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 import app as app_module
-from tca import explore, page, uploads
+from tca import explore, export, page, serving, uploads
 
 TINY = "tca-tiny-ViT"
 ROOT = Path(__file__).resolve().parent.parent
@@ -181,7 +181,7 @@ def test_private_events_are_not_in_the_api(served):
 def test_no_server_path_in_weights_note(tmp_path):
     """A missing checkpoint: the note (banner, API's weights_note) names the file only."""
     secret_dir = tmp_path / "very-secret-dir"
-    cache = explore.ModelCache("openai", checkpoint=str(secret_dir / "w.safetensors"),
+    cache = serving.ModelCache("openai", checkpoint=str(secret_dir / "w.safetensors"),
                                checkpoint_model=TINY)
     entry = cache.get(TINY)
     assert entry.is_random and "w.safetensors" in entry.note
@@ -210,7 +210,7 @@ def tca_errors():
 
 
 def test_one_request_per_session_at_a_time():
-    gate = explore.SessionGate()
+    gate = serving.SessionGate()
     with gate.hold("a"):
         with pytest.raises(tca_errors().InputError, match="one request at a time"):
             with gate.hold("a"):
@@ -282,7 +282,7 @@ def test_temp_folder_and_sessions_stay_bounded(tmp_path, monkeypatch):
 
 
 def test_export_folder_is_capped_in_number(tmp_path):
-    exports = explore.ExportDir(tmp_path / "exports", max_files=5)
+    exports = export.ExportDir(tmp_path / "exports", max_files=5)
     paths = [exports.write_json({"i": i}) for i in range(12)]
     left = sorted((tmp_path / "exports").iterdir())
     assert len(left) <= 5 and paths[-1] in left

@@ -1,0 +1,197 @@
+"""What a model server shared by strangers needs, with no UI code: models loaded on demand
+(least recently used dropped, the random-weights fallback with a note fit for visitors), an
+"image lane" that makes the vision passes take turns, and a per-visitor gate (one model
+request at a time).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import re
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import open_clip
+
+from .errors import InputError, WeightsUnavailableError
+from .models import WEIGHTS_HELP, ClipModel, load_model
+
+# a directory part of an absolute path ("/a/b/" of "/a/b/file"): cut from visitor-facing notes
+_SERVER_PATH = re.compile(r"(?<![\w.:/])((?:/[^\s'\"/]+)+/)([^\s'\"/]*)")
+
+
+@dataclass
+class LoadedModel:
+    """A cached model plus how its weights came about.
+
+    requested: the pretrained tag or checkpoint asked for (None = random was asked for).
+    note: why the weights are random although real ones were asked for, else None.
+    """
+
+    clip: ClipModel
+    requested: str | None
+    note: str | None = None
+
+    @property
+    def is_random(self) -> bool:
+        return self.clip.is_random
+
+    @property
+    def name(self) -> str:
+        return self.clip.name
+
+
+class ModelCache:
+    """Models loaded lazily on first use, at most ``max_models`` kept (least recently used go).
+
+    pretrained: the tag every model is asked for (None / "none": random weights).
+    checkpoint: a local weights file for ``checkpoint_model`` only (it fits one architecture).
+    When real weights cannot be had, the model is loaded with random weights instead and
+    ``LoadedModel.note`` says why and how to supply real ones. Thread-safe: one lock guards the
+    dict, another serialises loading so a model is never loaded twice at once.
+    """
+
+    def __init__(
+        self,
+        pretrained: str | None = "openai",
+        checkpoint: str | None = None,
+        checkpoint_model: str | None = None,
+        max_models: int = 2,
+        seed: int = 0,
+        loader: Callable[..., ClipModel] = load_model,
+    ) -> None:
+        if isinstance(pretrained, str) and pretrained.lower() in ("", "none", "random"):
+            pretrained = None
+        self.pretrained = pretrained
+        self.checkpoint = checkpoint or None
+        self.checkpoint_model = checkpoint_model
+        self.max_models = max(1, max_models)
+        self.seed = seed
+        self._loader = loader
+        self._models: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
+        self._load_lock = threading.Lock()
+        self._loading: set[str] = set()
+        # The vision passes run one at a time (they use every core); text encoding runs beside
+        # them, so a request with many new prompts never holds up another visitor's Run.
+        self.image_lane = threading.Lock()
+
+    def peek(self, name: str) -> LoadedModel | None:
+        with self._lock:
+            return self._models.get(name)
+
+    def is_loading(self, name: str) -> bool:
+        with self._lock:
+            return name in self._loading
+
+    def loaded(self) -> list[str]:
+        with self._lock:
+            return list(self._models)
+
+    def get(self, name: str) -> LoadedModel:
+        with self._lock:
+            if name in self._models:
+                self._models.move_to_end(name)
+                return self._models[name]
+        with self._load_lock:
+            with self._lock:
+                if name in self._models:  # loaded while we waited
+                    self._models.move_to_end(name)
+                    return self._models[name]
+                self._loading.add(name)
+            try:
+                entry = self._load(name)
+            finally:
+                with self._lock:
+                    self._loading.discard(name)
+            with self._lock:
+                self._models[name] = entry
+                while len(self._models) > self.max_models:
+                    self._models.popitem(last=False)
+            return entry
+
+    def preload(self, name: str) -> threading.Thread:
+        """Start loading ``name`` in a background thread (errors are left for ``get``)."""
+
+        def work() -> None:
+            try:
+                self.get(name)
+            except Exception:  # noqa: BLE001 - reported again on first use
+                pass
+
+        t = threading.Thread(target=work, name=f"preload-{name}", daemon=True)
+        t.start()
+        return t
+
+    def _load(self, name: str) -> LoadedModel:
+        checkpoint = (
+            self.checkpoint if (self.checkpoint and name == self.checkpoint_model) else None
+        )
+        # visitors see the checkpoint's file name only, never its server path
+        shown = Path(checkpoint).name if checkpoint else None
+        requested = f"checkpoint {shown}" if checkpoint else self.pretrained
+        if name not in open_clip.list_models():
+            raise InputError(f"unknown model {name!r}")
+        note = None
+        if (
+            checkpoint is None
+            and self.pretrained is not None
+            and self.pretrained not in open_clip.list_pretrained_tags_by_model(name)
+        ):
+            note = (
+                f"{name} has no pretrained weights tagged {self.pretrained!r}, so it runs "
+                f"on random weights. {WEIGHTS_HELP}"
+            )
+            clip = self._loader(name, None, seed=self.seed)
+        else:
+            try:
+                clip = self._loader(name, self.pretrained, checkpoint, seed=self.seed)
+            except WeightsUnavailableError as exc:
+                note = str(exc).replace(str(checkpoint), shown or "") if checkpoint else str(exc)
+                note = _SERVER_PATH.sub(lambda m: m.group(2), note)
+                clip = self._loader(name, None, seed=self.seed)
+            else:
+                if checkpoint and isinstance(clip, ClipModel):
+                    clip = dataclasses.replace(clip, pretrained=requested)
+        return LoadedModel(clip, requested, note)
+
+
+BUSY = (
+    "one request at a time per visitor: your previous Run or Compare is still running; "
+    "try again when it has finished"
+)
+
+
+class SessionGate:
+    """At most one model request running per visitor session: a second one while the first
+    runs is refused at once (:data:`BUSY`), so one visitor never holds more than one of the
+    server's model slots however many requests they send. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._active: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._active)
+
+    @contextlib.contextmanager
+    def hold(self, session: str | None) -> Iterator[None]:
+        if session is None:  # a direct call (tests, tools): nothing to bound
+            yield
+            return
+        with self._lock:
+            if session in self._active:
+                raise InputError(BUSY)
+            self._active.add(session)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._active.discard(session)
+
+
+__all__ = ["BUSY", "LoadedModel", "ModelCache", "SessionGate"]
