@@ -46,7 +46,7 @@ import torch  # noqa: E402
 
 import app as app_module  # noqa: E402
 import tca  # noqa: E402
-from tca import export, render  # noqa: E402
+from tca import charts, export, render  # noqa: E402
 
 MODEL = "ViT-B-16-quickgelu"
 IMAGE = ROOT / "assets" / "chelsea.jpg"
@@ -116,7 +116,7 @@ def measure(repeats: int) -> dict[str, list[float]]:
             image_out.postprocess(img)
         r, _ = _ms(rerender)
         res = state.result
-        c, _ = _ms(lambda: image_out.postprocess(render.figure_to_array(render.tokens_chart(
+        c, _ = _ms(lambda: image_out.postprocess(charts.figure_to_array(charts.tokens_chart(
             res.baseline_tokens, res.tokens_per_layer, state.trace.condensing_layers, "tca",
             current=11))))
         rows["chart"].append(c)

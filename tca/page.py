@@ -15,7 +15,7 @@ from typing import cast
 import numpy as np
 from PIL import Image
 
-from . import explore, export, render, sweeps
+from . import charts, compose, explore, export, render, sweeps
 from .explore import Comparison, ExplorerRun, StreamState
 from .export import ExportDir
 from .flops import CONVENTION
@@ -424,8 +424,8 @@ def strip_png(state: ExplorerRun, view: str = "fates") -> Image.Image:
     the legend."""
     trace = state.trace
     maps = render.all_layer_maps(state.view, trace, view=view)
-    caps = render.layer_captions(trace)
-    img, _ = render.layer_strip(
+    caps = compose.layer_captions(trace)
+    img, _ = compose.layer_strip(
         maps,
         caps,
         title=settings_line(state),
@@ -446,7 +446,7 @@ def depth_frames(state: ExplorerRun, d: Display) -> list[Image.Image]:
             f"block {l}{'*' if l in trace.condensing_layers else ''}: "
             f"{trace.tokens_per_layer[l]} tokens"
         )
-        img, _ = render.grid(
+        img, _ = compose.grid(
             [[render.upscale(m, 2)]], [[cap]], font_size=18, marked=[[l in trace.condensing_layers]]
         )
         frames.append(img)
@@ -455,7 +455,7 @@ def depth_frames(state: ExplorerRun, d: Display) -> list[Image.Image]:
 
 def chart_image(state: ExplorerRun, layer: int) -> np.ndarray:
     r, trace = state.result, state.trace
-    return render.tokens_chart_image(
+    return charts.tokens_chart_image(
         r.baseline_tokens,
         r.tokens_per_layer,
         trace.condensing_layers,
@@ -624,7 +624,7 @@ def compare_picture(cmp: Comparison) -> Image.Image:
     for t in cast(list[Trace], traces):
         means = render.patch_means(cmp.view, t.grid)
         tiles.append([render.fate_map(cmp.view, t, l, means=means) for l in cols])
-    picture, _ = render.grid(
+    picture, _ = compose.grid(
         tiles,
         captions=[[f"{r.tokens_per_layer[l]} tokens" for l in cols] for r in cmp.results.values()],
         row_labels=[explore.METHOD_NAMES[m] for m in cmp.results],
@@ -668,7 +668,7 @@ def sweep_image(sw: Sweep) -> np.ndarray:
         }
         for m, pts in sw.points.items()
     }
-    return render.figure_to_array(render.sweep_chart(sw.gmacs_baseline, series))
+    return charts.figure_to_array(charts.sweep_chart(sw.gmacs_baseline, series))
 
 
 def sweep_html(sw: Sweep) -> str:

@@ -1,5 +1,5 @@
-"""Drawing a :class:`tca.Trace`: per-layer token-fate maps, CLS-attention overlays, a strip of
-all layers, and the tokens-per-layer chart.
+"""Drawing a :class:`tca.Trace`: per-layer token-fate maps and CLS-attention overlays, and the
+one source of the colours every picture of a fate uses.
 
 Every map comes from the one traced forward pass, so drawing any depth costs only numpy work
 on the (rows, cols) patch grid, expanded to pixels at the end:
@@ -11,26 +11,20 @@ on the (rows, cols) patch grid, expanded to pixels at the end:
 
 Colours live in one place (:data:`FATES`, :data:`GROUP_COLORS`); the app's legend reads them.
 
-All functions are pure and take / return ``uint8`` RGB arrays (H, W, 3), except
-:func:`tokens_chart` (a matplotlib Figure built without pyplot, so no global figure is left
-open) and :func:`grid` / :func:`layer_strip` (PIL images).
+All functions are pure and take / return ``uint8`` RGB arrays (H, W, 3). Composing maps into
+captioned PIL pictures (the strip, the GIF frames) is ``tca.compose``; the matplotlib charts are
+``tca.charts``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Mapping, Sequence
 
 import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")  # headless; must precede any pyplot import elsewhere in the process
-
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from PIL import Image, ImageDraw, ImageFont  # noqa: E402
-
-from .trace import KEPT, MERGED, PRUNED, Trace  # noqa: E402
+from .trace import KEPT, MERGED, PRUNED, Trace
 
 # ---------------------------------------------------------------------------- the one colour source
 # Every colour a fate is drawn with lives here: the maps, the strip, the exported PNG legend and
@@ -64,12 +58,8 @@ HATCH_PERIOD = 6  # pixels (at the model's resolution) between stripes
 OUTLINE_COLOR = (20, 20, 20)  # group borders
 OUTLINE_LIGHT = (225, 225, 225)  # token borders over dark tokens ("what the model sees")
 MERGED_FILL = 0.65  # share of the group colour in a merged patch (the rest: the patch's grey)
-HIGHLIGHT = (255, 0, 200)
-ACCENT = (
-    180,
-    83,
-    9,
-)  # condensing blocks in captions and charts  # follow-a-patch: the clicked patch
+HIGHLIGHT = (255, 0, 200)  # follow-a-patch: the clicked patch
+ACCENT = (180, 83, 9)  # condensing blocks in captions and charts
 FATES: dict[int, FateStyle] = {
     KEPT: FateStyle(
         KEPT,
@@ -367,425 +357,27 @@ def all_layer_maps(
     ]
 
 
-# ---------------------------------------------------------------------------------- composing
-
-
-@lru_cache(maxsize=8)
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.load_default(size)
-    except TypeError:  # Pillow < 10.1: fixed-size bitmap font
-        return ImageFont.load_default()
-
-
-@dataclass(frozen=True)
-class GridLayout:
-    """Where the tiles of :func:`grid` are, to map a click on the PNG back to a tile."""
-
-    rows: int
-    cols: int
-    tile_h: int
-    tile_w: int
-    left: int  # width of the row-label column
-    top: int  # height of the column-label row
-    caption: int  # caption band above each tile
-    gap: int
-
-    @property
-    def cell_h(self) -> int:
-        return self.caption + self.tile_h + self.gap
-
-    @property
-    def cell_w(self) -> int:
-        return self.tile_w + self.gap
-
-    def tile_at(self, x: float, y: float) -> tuple[int, int] | None:
-        """(row, col) of the tile (or its caption) under pixel (x, y), else None."""
-        cx, cy = x - self.left - self.gap, y - self.top - self.gap
-        if cx < 0 or cy < 0:
-            return None
-        r, c = int(cy // self.cell_h), int(cx // self.cell_w)
-        if r >= self.rows or c >= self.cols or cx % self.cell_w >= self.tile_w:
-            return None
-        return r, c
-
-
-def grid(
-    tiles: Sequence[Sequence[np.ndarray | None]],
-    captions: Sequence[Sequence[str]] | None = None,
-    row_labels: Sequence[str] | None = None,
-    col_labels: Sequence[str] | None = None,
-    legend: bool = False,
-    gap: int = 4,
-    font_size: int = 13,
-    background: tuple[int, int, int] = (255, 255, 255),
-    title: str | None = None,
-    marked: Sequence[Sequence[bool]] | None = None,
-) -> tuple[Image.Image, GridLayout]:
-    """Tile equally sized (H, W, 3) uint8 images row by row into one picture.
-
-    captions: one short line above each tile. row_labels / col_labels: a header column / row.
-    legend: add the kept / merged / pruned swatches at the bottom. None tiles stay blank.
-    title: a line above everything (e.g. the settings that made the picture).
-    marked: tiles whose caption is drawn in the accent colour (condensing blocks).
-    """
-    rows = len(tiles)
-    cols = max(len(r) for r in tiles)
-    first = next(t for r in tiles for t in r if t is not None)
-    th, tw = first.shape[:2]
-    font = _font(font_size)
-    cap_h = font_size + 6 if captions else 0
-    left = (max(_text_w(font, s) for s in row_labels) + 12) if row_labels else 0
-    top = (font_size + 8 if col_labels else 0) + (font_size + 10 if title else 0)
-    lay = GridLayout(rows, cols, th, tw, left, top, cap_h, gap)
-    legend_h = font_size + 16 if legend else 0
-    width = left + gap + cols * lay.cell_w
-    if legend:
-        width = max(width, _legend_width(font, font_size) + 12)
-    if title:
-        width = max(width, _text_w(font, title) + 12)
-    height = top + gap + rows * lay.cell_h + legend_h
-    canvas = np.empty((height, width, 3), dtype=np.uint8)
-    canvas[:] = background
-    for r, row in enumerate(tiles):
-        for c, tile in enumerate(row):
-            if tile is None:
-                continue
-            if tile.shape[:2] != (th, tw):
-                raise ValueError("all tiles must have the same size")
-            y = top + gap + r * lay.cell_h + cap_h
-            x = left + gap + c * lay.cell_w
-            canvas[y : y + th, x : x + tw] = tile
-    img = Image.fromarray(canvas)
-    draw = ImageDraw.Draw(img)
-    ink = (30, 30, 30)
-    if captions:
-        for r, line in enumerate(captions):
-            for c, text in enumerate(line):
-                if text:
-                    accent = (
-                        marked is not None
-                        and r < len(marked)
-                        and c < len(marked[r])
-                        and marked[r][c]
-                    )
-                    draw.text(
-                        (left + gap + c * lay.cell_w + 2, top + gap + r * lay.cell_h + 1),
-                        text,
-                        fill=ACCENT if accent else ink,
-                        font=font,
-                    )
-    if row_labels:
-        for r, text in enumerate(row_labels):
-            y = top + gap + r * lay.cell_h + cap_h + th // 2 - font_size // 2
-            draw.text((6, y), text, fill=ink, font=font)
-    if col_labels:
-        for c, text in enumerate(col_labels):
-            draw.text(
-                (left + gap + c * lay.cell_w + 2, top - font_size - 5), text, fill=ink, font=font
-            )
-    if title:
-        draw.text((6, 4), title, fill=ink, font=font)
-    if legend:
-        _draw_legend(draw, font, font_size, 6, height - legend_h + 6)
-    return img, lay
-
-
-def _text_w(font, text: str) -> int:
-    box = font.getbbox(text)
-    return int(box[2] - box[0])
-
-
-def _legend_text(style: FateStyle) -> str:
-    return f"{style.name}: {style.meaning.split(':')[0]}"
-
-
-def _legend_width(font, size: int) -> int:
-    return sum(size + 5 + _text_w(font, _legend_text(s)) + 18 for s in FATES.values())
-
-
-def _draw_legend(draw: ImageDraw.ImageDraw, font, size: int, x: int, y: int) -> None:
-    for style in FATES.values():
-        text = _legend_text(style)
-        box = [x, y, x + size, y + size]
-        draw.rectangle(box, fill=style.swatch, outline=style.edge, width=2)
-        if style.code == PRUNED:  # the stripes, as on the map
-            for k in range(-size, size, 4):
-                draw.line(
-                    [
-                        x + max(0, k),
-                        y + max(0, -k),
-                        x + min(size, size + k),
-                        y + min(size, size - k),
-                    ],
-                    fill=PRUNED_HATCH,
-                    width=1,
-                )
-        elif style.code == MERGED:  # a few group colours
-            step = size / 3
-            for j, col in enumerate(GROUP_COLORS[:3]):
-                draw.rectangle([x + j * step, y, x + (j + 1) * step, y + size], fill=col)
-            draw.rectangle(box, outline=style.edge, width=1)
-        draw.text((x + size + 5, y - 1), text, fill=(30, 30, 30), font=font)
-        x += size + 5 + _text_w(font, text) + 18
-
-
-def layer_strip(
-    maps: Sequence[np.ndarray],
-    captions: Sequence[str] | None = None,
-    cols: int = 6,
-    legend: bool = True,
-    title: str | None = None,
-    marked: Sequence[bool] | None = None,
-    font_size: int = 16,
-) -> tuple[Image.Image, GridLayout]:
-    """All layer maps in one picture, ``cols`` per row (captions e.g. "block 3*: 141 tok");
-    ``marked`` layers (condensing blocks) get their caption in the accent colour."""
-    if not maps:
-        raise ValueError("no maps to draw")
-    cols = max(1, min(cols, len(maps)))
-    rows = [list(maps[i : i + cols]) for i in range(0, len(maps), cols)]
-    caps = None
-    if captions is not None:
-        caps = [list(captions[i : i + cols]) for i in range(0, len(captions), cols)]
-    marks = None
-    if marked is not None:
-        marks = [list(marked[i : i + cols]) for i in range(0, len(marked), cols)]
-    return grid(rows, caps, legend=legend, title=title, marked=marks, font_size=font_size)
-
-
-def layer_captions(trace: Trace) -> list[str]:
-    """ "block 3: 141 tok" per layer, with a marker on condensing layers."""
-    return [
-        f"block {l}{'*' if l in trace.condensing_layers else ''}: {n} tok"
-        for l, n in enumerate(trace.tokens_per_layer)
-    ]
-
-
-# ---------------------------------------------------------------------------------- the chart
-
-
-def tokens_chart(
-    baseline: Sequence[int],
-    condensed: Sequence[int],
-    condensing_layers: Sequence[int] = (),
-    label: str = "condensed",
-    title: str | None = None,
-    size: tuple[float, float] = (5.6, 3.0),
-    current: int | None = None,
-) -> Figure:
-    """Tokens at every block output, baseline vs condensed (a step chart).
-
-    Built with ``matplotlib.figure.Figure`` (Agg canvas, not pyplot): nothing stays registered
-    globally, so the figure is freed with its last reference. Fixed margins instead of a layout
-    engine and the series named at their ends instead of a legend box keep drawing cheap.
-    current: the block shown on the map, shaded and labelled on the chart.
-    """
-    if len(baseline) != len(condensed):
-        raise ValueError("baseline and condensed must have one count per layer")
-    fig = Figure(figsize=size, dpi=100)
-    fig.subplots_adjust(left=0.12, right=0.97, top=0.9 if title else 0.96, bottom=0.17)
-    ax = fig.add_subplot()
-    # value i holds from block i's output on: draw it over [i, i + 1) so a drop sits exactly on
-    # the condensing block
-    n = len(baseline)
-    x = np.arange(n + 1)
-    base = np.append(baseline, baseline[-1])
-    cond = np.append(condensed, condensed[-1])
-    ax.step(x, base, where="post", color="#7f7f7f", lw=2, label="baseline CLIP")
-    ax.step(x, cond, where="post", color="#d62728", lw=2.2, label=label)
-    ax.fill_between(x, cond, base, step="post", color="#d62728", alpha=0.12, lw=0)
-    for l in condensing_layers:
-        ax.axvline(l, color=_hex(ACCENT), lw=0.9, ls=":")
-    top = max(max(baseline), max(condensed))
-    if current is not None and 0 <= current < n:
-        ax.axvspan(current, current + 1, color=_hex(HIGHLIGHT), alpha=0.18, lw=0)
-        ax.text(
-            current + 0.5,
-            top * 1.1,
-            f"block {current}: {condensed[current]}",
-            color=_hex(HIGHLIGHT),
-            fontsize=8,
-            ha="center" if 0 < current < n - 1 else ("left" if current == 0 else "right"),
-            va="top",
-        )
-    ax.text(0.2, baseline[0] - 0.03 * top, "baseline CLIP", color="#555555", fontsize=8, va="top")
-    ax.text(
-        n - 0.2,
-        condensed[-1] + 0.03 * top,
-        f"{label}: {condensed[-1]}",
-        color="#d62728",
-        fontsize=8,
-        ha="right",
-        va="bottom",
-    )
-    ax.set_xlabel("block (0-based; dotted = condensing)", fontsize=9)
-    ax.set_ylabel("tokens (CLS incl.)", fontsize=9)
-    ax.set_xticks(x[:-1] if n <= 12 else x[:-1:2])
-    ax.set_xlim(0, n)
-    ax.set_ylim(0, top * 1.12)
-    ax.tick_params(labelsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    if title:
-        ax.set_title(title, fontsize=10)
-    return fig
-
-
-def _hex(rgb: tuple[int, int, int]) -> str:
-    return "#" + "".join(f"{int(v):02x}" for v in rgb)
-
-
-@lru_cache(maxsize=128)
-def _chart_cached(
-    baseline: tuple[int, ...],
-    condensed: tuple[int, ...],
-    condensing_layers: tuple[int, ...],
-    label: str,
-    title: str | None,
-    current: int | None,
-) -> np.ndarray:
-    arr = figure_to_array(
-        tokens_chart(baseline, condensed, condensing_layers, label, title, current=current)
-    )
-    arr.setflags(write=False)
-    return arr
-
-
-def tokens_chart_image(
-    baseline: Sequence[int],
-    condensed: Sequence[int],
-    condensing_layers: Sequence[int] = (),
-    label: str = "condensed",
-    title: str | None = None,
-    current: int | None = None,
-) -> np.ndarray:
-    """:func:`tokens_chart` drawn to a (H, W, 3) uint8 array, memoised: the token schedule
-    depends only on the settings and the model, so a new image with the same settings reuses
-    the drawing (read-only array; copy before editing)."""
-    return _chart_cached(
-        tuple(int(v) for v in baseline),
-        tuple(int(v) for v in condensed),
-        tuple(int(v) for v in condensing_layers),
-        str(label),
-        title,
-        None if current is None else int(current),
-    )
-
-
-def sweep_chart(
-    gmacs_baseline: float,
-    series: Mapping[str, Mapping[str, Sequence[float]]],
-    size: tuple[float, float] = (6.4, 3.4),
-) -> Figure:
-    """Keep-rate sweep of one image: per method, against GMACs, the condensed top-1
-    probability, the probability of the baseline's top-1 label, and KL(baseline || condensed).
-
-    series: method -> {"gmacs", "keep_rate", "top1", "base_label", "kl"} (equal lengths).
-    """
-    fig = Figure(figsize=size, dpi=100)
-    fig.subplots_adjust(left=0.1, right=0.88, top=0.86, bottom=0.15)
-    ax = fig.add_subplot()
-    ax2 = ax.twinx()
-    styles = ("-", "--", ":")
-    for i, (method, s) in enumerate(series.items()):
-        ls = styles[i % len(styles)]
-        tag = f" {method}" if len(series) > 1 else ""
-        ax.plot(
-            s["gmacs"],
-            s["top1"],
-            ls,
-            marker="o",
-            ms=4,
-            color=_hex(GROUP_COLORS[4]),
-            label=f"top-1 prob{tag}",
-        )
-        ax.plot(
-            s["gmacs"],
-            s["base_label"],
-            ls,
-            marker="s",
-            ms=4,
-            color=_hex(GROUP_COLORS[0]),
-            label=f"baseline's top-1 label{tag}",
-        )
-        ax2.plot(
-            s["gmacs"],
-            s["kl"],
-            ls,
-            marker="^",
-            ms=4,
-            color=_hex(GROUP_COLORS[5]),
-            label=f"KL from baseline{tag}",
-        )
-        if i == 0:
-            for g, r in zip(s["gmacs"], s["keep_rate"]):
-                ax.annotate(
-                    f"{r:g}",
-                    (g, 1.0),
-                    xytext=(0, 2),
-                    textcoords="offset points",
-                    ha="center",
-                    fontsize=7,
-                    color="#555555",
-                )
-    ax.axvline(gmacs_baseline, color="#7f7f7f", lw=1, ls=":")
-    ax.set_ylim(0, 1.06)
-    ax.set_xlabel("GMACs of the condensed image encoder (dotted: baseline)", fontsize=9)
-    ax.set_ylabel("probability", fontsize=9)
-    ax2.set_ylabel("KL (nats)", fontsize=9, color=_hex(GROUP_COLORS[5]))
-    ax2.set_ylim(bottom=0)
-    ax.tick_params(labelsize=8)
-    ax2.tick_params(labelsize=8)
-    ax.grid(alpha=0.3)
-    ax.set_title("Keep-rate sweep of this image (numbers on top: keep rate R)", fontsize=10, pad=12)
-    shown = [l for l in ax.get_lines() + ax2.get_lines() if not str(l.get_label()).startswith("_")]
-    fig.legend(
-        shown,
-        [str(l.get_label()) for l in shown],
-        loc="lower left",
-        fontsize=7,
-        frameon=True,
-        bbox_to_anchor=(0.1, 0.15),
-    )
-    return fig
-
-
-def figure_to_array(fig: Figure) -> np.ndarray:
-    """(H, W, 3) uint8 rendering of a figure (Agg)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    canvas = FigureCanvasAgg(fig)
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
-
-
 __all__ = [
-    "fate_map",
+    "ACCENT",
+    "FATES",
+    "GROUP_COLORS",
+    "HIGHLIGHT",
+    "VIEWS",
+    "FateStyle",
+    "LayerView",
     "all_layer_maps",
     "attention_grid",
     "attention_layer",
     "blend_heatmap",
+    "fate_map",
+    "group_palette",
+    "group_ranks",
+    "hatch_mask",
+    "highlight_token",
+    "layer_view",
     "outline",
     "patch_means",
-    "upscale",
-    "layer_view",
-    "LayerView",
-    "group_palette",
-    "grid",
-    "GridLayout",
-    "layer_strip",
-    "layer_captions",
-    "tokens_chart",
-    "tokens_chart_image",
-    "figure_to_array",
-    "FATES",
-    "FateStyle",
-    "GROUP_COLORS",
-    "VIEWS",
-    "hatch_mask",
     "shrink",
-    "group_ranks",
     "token_means",
-    "highlight_token",
-    "sweep_chart",
+    "upscale",
 ]

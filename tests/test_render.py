@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 import tca
-from tca import render
+from tca import charts, compose, render
 from tca.trace import KEPT, MERGED, PRUNED, Trace
 
 ROWS = COLS = 4
@@ -236,7 +236,7 @@ def _cell(img: np.ndarray, i: int, ph: int) -> np.ndarray:
 
 def test_strip_layout_maps_clicks_back_to_tiles():
     tiles = [np.full((20, 30, 3), i * 20, np.uint8) for i in range(8)]
-    strip, lay = render.layer_strip(tiles, [f"block {i}" for i in range(8)], cols=3)
+    strip, lay = compose.layer_strip(tiles, [f"block {i}" for i in range(8)], cols=3)
     assert isinstance(strip, Image.Image)
     assert (lay.rows, lay.cols) == (3, 3)
     arr = np.asarray(strip)
@@ -253,7 +253,7 @@ def test_strip_layout_maps_clicks_back_to_tiles():
 
 def test_grid_with_headers():
     tiles = [[np.zeros((10, 10, 3), np.uint8)] * 2] * 3
-    img, lay = render.grid(tiles, row_labels=["TCA", "EViT", "ToMe"], col_labels=["a", "b"])
+    img, lay = compose.grid(tiles, row_labels=["TCA", "EViT", "ToMe"], col_labels=["a", "b"])
     assert lay.left > 0 and lay.top > 0
     assert img.width == lay.left + lay.gap + 2 * lay.cell_w
 
@@ -263,33 +263,33 @@ def test_tokens_chart():
 
     before = set(plt.get_fignums())
     base, cond = [197] * 12, [197] * 3 + [141] * 3 + [100] * 3 + [74] * 3
-    fig = render.tokens_chart(base, cond, (3, 6, 9), label="tca")
+    fig = charts.tokens_chart(base, cond, (3, 6, 9), label="tca")
     ax = fig.axes[0]
     ys = [list(line.get_ydata()) for line in ax.lines[:2]]
     assert ys[0][:12] == base and ys[1][:12] == cond
     assert set(plt.get_fignums()) == before  # no pyplot figure left open
-    arr = render.figure_to_array(fig)
+    arr = charts.figure_to_array(fig)
     assert arr.ndim == 3 and arr.shape[2] == 3 and arr.dtype == np.uint8
     with pytest.raises(ValueError):
-        render.tokens_chart([1, 2], [1])
+        charts.tokens_chart([1, 2], [1])
 
 
 def test_chart_marks_the_current_block():
     base, cond = [197] * 12, [197] * 3 + [141] * 9
-    a = render.tokens_chart_image(base, cond, (3,), "tca", current=4)
-    b = render.tokens_chart_image(base, cond, (3,), "tca", current=8)
+    a = charts.tokens_chart_image(base, cond, (3,), "tca", current=4)
+    b = charts.tokens_chart_image(base, cond, (3,), "tca", current=8)
     assert not np.array_equal(a, b)
-    fig = render.tokens_chart(base, cond, (3,), "tca", current=4)
+    fig = charts.tokens_chart(base, cond, (3,), "tca", current=4)
     spans = [p for p in fig.axes[0].patches if p.get_x() == 4]
     assert len(spans) == 1 and spans[0].get_width() == 1
 
 
 def test_chart_image_is_memoised_per_schedule():
     base, cond = [197] * 12, [197] * 3 + [141] * 9
-    a = render.tokens_chart_image(base, cond, (3,), "tca")
-    assert render.tokens_chart_image(list(base), list(cond), [3], "tca") is a
+    a = charts.tokens_chart_image(base, cond, (3,), "tca")
+    assert charts.tokens_chart_image(list(base), list(cond), [3], "tca") is a
     assert not a.flags.writeable
-    b = render.tokens_chart_image(base, [197] * 12, (), "none")
+    b = charts.tokens_chart_image(base, [197] * 12, (), "none")
     assert b is not a and not np.array_equal(a, b)
 
 
@@ -326,7 +326,7 @@ def test_legend_shows_the_map_colours():
                           + (1 - render.MERGED_FILL) * g).round().astype(np.uint8)))
     assert drawn == expect
     # the exported strip's legend draws from the same FATES
-    strip, _ = render.layer_strip([out], ["x"], legend=True)
+    strip, _ = compose.layer_strip([out], ["x"], legend=True)
     arr = np.asarray(strip)
     assert (arr == render.GROUP_COLORS[0]).all(-1).any()
     assert (arr == render.PRUNED_HATCH).all(-1).any()
