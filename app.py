@@ -30,7 +30,7 @@ import gradio as gr  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import tca  # noqa: E402
-from tca import explore, export, page, serving, sweeps, uploads  # noqa: E402
+from tca import explore, export, page, panels, serving, sweeps, uploads  # noqa: E402
 from tca.page import Display  # noqa: E402
 from tca.config import DEFAULT_LAYERS_TEXT  # noqa: E402
 
@@ -236,7 +236,7 @@ class App:
                                     [(png(t, f"block{i}"), c) for i, (t, c) in enumerate(v.strip)])
             v, map_png, chart_png, tiles = self._first_view
         return (examples[0][0], examples[0][1], copy.deepcopy(first),
-                page.banner_html(self.cache.peek(first.model), first.model),
+                panels.banner_html(self.cache.peek(first.model), first.model),
                 gr.Label(value=v.baseline, label=v.baseline_title),
                 gr.Label(value=v.condensed, label=v.condensed_title),
                 v.shift, map_png, gr.Slider(maximum=v.depth - 1, value=v.layer), v.info,
@@ -278,7 +278,7 @@ class App:
                                label=f"{explore.METHOD_NAMES[m]}: {r.saved_percent:.1f}% GMACs saved")
                       for m, r in cmp.results.items()]
         return (page.compare_picture(cmp), cmp.baseline.as_dict(), *labels_out,
-                page.compare_html(cmp), page.banner_html(self.cache.peek(cmp.model), cmp.model))
+                panels.compare_html(cmp), panels.banner_html(self.cache.peek(cmp.model), cmp.model))
 
     @user_errors
     def sweep(self, image, labels: str, model: str, method: str, layers: str,
@@ -300,7 +300,7 @@ class App:
             sw = sweeps.sweep(self.cache, image, labels, model, method, layers, merge_centers,
                                score, templates, methods=methods, reuse=reuse,
                                progress=lambda f, d: progress(f, desc=d))
-        return page.sweep_image(sw), page.sweep_html(sw)
+        return page.sweep_image(sw), panels.sweep_html(sw)
 
     # -- display-only events (no model)
     def show_run(self, state: explore.ExplorerRun | None, layer: float, view: str, overlay: bool,
@@ -318,7 +318,7 @@ class App:
         corrected = (gr.Label(value=v.corrected, visible=True) if v.corrected is not None
                      else gr.Label(value=None, visible=False))
         return (
-            page.banner_html(loaded, state.model),
+            panels.banner_html(loaded, state.model),
             gr.Label(value=v.baseline, label=v.baseline_title),
             gr.Label(value=v.condensed, label=v.condensed_title),
             v.shift, v.map,
@@ -327,13 +327,13 @@ class App:
             gr.update(value=v.strip, selected_index=v.layer,
                       columns=STRIP_COLUMNS if depth <= 12 else STRIP_COLUMNS + 1),
             v.follow,
-            page.stream_html(state, stream_state, stream_on, state.result.config.method),
+            panels.stream_html(state, stream_state, stream_on, state.result.config.method),
             corrected, "", depth, d.patch,
         )
 
     def _layer_outputs(self, state: explore.ExplorerRun, d: Display):
-        return (page.map_image(state, d), page.layer_info(state, d.layer, d.overlay),
-                page.chart_image(state, d.layer), page.follow_html(state, d.patch, d.layer))
+        return (page.map_image(state, d), panels.layer_info(state, d.layer, d.overlay),
+                page.chart_image(state, d.layer), panels.follow_html(state, d.patch, d.layer))
 
     def show_layer(self, state: explore.ExplorerRun | None, layer: float, view: str = "fates",
                    overlay: bool = False, opacity: float = 0.5, patch=None):
@@ -370,13 +370,13 @@ class App:
         if patch is None:
             return gr.skip(), gr.skip(), gr.skip()
         d = Display(int(layer or 0), view, overlay, opacity, patch).clamped(state.trace)
-        return patch, page.map_image(state, d), page.follow_html(state, patch, d.layer)
+        return patch, page.map_image(state, d), panels.follow_html(state, patch, d.layer)
 
     def clear_patch(self, state, layer, view, overlay, opacity):
         if state is None:
             return None, gr.skip(), gr.skip()
         d = Display(int(layer or 0), view, overlay, opacity, None).clamped(state.trace)
-        return None, page.map_image(state, d), page.follow_html(state, None)
+        return None, page.map_image(state, d), panels.follow_html(state, None)
 
     def change_view(self, state, layer, view, overlay, opacity, patch):
         """Fates <-> what the model sees: the map and the strip are redrawn (no model)."""
@@ -400,7 +400,7 @@ class App:
         """Mark the shown results outdated when the inputs on screen no longer made them."""
         sig = explore.input_signature(image, labels, model, method, keep_rate, layers,
                                       merge_centers, score, templates)
-        return page.stale_html(state, sig)
+        return panels.stale_html(state, sig)
 
     def check_image(self, image):
         """Right after an upload: a file that is not a readable image is refused at once."""
@@ -419,11 +419,11 @@ class App:
         stream_state.reset()
         if state is not None:
             state.stream = None
-        return (stream_state, page.stream_html(None, stream_state, bool(stream_on)),
+        return (stream_state, panels.stream_html(None, stream_state, bool(stream_on)),
                 gr.Label(value=None, visible=False))
 
     def stream_toggled(self, on: bool, state, stream_state):
-        return page.stream_html(state if on else None, stream_state, on)
+        return panels.stream_html(state if on else None, stream_state, on)
 
     def banner(self, model: str | None = None):
         model = model or self.default_model
@@ -433,7 +433,7 @@ class App:
                 loaded = self.cache.get(model)
             except Exception:  # noqa: BLE001 - shown again, with its message, on Run
                 loaded = None
-        return page.banner_html(loaded, model, loading=self.cache.is_loading(model))
+        return panels.banner_html(loaded, model, loading=self.cache.is_loading(model))
 
 
 def upload_policy() -> uploads.UploadPolicy:
@@ -474,7 +474,7 @@ def build_demo(model_name: str | None = None, pretrained: str | None = None,
         demo.tca_app = app  # for tests and tools
         gr.Markdown("# TCA Explorer\nSee how **token condensation** (TCA, EViT, ToMe) prunes and "
                     "merges CLIP's image tokens, block by block, and what it costs and changes.")
-        banner = gr.HTML(page.banner_html(app.cache.peek(model_name), model_name,
+        banner = gr.HTML(panels.banner_html(app.cache.peek(model_name), model_name,
                                           loading=app.cache.is_loading(model_name)),
                          elem_id="weights-banner")
         # per session: the last Run (a copy of the first screen to start with), the reservoir,
@@ -520,7 +520,7 @@ def build_demo(model_name: str | None = None, pretrained: str | None = None,
                                                      min_width=40)
                             layer_md = gr.Markdown(view0.info if view0 else "",
                                                    elem_id="layer-info")
-                            gr.HTML(page.legend_html())
+                            gr.HTML(panels.legend_html())
                             follow_md = gr.HTML(view0.follow if view0 else "",
                                                 elem_id="follow-panel")
                             clear_btn = gr.Button("Stop following", size="sm")
@@ -530,7 +530,7 @@ def build_demo(model_name: str | None = None, pretrained: str | None = None,
                                                     label="Overlay opacity")
                         with gr.Column(scale=2, min_width=300):
                             gr.Markdown(f"**All blocks from one pass**, click one. Caption: "
-                                        f"block {page.CONDENSING_MARK} (= condensing) · tokens "
+                                        f"block {panels.CONDENSING_MARK} (= condensing) · tokens "
                                         "after it")
                             strip = gr.Gallery(
                                 value=view0.strip if view0 else None, show_label=False,
@@ -563,7 +563,7 @@ def build_demo(model_name: str | None = None, pretrained: str | None = None,
                             stream = gr.Checkbox(False, label="Stream mode (this session only)",
                                                  elem_id="stream-toggle")
                             reset_btn = gr.Button("Reset reservoir", size="sm")
-                        stream_md = gr.HTML(page.stream_html(None, None, False),
+                        stream_md = gr.HTML(panels.stream_html(None, None, False),
                                             elem_id="stream-panel")
                         corrected_out = gr.Label(num_top_classes=TOP_K, visible=False,
                                                  label="After the logits correction")
@@ -627,7 +627,7 @@ def build_demo(model_name: str | None = None, pretrained: str | None = None,
             compare_md = gr.HTML(elem_id="compare-table")
 
         with gr.Tab("How it works", id="how"):
-            gr.Markdown(page.how_it_works_md())
+            gr.Markdown(panels.how_it_works_md())
 
         settings = [model, method, keep_rate, layers, merge_centers, score, templates]
         run_evt = gr.on(

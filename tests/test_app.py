@@ -18,7 +18,7 @@ from PIL import Image
 
 import app as app_module
 import tca
-from tca import explore, export, page, render, serving, sweeps
+from tca import explore, export, follow, page, panels, render, serving, sweeps
 from tca.models import WEIGHTS_HELP
 
 TINY = "tca-tiny-ViT"
@@ -91,7 +91,7 @@ def test_show_run_renders_everything_from_the_cached_run(tiny_app, example_image
     assert "warm-up" in cost
     # the strip: one (map, caption) per block, the shown block selected, condensing blocks marked
     assert strip["selected_index"] == 9 and len(strip["value"]) == 12
-    assert [c for _, c in strip["value"]][3] == f"3 {page.CONDENSING_MARK} \u00b7 141"
+    assert [c for _, c in strip["value"]][3] == f"3 {panels.CONDENSING_MARK} \u00b7 141"
     # tiles are drawn on the image shrunk by 2 (patches of 16 px for this 32-px-patch model)
     tile_view = render.shrink(state.view, state.trace.grid, page.STRIP_SHRINK)
     assert tile_view.shape == (112, 112, 3)
@@ -170,7 +170,7 @@ def test_follow_a_patch_from_the_trace(tiny_app, example_image):
     _, state, _ = _classify(tiny_app, str(example_image))
     trace = state.trace
     for patch in range(0, 196, 13):
-        steps = page.follow_patch(trace, patch)
+        steps = follow.follow_patch(trace, patch)
         assert [s.layer for s in steps] == list(range(12))
         for s in steps:
             tok = trace.token_index[0, s.layer]
@@ -188,9 +188,9 @@ def test_follow_a_patch_from_the_trace(tiny_app, example_image):
     # the most attended patch at block 3 ranks 1 there
     att = trace.cls_attention[3][0].numpy()  # per patch: its token's attention
     best = int(np.nanargmax(att))
-    assert page.follow_patch(trace, best)[3].attention_rank == 1
+    assert follow.follow_patch(trace, best)[3].attention_rank == 1
     with pytest.raises(ValueError, match="outside"):
-        page.follow_patch(trace, 196)
+        follow.follow_patch(trace, 196)
 
 
 def test_stale_results_are_marked(tiny_app, example_image, tmp_path):
@@ -270,7 +270,7 @@ def test_stream_mode_reservoir_per_label_set(tiny_app, example_image):
         assert "corrected" in summary["top"] and summary["final"] == "corrected"
     assert isinstance(stream, explore.StreamState)
     assert set(summary["reservoir"]["buckets"]) == {"cat", "dog", "tiger", "fox"}
-    panel = page.stream_html(state, stream, True)
+    panel = panels.stream_html(state, stream, True)
     assert "Images seen: 3" in panel and "anchors inactive" in panel
     assert "Logits correction on this image" in panel
     # different labels: a new reservoir tied to them
@@ -367,7 +367,7 @@ def test_model_cache_falls_back_to_random_weights_and_says_why():
     entry = cache.get("ViT-B-16-quickgelu")
     assert entry.is_random and "could not load" in entry.note
     assert calls == [("ViT-B-16-quickgelu", "openai"), ("ViT-B-16-quickgelu", None)]
-    html = page.banner_html(entry, "ViT-B-16-quickgelu")
+    html = panels.banner_html(entry, "ViT-B-16-quickgelu")
     assert "RANDOM WEIGHTS" in html and "tca-random" in html and "TCA_CHECKPOINT" in html
     assert cache.get("ViT-B-16-quickgelu") is entry and len(calls) == 2  # cached
     cache.get("ViT-B-32-quickgelu")  # bounded: the first one is evicted

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 import tca
-from tca import charts, compose, render
+from tca import charts, compose, panels, render
 from tca.trace import KEPT, MERGED, PRUNED, Trace
 
 ROWS = COLS = 4
@@ -303,12 +303,11 @@ def test_palette_is_the_categorical_one():
 
 def test_legend_shows_the_map_colours():
     """One colour source: the HTML legend's colours are those the maps are drawn with."""
-    from tca import page
 
     img, trace = _image(), _synthetic_trace()
     out = render.fate_map(img, trace, 1)
-    legend = page.legend_html()
-    colours = page.legend_colors()
+    legend = panels.legend_html()
+    colours = panels.legend_colors()
     for name, cols in colours.items():
         assert name in legend
     hex_ = lambda c: "#%02x%02x%02x" % tuple(c)  # noqa: E731

@@ -21,7 +21,7 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 import app as app_module
-from tca import explore, export, page, serving, uploads
+from tca import explore, export, panels, serving, uploads
 
 TINY = "tca-tiny-ViT"
 ROOT = Path(__file__).resolve().parent.parent
@@ -187,7 +187,7 @@ def test_no_server_path_in_weights_note(tmp_path):
     assert entry.is_random and "w.safetensors" in entry.note
     assert str(tmp_path) not in entry.note and "very-secret-dir" not in entry.note
     assert "very-secret-dir" not in (entry.requested or "")
-    banner = page.banner_html(entry, TINY)
+    banner = panels.banner_html(entry, TINY)
     assert "very-secret-dir" not in banner
 
 

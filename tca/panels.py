@@ -1,0 +1,434 @@
+"""The explorer's text panels (HTML / Markdown, escaped): the weights banner, the legend and the
+How-it-works text (read from ``tca.render``'s colour source), the probability shift, the cost,
+the block info, the stream and staleness notices, follow-a-patch, the comparison and sweep
+tables. Each takes a run's data and returns a string; nothing here draws or runs a model.
+"""
+
+from __future__ import annotations
+
+import html
+
+from . import explore, render, sweeps
+from .explore import Comparison, ExplorerRun, StreamState
+from .flops import CONVENTION
+from .follow import follow_patch
+from .models import WEIGHTS_HELP
+from .pipeline import RunResult
+from .serving import LoadedModel
+from .sweeps import Sweep
+from .trace import KEPT, MERGED, PRUNED
+
+SHIFT_ROWS = 10  # labels listed in the probability-shift table
+CONDENSING_MARK = "\u2702"  # scissors, on condensing blocks in captions
+
+
+def _escape(text) -> str:
+    return html.escape(str(text), quote=False)
+
+
+def _rgb(c) -> str:
+    return "#" + "".join(f"{int(v):02x}" for v in c)
+
+
+# ------------------------------------------------------------------------------ colours / text
+
+
+def swatch_html(code: int) -> str:
+    """The legend swatch of one fate, drawn as on the map (same colours, from render.FATES)."""
+    style = render.FATES[code]
+    base = (
+        "display:inline-block;width:16px;height:16px;border-radius:3px;"
+        "vertical-align:-3px;margin:0 5px 0 10px;"
+    )
+    if code == MERGED:
+        stops = ", ".join(
+            f"{_rgb(c)} {i * 100 // 3}% {(i + 1) * 100 // 3}%"
+            for i, c in enumerate(render.GROUP_COLORS[:3])
+        )
+        fill = f"background:linear-gradient(90deg, {stops});border:2px solid {_rgb(style.edge)}"
+    elif code == PRUNED:
+        fill = (
+            f"background:repeating-linear-gradient(45deg, {_rgb(render.PRUNED_HATCH)} 0 2px,"
+            f" {_rgb(style.swatch)} 2px 6px);border:2px solid {_rgb(style.swatch)}"
+        )
+    else:
+        fill = f"background:{_rgb(style.swatch)};border:2px solid {_rgb(style.edge)}"
+    return f'<span class="sw" data-fate="{style.name}" style="{base}{fill}"></span>'
+
+
+def legend_html() -> str:
+    """The map legend: one swatch per fate, colours and words from :data:`render.FATES`."""
+    items = "".join(
+        f"{swatch_html(code)}<b>{_escape(s.name)}</b> ({_escape(s.meaning)}) "
+        for code, s in render.FATES.items()
+    )
+    return f'<div class="tca-legend">{items}</div>'
+
+
+def legend_colors() -> dict[str, list[tuple[int, int, int]]]:
+    """The colours the legend shows, per fate name (what tests compare with the maps)."""
+    return {
+        render.FATES[KEPT].name: [render.FATES[KEPT].swatch],
+        render.FATES[MERGED].name: list(render.GROUP_COLORS),
+        render.FATES[PRUNED].name: [render.PRUNED_HATCH],
+    }
+
+
+def how_it_works_md() -> str:
+    return f"""
+### What you are looking at
+
+CLIP's image encoder (a Vision Transformer, ViT) cuts the picture into square **patches**
+(ViT-B/16 at 224 px: 14 x 14 = 196 patches) and adds one summary token, **CLS**. Every one of
+its 12 blocks processes every token, so the cost grows with the number of tokens. **Token
+condensation** removes tokens *inside* the network, at a few blocks (by default blocks 3, 6
+and 9, counted from 0, marked {CONDENSING_MARK} in the strip), without any training.
+
+At a condensing block, the CLS token's attention says how much the summary looks at each
+patch. TCA sorts the tokens by it into three groups:
+
+* **class-relevant** (highest attention): **kept** as they are;
+* **class-ambiguous** (middle): **merged**: TCA averages them into *K* group tokens (a small
+  coreset), so their content survives in fewer tokens;
+* **class-irrelevant** (lowest): **pruned**: fused into one token, weighted by attention.
+
+**Keep rate R** sets how much survives each condensing block (R = 1 removes nothing).
+For comparison, **EViT** keeps the top tokens and fuses the rest (no merging), and **ToMe**
+merges the most similar pairs of tokens (bipartite matching): no pruning, and not guided by
+the CLS token.
+
+### The map legend
+
+Each map shows every original patch at one depth (after that block), from **one** forward
+pass:
+
+{legend_html()}
+
+Each merged group has its own colour (a colour-blind-safe palette; with many groups, as ToMe
+makes, colours repeat but every group keeps its dark outline). A merged group can be spread
+over the image: TCA groups tokens by content, not by position.
+
+**What the model sees** paints every remaining token with the mean colour of the patches it
+stands for: a kept patch stays itself, a merged group becomes one flat colour, and all pruned
+patches share the colour of the one fused token.
+
+**Follow a patch**: click a patch on the big map. At every block the table says whether it
+was kept, merged (with the group's colour and size; the other patches of its group stay lit
+on the map) or fused, and its rank by CLS attention at each condensing block.
+
+The optional overlay shows the CLS attention that drove the latest condensing decision
+(bright = attended = kept).
+
+### Keep-rate sweep
+
+Runs the method at keep rates {", ".join(f"{r:g}" for r in sweeps.SWEEP_RATES)} on the
+same image in one job and plots, against the cost, the condensed top-1 probability, the
+probability the condensed model gives the baseline's top-1 label, and the KL divergence of
+its prediction from the baseline's: where the curves bend is where this image breaks.
+
+### Stream mode: domain anchors and the logits correction
+
+When images arrive one after another (a "stream"), TCA keeps a small **reservoir**: for each
+label, the CLS tokens (from every block) of up to M past images predicted as that label, the
+most confident ones first. Once every label holds at least two images, their averages become
+**domain anchors**: at each condensing block the nearest anchor joins the tokens, so the
+ranking is guided by what the classes looked like in this stream. The **logits correction**
+then compares the new image's CLS tokens with each bucket and adds a bonus to the labels whose
+stored images look alike. Each browser session has its own reservoir; changing the labels or
+the model starts a new one.
+
+### Cost
+
+Costs are counted analytically from the actual token counts: {_escape(CONVENTION)}.
+ViT-B/16 at 224 px is 17.56 GMACs. The saved percentage is the same in GMACs and FLOPs. On a
+CPU at batch size 1 the wall-clock gain is smaller than the FLOP saving.
+
+### Random weights
+
+If the banner says RANDOM WEIGHTS, the model runs on random weights: the maps, token counts
+and costs are exact, but the predictions mean nothing. {_escape(WEIGHTS_HELP)}
+"""
+
+
+def banner_html(loaded: LoadedModel | None, model: str, loading: bool = False) -> str:
+    """The weights line: one short sentence for visitors; operator help behind a toggle."""
+    if loaded is None:
+        what = "is loading" if loading else "loads on the next Run"
+        return (
+            f'<div class="tca-banner tca-wait">Model <b>{_escape(model)}</b> {what}; '
+            f"whether its weights are real or random shows here.</div>"
+        )
+    if loaded.is_random:
+        why = loaded.note or "random weights were asked for (TCA_PRETRAINED=none)."
+        help_ = "" if WEIGHTS_HELP in why else f" {_escape(WEIGHTS_HELP)}"
+        return (
+            '<div class="tca-banner tca-random" role="alert"><b>RANDOM WEIGHTS</b>: '
+            "predictions are meaningless; maps, token counts and FLOPs are exact. "
+            "<details><summary>For the operator: why, and how to load real weights"
+            f"</summary>Model {_escape(loaded.name)}. {_escape(why)}{help_}</details></div>"
+        )
+    return (
+        f'<div class="tca-banner tca-ok">Weights: <b>{_escape(loaded.name)}</b> / '
+        f"{_escape(loaded.requested)}</div>"
+    )
+
+
+def _pp(d: float) -> str:
+    """A probability difference in percentage points, never "-0.0"."""
+    v = round(100 * d, 1)
+    return "&plusmn;0.0 pp" if v == 0 else f"{v:+.1f} pp"
+
+
+def shift_html(result: RunResult, limit: int = SHIFT_ROWS) -> str:
+    final = result.final
+    name = "corrected" if result.corrected is not None else "condensed"
+    order = sorted(range(len(result.labels)), key=lambda i: -result.baseline.probs[i])[:limit]
+    rows = []
+    for i in order:
+        d = final.probs[i] - result.baseline.probs[i]
+        cls = "tca-up" if round(100 * d, 1) > 0 else "tca-down" if round(100 * d, 1) < 0 else ""
+        rows.append(
+            f"<tr><td class='lab'>{_escape(result.labels[i])}</td>"
+            f"<td>{result.baseline.probs[i]:.1%}</td>"
+            f"<td>{final.probs[i]:.1%}</td><td class='{cls}'>{_pp(d)}</td></tr>"
+        )
+    more = (
+        f"<br><small>{len(result.labels) - limit} more labels in the JSON.</small>"
+        if len(result.labels) > limit
+        else ""
+    )
+    return (
+        f"<div class='tca-shift'><b>Probability shift</b> ({name} &minus; baseline)"
+        f"<div class='tca-scroll'><table class='tca-table'><tr><th>label</th><th>baseline</th><th>{name}</th>"
+        f"<th>shift</th></tr>{''.join(rows)}</table></div>{more}</div>"
+    )
+
+
+def cost_html(result: RunResult) -> str:
+    fb, fc = result.flops_baseline, result.flops_condensed
+    t = result.timings_ms
+    warm = " The first Runs after start-up are slower still (warm-up)."
+    return (
+        "<div class='tca-cost'>"
+        f"<div class='big'>{fb.gmacs:.2f} &rarr; {fc.gmacs:.2f} GMACs "
+        f"<span class='saved'>({result.saved_percent:.1f}% saved)</span></div>"
+        f"<div>{_escape(result.config.describe())}</div>"
+        "<div class='tca-scroll'><table class='tca-table'>"
+        "<tr><th></th><th>baseline</th><th>condensed</th></tr>"
+        f"<tr><td class='lab'>tokens after the last block</td><td>{result.baseline_tokens[-1]}</td>"
+        f"<td>{result.tokens_per_layer[-1]}</td></tr>"
+        f"<tr><td class='lab'>GMACs</td><td>{fb.gmacs:.3f}</td><td>{fc.gmacs:.3f}</td></tr>"
+        f"<tr><td class='lab'>of which condensing</td><td>-</td><td>{fc.overhead / 1e9:.4f}</td></tr>"
+        f"<tr><td class='lab'>wall-clock here (ms)</td><td>{t.get('baseline_ms', 0):.0f}</td>"
+        f"<td>{t.get('condensed_ms', 0):.0f}</td></tr></table></div>"
+        f"<small>GMACs are counted from the token counts ({_escape(CONVENTION)}). Wall-clock is "
+        "one measurement on a shared CPU at batch 1, where the condensed pass also records the "
+        f"trace; it gains less time than FLOPs.{warm} Text encoding: "
+        f"{t.get('text_ms', 0):.0f} ms (cached per label set).</small></div>"
+    )
+
+
+def layer_info(state: ExplorerRun, layer: int, overlay: bool = False) -> str:
+    trace = state.trace
+    counts = trace.fate_counts(layer)
+    groups = len(trace.groups(layer))
+    cond = f" {CONDENSING_MARK} (a condensing block)" if layer in trace.condensing_layers else ""
+    text = (
+        f"**After block {layer}{cond}: {trace.tokens_per_layer[layer]} tokens.** "
+        f"Patches: {counts['kept']} kept, {counts['merged']} merged in {groups} group(s), "
+        f"{counts['pruned']} pruned."
+    )
+    if overlay:
+        src = render.attention_layer(trace, layer)
+        text += (
+            f" Overlay: CLS attention at block {src}."
+            if src is not None
+            else " Overlay: no CLS attention recorded at or before this block"
+            f"{' (ToMe does not use it)' if state.result.config.method == 'tome' else ''}."
+        )
+    return text
+
+
+def stream_html(
+    state: ExplorerRun | None, stream: StreamState | None, enabled: bool, method: str = "tca"
+) -> str:
+    if not enabled:
+        notice = f"{_escape(stream.notice)} " if stream is not None and stream.notice else ""
+        return (
+            f"{notice}Stream mode is off. Turn it on (method TCA) and run several images "
+            "with the same labels: each one is filed in this session's reservoir."
+        )
+    if method != "tca":
+        return (
+            f"<b>Stream mode applies to TCA only</b>: this run "
+            f"({explore.METHOD_NAMES.get(method, method)}) neither used nor fed the "
+            "reservoir. " + stream_html(None, stream, True)
+        )
+    summ = (
+        state.stream
+        if state is not None and state.stream is not None
+        else stream.summary()
+        if stream is not None
+        else None
+    )
+    if summ is None:
+        notice = f"{_escape(stream.notice)} " if stream is not None and stream.notice else ""
+        return f"{notice}Stream mode is on: the next Run with TCA starts this session's reservoir."
+    notice = stream.notice if stream is not None and stream.notice else ""
+    need = summ["min_per_class"]
+    ready = sum(len(b) >= need for b in summ["buckets"].values())
+    status = (
+        "<b class='tca-up'>ANCHORS ACTIVE</b>"
+        if summ["active"]
+        else f"<b>anchors inactive</b>: every label needs {need} images in its bucket "
+        f"({ready} of {len(summ['buckets'])} ready)"
+    )
+    rows = []
+    for label, entries in summ["buckets"].items():
+        dots = "&#9679;" * len(entries) + "&#9675;" * max(0, summ["size"] - len(entries))
+        ent = ", ".join(f"{e['entropy']:.2f}" for e in entries) or "-"
+        rows.append(f"<tr><td>{_escape(label)}</td><td>{dots}</td><td>{ent}</td></tr>")
+    effect = ""
+    if state is not None and state.result.corrected is not None:
+        r, corrected = state.result, state.result.corrected
+        diffs = [(l, r.condensed.probs[i], corrected.probs[i]) for i, l in enumerate(r.labels)]
+        diffs.sort(key=lambda x: -abs(x[2] - x[1]))
+        effect = (
+            "<br><b>Logits correction on this image</b><table class='tca-table'>"
+            + "<tr><th>label</th><th>condensed</th><th>corrected</th></tr>"
+            + "".join(
+                f"<tr><td>{_escape(l)}</td><td>{a:.1%}</td><td>{b:.1%}</td></tr>"
+                for l, a, b in diffs[:8]
+            )
+            + "</table>"
+        )
+        if not state.result.anchors_used:
+            effect += "<small>No anchors were used for the condensation of this image yet.</small>"
+    return (
+        f"{_escape(notice)} {status}. Images seen: {summ['images_seen']}."
+        f"<div class='tca-scroll'><table class='tca-table'><tr><th>label</th>"
+        f"<th>bucket (of {summ['size']})</th><th>entropy of entries</th></tr>"
+        f"{''.join(rows)}</table></div>{effect}"
+    )
+
+
+def stale_html(state: ExplorerRun | None, signature: tuple | None) -> str:
+    """A notice when the results on screen were made from other inputs than those shown."""
+    if state is None or state.signature is None or signature is None:
+        return ""
+    if tuple(signature) == tuple(state.signature):
+        return ""
+    return (
+        "<div class='tca-stale' role='status'><b>Outdated:</b> the image or a setting "
+        "changed since these results were computed. Press <b>Run</b> to update them.</div>"
+    )
+
+
+def condensed_title(result: RunResult) -> str:
+    """A short heading for the condensed prediction (it must not wrap over the answer)."""
+    m = result.config.method
+    if m == "none":
+        return "Condensed: none (= baseline)"
+    return f"Condensed: {explore.METHOD_NAMES[m]}, R={result.config.keep_rate:g}"
+
+
+def follow_html(state: ExplorerRun, patch: int | None, layer: int | None = None) -> str:
+    if patch is None:
+        return "<i>Click a patch on the map to follow it through every block.</i>"
+    trace = state.trace
+    r, c = divmod(patch, trace.grid[1])
+    steps = follow_patch(trace, patch)
+    lines = []
+    for s in steps:
+        cond = f" {CONDENSING_MARK}" if s.layer in trace.condensing_layers else ""
+        if s.fate == "merged" and s.group_rank is not None:
+            colour = render.group_palette(s.group_rank + 1)[s.group_rank]
+            what = (
+                f"<span class='sw' style='display:inline-block;width:12px;height:12px;"
+                f"background:{_rgb(colour)};border:1px solid #222;vertical-align:-1px'></span>"
+                f" merged into group {s.group_rank + 1} with {s.group_size - 1} other "
+                f"patch{'es' if s.group_size != 2 else ''}"
+            )
+        elif s.fate == "pruned":
+            what = f"fused into the pruned token ({s.group_size} patches share it)"
+        else:
+            what = "kept as itself"
+        rank = f"{s.attention_rank} of {s.ranked_tokens}" if s.attention_rank is not None else ""
+        here = " class='here'" if layer is not None and s.layer == layer else ""
+        lines.append(f"<tr{here}><td>block {s.layer}{cond}</td><td>{what}</td><td>{rank}</td></tr>")
+    now = steps[min(max(0, layer if layer is not None else trace.depth - 1), trace.depth - 1)]
+    lit = (
+        f"{now.group_size - 1} other patch{'es' if now.group_size != 2 else ''} of its token "
+        "lit on the map"
+        if now.group_size > 1
+        else "no other patch shares its token"
+    )
+    return (
+        f"<div class='tca-follow'><b>Following patch (row {r}, column {c})</b>, framed in "
+        f"magenta; after block {now.layer}: {lit}."
+        "<div class='tca-scroll'><table class='tca-table'><tr><th>after</th><th>where it is</th>"
+        f"<th>CLS-attention rank</th></tr>{''.join(lines)}</table></div></div>"
+    )
+
+
+def compare_html(cmp: Comparison) -> str:
+    rows = []
+    for method, r in cmp.results.items():
+        top, p = r.condensed.top(1)[0]
+        rows.append(
+            f"<tr><td><b>{explore.METHOD_NAMES[method]}</b></td>"
+            f"<td>{r.flops_condensed.gmacs:.2f}</td><td>{r.saved_percent:.1f}%</td>"
+            f"<td>{r.tokens_per_layer[-1]}</td><td>{_escape(top)} ({p:.1%})</td>"
+            f"<td>{r.timings_ms['condensed_ms']:.0f}</td></tr>"
+        )
+    base = next(iter(cmp.results.values()))
+    return (
+        f"<div class='tca-scroll'><table class='tca-table'><tr><th>method</th><th>GMACs</th>"
+        f"<th>saved</th><th>final tokens</th><th>top-1</th><th>ms</th></tr>"
+        f"<tr><td>baseline CLIP</td><td>{base.flops_baseline.gmacs:.2f}</td><td>-</td>"
+        f"<td>{base.baseline_tokens[-1]}</td><td>{_escape(cmp.baseline.top(1)[0][0])} "
+        f"({cmp.baseline.top(1)[0][1]:.1%})</td><td>{base.timings_ms.get('baseline_ms', 0):.0f}"
+        f"</td></tr>{''.join(rows)}</table></div><small>Same keep rate R = {cmp.keep_rate:g} "
+        f"and condensing blocks for all three; {_escape(CONVENTION)}.</small>"
+    )
+
+
+def sweep_html(sw: Sweep) -> str:
+    rows = []
+    for m, pts in sw.points.items():
+        for p in pts:
+            rows.append(
+                f"<tr><td>{explore.METHOD_NAMES[m]}</td><td>{p.keep_rate:g}</td>"
+                f"<td>{p.gmacs:.2f}</td><td>{p.final_tokens}</td>"
+                f"<td>{_escape(p.top1)} ({p.top1_prob:.1%})</td>"
+                f"<td>{p.base_label_prob:.1%}</td><td>{p.kl:.3f}</td></tr>"
+            )
+    base = "1 baseline + " if sw.baseline_pass else "the Run's baseline + "
+    return (
+        f"<div class='tca-scroll'><table class='tca-table'><tr><th>method</th><th>R</th>"
+        f"<th>GMACs</th><th>final tokens</th><th>top-1</th>"
+        f"<th>p({_escape(sw.base_label)})</th><th>KL</th></tr>{''.join(rows)}</table></div>"
+        f"<small>Baseline: {_escape(sw.base_label)} ({sw.baseline.top(1)[0][1]:.1%}) at "
+        f"{sw.gmacs_baseline:.2f} GMACs. One job: {base}{sw.passes} condensed passes "
+        f"(R = 1 is the baseline) in {sw.elapsed_ms / 1e3:.1f} s.</small>"
+    )
+
+
+__all__ = [
+    "CONDENSING_MARK",
+    "SHIFT_ROWS",
+    "banner_html",
+    "compare_html",
+    "condensed_title",
+    "cost_html",
+    "follow_html",
+    "how_it_works_md",
+    "layer_info",
+    "legend_colors",
+    "legend_html",
+    "shift_html",
+    "stale_html",
+    "stream_html",
+    "swatch_html",
+    "sweep_html",
+]
