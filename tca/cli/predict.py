@@ -1,0 +1,157 @@
+"""``predict`` (baseline vs condensed zero-shot prediction of one image) and ``flops`` (the
+analytic GMACs table, without running the model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..config import (
+    ADAPTIVE_METHODS,
+    CondenseConfig,
+)
+from ..flops import CONVENTION, Geometry, macs_for, saved_percent
+from ..images import load_image
+from ..models import (
+    DEFAULT_MODEL,
+    TEMPLATES,
+    parse_labels,
+    validate_labels,
+)
+from ..prompts import PRESET_TEMPLATES, templates_for
+from .common import add_condense_args, add_model_args, config_from_args, load_from_args
+
+
+def add_predict_parser(sub) -> None:
+    p = sub.add_parser("predict", help="baseline vs condensed zero-shot prediction for one image")
+    p.add_argument("image")
+    p.add_argument("--labels", required=True, help='candidate labels, e.g. "cat,dog,car"')
+    add_model_args(p)
+    add_condense_args(p)
+    p.add_argument(
+        "--templates",
+        default=None,
+        choices=tuple(TEMPLATES),
+        metavar="NAME",
+        help="prompt templates, one of: "
+        + ", ".join(TEMPLATES)
+        + " (default: the preset's, else 'single')",
+    )
+    p.add_argument(
+        "--preset",
+        default=None,
+        choices=tuple(PRESET_TEMPLATES),
+        metavar="NAME",
+        help="dataset preset: implies its prompt templates (the paper's per-dataset "
+        "prompts) unless --templates is given",
+    )
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_predict)
+
+
+def add_flops_parser(sub) -> None:
+    p = sub.add_parser("flops", help="analytic GMACs table, without running the model")
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    add_condense_args(p)
+    p.add_argument("--anchors", action="store_true", help="count TCA's domain anchor token")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_flops)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from ..pipeline import classify
+
+    config = config_from_args(args)
+    image = load_image(args.image)  # fail fast, before the model loads
+    validate_labels(parse_labels(args.labels))
+    macs_for(Geometry.from_name(args.model), config)  # layers / K against this architecture
+    clip = load_from_args(args)
+    templates = templates_for(args.preset, args.templates)
+    result = classify(clip, image, args.labels, config, templates=templates, trace=True)
+    if args.json:
+        d = result.to_dict(include_trace=False)
+        d["templates"] = templates
+        d["gmacs"]["saved_percent"] = round(d["gmacs"]["saved_percent"], 3)
+        print(json.dumps(d))
+        return 0
+    k = max(1, args.top_k)
+    if clip.is_random:
+        print("WARNING: random weights (--pretrained none): predictions are meaningless.")
+    print(f"model: {result.model}")
+    print(f"condensation: {config.describe()}")
+    print(f"prompt templates: {templates} ({len(TEMPLATES[templates])})")
+    print(f"\n{'label':<28}{'baseline':>10}{'condensed':>11}{'shift':>9}")
+    for label, _ in result.condensed.top(k):
+        i = result.labels.index(label)
+        print(
+            f"{label[:27]:<28}{result.baseline.probs[i]:>10.4f}{result.condensed.probs[i]:>11.4f}"
+            f"{result.shift[label]:>+9.4f}"
+        )
+    print(f"\ntokens per layer: {result.tokens_per_layer}")
+    print(
+        f"GMACs baseline {result.flops_baseline.gmacs:.3f}  condensed "
+        f"{result.flops_condensed.gmacs:.3f}  saved {result.saved_percent:.1f}%  [{CONVENTION}]"
+    )
+    t = result.timings_ms
+    print(f"time: baseline {t.get('baseline_ms', 0):.0f} ms, condensed {t['condensed_ms']:.0f} ms")
+    return 0
+
+
+def cmd_flops(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    geom = Geometry.from_name(args.model)
+    base = macs_for(geom, CondenseConfig(method="none"))
+    cond = macs_for(geom, config, anchors=args.anchors)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "model": args.model,
+                    "convention": CONVENTION,
+                    "gmacs": {
+                        "baseline": base.gmacs,
+                        "condensed": cond.gmacs,
+                        "saved_percent": saved_percent(base, cond),
+                        "overhead": cond.overhead / 1e9,
+                    },
+                    "tokens_per_layer": [l.n_mlp for l in cond.layers],
+                    "adaptive": config.method in ADAPTIVE_METHODS,
+                    "layers": [
+                        {
+                            "layer": l.layer,
+                            "tokens_in": l.n_attention,
+                            "tokens_out": l.n_mlp,
+                            "gmacs": l.total / 1e9,
+                        }
+                        for l in cond.layers
+                    ],
+                }
+            )
+        )
+        return 0
+    print(f"{args.model}: {config.describe()}   [{CONVENTION}]")
+    print(f"{'layer':>5}{'tokens in':>11}{'tokens out':>12}{'GMACs base':>12}{'GMACs cond':>12}")
+    for b, c in zip(base.layers, cond.layers):
+        print(
+            f"{c.layer:>5}{c.n_attention:>11}{c.n_mlp:>12}{b.total / 1e9:>12.3f}{c.total / 1e9:>12.3f}"
+        )
+    print(
+        f"total (patch embed + blocks + head + overhead): baseline {base.gmacs:.3f}, "
+        f"condensed {cond.gmacs:.3f} GMACs, saved {saved_percent(base, cond):.1f}%"
+    )
+    if config.method in ADAPTIVE_METHODS:
+        print(
+            f"{config.method}: token counts vary per image (duplicate samples collapse); these "
+            f"are its budget, an upper bound. predict and eval report each image's own."
+        )
+    return 0
+
+
+__all__ = [
+    "add_flops_parser",
+    "add_predict_parser",
+    "cmd_flops",
+    "cmd_predict",
+]
