@@ -67,6 +67,13 @@ def test_no_import_cycle_between_modules():
             visit(m, [m])
 
 
+def test_no_module_is_over_500_lines():
+    """One concept per module: a module that outgrows this holds two."""
+    sizes = {_module_name(p): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
+    assert len(sizes) > 30 and sizes["tca.condense"] > 300  # the walk found the package
+    assert {m: n for m, n in sizes.items() if n > 500} == {}
+
+
 def test_argument_parsing_lives_only_in_the_cli():
     users = sorted(_module_name(p) for p in PACKAGE.rglob("*.py")
                    if "argparse" in p.read_text() and "cli" not in p.relative_to(PACKAGE).parts)
