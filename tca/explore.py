@@ -31,7 +31,7 @@ from .models import (
 )
 from .pipeline import Prediction, RunResult, classify
 from .reservoir import Reservoir, ReservoirConfig, preset
-from .serving import ModelCache
+from .serving import LoadedModel, ModelCache
 
 COMPARE_METHODS = ("tca", "evit", "tome")
 METHOD_NAMES = {
@@ -229,7 +229,7 @@ def run(
     """
     say = progress or (lambda frac, desc: None)
     config = parse_settings(method, keep_rate, layers, merge_centers, score)
-    pil, loaded, label_list, templates = _checked_inputs(
+    pil, loaded, label_list, templates = checked_inputs(
         cache, image, labels, model, templates, max_labels, say
     )
     clip = loaded.clip
@@ -325,7 +325,7 @@ def input_signature(
     )
 
 
-def _checked_inputs(
+def checked_inputs(
     cache: ModelCache,
     image,
     labels,
@@ -333,9 +333,9 @@ def _checked_inputs(
     templates: str,
     max_labels: int,
     say: Callable[[float, str], None],
-):
-    """Validate the raw inputs shared by :func:`run` and :func:`compare`, load the model.
-    Returns (image, loaded model, label list, templates)."""
+) -> tuple[Image.Image, LoadedModel, list[str], str]:
+    """Validate the raw inputs shared by :func:`run`, :func:`compare` and the sweep, and load
+    the model. Returns (image, loaded model, label list, templates)."""
     templates = check_templates(templates)
     labels = check_labels_text(labels)
     pil = open_image(image)
@@ -410,7 +410,7 @@ def compare(
     """Run each method on the same image, labels and keep rate R (the baseline only once)."""
     say = progress or (lambda frac, desc: None)
     configs = [parse_settings(m, keep_rate, layers, merge_centers, score) for m in methods]
-    pil, loaded, labels, templates = _checked_inputs(
+    pil, loaded, labels, templates = checked_inputs(
         cache, image, labels, model, templates, max_labels, say
     )
     clip = loaded.clip
@@ -449,6 +449,7 @@ __all__ = [
     "ExplorerRun",
     "StreamState",
     "check_prompt_count",
+    "checked_inputs",
     "compare",
     "encode_labels",
     "image_key",

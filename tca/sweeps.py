@@ -15,7 +15,7 @@ from .errors import ConfigError
 from .explore import (
     MAX_LABELS,
     METHOD_NAMES,
-    _checked_inputs,
+    checked_inputs,
     encode_labels,
     parse_settings,
 )
@@ -104,7 +104,7 @@ def sweep(
     configs = {
         m: [parse_settings(m, r, layers, merge_centers, score) for r in rates] for m in methods
     }
-    pil, loaded, label_list, templates = _checked_inputs(
+    pil, loaded, label_list, templates = checked_inputs(
         cache, image, labels, model, templates, max_labels, say
     )
     clip = loaded.clip
