@@ -315,3 +315,185 @@ def test_geometry_from_name_reads_every_field(tmp_path):
             Geometry.from_name(name)
         assert str(err.value) == message
     assert Geometry.from_name("ViT-B-16") == Geometry(768, 12, 12, 16, 224, 512, 4.0)
+
+
+# --------------------------------------------------------------------------- timm towers
+
+def _timm_config(tmp_path, name: str, embed_dim: int = 40, **vision) -> str:
+    """Register an open_clip config ``name`` whose vision tower is the timm model in ``vision``."""
+    import json
+    import open_clip
+    cfg = {"embed_dim": embed_dim, "vision_cfg": {"timm_model_pretrained": False, **vision},
+           "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    (tmp_path / f"{name}.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(tmp_path)
+    return name
+
+
+def _block_macs(d: int, hidden: int, n_in: int, n_out: int) -> int:
+    # q, k, v and the output projection (4·N·D²), QKᵀ and AV (2·N²·D), the MLP's two layers
+    return n_in * d * (4 * d + 2 * n_in) + n_out * d * 2 * hidden
+
+
+def test_geometry_of_timm_configs_is_read_from_the_meta_tower(tmp_path):
+    """``from_name`` builds a timm config's tower on the meta device and reads every field; the
+    adapter's defaults (no ``timm_pool``: average pooling, no ``timm_proj``: a linear projection)
+    are open_clip's."""
+    vit_tiny = dict(timm_model_name="vit_tiny_patch16_224")  # D = 192, 12 blocks, 3 heads, CLS
+    # CLS pooling with open_clip's default linear projection to the 40-wide embedding
+    g = Geometry.from_name(_timm_config(tmp_path, "tca-flops-timm-token", timm_pool="token", **vit_tiny))
+    assert g == Geometry(width=192, depth=12, heads=3, patch=16, image_size=224, embed_dim=40,
+                         mlp_ratio=4.0, prefix=1, pool="tok", pool_hidden=0, proj=True)
+    assert type(g.mlp_ratio) is float and (g.grid, g.n_tokens) == (14, 197)
+    # the trunk's own features, unprojected: the embedding is the width
+    g = Geometry.from_name(_timm_config(tmp_path, "tca-flops-timm-bare", timm_pool="token",
+                                        timm_proj="none", **vit_tiny))
+    assert g == Geometry(192, 12, 3, 16, 224, 192, 4.0, prefix=1, pool="tok", pool_hidden=0, proj=False)
+    # SigLIP's tower (no CLS, MAP head) with a linear projection after the pool
+    g = Geometry.from_name(_timm_config(tmp_path, "tca-flops-timm-map", embed_dim=56, timm_pool="map",
+                                        timm_proj="linear", timm_model_name="vit_base_patch16_siglip_224"))
+    assert g == Geometry(768, 12, 12, 16, 224, 56, 4.0, prefix=0, pool="map", pool_hidden=3072, proj=True)
+    assert (g.grid, g.n_tokens) == (14, 196)
+    # open_clip's own SigLIP configs: no projection, the MAP head's MLP as wide as the blocks'
+    assert Geometry.from_name("ViT-B-16-SigLIP2") == Geometry(
+        768, 12, 12, 16, 224, 768, 4.0, prefix=0, pool="map", pool_hidden=3072, proj=False)
+    so400m = Geometry.from_name("ViT-SO400M-14-SigLIP")  # MLP 4304 wide on 1152: ratio 269/72
+    assert so400m == Geometry(1152, 27, 16, 14, 224, 1152, 4304 / 1152, prefix=0, pool="map",
+                              pool_hidden=4304, proj=False)
+    assert (so400m.grid, so400m.n_tokens) == (16, 256)
+
+
+@pytest.mark.parametrize("vision, message", [
+    # no timm_pool: open_clip's default is average pooling, which has no signal to rank patches by
+    (dict(timm_model_name="vit_tiny_patch16_224"),
+     "this timm tower has no usable pooling signal to rank patches by: it has 1 prefix token(s) and "
+     "pools with global_pool='avg'. Condensation needs either one CLS token that the tower pools by "
+     "('token') or no CLS token and a single-query attention pool ('map', as in SigLIP); average "
+     "pooling weighs all tokens alike"),
+    # an MLP projection (two linear layers) after the pool
+    (dict(timm_model_name="vit_tiny_patch16_224", timm_pool="token", timm_proj="mlp"),
+     "timm towers with an MLP or classifier head are not counted"),
+    # no open_clip projection: the trunk keeps a classifier head as wide as the embedding
+    (dict(timm_model_name="vit_tiny_patch16_224", timm_pool="token", timm_proj=""),
+     "timm towers with an MLP or classifier head are not counted"),
+])
+def test_timm_towers_that_cannot_be_counted_are_refused_with_the_reason(tmp_path, vision, message):
+    name = _timm_config(tmp_path, f"tca-flops-refused-{len(vision)}-{vision.get('timm_proj')}", **vision)
+    with pytest.raises(tca.errors.UnsupportedModelError) as err:
+        Geometry.from_name(name)
+    assert str(err.value) == message
+
+
+def test_timm_token_tower_geometry_and_macs_by_hand(tmp_path):
+    """A real (CPU, random) timm ViT-Ti/16 with CLS pooling inside an open_clip model, cut to one
+    block: Geometry reads the model and its tower alike, and the MACs are the hand count."""
+    import open_clip
+    name = _timm_config(tmp_path, "tca-flops-timm-cut", timm_pool="token",
+                        timm_model_name="vit_tiny_patch16_224")
+    model = open_clip.create_model(name, pretrained=None)
+    model.visual.trunk.blocks = model.visual.trunk.blocks[:1]
+    g = Geometry.from_model(model)
+    assert g == Geometry.from_model(model.visual) == Geometry(
+        192, 1, 3, 16, 224, 40, 4.0, prefix=1, pool="tok", pool_hidden=0, proj=True)
+    base = macs_for(g, CondenseConfig(method="none"))
+    d, n = 192, 197
+    assert base.layers == (tca.flops.LayerMacs(0, n, n, 4 * n * d * d + 2 * n * n * d, 2 * n * d * 768, 0),)
+    assert base.patch_embed == 196 * 3 * 16 * 16 * 192 and base.head == 192 * 40  # CLS -> linear
+    assert base.total == 196 * 3 * 256 * 192 + _block_macs(192, 768, 197, 197) + 192 * 40 == 130_958_208
+
+
+SIGLIP_B16 = Geometry(768, 12, 12, 16, 224, 768, 4.0, prefix=0, pool="map", pool_hidden=3072, proj=False)
+
+
+def _map_head(d: int, n: int, hidden: int) -> int:
+    # the pool's query (D²), its keys and values over the n tokens (2·n·D²), q·k and attention·v
+    # (2·n·D), its output projection (D²) and its MLP (2·D·hidden)
+    return d * d + 2 * n * d * d + 2 * n * d + d * d + 2 * d * hidden
+
+
+def test_map_head_and_pool_row_macs_by_hand():
+    """SigLIP B/16: 196 tokens, no CLS, the MAP head; the baseline is what torch's FlopCounterMode
+    measures on the tower (tests/test_siglip.py)."""
+    d, h = 768, 12
+    base = macs_for(SIGLIP_B16, CondenseConfig(method="none"))
+    assert base.patch_embed == 196 * 3 * 16 * 16 * d
+    assert base.head == _map_head(d, 196, 3072) == 237_410_304
+    assert [l.total for l in base.layers] == [_block_macs(d, 3072, 196, 196)] * 12
+    assert base.total == base.model == 17_708_292_096
+    # condensing at block 3 and the last block: the head sees the last block's 99 tokens
+    r = macs_for(SIGLIP_B16, CondenseConfig(keep_rate=0.7, layers=(3, 11)))
+    plans = r.layers
+    assert [(l.n_attention, l.n_mlp) for l in plans] == [(196, 196)] * 3 + [(196, 140)] + [(140, 140)] * 7 + [(140, 99)]
+    assert r.head == _map_head(d, 99, 3072)
+    # no CLS: the pool's query folded into its key projection (2·D²), then one score per token
+    # and head (N·D·h); coreset on tier 2 (t2²·D + t2·D), fusing tier 3 (t3·D)
+    # block 3: tiers 137 / 40 / 19 of 196; block 11: 96 / 30 / 14 of 140 (K = 2)
+    assert [l.overhead for l in plans] == [0] * 3 + [
+        2 * d * d + 196 * d * h + 40 * 40 * d + 40 * d + 19 * d] + [0] * 7 + [
+        2 * d * d + 140 * d * h + 30 * 30 * d + 30 * d + 14 * d]
+    # with domain anchors the pool's row runs over the anchor too
+    anchored = macs_for(SIGLIP_B16, CondenseConfig(keep_rate=0.7, layers=(3, 11)), anchors=True)
+    assert anchored.layers[3].overhead - plans[3].overhead == d * h
+    assert anchored.head == r.head
+    # a projection after the pool adds D·E
+    projected = Geometry(768, 12, 12, 16, 224, 56, 4.0, prefix=0, pool="map", pool_hidden=1000)
+    assert macs_for(projected, CondenseConfig(method="none")).head == 768 * 56 + _map_head(d, 196, 1000)
+    # the pool's row replaces the CLS row only for an attention pool without a CLS token: a CLS
+    # pooled tower without CLS, and a MAP head over a tower with CLS, pay the CLS row N·D
+    config = CondenseConfig(keep_rate=0.7, layers=(3,))  # tiers 137 / 40 / 19 either way
+    for pool, prefix in [("tok", 0), ("map", 1)]:
+        g = Geometry(768, 12, 12, 16, 224, 768, 4.0, prefix=prefix, pool=pool, pool_hidden=3072, proj=False)
+        s = g.schedule(config)
+        assert (s.prefix, s.n_tokens) == (prefix, 196 + prefix)
+        assert s.plans[3] == tca.config.TierPlan(196 + prefix, 140 + prefix, prefix=prefix, t1=137, t2=40, t3=19, k=2)
+        assert macs_for(g, config).layers[3].overhead == (196 + prefix) * d + 40 * 40 * d + 40 * d + 19 * d
+    assert macs_for(SIGLIP_B16, config).layers[3].overhead == plans[3].overhead
+
+
+def test_schedule_defaults_and_the_mean_over_images():
+    import math
+    config = CondenseConfig(rate=0.1, layers=(1, 2))
+    assert SMALL.schedule(config) == plan_layers(config, 17, 4, False, 1)  # no anchors by default
+    assert not SMALL.schedule(config).anchors and SMALL.schedule(config, anchors=True).anchors
+    # per-image counts (as ATS has them): one report each, their mean is the plain average
+    s = SMALL.schedule(config)
+    one, two = tca.flops.macs_per_image(SMALL, s, [[17, 15, 13, 13], [17, 12, 9, 9]])
+    assert one == macs_for(SMALL, config)
+    assert [l.n_mlp for l in two.layers] == [17, 12, 9, 9]
+    assert [l.n_attention for l in two.layers] == [17, 17, 12, 9]
+    assert tca.flops.mean_gmacs([one, two]) == (one.total / 1e9 + two.total / 1e9) / 2
+    assert tca.flops.mean_gmacs([two]) == two.gmacs
+    assert math.isnan(tca.flops.mean_gmacs([]))
+
+
+def test_tome_paper_and_ats_overhead_exactly():
+    # ToMe as in the paper matches on attention rows (N wide): Na·Nb·N, then the merge N·D
+    paper = macs_for(SMALL, CondenseConfig(method="tome-paper", keep_rate=0.8, layers=(0, 3)))
+    assert [l.overhead for l in paper.layers] == [9 * 8 * 17 + 17 * 64, 0, 0, 7 * 7 * 14 + 14 * 64]
+    # ATS: the CLS attention row and the value norms, all heads (2·N·D)
+    ats = macs_for(SMALL, CondenseConfig(method="ats", keep_rate=0.8, layers=(0, 3)))
+    assert [l.overhead for l in ats.layers] == [2 * 17 * 64, 0, 0, 2 * 14 * 64]
+    # ToMe on a tower without CLS: no pool row, the 16 patches split 8 / 8
+    g = Geometry(64, 4, 2, 16, 64, 64, prefix=0, pool="map", pool_hidden=100, proj=False)
+    for method, metric in [("tome", 32), ("tome-paper", 16)]:
+        r = macs_for(g, CondenseConfig(method=method, keep_rate=0.8, layers=(0,)))
+        assert r.layers[0].overhead == 8 * 8 * metric + 16 * 64
+    # the CLS row is the default for a direct call
+    plan = SMALL.schedule(CondenseConfig(rate=0.1, layers=(1,))).plans[1]
+    assert tca.flops._overhead(plan, 17, 64, 2) == 17 * 64 + 4 * 4 * 64 + 4 * 64 + 64
+
+
+def test_one_block_open_clip_tower_geometry_and_macs_by_hand(tmp_path):
+    import json
+    import open_clip
+    cfg = {"embed_dim": 24, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32,
+                                           "head_width": 16, "patch_size": 16, "mlp_ratio": 3.0},
+           "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    (tmp_path / "tca-flops-one-block.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(tmp_path)
+    model = open_clip.create_model("tca-flops-one-block", pretrained=None)
+    g = Geometry.from_model(model)
+    assert g == Geometry.from_name("tca-flops-one-block") == Geometry(32, 1, 2, 16, 32, 24, 3.0)
+    # 4 patches + CLS, one block, MLP 96 wide
+    r = macs_for(g, CondenseConfig(method="none"))
+    assert r.total == 4 * 3 * 16 * 16 * 32 + _block_macs(32, 96, 5, 5) + 32 * 24 == 151_872
