@@ -330,3 +330,128 @@ def test_prune_merge_fuse_ties_and_a_single_tier_two_token():
     x = torch.arange(1.0, 6.0).view(1, 5, 1)
     out = condense.prune_merge_fuse(x, torch.tensor([[0.4, 0.3, 0.2, 0.1]]), torch.ones(1, 4), 2, 1, 1)
     assert out.dest.tolist() == [[0, 1, 2, 3, 4]] and out.x[0, :, 0].tolist() == [1.0, 2, 3, 4, 5]
+
+
+# --------------------------------------------------------------------------- mutation-score tests
+
+
+def test_k_center_greedy_from_a_given_first_centre_per_image():
+    # image 0 on a line 0, 1, 6, 10 from token 2 (6): farthest is 0, then 10 (4 from 6) over 1
+    # image 1 on a line 5, 0, 3, 9 from token 3 (9): farthest is 0 (token 1), then 5 (4 from the
+    # nearer centre) over 3 (3 from 0)
+    x = torch.tensor([[[0.0], [1.0], [6.0], [10.0]], [[5.0], [0.0], [3.0], [9.0]]])
+    centres, dist = condense.k_center_greedy(x, 3, first=torch.tensor([2, 3]))
+    assert centres.tolist() == [[2, 0, 3], [3, 1, 0]]
+    torch.testing.assert_close(dist[1, 3], torch.tensor([4.0, 9.0, 6.0, 0.0]))
+    assert condense.k_center_greedy(x, 1, first=torch.tensor([2, 3]))[0].tolist() == [[2], [3]]
+    assert condense.k_center_greedy(x, 2, first=torch.tensor([1, 0]))[0].tolist() == [[1, 3], [0, 1]]
+
+
+def test_k_center_greedy_given_first_centre_is_never_picked_again():
+    # every token identical: every distance is 0, so only the mark on the first centre keeps
+    # argmax (first maximum) from choosing token 0 a second time
+    x = torch.zeros(2, 4, 2)
+    centres, _ = condense.k_center_greedy(x, 3, first=torch.tensor([0, 2]))
+    assert centres.tolist() == [[0, 1, 2], [2, 0, 1]]
+
+
+def test_coreset_merge_from_a_given_first_centre():
+    # from token 2 (6): centres 6 and 0; 10 joins 6 at distance 4 (w 1/4), 1 joins 0 (w 1)
+    x = torch.tensor([[[0.0], [1.0], [6.0], [10.0]]])
+    merged, assign = condense.coreset_merge(x, 2, first=torch.tensor([2]))
+    assert assign.tolist() == [[1, 1, 0, 0]]
+    torch.testing.assert_close(merged, torch.tensor([[[(6 + 10 / 4) / 1.25], [(0 + 1) / 2]]]))
+
+
+def test_prune_merge_fuse_random_first_centre_comes_from_the_generator():
+    x = _tokens(4, 16, 3, 11)
+    select = torch.linspace(1.0, 0.0, 15).expand(4, 15)  # patch order 0, 1, ..., 14
+    weight = torch.full((4, 15), 0.5)
+    out = condense.prune_merge_fuse(x, select, weight, t1=2, t2=10, k=3,
+                                    generator=torch.Generator().manual_seed(7))
+    first = torch.randint(10, (4,), generator=torch.Generator().manual_seed(7))
+    assert (first > 0).all()  # no image starts at token 0, the rule's centre
+    merged, assign = condense.coreset_merge(x[:, 3:13], 3, first)
+    torch.testing.assert_close(out.x[:, 3:6], merged)
+    assert out.dest[:, 3:13].tolist() == (3 + assign).tolist()
+    rule, _ = condense.coreset_merge(x[:, 3:13], 3)
+    assert not torch.allclose(rule, merged)
+    torch.testing.assert_close(out.x[:, :3], x[:, :3])
+    torch.testing.assert_close(out.x[:, 6], 0.5 * x[:, 13:].sum(1))
+    assert out.dest[:, 13:].tolist() == [[6, 6, 6]] * 4
+
+
+def test_half_precision_outputs_keep_the_input_dtype():
+    x = _tokens(2, 9, 4, 12)
+    select = torch.tensor([[0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1]]).expand(2, 8)
+    full = condense.prune_merge_fuse(x, select, select, t1=2, t2=4, k=2)
+    half = condense.prune_merge_fuse(x.half(), select, select, t1=2, t2=4, k=2)
+    assert half.x.dtype == torch.float16 and half.x.shape == (2, 6, 4)
+    torch.testing.assert_close(half.x, full.x.half(), rtol=2e-3, atol=2e-3)
+    size = torch.tensor([[1.0, 3.0, 2.0]])
+    out, new_size = condense.merge_weighted(torch.tensor([[[1.0], [3.0], [10.0]]]).half(), size,
+                                            torch.tensor([[0, 0, 1]]), 2)
+    assert out.dtype == torch.float16 and out.tolist() == [[[2.5], [10.0]]]
+    assert new_size.dtype == torch.float32 and new_size.tolist() == [[4.0, 2.0]]
+
+
+def test_tome_merge_without_a_cls_token():
+    # prefix 0: token 0 (set A) may merge; it duplicates token 1, so with r = 1 they merge
+    metric = torch.tensor([[[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]])
+    x = torch.tensor([[[2.0], [4.0], [8.0], [16.0]]])
+    out = condense.tome_merge(x, torch.ones(1, 4), metric, 1, prefix=0)
+    assert out.dest.tolist() == [[1, 1, 0, 2]]
+    assert out.x[0, :, 0].tolist() == [8.0, 3.0, 16.0] and out.size.tolist() == [[1.0, 2.0, 1.0]]
+    out = condense.tome_merge(x, torch.ones(1, 4), metric, 1)  # with CLS: token 2 merges into 3
+    assert out.dest.tolist() == [[0, 1, 2, 2]]
+
+
+def _reference_inverse_cdf(score: list[float], budget: int) -> list[int]:
+    """The sampling rule written out: stable ascending order, first CDF step reaching y_k."""
+    order = sorted(range(len(score)), key=lambda i: (score[i], i))
+    cdf, acc = [], 0.0
+    for i in order:
+        acc += score[i]
+        cdf.append(acc)
+    out = []
+    for k in range(budget):
+        y = (k + 0.5) / budget
+        pos = next((j for j, c in enumerate(cdf) if c >= y), len(cdf) - 1)
+        out.append(order[pos])
+    return out
+
+
+def test_inverse_cdf_sample_breaks_score_ties_by_position():
+    # 60 patches with 3 distinct scores (powers of two: exact sums): which of the tied patches a
+    # quantile lands on is set by the stable order
+    g = torch.Generator().manual_seed(8)
+    raw = 2.0 ** torch.randint(0, 3, (2, 60), generator=g).double()
+    score = raw / raw.sum(-1, keepdim=True)
+    budget = torch.tensor([60, 23])
+    got = condense.inverse_cdf_sample(score, budget)
+    assert got.shape == (2, 60)
+    assert got[0].tolist() == _reference_inverse_cdf(score[0].tolist(), 60)
+    assert got[1, :23].tolist() == _reference_inverse_cdf(score[1].tolist(), 23)
+    assert (got[1, 23:] == -1).all()
+
+
+def test_ats_functions_on_an_empty_batch():
+    got = condense.inverse_cdf_sample(torch.empty(0, 5), torch.empty(0, dtype=torch.long))
+    assert got.shape == (0, 0)
+    c = condense.keep_patches(torch.empty(0, 6, 3), torch.empty(0, 5, dtype=torch.bool))
+    assert c.x.shape == (0, 1, 3) and c.dest.shape == (0, 6) and c.valid.shape == (0, 1)
+
+
+def test_ats_functions_create_everything_on_the_input_device():
+    """Meta device, as above; an empty batch, since the ATS functions read counts back."""
+    m = torch.device("meta")
+    outs = [
+        condense.inverse_cdf_sample(torch.empty(0, 5, device=m),
+                                    torch.empty(0, dtype=torch.long, device=m)),
+        condense.unique_indices(torch.empty(2, 3, dtype=torch.long, device=m), 5),
+        *[t for t in condense.keep_patches(torch.empty(0, 6, 3, device=m),
+                                           torch.empty(0, 5, dtype=torch.bool, device=m),
+                                           torch.empty(0, 6, dtype=torch.bool, device=m))
+          if t is not None],
+    ]
+    assert [t.device.type for t in outs] == ["meta"] * 6
