@@ -294,3 +294,21 @@ def test_summary_is_exact():
         "active": False, "images_seen": 1, "min_per_class": 1, "size": 3,
         "buckets": {"cat": [{"step": 1, "entropy": round(math.log(2), 4)}], "dog": []}}
     assert list(r.summary()["buckets"]) == ["0", "1"]
+
+
+def test_stream_update_at_another_logit_scale():
+    # logits at s = 50 (ratio 1/2): the reservoir sees them at 100 (doubled), and the correction
+    # comes back halved: s cos + (s / 100) λ Σ exp(-β (1 - a))
+    r = Reservoir(2, ReservoirConfig(size=3, lambd=1.0, beta=1.0))
+    cls = torch.stack([_cls(1, 0, 0), _cls(0, 1, 0)])
+    logits = torch.tensor([[2.5, 0.0], [0.0, 1.0]])
+    corrected = stream_update(r, cls, logits, logit_scale=50.0)
+    assert [e.entropy for e in r.buckets[0]] == [float(entropy(torch.tensor([5.0, 0.0])))]
+    assert [e.entropy for e in r.buckets[1]] == [float(entropy(torch.tensor([0.0, 2.0])))]
+    # image 0 votes for itself (affinity 1); image 1 for itself, and with affinity 0 for image 0
+    torch.testing.assert_close(corrected, torch.tensor([[3.0, 0.0],
+                                                        [0.5 * math.exp(-1.0), 1.5]]))
+    for bad in (0.0, -1):
+        with pytest.raises(ValueError) as err:
+            stream_update(Reservoir(2), cls, logits, logit_scale=bad)
+        assert str(err.value) == f"logit scale must be > 0, got {bad}"

@@ -202,3 +202,60 @@ def test_trace_select_first_image_and_dict_of_second():
     assert first.fate.shape == (1, 4, 6) and torch.equal(first.token_index[0], t.token_index[0])
     assert first.cls_attention[1].shape == (1, 6)
     assert t.to_dict(image=1)["layers"][3]["fates"] == {"kept": 1, "merged": 3, "pruned": 2}
+
+
+def _ats_trace_without_cls() -> tca.Trace:
+    """Two images, 4 patches (grid 2 x 2), no CLS token (prefix 0), 2 blocks, both condensing,
+    with per-image token counts and a dropped patch (ATS-style, dest -1).
+
+    Block 0, image 0: patches 0, 1 -> token 0, patch 2 -> token 1, patch 3 dropped (pruned);
+    image 1: patches 0, 1 alone (tokens 0, 1), patches 2, 3 -> token 2. Block 1 (widths padded to
+    3): image 0 swaps its two tokens, image 1 merges tokens 0, 1 -> 0 and moves token 2 -> 1.
+    """
+    rec = TraceRecorder(2, 4, torch.device("cpu"), prefix=0)
+    dest0 = torch.tensor([[0, 0, 1, -1], [0, 1, 2, 2]])
+    pruned0 = torch.tensor([[0, 0, 0, 1], [0, 0, 0, 0]], dtype=torch.bool)
+    rec.condense(0, dest0, pruned0, torch.tensor([[0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8]]))
+    rec.end_block()
+    dest1 = torch.tensor([[1, 0, -1], [0, 0, 1]])
+    rec.condense(1, dest1, None, torch.tensor([[0.9, 0.8, float("nan")], [0.3, 0.2, 0.1]]))
+    rec.end_block()
+    return rec.finish([3, 2], (2, 2), (0, 1), tokens_per_image=[[2, 2], [3, 2]])
+
+
+def test_trace_without_cls_token_and_with_dropped_patches_exactly():
+    t = _ats_trace_without_cls()
+    assert t.prefix == 0 and t.tokens_per_layer == (3, 2)
+    assert t.tokens_per_image == ((2, 2), (3, 2))
+    assert t.tokens() == (2, 2) and t.tokens(1) == (3, 2)  # image 0 by default
+    # token 0 holds patches (no CLS): an index of 0 is a real token, -1 a dropped patch
+    assert t.token_index.tolist() == [[[0, 0, 1, -1], [1, 1, 0, -1]],
+                                      [[0, 1, 2, 2], [0, 0, 1, 1]]]
+    K, M, P = KEPT, MERGED, PRUNED
+    assert t.fate.tolist() == [[[M, M, K, P], [M, M, K, P]], [[K, K, M, M], [M, M, M, M]]]
+    torch.testing.assert_close(t.cls_attention[0], torch.tensor(
+        [[0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8]]))
+    # block 1: each live patch gets its token's value; the dropped patch gets NaN
+    torch.testing.assert_close(t.cls_attention[1], torch.tensor(
+        [[0.9, 0.9, 0.8, float("nan")], [0.3, 0.2, 0.1, 0.1]]), equal_nan=True)
+    assert t.source(0).int().tolist() == [[1, 1, 0, 0], [0, 0, 1, 0]]  # patch 3: no token
+    assert t.source(1, image=1).int().tolist() == [[1, 1, 0, 0], [0, 0, 1, 1]]
+    assert t.groups(1) == {1: [0, 1]} and t.groups(0, image=1) == {2: [2, 3]}
+
+
+def test_select_keeps_prefix_and_per_image_counts():
+    t = _ats_trace_without_cls()
+    one = t.select(1)
+    assert one.prefix == 0 and one.tokens_per_layer == (3, 2)
+    assert one.tokens_per_image == ((3, 2),) and one.tokens() == (3, 2)
+    assert one.token_index.tolist() == [[[0, 1, 2, 2], [0, 0, 1, 1]]]
+    assert t.select(0).tokens_per_image == ((2, 2),)
+    # a trace with equal counts stays without per-image counts
+    plain = _hand_trace().select(1)
+    assert plain.tokens_per_image is None and plain.prefix == 1
+
+
+def test_recorder_state_lives_on_the_given_device():
+    rec = TraceRecorder(2, 3, torch.device("meta"))
+    assert rec.token_of.device.type == "meta" and rec.pruned.device.type == "meta"
+    assert rec.token_of.shape == rec.pruned.shape == (2, 3) and rec.pruned.dtype == torch.bool
