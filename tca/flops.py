@@ -67,7 +67,7 @@ class Geometry:
             raise UnknownModelError(f"unknown open_clip model {model_name!r}")
         v = cfg["vision_cfg"]
         if v.get("timm_model_name"):
-            return cls._from_timm_cfg(model_name, cfg)
+            return cls._from_timm_cfg(cfg)
         if not isinstance(v.get("layers"), int):
             raise UnsupportedModelError(
                 f"{model_name} has no ViT vision tower (ResNets have no tokens to condense)"
@@ -84,7 +84,7 @@ class Geometry:
         )
 
     @classmethod
-    def _from_timm_cfg(cls, model_name: str, cfg: dict) -> Geometry:
+    def _from_timm_cfg(cls, cfg: dict) -> Geometry:
         """A timm tower's geometry, read from the tower built on the meta device (no memory, no
         weights, no download)."""
         from open_clip.timm_model import TimmModel
