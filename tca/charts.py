@@ -140,36 +140,19 @@ def sweep_chart(
     ax = fig.add_subplot()
     ax2 = ax.twinx()
     styles = ("-", "--", ":")
+    # (series key, axis, marker, colour, legend text) of the three curves drawn per method
+    curves = (
+        ("top1", ax, "o", GROUP_COLORS[4], "top-1 prob"),
+        ("base_label", ax, "s", GROUP_COLORS[0], "baseline's top-1 label"),
+        ("kl", ax2, "^", GROUP_COLORS[5], "KL from baseline"),
+    )
     for i, (method, s) in enumerate(series.items()):
         ls = styles[i % len(styles)]
         tag = f" {method}" if len(series) > 1 else ""
-        ax.plot(
-            s["gmacs"],
-            s["top1"],
-            ls,
-            marker="o",
-            ms=4,
-            color=_hex(GROUP_COLORS[4]),
-            label=f"top-1 prob{tag}",
-        )
-        ax.plot(
-            s["gmacs"],
-            s["base_label"],
-            ls,
-            marker="s",
-            ms=4,
-            color=_hex(GROUP_COLORS[0]),
-            label=f"baseline's top-1 label{tag}",
-        )
-        ax2.plot(
-            s["gmacs"],
-            s["kl"],
-            ls,
-            marker="^",
-            ms=4,
-            color=_hex(GROUP_COLORS[5]),
-            label=f"KL from baseline{tag}",
-        )
+        for key, axis, marker, colour, text in curves:
+            axis.plot(
+                s["gmacs"], s[key], ls, marker=marker, ms=4, color=_hex(colour), label=text + tag
+            )
         if i == 0:
             for g, r in zip(s["gmacs"], s["keep_rate"]):
                 ax.annotate(
