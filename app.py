@@ -30,8 +30,9 @@ import gradio as gr  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import tca  # noqa: E402
-from tca import explore, export, page, panels, serving, sweeps, uploads  # noqa: E402
-from tca.page import Display  # noqa: E402
+from tca.app import export, page, panels, serving, sweeps, uploads  # noqa: E402
+from tca.app import runs as explore  # noqa: E402
+from tca.app.page import Display  # noqa: E402
 from tca.config import DEFAULT_LAYERS_TEXT  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent

@@ -46,7 +46,8 @@ import torch  # noqa: E402
 
 import app as app_module  # noqa: E402
 import tca  # noqa: E402
-from tca import charts, export, render  # noqa: E402
+from tca import charts, render  # noqa: E402
+from tca.app import export  # noqa: E402
 
 MODEL = "ViT-B-16-quickgelu"
 IMAGE = ROOT / "assets" / "chelsea.jpg"

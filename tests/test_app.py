@@ -18,7 +18,8 @@ from PIL import Image
 
 import app as app_module
 import tca
-from tca import explore, export, follow, page, panels, render, serving, sweeps
+from tca import render
+from tca.app import export, follow, page, panels, runs, serving, sweeps
 from tca.models import WEIGHTS_HELP
 
 TINY = "tca-tiny-ViT"
@@ -63,7 +64,7 @@ def test_classify_handler_returns_the_api_summary(tiny_app, example_image):
     assert "GMACs" in g["convention"]
     assert summary["random_weights"] is True and summary["settings"]["keep_rate"] == 0.7
     json.dumps(summary)  # JSON-ready
-    assert isinstance(state, explore.ExplorerRun) and state.view.shape == (224, 224, 3)
+    assert isinstance(state, runs.ExplorerRun) and state.view.shape == (224, 224, 3)
 
 
 def _show(app, state, layer=9, view="fates", overlay=False, opacity=0.5, patch=None,
@@ -245,8 +246,8 @@ def test_sweep_handler(tiny_app, example_image):
         tiny_app.sweep(str(example_image), LABELS, TINY, "none", "3,6,9", 2, "mean", "single",
                        False, progress=_Progress())
     both = sweeps.sweep(tiny_app.cache, str(example_image), LABELS, TINY, "tca",
-                         methods=explore.COMPARE_METHODS)
-    assert list(both.points) == list(explore.COMPARE_METHODS)
+                         methods=runs.COMPARE_METHODS)
+    assert list(both.points) == list(runs.COMPARE_METHODS)
     assert sweeps.kl_divergence([0.5, 0.5], [0.5, 0.5]) == 0.0
 
 
@@ -268,7 +269,7 @@ def test_stream_mode_reservoir_per_label_set(tiny_app, example_image):
                                            stream_state=stream)
         assert summary["reservoir"]["images_seen"] == i + 1
         assert "corrected" in summary["top"] and summary["final"] == "corrected"
-    assert isinstance(stream, explore.StreamState)
+    assert isinstance(stream, runs.StreamState)
     assert set(summary["reservoir"]["buckets"]) == {"cat", "dog", "tiger", "fox"}
     panel = panels.stream_html(state, stream, True)
     assert "Images seen: 3" in panel and "anchors inactive" in panel
@@ -571,7 +572,7 @@ def test_page_load_hands_over_the_background_first_screen(tiny_app):
     assert len(out) == 16
     image, labels, state = out[:3]
     assert Path(image).name == "chelsea.jpg" and labels == "cat, dog, tiger, fox, rabbit"
-    assert isinstance(state, explore.ExplorerRun) and state is not tiny_app.first_screen()  # a copy
+    assert isinstance(state, runs.ExplorerRun) and state is not tiny_app.first_screen()  # a copy
     assert Path(out[7]).is_file() and out[8].value == 11 and "After block 11" in out[9]
     assert out[12]["selected_index"] == 11 and len(out[12]["value"]) == 12
     again = tiny_app.load_first(None)

@@ -7,7 +7,8 @@ import torch
 from PIL import Image
 
 import tca
-from tca import charts, compose, panels, render
+from tca import charts, compose, render
+from tca.app import panels
 from tca.trace import KEPT, MERGED, PRUNED, Trace
 
 ROWS = COLS = 4
@@ -204,7 +205,7 @@ def test_bad_inputs_are_refused():
 @pytest.mark.parametrize("method", ["tca", "evit", "tome"])
 def test_maps_of_a_real_run_match_the_trace(tiny_clip, example_image, method):
     """Every layer of a real traced run: each patch is drawn according to its recorded fate."""
-    from tca.explore import model_view
+    from tca.app.runs import model_view
 
     result = tca.classify(tiny_clip, example_image, "cat, dog, car",
                           tca.CondenseConfig(method=method, keep_rate=0.7))

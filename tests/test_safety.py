@@ -21,7 +21,7 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 import app as app_module
-from tca import explore, export, panels, serving, uploads
+from tca.app import export, panels, runs, serving, uploads
 
 TINY = "tca-tiny-ViT"
 ROOT = Path(__file__).resolve().parent.parent
@@ -194,8 +194,8 @@ def test_no_server_path_in_weights_note(tmp_path):
 def test_prompt_cap_message(served, example_image):
     demo, url, raw = served
     with pytest.raises(tca_errors().LabelError, match="at most 1200"):
-        explore.check_prompt_count(16, "imagenet80")
-    explore.check_prompt_count(15, "imagenet80")  # 1200: allowed
+        runs.check_prompt_count(16, "imagenet80")
+    runs.check_prompt_count(15, "imagenet80")  # 1200: allowed
     client = Client(url, verbose=False)
     labels = ", ".join(f"thing{i}" for i in range(16))
     with pytest.raises(AppError, match=r"16 labels x 80 prompt templates = 1280; one request "

@@ -15,8 +15,9 @@ from typing import Sequence
 
 from PIL import Image
 
-from .explore import ExplorerRun
-from .pipeline import Prediction
+from tca.pipeline import Prediction
+
+from .runs import ExplorerRun
 
 
 def _top(pred: Prediction, k: int) -> list[dict]:

@@ -13,12 +13,14 @@ from typing import cast
 import numpy as np
 from PIL import Image
 
-from . import charts, compose, explore, export, panels, render
-from .explore import Comparison, ExplorerRun
+from tca import charts, compose, render
+from tca.trace import Trace
+
+from . import export, panels, runs
 from .export import ExportDir
 from .panels import CONDENSING_MARK
+from .runs import Comparison, ExplorerRun
 from .sweeps import Sweep
-from .trace import Trace
 
 MAP_ZOOM = 2  # the big token map is shown at twice the model's resolution
 # Strip tiles are drawn at half the model's resolution: they show at about that size, and
@@ -222,7 +224,7 @@ def compare_picture(cmp: Comparison) -> Image.Image:
     picture, _ = compose.grid(
         tiles,
         captions=[[f"{r.tokens_per_layer[l]} tokens" for l in cols] for r in cmp.results.values()],
-        row_labels=[explore.METHOD_NAMES[m] for m in cmp.results],
+        row_labels=[runs.METHOD_NAMES[m] for m in cmp.results],
         col_labels=[f"after block {l}" for l in cols],
         legend=True,
         font_size=15,
@@ -232,7 +234,7 @@ def compare_picture(cmp: Comparison) -> Image.Image:
 
 def sweep_image(sw: Sweep) -> np.ndarray:
     series = {
-        explore.METHOD_NAMES[m]: {
+        runs.METHOD_NAMES[m]: {
             "gmacs": [p.gmacs for p in pts],
             "keep_rate": [p.keep_rate for p in pts],
             "top1": [p.top1_prob for p in pts],

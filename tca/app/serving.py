@@ -17,8 +17,8 @@ from typing import Callable, Iterator
 
 import open_clip
 
-from .errors import InputError, WeightsUnavailableError
-from .models import WEIGHTS_HELP, ClipModel, load_model
+from tca.errors import InputError, WeightsUnavailableError
+from tca.models import WEIGHTS_HELP, ClipModel, load_model
 
 # a directory part of an absolute path ("/a/b/" of "/a/b/file"): cut from visitor-facing notes
 _SERVER_PATH = re.compile(r"(?<![\w.:/])((?:/[^\s'\"/]+)+/)([^\s'\"/]*)")

@@ -10,16 +10,17 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from .config import DEFAULT_LAYERS
-from .errors import ConfigError
-from .explore import (
+from tca.config import DEFAULT_LAYERS
+from tca.errors import ConfigError
+from tca.pipeline import Prediction, RunResult, classify
+
+from .runs import (
     MAX_LABELS,
     METHOD_NAMES,
     checked_inputs,
     encode_labels,
     parse_settings,
 )
-from .pipeline import Prediction, RunResult, classify
 from .serving import ModelCache
 
 SWEEP_RATES = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)

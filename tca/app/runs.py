@@ -19,20 +19,21 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from .config import DEFAULT_LAYERS, DEFAULT_LAYERS_TEXT, CondenseConfig, parse_layers
-from .errors import ConfigError, InputError, LabelError
-from .images import load_image
-from .models import (
+from tca.config import DEFAULT_LAYERS, DEFAULT_LAYERS_TEXT, CondenseConfig, parse_layers
+from tca.errors import ConfigError, InputError, LabelError
+from tca.images import load_image
+from tca.models import (
     APP_MODELS,
     TEMPLATES,
     ClipModel,
     parse_labels,
     validate_labels,
 )
-from .pipeline import Prediction, RunResult, classify
-from .reservoir import Reservoir, ReservoirConfig, preset
+from tca.pipeline import Prediction, RunResult, classify
+from tca.reservoir import Reservoir, ReservoirConfig, preset
+from tca.towers import tower_for
+
 from .serving import LoadedModel, ModelCache
-from .towers import tower_for
 
 COMPARE_METHODS = ("tca", "evit", "tome")
 METHOD_NAMES = {

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import html
 
-from . import explore, render, sweeps
-from .explore import Comparison, ExplorerRun, StreamState
-from .flops import CONVENTION
+from tca import render
+from tca.flops import CONVENTION
+from tca.models import WEIGHTS_HELP
+from tca.pipeline import RunResult
+from tca.trace import KEPT, MERGED, PRUNED
+
+from . import runs, sweeps
 from .follow import follow_patch
-from .models import WEIGHTS_HELP
-from .pipeline import RunResult
+from .runs import Comparison, ExplorerRun, StreamState
 from .serving import LoadedModel
 from .sweeps import Sweep
-from .trace import KEPT, MERGED, PRUNED
 
 SHIFT_ROWS = 10  # labels listed in the probability-shift table
 CONDENSING_MARK = "\u2702"  # scissors, on condensing blocks in captions
@@ -261,7 +263,7 @@ def stream_html(
     if method != "tca":
         return (
             f"<b>Stream mode applies to TCA only</b>: this run "
-            f"({explore.METHOD_NAMES.get(method, method)}) neither used nor fed the "
+            f"({runs.METHOD_NAMES.get(method, method)}) neither used nor fed the "
             "reservoir. " + stream_html(None, stream, True)
         )
     summ = (
@@ -329,7 +331,7 @@ def condensed_title(result: RunResult) -> str:
     m = result.config.method
     if m == "none":
         return "Condensed: none (= baseline)"
-    return f"Condensed: {explore.METHOD_NAMES[m]}, R={result.config.keep_rate:g}"
+    return f"Condensed: {runs.METHOD_NAMES[m]}, R={result.config.keep_rate:g}"
 
 
 def follow_html(state: ExplorerRun, patch: int | None, layer: int | None = None) -> str:
@@ -376,7 +378,7 @@ def compare_html(cmp: Comparison) -> str:
     for method, r in cmp.results.items():
         top, p = r.condensed.top(1)[0]
         rows.append(
-            f"<tr><td><b>{explore.METHOD_NAMES[method]}</b></td>"
+            f"<tr><td><b>{runs.METHOD_NAMES[method]}</b></td>"
             f"<td>{r.flops_condensed.gmacs:.2f}</td><td>{r.saved_percent:.1f}%</td>"
             f"<td>{r.tokens_per_layer[-1]}</td><td>{_escape(top)} ({p:.1%})</td>"
             f"<td>{r.timings_ms['condensed_ms']:.0f}</td></tr>"
@@ -398,7 +400,7 @@ def sweep_html(sw: Sweep) -> str:
     for m, pts in sw.points.items():
         for p in pts:
             rows.append(
-                f"<tr><td>{explore.METHOD_NAMES[m]}</td><td>{p.keep_rate:g}</td>"
+                f"<tr><td>{runs.METHOD_NAMES[m]}</td><td>{p.keep_rate:g}</td>"
                 f"<td>{p.gmacs:.2f}</td><td>{p.final_tokens}</td>"
                 f"<td>{_escape(p.top1)} ({p.top1_prob:.1%})</td>"
                 f"<td>{p.base_label_prob:.1%}</td><td>{p.kl:.3f}</td></tr>"
