@@ -1,6 +1,7 @@
-"""Everything the explorer page shows for one Run, built in one place: :func:`run_view` turns a
-Run (and the display-only settings, :class:`Display`) into the predictions, the big map, the
-strip, the chart and the text panels; the downloads (strip PNG, GIF, JSON), the comparison
+"""Everything the explorer page shows for one Run, built in one place: :func:`parts` turns a
+Run and the display choices (:class:`Display`, :class:`Screen`) into the page's updates by
+component name (the predictions, the big map, the strip, the chart and the text panels), for the
+first screen, the page load and every event alike; the downloads (strip PNG, GIF, JSON), the comparison
 picture and the sweep plot. The text pieces are ``tca.panels``; ``app.py`` only wires these to
 Gradio.
 """
@@ -8,8 +9,9 @@ Gradio.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, Callable, Iterable, Mapping, cast
 
+import gradio as gr
 import numpy as np
 from PIL import Image
 
@@ -19,7 +21,7 @@ from tca.trace import Trace
 from . import export, panels, runs
 from .export import ExportDir
 from .panels import CONDENSING_MARK
-from .runs import Comparison, ExplorerRun
+from .runs import Comparison, ExplorerRun, StreamState
 from .sweeps import Sweep
 
 MAP_ZOOM = 2  # the big token map is shown at twice the model's resolution
@@ -53,12 +55,12 @@ class Display:
         return Display(layer, view, bool(self.overlay), float(self.opacity), patch)
 
 
-def map_image(state: ExplorerRun, d: Display, zoom: int = MAP_ZOOM) -> np.ndarray:
+def map_image(run: ExplorerRun, d: Display, zoom: int = MAP_ZOOM) -> np.ndarray:
     """The big map: (zoom*S, zoom*S, 3) uint8."""
-    d = d.clamped(state.trace)
+    d = d.clamped(run.trace)
     out = render.fate_map(
-        state.view,
-        state.trace,
+        run.seen,
+        run.trace,
         d.layer,
         attention=d.overlay,
         opacity=d.opacity,
@@ -68,10 +70,10 @@ def map_image(state: ExplorerRun, d: Display, zoom: int = MAP_ZOOM) -> np.ndarra
     return render.upscale(out, zoom)
 
 
-def patch_at(state: ExplorerRun, x: float, y: float, zoom: int = MAP_ZOOM) -> int | None:
+def patch_at(run: ExplorerRun, x: float, y: float, zoom: int = MAP_ZOOM) -> int | None:
     """The patch (row-major index) under pixel (x, y) of the big map, or None."""
-    rows, cols = state.trace.grid
-    h, w = state.view.shape[:2]
+    rows, cols = run.trace.grid
+    h, w = run.seen.shape[:2]
     r, c = int(y // (zoom * h / rows)), int(x // (zoom * w / cols))
     if 0 <= r < rows and 0 <= c < cols:
         return r * cols + c
@@ -86,47 +88,47 @@ def strip_captions(trace: Trace) -> list[str]:
     ]
 
 
-def strip_items(state: ExplorerRun, view: str = "fates") -> list[tuple[np.ndarray, str]]:
+def strip_items(run: ExplorerRun, view: str = "fates") -> list[tuple[np.ndarray, str]]:
     """The strip of all blocks: (map, caption) per block, for a gallery; each map drawn on the
     image shrunk by :data:`STRIP_SHRINK`."""
-    small = render.shrink(state.view, state.trace.grid, STRIP_SHRINK)
-    maps = render.all_layer_maps(small, state.trace, view=view)
-    return list(zip(maps, strip_captions(state.trace)))
+    small = render.shrink(run.seen, run.trace.grid, STRIP_SHRINK)
+    maps = render.all_layer_maps(small, run.trace, view=view)
+    return list(zip(maps, strip_captions(run.trace)))
 
 
-def settings_line(state: ExplorerRun) -> str:
-    r = state.result
-    img = f"{state.image_name}, " if state.image_name else ""
+def settings_line(run: ExplorerRun) -> str:
+    r = run.result
+    img = f"{run.image_name}, " if run.image_name else ""
     return (
-        f"{img}{state.model}, {r.config.describe()}, {state.templates} prompts; "
+        f"{img}{run.model}, {r.config.describe()}, {run.templates} prompts; "
         f"{r.flops_baseline.gmacs:.2f} -> {r.flops_condensed.gmacs:.2f} GMACs "
         f"({r.saved_percent:.1f}% saved); * = condensing block"
     )
 
 
-def strip_png(state: ExplorerRun, view: str = "fates") -> Image.Image:
+def strip_png(run: ExplorerRun, view: str = "fates") -> Image.Image:
     """The exported strip: every block with legible captions, the settings that made it and
     the legend."""
-    trace = state.trace
-    maps = render.all_layer_maps(state.view, trace, view=view)
+    trace = run.trace
+    maps = render.all_layer_maps(run.seen, trace, view=view)
     caps = compose.layer_captions(trace)
     img, _ = compose.layer_strip(
         maps,
         caps,
-        title=settings_line(state),
+        title=settings_line(run),
         marked=[l in trace.condensing_layers for l in range(trace.depth)],
     )
     return img
 
 
-def depth_frames(state: ExplorerRun, d: Display) -> list[Image.Image]:
+def depth_frames(run: ExplorerRun, d: Display) -> list[Image.Image]:
     """One frame per block (the current view and followed patch), captioned, for the GIF."""
-    trace = state.trace
+    trace = run.trace
     d = d.clamped(trace)
     frames = []
-    means = render.patch_means(state.view, trace.grid)
+    means = render.patch_means(run.seen, trace.grid)
     for l in range(trace.depth):
-        m = render.fate_map(state.view, trace, l, means=means, view=d.view, follow=d.patch)
+        m = render.fate_map(run.seen, trace, l, means=means, view=d.view, follow=d.patch)
         cap = (
             f"block {l}{'*' if l in trace.condensing_layers else ''}: "
             f"{trace.tokens_per_layer[l]} tokens"
@@ -138,8 +140,8 @@ def depth_frames(state: ExplorerRun, d: Display) -> list[Image.Image]:
     return frames
 
 
-def chart_image(state: ExplorerRun, layer: int) -> np.ndarray:
-    r, trace = state.result, state.trace
+def chart_image(run: ExplorerRun, layer: int) -> np.ndarray:
+    r, trace = run.result, run.trace
     return charts.tokens_chart_image(
         r.baseline_tokens,
         r.tokens_per_layer,
@@ -152,58 +154,99 @@ def chart_image(state: ExplorerRun, layer: int) -> np.ndarray:
 
 # ------------------------------------------------------------------------------ the whole page
 
-
-@dataclass
-class RunView:
-    """Everything the page shows for one Run at one :class:`Display`."""
-
-    baseline: dict[str, float]
-    baseline_title: str
-    condensed: dict[str, float]
-    condensed_title: str
-    shift: str
-    map: np.ndarray
-    layer: int
-    depth: int
-    info: str
-    chart: np.ndarray
-    cost: str
-    strip: list[tuple[np.ndarray, str]]
-    follow: str
-    corrected: dict[str, float] | None
+BASELINE_TITLE = "Baseline CLIP (all tokens)"
+STRIP_COLUMNS = 3  # tiles per strip row (one more for 24-block models)
+# The page's parts a Run fills, by component name (app.py names its components the same).
+RUN_PARTS = (
+    "banner", "baseline", "condensed", "shift", "map", "layer", "info", "chart", "cost",
+    "strip", "follow", "stream", "corrected", "stale", "depth", "patch",
+)  # fmt: skip
+LAYER_PARTS = ("map", "info", "chart", "follow")  # what moving to another block redraws
 
 
-def run_view(state: ExplorerRun, d: Display) -> RunView:
-    """Turn a Run into everything the page shows (no files written; see :func:`exports`)."""
-    r, trace = state.result, state.trace
+@dataclass(frozen=True)
+class Screen:
+    """The page around a Run that is not the Run's: the weights banner, stream mode and the
+    session's reservoir, and whether the strip is redrawn or only its selection moves."""
+
+    banner: str | None = None
+    stream_on: bool = False
+    stream: StreamState | None = None
+    redraw_strip: bool = True
+
+
+def strip_columns(depth: int) -> int:
+    return STRIP_COLUMNS if depth <= 12 else STRIP_COLUMNS + 1
+
+
+def parts(
+    run: ExplorerRun, d: Display, names: Iterable[str] = RUN_PARTS, screen: Screen = Screen()
+) -> dict[str, dict[str, Any]]:
+    """The page's updates for a Run at a :class:`Display`: component name -> Gradio update (a
+    ``gr.update`` dict), only the parts named (each is built only when asked for)."""
+    r, trace = run.result, run.trace
     d = d.clamped(trace)
-    return RunView(
-        baseline=r.baseline.as_dict(),
-        baseline_title="Baseline CLIP (all tokens)",
-        condensed=r.condensed.as_dict(),
-        condensed_title=panels.condensed_title(r),
-        shift=panels.shift_html(r),
-        map=map_image(state, d),
-        layer=d.layer,
-        depth=trace.depth,
-        info=panels.layer_info(state, d.layer, d.overlay),
-        chart=chart_image(state, d.layer),
-        cost=panels.cost_html(r),
-        strip=strip_items(state, d.view),
-        follow=panels.follow_html(state, d.patch, d.layer),
-        corrected=r.corrected.as_dict() if r.corrected is not None else None,
-    )
+    depth = trace.depth
 
+    def strip() -> dict[str, Any]:
+        if not screen.redraw_strip:
+            return gr.update(selected_index=d.layer)
+        return gr.update(
+            value=strip_items(run, d.view), selected_index=d.layer, columns=strip_columns(depth)
+        )
 
-def exports(state: ExplorerRun, d: Display, out: ExportDir) -> dict[str, str]:
-    """Write the downloads of one Run: strip PNG, depth GIF, JSON. Returns kind -> path."""
-    stem = (state.image_name or "image").rsplit(".", 1)[0]
-    return {
-        "png": str(
-            out.write_png(strip_png(state, d.clamped(state.trace).view), f"tca-{stem}-blocks")
+    corrected = r.corrected.as_dict() if r.corrected is not None else None
+    make: dict[str, Callable[[], dict[str, Any]]] = {
+        "banner": lambda: gr.update(value=screen.banner),
+        "baseline": lambda: gr.update(value=r.baseline.as_dict(), label=BASELINE_TITLE),
+        "condensed": lambda: gr.update(
+            value=r.condensed.as_dict(), label=panels.condensed_title(r)
         ),
-        "gif": str(out.write_gif(depth_frames(state, d), f"tca-{stem}-depth")),
-        "json": str(out.write_json(export.export_dict(state), f"tca-{stem}-run")),
+        "shift": lambda: gr.update(value=panels.shift_html(r)),
+        "map": lambda: gr.update(value=map_image(run, d)),
+        "layer": lambda: gr.update(maximum=depth - 1, value=d.layer),
+        "info": lambda: gr.update(value=panels.layer_info(run, d.layer, d.overlay)),
+        "chart": lambda: gr.update(value=chart_image(run, d.layer)),
+        "cost": lambda: gr.update(value=panels.cost_html(r)),
+        "strip": strip,
+        "follow": lambda: gr.update(value=panels.follow_html(run, d.patch, d.layer)),
+        "stream": lambda: gr.update(
+            value=panels.stream_html(run, screen.stream, screen.stream_on, r.config.method)
+        ),
+        "corrected": lambda: gr.update(value=corrected, visible=corrected is not None),
+        "stale": lambda: gr.update(value=""),
+        "depth": lambda: gr.update(value=depth),
+        "patch": lambda: gr.update(value=d.patch),
+    }
+    return {name: make[name]() for name in names}
+
+
+def updates(
+    ui: Mapping[str, Any],
+    run: ExplorerRun,
+    d: Display,
+    names: Iterable[str] = RUN_PARTS,
+    screen: Screen = Screen(),
+) -> dict[Any, dict[str, Any]]:
+    """:func:`parts` keyed by the components themselves (Gradio's dict return)."""
+    return {ui[name]: update for name, update in parts(run, d, names, screen).items()}
+
+
+def initial(update: dict[str, Any] | None, **fallback: Any) -> dict[str, Any]:
+    """A component's constructor arguments from an update (the first screen built into the
+    page), else ``fallback``."""
+    if update is None:
+        return fallback
+    return {k: v for k, v in update.items() if k != "__type__"}
+
+
+def exports(run: ExplorerRun, d: Display, out: ExportDir) -> dict[str, str]:
+    """Write the downloads of one Run: strip PNG, depth GIF, JSON. Returns kind -> path."""
+    stem = (run.image_name or "image").rsplit(".", 1)[0]
+    return {
+        "png": str(out.write_png(strip_png(run, d.clamped(run.trace).view), f"tca-{stem}-blocks")),
+        "gif": str(out.write_gif(depth_frames(run, d), f"tca-{stem}-depth")),
+        "json": str(out.write_json(export.export_dict(run), f"tca-{stem}-run")),
     }
 
 
@@ -219,8 +262,8 @@ def compare_picture(cmp: Comparison) -> Image.Image:
     cols = sorted(set(first_trace.condensing_layers) | {depth - 1})
     tiles = []
     for t in cast(list[Trace], traces):
-        means = render.patch_means(cmp.view, t.grid)
-        tiles.append([render.fate_map(cmp.view, t, l, means=means) for l in cols])
+        means = render.patch_means(cmp.seen, t.grid)
+        tiles.append([render.fate_map(cmp.seen, t, l, means=means) for l in cols])
     picture, _ = compose.grid(
         tiles,
         captions=[[f"{r.tokens_per_layer[l]} tokens" for l in cols] for r in cmp.results.values()],
@@ -249,7 +292,9 @@ def sweep_image(sw: Sweep) -> np.ndarray:
 __all__ = [
     "Display",
     "MAP_ZOOM",
-    "RunView",
+    "LAYER_PARTS",
+    "RUN_PARTS",
+    "Screen",
     "STRIP_SHRINK",
     "VIEW_CHOICES",
     "chart_image",
@@ -258,7 +303,9 @@ __all__ = [
     "exports",
     "map_image",
     "patch_at",
-    "run_view",
+    "parts",
+    "updates",
+    "initial",
     "settings_line",
     "strip_captions",
     "strip_items",

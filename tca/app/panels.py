@@ -12,6 +12,7 @@ from tca import render
 from tca.flops import CONVENTION
 from tca.models import WEIGHTS_HELP
 from tca.pipeline import RunResult
+from tca.request import Request
 from tca.trace import KEPT, MERGED, PRUNED
 
 from . import runs, sweeps
@@ -230,8 +231,8 @@ def cost_html(result: RunResult) -> str:
     )
 
 
-def layer_info(state: ExplorerRun, layer: int, overlay: bool = False) -> str:
-    trace = state.trace
+def layer_info(run: ExplorerRun, layer: int, overlay: bool = False) -> str:
+    trace = run.trace
     counts = trace.fate_counts(layer)
     groups = len(trace.groups(layer))
     cond = f" {CONDENSING_MARK} (a condensing block)" if layer in trace.condensing_layers else ""
@@ -246,13 +247,13 @@ def layer_info(state: ExplorerRun, layer: int, overlay: bool = False) -> str:
             f" Overlay: CLS attention at block {src}."
             if src is not None
             else " Overlay: no CLS attention recorded at or before this block"
-            f"{' (ToMe does not use it)' if state.result.config.method == 'tome' else ''}."
+            f"{' (ToMe does not use it)' if run.result.config.method == 'tome' else ''}."
         )
     return text
 
 
 def stream_html(
-    state: ExplorerRun | None, stream: StreamState | None, enabled: bool, method: str = "tca"
+    run: ExplorerRun | None, stream: StreamState | None, enabled: bool, method: str = "tca"
 ) -> str:
     if not enabled:
         notice = f"{_escape(stream.notice)} " if stream is not None and stream.notice else ""
@@ -267,8 +268,8 @@ def stream_html(
             "reservoir. " + stream_html(None, stream, True)
         )
     summ = (
-        state.stream
-        if state is not None and state.stream is not None
+        run.stream
+        if run is not None and run.stream is not None
         else stream.summary()
         if stream is not None
         else None
@@ -291,8 +292,8 @@ def stream_html(
         ent = ", ".join(f"{e['entropy']:.2f}" for e in entries) or "-"
         rows.append(f"<tr><td>{_escape(label)}</td><td>{dots}</td><td>{ent}</td></tr>")
     effect = ""
-    if state is not None and state.result.corrected is not None:
-        r, corrected = state.result, state.result.corrected
+    if run is not None and run.result.corrected is not None:
+        r, corrected = run.result, run.result.corrected
         diffs = [(l, r.condensed.probs[i], corrected.probs[i]) for i, l in enumerate(r.labels)]
         diffs.sort(key=lambda x: -abs(x[2] - x[1]))
         effect = (
@@ -304,7 +305,7 @@ def stream_html(
             )
             + "</table>"
         )
-        if not state.result.anchors_used:
+        if not run.result.anchors_used:
             effect += "<small>No anchors were used for the condensation of this image yet.</small>"
     return (
         f"{_escape(notice)} {status}. Images seen: {summ['images_seen']}."
@@ -314,11 +315,10 @@ def stream_html(
     )
 
 
-def stale_html(state: ExplorerRun | None, signature: tuple | None) -> str:
-    """A notice when the results on screen were made from other inputs than those shown."""
-    if state is None or state.signature is None or signature is None:
-        return ""
-    if tuple(signature) == tuple(state.signature):
+def stale_html(run: ExplorerRun | None, request: Request | None) -> str:
+    """A notice when the results on screen were made from another request than the page's
+    controls make now (None: the controls make no valid request, which is a change too)."""
+    if run is None or request == run.request:
         return ""
     return (
         "<div class='tca-stale' role='status'><b>Outdated:</b> the image or a setting "
@@ -334,10 +334,10 @@ def condensed_title(result: RunResult) -> str:
     return f"Condensed: {runs.METHOD_NAMES[m]}, R={result.config.keep_rate:g}"
 
 
-def follow_html(state: ExplorerRun, patch: int | None, layer: int | None = None) -> str:
+def follow_html(run: ExplorerRun, patch: int | None, layer: int | None = None) -> str:
     if patch is None:
         return "<i>Click a patch on the map to follow it through every block.</i>"
-    trace = state.trace
+    trace = run.trace
     r, c = divmod(patch, trace.grid[1])
     steps = follow_patch(trace, patch)
     lines = []
