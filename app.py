@@ -33,9 +33,9 @@ from tca.app.events import (  # noqa: E402
     upload_policy,
 )
 from tca.app.request import DEFAULT_CONFIG, KEEP_RATE_RANGE  # noqa: E402
-from tca.app.runs import COMPARE_METHODS, METHOD_NAMES  # noqa: E402
 from tca.cli import register_model_configs  # noqa: E402
 from tca.config import format_layers  # noqa: E402
+from tca.methods import COMPARED, METHODS  # noqa: E402
 
 MAX_UPLOAD = uploads.MAX_UPLOAD_BYTES  # bytes, for the upload route and every other way in
 CONCURRENCY = 2  # events running at once; model events share one lane of MODEL_SLOTS
@@ -48,14 +48,7 @@ STATE_TTL_S = 2 * 3600  # per-session state is dropped after two idle hours...
 MAX_SESSIONS = 400  # ...and only the most recent sessions keep any (about 0.4 MB each)
 DELETE_CACHE = (900, 3600)  # every 15 min, uploads and outputs older than an hour are deleted
 
-METHOD_CHOICES = [
-    ("TCA (prune + merge)", "tca"),
-    ("EViT (prune + fuse)", "evit"),
-    ("ToMe (merge pairs)", "tome"),
-    ("ToMe, paper's variant", "tome-paper"),
-    ("ATS (adaptive sampling)", "ats"),
-    ("none (plain CLIP)", "none"),
-]
+METHOD_CHOICES = [(m.label, m.name) for m in METHODS.values()]
 TEMPLATE_CHOICES = [
     ('one prompt: "a photo of a {}."', "single"),
     ("80 ImageNet prompts (slower first run)", "imagenet80"),
@@ -436,8 +429,8 @@ def build_demo(
             )
             with gr.Row():
                 ui["compare_baseline"] = gr.Label(num_top_classes=3, label="Baseline CLIP")
-                for m in COMPARE_METHODS:
-                    ui[f"compare_{m}"] = gr.Label(num_top_classes=3, label=METHOD_NAMES[m])
+                for m in COMPARED:
+                    ui[f"compare_{m}"] = gr.Label(num_top_classes=3, label=METHODS[m].title)
             ui["compare_table"] = gr.HTML(elem_id="compare-table")
 
         with gr.Tab("How it works", id="how"):
@@ -575,7 +568,7 @@ def wire(
     compare_parts = [
         ui["compare_picture"],
         ui["compare_baseline"],
-        *(ui[f"compare_{m}"] for m in COMPARE_METHODS),
+        *(ui[f"compare_{m}"] for m in COMPARED),
         ui["compare_table"],
         ui["banner"],
     ]

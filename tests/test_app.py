@@ -19,6 +19,7 @@ from PIL import Image
 import app as app_module
 import tca
 from tca import render
+from tca.methods import COMPARED
 from tca.app import export, follow, page, panels, runs, serving, sweeps
 from tca.models import WEIGHTS_HELP
 
@@ -315,8 +316,8 @@ def test_sweep_handler(tiny_app, example_image):
         assert p.gmacs == pytest.approx(one.flops_condensed.gmacs)
     with pytest.raises(gr.Error, match="condensing method"):
         _sweep(tiny_app, str(example_image), method="none")
-    both = sweeps.sweep(tiny_app.cache, req, methods=runs.COMPARE_METHODS)
-    assert list(both.points) == list(runs.COMPARE_METHODS)
+    both = sweeps.sweep(tiny_app.cache, req, methods=COMPARED)
+    assert list(both.points) == list(COMPARED)
     assert sweeps.kl_divergence([0.5, 0.5], [0.5, 0.5]) == 0.0
     assert sweeps.kl_divergence([0.5, 0.5], [0.25, 0.75]) == pytest.approx(
         0.5 * np.log(2) + 0.5 * np.log(2 / 3), abs=1e-12)

@@ -21,12 +21,13 @@ from PIL import Image
 
 from tca.errors import ImageError, UserError, without_dirs
 from tca.images import load_image
+from tca.methods import COMPARED, METHODS
 from tca.models import DEFAULT_MODEL
 
 from . import export, page, panels, serving, sweeps, uploads
 from .page import LAYER_PARTS, RUN_PARTS, Display, Screen
 from .request import DEFAULT_CONFIG, Request, from_controls, request_or_none
-from .runs import APP_MODELS, COMPARE_METHODS, METHOD_NAMES, ExplorerRun, StreamState, compare, run
+from .runs import APP_MODELS, ExplorerRun, StreamState, compare, run
 
 ROOT = Path(__file__).resolve().parents[2]
 ASSETS = ROOT / "assets"
@@ -308,9 +309,7 @@ class App:
             image, labels, model, method, keep_rate, layers, merge_centers, score, templates
         )
         with self.gate.hold(_session(request)):
-            cmp = compare(
-                self.cache, req, COMPARE_METHODS, progress=lambda f, d: progress(f, desc=d)
-            )
+            cmp = compare(self.cache, req, COMPARED, progress=lambda f, d: progress(f, desc=d))
         out: dict[Any, Any] = {
             self.ui["compare_picture"]: page.compare_picture(cmp),
             self.ui["compare_baseline"]: cmp.baseline.as_dict(),
@@ -320,7 +319,7 @@ class App:
         for m, r in cmp.results.items():
             out[self.ui[f"compare_{m}"]] = gr.update(
                 value=r.condensed.as_dict(),
-                label=f"{METHOD_NAMES[m]}: {r.saved_percent:.1f}% GMACs saved",
+                label=f"{METHODS[m].title}: {r.saved_percent:.1f}% GMACs saved",
             )
         return out
 
@@ -350,7 +349,7 @@ class App:
             sw = sweeps.sweep(
                 self.cache,
                 req,
-                COMPARE_METHODS if all_methods else None,
+                COMPARED if all_methods else None,
                 reuse=shown,
                 progress=lambda f, d: progress(f, desc=d),
             )

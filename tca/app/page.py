@@ -16,9 +16,10 @@ import numpy as np
 from PIL import Image
 
 from tca import charts, compose, render
+from tca.methods import METHODS
 from tca.trace import Trace
 
-from . import export, panels, runs
+from . import export, panels
 from .export import ExportDir
 from .panels import CONDENSING_MARK
 from .runs import Comparison, ExplorerRun, StreamState
@@ -267,7 +268,7 @@ def compare_picture(cmp: Comparison) -> Image.Image:
     picture, _ = compose.grid(
         tiles,
         captions=[[f"{r.tokens_per_layer[l]} tokens" for l in cols] for r in cmp.results.values()],
-        row_labels=[runs.METHOD_NAMES[m] for m in cmp.results],
+        row_labels=[METHODS[m].title for m in cmp.results],
         col_labels=[f"after block {l}" for l in cols],
         legend=True,
         font_size=15,
@@ -277,7 +278,7 @@ def compare_picture(cmp: Comparison) -> Image.Image:
 
 def sweep_image(sw: Sweep) -> np.ndarray:
     series = {
-        runs.METHOD_NAMES[m]: {
+        METHODS[m].title: {
             "gmacs": [p.gmacs for p in pts],
             "keep_rate": [p.keep_rate for p in pts],
             "top1": [p.top1_prob for p in pts],

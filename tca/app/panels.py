@@ -10,12 +10,13 @@ import html
 
 from tca import render
 from tca.flops import CONVENTION
+from tca.methods import METHODS
 from tca.models import WEIGHTS_HELP
 from tca.pipeline import RunResult
 from tca.request import Request
 from tca.trace import KEPT, MERGED, PRUNED
 
-from . import runs, sweeps
+from . import sweeps
 from .follow import follow_patch
 from .runs import Comparison, ExplorerRun, StreamState
 from .serving import LoadedModel
@@ -243,11 +244,17 @@ def layer_info(run: ExplorerRun, layer: int, overlay: bool = False) -> str:
     )
     if overlay:
         src = render.attention_layer(trace, layer)
+        title = METHODS[run.result.config.method].title
+        # no block of the run recorded one: the method does not rank by CLS attention
+        unused = (
+            f" ({title} does not use it)"
+            if render.attention_layer(trace, trace.depth - 1) is None
+            else ""
+        )
         text += (
             f" Overlay: CLS attention at block {src}."
             if src is not None
-            else " Overlay: no CLS attention recorded at or before this block"
-            f"{' (ToMe does not use it)' if run.result.config.method == 'tome' else ''}."
+            else f" Overlay: no CLS attention recorded at or before this block{unused}."
         )
     return text
 
@@ -261,10 +268,10 @@ def stream_html(
             f"{notice}Stream mode is off. Turn it on (method TCA) and run several images "
             "with the same labels: each one is filed in this session's reservoir."
         )
-    if method != "tca":
+    if not METHODS[method].anchors:
         return (
             f"<b>Stream mode applies to TCA only</b>: this run "
-            f"({runs.METHOD_NAMES.get(method, method)}) neither used nor fed the "
+            f"({METHODS[method].title}) neither used nor fed the "
             "reservoir. " + stream_html(None, stream, True)
         )
     summ = (
@@ -329,9 +336,9 @@ def stale_html(run: ExplorerRun | None, request: Request | None) -> str:
 def condensed_title(result: RunResult) -> str:
     """A short heading for the condensed prediction (it must not wrap over the answer)."""
     m = result.config.method
-    if m == "none":
+    if METHODS[m].step is None:
         return "Condensed: none (= baseline)"
-    return f"Condensed: {runs.METHOD_NAMES[m]}, R={result.config.keep_rate:g}"
+    return f"Condensed: {METHODS[m].title}, R={result.config.keep_rate:g}"
 
 
 def follow_html(run: ExplorerRun, patch: int | None, layer: int | None = None) -> str:
@@ -378,7 +385,7 @@ def compare_html(cmp: Comparison) -> str:
     for method, r in cmp.results.items():
         top, p = r.condensed.top(1)[0]
         rows.append(
-            f"<tr><td><b>{runs.METHOD_NAMES[method]}</b></td>"
+            f"<tr><td><b>{METHODS[method].title}</b></td>"
             f"<td>{r.flops_condensed.gmacs:.2f}</td><td>{r.saved_percent:.1f}%</td>"
             f"<td>{r.tokens_per_layer[-1]}</td><td>{_escape(top)} ({p:.1%})</td>"
             f"<td>{r.timings_ms['condensed_ms']:.0f}</td></tr>"
@@ -400,7 +407,7 @@ def sweep_html(sw: Sweep) -> str:
     for m, pts in sw.points.items():
         for p in pts:
             rows.append(
-                f"<tr><td>{runs.METHOD_NAMES[m]}</td><td>{p.keep_rate:g}</td>"
+                f"<tr><td>{METHODS[m].title}</td><td>{p.keep_rate:g}</td>"
                 f"<td>{p.gmacs:.2f}</td><td>{p.final_tokens}</td>"
                 f"<td>{_escape(p.top1)} ({p.top1_prob:.1%})</td>"
                 f"<td>{p.base_label_prob:.1%}</td><td>{p.kl:.3f}</td></tr>"

@@ -9,6 +9,7 @@ from typing import Sequence
 
 from tca.config import DEFAULT_LAYERS, DEFAULT_LAYERS_TEXT, CondenseConfig, parse_layers
 from tca.errors import ConfigError, InputError, LabelError, UserError
+from tca.methods import METHODS
 from tca.models import DEFAULT_MODEL
 from tca.prompts import TEMPLATES
 from tca.request import Request
@@ -50,7 +51,8 @@ def config_from_controls(
             f"to {MERGE_CENTERS_RANGE[1]}, got {merge_centers}"
         )
     layer_tuple = parse_layers(layers if layers is not None else "")
-    if method != "none" and not layer_tuple:
+    record = METHODS.get(method)
+    if record is not None and record.step is not None and not layer_tuple:
         raise ConfigError(
             f"no condensing layers given: enter block indices like {DEFAULT_LAYERS_TEXT}"
         )

@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
+from tca.methods import COMPARED, METHODS
 from tca.models import APP_MODELS, ClipModel
 from tca.pipeline import Prediction, RunResult, classify_request
 from tca.request import Request
@@ -20,17 +21,6 @@ from tca.reservoir import Reservoir, ReservoirConfig, preset
 from tca.towers import tower_for
 
 from .serving import LoadedModel, ModelCache
-
-# The method registry's stand-ins until tca.methods lands: every use in tca/app reads these two.
-COMPARE_METHODS = ("tca", "evit", "tome")
-METHOD_NAMES = {
-    "tca": "TCA",
-    "evit": "EViT",
-    "tome": "ToMe",
-    "tome-paper": "ToMe (paper)",
-    "ats": "ATS",
-    "none": "none (plain CLIP)",
-}
 
 
 def seen_picture(clip: ClipModel, image: Image.Image) -> np.ndarray:
@@ -149,7 +139,7 @@ def run(
     loaded = load_for(cache, request, say)
     clip = loaded.clip
     reservoir = None
-    if stream is not None and request.config.method == "tca":
+    if stream is not None and METHODS[request.config.method].anchors:
         reservoir = stream.reservoir_for(clip.name, request.labels)
     encode_labels(clip, request, say)
     say(0.4, "running baseline and condensed CLIP")
@@ -197,7 +187,7 @@ class Comparison:
 def compare(
     cache: ModelCache,
     request: Request,
-    methods: Sequence[str] = COMPARE_METHODS,
+    methods: Sequence[str] = COMPARED,
     progress: Say | None = None,
 ) -> Comparison:
     """Each method at the request's keep rate and blocks on its image (the baseline once)."""
@@ -210,7 +200,7 @@ def compare(
     baseline = None  # plain CLIP runs once; every method is compared with that same result
     for i, req in enumerate(configs):
         m = req.config.method
-        say(0.4 + 0.55 * i / len(configs), f"running {METHOD_NAMES.get(m, m)}")
+        say(0.4 + 0.55 * i / len(configs), f"running {METHODS[m].title}")
         with cache.image_lane:
             results[m] = classify_request(clip, req, trace=True, baseline=baseline)
         baseline = baseline or results[m].reference
@@ -227,8 +217,6 @@ def replace_method(request: Request, method: str) -> Request:
 
 __all__ = [
     "APP_MODELS",
-    "COMPARE_METHODS",
-    "METHOD_NAMES",
     "Comparison",
     "ExplorerRun",
     "StreamState",

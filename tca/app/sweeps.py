@@ -11,10 +11,11 @@ from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 from tca.errors import ConfigError
+from tca.methods import METHODS
 from tca.pipeline import Prediction, classify_request
 from tca.request import Request
 
-from .runs import METHOD_NAMES, ExplorerRun, encode_labels, load_for
+from .runs import ExplorerRun, encode_labels, load_for
 from .serving import ModelCache
 
 SWEEP_RATES = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -77,7 +78,7 @@ def sweep(
     """
     say = progress or (lambda frac, desc: None)
     methods = tuple(methods) if methods else (request.config.method,)
-    if any(m == "none" for m in methods):
+    if any(METHODS[m].step is None for m in methods):
         raise ConfigError(
             'the keep-rate sweep needs a condensing method (TCA, EViT or ToMe), not "none"'
         )
@@ -105,7 +106,7 @@ def sweep(
         for cfg in cfgs:
             say(
                 0.1 + 0.88 * done / total,
-                f"{METHOD_NAMES[m]} at R={cfg.keep_rate:g} ({done + 1} of {total})",
+                f"{METHODS[m].title} at R={cfg.keep_rate:g} ({done + 1} of {total})",
             )
             if cfg.is_identity and base is not None:
                 probs, gmacs, final = (
