@@ -112,7 +112,7 @@ def _check_image(image: np.ndarray, grid: tuple[int, int]) -> tuple[int, int]:
     if h % rows or w % cols:
         raise ValueError(
             f"image {w}x{h} is not a multiple of the {cols}x{rows} patch grid; "
-            f"pass the image the model saw (see tca.explore.model_view)"
+            f"pass the image the model saw (see tca.app.runs.seen_picture)"
         )
     return h // rows, w // cols
 

@@ -147,8 +147,9 @@ def test_layers_have_one_text_form():
 
 
 def test_one_model_list():
-    assert SUPPORTED_MODELS[:3] == tuple(APP_MODELS.values())
-    assert SUPPORTED_MODELS[3:] == ("ViT-B-32", "ViT-B-16", "ViT-L-14")
+    assert SUPPORTED_MODELS[:4] == tuple(APP_MODELS.values())
+    assert SUPPORTED_MODELS[3] == "ViT-B-16-SigLIP2"
+    assert SUPPORTED_MODELS[4:] == ("ViT-B-32", "ViT-B-16", "ViT-L-14")
     from tca.app import runs
     assert runs.APP_MODELS is APP_MODELS
 

@@ -113,7 +113,7 @@ def strip_png(run: ExplorerRun, view: str = "fates") -> Image.Image:
     trace = run.trace
     maps = render.all_layer_maps(run.seen, trace, view=view)
     caps = compose.layer_captions(trace)
-    img, _ = compose.layer_strip(
+    img = compose.layer_strip(
         maps,
         caps,
         title=settings_line(run),
@@ -134,7 +134,7 @@ def depth_frames(run: ExplorerRun, d: Display) -> list[Image.Image]:
             f"block {l}{'*' if l in trace.condensing_layers else ''}: "
             f"{trace.tokens_per_layer[l]} tokens"
         )
-        img, _ = compose.grid(
+        img = compose.grid(
             [[render.upscale(m, 2)]], [[cap]], font_size=18, marked=[[l in trace.condensing_layers]]
         )
         frames.append(img)
@@ -265,7 +265,7 @@ def compare_picture(cmp: Comparison) -> Image.Image:
     for t in cast(list[Trace], traces):
         means = render.patch_means(cmp.seen, t.grid)
         tiles.append([render.fate_map(cmp.seen, t, l, means=means) for l in cols])
-    picture, _ = compose.grid(
+    picture = compose.grid(
         tiles,
         captions=[[f"{r.tokens_per_layer[l]} tokens" for l in cols] for r in cmp.results.values()],
         row_labels=[METHODS[m].title for m in cmp.results],

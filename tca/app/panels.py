@@ -14,7 +14,7 @@ from tca.methods import METHODS
 from tca.models import WEIGHTS_HELP
 from tca.pipeline import RunResult
 from tca.request import Request
-from tca.trace import KEPT, MERGED, PRUNED
+from tca.trace import MERGED, PRUNED
 
 from . import sweeps
 from .follow import follow_patch
@@ -67,15 +67,6 @@ def legend_html() -> str:
         for code, s in render.FATES.items()
     )
     return f'<div class="tca-legend">{items}</div>'
-
-
-def legend_colors() -> dict[str, list[tuple[int, int, int]]]:
-    """The colours the legend shows, per fate name (what tests compare with the maps)."""
-    return {
-        render.FATES[KEPT].name: [render.FATES[KEPT].swatch],
-        render.FATES[MERGED].name: list(render.GROUP_COLORS),
-        render.FATES[PRUNED].name: [render.PRUNED_HATCH],
-    }
 
 
 def how_it_works_md() -> str:
@@ -433,7 +424,6 @@ __all__ = [
     "follow_html",
     "how_it_works_md",
     "layer_info",
-    "legend_colors",
     "legend_html",
     "shift_html",
     "stale_html",
