@@ -246,7 +246,10 @@ def build_demo(
                             ui["info"] = gr.Markdown(
                                 **page.initial(got.get("info"), value=""), elem_id="layer-info"
                             )
-                            gr.HTML(panels.legend_html())
+                            ui["legend"] = gr.HTML(
+                                **page.initial(got.get("legend"), value=panels.legend_html()),
+                                elem_id="legend",
+                            )
                             ui["follow"] = gr.HTML(
                                 **page.initial(got.get("follow"), value=""), elem_id="follow-panel"
                             )

@@ -33,7 +33,8 @@ from .trace import KEPT, MERGED, PRUNED, Trace
 
 @dataclass(frozen=True)
 class FateStyle:
-    """How one fate is drawn: its name, the legend swatch (fill, edge) and a one-line meaning."""
+    """How one fate is drawn: its name, the legend swatch (fill, edge) and a one-line meaning
+    ("what it is; how it is drawn": the legend swaps the first part for a method's own words)."""
 
     code: int
     name: str
@@ -66,7 +67,7 @@ FATES: dict[int, FateStyle] = {
         "kept",
         (255, 255, 255),
         (120, 120, 120),
-        "class-relevant: kept as its own token, drawn as the image",
+        "class-relevant: kept as its own token; drawn as the image",
     ),
     MERGED: FateStyle(
         MERGED,

@@ -680,3 +680,66 @@ def test_page_load_hands_over_the_background_first_screen(tiny_app):
     again = _named(tiny_app, tiny_app.load_first(None))
     assert again["map"]["value"] == out["map"]["value"]  # the pictures are written once
     assert tiny_app.load_first(state) == {}  # a session that already shows a Run keeps it
+
+
+def test_legend_words_each_methods_fates():
+    """The legend under the map: the method's own words (the registry's), only the fates it
+    gives, and the note for a tower without CLS."""
+    from tca.methods import METHODS
+
+    for name, record in METHODS.items():
+        legend = panels.legend_html(name)
+        fates = record.fates
+        for style, said in zip(render.FATES.values(), (fates.kept, fates.merged, fates.pruned)):
+            assert (f'data-fate="{style.name}"' in legend) == (said is not None), (name, style)
+            if said is not None:
+                drawn = style.meaning.split("; ")[1]
+                assert f"<b>{style.name}</b> ({said}; {drawn})" in legend.replace("&amp;", "&")
+        assert panels.NO_CLS not in legend
+    assert panels.legend_html("evit").count('class="sw"') == 2  # kept and pruned, no merging
+    assert panels.legend_html("tome").count('class="sw"') == 2  # kept and merged, no pruning
+    assert panels.legend_html().count('class="sw"') == 3
+
+
+@pytest.mark.parametrize("model,tokens", [
+    (TINY, [197] * 3 + [141] * 3 + [100] * 3 + [74] * 3),
+    ("tca-tiny-timm-token", [197] * 3 + [141] * 3 + [100] * 3 + [74] * 3),
+    ("ViT-B-16-SigLIP2", [196] * 3 + [140] * 3 + [99] * 3 + [73] * 3),  # no CLS token
+])
+def test_every_event_on_every_tower(model, tokens, example_image, tmp_path):
+    """Run (stream mode on), the page, Compare, the sweep and the downloads on open_clip's ViT, a
+    timm ViT with a CLS token and SigLIP 2 (a timm tower without one), offline, random weights."""
+    app = app_module.App(model, "none", exports=export.ExportDir(tmp_path))
+    app_module.build_demo(model, "none", app=app, first_screen=None)
+    assert ("SigLIP 2 B/16", "ViT-B-16-SigLIP2") in app.model_choices
+    image = str(example_image)
+    summary, shown, stream = _classify(app, image, model=model, stream=True)
+    assert summary["tokens_per_layer"] == tokens
+    assert summary["baseline_tokens_per_layer"] == [tokens[0]] * 12
+    assert summary["reservoir"]["images_seen"] == 1 and summary["final"] == "corrected"
+    r = shown.result
+    assert summary["gmacs"]["condensed"] == r.flops_condensed.gmacs < r.flops_baseline.gmacs
+    out = _show(app, shown, 11, stream_on=True, stream_state=stream)
+    no_cls = tokens[0] == 196
+    assert (panels.NO_CLS in out["legend"]["value"]) == no_cls
+    assert (panels.NO_CLS in out["cost"]["value"]) == no_cls
+    assert f"<td>{tokens[0]}</td><td>{tokens[-1]}</td>" in out["cost"]["value"]
+    assert f"{tokens[-1]} tokens" in out["info"]["value"]
+    assert len(out["strip"]["value"]) == 12 and "Images seen: 1" in out["stream"]["value"]
+    assert out["map"]["value"].shape == (448, 448, 3)
+    overlay = _named(app, app.show_layer(shown, 9, "fates", True, 0.5))
+    word = "pool-query attention" if no_cls else "CLS attention"
+    assert f"Overlay: {word} at block 9" in overlay["info"]["value"]
+    cmp = _named(app, app.compare(image, LABELS, **_controls(model=model), progress=_Progress()))
+    for m in COMPARED:
+        assert cmp[f"compare_{m}"]["label"].endswith("% GMACs saved")
+    plot, table = _sweep(app, image, model=model, shown=shown)
+    assert "the Run's baseline + 7 condensed passes" in table
+    files = _named(app, app.export(shown, 11, "fates", None))
+    data = json.loads(Path(files["json_file"]).read_text())
+    assert data["tokens_per_layer"] == tokens and len(data["trace"]["layers"]) == 12
+    assert data["image"]["model_view_px"] == [224, 224]
+    if no_cls:  # ATS ranks by CLS attention: refused with its reason, by name
+        with pytest.raises(gr.Error, match="ats scores patches by their CLS attention and this "
+                                           "tower has no CLS token"):
+            _classify(app, image, model=model, method="ats")

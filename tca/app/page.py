@@ -159,8 +159,8 @@ BASELINE_TITLE = "Baseline CLIP (all tokens)"
 STRIP_COLUMNS = 3  # tiles per strip row (one more for 24-block models)
 # The page's parts a Run fills, by component name (app.py names its components the same).
 RUN_PARTS = (
-    "banner", "baseline", "condensed", "shift", "map", "layer", "info", "chart", "cost",
-    "strip", "follow", "stream", "corrected", "stale", "depth", "patch",
+    "banner", "baseline", "condensed", "shift", "map", "layer", "info", "legend", "chart",
+    "cost", "strip", "follow", "stream", "corrected", "stale", "depth", "patch",
 )  # fmt: skip
 LAYER_PARTS = ("map", "info", "chart", "follow")  # what moving to another block redraws
 
@@ -207,6 +207,7 @@ def parts(
         "map": lambda: gr.update(value=map_image(run, d)),
         "layer": lambda: gr.update(maximum=depth - 1, value=d.layer),
         "info": lambda: gr.update(value=panels.layer_info(run, d.layer, d.overlay)),
+        "legend": lambda: gr.update(value=panels.legend_html(r.config.method, trace)),
         "chart": lambda: gr.update(value=chart_image(run, d.layer)),
         "cost": lambda: gr.update(value=panels.cost_html(r)),
         "strip": strip,

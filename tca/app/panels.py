@@ -14,7 +14,7 @@ from tca.methods import METHODS
 from tca.models import WEIGHTS_HELP
 from tca.pipeline import RunResult
 from tca.request import Request
-from tca.trace import MERGED, PRUNED
+from tca.trace import KEPT, MERGED, PRUNED, Trace
 
 from . import sweeps
 from .follow import follow_patch
@@ -60,13 +60,33 @@ def swatch_html(code: int) -> str:
     return f'<span class="sw" data-fate="{style.name}" style="{base}{fill}"></span>'
 
 
-def legend_html() -> str:
-    """The map legend: one swatch per fate, colours and words from :data:`render.FATES`."""
-    items = "".join(
-        f"{swatch_html(code)}<b>{_escape(s.name)}</b> ({_escape(s.meaning)}) "
-        for code, s in render.FATES.items()
-    )
-    return f'<div class="tca-legend">{items}</div>'
+def attention_name(trace: Trace | None) -> str:
+    """What ranks the tokens: the CLS token's attention, or on a tower without one (SigLIP) the
+    attention of its pool's query, which stands in for CLS."""
+    return "CLS attention" if trace is None or trace.prefix else "pool-query attention"
+
+
+NO_CLS = (
+    "This tower has no CLS token: every token is a patch, and the query of its attention pool "
+    "stands in for CLS."
+)
+
+
+def legend_html(method: str | None = None, trace: Trace | None = None) -> str:
+    """The map legend: one swatch per fate, colours from :data:`render.FATES`; with a method,
+    its own words for each fate (the registry's) and only the fates it gives."""
+    fates = METHODS[method].fates if method is not None else None
+    items = []
+    for code, style in render.FATES.items():
+        words = style.meaning
+        if fates is not None:
+            said = {KEPT: fates.kept, MERGED: fates.merged, PRUNED: fates.pruned}[code]
+            if said is None:
+                continue
+            words = f"{said}; {style.meaning.split('; ', 1)[-1]}"  # its words; how it is drawn
+        items.append(f"{swatch_html(code)}<b>{_escape(style.name)}</b> ({_escape(words)}) ")
+    note = f"<br><small>{NO_CLS}</small>" if trace is not None and not trace.prefix else ""
+    return f'<div class="tca-legend">{"".join(items)}{note}</div>'
 
 
 def how_it_works_md() -> str:
@@ -208,7 +228,8 @@ def cost_html(result: RunResult) -> str:
         f"<div class='big'>{fb.gmacs:.2f} &rarr; {fc.gmacs:.2f} GMACs "
         f"<span class='saved'>({result.saved_percent:.1f}% saved)</span></div>"
         f"<div>{_escape(result.config.describe())}</div>"
-        "<div class='tca-scroll'><table class='tca-table'>"
+        + (f"<div>{NO_CLS}</div>" if result.trace is not None and not result.trace.prefix else "")
+        + "<div class='tca-scroll'><table class='tca-table'>"
         "<tr><th></th><th>baseline</th><th>condensed</th></tr>"
         f"<tr><td class='lab'>tokens after the last block</td><td>{result.baseline_tokens[-1]}</td>"
         f"<td>{result.tokens_per_layer[-1]}</td></tr>"
@@ -243,9 +264,9 @@ def layer_info(run: ExplorerRun, layer: int, overlay: bool = False) -> str:
             else ""
         )
         text += (
-            f" Overlay: CLS attention at block {src}."
+            f" Overlay: {attention_name(trace)} at block {src}."
             if src is not None
-            else f" Overlay: no CLS attention recorded at or before this block{unused}."
+            else f" Overlay: no {attention_name(trace)} recorded at or before this block{unused}."
         )
     return text
 
@@ -367,7 +388,7 @@ def follow_html(run: ExplorerRun, patch: int | None, layer: int | None = None) -
         f"<div class='tca-follow'><b>Following patch (row {r}, column {c})</b>, framed in "
         f"magenta; after block {now.layer}: {lit}."
         "<div class='tca-scroll'><table class='tca-table'><tr><th>after</th><th>where it is</th>"
-        f"<th>CLS-attention rank</th></tr>{''.join(lines)}</table></div></div>"
+        f"<th>{attention_name(trace)} rank</th></tr>{''.join(lines)}</table></div></div>"
     )
 
 
@@ -424,6 +445,8 @@ __all__ = [
     "follow_html",
     "how_it_works_md",
     "layer_info",
+    "NO_CLS",
+    "attention_name",
     "legend_html",
     "shift_html",
     "stale_html",
