@@ -156,7 +156,7 @@ def build_demo(
     got = first or {}
     items = examples()
     example0 = items[0] if items and first is not None else [None, ""]
-    depth0 = got["depth"]["value"] if first is not None else 12
+    depth0 = got["depth"] if first is not None else 12
     d = DEFAULT_CONFIG
     ui: dict[str, Any] = {}
 

@@ -70,6 +70,7 @@ def measure(repeats: int) -> dict[str, list[float]]:
     bare = tca.load_model(MODEL, pretrained="none", seed=0)  # never patched
     pixels = tca.prepare_image(bare, IMAGE)
     app = app_module.App(MODEL, "none", exports=export.ExportDir(tempfile.mkdtemp(prefix="bench-")))
+    app_module.build_demo(MODEL, "none", app=app, first_screen=None)  # names the components
     image_out = gr.Image(type="numpy", format="png")
     gallery_out = gr.Gallery(format="png")
 
@@ -84,15 +85,16 @@ def measure(repeats: int) -> dict[str, list[float]]:
 
     def display(state):
         out = app.show_run(state, 11, "fates", False, 0.5, None, 12, False, None)
-        image_out.postprocess(out[4])  # what Gradio does with the map, the chart, the strip
-        image_out.postprocess(out[7])
-        gallery_out.postprocess(out[9]["value"])
+        # what Gradio does with the map, the chart, the strip
+        image_out.postprocess(out[app.ui["map"]]["value"])
+        image_out.postprocess(out[app.ui["chart"]]["value"])
+        gallery_out.postprocess(out[app.ui["strip"]]["value"])
         return out
 
     def sweep(state=None):
-        plot, _ = app.sweep(str(IMAGE), LABELS, MODEL, "tca", "3,6,9", 2, "mean", "single",
-                            False, state, progress=_NoProgress())
-        image_out.postprocess(plot)
+        out = app.sweep(str(IMAGE), LABELS, MODEL, "tca", 0.7, "3,6,9", 2, "mean", "single",
+                        False, state, progress=_NoProgress())
+        image_out.postprocess(out[app.ui["sweep_plot"]])
 
     # warm-up: loads, patches, text embeddings cached, first-call allocations
     bare2()
@@ -110,10 +112,10 @@ def measure(repeats: int) -> dict[str, list[float]]:
         t_disp, _ = _ms(lambda: display(state))
         t_sw, _ = _ms(lambda: sweep(state))  # as in the app: after a Run of this image
         t_sw_fresh, _ = _ms(sweep)
-        m, _ = _ms(lambda: render.all_layer_maps(state.view, state.trace))
+        m, _ = _ms(lambda: render.all_layer_maps(state.seen, state.trace))
 
         def rerender():
-            img = app.show_layer(state, 6, "fates", True, 0.5)[0]
+            img = app.show_layer(state, 6, "fates", True, 0.5)[app.ui["map"]]["value"]
             image_out.postprocess(img)
         r, _ = _ms(rerender)
         res = state.result

@@ -103,7 +103,7 @@ def test_show_run_renders_everything_from_the_cached_run(tiny_app, example_image
     info, chart, cost = out["info"]["value"], out["chart"]["value"], out["cost"]["value"]
     strip, follow, stream_md = out["strip"], out["follow"]["value"], out["stream"]["value"]
     corrected, stale = out["corrected"], out["stale"]["value"]
-    depth, patch = out["depth"]["value"], out["patch"]["value"]
+    depth, patch = out["depth"], out["patch"]
     assert "RANDOM WEIGHTS" in banner and "<details>" in banner  # operator help folded away
     assert base["value"] == dict(zip(state.result.labels, state.result.baseline.probs))
     assert base["label"] == "Baseline CLIP (all tokens)"
@@ -200,13 +200,13 @@ def test_display_only_changes_do_not_run_the_model(tiny_app, example_image, monk
     r, c = divmod(merged, trace.grid[1])
     evt = gr.SelectData(None, {"index": [c * 32 + 5, r * 32 + 5], "value": None})
     out = _named(tiny_app, tiny_app.pick_patch(state, 11, "fates", False, 0.5, evt))
-    assert out["patch"]["value"] == merged
+    assert out["patch"] == merged
     assert "Following patch" in out["follow"]["value"]
     assert "merged into group" in out["follow"]["value"]
     assert np.array_equal(out["map"]["value"],
                           page.map_image(state, page.Display(11, patch=merged)))
     cleared = _named(tiny_app, tiny_app.clear_patch(state, 11, "fates", False, 0.5))
-    assert cleared["patch"]["value"] is None and "Click a patch" in cleared["follow"]["value"]
+    assert cleared["patch"] is None and "Click a patch" in cleared["follow"]["value"]
     # a view change redraws the strip in that view
     strip = _named(tiny_app, tiny_app.change_view(state, 11, "model", False, 0.5, None))["strip"]
     assert len(strip["value"]) == 12

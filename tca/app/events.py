@@ -151,7 +151,7 @@ class App:
             self.model_choices.insert(0, (model_name, model_name))
         self.ui: Mapping[str, Any] = {}
         self._first: ExplorerRun | None = None
-        self._first_parts: dict[str, dict[str, Any]] | None = None  # with picture files
+        self._first_parts: dict[str, Any] | None = None  # with picture files
         self._first_lock = threading.RLock()
 
     def request(
@@ -208,7 +208,7 @@ class App:
                     return None
             return self._first
 
-    def first_parts(self) -> dict[str, dict[str, Any]] | None:
+    def first_parts(self) -> dict[str, Any] | None:
         """The first screen's page parts (in memory: it is built into the page)."""
         first = self.first_screen()
         if first is None:

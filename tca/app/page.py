@@ -182,9 +182,10 @@ def strip_columns(depth: int) -> int:
 
 def parts(
     run: ExplorerRun, d: Display, names: Iterable[str] = RUN_PARTS, screen: Screen = Screen()
-) -> dict[str, dict[str, Any]]:
+) -> dict[str, Any]:
     """The page's updates for a Run at a :class:`Display`: component name -> Gradio update (a
-    ``gr.update`` dict), only the parts named (each is built only when asked for)."""
+    ``gr.update`` dict; the session states ``depth`` and ``patch`` their bare value), only the
+    parts named (each is built only when asked for)."""
     r, trace = run.result, run.trace
     d = d.clamped(trace)
     depth = trace.depth
@@ -197,7 +198,7 @@ def parts(
         )
 
     corrected = r.corrected.as_dict() if r.corrected is not None else None
-    make: dict[str, Callable[[], dict[str, Any]]] = {
+    make: dict[str, Callable[[], Any]] = {
         "banner": lambda: gr.update(value=screen.banner),
         "baseline": lambda: gr.update(value=r.baseline.as_dict(), label=BASELINE_TITLE),
         "condensed": lambda: gr.update(
@@ -217,8 +218,9 @@ def parts(
         ),
         "corrected": lambda: gr.update(value=corrected, visible=corrected is not None),
         "stale": lambda: gr.update(value=""),
-        "depth": lambda: gr.update(value=depth),
-        "patch": lambda: gr.update(value=d.patch),
+        # gr.State outputs take the value itself (an update dict would be stored as the value)
+        "depth": lambda: depth,
+        "patch": lambda: d.patch,
     }
     return {name: make[name]() for name in names}
 

@@ -388,7 +388,7 @@ def follow_html(run: ExplorerRun, patch: int | None, layer: int | None = None) -
         f"<div class='tca-follow'><b>Following patch (row {r}, column {c})</b>, framed in "
         f"magenta; after block {now.layer}: {lit}."
         "<div class='tca-scroll'><table class='tca-table'><tr><th>after</th><th>where it is</th>"
-        f"<th>{attention_name(trace)} rank</th></tr>{''.join(lines)}</table></div></div>"
+        f"<th>{attention_name(trace).replace(' ', '-')} rank</th></tr>{''.join(lines)}</table></div></div>"
     )
 
 
