@@ -10,7 +10,8 @@ from PIL import Image
 
 import tca
 from tca.images import ImageError, load_image
-from tca.models import LabelError, WeightsUnavailableError, parse_labels, validate_labels
+from tca.errors import LabelError, WeightsUnavailableError
+from tca.labels import parse_labels, validate_labels
 
 
 def _png(image: Image.Image, path: Path, **kw) -> Path:

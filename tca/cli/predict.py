@@ -13,13 +13,9 @@ from ..config import (
 )
 from ..flops import CONVENTION, Geometry, macs_for, saved_percent
 from ..images import load_image
-from ..models import (
-    DEFAULT_MODEL,
-    TEMPLATES,
-    parse_labels,
-    validate_labels,
-)
-from ..prompts import PRESET_TEMPLATES, templates_for
+from ..labels import parse_labels, validate_labels
+from ..models import DEFAULT_MODEL
+from ..prompts import PRESET_TEMPLATES, TEMPLATES, templates_for
 from .common import add_condense_args, add_model_args, config_from_args, load_from_args
 
 
