@@ -197,13 +197,14 @@ def _check_plain_tensors(path: Path) -> None:
 
 
 def _why(exc: Exception) -> str:
-    """A one-line reason for a failed read: torch's weights-only refusal names the global it
-    refused (its full message suggests ``weights_only=False``, which must not be shown as advice)."""
+    """A one-line reason for a failed read. torch's weights-only refusal is cut to what it refused
+    (the rest of its message suggests ``weights_only=False``, which must not be shown as advice)."""
     text = str(exc)
-    if isinstance(exc, pickle.UnpicklingError):
-        refusal = re.search(r"WeightsUnpickler error: ([^\n]*?)(?: Please |$)", text, re.M)
-        detail = refusal.group(1).rstrip(". ") if refusal else type(exc).__name__
-        return f"it holds objects other than tensors, which are never unpickled: {detail}"
+    if isinstance(exc, pickle.UnpicklingError) and "WeightsUnpickler error:" in text:
+        after = text.split("WeightsUnpickler error:", 1)[1]
+        detail = next((line.strip() for line in after.splitlines() if line.strip()), "")
+        detail = detail.split(" Please ", 1)[0].rstrip(". ")[:200]
+        return f"refused by a weights-only load, which unpickles tensors only: {detail}"
     first = text.splitlines()[0][:200] if text else ""
     return f"{type(exc).__name__}: {first}"
 
