@@ -93,7 +93,7 @@ def load_pretrained(
 
     Cached weights load straight from the file (no Hub round trip, works offline). Otherwise, in
     offline mode this raises WeightsUnavailableError at once; online, open_clip downloads them
-    (huggingface_hub retries a failing connection for about half a minute before giving up).
+    (huggingface_hub retries a failing connection for about 25 s per file before giving up).
     The model's random initialisation draws from the global RNG: the caller forks it.
     """
     cfg = open_clip.get_pretrained_cfg(name, tag)
