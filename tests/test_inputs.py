@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 import tca
-from tca.images import ImageError, load_image
 from tca.errors import LabelError, WeightsUnavailableError
+from tca.images import ImageError, load_image
 from tca.labels import parse_labels, validate_labels
 
 

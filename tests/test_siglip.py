@@ -4,7 +4,6 @@ invariants, FLOP counter agreement — plus the pool query that stands in for CL
 through token ids, the offline tokenizer and the model's own logit scale and bias."""
 from __future__ import annotations
 
-
 import open_clip
 import pytest
 import torch
