@@ -27,7 +27,9 @@ def _section(title: str) -> str:
 
 def _blocks(text: str, lang: str) -> list[str]:
     """The bodies of the fenced code blocks of ``text`` opened with ```` ```lang ````."""
-    blocks, body, open_lang = [], [], None
+    blocks: list[str] = []
+    body: list[str] = []
+    open_lang: str | None = None
     for line in text.splitlines():
         if open_lang is None and line.startswith("```"):
             open_lang, body = line[3:].strip(), []
