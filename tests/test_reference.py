@@ -16,7 +16,8 @@ from open_clip.transformer import ResidualAttentionBlock
 
 import tca
 from tca import condense
-from tca.config import CondenseConfig, TierPlan, plan_layers
+from tca.config import CondenseConfig, plan_layers
+from tca.methods import TierPlan
 
 
 def _images(n: int, seed: int) -> torch.Tensor:
