@@ -14,7 +14,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -134,7 +134,7 @@ def model_view(clip: ClipModel, image: Image.Image) -> np.ndarray:
         out = t(out)
     if not isinstance(out, Image.Image):  # unknown preprocessing: resize + centre crop
         out = image
-    visual = clip.model.visual
+    visual: Any = clip.model.visual
     size = tower_for(visual).image_size(visual)[0]
     out = out.convert("RGB")
     if out.size != (size, size):

@@ -1,6 +1,7 @@
 """Where weights come from (tca.weights): checkpoints through open_clip.load_checkpoint behind a
 weights-only check, the Hugging Face cache and offline mode; and load_model's seeded random
 init, which leaves the caller's global RNG alone."""
+
 from __future__ import annotations
 
 import pickle
@@ -123,7 +124,9 @@ def test_offline_mode_is_huggingface_hub_s(monkeypatch):
 
 
 def test_nothing_cached_is_none(tmp_path):
-    assert weights.cached_file("tca-test/absent", ("open_clip_model.safetensors",), tmp_path) is None
+    assert (
+        weights.cached_file("tca-test/absent", ("open_clip_model.safetensors",), tmp_path) is None
+    )
     assert weights.cached_weights({"hf_hub": "tca-test/absent/"}, tmp_path) is None
     assert weights.cached_weights({"url": "https://example.org/w.pt"}, tmp_path) is None
     assert not weights.tokenizer_cached("tca-test/absent", tmp_path)

@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -215,7 +215,7 @@ def _slug(text: str) -> str:
 
 def _header(clip: ClipModel, ctx: _Context) -> dict:
     """What every run's records must agree on to be resumed: data, weights, text, top-k."""
-    visual = ctx.model.visual
+    visual: Any = ctx.model.visual
     return {
         "version": RECORDS_VERSION,
         "dataset": ctx.dataset.fingerprint(),
