@@ -19,7 +19,7 @@ from PIL import Image
 from .config import CondenseConfig
 from .errors import InputError
 from .images import load_image
-from .models import parse_labels, validate_labels
+from .labels import parse_labels, validate_labels
 from .prompts import DEFAULT_TEMPLATES, TEMPLATES
 
 

@@ -19,9 +19,9 @@ from PIL import Image
 import app as app_module
 import tca
 from tca import render
-from tca.methods import COMPARED
 from tca.app import export, follow, page, panels, runs, serving, sweeps
-from tca.models import WEIGHTS_HELP
+from tca.methods import COMPARED
+from tca.weights import WEIGHTS_HELP
 
 TINY = "tca-tiny-ViT"
 LABELS = "cat, dog, tiger, fox"

@@ -135,7 +135,7 @@ def test_server_paths_are_refused_by_every_image_event(served, tmp_path):
                 if meta:
                     payload["meta"] = {"_type": "gradio.FileData"}
                 answers[(fn, form, meta)] = raw.call(fn, _inputs(raw, fn, payload))
-    for (fn, form, meta), ans in answers.items():
+    for (_fn, form, meta), ans in answers.items():
         assert not ans["ok"], (form, meta)
         # without file metadata the app's check answers; with it Gradio's own rule refuses
         # first and, with show_error off, says nothing at all

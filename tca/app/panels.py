@@ -11,10 +11,10 @@ import html
 from tca import render
 from tca.flops import CONVENTION
 from tca.methods import METHODS
-from tca.models import WEIGHTS_HELP
 from tca.pipeline import RunResult
 from tca.request import Request
 from tca.trace import KEPT, MERGED, PRUNED, Trace
+from tca.weights import WEIGHTS_HELP
 
 from . import sweeps
 from .follow import follow_patch

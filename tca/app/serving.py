@@ -17,7 +17,8 @@ from typing import Callable, Iterator
 import open_clip
 
 from tca.errors import InputError, WeightsUnavailableError, without_dirs
-from tca.models import WEIGHTS_HELP, ClipModel, load_model
+from tca.models import ClipModel, load_model
+from tca.weights import WEIGHTS_HELP
 
 
 @dataclass

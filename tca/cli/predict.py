@@ -12,8 +12,8 @@ from ..config import (
 )
 from ..flops import CONVENTION, Geometry, macs_for, saved_percent
 from ..methods import method
-from ..models import DEFAULT_MODEL, TEMPLATES
-from ..prompts import PRESET_TEMPLATES, templates_for
+from ..models import DEFAULT_MODEL
+from ..prompts import PRESET_TEMPLATES, TEMPLATES, templates_for
 from ..request import Request
 from .common import add_condense_args, add_model_args, config_from_args, load_from_args
 
