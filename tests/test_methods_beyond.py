@@ -333,3 +333,29 @@ def test_repshift_prune_by_hand():
     assert c.dest.tolist() == [[0, 1, -1, 2, -1]] and c.score.shape == (1, 5)
     c = condense.repshift_prune(x, torch.tensor([[0.0, 2.0, 0.5, 3.0, 1.0]]), 1, prefix=0)
     assert c.dest.tolist() == [[-1, 0, 1, 2, 3]]
+
+
+# ------------------------------------------------------------------------------ trace scores
+
+
+def test_trace_recorder_keeps_each_method_score_per_patch():
+    from tca.trace import PRUNED, TraceRecorder
+
+    rec = TraceRecorder(1, 4, torch.device("cpu"))  # CLS + 4 patches
+    # block 0: patch 1 dropped (repshift-style), the others keep their order
+    rec.condense(0, torch.tensor([[0, 1, -1, 2, 3]]),
+                 torch.tensor([[False, False, True, False, False]]), None,
+                 torch.tensor([[0.5, 0.1, 0.7, 0.9]], dtype=torch.float64))
+    rec.end_block()
+    # block 1: tokens 1 and 3 (patches 0 and 3) merge; a score per token entering the block
+    rec.condense(1, torch.tensor([[0, 1, 2, 1]]), None, None, torch.tensor([[2.0, 3.0, 4.0]]))
+    rec.end_block()
+    t = rec.finish([4, 3], (2, 2), (0, 1))
+    assert sorted(t.scores) == [0, 1] and t.cls_attention == {}
+    assert t.scores[0].dtype == torch.float32
+    torch.testing.assert_close(t.scores[0], torch.tensor([[0.5, 0.1, 0.7, 0.9]]))
+    torch.testing.assert_close(t.scores[1], torch.tensor([[2.0, float("nan"), 3.0, 4.0]]),
+                               equal_nan=True)
+    assert t.fate[0, 1].tolist() == [1, PRUNED, 0, 1]
+    one = t.select(0)
+    torch.testing.assert_close(one.scores[1], t.scores[1], equal_nan=True)
