@@ -43,6 +43,8 @@ class LayerPlan:
     needs_keys: ClassVar[bool] = False
     needs_probs: ClassVar[bool] = False
     needs_value_norm: ClassVar[bool] = False
+    # ... or the attention residual's update of every token (Representation Shift)
+    needs_shift: ClassVar[bool] = False
     # Whether each image keeps its own number of tokens (``n_out`` is then an upper bound).
     adaptive: ClassVar[bool] = False
     n_in: int
@@ -117,6 +119,70 @@ class AtsPlan(LayerPlan):
         return 2 * n_in * d  # the CLS attention row and the value norms, all heads
 
 
+@dataclass(frozen=True)
+class PitomePlan(LayerPlan):
+    """PiToMe: merge ``r`` of the 2r highest-energy patches into the other r (energy with
+    ``margin``), protect the rest."""
+
+    kind: ClassVar[str] = "pitome"
+    needs_keys: ClassVar[bool] = True
+    r: int = 0
+    margin: float = 0.0
+
+    def overhead(self, n_in: int, d: int, h: int, pool_row: bool = False) -> int:
+        # the patches' cosine matrix on head-mean keys (d_h wide; the energies and the A-B
+        # similarities are read from it), then the weighted merge
+        p = n_in - self.prefix
+        return p * p * (d // h) + n_in * d
+
+
+@dataclass(frozen=True)
+class TofuPlan(LayerPlan):
+    """ToFu: ToMe's bipartite matching of ``r`` tokens; ``prune``: drop the matched A tokens
+    (early blocks), else merge them by MLERP (later blocks)."""
+
+    kind: ClassVar[str] = "tofu"
+    needs_keys: ClassVar[bool] = True
+    r: int = 0
+    prune: bool = False
+
+    def overhead(self, n_in: int, d: int, h: int, pool_row: bool = False) -> int:
+        # cosine matching on head-mean keys; merging adds the weighted sum and the norms of the
+        # inputs and of the averages (MLERP's rescaling)
+        merge = 0 if self.prune else 2 * n_in * d + self.n_out * d
+        return _matching(n_in, d // h) + merge
+
+
+@dataclass(frozen=True)
+class ZeroTPrunePlan(LayerPlan):
+    """Zero-TPrune: PageRank importance on every head's attention graph, then ``r`` of the less
+    important half dropped (those most similar to the important half)."""
+
+    kind: ClassVar[str] = "zero-tprune"
+    needs_keys: ClassVar[bool] = True
+    needs_probs: ClassVar[bool] = True
+    r: int = 0
+
+    def overhead(self, n_in: int, d: int, h: int, pool_row: bool = False) -> int:
+        # ZTP_ITERATIONS vector-matrix products per head on the N x N attention graph, then
+        # the unimportant half against the important half on head-mean keys
+        p = n_in - self.prefix
+        n_imp = p - p // 2
+        return condense.ZTP_ITERATIONS * h * n_in * n_in + (p // 2) * n_imp * (d // h)
+
+
+@dataclass(frozen=True)
+class RepShiftPlan(LayerPlan):
+    """Representation Shift: drop the ``n_drop`` patches the attention residual changed least."""
+
+    kind: ClassVar[str] = "repshift"
+    needs_shift: ClassVar[bool] = True
+    n_drop: int = 0
+
+    def overhead(self, n_in: int, d: int, h: int, pool_row: bool = False) -> int:
+        return n_in * d  # the norm of every token's attention update
+
+
 def _matching(n_in: int, width: int) -> int:
     """MACs of bipartite cosine matching of ``n_in`` tokens on a ``width``-wide metric."""
     return ((n_in + 1) // 2) * (n_in // 2) * width
@@ -124,9 +190,9 @@ def _matching(n_in: int, width: int) -> int:
 
 # ------------------------------------------------------------------------ plan builders
 
-# (config, tokens into the block, block index, prefix) -> the block's plan, or None when the
-# block would remove nothing.
-PlanBuilder = Callable[["CondenseConfig", int, int, int], "LayerPlan | None"]
+# (config, tokens into the block, block index, prefix, blocks in the tower) -> the block's plan,
+# or None when the block would remove nothing.
+PlanBuilder = Callable[["CondenseConfig", int, int, int, int], "LayerPlan | None"]
 
 
 def _tiers(t1: int, t2: int, t3: int, k: int, n: int, prefix: int) -> TierPlan | None:
@@ -135,7 +201,9 @@ def _tiers(t1: int, t2: int, t3: int, k: int, n: int, prefix: int) -> TierPlan |
     return TierPlan(n, prefix + t1 + k + (1 if t3 > 0 else 0), t1, t2, t3, k, prefix=prefix)
 
 
-def plan_tca(config: CondenseConfig, n: int, layer: int, prefix: int) -> TierPlan | None:
+def plan_tca(
+    config: CondenseConfig, n: int, layer: int, prefix: int, depth: int
+) -> TierPlan | None:
     """The released code's tiers at rate d, with K coreset centres (ConfigError if K > t2)."""
     # The tier budgets are defined on N = patches + 1 (the released code counts the CLS token).
     t1, t2, t3 = condense.tca_tier_sizes(n - prefix + 1, config.tca_rate)
@@ -148,25 +216,29 @@ def plan_tca(config: CondenseConfig, n: int, layer: int, prefix: int) -> TierPla
     return _tiers(t1, t2, t3, min(k, t2), n, prefix)
 
 
-def plan_evit(config: CondenseConfig, n: int, layer: int, prefix: int) -> TierPlan | None:
+def plan_evit(
+    config: CondenseConfig, n: int, layer: int, prefix: int, depth: int
+) -> TierPlan | None:
     """EViT: keep ceil(R P) patches, fuse the rest (no tier 2)."""
     t1, t2, t3 = condense.evit_tier_sizes(n - prefix + 1, config.keep_rate)
     return _tiers(t1, t2, t3, 0, n, prefix)
 
 
-def plan_tome(config: CondenseConfig, n: int, layer: int, prefix: int) -> TomePlan | None:
+def plan_tome(
+    config: CondenseConfig, n: int, layer: int, prefix: int, depth: int
+) -> TomePlan | None:
     r = condense.tome_r(n, config.keep_rate, prefix)
     return TomePlan(n, n - r, r=r, prefix=prefix) if r > 0 else None
 
 
 def plan_tome_paper(
-    config: CondenseConfig, n: int, layer: int, prefix: int
+    config: CondenseConfig, n: int, layer: int, prefix: int, depth: int
 ) -> TomePaperPlan | None:
     r = condense.tome_r(n, config.keep_rate, prefix)
     return TomePaperPlan(n, n - r, r=r, prefix=prefix) if r > 0 else None
 
 
-def plan_ats(config: CondenseConfig, n: int, layer: int, prefix: int) -> AtsPlan | None:
+def plan_ats(config: CondenseConfig, n: int, layer: int, prefix: int, depth: int) -> AtsPlan | None:
     if prefix != 1:
         others = [m.name for m in METHODS.values() if m.plan and not m.needs_cls]
         raise ConfigError(
@@ -176,6 +248,40 @@ def plan_ats(config: CondenseConfig, n: int, layer: int, prefix: int) -> AtsPlan
     # Even a budget of every patch drops some: duplicates collapse.
     budget = int(condense.ats_budget(torch.tensor([n - 1]), config.keep_rate)[0])
     return AtsPlan(n, 1 + budget, budget=budget) if n > 1 else None
+
+
+def plan_pitome(
+    config: CondenseConfig, n: int, layer: int, prefix: int, depth: int
+) -> PitomePlan | None:
+    """PiToMe: r = min(int(N (1 - R)), floor(P / 2)) merged; the margin falls with depth."""
+    r = condense.half_r(n, config.keep_rate, prefix)
+    margin = condense.pitome_margin(layer, depth)
+    return PitomePlan(n, n - r, r=r, margin=margin, prefix=prefix) if r > 0 else None
+
+
+def plan_tofu(
+    config: CondenseConfig, n: int, layer: int, prefix: int, depth: int
+) -> TofuPlan | None:
+    """ToFu: ToMe's r = int(N (1 - R)); pruned in the first half of the blocks, merged after."""
+    r = condense.tome_r(n, config.keep_rate, prefix)
+    prune = condense.tofu_prunes(layer, depth)
+    return TofuPlan(n, n - r, r=r, prune=prune, prefix=prefix) if r > 0 else None
+
+
+def plan_zero_tprune(
+    config: CondenseConfig, n: int, layer: int, prefix: int, depth: int
+) -> ZeroTPrunePlan | None:
+    """Zero-TPrune: r = min(int(N (1 - R)), floor(P / 2)) dropped."""
+    r = condense.half_r(n, config.keep_rate, prefix)
+    return ZeroTPrunePlan(n, n - r, r=r, prefix=prefix) if r > 0 else None
+
+
+def plan_repshift(
+    config: CondenseConfig, n: int, layer: int, prefix: int, depth: int
+) -> RepShiftPlan | None:
+    """Representation Shift: keep ceil(R P) patches (EViT's count), drop the rest outright."""
+    t1, _, t3 = condense.evit_tier_sizes(n - prefix + 1, config.keep_rate)
+    return RepShiftPlan(n, prefix + t1, n_drop=t3, prefix=prefix) if t3 > 0 else None
 
 
 # ------------------------------------------------------------------------------- steps
@@ -235,6 +341,33 @@ def step_ats(x, size, plan: AtsPlan, att: Attended, run: RunState, valid=None):
     budget = condense.ats_budget(n_patches, run.config.keep_rate)
     keep = condense.unique_indices(condense.inverse_cdf_sample(score, budget), x.shape[1] - 1)
     return condense.keep_patches(x, keep, valid), condense.head_mean_score(att.cls_row[..., 1:])
+
+
+def step_pitome(x, size, plan: PitomePlan, att: Attended, run: RunState, valid=None):
+    """PiToMe: energy on the head-mean keys, the 2r most redundant patches paired and merged."""
+    size = size if size is not None else x.new_ones(x.shape[:2])
+    assert att.keys is not None  # PitomePlan needs the keys
+    return condense.pitome_merge(x, size, att.keys, plan.r, plan.margin, plan.prefix), None
+
+
+def step_tofu(x, size, plan: TofuPlan, att: Attended, run: RunState, valid=None):
+    """ToFu: prune-by-matching in early blocks, MLERP merging in later ones."""
+    size = size if size is not None else x.new_ones(x.shape[:2])
+    assert att.keys is not None  # TofuPlan needs the keys
+    fuse = condense.tofu_prune if plan.prune else condense.tofu_merge
+    return fuse(x, size, att.keys, plan.r, plan.prefix), None
+
+
+def step_zero_tprune(x, size, plan: ZeroTPrunePlan, att: Attended, run: RunState, valid=None):
+    """Zero-TPrune: PageRank importance, then the unimportant near-duplicates dropped."""
+    assert att.probs is not None and att.keys is not None  # ZeroTPrunePlan's needs
+    return condense.zero_tprune_prune(x, att.probs, att.keys, plan.r, plan.prefix), None
+
+
+def step_repshift(x, size, plan: RepShiftPlan, att: Attended, run: RunState, valid=None):
+    """Representation Shift: the patches the attention residual moved least are dropped."""
+    assert att.shift is not None  # RepShiftPlan needs the shift
+    return condense.repshift_prune(x, att.shift, plan.n_drop, plan.prefix), None
 
 
 # ------------------------------------------------------------------------------ records
@@ -334,6 +467,52 @@ ATS = Method(
     adaptive=True,
     needs_cls=True,
 )
+PITOME = Method(
+    "pitome",
+    "PiToMe",
+    "PiToMe (energy + merge)",
+    "scores every patch by its energy (how many near-duplicates it has among the keys), pairs "
+    "the 2r most redundant and merges each pair, and protects the isolated, informative rest",
+    Fates(_KEPT, "redundant (high energy): merged with its most similar partner", None),
+    plan_pitome,
+    step_pitome,
+    proportional=True,
+)
+TOFU = Method(
+    "tofu",
+    "ToFu",
+    "ToFu (prune early, merge late)",
+    "matches token pairs as ToMe does; in the first half of the blocks drops the matched token, "
+    "later merges the pair by MLERP (the average rescaled to the larger norm)",
+    Fates(
+        _KEPT,
+        "merged with its most similar tokens (norm kept)",
+        "matched in an early block: dropped",
+    ),
+    plan_tofu,
+    step_tofu,
+    proportional=True,
+)
+ZERO_TPRUNE = Method(
+    "zero-tprune",
+    "Zero-TPrune",
+    "Zero-TPrune (PageRank + prune)",
+    "ranks tokens by PageRank on every head's attention graph (outlier heads filtered out) and "
+    "drops the unimportant tokens most similar to an important one",
+    Fates(_KEPT, None, "unimportant near-duplicate: dropped"),
+    plan_zero_tprune,
+    step_zero_tprune,
+)
+REPSHIFT = Method(
+    "repshift",
+    "Representation Shift",
+    "Representation Shift (prune)",
+    "scores every patch by how much the block's attention changed it, ||F(x) - x||, and drops "
+    "the least changed; needs no attention map, so attention stays fused",
+    Fates(_KEPT, None, "barely changed by attention: dropped"),
+    plan_repshift,
+    step_repshift,
+)
 NONE = Method(
     "none",
     "none (plain CLIP)",
@@ -343,7 +522,9 @@ NONE = Method(
 )
 
 # In display order; the unmodified model last.
-METHODS: dict[str, Method] = {m.name: m for m in (TCA, EVIT, TOME, TOME_PAPER, ATS, NONE)}
+METHODS: dict[str, Method] = {
+    m.name: m for m in (TCA, EVIT, TOME, TOME_PAPER, ATS, PITOME, TOFU, ZERO_TPRUNE, REPSHIFT, NONE)
+}
 # The paper's baselines beside TCA: what bench, eval and Compare run unless told otherwise.
 COMPARED: tuple[str, ...] = ("tca", "evit", "tome")
 
@@ -367,6 +548,10 @@ __all__ = [
     "TomePlan",
     "TomePaperPlan",
     "AtsPlan",
+    "PitomePlan",
+    "TofuPlan",
+    "ZeroTPrunePlan",
+    "RepShiftPlan",
     "PlanBuilder",
     "Step",
 ]
