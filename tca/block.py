@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from . import condense
+from . import beyond, condense
 from .config import CondenseConfig, Schedule
 from .methods import LayerPlan, Method, method
 from .towers import OpenClipViT, Tower
@@ -106,7 +106,7 @@ def condensing_block(
     if anchor is not None:
         out = out[:, 1:]  # drop the anchor's row
     before, x = x, tower.attn_residual(block, x, out)
-    shift = condense.representation_shift(before, x) if plan and plan.needs_shift else None
+    shift = beyond.representation_shift(before, x) if plan and plan.needs_shift else None
     if needs_row and not by_cls:
         # The pool's query over the condensing tokens (and the anchor, as CLS sees it).
         pooled_seq = x if anchor is None else torch.cat([anchor.unsqueeze(1).to(x.dtype), x], dim=1)

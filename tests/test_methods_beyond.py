@@ -8,7 +8,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from tca import condense
+from tca import beyond, condense
 
 
 def _elu(v: float) -> float:
@@ -19,22 +19,22 @@ def _elu(v: float) -> float:
 
 
 def test_half_r_is_tome_r_with_cls_and_floor_half_without():
-    assert condense.half_r(197, 0.7) == condense.tome_r(197, 0.7) == 59
-    assert condense.half_r(197, 0.9) == 19 and condense.half_r(178, 0.9) == 17
-    assert condense.half_r(197, 0.0) == 98 == condense.tome_r(197, 0.0)  # floor(196 / 2)
-    assert condense.half_r(140, 0.0) == 69 == condense.tome_r(140, 0.0)
+    assert beyond.half_r(197, 0.7) == condense.tome_r(197, 0.7) == 59
+    assert beyond.half_r(197, 0.9) == 19 and beyond.half_r(178, 0.9) == 17
+    assert beyond.half_r(197, 0.0) == 98 == condense.tome_r(197, 0.0)  # floor(196 / 2)
+    assert beyond.half_r(140, 0.0) == 69 == condense.tome_r(140, 0.0)
     # no CLS, odd P: pairs need floor(P/2); ToMe's set A could give ceil(P/2)
-    assert condense.half_r(5, 0.0, prefix=0) == 2 and condense.tome_r(5, 0.0, prefix=0) == 3
-    assert condense.half_r(196, 0.7, prefix=0) == 58
-    assert condense.half_r(10, 1.0) == 0
-    assert condense.half_r(141, 0.9) == 14  # int(14.1 + 1e-9)
+    assert beyond.half_r(5, 0.0, prefix=0) == 2 and condense.tome_r(5, 0.0, prefix=0) == 3
+    assert beyond.half_r(196, 0.7, prefix=0) == 58
+    assert beyond.half_r(10, 1.0) == 0
+    assert beyond.half_r(141, 0.9) == 14  # int(14.1 + 1e-9)
 
 
 def test_drop_tokens_keeps_prefix_and_order_exactly():
     x = torch.arange(2 * 5 * 2, dtype=torch.float32).view(2, 5, 2)
     drop = torch.tensor([[False, True, False, True], [True, False, False, True]])
     size = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0], [6.0, 7.0, 8.0, 9.0, 10.0]])
-    c = condense.drop_tokens(x, drop, 1, size)
+    c = beyond.drop_tokens(x, drop, 1, size)
     assert c.dest.tolist() == [[0, 1, -1, 2, -1], [0, -1, 1, 2, -1]]
     assert c.pruned.tolist() == [[False, False, True, False, True],
                                  [False, True, False, False, True]]
@@ -42,14 +42,14 @@ def test_drop_tokens_keeps_prefix_and_order_exactly():
     torch.testing.assert_close(c.x[1], x[1, [0, 2, 3]])
     assert c.size.tolist() == [[1.0, 2.0, 4.0], [6.0, 8.0, 9.0]]
     # no CLS: the first token can go too; no sizes given, none returned
-    c = condense.drop_tokens(x[:1, :4], torch.tensor([[True, False, False, True]]), 0)
+    c = beyond.drop_tokens(x[:1, :4], torch.tensor([[True, False, False, True]]), 0)
     assert c.dest.tolist() == [[-1, 0, 1, -1]] and c.size is None
     torch.testing.assert_close(c.x[0], x[0, [1, 2]])
 
 
 def test_drop_tokens_dropping_nothing_is_the_identity():
     x = torch.randn(2, 4, 3)
-    c = condense.drop_tokens(x, torch.zeros(2, 3, dtype=torch.bool))
+    c = beyond.drop_tokens(x, torch.zeros(2, 3, dtype=torch.bool))
     assert torch.equal(c.x, x) and c.dest.tolist() == [[0, 1, 2, 3]] * 2
     assert not c.pruned.any()
 
@@ -58,18 +58,18 @@ def test_drop_tokens_dropping_nothing_is_the_identity():
 
 
 def test_pitome_margin_falls_linearly_with_depth():
-    assert condense.pitome_margin(0, 12) == pytest.approx(0.9)
-    assert condense.pitome_margin(3, 12) == pytest.approx(0.675)
-    assert condense.pitome_margin(6, 12) == pytest.approx(0.45)
-    assert condense.pitome_margin(9, 12) == pytest.approx(0.225)
-    assert condense.pitome_margin(6, 12, m0=1.0) == pytest.approx(0.5)
+    assert beyond.pitome_margin(0, 12) == pytest.approx(0.9)
+    assert beyond.pitome_margin(3, 12) == pytest.approx(0.675)
+    assert beyond.pitome_margin(6, 12) == pytest.approx(0.45)
+    assert beyond.pitome_margin(9, 12) == pytest.approx(0.225)
+    assert beyond.pitome_margin(6, 12, m0=1.0) == pytest.approx(0.5)
 
 
 def test_cosine_matrix_by_hand():
     m = torch.tensor([[[3.0, 4.0], [1.0, 0.0], [0.0, -2.0]]])
-    torch.testing.assert_close(condense.cosine_matrix(m), torch.tensor(
+    torch.testing.assert_close(beyond.cosine_matrix(m), torch.tensor(
         [[[1.0, 0.6, -0.8], [0.6, 1.0, 0.0], [-0.8, 0.0, 1.0]]]))
-    zero = condense.cosine_matrix(torch.zeros(1, 2, 3))  # no division by zero
+    zero = beyond.cosine_matrix(torch.zeros(1, 2, 3))  # no division by zero
     assert torch.equal(zero, torch.zeros(1, 2, 2))
 
 
@@ -78,25 +78,25 @@ KEYS = torch.tensor([[[5.0, 5.0], [1.0, 0.0], [2.0, 0.0], [0.0, 3.0], [-1.0, 0.0
 
 
 def test_energy_score_by_hand():
-    sim = condense.cosine_matrix(KEYS[:, 1:])
-    e = condense.energy_score(sim, 0.5)
+    sim = beyond.cosine_matrix(KEYS[:, 1:])
+    e = beyond.energy_score(sim, 0.5)
     # ELU(1 - .5) = .5; ELU(0 - .5) = e^-.5 - 1; ELU(-1 - .5) = e^-1.5 - 1
     hi, mid, lo = 0.5, _elu(-0.5), _elu(-1.5)
     want = [(2 * hi + mid + lo) / 4, (2 * hi + mid + lo) / 4, (3 * mid + hi) / 4,
             (2 * lo + mid + hi) / 4]
     torch.testing.assert_close(e, torch.tensor([want]))
     # alpha scales only the part below the margin
-    e2 = condense.energy_score(sim, 0.5, alpha=2.0)
+    e2 = beyond.energy_score(sim, 0.5, alpha=2.0)
     torch.testing.assert_close(e2[0, 2], torch.tensor((6 * mid + hi) / 4))
 
 
 def test_pitome_match_by_hand():
-    dest, n_out, energy = condense.pitome_match(KEYS, 1, 0.5)
+    dest, n_out, energy = beyond.pitome_match(KEYS, 1, 0.5)
     # energy order: p0, p1 (cluster), p2, p3 -> A = [p0], B = [p1]; p2, p3 protected
     assert energy.argsort(descending=True, stable=True).tolist() == [[0, 1, 2, 3]]
     assert n_out == 4
     assert dest.tolist() == [[0, 3, 3, 1, 2]]  # [CLS; p2, p3; p1 <- p0]
-    c = condense.pitome_merge(KEYS, torch.ones(1, 5), KEYS, 1, 0.5)
+    c = beyond.pitome_merge(KEYS, torch.ones(1, 5), KEYS, 1, 0.5)
     torch.testing.assert_close(c.x, torch.tensor([[[5.0, 5.0], [0.0, 3.0], [-1.0, 0.0],
                                                    [1.5, 0.0]]]))
     assert c.size.tolist() == [[1.0, 1.0, 1.0, 2.0]] and c.pruned is None
@@ -109,7 +109,7 @@ def test_pitome_match_two_pairs_without_cls_by_hand():
     # are nearest to B token 4 (cos .198 and .0995 against .0995 and 0), so 4 takes both and
     # 1 stays alone: the alternating split decides, as in the paper.
     m = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0], [1.0, 0.1], [0.1, 1.0]]])
-    dest, n_out, energy = condense.pitome_match(m, 2, 0.0, prefix=0)
+    dest, n_out, energy = beyond.pitome_match(m, 2, 0.0, prefix=0)
     assert energy.argsort(descending=True, stable=True).tolist() == [[3, 4, 0, 1, 2]]
     assert n_out == 3 and dest.tolist() == [[1, 2, 0, 1, 1]]  # [2; 4 <- 3, 0; 1]
 
@@ -141,7 +141,7 @@ def _pitome_reference(metric, r, margin, prefix):
 def test_pitome_match_equals_the_rule_written_out(n, frac, prefix, margin, seed):
     metric = torch.randn(1, n, 6, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     r = int(frac * ((n - prefix) // 2))
-    dest, n_out, energy = condense.pitome_match(metric, r, margin, prefix)
+    dest, n_out, energy = beyond.pitome_match(metric, r, margin, prefix)
     want, want_energy = _pitome_reference(metric[0], r, margin, prefix)
     assert dest[0].tolist() == want and n_out == n - r
     torch.testing.assert_close(energy[0].double(), torch.tensor(want_energy, dtype=torch.float64),
@@ -150,9 +150,9 @@ def test_pitome_match_equals_the_rule_written_out(n, frac, prefix, margin, seed)
 
 def test_pitome_r_zero_and_r_capped():
     m = torch.randn(2, 6, 4, generator=torch.Generator().manual_seed(1))
-    dest, n_out, energy = condense.pitome_match(m, 0, 0.5)
+    dest, n_out, energy = beyond.pitome_match(m, 0, 0.5)
     assert n_out == 6 and dest.tolist() == [list(range(6))] * 2 and energy.shape == (2, 5)
-    dest, n_out, _ = condense.pitome_match(m, 9, 0.5)  # capped at floor(5 / 2) = 2
+    dest, n_out, _ = beyond.pitome_match(m, 9, 0.5)  # capped at floor(5 / 2) = 2
     assert n_out == 4 and dest[:, 0].tolist() == [0, 0]
 
 
@@ -160,9 +160,9 @@ def test_pitome_r_zero_and_r_capped():
 
 
 def test_tofu_prunes_in_the_first_half_of_the_blocks():
-    assert [condense.tofu_prunes(l, 12) for l in (0, 3, 5, 6, 9, 11)] == \
+    assert [beyond.tofu_prunes(l, 12) for l in (0, 3, 5, 6, 9, 11)] == \
         [True, True, True, False, False, False]
-    assert [condense.tofu_prunes(l, 5) for l in range(5)] == [True, True, False, False, False]
+    assert [beyond.tofu_prunes(l, 5) for l in range(5)] == [True, True, False, False, False]
 
 
 # tokens: CLS, t1, t2 (= t1's direction: A's best match), t3, t4 (orthogonal to everything)
@@ -173,10 +173,10 @@ TOFU = torch.tensor([[[1.0, 1.0, 0.0], [2.0, 0.0, 0.0], [4.0, 0.1, 0.0], [0.0, 3
 def test_matched_sources_and_tofu_prune_by_hand():
     dest, n_out = condense.bipartite_soft_matching(TOFU, 1)
     assert dest.tolist() == [[0, 2, 2, 3, 1]] and n_out == 4  # t2 -> t1
-    assert condense.matched_sources(dest, n_out).tolist() == [[False, True, False, False]]
-    assert condense.matched_sources(dest, n_out, prefix=0).tolist() == \
+    assert beyond.matched_sources(dest, n_out).tolist() == [[False, True, False, False]]
+    assert beyond.matched_sources(dest, n_out, prefix=0).tolist() == \
         [[False, False, True, False, False]]
-    c = condense.tofu_prune(TOFU, torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0]]), TOFU, 1)
+    c = beyond.tofu_prune(TOFU, torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0]]), TOFU, 1)
     assert c.dest.tolist() == [[0, 1, -1, 2, 3]]  # t2 dropped, not averaged into t1
     assert c.pruned.tolist() == [[False, False, True, False, False]]
     torch.testing.assert_close(c.x, TOFU[:, [0, 1, 3, 4]])
@@ -186,18 +186,18 @@ def test_matched_sources_and_tofu_prune_by_hand():
 def test_mlerp_merge_by_hand():
     x = torch.tensor([[[3.0, 4.0], [1.0, 0.0], [0.0, 2.0]]])
     dest = torch.tensor([[0, 0, 1]])
-    out, size = condense.mlerp_merge(x, torch.ones(1, 3), dest, 2)
+    out, size = beyond.mlerp_merge(x, torch.ones(1, 3), dest, 2)
     s = 5.0 / math.sqrt(2.0)  # mean (2, 2) rescaled to the larger norm, 5
     torch.testing.assert_close(out, torch.tensor([[[s, s], [0.0, 2.0]]]))
     assert size.tolist() == [[2.0, 1.0]]
     # sizes weight the average; the norm is still the largest one
-    out, size = condense.mlerp_merge(x, torch.tensor([[3.0, 1.0, 2.0]]), dest, 2)
+    out, size = beyond.mlerp_merge(x, torch.tensor([[3.0, 1.0, 2.0]]), dest, 2)
     mean = torch.tensor([2.5, 3.0])
     torch.testing.assert_close(out[0, 0], mean * 5.0 / mean.norm())
     torch.testing.assert_close(out[0, 1], torch.tensor([0.0, 2.0]))
     assert size.tolist() == [[4.0, 2.0]]
     # a larger second token sets the norm
-    out, _ = condense.mlerp_merge(torch.tensor([[[0.0, 1.0], [10.0, 0.0]]]), torch.ones(1, 2),
+    out, _ = beyond.mlerp_merge(torch.tensor([[[0.0, 1.0], [10.0, 0.0]]]), torch.ones(1, 2),
                                   torch.tensor([[0, 0]]), 1)
     mean = torch.tensor([5.0, 0.5])
     torch.testing.assert_close(out[0, 0], mean * 10.0 / mean.norm())
@@ -207,12 +207,12 @@ def test_mlerp_singletons_are_merge_weighted_copies():
     x = torch.randn(2, 6, 5, generator=torch.Generator().manual_seed(3)) * 7
     dest = torch.arange(6).expand(2, 6)
     size = torch.rand(2, 6, generator=torch.Generator().manual_seed(4)) + 0.5
-    out, _ = condense.mlerp_merge(x, size, dest, 6)
+    out, _ = beyond.mlerp_merge(x, size, dest, 6)
     assert torch.equal(out, condense.merge_weighted(x, size, dest, 6)[0])
 
 
 def test_tofu_merge_is_tome_matching_with_mlerp():
-    c = condense.tofu_merge(TOFU, torch.ones(1, 5), TOFU, 1)
+    c = beyond.tofu_merge(TOFU, torch.ones(1, 5), TOFU, 1)
     assert c.dest.tolist() == [[0, 2, 2, 3, 1]] and c.pruned is None
     mean = (TOFU[0, 1] + TOFU[0, 2]) / 2
     torch.testing.assert_close(c.x[0, 2], mean * TOFU[0, 2].norm() / mean.norm())
@@ -228,12 +228,12 @@ def test_weighted_pagerank_by_hand():
     # s^t = [2^-(t+1), 1 - 2^-(t+1)]
     for t in (0, 1, 2, 10):
         want = torch.tensor([[[0.5 ** (t + 1), 1 - 0.5 ** (t + 1)]]])
-        torch.testing.assert_close(condense.weighted_pagerank(a, t), want)
-    torch.testing.assert_close(condense.weighted_pagerank(a), torch.tensor([[[2.0 ** -11,
+        torch.testing.assert_close(beyond.weighted_pagerank(a, t), want)
+    torch.testing.assert_close(beyond.weighted_pagerank(a), torch.tensor([[[2.0 ** -11,
                                                                               1 - 2.0 ** -11]]]))
     # the direction matters: importance flows to the attended token (A^T s, not A s)
     b = torch.tensor([[[[0.0, 1.0, 0.0], [0.0, 1.0, 0.0], [0.5, 0.5, 0.0]]]])
-    torch.testing.assert_close(condense.weighted_pagerank(b, 1),
+    torch.testing.assert_close(beyond.weighted_pagerank(b, 1),
                                torch.tensor([[[1 / 6, 5 / 6, 0.0]]]))
 
 
@@ -242,29 +242,29 @@ def test_head_filtered_mean_by_hand():
                            [0.0, 0.0, 3.0],   # variance 2 (tie, earlier head ranks lower)
                            [0.0, 1.0, 2.0],   # variance 2/3
                            [3.0, 0.0, 0.0]]])  # variance 2: highest rank, left out
-    torch.testing.assert_close(condense.head_filtered_mean(score),
+    torch.testing.assert_close(beyond.head_filtered_mean(score),
                                torch.tensor([[0.0, 0.5, 2.5]]))
     # fewer than four heads: nothing is left out
-    torch.testing.assert_close(condense.head_filtered_mean(score[:, :3]),
+    torch.testing.assert_close(beyond.head_filtered_mean(score[:, :3]),
                                torch.tensor([[1 / 3, 2 / 3, 2.0]]))
     # eight heads: two left out at each end
     eight = torch.arange(8.0).view(1, 8, 1) * torch.tensor([0.0, 1.0])  # variance grows with h
-    torch.testing.assert_close(condense.head_filtered_mean(eight), torch.tensor([[0.0, 3.5]]))
+    torch.testing.assert_close(beyond.head_filtered_mean(eight), torch.tensor([[0.0, 3.5]]))
 
 
 def test_zero_tprune_select_by_hand():
     importance = torch.tensor([[0.4, 0.1, 0.3, 0.2]])  # important: p0, p2; unimportant: p3, p1
     metric = torch.tensor([[[9.0, 9.0], [1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.6, 0.8]]])
     # best similarity to {p0, p2}: p1 -> p0 0.994, p3 -> p2 0.8
-    assert condense.zero_tprune_select(importance, metric, 1).tolist() == \
+    assert beyond.zero_tprune_select(importance, metric, 1).tolist() == \
         [[False, True, False, False]]
-    assert condense.zero_tprune_select(importance, metric, 2).tolist() == \
+    assert beyond.zero_tprune_select(importance, metric, 2).tolist() == \
         [[False, True, False, True]]
-    assert condense.zero_tprune_select(importance, metric, 5).tolist() == \
+    assert beyond.zero_tprune_select(importance, metric, 5).tolist() == \
         [[False, True, False, True]]  # at most the unimportant half
-    assert not condense.zero_tprune_select(importance, metric, 0).any()
+    assert not beyond.zero_tprune_select(importance, metric, 0).any()
     # no CLS: odd P, the important set is the larger half
-    drop = condense.zero_tprune_select(torch.tensor([[0.5, 0.1, 0.2]]), metric[:, 2:], 1, 0)
+    drop = beyond.zero_tprune_select(torch.tensor([[0.5, 0.1, 0.2]]), metric[:, 2:], 1, 0)
     assert drop.tolist() == [[False, True, False]]
 
 
@@ -275,7 +275,7 @@ def test_zero_tprune_prune_by_hand():
     probs[0, 1, :, 3] = 1.0
     x = torch.arange(12.0).view(1, 4, 3)
     metric = torch.tensor([[[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]]])
-    c = condense.zero_tprune_prune(x, probs, metric, 1)
+    c = beyond.zero_tprune_prune(x, probs, metric, 1)
     torch.testing.assert_close(c.score, torch.tensor([[0.0, 0.5, 0.5]]))
     # importance order p1, p2 | p0; p0 is the unimportant one, pruned
     assert c.dest.tolist() == [[0, -1, 1, 2]]
@@ -301,7 +301,7 @@ def test_zero_tprune_select_equals_the_rule_written_out(n, frac, prefix, seed):
     metric = torch.randn(1, n, 5, generator=g, dtype=torch.float64)
     importance = torch.rand(1, n - prefix, generator=g)
     r = int(frac * ((n - prefix) // 2))
-    drop = condense.zero_tprune_select(importance, metric, r, prefix)
+    drop = beyond.zero_tprune_select(importance, metric, r, prefix)
     assert drop[0].nonzero().flatten().tolist() == _ztp_reference(importance[0].tolist(),
                                                                   metric[0], r, prefix)
 
@@ -312,26 +312,26 @@ def test_zero_tprune_select_equals_the_rule_written_out(n, frac, prefix, seed):
 def test_representation_shift_and_lowest_by_hand():
     before = torch.tensor([[[0.0, 0.0], [1.0, 1.0], [2.0, 0.0]]])
     after = torch.tensor([[[3.0, 4.0], [1.0, 1.0], [2.0, -1.0]]])
-    torch.testing.assert_close(condense.representation_shift(before, after),
+    torch.testing.assert_close(beyond.representation_shift(before, after),
                                torch.tensor([[5.0, 0.0, 1.0]]))
     score = torch.tensor([[0.3, 0.1, 0.1, 0.9], [0.5, 0.2, 0.7, 0.1]])
-    assert condense.lowest(score, 1).tolist() == [[False, False, True, False],  # later tie first
+    assert beyond.lowest(score, 1).tolist() == [[False, False, True, False],  # later tie first
                                                   [False, False, False, True]]
-    assert condense.lowest(score, 2).tolist() == [[False, True, True, False],
+    assert beyond.lowest(score, 2).tolist() == [[False, True, True, False],
                                                   [False, True, False, True]]
-    assert not condense.lowest(score, 0).any()
+    assert not beyond.lowest(score, 0).any()
 
 
 def test_repshift_prune_by_hand():
     x = torch.arange(15.0).view(1, 5, 3)
     shift = torch.tensor([[100.0, 2.0, 0.5, 3.0, 1.0]])  # CLS never competes
-    c = condense.repshift_prune(x, shift, 2)
+    c = beyond.repshift_prune(x, shift, 2)
     assert c.dest.tolist() == [[0, 1, -1, 2, -1]]
     torch.testing.assert_close(c.x, x[:, [0, 1, 3]])
     torch.testing.assert_close(c.score, torch.tensor([[2.0, 0.5, 3.0, 1.0]]))
-    c = condense.repshift_prune(x, shift, 2, prefix=0)  # no CLS: index 0 is a patch
+    c = beyond.repshift_prune(x, shift, 2, prefix=0)  # no CLS: index 0 is a patch
     assert c.dest.tolist() == [[0, 1, -1, 2, -1]] and c.score.shape == (1, 5)
-    c = condense.repshift_prune(x, torch.tensor([[0.0, 2.0, 0.5, 3.0, 1.0]]), 1, prefix=0)
+    c = beyond.repshift_prune(x, torch.tensor([[0.0, 2.0, 0.5, 3.0, 1.0]]), 1, prefix=0)
     assert c.dest.tolist() == [[-1, 0, 1, 2, 3]]
 
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import tca
-from tca import condense
+from tca import beyond, condense
 from tca.config import CondenseConfig, plan_layers
 from tca.flops import Geometry, count_macs, macs_for
 from tca.trace import DROPPED, KEPT, MERGED, PRUNED
@@ -134,7 +134,7 @@ def _hand_forward(model, x, layer, condense_step, proportional):
     h = _block_input(model, x, layer)
     out, keys, probs = _attention(blocks[layer], h)
     update = blocks[layer].ls_1(out)
-    c = condense_step(h + update, keys, probs, condense.representation_shift(h, h + update))
+    c = condense_step(h + update, keys, probs, beyond.representation_shift(h, h + update))
     h = c.x
     size = c.size if proportional else None
     h = h + blocks[layer].ls_2(blocks[layer].mlp(blocks[layer].ln_2(h)))
@@ -148,13 +148,13 @@ def _hand_forward(model, x, layer, condense_step, proportional):
 
 
 STEPS = {
-    "pitome": (lambda h, keys, probs, shift: condense.pitome_merge(
-        h, h.new_ones(h.shape[:2]), keys, 59, condense.pitome_margin(9, 12)), True),
-    "tofu": (lambda h, keys, probs, shift: condense.tofu_merge(
+    "pitome": (lambda h, keys, probs, shift: beyond.pitome_merge(
+        h, h.new_ones(h.shape[:2]), keys, 59, beyond.pitome_margin(9, 12)), True),
+    "tofu": (lambda h, keys, probs, shift: beyond.tofu_merge(
         h, h.new_ones(h.shape[:2]), keys, 59), True),
-    "zero-tprune": (lambda h, keys, probs, shift: condense.zero_tprune_prune(
+    "zero-tprune": (lambda h, keys, probs, shift: beyond.zero_tprune_prune(
         h, probs, keys, 59), False),
-    "repshift": (lambda h, keys, probs, shift: condense.repshift_prune(h, shift, 58), False),
+    "repshift": (lambda h, keys, probs, shift: beyond.repshift_prune(h, shift, 58), False),
 }
 
 
@@ -181,7 +181,7 @@ def test_tofu_prunes_early_with_open_clip_modules(tiny_clip):
     config = CondenseConfig(method="tofu", keep_rate=0.7, layers=(5,))
     with torch.inference_mode():
         got = tca.encode(model, x, config)
-        want = _hand_forward(model, x, 5, lambda h, keys, probs, shift: condense.tofu_prune(
+        want = _hand_forward(model, x, 5, lambda h, keys, probs, shift: beyond.tofu_prune(
             h, h.new_ones(h.shape[:2]), keys, 59), True)
     torch.testing.assert_close(got.features, want, atol=1e-5, rtol=1e-5)
 
@@ -301,3 +301,35 @@ def test_flop_counter_agrees_with_the_analytic_count(b16_clip, method):
     report = count_macs(Geometry.from_model(model), enc.schedule)
     measured = counter.get_total_flops() / 2
     assert report.model <= measured <= report.total
+
+
+# ------------------------------------------------------------------------------ command line
+
+
+@pytest.mark.parametrize("method, after_3_6_9", [
+    ("pitome", [138, 97, 68]), ("tofu", [138, 97, 68]), ("zero-tprune", [138, 97, 68]),
+    ("repshift", [139, 98, 69]),
+])
+def test_cli_predict_and_flops(capsys, monkeypatch, example_image, method, after_3_6_9):
+    import json
+
+    from tca.cli import main
+
+    from .conftest import HERE, TINY
+
+    monkeypatch.setenv("TCA_MODEL_CONFIGS", str(HERE / "model_configs"))
+    code = main(["predict", str(example_image), "--labels", "cat,dog", "--model", TINY,
+                 "--pretrained", "none", "--method", method, "--keep-rate", "0.7", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    d = json.loads(out)
+    assert [d["tokens_per_layer"][i] for i in (3, 6, 9)] == after_3_6_9
+    assert d["settings"]["method"] == method
+    code = main(["flops", "--method", method, "--keep-rate", "0.7", "--model", "ViT-B-16",
+                 "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    d = json.loads(out)
+    want = macs_for(B16, CondenseConfig(method=method, keep_rate=0.7))
+    assert d["gmacs"]["condensed"] == pytest.approx(want.gmacs, abs=1e-9)
+    assert [d["tokens_per_layer"][i] for i in (3, 6, 9)] == after_3_6_9
