@@ -359,3 +359,102 @@ def test_trace_recorder_keeps_each_method_score_per_patch():
     assert t.fate[0, 1].tolist() == [1, PRUNED, 0, 1]
     one = t.select(0)
     torch.testing.assert_close(one.scores[1], t.scores[1], equal_nan=True)
+
+
+# ------------------------------------------------------------------------------ edges (mutation)
+
+
+def test_beyond_functions_create_everything_on_the_input_device():
+    """Run on the meta device: a tensor made on the default device instead fails or shows."""
+    m = torch.device("meta")
+    x = torch.empty(2, 9, 4, device=m)
+    outs = [
+        *beyond.pitome_match(x, 3, 0.5)[::2],
+        beyond.pitome_match(x, 0, 0.5)[0],
+        beyond.matched_sources(torch.zeros(2, 9, dtype=torch.long, device=m), 6),
+        *beyond.mlerp_merge(x, torch.empty(2, 9, device=m),
+                            torch.zeros(2, 9, dtype=torch.long, device=m), 4),
+        beyond.weighted_pagerank(torch.empty(2, 3, 9, 9, device=m)),
+        beyond.head_filtered_mean(torch.empty(2, 4, 8, device=m)),
+        beyond.zero_tprune_select(torch.empty(2, 8, device=m), x, 3),
+        beyond.lowest(torch.empty(2, 8, device=m), 3),
+        beyond.representation_shift(x, x),
+    ]
+    assert [t.device.type for t in outs] == ["meta"] * len(outs)
+
+
+def test_half_r_rounds_a_product_just_below_an_integer_up():
+    assert 100 * (1.0 - 0.9) < 10  # 9.999999999999998 in floating point
+    assert beyond.half_r(100, 0.9) == 10 and beyond.half_r(101, 0.9, prefix=0) == 10
+
+
+def test_drop_tokens_default_prefix_and_an_empty_batch():
+    x = torch.arange(12.0).view(1, 4, 3)
+    c = beyond.drop_tokens(x, torch.tensor([[False, True, False]]))  # CLS by default
+    assert c.dest.tolist() == [[0, 1, -1, 2]]
+    c = beyond.drop_tokens(torch.empty(0, 4, 3), torch.empty(0, 3, dtype=torch.bool))
+    assert c.x.shape == (0, 4, 3) and c.dest.shape == (0, 4)
+
+
+def test_pitome_merge_tofu_and_zero_tprune_without_cls():
+    # no CLS: token 0 is a patch and takes part
+    m = torch.tensor([[[1.0, 0.0], [1.0, 0.05], [0.0, 1.0], [-1.0, 0.2]]])
+    x = torch.arange(8.0).view(1, 4, 2)
+    c = beyond.pitome_merge(x, torch.ones(1, 4), m, 1, 0.5, prefix=0)
+    assert c.dest.tolist() == [[2, 2, 0, 1]] and c.score.shape == (1, 4)
+    c = beyond.tofu_merge(x, torch.ones(1, 4), m, 1, prefix=0)
+    # A = 0, 2; B = 1, 3: token 0 joins token 1; [unmerged A (2); B (1, 3)]
+    assert c.dest.tolist() == [[1, 1, 0, 2]]
+    c = beyond.tofu_prune(x, torch.ones(1, 4), m, 1, prefix=0)
+    assert c.dest.tolist() == [[-1, 0, 1, 2]]
+    probs = torch.zeros(1, 1, 4, 4)
+    probs[..., 1] = 1.0  # everything attends to token 1
+    c = beyond.zero_tprune_prune(x, probs, m, 1, prefix=0)
+    # importance: token 1 first, then 0, 2, 3 (ties by position); important half {1, 0};
+    # best similarity to it: token 2 -> 0.05, token 3 -> -0.97, so token 2 goes
+    assert c.dest.tolist() == [[0, 1, -1, 2]] and c.score.tolist() == [[0.0, 1.0, 0.0, 0.0]]
+
+
+def test_head_filter_ranks_heads_per_image():
+    # image 0 and image 1 rank their heads differently: each leaves out its own extremes
+    score = torch.tensor([[[1.0, 1.0], [0.0, 2.0], [0.0, 4.0], [0.0, 8.0]],
+                          [[0.0, 8.0], [0.0, 4.0], [0.0, 2.0], [1.0, 1.0]]])
+    torch.testing.assert_close(beyond.head_filtered_mean(score),
+                               torch.tensor([[0.0, 3.0], [0.0, 3.0]]))
+    score[1, 2] = torch.tensor([0.0, 6.0])
+    torch.testing.assert_close(beyond.head_filtered_mean(score)[1], torch.tensor([0.0, 5.0]))
+
+
+def test_small_norms_and_half_precision():
+    # MLERP and the cosine metric on tokens with norms far below 1 (no clamping at 1)
+    x = torch.tensor([[[0.03, 0.04], [0.01, 0.0]]])
+    out, _ = beyond.mlerp_merge(x, torch.ones(1, 2), torch.tensor([[0, 0]]), 1)
+    mean = torch.tensor([0.02, 0.02])
+    torch.testing.assert_close(out[0, 0], mean * 0.05 / mean.norm())
+    half, _ = beyond.mlerp_merge(x.half(), torch.ones(1, 2), torch.tensor([[0, 0]]), 1)
+    assert half.dtype == torch.float16
+    importance = torch.tensor([[0.4, 0.1, 0.3, 0.2]])
+    metric = torch.tensor([[[9.0, 9.0], [0.01, 0.0], [0.009, 0.001], [0.0, 0.01], [0.006, 0.008]]])
+    assert beyond.zero_tprune_select(importance, metric, 1).tolist() == \
+        [[False, True, False, False]]
+
+
+def test_new_plans_count_whole_macs():
+    from tca.config import CondenseConfig
+
+    from tca.flops import Geometry, macs_for
+
+    b16 = Geometry.from_name("ViT-B-16-quickgelu")
+    for name in ("pitome", "tofu", "zero-tprune", "repshift"):
+        report = macs_for(b16, CondenseConfig(method=name, keep_rate=0.7))
+        assert all(type(layer.overhead) is int for layer in report.layers), name
+
+
+def test_zero_tprune_prune_reads_the_patches_keys_not_the_cls_key():
+    probs = torch.zeros(1, 1, 5, 5)
+    probs[..., 1], probs[..., 2] = 0.6, 0.4  # importance: p0, p1 | p2, p3
+    metric = torch.tensor([[[0.0, 1.0], [1.0, 0.0], [1.0, 0.1], [0.0, -1.0], [1.0, 0.2]]])
+    c = beyond.zero_tprune_prune(torch.zeros(1, 5, 2), probs, metric, 1)
+    # p3 (cos .98 to p0) goes, p2 (cos 0 at best) stays
+    assert c.dest.tolist() == [[0, 1, 2, 3, -1]]
+    torch.testing.assert_close(c.score, torch.tensor([[0.6, 0.4, 0.0, 0.0]]))
