@@ -191,7 +191,7 @@ def plan_layers(
 def split_list(text: str) -> list[str]:
     """'a, b;c,' -> ['a', 'b', 'c']: the comma- (or semicolon-) separated items, blanks dropped.
     The one list syntax of the command line and the app's text fields (labels excepted: they
-    may also be separated by newlines, see ``tca.models.parse_labels``)."""
+    may also be separated by newlines, see ``tca.labels.parse_labels``)."""
     return [p.strip() for p in text.replace(";", ",").split(",") if p.strip()]
 
 

@@ -14,7 +14,7 @@ step, and one record in :data:`METHODS`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import Callable, NamedTuple, Protocol
 
 import torch
 
@@ -32,16 +32,50 @@ from .plans import (
     ZeroTPrunePlan,
 )
 
-if TYPE_CHECKING:
-    from .block import Attended, RunState
-    from .config import CondenseConfig
+
+class Settings(Protocol):
+    """What plan builders and steps read of the settings (``tca.config.CondenseConfig``)."""
+
+    @property
+    def keep_rate(self) -> float: ...
+    @property
+    def tca_rate(self) -> float: ...
+    @property
+    def merge_centers(self) -> int: ...
+    @property
+    def score(self) -> str: ...
+
+
+class Run(Protocol):
+    """What a condensing step reads of the forward's run (``tca.block.RunState``)."""
+
+    @property
+    def config(self) -> Settings: ...
+    @property
+    def generator(self) -> torch.Generator | None: ...
+
+
+class Attended(NamedTuple):
+    """The block's attention as a condensing step reads it (``tca.block.attend`` makes it).
+
+    out: (B, N, D) attention output after the output projection, before layer scale.
+    cls_row: (B, h, N) per-head attention probabilities of the CLS query, if asked for.
+    keys: (B, N, d_h) head-mean keys (ToMe's similarity metric), if asked for.
+    """
+
+    out: torch.Tensor
+    cls_row: torch.Tensor | None
+    keys: torch.Tensor | None
+    probs: torch.Tensor | None = None  # (B, h, N, N) attention probabilities (tome-paper)
+    value_norm: torch.Tensor | None = None  # (B, h, N) per-head value norms (ATS)
+    shift: torch.Tensor | None = None  # (B, N) norm of each token's attention update (repshift)
 
 
 # ------------------------------------------------------------------------ plan builders
 
 # (config, tokens into the block, block index, prefix, blocks in the tower) -> the block's plan,
 # or None when the block would remove nothing.
-PlanBuilder = Callable[["CondenseConfig", int, int, int, int], "LayerPlan | None"]
+PlanBuilder = Callable[[Settings, int, int, int, int], "LayerPlan | None"]
 
 
 def _tiers(t1: int, t2: int, t3: int, k: int, n: int, prefix: int) -> TierPlan | None:
@@ -50,9 +84,7 @@ def _tiers(t1: int, t2: int, t3: int, k: int, n: int, prefix: int) -> TierPlan |
     return TierPlan(n, prefix + t1 + k + (1 if t3 > 0 else 0), t1, t2, t3, k, prefix=prefix)
 
 
-def plan_tca(
-    config: CondenseConfig, n: int, layer: int, prefix: int, depth: int
-) -> TierPlan | None:
+def plan_tca(config: Settings, n: int, layer: int, prefix: int, depth: int) -> TierPlan | None:
     """The released code's tiers at rate d, with K coreset centres (ConfigError if K > t2)."""
     # The tier budgets are defined on N = patches + 1 (the released code counts the CLS token).
     t1, t2, t3 = condense.tca_tier_sizes(n - prefix + 1, config.tca_rate)
@@ -65,29 +97,25 @@ def plan_tca(
     return _tiers(t1, t2, t3, min(k, t2), n, prefix)
 
 
-def plan_evit(
-    config: CondenseConfig, n: int, layer: int, prefix: int, depth: int
-) -> TierPlan | None:
+def plan_evit(config: Settings, n: int, layer: int, prefix: int, depth: int) -> TierPlan | None:
     """EViT: keep ceil(R P) patches, fuse the rest (no tier 2)."""
     t1, t2, t3 = condense.evit_tier_sizes(n - prefix + 1, config.keep_rate)
     return _tiers(t1, t2, t3, 0, n, prefix)
 
 
-def plan_tome(
-    config: CondenseConfig, n: int, layer: int, prefix: int, depth: int
-) -> TomePlan | None:
+def plan_tome(config: Settings, n: int, layer: int, prefix: int, depth: int) -> TomePlan | None:
     r = condense.tome_r(n, config.keep_rate, prefix)
     return TomePlan(n, n - r, r=r, prefix=prefix) if r > 0 else None
 
 
 def plan_tome_paper(
-    config: CondenseConfig, n: int, layer: int, prefix: int, depth: int
+    config: Settings, n: int, layer: int, prefix: int, depth: int
 ) -> TomePaperPlan | None:
     r = condense.tome_r(n, config.keep_rate, prefix)
     return TomePaperPlan(n, n - r, r=r, prefix=prefix) if r > 0 else None
 
 
-def plan_ats(config: CondenseConfig, n: int, layer: int, prefix: int, depth: int) -> AtsPlan | None:
+def plan_ats(config: Settings, n: int, layer: int, prefix: int, depth: int) -> AtsPlan | None:
     if prefix != 1:
         others = [m.name for m in METHODS.values() if m.plan and not m.needs_cls]
         raise ConfigError(
@@ -99,18 +127,14 @@ def plan_ats(config: CondenseConfig, n: int, layer: int, prefix: int, depth: int
     return AtsPlan(n, 1 + budget, budget=budget) if n > 1 else None
 
 
-def plan_pitome(
-    config: CondenseConfig, n: int, layer: int, prefix: int, depth: int
-) -> PitomePlan | None:
+def plan_pitome(config: Settings, n: int, layer: int, prefix: int, depth: int) -> PitomePlan | None:
     """PiToMe: r = min(int(N (1 - R)), floor(P / 2)) merged; the margin falls with depth."""
     r = beyond.half_r(n, config.keep_rate, prefix)
     margin = beyond.pitome_margin(layer, depth)
     return PitomePlan(n, n - r, r=r, margin=margin, prefix=prefix) if r > 0 else None
 
 
-def plan_tofu(
-    config: CondenseConfig, n: int, layer: int, prefix: int, depth: int
-) -> TofuPlan | None:
+def plan_tofu(config: Settings, n: int, layer: int, prefix: int, depth: int) -> TofuPlan | None:
     """ToFu: ToMe's r = int(N (1 - R)); pruned in the first half of the blocks, merged after."""
     r = condense.tome_r(n, config.keep_rate, prefix)
     prune = beyond.tofu_prunes(layer, depth)
@@ -118,7 +142,7 @@ def plan_tofu(
 
 
 def plan_zero_tprune(
-    config: CondenseConfig, n: int, layer: int, prefix: int, depth: int
+    config: Settings, n: int, layer: int, prefix: int, depth: int
 ) -> ZeroTPrunePlan | None:
     """Zero-TPrune: r = min(int(N (1 - R)), floor(P / 2)) dropped."""
     r = beyond.half_r(n, config.keep_rate, prefix)
@@ -126,7 +150,7 @@ def plan_zero_tprune(
 
 
 def plan_repshift(
-    config: CondenseConfig, n: int, layer: int, prefix: int, depth: int
+    config: Settings, n: int, layer: int, prefix: int, depth: int
 ) -> RepShiftPlan | None:
     """Representation Shift: keep ceil(R P) patches (EViT's count), drop the rest outright."""
     t1, _, t3 = condense.evit_tier_sizes(n - prefix + 1, config.keep_rate)
@@ -142,7 +166,7 @@ def plan_repshift(
 Step = Callable[..., "tuple[condense.Condensed, torch.Tensor | None]"]
 
 
-def _tiers_step(x, plan: TierPlan, att: Attended, run: RunState, rank: bool):
+def _tiers_step(x, plan: TierPlan, att: Attended, run: Run, rank: bool):
     assert att.cls_row is not None  # a CLS or pool-query row for every TierPlan
     patch_attn = att.cls_row[..., plan.prefix :]  # (B, h, P): CLS -> patches, not renormalised
     attn_mean = condense.head_mean_score(patch_attn)
@@ -153,23 +177,23 @@ def _tiers_step(x, plan: TierPlan, att: Attended, run: RunState, rank: bool):
     return c, attn_mean
 
 
-def step_tca(x, size, plan: TierPlan, att: Attended, run: RunState, valid=None):
+def step_tca(x, size, plan: TierPlan, att: Attended, run: Run, valid=None):
     """TCA: tiers ranked by head-mean CLS attention, or by cross-head rank (``score="rank"``)."""
     return _tiers_step(x, plan, att, run, rank=run.config.score == "rank")
 
 
-def step_evit(x, size, plan: TierPlan, att: Attended, run: RunState, valid=None):
+def step_evit(x, size, plan: TierPlan, att: Attended, run: Run, valid=None):
     """EViT: tiers ranked by head-mean CLS attention."""
     return _tiers_step(x, plan, att, run, rank=False)
 
 
-def step_tome(x, size, plan: TomePlan, att: Attended, run: RunState, valid=None):
+def step_tome(x, size, plan: TomePlan, att: Attended, run: Run, valid=None):
     size = size if size is not None else x.new_ones(x.shape[:2])
     assert att.keys is not None  # attend(need_keys=True) for every TomePlan
     return condense.tome_merge(x, size, att.keys, plan.r, plan.prefix), None
 
 
-def step_tome_paper(x, size, plan: TomePaperPlan, att: Attended, run: RunState, valid=None):
+def step_tome_paper(x, size, plan: TomePaperPlan, att: Attended, run: Run, valid=None):
     """The released baseline: head-mean attention rows as the metric; the sizes weight the
     average but never the attention."""
     size = size if size is not None else x.new_ones(x.shape[:2])
@@ -178,7 +202,7 @@ def step_tome_paper(x, size, plan: TomePaperPlan, att: Attended, run: RunState, 
     return condense.tome_merge(x, size, metric, plan.r, plan.prefix), None
 
 
-def step_ats(x, size, plan: AtsPlan, att: Attended, run: RunState, valid=None):
+def step_ats(x, size, plan: AtsPlan, att: Attended, run: Run, valid=None):
     """ATS: keep at most ceil(R P_b) patches of each image, sampled from its score CDF."""
     assert att.cls_row is not None and att.value_norm is not None  # AtsPlan's needs
     score = condense.ats_score(att.cls_row.float(), att.value_norm.float(), valid)
@@ -192,14 +216,14 @@ def step_ats(x, size, plan: AtsPlan, att: Attended, run: RunState, valid=None):
     return condense.keep_patches(x, keep, valid), condense.head_mean_score(att.cls_row[..., 1:])
 
 
-def step_pitome(x, size, plan: PitomePlan, att: Attended, run: RunState, valid=None):
+def step_pitome(x, size, plan: PitomePlan, att: Attended, run: Run, valid=None):
     """PiToMe: energy on the head-mean keys, the 2r most redundant patches paired and merged."""
     size = size if size is not None else x.new_ones(x.shape[:2])
     assert att.keys is not None  # PitomePlan needs the keys
     return beyond.pitome_merge(x, size, att.keys, plan.r, plan.margin, plan.prefix), None
 
 
-def step_tofu(x, size, plan: TofuPlan, att: Attended, run: RunState, valid=None):
+def step_tofu(x, size, plan: TofuPlan, att: Attended, run: Run, valid=None):
     """ToFu: prune-by-matching in early blocks, MLERP merging in later ones."""
     size = size if size is not None else x.new_ones(x.shape[:2])
     assert att.keys is not None  # TofuPlan needs the keys
@@ -207,13 +231,13 @@ def step_tofu(x, size, plan: TofuPlan, att: Attended, run: RunState, valid=None)
     return fuse(x, size, att.keys, plan.r, plan.prefix), None
 
 
-def step_zero_tprune(x, size, plan: ZeroTPrunePlan, att: Attended, run: RunState, valid=None):
+def step_zero_tprune(x, size, plan: ZeroTPrunePlan, att: Attended, run: Run, valid=None):
     """Zero-TPrune: PageRank importance, then the unimportant near-duplicates dropped."""
     assert att.probs is not None and att.keys is not None  # ZeroTPrunePlan's needs
     return beyond.zero_tprune_prune(x, att.probs, att.keys, plan.r, plan.prefix), None
 
 
-def step_repshift(x, size, plan: RepShiftPlan, att: Attended, run: RunState, valid=None):
+def step_repshift(x, size, plan: RepShiftPlan, att: Attended, run: Run, valid=None):
     """Representation Shift: the patches the attention residual moved least are dropped."""
     assert att.shift is not None  # RepShiftPlan needs the shift
     return beyond.repshift_prune(x, att.shift, plan.n_drop, plan.prefix), None
@@ -403,4 +427,7 @@ __all__ = [
     "RepShiftPlan",
     "PlanBuilder",
     "Step",
+    "Settings",
+    "Run",
+    "Attended",
 ]

@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 
 from ..config import DEFAULT_LAYERS, CondenseConfig
 from ..flops import Geometry, count_macs, macs_for
-from ..models import ClipModel, validate_labels
+from ..labels import validate_labels
+from ..models import ClipModel
 from ..patch import encode, is_patched, patch
 from ..reservoir import RELEASED_LOGIT_SCALE, Reservoir, ReservoirConfig, stream_update
 from ..timing import elapsed_ms, synchronize

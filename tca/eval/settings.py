@@ -13,8 +13,7 @@ from typing import Sequence
 from ..config import DEFAULT_LAYERS, METHODS, CondenseConfig
 from ..errors import ConfigError, EvalError
 from ..methods import COMPARED, method
-from ..models import resolve_templates
-from ..prompts import templates_for
+from ..prompts import resolve_templates, templates_for
 from ..reservoir import ReservoirConfig
 from ..reservoir import preset as reservoir_preset
 
