@@ -28,9 +28,10 @@ from ..reservoir import RELEASED_LOGIT_SCALE, Reservoir, ReservoirConfig, stream
 from ..timing import elapsed_ms, synchronize
 from .datasets import Dataset
 from .loader import Batch, batches, default_workers
-from .records import RECORDS_VERSION, ReservoirStore, Run, RunLog
-from .report import empty_classes_note, summarise
-from .settings import DEFAULT_KEEP_RATES, DEFAULT_METHODS, EvalOptions
+from ..errors import EvalError
+from .records import RECORDS_VERSION, ReservoirStore, Run, RunLog, check_records_dir
+from .report import empty_classes_note, skipped_links_note, summarise
+from .settings import BENCHMARK_TEMPLATES, DEFAULT_KEEP_RATES, DEFAULT_METHODS, EvalOptions
 
 TOP_K = 5
 
@@ -128,21 +129,35 @@ def run(
     progress: bool = True,
     on_batch: Callable[[int, int], None] | None = None,
     echo: Callable[[str], None] | None = None,
+    only_repeats: Sequence[int] | None = None,
 ) -> dict:
-    """:func:`evaluate` with its protocol options already checked (what the CLI calls)."""
+    """:func:`evaluate` with its protocol options already checked (what the CLI calls).
+
+    only_repeats: run just these stream orders (a cell of a grid, :mod:`tca.eval.grid`); their
+    records are the very files the whole run writes, so either resumes the other."""
     echo = echo or (lambda s: print(s, file=sys.stderr))
     if dataset.empty_classes:
         echo(f"warning: {empty_classes_note(dataset.empty_classes)}")
+    if dataset.skipped_links:
+        echo(f"warning: {skipped_links_note(dataset.skipped_links)}")
+    templates = dataset_templates(dataset, options.template_set)
     labels = validate_labels(
-        dataset.labels, clip.tokenizer, options.template_set, context_length=clip.context_length
+        dataset.labels, clip.tokenizer, templates, context_length=clip.context_length
     )
     orders = options.orders(len(dataset))
-    ctx = _context(clip, dataset, labels, options.template_set)
+    ctx = _context(clip, dataset, labels, templates)
     for s in options.settings:  # fail fast on settings this model cannot run (layers, K)
         macs_for(ctx.geom, s.config)
-    records = Path(records_dir) if records_dir is not None else None
-    runs_by_repeat = _open_runs(ctx, options, orders, _header(clip, ctx), records, fresh, echo)
+    records = check_records_dir(records_dir) if records_dir is not None else None
+    wanted = range(len(orders)) if only_repeats is None else sorted(set(only_repeats))
+    if not set(wanted) <= set(range(len(orders))):
+        raise EvalError(f"repeats {list(wanted)} asked for, but there are {len(orders)}")
+    runs_by_repeat = _open_runs(
+        ctx, options, orders, wanted, _header(clip, ctx), records, fresh, echo
+    )
     flat = [run_ for runs in runs_by_repeat for run_ in runs]
+    if not flat:
+        raise EvalError("nothing to run: order-independent settings run on repeat 0 only")
     resumed = sum(run_.log.done for run_ in flat)
     if resumed:
         echo(f"resuming: {resumed} image result(s) already in {records}")
@@ -150,16 +165,15 @@ def run(
     feed = _Feed(options.batch_size, workers, progress, on_batch)
     t_wall = time.perf_counter()
     try:
-        for r, (order, runs) in enumerate(zip(orders, runs_by_repeat)):
+        for r, runs in zip(wanted, runs_by_repeat):
             desc = f"repeat {r + 1}/{len(orders)}" if len(orders) > 1 else "eval"
-            _stream(ctx, feed, runs, order, r, desc)
+            _stream(ctx, feed, runs, orders[r], r, desc)
     finally:
         for run_ in flat:
             run_.log.close()
     wall = time.perf_counter() - t_wall
-    for run_ in flat:
-        if run_.store is not None:
-            run_.store.discard()  # complete: the JSONL records are all that is needed
+    # A complete TCA run keeps its reservoir store (one reservoir's worth of disk at most): if its
+    # last record line is ever cut, it resumes from the cut instead of recomputing the run.
     used = dict(
         batch_size=options.batch_size,
         templates=options.template_set,
@@ -178,7 +192,22 @@ def run(
     return summarise(clip, dataset, flat, ctx.geom, used, wall)
 
 
-def _context(clip: ClipModel, dataset: Dataset, labels: list[str], templates: str) -> _Context:
+def dataset_templates(dataset: Dataset, template_set: str) -> str | tuple[str, ...]:
+    """The templates to prompt with: the named set, or with ``clip_benchmark`` the data set's own
+    (clip_benchmark's, for its data sets)."""
+    if template_set != BENCHMARK_TEMPLATES:
+        return template_set
+    if not dataset.templates:
+        raise EvalError(
+            f"--templates {BENCHMARK_TEMPLATES}: {dataset.source} defines no prompt templates of "
+            f"its own (only clip_benchmark data sets do); choose a named set"
+        )
+    return dataset.templates
+
+
+def _context(
+    clip: ClipModel, dataset: Dataset, labels: list[str], templates: str | tuple[str, ...]
+) -> _Context:
     model = clip.model
     if not is_patched(model):
         patch(model, CondenseConfig(method="none"))
@@ -229,15 +258,17 @@ def _open_runs(
     ctx: _Context,
     options: EvalOptions,
     orders: list[list[int]],
+    wanted: Sequence[int],
     header: dict,
     records: Path | None,
     fresh: bool,
     echo: Callable[[str], None],
 ) -> list[list[Run]]:
-    """Every run of every repeat, resumed from ``records`` where they match."""
+    """Every run of every wanted repeat, resumed from ``records`` where they match."""
     settings, res_config = options.settings, options.reservoir
     out = []
-    for r, order in enumerate(orders):
+    for r in wanted:
+        order = orders[r]
         order_sig = _digest([ctx.dataset.rel(i) for i in order])
         runs = []
         for s in settings:

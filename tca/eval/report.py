@@ -128,6 +128,8 @@ def summarise(
             "ignored_non_image_files": dataset.ignored_files,
             "empty_class_folders": list(dataset.empty_classes),
             "dangling_links": dataset.dangling_links,
+            "looping_links": dataset.looping_links,
+            "skipped_links": list(dataset.skipped_links),
         },
         "options": options,
         "machine": {
@@ -197,6 +199,10 @@ def format_table(result: dict) -> str:
         )
     if ds.get("dangling_links"):
         lines.append(f"{ds['dangling_links']} of them: symbolic link(s) to missing files")
+    if ds.get("looping_links"):
+        lines.append(f"{ds['looping_links']} of them: symbolic link loop(s)")
+    if ds.get("skipped_links"):
+        lines.append(skipped_links_note(ds["skipped_links"]))
     if ds.get("empty_class_folders"):
         lines.append(empty_classes_note(ds["empty_class_folders"]))
     if result["random_weights"]:
@@ -209,6 +215,15 @@ def empty_classes_note(names: list[str]) -> str:
     shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
     return (
         f"ignored {len(names)} empty class folder(s) (no images, so not candidate labels): {shown}"
+    )
+
+
+def skipped_links_note(links: list[str]) -> str:
+    """The line that names the folder links not followed because they lead back into the tree."""
+    shown = ", ".join(links[:5]) + (", ..." if len(links) > 5 else "")
+    return (
+        f"skipped {len(links)} folder link(s) leading back into the data folder (their images "
+        f"would count twice): {shown}"
     )
 
 
@@ -363,6 +378,7 @@ __all__ = [
     "write_json",
     "plot",
     "empty_classes_note",
+    "skipped_links_note",
     "RANDOM_NOTE",
     "CSV_FIELDS",
 ]
