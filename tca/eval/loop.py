@@ -14,13 +14,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..config import DEFAULT_LAYERS, CondenseConfig
+from ..errors import EvalError
 from ..flops import Geometry, count_macs, macs_for
 from ..models import ClipModel, validate_labels
 from ..patch import encode, is_patched, patch
@@ -28,7 +29,6 @@ from ..reservoir import RELEASED_LOGIT_SCALE, Reservoir, ReservoirConfig, stream
 from ..timing import elapsed_ms, synchronize
 from .datasets import Dataset
 from .loader import Batch, batches, default_workers
-from ..errors import EvalError
 from .records import RECORDS_VERSION, ReservoirStore, Run, RunLog, check_records_dir
 from .report import empty_classes_note, skipped_links_note, summarise
 from .settings import BENCHMARK_TEMPLATES, DEFAULT_KEEP_RATES, DEFAULT_METHODS, EvalOptions
@@ -129,9 +129,59 @@ def run(
     progress: bool = True,
     on_batch: Callable[[int, int], None] | None = None,
     echo: Callable[[str], None] | None = None,
-    only_repeats: Sequence[int] | None = None,
 ) -> dict:
-    """:func:`evaluate` with its protocol options already checked (what the CLI calls).
+    """:func:`evaluate` with its protocol options already checked (what the CLI calls)."""
+    done = execute(
+        clip,
+        dataset,
+        options,
+        num_workers=num_workers,
+        records_dir=records_dir,
+        fresh=fresh,
+        progress=progress,
+        on_batch=on_batch,
+        echo=echo,
+    )
+    return summarise(ModelFacts.of(clip), dataset, done.runs, done.geom, done.used, done.wall)
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What a report says about the model (picklable: a grid's workers send it back)."""
+
+    weights_description: str
+    is_random: bool
+    device: str
+
+    @classmethod
+    def of(cls, clip: ClipModel) -> ModelFacts:
+        return cls(clip.weights_description, clip.is_random, str(clip.device))
+
+
+class Executed(NamedTuple):
+    """The runs of one evaluation, done: their records (reservoirs dropped), the model's
+    geometry, the options as used, and the wall time."""
+
+    runs: list[Run]
+    geom: Geometry
+    used: dict
+    wall: float
+
+
+def execute(
+    clip: ClipModel,
+    dataset: Dataset,
+    options: EvalOptions,
+    *,
+    num_workers: int | None = None,
+    records_dir: str | os.PathLike | None = None,
+    fresh: bool = False,
+    progress: bool = True,
+    on_batch: Callable[[int, int], None] | None = None,
+    echo: Callable[[str], None] | None = None,
+    only_repeats: Sequence[int] | None = None,
+) -> Executed:
+    """Run (or resume) every run of ``options`` on ``dataset``; :func:`run` summarises them.
 
     only_repeats: run just these stream orders (a cell of a grid, :mod:`tca.eval.grid`); their
     records are the very files the whole run writes, so either resumes the other."""
@@ -189,7 +239,10 @@ def run(
         top_k=ctx.top_k,
         records=str(records) if records is not None else None,
     )
-    return summarise(clip, dataset, flat, ctx.geom, used, wall)
+    for run_ in flat:
+        run_.reservoir = None  # the records are the result; a reservoir is large
+        run_.store = None
+    return Executed(flat, ctx.geom, used, wall)
 
 
 def dataset_templates(dataset: Dataset, template_set: str) -> str | tuple[str, ...]:
@@ -425,4 +478,4 @@ def _forward(run_: Run, ctx: _Context, batch: Batch, sel: list[int], out: dict[i
     run_.computed += len(sel)
 
 
-__all__ = ["evaluate", "run", "TOP_K"]
+__all__ = ["evaluate", "run", "execute", "Executed", "ModelFacts", "TOP_K"]

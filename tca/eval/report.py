@@ -8,7 +8,7 @@ import math
 import os
 import statistics
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
@@ -17,8 +17,19 @@ from ..flops import CONVENTION, Geometry, macs_for
 from .datasets import Dataset
 from .records import Run
 
-if TYPE_CHECKING:
-    from ..models import ClipModel
+
+class DescribesModel(Protocol):
+    """What a report needs to know of the model (a ClipModel or tca.eval.loop.ModelFacts)."""
+
+    @property
+    def weights_description(self) -> str: ...
+
+    @property
+    def is_random(self) -> bool: ...
+
+    @property
+    def device(self) -> object: ...
+
 
 RANDOM_NOTE = (
     "NOTE: this model has RANDOM weights (--pretrained none): the accuracy numbers are "
@@ -66,7 +77,12 @@ _AVERAGED = (
 
 
 def summarise(
-    clip: ClipModel, dataset: Dataset, runs: list[Run], geom: Geometry, options: dict, wall: float
+    clip: DescribesModel,
+    dataset: Dataset,
+    runs: list[Run],
+    geom: Geometry,
+    options: dict,
+    wall: float,
 ) -> dict:
     """The JSON-ready result of an evaluation: one entry per setting (in the order of the first
     repeat's runs), averaged over its repeats, plus the data set, options and machine."""
