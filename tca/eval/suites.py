@@ -311,7 +311,8 @@ def plot_suite(suite: dict, path: str | Path) -> None:
                 if r["paper_top1"] is not None and r["setting_key"] in PAPER_GFLOPS
             ]
             if paper:
-                ax.scatter(*zip(*paper), marker="o", facecolors="none", edgecolors=color, s=60)
+                xs, ys = zip(*paper)
+                ax.scatter(xs, ys, marker="o", facecolors="none", edgecolors=color, s=60)
         ax.set_title(panel, fontsize=9)
         ax.set_xlabel("GMACs / image", fontsize=8)
         ax.set_ylabel("top-1 %", fontsize=8)
