@@ -255,6 +255,20 @@ def test_suite_table_with_the_papers_numbers(data, tmp_path, capsys, monkeypatch
                                            "flowers", "food101", "pets", "sun397", "ucf101"}
 
 
+def test_suite_data_sets_from_their_layouts_or_a_manifest(data, tmp_path):
+    from tca.eval.suites import CROSS_DATASET, dataset_root, load_suite_dataset
+
+    by = {e.key: e for e in CROSS_DATASET}
+    assert dataset_root(str(data), by["eurosat"]) == data / "eurosat"
+    assert dataset_root("/d/{dataset}/x", by["flowers"]) == Path("/d/flowers/x")
+    assert load_suite_dataset(by["ucf101"], data / "ucf101").kind == "webdataset"
+    assert load_suite_dataset(by["eurosat"], data / "eurosat").kind == "clip_benchmark"
+    split = tmp_path / "eurosat_test.csv"  # e.g. the paper's own (CoOp) test split
+    split.write_text(f"path,label\n{data}/eurosat/eurosat/2750/River/0.jpg,River\n")
+    ds = load_suite_dataset(by["eurosat"], split)
+    assert (ds.kind, ds.labels, len(ds)) == ("csv", ["River"], 1)
+
+
 def test_suite_errors(data, tmp_path, capsys):
     rc, _, err = _cli(capsys, "eval", str(data), "--suite", "cross-dataset", "--datasets",
                       "eurosat,mnist", "--model", TINY, "--pretrained", "none")

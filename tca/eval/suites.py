@@ -122,9 +122,12 @@ def dataset_root(template: str, entry: SuiteDataset) -> Path:
 
 
 def load_suite_dataset(entry: SuiteDataset, root: Path) -> Dataset:
-    """``entry``'s images under ``root``: clip_benchmark WebDataset shards when ``root`` holds
-    ``test/nshards.txt``, else its clip_benchmark layout, else (no clip_benchmark name) an
-    ImageFolder or manifest."""
+    """``entry``'s images under ``root``: a ``.csv`` / ``.json`` manifest when ``root`` is one
+    (e.g. the paper's CoOp test split, docs/evaluation.md), clip_benchmark WebDataset shards when
+    ``root`` holds ``test/nshards.txt``, else its clip_benchmark layout, else (no clip_benchmark
+    name) an ImageFolder."""
+    if root.suffix.lower() in (".csv", ".json") and root.is_file():
+        return load_dataset(root)
     if (root / "test" / "nshards.txt").exists():
         return load_wds(root, "test", f"wds/{entry.folder_name}")
     if entry.benchmark is None:
