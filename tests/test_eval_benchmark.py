@@ -269,6 +269,20 @@ def test_suite_data_sets_from_their_layouts_or_a_manifest(data, tmp_path):
     assert (ds.kind, ds.labels, len(ds)) == ("csv", ["River"], 1)
 
 
+def test_cli_reads_a_clip_benchmark_data_set_by_name(data, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TCA_MODEL_CONFIGS", str(ROOT / "tests" / "model_configs"))
+    rc, stdout, stderr = _cli(
+        capsys, "eval", str(data / "ucf101"), "--dataset", "wds/ucf101", "--methods", "none",
+        "--templates", "clip_benchmark", "--model", TINY, "--pretrained", "none", "--workers",
+        "0", "--no-progress", "--records", str(tmp_path / "rec"), "--out", str(tmp_path / "r.json"))
+    assert rc == 0, stderr
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["dataset"]["source"] == f"wds/ucf101 ({data / 'ucf101'})"
+    assert result["dataset"]["labels"] == ["Apply Eye Makeup", "Biking", "Diving"]
+    assert result["options"]["templates"] == "clip_benchmark"
+    assert f"9 images, 3 classes (wds/ucf101 ({data / 'ucf101'}))" in stdout
+
+
 def test_suite_errors(data, tmp_path, capsys):
     rc, _, err = _cli(capsys, "eval", str(data), "--suite", "cross-dataset", "--datasets",
                       "eurosat,mnist", "--model", TINY, "--pretrained", "none")
