@@ -116,3 +116,19 @@ def test_two_cells_on_ray_equal_the_sequential_run_and_resume_a_killed_worker(
     (in_turn,) = run_sequential(clip, [job], [job.data.load()], lambda s: None)
     assert _comparable(in_turn) == _comparable(sequential[0])  # finished: nothing recomputed
     assert [p["computed"] for e in in_turn["results"] for p in e["per_repeat"]] == [0, 0]
+
+
+def test_cli_ray_flag_runs_the_grid_on_the_running_ray(local_ray, folder, sequential, tmp_path,
+                                                       capsys, monkeypatch):
+    from tca.cli import main as cli_main
+
+    monkeypatch.setenv("TCA_MODEL_CONFIGS", str(ROOT / "tests" / "model_configs"))
+    rc = cli_main(["eval", str(folder), "--model", TINY, "--pretrained", "none", "--methods",
+                   "none,tca", "--keep-rate", "0.7", "--batch-size", "1", "--ray",
+                   "--ray-workers", "2", "--records", str(tmp_path / "rec"), "--out",
+                   str(tmp_path / "r.json")])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "ray: 2 cell(s) on 2 worker(s)" in err
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert _comparable(result) == _comparable(sequential[0])

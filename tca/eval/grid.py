@@ -21,13 +21,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from ..errors import EvalError
+from ..errors import EvalError, UserError
 from ..models import ClipModel, load_model
 from .datasets import Dataset, load_dataset
 from .loop import Executed, ModelFacts, execute
 from .records import Run
 from .report import summarise
 from .settings import EvalOptions, Setting
+from .suites import SuiteDataset, load_suite_dataset
 
 
 @dataclass(frozen=True)
@@ -64,12 +65,10 @@ class DataSpec:
 
     source: str
     benchmark: str | None = None
-    suite_entry: Any = None  # tca.eval.suites.SuiteDataset
+    suite_entry: SuiteDataset | None = None
 
     def load(self) -> Dataset:
         if self.suite_entry is not None:
-            from .suites import load_suite_dataset
-
             return load_suite_dataset(self.suite_entry, Path(self.source))
         if self.benchmark is not None:
             from .benchmark import load_benchmark
@@ -253,13 +252,17 @@ def run_on_ray(
     done: dict[Cell, Executed] = {}
     facts: list[ModelFacts] = []
     t0 = time.perf_counter()
-    for cell, executed, fact in _pool(ray, workers, jobs, todo):
-        done[cell] = executed
-        facts.append(fact)
-        echo(
-            f"done {len(done)}/{len(todo)}: {jobs[cell.job].key} {cell.name} "
-            f"({time.perf_counter() - t0:.0f} s)"
-        )
+    try:
+        for cell, executed, fact in _pool(ray, workers, jobs, todo):
+            done[cell] = executed
+            facts.append(fact)
+            echo(
+                f"done {len(done)}/{len(todo)}: {jobs[cell.job].key} {cell.name} "
+                f"({time.perf_counter() - t0:.0f} s)"
+            )
+    finally:
+        for w in workers:  # free their CPUs / GPUs (and models) for whatever runs next
+            ray.kill(w)
     return assemble(jobs, datasets, done, facts[0])
 
 
@@ -275,7 +278,13 @@ def _pool(ray: Any, workers: list[Any], jobs: list[Job], todo: list[Cell]) -> It
     while running:
         (ref,), _ = ray.wait(list(running), num_returns=1)
         w = running.pop(ref)
-        yield ray.get(ref)
+        try:
+            done = ray.get(ref)
+        except ray.exceptions.RayTaskError as exc:  # a user's mistake stays one line
+            if isinstance(exc.cause, UserError):
+                raise exc.cause from None
+            raise
+        yield done
         if queue:
             running[w.run.remote(jobs_ref, queue.pop())] = w
 
