@@ -10,13 +10,13 @@ from open_clip.model import CustomTextCLIP
 
 import tca
 from tca import text
-from tca.models import TEMPLATES
+from tca.prompts import TEMPLATES
 
 
 def _long_label(tokenizer, template: str, n_tokens: int) -> str:
     """A label whose prompt through ``template`` is exactly ``n_tokens`` tokens (with start
     and end tokens)."""
-    words = []
+    words: list[str] = []
     while len(tokenizer.encode(template.format(" ".join(words + ["zebra"])))) + 2 <= n_tokens:
         words.append("zebra")
     label = " ".join(words)

@@ -17,9 +17,7 @@ from ..config import (
     split_list,
 )
 from ..errors import CliError
-from ..models import (
-    TEMPLATES,
-)
+from ..prompts import TEMPLATES
 from ..reservoir import PRESETS
 from .common import add_model_args, load_from_args
 

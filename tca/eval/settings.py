@@ -12,12 +12,12 @@ from typing import Sequence
 
 from ..config import DEFAULT_LAYERS, METHODS, CondenseConfig
 from ..errors import ConfigError, EvalError
-from ..models import resolve_templates
-from ..prompts import templates_for
+from ..methods import COMPARED, method
+from ..prompts import resolve_templates, templates_for
 from ..reservoir import ReservoirConfig
 from ..reservoir import preset as reservoir_preset
 
-DEFAULT_METHODS = ("none", "tca", "evit", "tome")
+DEFAULT_METHODS = ("none", *COMPARED)
 DEFAULT_KEEP_RATES = (0.9, 0.7)
 # --templates value: the data set's own templates (clip_benchmark's), not a named set.
 BENCHMARK_TEMPLATES = "clip_benchmark"
@@ -41,8 +41,8 @@ class Setting:
 
     @property
     def stream(self) -> bool:
-        """Stateful (depends on the stream order): only ``tca``."""
-        return self.method == "tca"
+        """Stateful (depends on the stream order): methods guided by domain anchors (TCA)."""
+        return method(self.method).anchors
 
 
 def make_settings(
