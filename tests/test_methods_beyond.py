@@ -6,7 +6,8 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tca import beyond, condense
 
@@ -441,7 +442,6 @@ def test_small_norms_and_half_precision():
 
 def test_new_plans_count_whole_macs():
     from tca.config import CondenseConfig
-
     from tca.flops import Geometry, macs_for
 
     b16 = Geometry.from_name("ViT-B-16-quickgelu")

@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 
 import tca
-from tca import beyond, condense
+from tca import beyond
 from tca.config import CondenseConfig, plan_layers
 from tca.flops import Geometry, count_macs, macs_for
-from tca.trace import DROPPED, KEPT, MERGED, PRUNED
+from tca.trace import DROPPED, KEPT, PRUNED
 
 B16 = Geometry.from_name("ViT-B-16-quickgelu")
 NEW = ("pitome", "tofu", "zero-tprune", "repshift")
