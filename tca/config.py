@@ -174,7 +174,7 @@ def plan_layers(
     for i in range(depth):
         plan = None
         if build is not None and i in config.layers:
-            plan = build(config, n, i, prefix)
+            plan = build(config, n, i, prefix, depth)
         plans.append(plan)
         if plan is not None:
             n = plan.n_out
