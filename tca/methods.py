@@ -243,11 +243,15 @@ def step_ats(x, size, plan: AtsPlan, att: Attended, run: RunState, valid=None):
 @dataclass(frozen=True)
 class Fates:
     """How the legend and the explanations word each fate for one method (None: the method
-    never gives a patch that fate)."""
+    never gives a patch that fate). group_token / fused_token: what the token count calls a
+    token holding a merged group / only fused patches (None: the method makes no such token;
+    ATS's dropped patches leave no token at all)."""
 
     kept: str
     merged: str | None
     pruned: str | None
+    group_token: str | None = None
+    fused_token: str | None = None
 
 
 @dataclass(frozen=True)
@@ -288,6 +292,8 @@ TCA = Method(
         _KEPT,
         "class-ambiguous: merged into one of K coreset tokens",
         "class-irrelevant: fused into one token",
+        "coreset tokens",
+        "fused tokens",
     ),
     plan_tca,
     step_tca,
@@ -298,7 +304,7 @@ EVIT = Method(
     "EViT",
     "EViT (prune + fuse)",
     "keeps the patches the CLS token attends to most and fuses the inattentive rest into one token",
-    Fates(_KEPT, None, "inattentive: fused into one token"),
+    Fates(_KEPT, None, "inattentive: fused into one token", fused_token="fused tokens"),
     plan_evit,
     step_evit,
 )
@@ -308,7 +314,7 @@ TOME = Method(
     "ToMe (merge pairs)",
     "merges the r most similar token pairs (bipartite matching on the attention keys) and "
     "weights attention by token size",
-    Fates(_KEPT, "merged with its most similar tokens", None),
+    Fates(_KEPT, "merged with its most similar tokens", None, "merged tokens"),
     plan_tome,
     step_tome,
     proportional=True,
@@ -318,7 +324,7 @@ TOME_PAPER = Method(
     "ToMe (paper)",
     "ToMe, paper's variant",
     "the TCA paper's ToMe baseline: pairs matched on attention rows, no proportional attention",
-    Fates(_KEPT, "merged with its most similar tokens", None),
+    Fates(_KEPT, "merged with its most similar tokens", None, "merged tokens"),
     plan_tome_paper,
     step_tome_paper,
 )
