@@ -200,7 +200,9 @@ def default_layers(depth: int) -> tuple[int, ...]:
     if depth < 1:
         raise ConfigError(f"a tower needs at least one block, got depth {depth}")
     low = 1 if depth > 1 else 0
-    return tuple(sorted({max(low, min(depth - 1, int(depth * q / 4 + 0.5))) for q in LAYER_QUARTERS}))
+    return tuple(
+        sorted({max(low, min(depth - 1, int(depth * q / 4 + 0.5))) for q in LAYER_QUARTERS})
+    )
 
 
 def split_list(text: str) -> list[str]:

@@ -8,8 +8,8 @@ import torch
 
 import tca
 from tca.arithmetic import TokenCount, count_sentence, segment_names, token_count, token_counts
-from tca.config import CondenseConfig
 from tca.condense import tca_tier_sizes
+from tca.config import CondenseConfig
 from tca.errors import ConfigError
 from tca.methods import METHODS
 from tca.trace import KEPT, MERGED, PRUNED, Trace
