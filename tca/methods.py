@@ -264,6 +264,8 @@ class Method:
     proportional: ToMe's proportional attention (token sizes bias the attention).
     adaptive: token counts depend on the image (the schedule holds upper bounds).
     needs_cls: refuses towers without a CLS token.
+    limit: what caps the method's saving, where it has a cap (shown beside a sweep whose cost
+    stops falling).
     """
 
     name: str
@@ -277,8 +279,12 @@ class Method:
     proportional: bool = False
     adaptive: bool = False
     needs_cls: bool = False
+    limit: str | None = None
 
 
+_HALF = (
+    "bipartite matching merges at most half of a block's tokens, so below R=0.5 nothing more goes"
+)
 _KEPT = "kept as itself"
 
 TCA = Method(
@@ -318,6 +324,7 @@ TOME = Method(
     plan_tome,
     step_tome,
     proportional=True,
+    limit=_HALF,
 )
 TOME_PAPER = Method(
     "tome-paper",
@@ -327,6 +334,7 @@ TOME_PAPER = Method(
     Fates(_KEPT, "merged with its most similar tokens", None, "merged tokens"),
     plan_tome_paper,
     step_tome_paper,
+    limit=_HALF,
 )
 ATS = Method(
     "ats",
