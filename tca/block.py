@@ -10,14 +10,14 @@ other families plug in through the adapters of ``tca.towers``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from . import condense
 from .config import CondenseConfig, Schedule
-from .methods import LayerPlan, Method, method
+from .methods import Attended, LayerPlan, Method, method
 from .towers import OpenClipViT, Tower
 from .trace import TraceRecorder
 
@@ -45,21 +45,6 @@ class RunState:
     @property
     def method(self) -> Method:
         return method(self.config.method)
-
-
-class Attended(NamedTuple):
-    """Result of :func:`attend`.
-
-    out: (B, N, D) attention output after the output projection, before layer scale.
-    cls_row: (B, h, N) per-head attention probabilities of the CLS query, if asked for.
-    keys: (B, N, d_h) head-mean keys (ToMe's similarity metric), if asked for.
-    """
-
-    out: torch.Tensor
-    cls_row: torch.Tensor | None
-    keys: torch.Tensor | None
-    probs: torch.Tensor | None = None  # (B, h, N, N) attention probabilities (tome-paper)
-    value_norm: torch.Tensor | None = None  # (B, h, N) per-head value norms (ATS)
 
 
 def condensing_block(

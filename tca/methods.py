@@ -14,16 +14,49 @@ step, and one record in :data:`METHODS`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, ClassVar
+from typing import Callable, ClassVar, NamedTuple, Protocol
 
 import torch
 
 from . import condense
 from .errors import ConfigError
 
-if TYPE_CHECKING:
-    from .block import Attended, RunState
-    from .config import CondenseConfig
+
+class Settings(Protocol):
+    """What plan builders and steps read of the settings (``tca.config.CondenseConfig``)."""
+
+    @property
+    def keep_rate(self) -> float: ...
+    @property
+    def tca_rate(self) -> float: ...
+    @property
+    def merge_centers(self) -> int: ...
+    @property
+    def score(self) -> str: ...
+
+
+class Run(Protocol):
+    """What a condensing step reads of the forward's run (``tca.block.RunState``)."""
+
+    @property
+    def config(self) -> Settings: ...
+    @property
+    def generator(self) -> torch.Generator | None: ...
+
+
+class Attended(NamedTuple):
+    """The block's attention as a condensing step reads it (``tca.block.attend`` makes it).
+
+    out: (B, N, D) attention output after the output projection, before layer scale.
+    cls_row: (B, h, N) per-head attention probabilities of the CLS query, if asked for.
+    keys: (B, N, d_h) head-mean keys (ToMe's similarity metric), if asked for.
+    """
+
+    out: torch.Tensor
+    cls_row: torch.Tensor | None
+    keys: torch.Tensor | None
+    probs: torch.Tensor | None = None  # (B, h, N, N) attention probabilities (tome-paper)
+    value_norm: torch.Tensor | None = None  # (B, h, N) per-head value norms (ATS)
 
 
 # ------------------------------------------------------------------------------- plans
@@ -126,7 +159,7 @@ def _matching(n_in: int, width: int) -> int:
 
 # (config, tokens into the block, block index, prefix) -> the block's plan, or None when the
 # block would remove nothing.
-PlanBuilder = Callable[["CondenseConfig", int, int, int], "LayerPlan | None"]
+PlanBuilder = Callable[[Settings, int, int, int], "LayerPlan | None"]
 
 
 def _tiers(t1: int, t2: int, t3: int, k: int, n: int, prefix: int) -> TierPlan | None:
@@ -135,7 +168,7 @@ def _tiers(t1: int, t2: int, t3: int, k: int, n: int, prefix: int) -> TierPlan |
     return TierPlan(n, prefix + t1 + k + (1 if t3 > 0 else 0), t1, t2, t3, k, prefix=prefix)
 
 
-def plan_tca(config: CondenseConfig, n: int, layer: int, prefix: int) -> TierPlan | None:
+def plan_tca(config: Settings, n: int, layer: int, prefix: int) -> TierPlan | None:
     """The released code's tiers at rate d, with K coreset centres (ConfigError if K > t2)."""
     # The tier budgets are defined on N = patches + 1 (the released code counts the CLS token).
     t1, t2, t3 = condense.tca_tier_sizes(n - prefix + 1, config.tca_rate)
@@ -148,25 +181,23 @@ def plan_tca(config: CondenseConfig, n: int, layer: int, prefix: int) -> TierPla
     return _tiers(t1, t2, t3, min(k, t2), n, prefix)
 
 
-def plan_evit(config: CondenseConfig, n: int, layer: int, prefix: int) -> TierPlan | None:
+def plan_evit(config: Settings, n: int, layer: int, prefix: int) -> TierPlan | None:
     """EViT: keep ceil(R P) patches, fuse the rest (no tier 2)."""
     t1, t2, t3 = condense.evit_tier_sizes(n - prefix + 1, config.keep_rate)
     return _tiers(t1, t2, t3, 0, n, prefix)
 
 
-def plan_tome(config: CondenseConfig, n: int, layer: int, prefix: int) -> TomePlan | None:
+def plan_tome(config: Settings, n: int, layer: int, prefix: int) -> TomePlan | None:
     r = condense.tome_r(n, config.keep_rate, prefix)
     return TomePlan(n, n - r, r=r, prefix=prefix) if r > 0 else None
 
 
-def plan_tome_paper(
-    config: CondenseConfig, n: int, layer: int, prefix: int
-) -> TomePaperPlan | None:
+def plan_tome_paper(config: Settings, n: int, layer: int, prefix: int) -> TomePaperPlan | None:
     r = condense.tome_r(n, config.keep_rate, prefix)
     return TomePaperPlan(n, n - r, r=r, prefix=prefix) if r > 0 else None
 
 
-def plan_ats(config: CondenseConfig, n: int, layer: int, prefix: int) -> AtsPlan | None:
+def plan_ats(config: Settings, n: int, layer: int, prefix: int) -> AtsPlan | None:
     if prefix != 1:
         others = [m.name for m in METHODS.values() if m.plan and not m.needs_cls]
         raise ConfigError(
@@ -187,7 +218,7 @@ def plan_ats(config: CondenseConfig, n: int, layer: int, prefix: int) -> AtsPlan
 Step = Callable[..., "tuple[condense.Condensed, torch.Tensor | None]"]
 
 
-def _tiers_step(x, plan: TierPlan, att: Attended, run: RunState, rank: bool):
+def _tiers_step(x, plan: TierPlan, att: Attended, run: Run, rank: bool):
     assert att.cls_row is not None  # a CLS or pool-query row for every TierPlan
     patch_attn = att.cls_row[..., plan.prefix :]  # (B, h, P): CLS -> patches, not renormalised
     attn_mean = condense.head_mean_score(patch_attn)
@@ -198,23 +229,23 @@ def _tiers_step(x, plan: TierPlan, att: Attended, run: RunState, rank: bool):
     return c, attn_mean
 
 
-def step_tca(x, size, plan: TierPlan, att: Attended, run: RunState, valid=None):
+def step_tca(x, size, plan: TierPlan, att: Attended, run: Run, valid=None):
     """TCA: tiers ranked by head-mean CLS attention, or by cross-head rank (``score="rank"``)."""
     return _tiers_step(x, plan, att, run, rank=run.config.score == "rank")
 
 
-def step_evit(x, size, plan: TierPlan, att: Attended, run: RunState, valid=None):
+def step_evit(x, size, plan: TierPlan, att: Attended, run: Run, valid=None):
     """EViT: tiers ranked by head-mean CLS attention."""
     return _tiers_step(x, plan, att, run, rank=False)
 
 
-def step_tome(x, size, plan: TomePlan, att: Attended, run: RunState, valid=None):
+def step_tome(x, size, plan: TomePlan, att: Attended, run: Run, valid=None):
     size = size if size is not None else x.new_ones(x.shape[:2])
     assert att.keys is not None  # attend(need_keys=True) for every TomePlan
     return condense.tome_merge(x, size, att.keys, plan.r, plan.prefix), None
 
 
-def step_tome_paper(x, size, plan: TomePaperPlan, att: Attended, run: RunState, valid=None):
+def step_tome_paper(x, size, plan: TomePaperPlan, att: Attended, run: Run, valid=None):
     """The released baseline: head-mean attention rows as the metric; the sizes weight the
     average but never the attention."""
     size = size if size is not None else x.new_ones(x.shape[:2])
@@ -223,7 +254,7 @@ def step_tome_paper(x, size, plan: TomePaperPlan, att: Attended, run: RunState, 
     return condense.tome_merge(x, size, metric, plan.r, plan.prefix), None
 
 
-def step_ats(x, size, plan: AtsPlan, att: Attended, run: RunState, valid=None):
+def step_ats(x, size, plan: AtsPlan, att: Attended, run: Run, valid=None):
     """ATS: keep at most ceil(R P_b) patches of each image, sampled from its score CDF."""
     assert att.cls_row is not None and att.value_norm is not None  # AtsPlan's needs
     score = condense.ats_score(att.cls_row.float(), att.value_norm.float(), valid)
@@ -383,4 +414,7 @@ __all__ = [
     "AtsPlan",
     "PlanBuilder",
     "Step",
+    "Settings",
+    "Run",
+    "Attended",
 ]

@@ -100,3 +100,21 @@ def test_no_module_switches_on_a_method_name():
         if pattern.search(line)
     ]
     assert offenders == []
+
+
+def test_tca_step_draws_the_first_centre_from_the_seeded_generator(tiny_clip):
+    """center_seed reaches the coreset: a seeded run is reproducible and differs from the rule
+    (most-attended first centre)."""
+    model = tiny_clip.model
+    tca.patch(model, CondenseConfig(method="none"))
+    images = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(2))
+    try:
+        with torch.no_grad():
+            runs = [
+                tca.encode(model, images, CondenseConfig(keep_rate=0.5, merge_centers=3, center_seed=s))
+                for s in (None, 5, 5)
+            ]
+    finally:
+        tca.unpatch(model)
+    assert torch.equal(runs[1].features, runs[2].features)
+    assert not torch.allclose(runs[0].features, runs[1].features)

@@ -6,7 +6,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import tca
-from tca.config import ConfigError, CondenseConfig, keep_rate_to_rate, parse_layers, plan_layers
+from tca.config import CondenseConfig, ConfigError, keep_rate_to_rate, parse_layers, plan_layers
 from tca.flops import Geometry, macs_for
 
 
@@ -296,6 +296,7 @@ def test_flop_report_dict_and_saving():
 
 def test_geometry_from_name_reads_every_field(tmp_path):
     import json
+
     import open_clip
     cfg = {"embed_dim": 24, "vision_cfg": {"image_size": [96, 96], "layers": 3, "width": 48,
                                            "head_width": 16, "patch_size": 16, "mlp_ratio": 2.0},
@@ -322,6 +323,7 @@ def test_geometry_from_name_reads_every_field(tmp_path):
 def _timm_config(tmp_path, name: str, embed_dim: int = 40, **vision) -> str:
     """Register an open_clip config ``name`` whose vision tower is the timm model in ``vision``."""
     import json
+
     import open_clip
     cfg = {"embed_dim": embed_dim, "vision_cfg": {"timm_model_pretrained": False, **vision},
            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
@@ -485,6 +487,7 @@ def test_tome_paper_and_ats_overhead_exactly():
 
 def test_one_block_open_clip_tower_geometry_and_macs_by_hand(tmp_path):
     import json
+
     import open_clip
     cfg = {"embed_dim": 24, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32,
                                            "head_width": 16, "patch_size": 16, "mlp_ratio": 3.0},
