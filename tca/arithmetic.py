@@ -12,24 +12,11 @@ the method's :class:`tca.methods.Fates`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 
+from .methods import Method
 from .trace import KEPT, MERGED, PRUNED, Trace
-
-
-class _Words(Protocol):
-    group_token: str | None
-    fused_token: str | None
-
-
-class Worded(Protocol):
-    """What the words are read from: a ``tca.methods.Method`` (its ``fates``). Typed
-    structurally so this module depends on the trace only."""
-
-    @property
-    def fates(self) -> _Words: ...
 
 
 @dataclass(frozen=True)
@@ -79,7 +66,7 @@ def token_counts(trace: Trace, image: int = 0) -> list[TokenCount]:
     return [token_count(trace, l, image) for l in range(trace.depth)]
 
 
-def segment_names(method: Worded, prefix: int = 1) -> dict[str, str]:
+def segment_names(method: Method, prefix: int = 1) -> dict[str, str]:
     """The words of each segment of the stacked count for ``method`` (only the segments the
     method can have; the summary token only where the tower has one)."""
     fates = method.fates
@@ -92,7 +79,7 @@ def segment_names(method: Worded, prefix: int = 1) -> dict[str, str]:
     return names
 
 
-def count_sentence(count: TokenCount, method: Worded, prefix: int = 1) -> str:
+def count_sentence(count: TokenCount, method: Method, prefix: int = 1) -> str:
     """'74 tokens = 1 CLS token + 65 kept patches + 5 coreset tokens + 3 fused tokens': every
     segment the method can have, so the sum is visible and exact."""
     names = segment_names(method, prefix)
