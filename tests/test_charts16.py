@@ -79,7 +79,7 @@ def test_sweep_one_colour_per_method_and_each_point_its_own_rate():
     ax, ax2 = fig.axes[0], fig.axes[1]
     tca_colour, tome_colour = charts.method_color("TCA"), charts.method_color("tome")
     assert tca_colour != tome_colour
-    assert tca_colour == "#%02x%02x%02x" % render.METHOD_COLORS["tca"]
+    assert tca_colour == "#{:02x}{:02x}{:02x}".format(*render.METHOD_COLORS["tca"])
     lines = ax.get_lines() + ax2.get_lines()
     drawn = {(tuple(l.get_xdata()), l.get_color()) for l in lines if len(l.get_xdata()) == 5}
     assert ((5, 8, 10, 12, 17.6), tca_colour) in drawn and ((9.5, 9.5, 9.5, 12.5, 17.6), tome_colour) in drawn
