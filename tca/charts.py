@@ -26,7 +26,7 @@ def tokens_chart(
     condensing_layers: Sequence[int] = (),
     label: str = "condensed",
     title: str | None = None,
-    size: tuple[float, float] = (5.6, 3.0),
+    size: tuple[float, float] = (6.4, 3.6),
     current: int | None = None,
     stack: Sequence[Sequence[int]] | None = None,
     stack_names: Sequence[str | None] = (),
@@ -45,7 +45,7 @@ def tokens_chart(
     if len(baseline) != len(condensed):
         raise ValueError("baseline and condensed must have one count per layer")
     fig = Figure(figsize=size, dpi=100)
-    fig.subplots_adjust(left=0.12, right=0.97, top=0.9 if title else 0.96, bottom=0.17)
+    fig.subplots_adjust(left=0.12, right=0.97, top=0.9 if title else 0.96, bottom=0.16)
     ax = fig.add_subplot()
     # value i holds from block i's output on: draw it over [i, i + 1) so a drop sits exactly on
     # the condensing block
@@ -79,7 +79,15 @@ def tokens_chart(
                 label=name,
             )
             bottom += heights
-        ax.legend(fontsize=8, loc="lower left", frameon=True, framealpha=0.85, ncol=2)
+        # below the axes, so no bar is covered
+        fig.subplots_adjust(bottom=0.3)
+        ax.legend(
+            fontsize=9,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.2),
+            frameon=False,
+            ncol=3,
+        )
     top = max(max(baseline), max(condensed))
     if current is not None and 0 <= current < n:
         ax.axvspan(current, current + 1, color=_hex(HIGHLIGHT), alpha=0.18, lw=0)
@@ -88,29 +96,29 @@ def tokens_chart(
             top * 1.1,
             f"block {current}: {condensed[current]}",
             color=_hex(HIGHLIGHT),
-            fontsize=8,
+            fontsize=10,
             ha="center" if 0 < current < n - 1 else ("left" if current == 0 else "right"),
             va="top",
         )
-    ax.text(0.2, baseline[0] - 0.03 * top, "baseline CLIP", color="#555555", fontsize=8, va="top")
+    ax.text(0.2, baseline[0] - 0.03 * top, "baseline CLIP", color="#555555", fontsize=10, va="top")
     ax.text(
         n - 0.2,
         condensed[-1] + 0.03 * top,
         f"{label}: {condensed[-1]}",
         color="#d62728",
-        fontsize=8,
+        fontsize=10,
         ha="right",
         va="bottom",
     )
-    ax.set_xlabel("block (0-based; dotted = condensing)", fontsize=9)
-    ax.set_ylabel("tokens (CLS incl.)", fontsize=9)
+    ax.set_xlabel("block (0-based; dotted = condensing)", fontsize=11)
+    ax.set_ylabel("tokens (CLS incl.)", fontsize=11)
     ax.set_xticks(x[:-1] if n <= 12 else x[:-1:2])
     ax.set_xlim(0, n)
     ax.set_ylim(0, top * 1.12)
-    ax.tick_params(labelsize=8)
+    ax.tick_params(labelsize=10)
     ax.grid(axis="y", alpha=0.3)
     if title:
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title, fontsize=12)
     return fig
 
 
