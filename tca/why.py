@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .config import CondenseConfig, plan_layers
 from .methods import AtsPlan, LayerPlan, TierPlan
 from .trace import DROPPED, PRUNED, Trace
 
@@ -179,6 +180,23 @@ def patch_place(r: Ranking, trace: Trace, patch: int, image: int = 0) -> PatchPl
     )
 
 
+def why_patch(
+    trace: Trace, config: CondenseConfig, patch: int | None, image: int = 0
+) -> tuple[list[Ranking], list[PatchPlace | None]]:
+    """Every condensing block's :class:`Ranking` that recorded a score, and ``patch``'s place
+    in each (None where it was dropped before, or for ``patch=None``). The plans come from the
+    settings and the trace's geometry (``plan_layers``), as the forward made them."""
+    p = trace.token_index.shape[-1]
+    schedule = plan_layers(config, p + trace.prefix, trace.depth, prefix=trace.prefix)
+    rankings = [
+        ranking(trace, l, schedule.plans[l], image, by_rank=config.score == "rank")
+        for l in trace.condensing_layers
+        if l in trace.cls_attention
+    ]
+    places = [None if patch is None else patch_place(r, trace, patch, image) for r in rankings]
+    return rankings, places
+
+
 def score_grid(trace: Trace, layer: int, image: int = 0) -> np.ndarray:
     """(rows, cols) float64: the score block ``layer`` recorded for every patch (NaN: dropped)."""
     if layer not in trace.cls_attention:
@@ -197,4 +215,5 @@ __all__ = [
     "patch_place",
     "score_grid",
     "score_name",
+    "why_patch",
 ]

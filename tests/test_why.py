@@ -119,3 +119,19 @@ def test_rank_score_is_flagged_inexact(tiny_clip):
     enc = _run(tiny_clip, CondenseConfig(method="tca", keep_rate=0.7, score="rank"))
     layer = enc.trace.condensing_layers[0]
     assert not ranking(enc.trace, layer, enc.schedule.plans[layer], by_rank=True).exact
+
+
+def test_why_patch_uses_the_plans_the_forward_made(tiny_clip):
+    from tca.why import why_patch
+
+    cfg = CondenseConfig(method="tca", keep_rate=0.7)
+    enc = _run(tiny_clip, cfg)
+    rankings, places = why_patch(enc.trace, cfg, 40)
+    assert [r.layer for r in rankings] == [3, 6, 9]
+    assert [r.tiers for r in rankings] == [
+        (enc.schedule.plans[l].t1, enc.schedule.plans[l].t2, enc.schedule.plans[l].t3) for l in (3, 6, 9)
+    ]
+    assert all(p is not None and p.outcome == r.outcome[p.token] for r, p in zip(rankings, places))
+    assert why_patch(enc.trace, cfg, None)[1] == [None, None, None]
+    tome = CondenseConfig(method="tome", keep_rate=0.7)
+    assert why_patch(_run(tiny_clip, tome).trace, tome, 40) == ([], [])  # ToMe records no score
