@@ -348,7 +348,7 @@ def why_chart(
     fig.subplots_adjust(
         left=0.1,
         right=0.97,
-        top=1 - 0.5 / fig.get_figheight(),
+        top=1 - 0.8 / fig.get_figheight(),
         bottom=0.55 / fig.get_figheight(),
         hspace=1.0,
     )
