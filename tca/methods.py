@@ -360,7 +360,12 @@ PITOME = Method(
     "PiToMe (energy + merge)",
     "scores every patch by its energy (how many near-duplicates it has among the keys), pairs "
     "the 2r most redundant and merges each pair, and protects the isolated, informative rest",
-    Fates(_KEPT, "redundant (high energy): merged with its most similar partner", None),
+    Fates(
+        _KEPT,
+        "redundant (high energy): merged with its most similar partner",
+        None,
+        "merged tokens",
+    ),
     plan_pitome,
     step_pitome,
     proportional=True,
@@ -375,6 +380,7 @@ TOFU = Method(
         _KEPT,
         "merged with its most similar tokens (norm kept)",
         "matched in an early block: dropped",
+        "merged tokens",
     ),
     plan_tofu,
     step_tofu,
