@@ -16,6 +16,10 @@ from .methods import LayerPlan
 METHODS = tuple(methods.METHODS)
 SCORES = ("mean", "rank")
 DEFAULT_LAYERS = (3, 6, 9)
+# EViT's keep-rate locations, which the TCA release hard-codes: blocks depth/4 * {1, 2, 3}
+# (0-based), i.e. 3/6/9 of 12. The release uses 3/6/9 for ViT-L/14 (24 blocks) too, so the
+# paper's L/14 figures condense in the first half only; default_layers scales the rule instead.
+LAYER_QUARTERS = (1, 2, 3)
 
 # The paper's keep rate R against the released code's rate d (ViT-B/16, K=2, layers 3/6/9):
 # R=0.9 is `Ours-0.035` (180/163/149 tokens) and R=0.7 is `Ours-0.1` (141/100/74).
@@ -185,6 +189,19 @@ def plan_layers(
         n_tokens,
         anchors=anchors and methods.method(config.method).anchors,
         prefix=prefix,
+    )
+
+
+def default_layers(depth: int) -> tuple[int, ...]:
+    """The default condensing blocks of a ``depth``-block tower: depth * q / 4 for q = 1, 2, 3,
+    rounded half up (0-based), so 3/6/9 of 12 blocks (the paper's, exactly), 6/12/18 of 24
+    (ViT-L/14; the release keeps 3/6/9 there) and 2/4/6 of 8. Block 0 is left out where the
+    tower has more (its CLS has not attended yet); duplicates of shallow towers collapse."""
+    if depth < 1:
+        raise ConfigError(f"a tower needs at least one block, got depth {depth}")
+    low = 1 if depth > 1 else 0
+    return tuple(
+        sorted({max(low, min(depth - 1, int(depth * q / 4 + 0.5))) for q in LAYER_QUARTERS})
     )
 
 

@@ -249,11 +249,15 @@ def step_repshift(x, size, plan: RepShiftPlan, att: Attended, run: Run, valid=No
 @dataclass(frozen=True)
 class Fates:
     """How the legend and the explanations word each fate for one method (None: the method
-    never gives a patch that fate)."""
+    never gives a patch that fate). group_token / fused_token: what the token count calls a
+    token holding a merged group / only fused patches (None: the method makes no such token;
+    ATS's dropped patches leave no token at all)."""
 
     kept: str
     merged: str | None
     pruned: str | None
+    group_token: str | None = None
+    fused_token: str | None = None
 
 
 @dataclass(frozen=True)
@@ -266,6 +270,8 @@ class Method:
     proportional: ToMe's proportional attention (token sizes bias the attention).
     adaptive: token counts depend on the image (the schedule holds upper bounds).
     needs_cls: refuses towers without a CLS token.
+    limit: what caps the method's saving, where it has a cap (shown beside a sweep whose cost
+    stops falling).
     """
 
     name: str
@@ -279,8 +285,12 @@ class Method:
     proportional: bool = False
     adaptive: bool = False
     needs_cls: bool = False
+    limit: str | None = None
 
 
+_HALF = (
+    "bipartite matching merges at most half of a block's tokens, so below R=0.5 nothing more goes"
+)
 _KEPT = "kept as itself"
 
 TCA = Method(
@@ -294,6 +304,8 @@ TCA = Method(
         _KEPT,
         "class-ambiguous: merged into one of K coreset tokens",
         "class-irrelevant: fused into one token",
+        "coreset tokens",
+        "fused tokens",
     ),
     plan_tca,
     step_tca,
@@ -304,7 +316,7 @@ EVIT = Method(
     "EViT",
     "EViT (prune + fuse)",
     "keeps the patches the CLS token attends to most and fuses the inattentive rest into one token",
-    Fates(_KEPT, None, "inattentive: fused into one token"),
+    Fates(_KEPT, None, "inattentive: fused into one token", fused_token="fused tokens"),
     plan_evit,
     step_evit,
 )
@@ -314,19 +326,21 @@ TOME = Method(
     "ToMe (merge pairs)",
     "merges the r most similar token pairs (bipartite matching on the attention keys) and "
     "weights attention by token size",
-    Fates(_KEPT, "merged with its most similar tokens", None),
+    Fates(_KEPT, "merged with its most similar tokens", None, "merged tokens"),
     plan_tome,
     step_tome,
     proportional=True,
+    limit=_HALF,
 )
 TOME_PAPER = Method(
     "tome-paper",
     "ToMe (paper)",
     "ToMe, paper's variant",
     "the TCA paper's ToMe baseline: pairs matched on attention rows, no proportional attention",
-    Fates(_KEPT, "merged with its most similar tokens", None),
+    Fates(_KEPT, "merged with its most similar tokens", None, "merged tokens"),
     plan_tome_paper,
     step_tome_paper,
+    limit=_HALF,
 )
 ATS = Method(
     "ats",
@@ -346,7 +360,12 @@ PITOME = Method(
     "PiToMe (energy + merge)",
     "scores every patch by its energy (how many near-duplicates it has among the keys), pairs "
     "the 2r most redundant and merges each pair, and protects the isolated, informative rest",
-    Fates(_KEPT, "redundant (high energy): merged with its most similar partner", None),
+    Fates(
+        _KEPT,
+        "redundant (high energy): merged with its most similar partner",
+        None,
+        "merged tokens",
+    ),
     plan_pitome,
     step_pitome,
     proportional=True,
@@ -361,6 +380,7 @@ TOFU = Method(
         _KEPT,
         "merged with its most similar tokens (norm kept)",
         "matched in an early block: dropped",
+        "merged tokens",
     ),
     plan_tofu,
     step_tofu,

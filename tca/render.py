@@ -84,6 +84,22 @@ FATES: dict[int, FateStyle] = {
         "class-irrelevant: fused into one token; grey with white stripes",
     ),
 }
+# One colour per method wherever methods are drawn side by side (the sweep): Okabe & Ito again,
+# in the registry's display order; the unmodified model grey.
+METHOD_COLORS: dict[str, tuple[int, int, int]] = {
+    "tca": (0, 114, 178),
+    "evit": (230, 159, 0),
+    "tome": (0, 158, 115),
+    "tome-paper": (204, 121, 167),
+    "ats": (213, 94, 0),
+    "none": (110, 110, 110),
+}
+# What "what the model sees" draws, for its legend: (what, meaning).
+MODEL_VIEW_LEGEND: tuple[tuple[str, str], ...] = (
+    ("fill", "each token painted with the mean colour of the patches it stands for"),
+    ("outline", "a token holding several patches (dark on light tokens, light on dark)"),
+    ("no outline", "a token holding one patch"),
+)
 VIEWS = ("fates", "model")  # "model": what the model sees, each token its patches' mean colour
 
 
@@ -327,6 +343,89 @@ def blend_heatmap(
     return out.round().astype(np.uint8)
 
 
+def _components(mask: np.ndarray) -> list[list[tuple[int, int]]]:
+    """The 4-connected regions of a (rows, cols) bool mask, each as its cells in row-major
+    order; regions ordered by their first cell."""
+    seen = np.zeros_like(mask, dtype=bool)
+    rows, cols = mask.shape
+    out = []
+    for r0, c0 in zip(*np.nonzero(mask)):
+        if seen[r0, c0]:
+            continue
+        stack, cells = [(int(r0), int(c0))], []
+        seen[r0, c0] = True
+        while stack:
+            r, c = stack.pop()
+            cells.append((r, c))
+            for rr, cc in ((r - 1, c), (r + 1, c), (r, c - 1), (r, c + 1)):
+                if 0 <= rr < rows and 0 <= cc < cols and mask[rr, cc] and not seen[rr, cc]:
+                    seen[rr, cc] = True
+                    stack.append((rr, cc))
+        out.append(sorted(cells))
+    return out
+
+
+def group_labels(trace: Trace, layer: int, image_index: int = 0) -> list[tuple[int, int, int]]:
+    """Where to write the merged groups' numbers: (number, row, col), numbered from 1 in
+    :func:`group_ranks` order (number - 1 indexes the group's colour). Every connected region
+    of a group gets its number once, in the region's cell nearest its centroid, so a group
+    split over the image is numbered in each of its parts."""
+    lv = layer_view(trace, layer, image_index)
+    ranks = group_ranks(lv)
+    out = []
+    for tok in np.nonzero(ranks >= 0)[0]:
+        for cells in _components((lv.token == tok) & (lv.fate == MERGED)):
+            rc = np.asarray(cells, dtype=np.float64)
+            d = ((rc - rc.mean(axis=0)) ** 2).sum(axis=1)
+            r, c = cells[int(np.argmin(d))]  # first of the nearest, in row-major order
+            out.append((int(ranks[tok]) + 1, r, c))
+    return sorted(out)
+
+
+def draw_group_numbers(
+    image: np.ndarray, labels: list[tuple[int, int, int]], grid: tuple[int, int]
+) -> np.ndarray:
+    """Write each group's number (from :func:`group_labels`) in its cell of ``image`` (H, W, 3)
+    uint8, any multiple of the patch grid: black digits on a white disc, readable over every
+    group colour, so groups sharing a colour (more groups than :data:`GROUP_COLORS`) stay apart
+    for every viewer, colour-blind or not."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    ph, pw = _check_image(image, grid)
+    pic = Image.fromarray(image)
+    draw = ImageDraw.Draw(pic)
+    size = max(6, int(min(ph, pw) * 0.5))
+    try:
+        font: ImageFont.ImageFont | ImageFont.FreeTypeFont = ImageFont.load_default(size)
+    except TypeError:  # Pillow < 10.1
+        font = ImageFont.load_default()
+    r = min(ph, pw) * 0.36
+    for number, row, col in labels:
+        cx, cy = (col + 0.5) * pw, (row + 0.5) * ph
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=(255, 255, 255), outline=OUTLINE_COLOR)
+        draw.text((cx, cy), str(number), fill=(0, 0, 0), font=font, anchor="mm")
+    return np.asarray(pic).copy()
+
+
+def value_range(values: np.ndarray) -> tuple[float, float] | None:
+    """(min, max) of the finite values, or None: the two ends of a colour scale."""
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return None
+    return float(finite.min()), float(finite.max())
+
+
+def score_overlay(image: np.ndarray, values: np.ndarray, opacity: float = 0.6) -> np.ndarray:
+    """A (rows, cols) score map (NaN: no value, drawn dark) over ``image``, min-max normalised
+    to the colour scale whose ends :func:`value_range` gives."""
+    span = value_range(values)
+    if span is None:
+        return image
+    lo, hi = span
+    norm = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
+    return blend_heatmap(image, np.where(np.isfinite(values), norm, 0.0), opacity)
+
+
 def upscale(image: np.ndarray, factor: int) -> np.ndarray:
     """Nearest-neighbour enlargement by an integer factor (keeps patch edges crisp)."""
     if factor < 1:
@@ -361,6 +460,12 @@ def all_layer_maps(
 __all__ = [
     "ACCENT",
     "FATES",
+    "METHOD_COLORS",
+    "MODEL_VIEW_LEGEND",
+    "draw_group_numbers",
+    "group_labels",
+    "score_overlay",
+    "value_range",
     "GROUP_COLORS",
     "HIGHLIGHT",
     "VIEWS",

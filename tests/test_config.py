@@ -121,3 +121,17 @@ def test_format_layers():
     assert format_layers((3, 6, 9)) == "3,6,9"
     assert format_layers([True, 12.0]) == "1,12"
     assert format_layers(()) == ""
+
+
+def test_default_layers_rule():
+    """depth/4 * {1, 2, 3}, halves up: the paper's 3/6/9 of 12 exactly, 6/12/18 for ViT-L/14."""
+    from tca.config import DEFAULT_LAYERS, default_layers
+
+    assert default_layers(12) == DEFAULT_LAYERS == (3, 6, 9)
+    assert default_layers(24) == (6, 12, 18)
+    assert default_layers(32) == (8, 16, 24)
+    assert default_layers(6) == (2, 3, 5)
+    assert default_layers(3) == (1, 2)
+    assert default_layers(1) == (0,)
+    with pytest.raises(ConfigError, match="at least one block, got depth 0"):
+        default_layers(0)
