@@ -46,7 +46,8 @@ import torch  # noqa: E402
 
 import app as app_module  # noqa: E402
 import tca  # noqa: E402
-from tca import charts, export, render  # noqa: E402
+from tca import charts, render  # noqa: E402
+from tca.app import export  # noqa: E402
 
 MODEL = "ViT-B-16-quickgelu"
 IMAGE = ROOT / "assets" / "chelsea.jpg"
@@ -69,6 +70,7 @@ def measure(repeats: int) -> dict[str, list[float]]:
     bare = tca.load_model(MODEL, pretrained="none", seed=0)  # never patched
     pixels = tca.prepare_image(bare, IMAGE)
     app = app_module.App(MODEL, "none", exports=export.ExportDir(tempfile.mkdtemp(prefix="bench-")))
+    app_module.build_demo(MODEL, "none", app=app, first_screen=None)  # names the components
     image_out = gr.Image(type="numpy", format="png")
     gallery_out = gr.Gallery(format="png")
 
@@ -83,15 +85,16 @@ def measure(repeats: int) -> dict[str, list[float]]:
 
     def display(state):
         out = app.show_run(state, 11, "fates", False, 0.5, None, 12, False, None)
-        image_out.postprocess(out[4])  # what Gradio does with the map, the chart, the strip
-        image_out.postprocess(out[7])
-        gallery_out.postprocess(out[9]["value"])
+        # what Gradio does with the map, the chart, the strip
+        image_out.postprocess(out[app.ui["map"]]["value"])
+        image_out.postprocess(out[app.ui["chart"]]["value"])
+        gallery_out.postprocess(out[app.ui["strip"]]["value"])
         return out
 
     def sweep(state=None):
-        plot, _ = app.sweep(str(IMAGE), LABELS, MODEL, "tca", "3,6,9", 2, "mean", "single",
-                            False, state, progress=_NoProgress())
-        image_out.postprocess(plot)
+        out = app.sweep(str(IMAGE), LABELS, MODEL, "tca", 0.7, "3,6,9", 2, "mean", "single",
+                        False, state, progress=_NoProgress())
+        image_out.postprocess(out[app.ui["sweep_plot"]])
 
     # warm-up: loads, patches, text embeddings cached, first-call allocations
     bare2()
@@ -106,20 +109,19 @@ def measure(repeats: int) -> dict[str, list[float]]:
     for _ in range(repeats):
         b, _ = _ms(bare2)
         t_cls, (summary, state, _) = _ms(classify)
-        # each closure runs at once; the default arguments bind this round's state (ruff B023)
-        t_disp, _ = _ms(lambda state=state: display(state))
-        t_sw, _ = _ms(lambda state=state: sweep(state))  # as in the app: after a Run of this image
+        t_disp, _ = _ms(lambda: display(state))
+        t_sw, _ = _ms(lambda: sweep(state))  # as in the app: after a Run of this image
         t_sw_fresh, _ = _ms(sweep)
-        m, _ = _ms(lambda state=state: render.all_layer_maps(state.view, state.trace))
+        m, _ = _ms(lambda: render.all_layer_maps(state.seen, state.trace))
 
-        def rerender(state=state):
-            img = app.show_layer(state, 6, "fates", True, 0.5)[0]
+        def rerender():
+            img = app.show_layer(state, 6, "fates", True, 0.5)[app.ui["map"]]["value"]
             image_out.postprocess(img)
         r, _ = _ms(rerender)
         res = state.result
-        c, _ = _ms(lambda res=res, state=state: image_out.postprocess(charts.figure_to_array(
-            charts.tokens_chart(res.baseline_tokens, res.tokens_per_layer,
-                                state.trace.condensing_layers, "tca", current=11))))
+        c, _ = _ms(lambda: image_out.postprocess(charts.figure_to_array(charts.tokens_chart(
+            res.baseline_tokens, res.tokens_per_layer, state.trace.condensing_layers, "tca",
+            current=11))))
         rows["chart"].append(c)
         rows["ratio_chart"].append((t_cls + t_disp + c) / b)
         rows["bare2"].append(b)
@@ -147,8 +149,7 @@ def first_screen(loads: int = 5, mode: str = "now") -> list[float] | None:
 
     demo = app_module.build_demo(MODEL, "none", first_screen=mode)  # as python app.py
     _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **app_module.launch_options())
-    # build_demo hangs its App on the Blocks; the start-up computation is done, now time loads
-    demo.tca_app.first_screen()  # type: ignore[attr-defined]
+    demo.tca_app.first_screen()  # the start-up computation is done; now time page loads
     out = []
     try:
         with sync_playwright() as p:

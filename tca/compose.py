@@ -1,11 +1,10 @@
 """Composing pictures from maps (PIL): a captioned grid of tiles with row / column labels and
-the fates legend, the strip of all blocks, and the layout that maps a click back to a tile.
+the fates legend and the strip of all blocks.
 Colours come from ``tca.render``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Sequence
 
@@ -24,38 +23,6 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
-@dataclass(frozen=True)
-class GridLayout:
-    """Where the tiles of :func:`grid` are, to map a click on the PNG back to a tile."""
-
-    rows: int
-    cols: int
-    tile_h: int
-    tile_w: int
-    left: int  # width of the row-label column
-    top: int  # height of the column-label row
-    caption: int  # caption band above each tile
-    gap: int
-
-    @property
-    def cell_h(self) -> int:
-        return self.caption + self.tile_h + self.gap
-
-    @property
-    def cell_w(self) -> int:
-        return self.tile_w + self.gap
-
-    def tile_at(self, x: float, y: float) -> tuple[int, int] | None:
-        """(row, col) of the tile (or its caption) under pixel (x, y), else None."""
-        cx, cy = x - self.left - self.gap, y - self.top - self.gap
-        if cx < 0 or cy < 0:
-            return None
-        r, c = int(cy // self.cell_h), int(cx // self.cell_w)
-        if r >= self.rows or c >= self.cols or cx % self.cell_w >= self.tile_w:
-            return None
-        return r, c
-
-
 def grid(
     tiles: Sequence[Sequence[np.ndarray | None]],
     captions: Sequence[Sequence[str]] | None = None,
@@ -67,7 +34,7 @@ def grid(
     background: tuple[int, int, int] = (255, 255, 255),
     title: str | None = None,
     marked: Sequence[Sequence[bool]] | None = None,
-) -> tuple[Image.Image, GridLayout]:
+) -> Image.Image:
     """Tile equally sized (H, W, 3) uint8 images row by row into one picture.
 
     captions: one short line above each tile. row_labels / col_labels: a header column / row.
@@ -83,14 +50,14 @@ def grid(
     cap_h = font_size + 6 if captions else 0
     left = (max(_text_w(font, s) for s in row_labels) + 12) if row_labels else 0
     top = (font_size + 8 if col_labels else 0) + (font_size + 10 if title else 0)
-    lay = GridLayout(rows, cols, th, tw, left, top, cap_h, gap)
+    cell_h, cell_w = cap_h + th + gap, tw + gap  # a tile with its caption band and gap
     legend_h = font_size + 16 if legend else 0
-    width = left + gap + cols * lay.cell_w
+    width = left + gap + cols * cell_w
     if legend:
         width = max(width, _legend_width(font, font_size) + 12)
     if title:
         width = max(width, _text_w(font, title) + 12)
-    height = top + gap + rows * lay.cell_h + legend_h
+    height = top + gap + rows * cell_h + legend_h
     canvas = np.empty((height, width, 3), dtype=np.uint8)
     canvas[:] = background
     for r, row in enumerate(tiles):
@@ -99,8 +66,8 @@ def grid(
                 continue
             if tile.shape[:2] != (th, tw):
                 raise ValueError("all tiles must have the same size")
-            y = top + gap + r * lay.cell_h + cap_h
-            x = left + gap + c * lay.cell_w
+            y = top + gap + r * cell_h + cap_h
+            x = left + gap + c * cell_w
             canvas[y : y + th, x : x + tw] = tile
     img = Image.fromarray(canvas)
     draw = ImageDraw.Draw(img)
@@ -116,25 +83,23 @@ def grid(
                         and marked[r][c]
                     )
                     draw.text(
-                        (left + gap + c * lay.cell_w + 2, top + gap + r * lay.cell_h + 1),
+                        (left + gap + c * cell_w + 2, top + gap + r * cell_h + 1),
                         text,
                         fill=ACCENT if accent else ink,
                         font=font,
                     )
     if row_labels:
         for r, text in enumerate(row_labels):
-            y = top + gap + r * lay.cell_h + cap_h + th // 2 - font_size // 2
+            y = top + gap + r * cell_h + cap_h + th // 2 - font_size // 2
             draw.text((6, y), text, fill=ink, font=font)
     if col_labels:
         for c, text in enumerate(col_labels):
-            draw.text(
-                (left + gap + c * lay.cell_w + 2, top - font_size - 5), text, fill=ink, font=font
-            )
+            draw.text((left + gap + c * cell_w + 2, top - font_size - 5), text, fill=ink, font=font)
     if title:
         draw.text((6, 4), title, fill=ink, font=font)
     if legend:
         _draw_legend(draw, font, font_size, 6, height - legend_h + 6)
-    return img, lay
+    return img
 
 
 def _text_w(font, text: str) -> int:
@@ -184,7 +149,7 @@ def layer_strip(
     title: str | None = None,
     marked: Sequence[bool] | None = None,
     font_size: int = 16,
-) -> tuple[Image.Image, GridLayout]:
+) -> Image.Image:
     """All layer maps in one picture, ``cols`` per row (captions e.g. "block 3*: 141 tok");
     ``marked`` layers (condensing blocks) get their caption in the accent colour."""
     if not maps:
@@ -208,4 +173,4 @@ def layer_captions(trace: Trace) -> list[str]:
     ]
 
 
-__all__ = ["GridLayout", "grid", "layer_captions", "layer_strip"]
+__all__ = ["grid", "layer_captions", "layer_strip"]

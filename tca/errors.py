@@ -7,6 +7,8 @@ also derives from the standard exception it used to be, so ``except ValueError``
 
 from __future__ import annotations
 
+import re
+
 
 class UserError(Exception):
     """A problem with the user's input or environment; the message names it and says what to do."""
@@ -46,6 +48,18 @@ class EvalError(UserError, ValueError):
 
 class CliError(UserError):
     """A command-line option or environment setting that cannot work."""
+
+
+# A directory part of an absolute path ("/a/b/" of "/a/b/file"); not after a word character, a
+# dot, a colon or a slash, so "1/3", "./x" and URLs are left alone.
+_DIRS = re.compile(r"(?<![\w.:/])((?:/[^\s'\"/]+)+/)([^\s'\"/]*)")
+
+
+def without_dirs(text: str) -> str:
+    """``text`` with every absolute path cut to its file name: the one scrubber of server
+    paths from messages a visitor or a log reader sees (``/tmp/gradio/ab12/cat.png`` ->
+    ``cat.png``)."""
+    return _DIRS.sub(lambda m: m.group(2), text)
 
 
 __all__ = [

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from .errors import ImageError
+from .errors import ImageError, without_dirs
 
 MAX_PIXELS = 64_000_000  # decoded size guard against decompression bombs (e.g. 8000 x 8000)
 MAX_ASPECT = 2.0  # CLIP keeps only the centre square; longer sides are cropped before resizing
@@ -86,10 +86,7 @@ def _too_many_pixels(name: str, max_pixels: int) -> str:
 
 def _short(exc: BaseException, source=None) -> str:
     """The exception's text without the file's directory (server paths stay private)."""
-    text = str(exc).strip() or type(exc).__name__
-    if isinstance(source, (str, os.PathLike)):
-        text = text.replace(str(Path(source).parent) + os.sep, "")
-    return text[:160]
+    return without_dirs(str(exc).strip() or type(exc).__name__)[:160]
 
 
 def _from_array(arr: np.ndarray) -> Image.Image:

@@ -33,10 +33,11 @@ APP_MODELS: dict[str, str] = {
     "ViT-B/32": "ViT-B-32-quickgelu",
     "ViT-B/16": "ViT-B-16-quickgelu",
     "ViT-L/14": "ViT-L-14-quickgelu",
+    "SigLIP 2 B/16": "ViT-B-16-SigLIP2",  # no CLS token: its pool's query ranks the tokens
 }
 # Documented and tested as supported: those and their plain-GELU configs.
 SUPPORTED_MODELS = tuple(APP_MODELS.values()) + tuple(
-    name.removesuffix("-quickgelu") for name in APP_MODELS.values()
+    name.removesuffix("-quickgelu") for name in APP_MODELS.values() if name.endswith("-quickgelu")
 )
 MAX_LABEL_CHARS = 300
 # --precision choices: open_clip's names for float32 and its mixed fp16 / bf16 modes.

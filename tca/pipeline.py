@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from .config import CondenseConfig
 from .flops import CONVENTION, FlopReport, Geometry, count_macs, saved_percent
@@ -17,6 +18,9 @@ from .patch import Encoded, encode, is_patched, patch
 from .reservoir import Reservoir, stream_update
 from .timing import elapsed_ms
 from .trace import Trace
+
+if TYPE_CHECKING:
+    from .request import Request
 
 
 @dataclass
@@ -190,6 +194,46 @@ def classify(
     labels = validate_labels(
         parse_labels(labels), clip.tokenizer, templates, max_labels, clip.context_length
     )
+    return classify_checked(
+        clip, load_image(image), labels, config, templates, reservoir, trace, baseline
+    )
+
+
+def classify_request(
+    clip: ClipModel,
+    request: Request,
+    config: CondenseConfig | None = None,
+    reservoir: Reservoir | None = None,
+    trace: bool = True,
+    baseline: Baseline | None = None,
+) -> RunResult:
+    """:func:`classify` of a validated :class:`tca.request.Request` (its image decoded and its
+    labels checked once, where it was built; ``config`` overrides the request's, as a sweep
+    or a comparison does). The caller has checked the labels' token lengths for ``clip``
+    (:meth:`Request.check_tokens`)."""
+    return classify_checked(
+        clip,
+        request.image,
+        list(request.labels),
+        config if config is not None else request.config,
+        request.templates,
+        reservoir,
+        trace,
+        baseline,
+    )
+
+
+def classify_checked(
+    clip: ClipModel,
+    image: Image.Image,
+    labels: list[str],
+    config: CondenseConfig,
+    templates: str | Sequence[str] = "single",
+    reservoir: Reservoir | None = None,
+    trace: bool = True,
+    baseline: Baseline | None = None,
+) -> RunResult:
+    """:func:`classify` on a decoded image and a validated label list (nothing checked again)."""
     pixels = prepare_image(clip, image)
     if reservoir is not None and reservoir.num_classes != len(labels):
         raise ValueError(

@@ -33,7 +33,8 @@ from .trace import KEPT, MERGED, PRUNED, Trace
 
 @dataclass(frozen=True)
 class FateStyle:
-    """How one fate is drawn: its name, the legend swatch (fill, edge) and a one-line meaning."""
+    """How one fate is drawn: its name, the legend swatch (fill, edge) and a one-line meaning
+    ("what it is; how it is drawn": the legend swaps the first part for a method's own words)."""
 
     code: int
     name: str
@@ -66,7 +67,7 @@ FATES: dict[int, FateStyle] = {
         "kept",
         (255, 255, 255),
         (120, 120, 120),
-        "class-relevant: kept as its own token, drawn as the image",
+        "class-relevant: kept as its own token; drawn as the image",
     ),
     MERGED: FateStyle(
         MERGED,
@@ -128,7 +129,7 @@ def _check_image(image: np.ndarray, grid: tuple[int, int]) -> tuple[int, int]:
     if h % rows or w % cols:
         raise ValueError(
             f"image {w}x{h} is not a multiple of the {cols}x{rows} patch grid; "
-            f"pass the image the model saw (see tca.explore.model_view)"
+            f"pass the image the model saw (see tca.app.runs.seen_picture)"
         )
     return h // rows, w // cols
 

@@ -18,7 +18,9 @@ from PIL import Image
 
 import app as app_module
 import tca
-from tca import explore, export, follow, page, panels, render, serving, sweeps
+from tca import render
+from tca.methods import COMPARED
+from tca.app import export, follow, page, panels, runs, serving, sweeps
 from tca.models import WEIGHTS_HELP
 
 TINY = "tca-tiny-ViT"
@@ -29,7 +31,15 @@ LABELS = "cat, dog, tiger, fox"
 
 @pytest.fixture(scope="module")
 def tiny_app(tmp_path_factory) -> app_module.App:
-    return app_module.App(TINY, "none", exports=export.ExportDir(tmp_path_factory.mktemp("exports")))
+    app = app_module.App(TINY, "none", exports=export.ExportDir(tmp_path_factory.mktemp("exports")))
+    app_module.build_demo(TINY, "none", app=app)  # the layout names the page's components
+    return app
+
+
+def _named(app, out: dict) -> dict:
+    """A handler's dict of updates, keyed by the components' names instead."""
+    names = {id(c): n for n, c in app.ui.items()}
+    return {names[id(c)]: v for c, v in out.items()}
 
 
 class _Progress:
@@ -40,11 +50,17 @@ class _Progress:
         self.calls.append((frac, desc))
 
 
-def _classify(app, image, labels=LABELS, **kw):
-    args = dict(model=TINY, method="tca", keep_rate=0.7, layers="3,6,9", merge_centers=2,
-                score="mean", templates="single", stream=False, stream_state=None)
-    args.update(kw)
-    return app.classify(image, labels, progress=_Progress(), **args)
+CONTROLS = dict(model=TINY, method="tca", keep_rate=0.7, layers="3,6,9", merge_centers=2,
+                score="mean", templates="single")
+
+
+def _controls(**kw):
+    return {**CONTROLS, **kw}
+
+
+def _classify(app, image, labels=LABELS, stream=False, stream_state=None, **kw):
+    return app.classify(image, labels, **_controls(**kw), stream=stream,
+                        stream_state=stream_state, progress=_Progress())
 
 
 def test_classify_handler_returns_the_api_summary(tiny_app, example_image):
@@ -53,6 +69,10 @@ def test_classify_handler_returns_the_api_summary(tiny_app, example_image):
     assert summary["labels"] == ["cat", "dog", "tiger", "fox"]  # order kept
     for key in ("baseline", "condensed"):
         assert abs(sum(summary[key]["probs"]) - 1.0) < 1e-4
+        # the probabilities are the softmax of the logits given beside them
+        logits = np.array(summary[key]["logits"], dtype=np.float64)
+        soft = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+        assert summary[key]["probs"] == pytest.approx(soft.tolist(), abs=1e-5)
         top = summary["top"][key]
         assert [t["prob"] for t in top] == sorted((t["prob"] for t in top), reverse=True)
     assert summary["tokens_per_layer"] == [197] * 3 + [141] * 3 + [100] * 3 + [74] * 3
@@ -63,58 +83,73 @@ def test_classify_handler_returns_the_api_summary(tiny_app, example_image):
     assert "GMACs" in g["convention"]
     assert summary["random_weights"] is True and summary["settings"]["keep_rate"] == 0.7
     json.dumps(summary)  # JSON-ready
-    assert isinstance(state, explore.ExplorerRun) and state.view.shape == (224, 224, 3)
+    assert isinstance(state, runs.ExplorerRun) and state.seen.shape == (224, 224, 3)
+    assert state.request.labels == ("cat", "dog", "tiger", "fox")
+    assert state.request.config == tca.CondenseConfig(keep_rate=0.7)
 
 
 def _show(app, state, layer=9, view="fates", overlay=False, opacity=0.5, patch=None,
           shown_depth=12, stream_on=False, stream_state=None):
-    return app.show_run(state, layer, view, overlay, opacity, patch, shown_depth, stream_on,
-                        stream_state)
+    return _named(app, app.show_run(state, layer, view, overlay, opacity, patch, shown_depth,
+                                    stream_on, stream_state))
 
 
 def test_show_run_renders_everything_from_the_cached_run(tiny_app, example_image):
     _, state, _ = _classify(tiny_app, str(example_image))
     out = _show(tiny_app, state)
-    (banner, base, cond, shift, current, slider, info, chart, cost, strip, follow, stream_md,
-     corrected, stale, depth, patch) = out
+    assert set(out) == set(page.RUN_PARTS)
+    banner, base, cond = out["banner"]["value"], out["baseline"], out["condensed"]
+    shift, current, slider = out["shift"]["value"], out["map"]["value"], out["layer"]
+    info, chart, cost = out["info"]["value"], out["chart"]["value"], out["cost"]["value"]
+    strip, follow, stream_md = out["strip"], out["follow"]["value"], out["stream"]["value"]
+    corrected, stale = out["corrected"], out["stale"]["value"]
+    depth, patch = out["depth"], out["patch"]
     assert "RANDOM WEIGHTS" in banner and "<details>" in banner  # operator help folded away
-    assert set(base.value["confidences"][i]["label"] for i in range(4)) == {"cat", "dog", "tiger", "fox"}
+    assert base["value"] == dict(zip(state.result.labels, state.result.baseline.probs))
+    assert base["label"] == "Baseline CLIP (all tokens)"
+    assert cond["label"] == "Condensed: TCA, R=0.7"
     assert "tiger" in shift and "pp" in shift and "-0.0 pp" not in shift
     assert "Probability shift" in shift
     assert current.shape == (448, 448, 3)  # shown at 2x
-    small = render.fate_map(state.view, state.trace, 9)
+    small = render.fate_map(state.seen, state.trace, 9)
     assert np.array_equal(current[::2, ::2], small)
-    assert slider.maximum == 11 and slider.value == 9
+    assert (slider["maximum"], slider["value"]) == (11, 9)
     assert "After block 9" in info and "(a condensing block): 74 tokens" in info
     assert np.array_equal(chart, page.chart_image(state, 9))
-    assert "saved" in cost and f"{state.result.flops_baseline.gmacs:.2f}" in cost
+    r = state.result
+    assert (f"{r.flops_baseline.gmacs:.2f} &rarr; {r.flops_condensed.gmacs:.2f} GMACs "
+            f"<span class='saved'>({r.saved_percent:.1f}% saved)</span>") in cost
+    assert f"<td>{r.baseline_tokens[-1]}</td><td>{r.tokens_per_layer[-1]}</td>" in cost
+    assert (r.baseline_tokens[-1], r.tokens_per_layer[-1]) == (197, 74)
     assert "warm-up" in cost
     # the strip: one (map, caption) per block, the shown block selected, condensing blocks marked
     assert strip["selected_index"] == 9 and len(strip["value"]) == 12
     assert [c for _, c in strip["value"]][3] == f"3 {panels.CONDENSING_MARK} \u00b7 141"
     # tiles are drawn on the image shrunk by 2 (patches of 16 px for this 32-px-patch model)
-    tile_view = render.shrink(state.view, state.trace.grid, page.STRIP_SHRINK)
+    tile_view = render.shrink(state.seen, state.trace.grid, page.STRIP_SHRINK)
     assert tile_view.shape == (112, 112, 3)
     assert np.array_equal(strip["value"][9][0], render.fate_map(tile_view, state.trace, 9))
     assert "Click a patch" in follow
-    assert "Stream mode is off" in stream_md and corrected.visible is False
+    assert "Stream mode is off" in stream_md and corrected["visible"] is False
     assert stale == "" and depth == 12 and patch is None
     # a run of another depth (ViT-L/14 after ViT-B/16) opens at its last block
     out = _show(tiny_app, state, layer=4, shown_depth=24)
-    assert out[5].value == 11 and "After block 11" in out[6]
+    assert out["layer"]["value"] == 11 and "After block 11" in out["info"]["value"]
     # the same depth keeps the block the user chose
-    assert _show(tiny_app, state, layer=4)[5].value == 4
+    assert _show(tiny_app, state, layer=4)["layer"]["value"] == 4
 
 
 def test_exports_name_the_image_and_the_settings(tiny_app, example_image):
     _, state, _ = _classify(tiny_app, str(example_image))
-    png, gif, js = tiny_app.export(state, 11, "fates", None)
+    files = _named(tiny_app, tiny_app.export(state, 11, "fates", None))
+    png, gif, js = files["strip_file"], files["gif_file"], files["json_file"]
     with Image.open(png) as im:
         assert im.format == "PNG" and im.width > 6 * 224
     with Image.open(gif) as im:
         assert im.format == "GIF" and im.n_frames == 12
     data = json.loads(Path(js).read_text())
     assert data["image"]["name"] == example_image.name
+    assert data["image"]["content_key"] == state.request.image_key
     assert len(data["trace"]["layers"]) == 12
     layer9 = data["trace"]["layers"][9]
     assert sum(len(g) for g in layer9["groups"]) == layer9["fates"]["merged"]
@@ -129,41 +164,58 @@ def test_display_only_changes_do_not_run_the_model(tiny_app, example_image, monk
     def boom(*a, **k):
         raise AssertionError("the model ran")
     monkeypatch.setattr(tca, "classify", boom)
-    monkeypatch.setattr(explore, "classify", boom)
+    monkeypatch.setattr(runs, "classify_request", boom)
     monkeypatch.setattr(tiny_app.cache.peek(TINY).clip.model.visual, "forward", boom)
-    a, info_a, chart_a, _, strip_a = tiny_app.show_layer(state, 3, "fates", False, 0.5)
-    b, info_b, chart_b, _, strip_b = tiny_app.show_layer(state, 11, "fates", False, 0.5)
-    c, info_c, _, _, _ = tiny_app.show_layer(state, 11, "fates", True, 0.6)
-    m, _, _, _, _ = tiny_app.show_layer(state, 11, "model", False, 0.5)
-    assert not np.array_equal(a, b) and not np.array_equal(b, c) and not np.array_equal(b, m)
-    assert not np.array_equal(chart_a, chart_b)  # the chart marks the shown block
-    assert strip_a["selected_index"] == 3 and strip_b["selected_index"] == 11
-    assert "141 tokens" in info_a and "74 tokens" in info_b
-    assert "Overlay: CLS attention at block 9" in info_c
+
+    def layer(*args):
+        out = _named(tiny_app, tiny_app.show_layer(state, *args))
+        assert set(out) == {"map", "info", "chart", "follow", "strip"}
+        return out
+    a, b = layer(3, "fates", False, 0.5), layer(11, "fates", False, 0.5)
+    c, m = layer(11, "fates", True, 0.6), layer(11, "model", False, 0.5)
+    maps = [x["map"]["value"] for x in (a, b, c, m)]
+    assert not np.array_equal(maps[0], maps[1]) and not np.array_equal(maps[1], maps[2])
+    assert not np.array_equal(maps[1], maps[3])
+    assert np.array_equal(maps[1], page.map_image(state, page.Display(11)))
+    assert not np.array_equal(a["chart"]["value"], b["chart"]["value"])  # marks the shown block
+    assert a["strip"] == {"__type__": "update", "selected_index": 3}  # the strip is not redrawn
+    assert b["strip"]["selected_index"] == 11
+    assert "141 tokens" in a["info"]["value"] and "74 tokens" in b["info"]["value"]
+    assert "Overlay: CLS attention at block 9" in c["info"]["value"]
     # clicking a strip tile selects that block; the strip is not redrawn
     evt = gr.SelectData(None, {"index": 7, "value": None})
-    out = tiny_app.pick_layer(state, "fates", False, 0.5, None, evt)
-    assert len(out) == 5 and out[0].value == 7 and "After block 7" in out[2]
-    assert np.array_equal(out[1], tiny_app.show_layer(state, 7, "fates", False, 0.5)[0])
+    out = _named(tiny_app, tiny_app.pick_layer(state, "fates", False, 0.5, None, evt))
+    assert set(out) == {"layer", "map", "info", "chart", "follow"}
+    assert out["layer"]["value"] == 7 and "After block 7" in out["info"]["value"]
+    assert np.array_equal(out["map"]["value"], layer(7, "fates", False, 0.5)["map"]["value"])
     # the arrows step one block and stop at the ends
-    assert tiny_app.step_layer(state, 7, 1, "fates", False, 0.5, None)[0].value == 8
-    assert tiny_app.step_layer(state, 11, 1, "fates", False, 0.5, None)[0].value == 11
-    assert tiny_app.step_layer(state, 0, -1, "fates", False, 0.5, None)[0].value == 0
+    def step(at, delta):
+        out = _named(tiny_app, tiny_app.step_layer(state, at, delta, "fates", False, 0.5, None))
+        return out["layer"]["value"]
+    assert (step(7, 1), step(11, 1), step(0, -1)) == (8, 11, 0)
     # follow a patch: a click on the big map at 2x
     trace = state.trace
     lv = render.layer_view(trace, 11)
     merged = int(np.flatnonzero(lv.fate.ravel() == 1)[0])
     r, c = divmod(merged, trace.grid[1])
     evt = gr.SelectData(None, {"index": [c * 32 + 5, r * 32 + 5], "value": None})
-    patch, image, follow = tiny_app.pick_patch(state, 11, "fates", False, 0.5, evt)
-    assert patch == merged and "Following patch" in follow and "merged into group" in follow
-    assert np.array_equal(image, page.map_image(state, page.Display(11, patch=merged)))
+    out = _named(tiny_app, tiny_app.pick_patch(state, 11, "fates", False, 0.5, evt))
+    assert out["patch"] == merged
+    assert "Following patch" in out["follow"]["value"]
+    assert "merged into group" in out["follow"]["value"]
+    assert np.array_equal(out["map"]["value"],
+                          page.map_image(state, page.Display(11, patch=merged)))
+    cleared = _named(tiny_app, tiny_app.clear_patch(state, 11, "fates", False, 0.5))
+    assert cleared["patch"] is None and "Click a patch" in cleared["follow"]["value"]
     # a view change redraws the strip in that view
-    _, strip = tiny_app.change_view(state, 11, "model", False, 0.5, None)
+    strip = _named(tiny_app, tiny_app.change_view(state, 11, "model", False, 0.5, None))["strip"]
     assert len(strip["value"]) == 12
-    tile_view = render.shrink(state.view, state.trace.grid, page.STRIP_SHRINK)
+    tile_view = render.shrink(state.seen, state.trace.grid, page.STRIP_SHRINK)
     assert np.array_equal(strip["value"][11][0], render.fate_map(tile_view, state.trace, 11,
                                                               view="model"))
+    # no Run on screen: the display events change nothing
+    assert tiny_app.show_layer(None, 3) == {} and tiny_app.show_run(
+        None, 3, "fates", False, 0.5, None, 12, False, None) == {}
 
 
 def test_follow_a_patch_from_the_trace(tiny_app, example_image):
@@ -197,57 +249,79 @@ def test_stale_results_are_marked(tiny_app, example_image, tmp_path):
     _, state, _ = _classify(tiny_app, str(example_image))
     args = [str(example_image), LABELS, TINY, "tca", 0.7, "3,6,9", 2, "mean", "single"]
     assert tiny_app.check_stale(state, *args) == ""
+    assert tiny_app.request(*args) == state.request  # the one test: the same request
     copy = tmp_path / "copy.jpg"  # the same picture under another path is not a change
     copy.write_bytes(example_image.read_bytes())
     assert tiny_app.check_stale(state, str(copy), *args[1:]) == ""
     assert tiny_app.check_stale(state, *args[:1], "cat,dog ,tiger, fox", *args[2:]) == ""
-    for i, value in ((1, "cat, dog"), (3, "evit"), (4, 0.5), (5, "3,6"), (6, 3), (8, "imagenet80")):
+    assert tiny_app.check_stale(state, *args[:2], None, *args[3:]) == ""  # the default model
+    for i, value in ((1, "cat, dog"), (3, "evit"), (4, 0.5), (5, "3,6"), (6, 3), (7, "rank"),
+                     (8, "imagenet80"), (4, 7.0), (1, "cat")):  # the last two: invalid inputs
         changed = list(args)
         changed[i] = value
         assert "Outdated" in tiny_app.check_stale(state, *changed), i
     other = sorted(example_image.parent.glob("*.jpg"))[-1]
     assert "Outdated" in tiny_app.check_stale(state, str(other), *args[1:])
+    assert tiny_app.check_stale(None, *args) == ""  # nothing shown: nothing outdated
+
+
+def _sweep(app, image, labels=LABELS, all_methods=False, shown=None, **kw):
+    out = app.sweep(image, labels, **_controls(**kw), all_methods=all_methods, shown=shown,
+                    progress=_Progress())
+    out = _named(app, out)
+    return out["sweep_plot"], out["sweep_table"]
 
 
 def test_sweep_handler(tiny_app, example_image):
-    plot, table = tiny_app.sweep(str(example_image), LABELS, TINY, "tca", "3,6,9", 2, "mean",
-                                 "single", False, progress=_Progress())
+    plot, table = _sweep(tiny_app, str(example_image))
     assert plot.ndim == 3 and plot.dtype == np.uint8
     assert table.count("<tr>") == 1 + len(sweeps.SWEEP_RATES)
     assert "1 baseline + 7 condensed passes" in table  # R = 1 is the baseline: no pass
     # after a Run of the same inputs its baseline is reused, with the same numbers
     _, state, _ = _classify(tiny_app, str(example_image))
-    _, table2 = tiny_app.sweep(str(example_image), LABELS, TINY, "tca", "3,6,9", 2, "mean",
-                               "single", False, state, progress=_Progress())
+    _, table2 = _sweep(tiny_app, str(example_image), shown=state)
     assert "the Run's baseline + 7 condensed passes" in table2
-    fresh = sweeps.sweep(tiny_app.cache, str(example_image), LABELS, TINY, "tca")
-    reused = sweeps.sweep(tiny_app.cache, str(example_image), LABELS, TINY, "tca",
-                           reuse=state.result)
+    # the Run's own keep rate does not matter: the sweep sets every rate itself
+    _, table2b = _sweep(tiny_app, str(example_image), shown=state, keep_rate=0.4)
+    assert "the Run's baseline + 7 condensed passes" in table2b
+    req = tiny_app.request(str(example_image), LABELS, TINY, "tca", 0.7, "3,6,9", 2, "mean",
+                           "single")
+    fresh = sweeps.sweep(tiny_app.cache, req)
+    reused = sweeps.sweep(tiny_app.cache, req, reuse=state)
     assert not reused.baseline_pass and fresh.baseline_pass
     for a, b in zip(fresh.points["tca"], reused.points["tca"]):
         assert a.gmacs == b.gmacs and a.top1 == b.top1
         assert a.top1_prob == pytest.approx(b.top1_prob, abs=1e-5)
         assert a.kl == pytest.approx(b.kl, abs=1e-5)
-    # another image: the Run's baseline is not used
+    # another image or other labels: the Run's baseline is not used
     other = sorted(example_image.parent.glob("*.jpg"))[-1]
-    _, table3 = tiny_app.sweep(str(other), LABELS, TINY, "tca", "3,6,9", 2, "mean",
-                               "single", False, state, progress=_Progress())
+    _, table3 = _sweep(tiny_app, str(other), shown=state)
     assert "1 baseline + 7" in table3
-    sw = sweeps.sweep(tiny_app.cache, str(example_image), LABELS, TINY, "evit")
+    _, table4 = _sweep(tiny_app, str(example_image), "cat, dog", shown=state)
+    assert "1 baseline + 7" in table4
+    sw = sweeps.sweep(tiny_app.cache, req.with_config(tca.CondenseConfig(method="evit")))
     pts = sw.points["evit"]
     assert [p.keep_rate for p in pts] == list(sweeps.SWEEP_RATES)
     gm = [p.gmacs for p in pts]
     assert gm == sorted(gm) and gm[-1] == pytest.approx(sw.gmacs_baseline)
     assert pts[-1].kl == pytest.approx(0.0, abs=1e-6)  # R = 1 is the baseline
     assert pts[-1].base_label_prob == pytest.approx(max(sw.baseline.probs), abs=1e-6)
-    assert all(p.kl >= -1e-9 for p in pts)
+    # each point's KL is KL(baseline || condensed) of a plain classify at that rate
+    clip = tiny_app.cache.get(TINY).clip
+    for p in (pts[0], pts[3]):
+        one = tca.classify(clip, str(example_image), LABELS,
+                           tca.CondenseConfig(method="evit", keep_rate=p.keep_rate), trace=False)
+        assert p.kl == pytest.approx(sweeps.kl_divergence(one.baseline.probs,
+                                                          one.condensed.probs), abs=1e-6)
+        assert p.gmacs == pytest.approx(one.flops_condensed.gmacs)
     with pytest.raises(gr.Error, match="condensing method"):
-        tiny_app.sweep(str(example_image), LABELS, TINY, "none", "3,6,9", 2, "mean", "single",
-                       False, progress=_Progress())
-    both = sweeps.sweep(tiny_app.cache, str(example_image), LABELS, TINY, "tca",
-                         methods=explore.COMPARE_METHODS)
-    assert list(both.points) == list(explore.COMPARE_METHODS)
+        _sweep(tiny_app, str(example_image), method="none")
+    both = sweeps.sweep(tiny_app.cache, req, methods=COMPARED)
+    assert list(both.points) == list(COMPARED)
     assert sweeps.kl_divergence([0.5, 0.5], [0.5, 0.5]) == 0.0
+    assert sweeps.kl_divergence([0.5, 0.5], [0.25, 0.75]) == pytest.approx(
+        0.5 * np.log(2) + 0.5 * np.log(2 / 3), abs=1e-12)
+    assert sweeps.kl_divergence([1.0, 0.0], [0.5, 0.5]) == pytest.approx(np.log(2), abs=1e-12)
 
 
 def test_first_screen_is_computed_once(tiny_app):
@@ -255,10 +329,14 @@ def test_first_screen_is_computed_once(tiny_app):
     assert first is not None and tiny_app.first_screen() is first
     assert first.image_name == "chelsea.jpg" and first.result.config.keep_rate == 0.7
     demo = app_module.build_demo(TINY, "none", app=tiny_app)
-    values = {getattr(b, "elem_id", None): b for b in demo.blocks.values()}
-    assert values["layer-slider"].value == 11
-    assert values["condensed-label"].value is not None
-    assert "74 tokens" in values["layer-info"].value
+    ui = tiny_app.ui
+    assert demo.tca_app is tiny_app and ui["layer"].value == 11 and ui["layer"].maximum == 11
+    # the first screen built into the page is the one page function's parts of that Run
+    parts = page.parts(first, page.Display(11))
+    assert ui["condensed"].label == parts["condensed"]["label"] == "Condensed: TCA, R=0.7"
+    assert ui["info"].value == parts["info"]["value"] and "74 tokens" in ui["info"].value
+    assert ui["cost"].value == parts["cost"]["value"]
+    assert ui["run"].value.request == first.request and ui["depth"].value == 12
 
 
 def test_stream_mode_reservoir_per_label_set(tiny_app, example_image):
@@ -268,7 +346,7 @@ def test_stream_mode_reservoir_per_label_set(tiny_app, example_image):
                                            stream_state=stream)
         assert summary["reservoir"]["images_seen"] == i + 1
         assert "corrected" in summary["top"] and summary["final"] == "corrected"
-    assert isinstance(stream, explore.StreamState)
+    assert isinstance(stream, runs.StreamState)
     assert set(summary["reservoir"]["buckets"]) == {"cat", "dog", "tiger", "fox"}
     panel = panels.stream_html(state, stream, True)
     assert "Images seen: 3" in panel and "anchors inactive" in panel
@@ -283,34 +361,36 @@ def test_stream_mode_reservoir_per_label_set(tiny_app, example_image):
     summary, _, _ = _classify(tiny_app, str(example_image), labels="cat, dog", method="evit",
                               stream=True, stream_state=stream)
     assert "reservoir" not in summary and "corrected" not in summary["top"]
-    panel = _show(tiny_app, state, 11, stream_on=True, stream_state=stream)[11]
+    panel = _show(tiny_app, state, 11, stream_on=True, stream_state=stream)["stream"]["value"]
     assert "TCA only" not in panel
     _, evit_state, _ = _classify(tiny_app, str(example_image), labels="cat, dog", method="evit",
                                  stream=True, stream_state=stream)
-    assert "Stream mode applies to TCA only" in _show(tiny_app, evit_state, 11, stream_on=True,
-                                                      stream_state=stream)[11]
-    stream, panel, corrected = tiny_app.reset_stream(stream, state, True)
-    assert stream.reservoir.steps == 0 and "Reservoir cleared" in panel
+    assert "Stream mode applies to TCA only" in _show(
+        tiny_app, evit_state, 11, stream_on=True, stream_state=stream)["stream"]["value"]
+    out = _named(tiny_app, tiny_app.reset_stream(stream, state, True))
+    stream = out["stream_state"]
+    assert stream.reservoir.steps == 0 and "Reservoir cleared" in out["stream"]
+    assert out["corrected"]["visible"] is False
     # with stream mode off, the reset says so (not "Stream mode is on")
-    _, panel, _ = tiny_app.reset_stream(stream, state, False)
+    panel = _named(tiny_app, tiny_app.reset_stream(stream, state, False))["stream"]
     assert "Reservoir cleared" in panel and "Stream mode is off" in panel
 
 
 def test_compare_handler(tiny_app, example_image):
-    out = tiny_app.compare(str(example_image), LABELS, TINY, 0.7, "3,6,9", 2, "mean", "single",
-                           progress=_Progress())
-    picture, base, tca_l, evit_l, tome_l, table, banner = out
+    out = _named(tiny_app, tiny_app.compare(str(example_image), LABELS, **_controls(),
+                                            progress=_Progress()))
+    picture, base, table = out["compare_picture"], out["compare_baseline"], out["compare_table"]
     assert isinstance(picture, Image.Image) and picture.width > 4 * 224 and picture.height > 3 * 224
     assert set(base) == {"cat", "dog", "tiger", "fox"}
-    for lab, name in ((tca_l, "TCA"), (evit_l, "EViT"), (tome_l, "ToMe")):
-        assert lab.label.startswith(name) and "% GMACs saved" in lab.label
+    labels = {m: out[f"compare_{m}"]["label"] for m in ("tca", "evit", "tome")}
     for name in ("TCA", "EViT", "ToMe", "baseline CLIP"):
         assert name in table
     # every method is measured against the same (full) baseline: all save GMACs at R = 0.7
-    for lab in (tca_l, evit_l, tome_l):
-        saved = float(lab.label.split(": ")[1].split("%")[0])
+    for m, name in (("tca", "TCA"), ("evit", "EViT"), ("tome", "ToMe")):
+        assert labels[m].startswith(f"{name}: ") and labels[m].endswith("% GMACs saved")
+        saved = float(labels[m].split(": ")[1].split("%")[0])
         assert 20.0 < saved < 50.0
-    assert "R = 0.7" in table
+    assert "R = 0.7" in table and "RANDOM WEIGHTS" in out["banner"]
 
 
 BAD_INPUTS = [
@@ -497,8 +577,16 @@ def test_api_bad_inputs_then_keeps_serving(client, example_image, tmp_path, kwar
 def test_upload_size_is_bounded(client, example_image, tmp_path):
     big = tmp_path / "huge.png"
     big.write_bytes(os.urandom(11 * 1024 * 1024))  # over the 10 MB limit
-    with pytest.raises(Exception, match="(?i)size|large|413"):
+    # gradio_client reads the server's limit and refuses before sending ...
+    with pytest.raises(ValueError, match="huge.png exceeds the maximum file size of 10485760 "
+                                         "bytes"):
         client.predict(handle_file(str(big)), "cat, dog", api_name="/classify")
+    # ... and the server's upload route refuses the same file sent by hand
+    import httpx
+    with big.open("rb") as f:
+        r = httpx.post(f"{client.src.rstrip('/')}/gradio_api/upload",
+                       files={"files": ("huge.png", f, "image/png")}, timeout=60)
+    assert r.status_code == 413 and "10485760" in r.text
     ok = client.predict(handle_file(str(example_image)), "cat, dog", api_name="/classify")
     assert ok["labels"] == ["cat", "dog"]
 
@@ -537,7 +625,8 @@ def test_python_app_py_serves_with_env_settings(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = dict(os.environ, GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port),
-               TCA_MODEL="ViT-B-32-quickgelu", TCA_PRETRAINED="none", HF_HUB_OFFLINE="1",
+               TCA_MODEL=TINY, TCA_PRETRAINED="none", HF_HUB_OFFLINE="1",
+               TCA_MODEL_CONFIGS=str(Path(__file__).parent / "model_configs"),
                TCA_FIRST_SCREEN="background")  # serve at once; the first screen in a thread
     root = Path(app_module.__file__).parent
     proc = subprocess.Popen([sys.executable, str(root / "app.py")], cwd=tmp_path, env=env,
@@ -557,7 +646,13 @@ def test_python_app_py_serves_with_env_settings(tmp_path):
         assert list(info["named_endpoints"]) == ["/classify"]
         params = info["named_endpoints"]["/classify"]["parameters"]
         model = next(p for p in params if p["parameter_name"] == "model")
-        assert model["parameter_default"] == "ViT-B-32-quickgelu"
+        assert model["parameter_default"] == TINY
+        # the tiny test model from TCA_MODEL_CONFIGS answers a Run
+        out = Client(f"http://127.0.0.1:{port}/", verbose=False).predict(
+            handle_file(str(Path(__file__).parent.parent / "assets" / "coffee.jpg")),
+            "cat, dog", api_name="/classify")
+        assert out["labels"] == ["cat", "dog"] and out["model"].startswith(TINY)
+        assert out["tokens_per_layer"] == [197] * 3 + [141] * 3 + [100] * 3 + [74] * 3
     finally:
         proc.terminate()
         try:
@@ -567,14 +662,84 @@ def test_python_app_py_serves_with_env_settings(tmp_path):
 
 
 def test_page_load_hands_over_the_background_first_screen(tiny_app):
-    out = tiny_app.load_first(None)
-    assert len(out) == 16
-    image, labels, state = out[:3]
-    assert Path(image).name == "chelsea.jpg" and labels == "cat, dog, tiger, fox, rabbit"
-    assert isinstance(state, explore.ExplorerRun) and state is not tiny_app.first_screen()  # a copy
-    assert Path(out[7]).is_file() and out[8].value == 11 and "After block 11" in out[9]
-    assert out[12]["selected_index"] == 11 and len(out[12]["value"]) == 12
-    again = tiny_app.load_first(None)
-    assert again[7] == out[7]  # the pictures are written once per process
-    skipped = tiny_app.load_first(state)  # a session that already shows a Run keeps it
-    assert len(skipped) == 16 and all(v == gr.skip() for v in skipped)
+    out = _named(tiny_app, tiny_app.load_first(None))
+    assert set(out) == {"image", "labels", "run", *page.RUN_PARTS}
+    state = out["run"]
+    assert Path(out["image"]).name == "chelsea.jpg"
+    assert out["labels"] == "cat, dog, tiger, fox, rabbit"
+    assert isinstance(state, runs.ExplorerRun) and state is not tiny_app.first_screen()  # a copy
+    assert state.request == tiny_app.first_screen().request
+    assert Path(out["map"]["value"]).is_file() and out["layer"]["value"] == 11
+    assert "After block 11" in out["info"]["value"]
+    assert out["strip"]["selected_index"] == 11 and len(out["strip"]["value"]) == 12
+    assert all(Path(f).is_file() for f, _ in out["strip"]["value"])
+    # the same parts as any Run of it shows, pictures aside
+    direct = page.parts(state, page.Display(11))
+    for name in ("baseline", "condensed", "shift", "info", "cost", "follow", "layer", "depth"):
+        assert out[name] == direct[name], name
+    again = _named(tiny_app, tiny_app.load_first(None))
+    assert again["map"]["value"] == out["map"]["value"]  # the pictures are written once
+    assert tiny_app.load_first(state) == {}  # a session that already shows a Run keeps it
+
+
+def test_legend_words_each_methods_fates():
+    """The legend under the map: the method's own words (the registry's), only the fates it
+    gives, and the note for a tower without CLS."""
+    from tca.methods import METHODS
+
+    for name, record in METHODS.items():
+        legend = panels.legend_html(name)
+        fates = record.fates
+        for style, said in zip(render.FATES.values(), (fates.kept, fates.merged, fates.pruned)):
+            assert (f'data-fate="{style.name}"' in legend) == (said is not None), (name, style)
+            if said is not None:
+                drawn = style.meaning.split("; ")[1]
+                assert f"<b>{style.name}</b> ({said}; {drawn})" in legend.replace("&amp;", "&")
+        assert panels.NO_CLS not in legend
+    assert panels.legend_html("evit").count('class="sw"') == 2  # kept and pruned, no merging
+    assert panels.legend_html("tome").count('class="sw"') == 2  # kept and merged, no pruning
+    assert panels.legend_html().count('class="sw"') == 3
+
+
+@pytest.mark.parametrize("model,tokens", [
+    (TINY, [197] * 3 + [141] * 3 + [100] * 3 + [74] * 3),
+    ("tca-tiny-timm-token", [197] * 3 + [141] * 3 + [100] * 3 + [74] * 3),
+    ("ViT-B-16-SigLIP2", [196] * 3 + [140] * 3 + [99] * 3 + [73] * 3),  # no CLS token
+])
+def test_every_event_on_every_tower(model, tokens, example_image, tmp_path):
+    """Run (stream mode on), the page, Compare, the sweep and the downloads on open_clip's ViT, a
+    timm ViT with a CLS token and SigLIP 2 (a timm tower without one), offline, random weights."""
+    app = app_module.App(model, "none", exports=export.ExportDir(tmp_path))
+    app_module.build_demo(model, "none", app=app, first_screen=None)
+    assert ("SigLIP 2 B/16", "ViT-B-16-SigLIP2") in app.model_choices
+    image = str(example_image)
+    summary, shown, stream = _classify(app, image, model=model, stream=True)
+    assert summary["tokens_per_layer"] == tokens
+    assert summary["baseline_tokens_per_layer"] == [tokens[0]] * 12
+    assert summary["reservoir"]["images_seen"] == 1 and summary["final"] == "corrected"
+    r = shown.result
+    assert summary["gmacs"]["condensed"] == r.flops_condensed.gmacs < r.flops_baseline.gmacs
+    out = _show(app, shown, 11, stream_on=True, stream_state=stream)
+    no_cls = tokens[0] == 196
+    assert (panels.NO_CLS in out["legend"]["value"]) == no_cls
+    assert (panels.NO_CLS in out["cost"]["value"]) == no_cls
+    assert f"<td>{tokens[0]}</td><td>{tokens[-1]}</td>" in out["cost"]["value"]
+    assert f"{tokens[-1]} tokens" in out["info"]["value"]
+    assert len(out["strip"]["value"]) == 12 and "Images seen: 1" in out["stream"]["value"]
+    assert out["map"]["value"].shape == (448, 448, 3)
+    overlay = _named(app, app.show_layer(shown, 9, "fates", True, 0.5))
+    word = "pool-query attention" if no_cls else "CLS attention"
+    assert f"Overlay: {word} at block 9" in overlay["info"]["value"]
+    cmp = _named(app, app.compare(image, LABELS, **_controls(model=model), progress=_Progress()))
+    for m in COMPARED:
+        assert cmp[f"compare_{m}"]["label"].endswith("% GMACs saved")
+    plot, table = _sweep(app, image, model=model, shown=shown)
+    assert "the Run's baseline + 7 condensed passes" in table
+    files = _named(app, app.export(shown, 11, "fates", None))
+    data = json.loads(Path(files["json_file"]).read_text())
+    assert data["tokens_per_layer"] == tokens and len(data["trace"]["layers"]) == 12
+    assert data["image"]["model_view_px"] == [224, 224]
+    if no_cls:  # ATS ranks by CLS attention: refused with its reason, by name
+        with pytest.raises(gr.Error, match="ats scores patches by their CLS attention and this "
+                                           "tower has no CLS token"):
+            _classify(app, image, model=model, method="ats")

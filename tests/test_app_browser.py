@@ -17,7 +17,7 @@ playwright = pytest.importorskip("playwright.sync_api")
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
 import app as app_module  # noqa: E402
-from tca import page as page_module  # noqa: E402
+from tca.app import page as page_module  # noqa: E402
 from tca import render  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -266,7 +266,7 @@ def test_classify_reports_per_image_gmacs(tiny_clip, example_image):
 
 def test_app_runs_ats_with_per_image_gmacs_and_dataset_prompts(tmp_path, example_image):
     import app as app_module
-    from tca import export
+    from tca.app import export
 
     tiny_app = app_module.App("tca-tiny-ViT", "none", exports=export.ExportDir(tmp_path))
     assert ("ATS (adaptive sampling)", "ats") in app_module.METHOD_CHOICES

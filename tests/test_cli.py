@@ -49,7 +49,12 @@ def test_predict_text_output_warns_about_random_weights(capsys, example_image):
     assert code == 0
     assert out.startswith("WARNING: random weights")
     assert "tokens per layer: [197, 197, 197, 178," in out
-    assert "saved" in out and "GMACs" in out
+    d = json.loads(_run(capsys, "predict", str(example_image), "--labels", "cat, dog",
+                        *TINY_ARGS, "--method", "tome", "--json")[1])
+    g = d["gmacs"]
+    assert (f"GMACs baseline {g['baseline']:.3f}  condensed {g['condensed']:.3f}  saved "
+            f"{g['saved_percent']:.1f}%  [{d['gmacs']['convention']}]") in out
+    assert f"tokens per layer: {d['tokens_per_layer']}" in out
 
 
 def test_flops_json_without_running_a_model(capsys):

@@ -7,7 +7,8 @@ import torch
 from PIL import Image
 
 import tca
-from tca import charts, compose, panels, render
+from tca import charts, compose, render
+from tca.app import panels
 from tca.trace import KEPT, MERGED, PRUNED, Trace
 
 ROWS = COLS = 4
@@ -204,7 +205,7 @@ def test_bad_inputs_are_refused():
 @pytest.mark.parametrize("method", ["tca", "evit", "tome"])
 def test_maps_of_a_real_run_match_the_trace(tiny_clip, example_image, method):
     """Every layer of a real traced run: each patch is drawn according to its recorded fate."""
-    from tca.explore import model_view
+    from tca.app.runs import seen_picture as model_view
 
     result = tca.classify(tiny_clip, example_image, "cat, dog, car",
                           tca.CondenseConfig(method=method, keep_rate=0.7))
@@ -234,28 +235,37 @@ def _cell(img: np.ndarray, i: int, ph: int) -> np.ndarray:
     return img[r * ph:(r + 1) * ph, c * ph:(c + 1) * ph]
 
 
-def test_strip_layout_maps_clicks_back_to_tiles():
-    tiles = [np.full((20, 30, 3), i * 20, np.uint8) for i in range(8)]
-    strip, lay = compose.layer_strip(tiles, [f"block {i}" for i in range(8)], cols=3)
+def _box(arr: np.ndarray, colour: tuple[int, int, int]) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the pixels of one colour (never one of the text's greys)."""
+    ys, xs = np.nonzero((arr == colour).all(-1))
+    return int(ys.min()), int(xs.min()), int(ys.max() - ys.min() + 1), int(xs.max() - xs.min() + 1)
+
+
+def test_strip_puts_tiles_in_rows_of_cols():
+    colours = [(200, 10 + i * 20, 60) for i in range(8)]
+    tiles = [np.full((20, 30, 3), c, np.uint8) for c in colours]
+    strip = compose.layer_strip(tiles, [f"block {i}" for i in range(8)], cols=3, legend=False)
     assert isinstance(strip, Image.Image)
-    assert (lay.rows, lay.cols) == (3, 3)
     arr = np.asarray(strip)
-    for i in range(8):
-        r, c = divmod(i, 3)
-        x = lay.left + lay.gap + c * lay.cell_w + lay.tile_w // 2
-        y = lay.top + lay.gap + r * lay.cell_h + lay.caption + lay.tile_h // 2
-        assert lay.tile_at(x, y) == (r, c)
-        assert tuple(arr[y, x]) == (i * 20,) * 3
-    assert lay.tile_at(0, 0) is None
-    assert lay.tile_at(strip.width - 1, 5) is None  # beyond the last column
-    assert strip.height > 3 * lay.cell_h  # the legend band
+    boxes = [_box(arr, c) for c in colours]
+    assert all(b[2:] == (20, 30) for b in boxes)  # every tile whole, at its size
+    tops = [b[0] for b in boxes]
+    lefts = [b[1] for b in boxes]
+    assert tops[:3] == [tops[0]] * 3 and tops[3:6] == [tops[3]] * 3 and tops[6:] == [tops[6]] * 2
+    assert tops[0] < tops[3] < tops[6] and tops[6] - tops[3] == tops[3] - tops[0]
+    assert lefts[0::3] == [lefts[0]] * 3 and lefts[1] - lefts[0] == lefts[2] - lefts[1] == 30 + 4
+    with_legend = compose.layer_strip(tiles, [f"block {i}" for i in range(8)], cols=3)
+    assert with_legend.height > strip.height  # the legend band
 
 
 def test_grid_with_headers():
-    tiles = [[np.zeros((10, 10, 3), np.uint8)] * 2] * 3
-    img, lay = compose.grid(tiles, row_labels=["TCA", "EViT", "ToMe"], col_labels=["a", "b"])
-    assert lay.left > 0 and lay.top > 0
-    assert img.width == lay.left + lay.gap + 2 * lay.cell_w
+    tiles = [[np.full((10, 10, 3), (200, 99, 60), np.uint8)] * 2] * 3
+    bare = compose.grid(tiles)
+    img = compose.grid(tiles, row_labels=["TCA", "EViT", "ToMe"], col_labels=["a", "b"])
+    top, left, _, _ = _box(np.asarray(img), (200, 99, 60))
+    top0, left0, _, _ = _box(np.asarray(bare), (200, 99, 60))
+    assert top > top0 and left > left0  # the header row and column push the tiles in
+    assert img.width - bare.width == left - left0
 
 
 def test_tokens_chart():
@@ -307,10 +317,9 @@ def test_legend_shows_the_map_colours():
     img, trace = _image(), _synthetic_trace()
     out = render.fate_map(img, trace, 1)
     legend = panels.legend_html()
-    colours = panels.legend_colors()
-    for name in colours:
-        assert name in legend
-    hex_ = lambda c: "#{:02x}{:02x}{:02x}".format(*c)  # noqa: E731
+    for style in render.FATES.values():
+        assert f'data-fate="{style.name}"' in legend
+    hex_ = lambda c: "#%02x%02x%02x" % tuple(c)  # noqa: E731
     # the pruned stripes and the first group colours appear in the legend's CSS and on the map
     assert hex_(render.PRUNED_HATCH) in legend
     assert (out == render.PRUNED_HATCH).all(-1).any()
@@ -321,11 +330,11 @@ def test_legend_shows_the_map_colours():
     expect = set()
     for i, k in ((0, 0), (10, 1)):
         g = _gray(_patch(img, i))[3, 3]
-        expect.add(tuple((render.MERGED_FILL * np.asarray(colours["merged"][k], np.float32)
+        expect.add(tuple((render.MERGED_FILL * np.asarray(render.GROUP_COLORS[k], np.float32)
                           + (1 - render.MERGED_FILL) * g).round().astype(np.uint8)))
     assert drawn == expect
     # the exported strip's legend draws from the same FATES
-    strip, _ = compose.layer_strip([out], ["x"], legend=True)
+    strip = compose.layer_strip([out], ["x"], legend=True)
     arr = np.asarray(strip)
     assert (arr == render.GROUP_COLORS[0]).all(-1).any()
     assert (arr == render.PRUNED_HATCH).all(-1).any()

@@ -21,7 +21,7 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 import app as app_module
-from tca import explore, export, panels, serving, uploads
+from tca.app import export, panels, request, serving, uploads
 
 TINY = "tca-tiny-ViT"
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,7 +92,7 @@ def _inputs(raw: Raw, fn: int, image) -> list:
     if name == "classify":
         return [image, "cat, dog", *SETTINGS, False, None]
     if name == "compare":
-        return [image, "cat, dog", TINY, 0.7, "3,6,9", 2, "mean", "single"]
+        return [image, "cat, dog", *SETTINGS]
     # any other (UI-only) event that takes the image: the page's own values elsewhere
     return [image if i == raw.image_id else raw.defaults.get(i) for i in raw.deps[fn]["inputs"]]
 
@@ -135,7 +135,7 @@ def test_server_paths_are_refused_by_every_image_event(served, tmp_path):
                 if meta:
                     payload["meta"] = {"_type": "gradio.FileData"}
                 answers[(fn, form, meta)] = raw.call(fn, _inputs(raw, fn, payload))
-    for (_fn, form, meta), ans in answers.items():
+    for (fn, form, meta), ans in answers.items():
         assert not ans["ok"], (form, meta)
         # without file metadata the app's check answers; with it Gradio's own rule refuses
         # first and, with show_error off, says nothing at all
@@ -173,9 +173,10 @@ def test_private_events_are_not_in_the_api(served):
     client = Client(url, verbose=False)
     assert list(client.view_api(print_info=False, return_format="dict")["named_endpoints"]) \
         == ["/classify"]
-    with pytest.raises(ValueError, match="Cannot find a function with `api_name`: /compare"):
-        client.predict(handle_file(str(ROOT / "assets" / "coffee.jpg")), "cat, dog",
-                       api_name="/compare")
+    for name in ("/compare", "/sweep", "/show_run", "/export"):
+        with pytest.raises(ValueError, match=f"Cannot find a function with `api_name`: {name}."):
+            client.predict(handle_file(str(ROOT / "assets" / "coffee.jpg")), "cat, dog",
+                           api_name=name)
 
 
 def test_no_server_path_in_weights_note(tmp_path):
@@ -194,8 +195,8 @@ def test_no_server_path_in_weights_note(tmp_path):
 def test_prompt_cap_message(served, example_image):
     demo, url, raw = served
     with pytest.raises(tca_errors().LabelError, match="at most 1200"):
-        explore.check_prompt_count(16, "imagenet80")
-    explore.check_prompt_count(15, "imagenet80")  # 1200: allowed
+        request.check_prompt_count(16, "imagenet80")
+    request.check_prompt_count(15, "imagenet80")  # 1200: allowed
     client = Client(url, verbose=False)
     labels = ", ".join(f"thing{i}" for i in range(16))
     with pytest.raises(AppError, match=r"16 labels x 80 prompt templates = 1280; one request "
@@ -286,3 +287,33 @@ def test_export_folder_is_capped_in_number(tmp_path):
     paths = [exports.write_json({"i": i}) for i in range(12)]
     left = sorted((tmp_path / "exports").iterdir())
     assert len(left) <= 5 and paths[-1] in left
+
+
+def test_the_cache_sweeper_survives_an_exception():
+    """Gradio's own delete_cache task ends on its first exception (tca/app/cleanup.py says
+    where); the app's sweeper logs nothing, keeps its schedule and ends with the app."""
+    import gc
+    import time
+
+    from tca.app import cleanup
+
+    class Blocks:  # stands in for gr.Blocks: only its lifetime matters here
+        pass
+
+    blocks = Blocks()
+    calls: list[tuple[int, float]] = []
+
+    def delete(target, age):
+        calls.append((id(target), age))
+        if len(calls) == 1:
+            raise RuntimeError("Set changed size during iteration")
+
+    t = cleanup.keep_deleting(blocks, 0.02, 7, delete)
+    deadline = time.time() + 30
+    while len(calls) < 3 and time.time() < deadline:
+        time.sleep(0.01)
+    assert calls[:3] == [(id(blocks), 7)] * 3 and t.is_alive()
+    del blocks
+    gc.collect()
+    t.join(5)
+    assert not t.is_alive()

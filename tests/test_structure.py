@@ -67,11 +67,29 @@ def test_no_import_cycle_between_modules():
             visit(m, [m])
 
 
-def test_no_module_is_over_500_lines():
-    """One concept per module: a module that outgrows this holds two."""
-    sizes = {_module_name(p): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
-    assert len(sizes) > 30 and sizes["tca.condense"] > 300  # the walk found the package
-    assert {m: n for m, n in sizes.items() if n > 500} == {}
+def _gradio_importers() -> set[str]:
+    out = set()
+    for p in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(p.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level
+                     else [])
+            if any(n == "gradio" or n.startswith("gradio.") for n in names):
+                out.add(_module_name(p))
+    return out
+
+
+def test_import_layering_core_never_imports_the_app():
+    """The layers: the core (``tca`` outside ``tca.app``) never imports ``tca.app``; only
+    ``tca.app`` (and app.py, outside the package) may import gradio."""
+    graph = _imports()
+    assert "tca.app.runs" in graph and "tca.pipeline" in graph["tca.app.runs"]  # the walk works
+    core = {m for m in graph if m != "tca.app" and not m.startswith("tca.app.")}
+    assert len(core) > 30
+    leaks = {m: sorted(d for d in deps if d == "tca.app" or d.startswith("tca.app."))
+             for m, deps in graph.items() if m in core}
+    assert {m: d for m, d in leaks.items() if d} == {}
+    assert {m for m in _gradio_importers() if not m.startswith("tca.app")} == set()
 
 
 def test_argument_parsing_lives_only_in_the_cli():
@@ -129,10 +147,11 @@ def test_layers_have_one_text_form():
 
 
 def test_one_model_list():
-    assert SUPPORTED_MODELS[:3] == tuple(APP_MODELS.values())
-    assert SUPPORTED_MODELS[3:] == ("ViT-B-32", "ViT-B-16", "ViT-L-14")
-    from tca import explore
-    assert explore.APP_MODELS is APP_MODELS
+    assert SUPPORTED_MODELS[:4] == tuple(APP_MODELS.values())
+    assert SUPPORTED_MODELS[3] == "ViT-B-16-SigLIP2"
+    assert SUPPORTED_MODELS[4:] == ("ViT-B-32", "ViT-B-16", "ViT-L-14")
+    from tca.app import runs
+    assert runs.APP_MODELS is APP_MODELS
 
 
 def test_version_and_dependencies_have_one_home():

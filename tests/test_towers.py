@@ -10,7 +10,7 @@ from PIL import Image
 import tca
 import tca.eval as ev
 from tca.eval.loop import _signature
-from tca.explore import model_view
+from tca.app.runs import seen_picture as model_view
 from tca.towers import OpenClipViT, TimmViT, tower_for
 
 from .conftest import TINY

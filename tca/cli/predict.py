@@ -11,15 +11,10 @@ from ..config import (
     CondenseConfig,
 )
 from ..flops import CONVENTION, Geometry, macs_for, saved_percent
-from ..images import load_image
 from ..methods import method
-from ..models import (
-    DEFAULT_MODEL,
-    TEMPLATES,
-    parse_labels,
-    validate_labels,
-)
+from ..models import DEFAULT_MODEL, TEMPLATES
 from ..prompts import PRESET_TEMPLATES, templates_for
+from ..request import Request
 from .common import add_condense_args, add_model_args, config_from_args, load_from_args
 
 
@@ -61,15 +56,16 @@ def add_flops_parser(sub) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from ..pipeline import classify
+    from ..pipeline import classify_request
 
-    config = config_from_args(args)
-    image = load_image(args.image)  # fail fast, before the model loads
-    validate_labels(parse_labels(args.labels))
+    templates = templates_for(args.preset, args.templates)
+    # the one request, checked (image decoded, labels parsed) before the model loads
+    request = Request.build(args.image, args.labels, args.model, templates, config_from_args(args))
+    config = request.config
     macs_for(Geometry.from_name(args.model), config)  # layers / K against this architecture
     clip = load_from_args(args)
-    templates = templates_for(args.preset, args.templates)
-    result = classify(clip, image, args.labels, config, templates=templates, trace=True)
+    request.check_tokens(clip.tokenizer, clip.context_length)
+    result = classify_request(clip, request, trace=True)
     if args.json:
         d = result.to_dict(include_trace=False)
         d["templates"] = templates

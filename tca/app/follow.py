@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import render
-from .trace import FATE_NAMES, MERGED, Trace
+from tca import render
+from tca.trace import FATE_NAMES, MERGED, Trace
 
 # ------------------------------------------------------------------------------ follow a patch
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -17,11 +16,8 @@ from typing import Callable, Iterator
 
 import open_clip
 
-from .errors import InputError, WeightsUnavailableError
-from .models import WEIGHTS_HELP, ClipModel, load_model
-
-# a directory part of an absolute path ("/a/b/" of "/a/b/file"): cut from visitor-facing notes
-_SERVER_PATH = re.compile(r"(?<![\w.:/])((?:/[^\s'\"/]+)+/)([^\s'\"/]*)")
+from tca.errors import InputError, WeightsUnavailableError, without_dirs
+from tca.models import WEIGHTS_HELP, ClipModel, load_model
 
 
 @dataclass
@@ -152,7 +148,7 @@ class ModelCache:
                 clip = self._loader(name, self.pretrained, checkpoint, seed=self.seed)
             except WeightsUnavailableError as exc:
                 note = str(exc).replace(str(checkpoint), shown or "") if checkpoint else str(exc)
-                note = _SERVER_PATH.sub(lambda m: m.group(2), note)
+                note = without_dirs(note)
                 clip = self._loader(name, None, seed=self.seed)
             else:
                 if checkpoint and isinstance(clip, ClipModel):

@@ -7,19 +7,15 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
-from .config import DEFAULT_LAYERS
-from .errors import ConfigError
-from .explore import (
-    MAX_LABELS,
-    METHOD_NAMES,
-    checked_inputs,
-    encode_labels,
-    parse_settings,
-)
-from .pipeline import Prediction, RunResult, classify
+from tca.errors import ConfigError
+from tca.methods import METHODS
+from tca.pipeline import Prediction, classify_request
+from tca.request import Request
+
+from .runs import ExplorerRun, encode_labels, load_for
 from .serving import ModelCache
 
 SWEEP_RATES = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -66,31 +62,23 @@ def kl_divergence(p: Sequence[float], q: Sequence[float]) -> float:
 
 def sweep(
     cache: ModelCache,
-    image,
-    labels,
-    model: str,
-    method: str = "tca",
-    layers: str | Sequence[int] = DEFAULT_LAYERS,
-    merge_centers: int = 2,
-    score: str = "mean",
-    templates: str = "single",
-    rates: Sequence[float] = SWEEP_RATES,
+    request: Request,
     methods: Sequence[str] | None = None,
-    max_labels: int = MAX_LABELS,
-    reuse: RunResult | None = None,
+    rates: Sequence[float] = SWEEP_RATES,
+    reuse: ExplorerRun | None = None,
     progress: Callable[[float, str], None] | None = None,
 ) -> Sweep:
-    """Run ``method`` (or each of ``methods``) at every keep rate in ``rates`` on one image, as
-    one job: inputs checked and the text encoded once, one baseline pass, then one untraced
-    condensed pass per rate; a rate that removes nothing (R = 1) is the baseline itself and
-    runs no pass. At most :data:`SWEEP_MAX_PASSES` condensed passes.
+    """Run the request's method (or each of ``methods``) at every keep rate in ``rates`` on its
+    image, as one job: the text encoded once, one baseline pass, then one untraced condensed
+    pass per rate; a rate that removes nothing (R = 1) is the baseline itself and runs no pass.
+    At most :data:`SWEEP_MAX_PASSES` condensed passes.
 
-    reuse: a Run of the same image, labels, model and templates whose baseline is taken
-    instead of a new baseline pass (the caller vouches that the inputs match).
+    reuse: the Run on screen; its baseline is taken instead of a new baseline pass when it was
+    made from the same image, labels, model and prompts (:meth:`Request.same_inputs`).
     """
     say = progress or (lambda frac, desc: None)
-    methods = tuple(methods) if methods else (method,)
-    if any(m == "none" for m in methods):
+    methods = tuple(methods) if methods else (request.config.method,)
+    if any(METHODS[m].step is None for m in methods):
         raise ConfigError(
             'the keep-rate sweep needs a condensing method (TCA, EViT or ToMe), not "none"'
         )
@@ -102,15 +90,15 @@ def sweep(
             f"a sweep runs at most {SWEEP_MAX_PASSES} passes, asked for {len(rates) * len(methods)}"
         )
     configs = {
-        m: [parse_settings(m, r, layers, merge_centers, score) for r in rates] for m in methods
+        m: [replace(request.config, method=m, keep_rate=float(r)) for r in rates] for m in methods
     }
-    pil, loaded, label_list, templates = checked_inputs(
-        cache, image, labels, model, templates, max_labels, say
-    )
+    loaded = load_for(cache, request, say)
     clip = loaded.clip
-    encode_labels(clip, label_list, templates, say)  # beside the image lane, like a Run
+    label_list = list(request.labels)
+    encode_labels(clip, request, say)  # beside the image lane, like a Run
     t0 = time.perf_counter()
-    base = reuse if reuse is not None and reuse.labels == label_list else None
+    base = reuse.result if reuse is not None and request.same_inputs(reuse.request) else None
+    reused = base is not None
     points: dict[str, list[SweepPoint]] = {}
     total, done, passes = len(rates) * len(methods), 0, 0
     for m, cfgs in configs.items():
@@ -118,7 +106,7 @@ def sweep(
         for cfg in cfgs:
             say(
                 0.1 + 0.88 * done / total,
-                f"{METHOD_NAMES[m]} at R={cfg.keep_rate:g} ({done + 1} of {total})",
+                f"{METHODS[m].title} at R={cfg.keep_rate:g} ({done + 1} of {total})",
             )
             if cfg.is_identity and base is not None:
                 probs, gmacs, final = (
@@ -128,14 +116,11 @@ def sweep(
                 )
             else:
                 with cache.image_lane:  # one pass at a time, so other Runs interleave
-                    r = classify(
+                    r = classify_request(
                         clip,
-                        pil,
-                        label_list,
+                        request,
                         cfg,
-                        templates=templates,
                         trace=False,
-                        max_labels=max_labels,
                         baseline=base.reference if base is not None else None,
                     )
                 passes += 1
@@ -169,7 +154,7 @@ def sweep(
         points,
         (time.perf_counter() - t0) * 1e3,
         passes=passes,
-        baseline_pass=reuse is None or base is not reuse,
+        baseline_pass=not reused,
     )
 
 

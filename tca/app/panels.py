@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import html
 
-from . import explore, render, sweeps
-from .explore import Comparison, ExplorerRun, StreamState
-from .flops import CONVENTION
+from tca import render
+from tca.flops import CONVENTION
+from tca.methods import METHODS
+from tca.models import WEIGHTS_HELP
+from tca.pipeline import RunResult
+from tca.request import Request
+from tca.trace import KEPT, MERGED, PRUNED, Trace
+
+from . import sweeps
 from .follow import follow_patch
-from .methods import METHODS
-from .models import WEIGHTS_HELP
-from .pipeline import RunResult
+from .runs import Comparison, ExplorerRun, StreamState
 from .serving import LoadedModel
 from .sweeps import Sweep
-from .trace import KEPT, MERGED, PRUNED
 
 SHIFT_ROWS = 10  # labels listed in the probability-shift table
 CONDENSING_MARK = "\u2702"  # scissors, on condensing blocks in captions
@@ -57,22 +60,33 @@ def swatch_html(code: int) -> str:
     return f'<span class="sw" data-fate="{style.name}" style="{base}{fill}"></span>'
 
 
-def legend_html() -> str:
-    """The map legend: one swatch per fate, colours and words from :data:`render.FATES`."""
-    items = "".join(
-        f"{swatch_html(code)}<b>{_escape(s.name)}</b> ({_escape(s.meaning)}) "
-        for code, s in render.FATES.items()
-    )
-    return f'<div class="tca-legend">{items}</div>'
+def attention_name(trace: Trace | None) -> str:
+    """What ranks the tokens: the CLS token's attention, or on a tower without one (SigLIP) the
+    attention of its pool's query, which stands in for CLS."""
+    return "CLS attention" if trace is None or trace.prefix else "pool-query attention"
 
 
-def legend_colors() -> dict[str, list[tuple[int, int, int]]]:
-    """The colours the legend shows, per fate name (what tests compare with the maps)."""
-    return {
-        render.FATES[KEPT].name: [render.FATES[KEPT].swatch],
-        render.FATES[MERGED].name: list(render.GROUP_COLORS),
-        render.FATES[PRUNED].name: [render.PRUNED_HATCH],
-    }
+NO_CLS = (
+    "This tower has no CLS token: every token is a patch, and the query of its attention pool "
+    "stands in for CLS."
+)
+
+
+def legend_html(method: str | None = None, trace: Trace | None = None) -> str:
+    """The map legend: one swatch per fate, colours from :data:`render.FATES`; with a method,
+    its own words for each fate (the registry's) and only the fates it gives."""
+    fates = METHODS[method].fates if method is not None else None
+    items = []
+    for code, style in render.FATES.items():
+        words = style.meaning
+        if fates is not None:
+            said = {KEPT: fates.kept, MERGED: fates.merged, PRUNED: fates.pruned}[code]
+            if said is None:
+                continue
+            words = f"{said}; {style.meaning.split('; ', 1)[-1]}"  # its words; how it is drawn
+        items.append(f"{swatch_html(code)}<b>{_escape(style.name)}</b> ({_escape(words)}) ")
+    note = f"<br><small>{NO_CLS}</small>" if trace is not None and not trace.prefix else ""
+    return f'<div class="tca-legend">{"".join(items)}{note}</div>'
 
 
 def how_it_works_md() -> str:
@@ -214,7 +228,8 @@ def cost_html(result: RunResult) -> str:
         f"<div class='big'>{fb.gmacs:.2f} &rarr; {fc.gmacs:.2f} GMACs "
         f"<span class='saved'>({result.saved_percent:.1f}% saved)</span></div>"
         f"<div>{_escape(result.config.describe())}</div>"
-        "<div class='tca-scroll'><table class='tca-table'>"
+        + (f"<div>{NO_CLS}</div>" if result.trace is not None and not result.trace.prefix else "")
+        + "<div class='tca-scroll'><table class='tca-table'>"
         "<tr><th></th><th>baseline</th><th>condensed</th></tr>"
         f"<tr><td class='lab'>tokens after the last block</td><td>{result.baseline_tokens[-1]}</td>"
         f"<td>{result.tokens_per_layer[-1]}</td></tr>"
@@ -229,8 +244,8 @@ def cost_html(result: RunResult) -> str:
     )
 
 
-def layer_info(state: ExplorerRun, layer: int, overlay: bool = False) -> str:
-    trace = state.trace
+def layer_info(run: ExplorerRun, layer: int, overlay: bool = False) -> str:
+    trace = run.trace
     counts = trace.fate_counts(layer)
     groups = len(trace.groups(layer))
     cond = f" {CONDENSING_MARK} (a condensing block)" if layer in trace.condensing_layers else ""
@@ -241,7 +256,7 @@ def layer_info(state: ExplorerRun, layer: int, overlay: bool = False) -> str:
     )
     if overlay:
         src = render.attention_layer(trace, layer)
-        title = METHODS[state.result.config.method].title
+        title = METHODS[run.result.config.method].title
         # no block of the run recorded one: the method does not rank by CLS attention
         unused = (
             f" ({title} does not use it)"
@@ -249,15 +264,15 @@ def layer_info(state: ExplorerRun, layer: int, overlay: bool = False) -> str:
             else ""
         )
         text += (
-            f" Overlay: CLS attention at block {src}."
+            f" Overlay: {attention_name(trace)} at block {src}."
             if src is not None
-            else f" Overlay: no CLS attention recorded at or before this block{unused}."
+            else f" Overlay: no {attention_name(trace)} recorded at or before this block{unused}."
         )
     return text
 
 
 def stream_html(
-    state: ExplorerRun | None, stream: StreamState | None, enabled: bool, method: str = "tca"
+    run: ExplorerRun | None, stream: StreamState | None, enabled: bool, method: str = "tca"
 ) -> str:
     if not enabled:
         notice = f"{_escape(stream.notice)} " if stream is not None and stream.notice else ""
@@ -265,15 +280,15 @@ def stream_html(
             f"{notice}Stream mode is off. Turn it on (method TCA) and run several images "
             "with the same labels: each one is filed in this session's reservoir."
         )
-    if method != "tca":
+    if not METHODS[method].anchors:
         return (
             f"<b>Stream mode applies to TCA only</b>: this run "
-            f"({explore.METHOD_NAMES.get(method, method)}) neither used nor fed the "
+            f"({METHODS[method].title}) neither used nor fed the "
             "reservoir. " + stream_html(None, stream, True)
         )
     summ = (
-        state.stream
-        if state is not None and state.stream is not None
+        run.stream
+        if run is not None and run.stream is not None
         else stream.summary()
         if stream is not None
         else None
@@ -296,8 +311,8 @@ def stream_html(
         ent = ", ".join(f"{e['entropy']:.2f}" for e in entries) or "-"
         rows.append(f"<tr><td>{_escape(label)}</td><td>{dots}</td><td>{ent}</td></tr>")
     effect = ""
-    if state is not None and state.result.corrected is not None:
-        r, corrected = state.result, state.result.corrected
+    if run is not None and run.result.corrected is not None:
+        r, corrected = run.result, run.result.corrected
         diffs = [(l, r.condensed.probs[i], corrected.probs[i]) for i, l in enumerate(r.labels)]
         diffs.sort(key=lambda x: -abs(x[2] - x[1]))
         effect = (
@@ -309,7 +324,7 @@ def stream_html(
             )
             + "</table>"
         )
-        if not state.result.anchors_used:
+        if not run.result.anchors_used:
             effect += "<small>No anchors were used for the condensation of this image yet.</small>"
     return (
         f"{_escape(notice)} {status}. Images seen: {summ['images_seen']}."
@@ -319,11 +334,10 @@ def stream_html(
     )
 
 
-def stale_html(state: ExplorerRun | None, signature: tuple | None) -> str:
-    """A notice when the results on screen were made from other inputs than those shown."""
-    if state is None or state.signature is None or signature is None:
-        return ""
-    if tuple(signature) == tuple(state.signature):
+def stale_html(run: ExplorerRun | None, request: Request | None) -> str:
+    """A notice when the results on screen were made from another request than the page's
+    controls make now (None: the controls make no valid request, which is a change too)."""
+    if run is None or request == run.request:
         return ""
     return (
         "<div class='tca-stale' role='status'><b>Outdated:</b> the image or a setting "
@@ -334,15 +348,15 @@ def stale_html(state: ExplorerRun | None, signature: tuple | None) -> str:
 def condensed_title(result: RunResult) -> str:
     """A short heading for the condensed prediction (it must not wrap over the answer)."""
     m = result.config.method
-    if m == "none":
+    if METHODS[m].step is None:
         return "Condensed: none (= baseline)"
-    return f"Condensed: {explore.METHOD_NAMES[m]}, R={result.config.keep_rate:g}"
+    return f"Condensed: {METHODS[m].title}, R={result.config.keep_rate:g}"
 
 
-def follow_html(state: ExplorerRun, patch: int | None, layer: int | None = None) -> str:
+def follow_html(run: ExplorerRun, patch: int | None, layer: int | None = None) -> str:
     if patch is None:
         return "<i>Click a patch on the map to follow it through every block.</i>"
-    trace = state.trace
+    trace = run.trace
     r, c = divmod(patch, trace.grid[1])
     steps = follow_patch(trace, patch)
     lines = []
@@ -374,7 +388,7 @@ def follow_html(state: ExplorerRun, patch: int | None, layer: int | None = None)
         f"<div class='tca-follow'><b>Following patch (row {r}, column {c})</b>, framed in "
         f"magenta; after block {now.layer}: {lit}."
         "<div class='tca-scroll'><table class='tca-table'><tr><th>after</th><th>where it is</th>"
-        f"<th>CLS-attention rank</th></tr>{''.join(lines)}</table></div></div>"
+        f"<th>{attention_name(trace).replace(' ', '-')} rank</th></tr>{''.join(lines)}</table></div></div>"
     )
 
 
@@ -383,7 +397,7 @@ def compare_html(cmp: Comparison) -> str:
     for method, r in cmp.results.items():
         top, p = r.condensed.top(1)[0]
         rows.append(
-            f"<tr><td><b>{explore.METHOD_NAMES[method]}</b></td>"
+            f"<tr><td><b>{METHODS[method].title}</b></td>"
             f"<td>{r.flops_condensed.gmacs:.2f}</td><td>{r.saved_percent:.1f}%</td>"
             f"<td>{r.tokens_per_layer[-1]}</td><td>{_escape(top)} ({p:.1%})</td>"
             f"<td>{r.timings_ms['condensed_ms']:.0f}</td></tr>"
@@ -405,7 +419,7 @@ def sweep_html(sw: Sweep) -> str:
     for m, pts in sw.points.items():
         for p in pts:
             rows.append(
-                f"<tr><td>{explore.METHOD_NAMES[m]}</td><td>{p.keep_rate:g}</td>"
+                f"<tr><td>{METHODS[m].title}</td><td>{p.keep_rate:g}</td>"
                 f"<td>{p.gmacs:.2f}</td><td>{p.final_tokens}</td>"
                 f"<td>{_escape(p.top1)} ({p.top1_prob:.1%})</td>"
                 f"<td>{p.base_label_prob:.1%}</td><td>{p.kl:.3f}</td></tr>"
@@ -431,7 +445,8 @@ __all__ = [
     "follow_html",
     "how_it_works_md",
     "layer_info",
-    "legend_colors",
+    "NO_CLS",
+    "attention_name",
     "legend_html",
     "shift_html",
     "stale_html",

@@ -15,20 +15,21 @@ from typing import Sequence
 
 from PIL import Image
 
-from .explore import ExplorerRun
-from .pipeline import Prediction
+from tca.pipeline import Prediction
+
+from .runs import ExplorerRun
 
 
 def _top(pred: Prediction, k: int) -> list[dict]:
     return [{"label": l, "prob": p} for l, p in pred.top(k)]
 
 
-def summary(state: ExplorerRun, top_k: int = 5) -> dict:
+def summary(run: ExplorerRun, top_k: int = 5) -> dict:
     """The API answer of one Run: predictions, tokens per layer, GMACs, timings, settings."""
-    r = state.result
+    r = run.result
     out = r.to_dict(include_trace=False)
-    out["weights_note"] = state.weights_note
-    out["templates"] = state.templates
+    out["weights_note"] = run.weights_note
+    out["templates"] = run.templates
     out["top"] = {"baseline": _top(r.baseline, top_k), "condensed": _top(r.condensed, top_k)}
     if r.corrected is not None:
         out["top"]["corrected"] = _top(r.corrected, top_k)
@@ -36,24 +37,24 @@ def summary(state: ExplorerRun, top_k: int = 5) -> dict:
     return out
 
 
-def export_dict(state: ExplorerRun) -> dict:
+def export_dict(run: ExplorerRun) -> dict:
     """Everything about one Run for the JSON download: the summary plus the per-layer trace
     (fates, token of each patch) and the merged groups at every layer."""
-    out = summary(state, top_k=len(state.result.labels))
-    trace = state.trace
+    out = summary(run, top_k=len(run.result.labels))
+    trace = run.trace
     if trace is not None:
         out["trace"] = trace.to_dict()
         for layer in out["trace"]["layers"]:
             layer["groups"] = [sorted(p) for p in trace.groups(layer["layer"]).values()]
         out["trace"]["patch_order"] = "row-major over grid (rows, cols)"
     out["flops"] = {
-        "baseline": state.result.flops_baseline.to_dict(),
-        "condensed": state.result.flops_condensed.to_dict(),
+        "baseline": run.result.flops_baseline.to_dict(),
+        "condensed": run.result.flops_condensed.to_dict(),
     }
     out["image"] = {
-        "name": state.image_name,
-        "content_key": state.signature[0] if state.signature else None,
-        "model_view_px": list(state.view.shape[:2]),
+        "name": run.image_name,
+        "content_key": run.request.image_key,
+        "model_view_px": list(run.seen.shape[:2]),
     }
     return out
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .errors import ImageError, InputError
+from tca.errors import ImageError, InputError
 
 REFUSED = (
     "image: only an uploaded image is accepted (drop a file on the page, or send one "

@@ -1,0 +1,563 @@
+"""The app's event handlers (``app.py`` wires them to its components): each builds the one
+:class:`tca.request.Request` from the controls it is given, or reads the Run on screen, and
+answers with the page's updates from :func:`tca.app.page.updates` keyed by component. Plus the
+Gradio glue every handler shares: user errors as ``gr.Error`` with a scrubbed message and the
+upload-only image input.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import html
+import json
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Callable, Mapping, TypeVar
+
+import gradio as gr
+from PIL import Image
+
+from tca.errors import ImageError, UserError, without_dirs
+from tca.images import load_image
+from tca.methods import COMPARED, METHODS
+from tca.models import DEFAULT_MODEL
+
+from . import export, page, panels, serving, sweeps, uploads
+from .page import LAYER_PARTS, RUN_PARTS, Display, Screen
+from .request import DEFAULT_CONFIG, Request, from_controls, request_or_none
+from .runs import APP_MODELS, ExplorerRun, StreamState, compare, run
+
+ROOT = Path(__file__).resolve().parents[2]
+ASSETS = ROOT / "assets"
+TOP_K = 5
+# Gradio recognises a progress parameter by its default (one instance serves every handler).
+PROGRESS = gr.Progress()
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def user_message(exc: BaseException) -> str:
+    """The exception's message for the user: server paths cut to the file name, HTML special
+    characters escaped (gr.Error renders HTML)."""
+    return html.escape(without_dirs(str(exc)), quote=False)
+
+
+def user_errors(fn: F) -> F:
+    """Turn the package's user errors into gr.Error with the same (scrubbed) message."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            raise gr.Error(user_message(exc), title="Cannot run", print_exception=False) from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+def image_input(policy: uploads.UploadPolicy, **kwargs: Any) -> gr.Image:
+    """A ``gr.Image(type="filepath")`` whose every payload goes through ``policy``: only a file
+    in Gradio's upload folder (or the curated examples) is passed on, unopened, so that the
+    request's ``load_image`` checks it and the user sees its one-line message; any other path is
+    refused with ``uploads.REFUSED`` and nothing is read. A ``data:`` URL is size-checked
+    before it is decoded. Gradio's own rule already refuses a foreign path sent with file
+    metadata before this runs. (Gradio 6.31 has no per-component pre-processing hook, so the
+    instance's ``preprocess`` is wrapped; a subclass would make Gradio write a .pyi stub next to
+    the module that defines it.)"""
+    component = gr.Image(type="filepath", **kwargs)
+    default = component.preprocess
+
+    @user_errors
+    def preprocess(payload: Any) -> str | None:
+        if payload is None:
+            return None
+        url = getattr(payload, "url", None) or ""
+        if url.startswith("data:"):
+            uploads.check_data_url(url, policy.max_bytes)
+            try:
+                return str(policy.check(str(default(payload))))  # decoded into the upload folder
+            except (ValueError, OSError) as exc:
+                raise ImageError("image: the data URL is not a readable image") from exc
+        path = getattr(payload, "path", None)
+        return str(policy.check(path if isinstance(path, str) else None))
+
+    component.preprocess = preprocess  # type: ignore[method-assign]
+    return component
+
+
+def upload_policy(max_bytes: int = uploads.MAX_UPLOAD_BYTES) -> uploads.UploadPolicy:
+    """Images are accepted from Gradio's upload folder (uploads, decoded data: URLs, the
+    examples' cached copies) and the curated examples in assets/ only."""
+    return uploads.UploadPolicy.of([gr.utils.get_upload_folder(), ASSETS], max_bytes)
+
+
+def examples() -> list[list[str]]:
+    """The curated examples: [image path, labels] each."""
+    try:
+        items = json.loads((ASSETS / "examples.json").read_text())
+    except (OSError, ValueError):
+        return []
+    return [
+        [str(ASSETS / e["image"]), e["labels"]] for e in items if (ASSETS / e["image"]).is_file()
+    ]
+
+
+def _session(request: gr.Request | None) -> str | None:
+    return getattr(request, "session_hash", None) if request is not None else None
+
+
+def _display(
+    run: ExplorerRun,
+    layer: float | None,
+    view: str,
+    overlay: bool,
+    opacity: float,
+    patch: int | None,
+) -> Display:
+    return Display(int(layer or 0), view, overlay, opacity, patch).clamped(run.trace)
+
+
+def _png(folder: Path, arr: Any, name: str) -> str:
+    path = folder / f"{name}.png"
+    Image.fromarray(arr).save(path, compress_level=1)
+    return str(path)
+
+
+class App:
+    """The event handlers, over one shared :class:`tca.app.serving.ModelCache`. Per-visitor
+    state (the Run on screen, the stream reservoir, the followed patch) lives in ``gr.State``,
+    never here; the only shared result is the first screen, the same for every visitor.
+    ``ui``: the page's components by name, set by the layout (``app.build_demo``)."""
+
+    def __init__(
+        self,
+        model_name: str = DEFAULT_MODEL,
+        pretrained: str | None = "openai",
+        checkpoint: str | None = None,
+        max_models: int = 2,
+        cache: serving.ModelCache | None = None,
+        exports: export.ExportDir | None = None,
+    ) -> None:
+        self.default_model = model_name
+        self.cache = cache or serving.ModelCache(
+            pretrained, checkpoint, checkpoint_model=model_name, max_models=max_models
+        )
+        self.exports = exports or export.ExportDir()
+        self.gate = serving.SessionGate()  # one model request per visitor at a time
+        self.model_choices = list(APP_MODELS.items())
+        if model_name not in APP_MODELS.values():
+            self.model_choices.insert(0, (model_name, model_name))
+        self.ui: Mapping[str, Any] = {}
+        self._first: ExplorerRun | None = None
+        self._first_parts: dict[str, Any] | None = None  # with picture files
+        self._first_lock = threading.RLock()
+
+    def request(
+        self,
+        image: Any,
+        labels: Any,
+        model: str | None,
+        method: str,
+        keep_rate: float,
+        layers: str,
+        merge_centers: float,
+        score: str,
+        templates: str,
+    ) -> Request:
+        """The one request of an event, from the page's (or the API's) controls."""
+        return from_controls(
+            image,
+            labels,
+            model or self.default_model,
+            method,
+            keep_rate,
+            layers,
+            merge_centers,
+            score,
+            templates,
+        )
+
+    # -- the first screen
+    def first_screen(self) -> ExplorerRun | None:
+        """The first curated example at the default settings, run once and kept (None without
+        examples or when it cannot run)."""
+        with self._first_lock:
+            if self._first is None:
+                items = examples()
+                if not items:
+                    return None
+                image, labels = items[0]
+                c = DEFAULT_CONFIG
+                try:
+                    req = self.request(
+                        image,
+                        labels,
+                        None,
+                        c.method,
+                        c.keep_rate,
+                        ",".join(map(str, c.layers)),
+                        c.merge_centers,
+                        c.score,
+                        "single",
+                    )
+                    self._first = run(self.cache, req)
+                except Exception as exc:  # noqa: BLE001 - the page then opens empty, still serving
+                    print(f"TCA Explorer: no first screen ({type(exc).__name__}: {exc})")
+                    return None
+            return self._first
+
+    def first_parts(self) -> dict[str, Any] | None:
+        """The first screen's page parts (in memory: it is built into the page)."""
+        first = self.first_screen()
+        if first is None:
+            return None
+        return page.parts(
+            first,
+            Display(first.trace.depth - 1),
+            RUN_PARTS,
+            Screen(banner=self.banner_html(first.model)),
+        )
+
+    def load_first(self, shown: ExplorerRun | None) -> dict[Any, Any]:
+        """Page load (first screen computed in the background): the first example, its Run and
+        everything the page shows for it, in one event. The parts are built and their pictures
+        written once per process, so every later visitor only fetches files."""
+        if shown is not None:
+            return {}
+        first = self.first_screen()  # waits while the background thread computes it
+        items = examples()
+        if first is None or not items:
+            return {}
+        with self._first_lock:
+            if self._first_parts is None:
+                got = self.first_parts()
+                assert got is not None
+                folder = Path(tempfile.mkdtemp(prefix="tca-first-screen-"))
+                got["map"]["value"] = _png(folder, got["map"]["value"], "map")
+                got["chart"]["value"] = _png(folder, got["chart"]["value"], "chart")
+                got["strip"]["value"] = [
+                    (_png(folder, t, f"block{i}"), c)
+                    for i, (t, c) in enumerate(got["strip"]["value"])
+                ]
+                self._first_parts = got
+            got = self._first_parts
+        out: dict[Any, Any] = {self.ui[n]: u for n, u in got.items()}
+        out[self.ui["image"]] = items[0][0]
+        out[self.ui["labels"]] = items[0][1]
+        out[self.ui["run"]] = copy.deepcopy(first)
+        return out
+
+    # -- events that run the model
+    @user_errors
+    def classify(
+        self,
+        image: Any,
+        labels: str,
+        model: str,
+        method: str,
+        keep_rate: float,
+        layers: str,
+        merge_centers: float,
+        score: str,
+        templates: str,
+        stream: bool,
+        stream_state: StreamState | None,
+        progress: gr.Progress = PROGRESS,
+        request: gr.Request | None = None,
+    ) -> tuple[dict, ExplorerRun, StreamState | None]:
+        """Zero-shot classification of one image by baseline CLIP and condensed CLIP.
+
+        Returns one JSON object: labels, baseline / condensed (and, in stream mode, corrected)
+        probabilities and top-5, per-label probability shift, tokens per layer (baseline and
+        condensed), GMACs (baseline, condensed, % saved, convention), timings, settings, and
+        whether the weights are random.
+        """
+        req = self.request(
+            image, labels, model, method, keep_rate, layers, merge_centers, score, templates
+        )
+        if stream and stream_state is None:
+            stream_state = StreamState()
+        with self.gate.hold(_session(request)):
+            shown = run(
+                self.cache,
+                req,
+                stream=stream_state if stream else None,
+                progress=lambda f, d: progress(f, desc=d),
+            )
+        progress(0.95, desc="drawing")
+        return export.summary(shown, TOP_K), shown, stream_state
+
+    @user_errors
+    def compare(
+        self,
+        image: Any,
+        labels: str,
+        model: str,
+        method: str,
+        keep_rate: float,
+        layers: str,
+        merge_centers: float,
+        score: str,
+        templates: str,
+        progress: gr.Progress = PROGRESS,
+        request: gr.Request | None = None,
+    ) -> dict[Any, Any]:
+        """Every compared method on the request's image, keep rate and blocks."""
+        req = self.request(
+            image, labels, model, method, keep_rate, layers, merge_centers, score, templates
+        )
+        with self.gate.hold(_session(request)):
+            cmp = compare(self.cache, req, COMPARED, progress=lambda f, d: progress(f, desc=d))
+        out: dict[Any, Any] = {
+            self.ui["compare_picture"]: page.compare_picture(cmp),
+            self.ui["compare_baseline"]: cmp.baseline.as_dict(),
+            self.ui["compare_table"]: panels.compare_html(cmp),
+            self.ui["banner"]: self.banner_html(cmp.model),
+        }
+        for m, r in cmp.results.items():
+            out[self.ui[f"compare_{m}"]] = gr.update(
+                value=r.condensed.as_dict(),
+                label=f"{METHODS[m].title}: {r.saved_percent:.1f}% GMACs saved",
+            )
+        return out
+
+    @user_errors
+    def sweep(
+        self,
+        image: Any,
+        labels: str,
+        model: str,
+        method: str,
+        keep_rate: float,
+        layers: str,
+        merge_centers: float,
+        score: str,
+        templates: str,
+        all_methods: bool = False,
+        shown: ExplorerRun | None = None,
+        progress: gr.Progress = PROGRESS,
+        request: gr.Request | None = None,
+    ) -> dict[Any, Any]:
+        """The keep-rate sweep of the current image: one job, plot + table. The shown Run's
+        baseline is reused when it was made from the same image, labels, model and prompts."""
+        req = self.request(
+            image, labels, model, method, keep_rate, layers, merge_centers, score, templates
+        )
+        with self.gate.hold(_session(request)):
+            sw = sweeps.sweep(
+                self.cache,
+                req,
+                COMPARED if all_methods else None,
+                reuse=shown,
+                progress=lambda f, d: progress(f, desc=d),
+            )
+        return {
+            self.ui["sweep_plot"]: page.sweep_image(sw),
+            self.ui["sweep_table"]: panels.sweep_html(sw),
+        }
+
+    # -- display-only events (no model)
+    def show_run(
+        self,
+        shown: ExplorerRun | None,
+        layer: float,
+        view: str,
+        overlay: bool,
+        opacity: float,
+        patch: int | None,
+        shown_depth: int | None,
+        stream_on: bool,
+        stream_state: StreamState | None,
+    ) -> dict[Any, Any]:
+        """Everything a new Run changes. A run with another depth than the one shown (e.g.
+        ViT-L/14 after ViT-B/16) opens at its last block."""
+        if shown is None:
+            return {}
+        if shown_depth != shown.trace.depth:
+            layer = shown.trace.depth - 1
+        d = _display(shown, layer, view, overlay, opacity, patch)
+        screen = Screen(self.banner_html(shown.model), bool(stream_on), stream_state)
+        return page.updates(self.ui, shown, d, RUN_PARTS, screen)
+
+    def show_layer(
+        self,
+        shown: ExplorerRun | None,
+        layer: float,
+        view: str = "fates",
+        overlay: bool = False,
+        opacity: float = 0.5,
+        patch: int | None = None,
+    ) -> dict[Any, Any]:
+        """Map, info, chart and follow table at ``layer``; the strip's selected tile moves."""
+        if shown is None:
+            return {}
+        d = _display(shown, layer, view, overlay, opacity, patch)
+        return page.updates(self.ui, shown, d, (*LAYER_PARTS, "strip"), Screen(redraw_strip=False))
+
+    def step_layer(
+        self,
+        shown: ExplorerRun | None,
+        layer: float,
+        delta: int,
+        view: str,
+        overlay: bool,
+        opacity: float,
+        patch: int | None,
+    ) -> dict[Any, Any]:
+        """◀ / ▶: one block back or on (clamped)."""
+        if shown is None:
+            return {}
+        d = _display(shown, int(layer or 0) + delta, view, overlay, opacity, patch)
+        return page.updates(
+            self.ui, shown, d, ("layer", *LAYER_PARTS, "strip"), Screen(redraw_strip=False)
+        )
+
+    def pick_layer(
+        self,
+        shown: ExplorerRun | None,
+        view: str,
+        overlay: bool,
+        opacity: float,
+        patch: int | None,
+        evt: gr.SelectData,
+    ) -> dict[Any, Any]:
+        """A click on a strip tile selects that block (the strip itself is not redrawn)."""
+        if shown is None or evt is None or not isinstance(evt.index, int):
+            return {}
+        if not 0 <= evt.index < shown.trace.depth:
+            return {}
+        d = _display(shown, evt.index, view, overlay, opacity, patch)
+        return page.updates(self.ui, shown, d, ("layer", *LAYER_PARTS))
+
+    def pick_patch(
+        self,
+        shown: ExplorerRun | None,
+        layer: float,
+        view: str,
+        overlay: bool,
+        opacity: float,
+        evt: gr.SelectData,
+    ) -> dict[Any, Any]:
+        """A click on the big map follows that patch through every block."""
+        if shown is None or evt is None or not isinstance(evt.index, (list, tuple)):
+            return {}
+        patch = page.patch_at(shown, *evt.index[:2])
+        if patch is None:
+            return {}
+        d = _display(shown, layer, view, overlay, opacity, patch)
+        return page.updates(self.ui, shown, d, ("patch", "map", "follow"))
+
+    def clear_patch(
+        self, shown: ExplorerRun | None, layer: float, view: str, overlay: bool, opacity: float
+    ) -> dict[Any, Any]:
+        if shown is None:
+            return {self.ui["patch"]: None}
+        d = _display(shown, layer, view, overlay, opacity, None)
+        return page.updates(self.ui, shown, d, ("patch", "map", "follow"))
+
+    def change_view(
+        self,
+        shown: ExplorerRun | None,
+        layer: float,
+        view: str,
+        overlay: bool,
+        opacity: float,
+        patch: int | None,
+    ) -> dict[Any, Any]:
+        """Fates <-> what the model sees: the map and the strip are redrawn (no model)."""
+        if shown is None:
+            return {}
+        d = _display(shown, layer, view, overlay, opacity, patch)
+        return page.updates(self.ui, shown, d, ("map", "strip"))
+
+    def export(
+        self, shown: ExplorerRun | None, layer: float, view: str, patch: int | None
+    ) -> dict[Any, Any]:
+        """Write the downloads on request: strip PNG, depth GIF, whole-run JSON."""
+        if shown is None:
+            raise gr.Error(
+                "Run first: there is nothing to export yet.", title="Export", print_exception=False
+            )
+        files = page.exports(shown, Display(int(layer or 0), view, False, 0.5, patch), self.exports)
+        return {
+            self.ui["strip_file"]: files["png"],
+            self.ui["gif_file"]: files["gif"],
+            self.ui["json_file"]: files["json"],
+        }
+
+    def check_stale(
+        self,
+        shown: ExplorerRun | None,
+        image: Any,
+        labels: str,
+        model: str,
+        method: str,
+        keep_rate: float,
+        layers: str,
+        merge_centers: float,
+        score: str,
+        templates: str,
+    ) -> str:
+        """Mark the shown results outdated when the controls no longer make their request."""
+        req = request_or_none(
+            image,
+            labels,
+            model or self.default_model,
+            method,
+            keep_rate,
+            layers,
+            merge_centers,
+            score,
+            templates,
+        )
+        return panels.stale_html(shown, req)
+
+    def check_image(self, image: Any) -> Any:
+        """Right after an upload: a file that is not a readable image is refused at once."""
+        if image is None:
+            return gr.skip()
+        try:
+            load_image(image)
+        except UserError as exc:
+            gr.Warning(f"Image: {user_message(exc)}", title="Image not usable")
+            return None
+        return gr.skip()
+
+    def reset_stream(
+        self, stream_state: StreamState | None, shown: ExplorerRun | None, stream_on: bool = True
+    ) -> dict[Any, Any]:
+        if stream_state is None:
+            stream_state = StreamState()
+        stream_state.reset()
+        if shown is not None:
+            shown.stream = None
+        return {
+            self.ui["stream_state"]: stream_state,
+            self.ui["stream"]: panels.stream_html(None, stream_state, bool(stream_on)),
+            self.ui["corrected"]: gr.update(value=None, visible=False),
+        }
+
+    def stream_toggled(
+        self, on: bool, shown: ExplorerRun | None, stream_state: StreamState | None
+    ) -> str:
+        return panels.stream_html(shown if on else None, stream_state, on)
+
+    def banner_html(self, model: str) -> str:
+        return panels.banner_html(
+            self.cache.peek(model), model, loading=self.cache.is_loading(model)
+        )
+
+    def banner(self, model: str | None = None) -> str:
+        model = model or self.default_model
+        loaded = self.cache.peek(model)
+        if loaded is None and model == self.default_model:
+            try:  # the first page view waits for the (background) load of the default model
+                loaded = self.cache.get(model)
+            except Exception:  # noqa: BLE001 - shown again, with its message, on Run
+                loaded = None
+        return panels.banner_html(loaded, model, loading=self.cache.is_loading(model))
+
+
+__all__ = ["App", "examples", "image_input", "upload_policy", "user_errors", "user_message"]

@@ -1,0 +1,318 @@
+"""Everything the explorer page shows for one Run, built in one place: :func:`parts` turns a
+Run and the display choices (:class:`Display`, :class:`Screen`) into the page's updates by
+component name (the predictions, the big map, the strip, the chart and the text panels), for the
+first screen, the page load and every event alike; the downloads (strip PNG, GIF, JSON), the comparison
+picture and the sweep plot. The text pieces are ``tca.panels``; ``app.py`` only wires these to
+Gradio.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping, cast
+
+import gradio as gr
+import numpy as np
+from PIL import Image
+
+from tca import charts, compose, render
+from tca.methods import METHODS
+from tca.trace import Trace
+
+from . import export, panels
+from .export import ExportDir
+from .panels import CONDENSING_MARK
+from .runs import Comparison, ExplorerRun, StreamState
+from .sweeps import Sweep
+
+MAP_ZOOM = 2  # the big token map is shown at twice the model's resolution
+# Strip tiles are drawn at half the model's resolution: they show at about that size, and
+# encoding 12 full-size hatched PNGs per Run was a fifth of a Run's time.
+STRIP_SHRINK = 2
+VIEW_CHOICES = [
+    ("fates (kept / merged groups / pruned)", "fates"),
+    ("what the model sees (mean colour per token)", "model"),
+]
+
+
+# ------------------------------------------------------------------------------- maps and strip
+
+
+@dataclass(frozen=True)
+class Display:
+    """What the display-only controls ask for: the block, the view, the overlay, the patch."""
+
+    layer: int
+    view: str = "fates"
+    overlay: bool = False
+    opacity: float = 0.5
+    patch: int | None = None
+
+    def clamped(self, trace: Trace) -> Display:
+        layer = int(min(max(0, int(self.layer or 0)), trace.depth - 1))
+        n = trace.grid[0] * trace.grid[1]
+        patch = self.patch if self.patch is not None and 0 <= self.patch < n else None
+        view = self.view if self.view in render.VIEWS else "fates"
+        return Display(layer, view, bool(self.overlay), float(self.opacity), patch)
+
+
+def map_image(run: ExplorerRun, d: Display, zoom: int = MAP_ZOOM) -> np.ndarray:
+    """The big map: (zoom*S, zoom*S, 3) uint8."""
+    d = d.clamped(run.trace)
+    out = render.fate_map(
+        run.seen,
+        run.trace,
+        d.layer,
+        attention=d.overlay,
+        opacity=d.opacity,
+        view=d.view,
+        follow=d.patch,
+    )
+    return render.upscale(out, zoom)
+
+
+def patch_at(run: ExplorerRun, x: float, y: float, zoom: int = MAP_ZOOM) -> int | None:
+    """The patch (row-major index) under pixel (x, y) of the big map, or None."""
+    rows, cols = run.trace.grid
+    h, w = run.seen.shape[:2]
+    r, c = int(y // (zoom * h / rows)), int(x // (zoom * w / cols))
+    if 0 <= r < rows and 0 <= c < cols:
+        return r * cols + c
+    return None
+
+
+def strip_captions(trace: Trace) -> list[str]:
+    """Gallery captions: "3 ✂ · 141" (block, ✂ on condensing blocks, tokens after it)."""
+    return [
+        f"{l}{' ' + CONDENSING_MARK if l in trace.condensing_layers else ''} \u00b7 {n}"
+        for l, n in enumerate(trace.tokens_per_layer)
+    ]
+
+
+def strip_items(run: ExplorerRun, view: str = "fates") -> list[tuple[np.ndarray, str]]:
+    """The strip of all blocks: (map, caption) per block, for a gallery; each map drawn on the
+    image shrunk by :data:`STRIP_SHRINK`."""
+    small = render.shrink(run.seen, run.trace.grid, STRIP_SHRINK)
+    maps = render.all_layer_maps(small, run.trace, view=view)
+    return list(zip(maps, strip_captions(run.trace)))
+
+
+def settings_line(run: ExplorerRun) -> str:
+    r = run.result
+    img = f"{run.image_name}, " if run.image_name else ""
+    return (
+        f"{img}{run.model}, {r.config.describe()}, {run.templates} prompts; "
+        f"{r.flops_baseline.gmacs:.2f} -> {r.flops_condensed.gmacs:.2f} GMACs "
+        f"({r.saved_percent:.1f}% saved); * = condensing block"
+    )
+
+
+def strip_png(run: ExplorerRun, view: str = "fates") -> Image.Image:
+    """The exported strip: every block with legible captions, the settings that made it and
+    the legend."""
+    trace = run.trace
+    maps = render.all_layer_maps(run.seen, trace, view=view)
+    caps = compose.layer_captions(trace)
+    img = compose.layer_strip(
+        maps,
+        caps,
+        title=settings_line(run),
+        marked=[l in trace.condensing_layers for l in range(trace.depth)],
+    )
+    return img
+
+
+def depth_frames(run: ExplorerRun, d: Display) -> list[Image.Image]:
+    """One frame per block (the current view and followed patch), captioned, for the GIF."""
+    trace = run.trace
+    d = d.clamped(trace)
+    frames = []
+    means = render.patch_means(run.seen, trace.grid)
+    for l in range(trace.depth):
+        m = render.fate_map(run.seen, trace, l, means=means, view=d.view, follow=d.patch)
+        cap = (
+            f"block {l}{'*' if l in trace.condensing_layers else ''}: "
+            f"{trace.tokens_per_layer[l]} tokens"
+        )
+        img = compose.grid(
+            [[render.upscale(m, 2)]], [[cap]], font_size=18, marked=[[l in trace.condensing_layers]]
+        )
+        frames.append(img)
+    return frames
+
+
+def chart_image(run: ExplorerRun, layer: int) -> np.ndarray:
+    r, trace = run.result, run.trace
+    return charts.tokens_chart_image(
+        r.baseline_tokens,
+        r.tokens_per_layer,
+        trace.condensing_layers,
+        label=r.config.describe().split(",")[0],
+        title="Tokens per block: baseline vs condensed",
+        current=int(layer),
+    )
+
+
+# ------------------------------------------------------------------------------ the whole page
+
+BASELINE_TITLE = "Baseline CLIP (all tokens)"
+STRIP_COLUMNS = 3  # tiles per strip row (one more for 24-block models)
+# The page's parts a Run fills, by component name (app.py names its components the same).
+RUN_PARTS = (
+    "banner", "baseline", "condensed", "shift", "map", "layer", "info", "legend", "chart",
+    "cost", "strip", "follow", "stream", "corrected", "stale", "depth", "patch",
+)  # fmt: skip
+LAYER_PARTS = ("map", "info", "chart", "follow")  # what moving to another block redraws
+
+
+@dataclass(frozen=True)
+class Screen:
+    """The page around a Run that is not the Run's: the weights banner, stream mode and the
+    session's reservoir, and whether the strip is redrawn or only its selection moves."""
+
+    banner: str | None = None
+    stream_on: bool = False
+    stream: StreamState | None = None
+    redraw_strip: bool = True
+
+
+def strip_columns(depth: int) -> int:
+    return STRIP_COLUMNS if depth <= 12 else STRIP_COLUMNS + 1
+
+
+def parts(
+    run: ExplorerRun, d: Display, names: Iterable[str] = RUN_PARTS, screen: Screen = Screen()
+) -> dict[str, Any]:
+    """The page's updates for a Run at a :class:`Display`: component name -> Gradio update (a
+    ``gr.update`` dict; the session states ``depth`` and ``patch`` their bare value), only the
+    parts named (each is built only when asked for)."""
+    r, trace = run.result, run.trace
+    d = d.clamped(trace)
+    depth = trace.depth
+
+    def strip() -> dict[str, Any]:
+        if not screen.redraw_strip:
+            return gr.update(selected_index=d.layer)
+        return gr.update(
+            value=strip_items(run, d.view), selected_index=d.layer, columns=strip_columns(depth)
+        )
+
+    corrected = r.corrected.as_dict() if r.corrected is not None else None
+    make: dict[str, Callable[[], Any]] = {
+        "banner": lambda: gr.update(value=screen.banner),
+        "baseline": lambda: gr.update(value=r.baseline.as_dict(), label=BASELINE_TITLE),
+        "condensed": lambda: gr.update(
+            value=r.condensed.as_dict(), label=panels.condensed_title(r)
+        ),
+        "shift": lambda: gr.update(value=panels.shift_html(r)),
+        "map": lambda: gr.update(value=map_image(run, d)),
+        "layer": lambda: gr.update(maximum=depth - 1, value=d.layer),
+        "info": lambda: gr.update(value=panels.layer_info(run, d.layer, d.overlay)),
+        "legend": lambda: gr.update(value=panels.legend_html(r.config.method, trace)),
+        "chart": lambda: gr.update(value=chart_image(run, d.layer)),
+        "cost": lambda: gr.update(value=panels.cost_html(r)),
+        "strip": strip,
+        "follow": lambda: gr.update(value=panels.follow_html(run, d.patch, d.layer)),
+        "stream": lambda: gr.update(
+            value=panels.stream_html(run, screen.stream, screen.stream_on, r.config.method)
+        ),
+        "corrected": lambda: gr.update(value=corrected, visible=corrected is not None),
+        "stale": lambda: gr.update(value=""),
+        # gr.State outputs take the value itself (an update dict would be stored as the value)
+        "depth": lambda: depth,
+        "patch": lambda: d.patch,
+    }
+    return {name: make[name]() for name in names}
+
+
+def updates(
+    ui: Mapping[str, Any],
+    run: ExplorerRun,
+    d: Display,
+    names: Iterable[str] = RUN_PARTS,
+    screen: Screen = Screen(),
+) -> dict[Any, dict[str, Any]]:
+    """:func:`parts` keyed by the components themselves (Gradio's dict return)."""
+    return {ui[name]: update for name, update in parts(run, d, names, screen).items()}
+
+
+def initial(update: dict[str, Any] | None, **fallback: Any) -> dict[str, Any]:
+    """A component's constructor arguments from an update (the first screen built into the
+    page), else ``fallback``."""
+    if update is None:
+        return fallback
+    return {k: v for k, v in update.items() if k != "__type__"}
+
+
+def exports(run: ExplorerRun, d: Display, out: ExportDir) -> dict[str, str]:
+    """Write the downloads of one Run: strip PNG, depth GIF, JSON. Returns kind -> path."""
+    stem = (run.image_name or "image").rsplit(".", 1)[0]
+    return {
+        "png": str(out.write_png(strip_png(run, d.clamped(run.trace).view), f"tca-{stem}-blocks")),
+        "gif": str(out.write_gif(depth_frames(run, d), f"tca-{stem}-depth")),
+        "json": str(out.write_json(export.export_dict(run), f"tca-{stem}-run")),
+    }
+
+
+# ------------------------------------------------------------------------------ compare / sweep
+
+
+def compare_picture(cmp: Comparison) -> Image.Image:
+    first = next(iter(cmp.results.values()))
+    traces = [r.trace for r in cmp.results.values()]
+    assert all(t is not None for t in traces)  # compare always traces
+    first_trace = cast(Trace, first.trace)
+    depth = first_trace.depth
+    cols = sorted(set(first_trace.condensing_layers) | {depth - 1})
+    tiles = []
+    for t in cast(list[Trace], traces):
+        means = render.patch_means(cmp.seen, t.grid)
+        tiles.append([render.fate_map(cmp.seen, t, l, means=means) for l in cols])
+    picture = compose.grid(
+        tiles,
+        captions=[[f"{r.tokens_per_layer[l]} tokens" for l in cols] for r in cmp.results.values()],
+        row_labels=[METHODS[m].title for m in cmp.results],
+        col_labels=[f"after block {l}" for l in cols],
+        legend=True,
+        font_size=15,
+    )
+    return picture
+
+
+def sweep_image(sw: Sweep) -> np.ndarray:
+    series = {
+        METHODS[m].title: {
+            "gmacs": [p.gmacs for p in pts],
+            "keep_rate": [p.keep_rate for p in pts],
+            "top1": [p.top1_prob for p in pts],
+            "base_label": [p.base_label_prob for p in pts],
+            "kl": [p.kl for p in pts],
+        }
+        for m, pts in sw.points.items()
+    }
+    return charts.figure_to_array(charts.sweep_chart(sw.gmacs_baseline, series))
+
+
+__all__ = [
+    "Display",
+    "MAP_ZOOM",
+    "LAYER_PARTS",
+    "RUN_PARTS",
+    "Screen",
+    "STRIP_SHRINK",
+    "VIEW_CHOICES",
+    "chart_image",
+    "compare_picture",
+    "depth_frames",
+    "exports",
+    "map_image",
+    "patch_at",
+    "parts",
+    "updates",
+    "initial",
+    "settings_line",
+    "strip_captions",
+    "strip_items",
+    "strip_png",
+    "sweep_image",
+]
