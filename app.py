@@ -253,6 +253,15 @@ def build_demo(
                             ui["follow"] = gr.HTML(
                                 **page.initial(got.get("follow"), value=""), elem_id="follow-panel"
                             )
+                            ui["why"] = gr.Image(
+                                **page.initial(got.get("why"), value=None, visible=False),
+                                label="Why this patch? The score each condensing block ranked by",
+                                type="numpy",
+                                format="png",
+                                interactive=False,
+                                elem_id="why-chart",
+                                buttons=["download"],
+                            )
                             clear_btn = gr.Button("Stop following", size="sm")
                             with gr.Row():
                                 ui["overlay"] = gr.Checkbox(False, label="CLS-attention overlay")
@@ -531,7 +540,7 @@ def wire(
         )
     ui["strip"].select(app.pick_layer, [ui["run"], *display[2:]], layer_parts, **quiet)
     ui["strip"].select(None, None, None, js=SCROLL_TO_MAP, api_visibility="private")
-    follow_parts = [ui["patch"], ui["map"], ui["follow"]]
+    follow_parts = [ui["patch"], ui["map"], ui["follow"], ui["why"]]
     ui["map"].select(app.pick_patch, display[:-1], follow_parts, **quiet)
     buttons["clear"].click(app.clear_patch, display[:-1], follow_parts, **quiet)
     ui["view"].change(app.change_view, display, [ui["map"], ui["strip"]], **quiet)

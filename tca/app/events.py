@@ -447,7 +447,7 @@ class App:
         if patch is None:
             return {}
         d = _display(shown, layer, view, overlay, opacity, patch)
-        return page.updates(self.ui, shown, d, ("patch", "map", "follow"))
+        return page.updates(self.ui, shown, d, ("patch", "map", "follow", "why"))
 
     def clear_patch(
         self, shown: ExplorerRun | None, layer: float, view: str, overlay: bool, opacity: float
@@ -455,7 +455,7 @@ class App:
         if shown is None:
             return {self.ui["patch"]: None}
         d = _display(shown, layer, view, overlay, opacity, None)
-        return page.updates(self.ui, shown, d, ("patch", "map", "follow"))
+        return page.updates(self.ui, shown, d, ("patch", "map", "follow", "why"))
 
     def change_view(
         self,

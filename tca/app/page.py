@@ -15,7 +15,7 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from tca import charts, compose, render
+from tca import arithmetic, charts, compose, render, why
 from tca.methods import METHODS
 from tca.trace import Trace
 
@@ -68,7 +68,13 @@ def map_image(run: ExplorerRun, d: Display, zoom: int = MAP_ZOOM) -> np.ndarray:
         view=d.view,
         follow=d.patch,
     )
-    return render.upscale(out, zoom)
+    big = render.upscale(out, zoom)
+    if d.view == "fates" and len(run.trace.groups(d.layer)) > len(render.GROUP_COLORS):
+        # more groups than colours: each group's number tells same-coloured groups apart
+        big = render.draw_group_numbers(
+            big, render.group_labels(run.trace, d.layer), run.trace.grid
+        )
+    return big
 
 
 def patch_at(run: ExplorerRun, x: float, y: float, zoom: int = MAP_ZOOM) -> int | None:
@@ -143,6 +149,7 @@ def depth_frames(run: ExplorerRun, d: Display) -> list[Image.Image]:
 
 def chart_image(run: ExplorerRun, layer: int) -> np.ndarray:
     r, trace = run.result, run.trace
+    names = arithmetic.segment_names(METHODS[r.config.method], trace.prefix)
     return charts.tokens_chart_image(
         r.baseline_tokens,
         r.tokens_per_layer,
@@ -150,7 +157,20 @@ def chart_image(run: ExplorerRun, layer: int) -> np.ndarray:
         label=r.config.describe().split(",")[0],
         title="Tokens per block: baseline vs condensed",
         current=int(layer),
+        stack=[c.as_tuple() for c in arithmetic.token_counts(trace)],
+        stack_names=[names.get(k) for k in arithmetic.SEGMENTS],
     )
+
+
+def why_image(run: ExplorerRun, patch: int | None) -> np.ndarray | None:
+    """"Why this patch?": the followed patch's place in every condensing block's ranking (None
+    without a followed patch, or for a method that records no score, such as ToMe)."""
+    if patch is None:
+        return None
+    rankings, places = why.why_patch(run.trace, run.result.config, patch)
+    if not rankings:
+        return None
+    return charts.figure_to_array(charts.why_chart(rankings, places))
 
 
 # ------------------------------------------------------------------------------ the whole page
@@ -160,7 +180,7 @@ STRIP_COLUMNS = 3  # tiles per strip row (one more for 24-block models)
 # The page's parts a Run fills, by component name (app.py names its components the same).
 RUN_PARTS = (
     "banner", "baseline", "condensed", "shift", "map", "layer", "info", "legend", "chart",
-    "cost", "strip", "follow", "stream", "corrected", "stale", "depth", "patch",
+    "cost", "strip", "follow", "why", "stream", "corrected", "stale", "depth", "patch",
 )  # fmt: skip
 LAYER_PARTS = ("map", "info", "chart", "follow")  # what moving to another block redraws
 
@@ -213,6 +233,7 @@ def parts(
         "cost": lambda: gr.update(value=panels.cost_html(r)),
         "strip": strip,
         "follow": lambda: gr.update(value=panels.follow_html(run, d.patch, d.layer)),
+        "why": lambda: gr.update(value=why_image(run, d.patch), visible=d.patch is not None),
         "stream": lambda: gr.update(
             value=panels.stream_html(run, screen.stream, screen.stream_on, r.config.method)
         ),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import html
 
-from tca import render
+from tca import arithmetic, charts, render
 from tca.flops import CONVENTION
 from tca.methods import METHODS
 from tca.models import WEIGHTS_HELP
@@ -86,7 +86,13 @@ def legend_html(method: str | None = None, trace: Trace | None = None) -> str:
             words = f"{said}; {style.meaning.split('; ', 1)[-1]}"  # its words; how it is drawn
         items.append(f"{swatch_html(code)}<b>{_escape(style.name)}</b> ({_escape(words)}) ")
     note = f"<br><small>{NO_CLS}</small>" if trace is not None and not trace.prefix else ""
-    return f'<div class="tca-legend">{"".join(items)}{note}</div>'
+    seen = "; ".join(f"<b>{w}</b>: {_escape(m)}" for w, m in render.MODEL_VIEW_LEGEND)
+    model = f"<br><small>What the model sees: {seen}.</small>"
+    numbers = (
+        "<br><small>Numbers on the map: one per merged group (in each of its parts), so groups "
+        f"that share one of the {len(render.GROUP_COLORS)} colours stay apart.</small>"
+    )
+    return f'<div class="tca-legend">{"".join(items)}{numbers}{model}{note}</div>'
 
 
 def how_it_works_md() -> str:
@@ -244,15 +250,35 @@ def cost_html(result: RunResult) -> str:
     )
 
 
+def scale_html(lo: float, hi: float, what: str) -> str:
+    """An inline colour scale of the overlay (the map's inferno colours, min-max normalised):
+    its two ends in numbers."""
+    stops = ", ".join(_rgb(c) for c in render._colormap_lut("inferno")[::51])
+    return (
+        f"<span class='tca-scale'>{_escape(what)}: {charts.significant(lo, 3)} "
+        f"<span style='display:inline-block;width:90px;height:10px;vertical-align:-1px;"
+        f"border:1px solid #888;background:linear-gradient(90deg, {stops})'></span> "
+        f"{charts.significant(hi, 3)}</span>"
+    )
+
+
 def layer_info(run: ExplorerRun, layer: int, overlay: bool = False) -> str:
     trace = run.trace
+    method = METHODS[run.result.config.method]
     counts = trace.fate_counts(layer)
     groups = len(trace.groups(layer))
     cond = f" {CONDENSING_MARK} (a condensing block)" if layer in trace.condensing_layers else ""
+    tally = arithmetic.token_count(trace, layer)
+    patches = [f"{counts['kept']} kept"]
+    if counts["merged"] or method.fates.merged:
+        patches.append(f"{counts['merged']} merged in {groups} group(s)")
+    if counts["pruned"] or method.fates.pruned:
+        gone = "dropped" if method.fates.fused_token is None else "fused"
+        patches.append(f"{counts['pruned']} {gone}")
     text = (
-        f"**After block {layer}{cond}: {trace.tokens_per_layer[layer]} tokens.** "
-        f"Patches: {counts['kept']} kept, {counts['merged']} merged in {groups} group(s), "
-        f"{counts['pruned']} pruned."
+        f"**After block {layer}{cond}: "
+        f"{arithmetic.count_sentence(tally, method, trace.prefix)}.** "
+        f"Patches: {', '.join(patches)}."
     )
     if overlay:
         src = render.attention_layer(trace, layer)
@@ -263,8 +289,14 @@ def layer_info(run: ExplorerRun, layer: int, overlay: bool = False) -> str:
             if render.attention_layer(trace, trace.depth - 1) is None
             else ""
         )
+        span = (
+            render.value_range(trace.cls_attention[src][0].numpy().reshape(trace.grid))
+            if src is not None
+            else None
+        )
+        scale = "" if span is None else " " + scale_html(*span, "dark to bright")
         text += (
-            f" Overlay: {attention_name(trace)} at block {src}."
+            f" Overlay: {attention_name(trace)} at block {src}.{scale}"
             if src is not None
             else f" Overlay: no {attention_name(trace)} recorded at or before this block{unused}."
         )
