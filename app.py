@@ -91,6 +91,13 @@ CSS = """
 .tca-shift .tca-table td.lab {min-width: 4em}
 .tca-follow tr.here {background: #fde7f7}
 .tca-up {color: #15803d} .tca-down {color: #b91c1c}
+/* Gradio's dark theme recolours <b>, <summary> and links to its light text colour: the banners
+   keep their own dark ink on their light backgrounds (WCAG AA in both themes), and the shift
+   colours and the followed row get dark-theme variants */
+.tca-banner b, .tca-banner summary, .tca-banner details, .tca-banner a, .tca-stale b,
+.tca-stale a {color: inherit !important}
+.dark .tca-up {color: #4ade80} .dark .tca-down {color: #f87171}
+.dark .tca-follow tr.here {background: #5b1a4a}
 #depth-row button {min-width: 3em; max-width: 5em}
 /* examples: the labels wrap, so the thumbnails never scroll out of the column */
 #tca-examples table {table-layout: fixed; width: 100%}
@@ -256,6 +263,7 @@ def build_demo(
                             ui["why"] = gr.Image(
                                 **page.initial(got.get("why"), value=None, visible=False),
                                 label="Why this patch? The score each condensing block ranked by",
+                                show_label=False,
                                 type="numpy",
                                 format="png",
                                 interactive=False,

@@ -348,11 +348,12 @@ def why_chart(
     fig.subplots_adjust(
         left=0.1,
         right=0.97,
-        top=1 - 0.5 / fig.get_figheight(),
+        top=1 - 0.8 / fig.get_figheight(),
         bottom=0.55 / fig.get_figheight(),
         hspace=1.0,
     )
     axes = fig.subplots(len(rankings), 1, squeeze=False)[:, 0]
+    fig.suptitle("Why this patch? Where it ranked at each condensing block", fontsize=11, y=0.995)
     for ax, r, place in zip(axes, rankings, places):
         scores = np.asarray(r.scores, dtype=np.float64)
         finite = np.isfinite(scores)
@@ -406,6 +407,7 @@ def why_chart(
                 textcoords="offset points",
                 fontsize=9,
                 color=_hex(HIGHLIGHT),
+                bbox={"fc": "white", "alpha": 0.85, "lw": 0, "pad": 1},
                 ha="left" if place.score < (lo + hi) / 2 else "right",
             )
         ax.tick_params(labelsize=9)

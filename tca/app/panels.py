@@ -454,7 +454,7 @@ def sweep_html(sw: Sweep) -> str:
                 f"<tr><td>{METHODS[m].title}</td><td>{p.keep_rate:g}</td>"
                 f"<td>{p.gmacs:.2f}</td><td>{p.final_tokens}</td>"
                 f"<td>{_escape(p.top1)} ({p.top1_prob:.1%})</td>"
-                f"<td>{p.base_label_prob:.1%}</td><td>{p.kl:.3f}</td></tr>"
+                f"<td>{p.base_label_prob:.1%}</td><td>{charts.significant(p.kl, 2)}</td></tr>"
             )
     base = "1 baseline + " if sw.baseline_pass else "the Run's baseline + "
     return (
