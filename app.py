@@ -347,6 +347,22 @@ def build_demo(
                         ui["stream"] = gr.HTML(
                             panels.stream_html(None, None, False), elem_id="stream-panel"
                         )
+                        demo_btn = gr.Button(
+                            "\u25b6 One-click demo: 8 bundled images stream in until the "
+                            "anchors switch on, then the cat with and without them",
+                            elem_id="stream-demo-button",
+                        )
+                        ui["demo_text"] = gr.HTML(elem_id="stream-demo")
+                        ui["demo_picture"] = gr.Image(
+                            visible=False,
+                            show_label=False,
+                            label="Stream demo",
+                            type="pil",
+                            format="png",
+                            interactive=False,
+                            elem_id="stream-demo-picture",
+                            buttons=["download"],
+                        )
                         ui["corrected"] = gr.Label(
                             num_top_classes=TOP_K,
                             visible=False,
@@ -469,6 +485,7 @@ def build_demo(
                 reset=reset_btn,
                 export=export_btn,
                 compare=compare_btn,
+                demo=demo_btn,
             ),
             controls=[
                 ui["image"],
@@ -567,6 +584,13 @@ def wire(
         [ui["stream_state"], ui["run"], stream_on],
         stream_parts,
         api_visibility="private",
+    )
+    buttons["demo"].click(
+        app.stream_demo,
+        [controls[2], controls[4]],
+        [ui["demo_text"], ui["demo_picture"]],
+        api_visibility="private",
+        **model_lane,
     )
     stream_on.change(
         app.stream_toggled, [stream_on, ui["run"], ui["stream_state"]], [ui["stream"]], **quiet

@@ -132,3 +132,19 @@ def test_following_a_patch_shows_why(browser, url):
     pg.get_by_role("button", name="Stop following").click()
     expect(pg.locator("#why-chart")).to_be_hidden(timeout=TIMEOUT)
     pg.close()
+
+
+def test_one_click_stream_demo_reaches_active_anchors(browser, url):
+    pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+    pg.goto(url)
+    expect(pg.locator("#layer-info")).to_contain_text("tokens =", timeout=TIMEOUT)
+    pg.get_by_text("Stream mode: TCA's reservoir").first.click()
+    pg.locator("#stream-demo-button").click()
+    panel = pg.locator("#stream-demo")
+    expect(panel).to_contain_text("Anchors on after", timeout=TIMEOUT)
+    expect(panel).to_contain_text("with anchors (and the logits correction)")
+    expect(pg.locator("#stream-demo-picture img")).to_be_visible(timeout=TIMEOUT)
+    # the session's own reservoir is untouched: stream mode is still off
+    expect(pg.locator("#stream-panel")).to_contain_text("Stream mode is off")
+    pg.screenshot(path="/tmp/ui16_shots/stream_demo.png", full_page=False)
+    pg.close()

@@ -19,6 +19,8 @@ from typing import Any, Callable, Mapping, TypeVar
 import gradio as gr
 from PIL import Image
 
+from tca import stream_demo as tca_stream_demo
+from tca.config import CondenseConfig
 from tca.errors import ImageError, UserError, without_dirs
 from tca.images import load_image
 from tca.methods import COMPARED, METHODS
@@ -27,7 +29,7 @@ from tca.models import DEFAULT_MODEL
 from . import export, page, panels, serving, sweeps, uploads
 from .page import LAYER_PARTS, RUN_PARTS, Display, Screen
 from .request import DEFAULT_CONFIG, Request, from_controls, request_or_none
-from .runs import APP_MODELS, ExplorerRun, StreamState, compare, run
+from .runs import APP_MODELS, ExplorerRun, StreamState, compare, run, seen_picture
 
 ROOT = Path(__file__).resolve().parents[2]
 ASSETS = ROOT / "assets"
@@ -548,6 +550,32 @@ class App:
         return panels.banner_html(
             self.cache.peek(model), model, loading=self.cache.is_loading(model)
         )
+
+    @user_errors
+    def stream_demo(
+        self,
+        model: str,
+        keep_rate: float,
+        progress: gr.Progress = PROGRESS,
+        request: gr.Request | None = None,
+    ) -> dict[Any, Any]:
+        """The one-click stream demo: the bundled sequence into a fresh reservoir (never the
+        session's) until the anchors switch on, then the probe with and without them."""
+        progress(0.05, desc="loading the model")
+        with self.gate.hold(_session(request)):
+            loaded = self.cache.get(model or self.default_model)
+            progress(0.2, desc="feeding the bundled stream")
+            cfg = CondenseConfig(method="tca", keep_rate=float(keep_rate))
+            demo = tca_stream_demo.run(loaded.clip, tca_stream_demo.load_spec(), cfg)
+        progress(0.95, desc="drawing")
+        probe = Image.open(tca_stream_demo.load_spec().probe).convert("RGB")
+        seen = seen_picture(loaded.clip, probe)
+        return {
+            self.ui["demo_text"]: panels.stream_demo_html(demo),
+            self.ui["demo_picture"]: gr.update(
+                value=page.stream_demo_picture(demo, seen), visible=True
+            ),
+        }
 
     def banner(self, model: str | None = None) -> str:
         model = model or self.default_model

@@ -17,6 +17,7 @@ from PIL import Image
 
 from tca import arithmetic, charts, compose, render, why
 from tca.methods import METHODS
+from tca.stream_demo import StreamDemo
 from tca.trace import Trace
 
 from . import export, panels
@@ -163,7 +164,7 @@ def chart_image(run: ExplorerRun, layer: int) -> np.ndarray:
 
 
 def why_image(run: ExplorerRun, patch: int | None) -> np.ndarray | None:
-    """"Why this patch?": the followed patch's place in every condensing block's ranking (None
+    """ "Why this patch?": the followed patch's place in every condensing block's ranking (None
     without a followed patch, or for a method that records no score, such as ToMe)."""
     if patch is None:
         return None
@@ -300,6 +301,21 @@ def compare_picture(cmp: Comparison) -> Image.Image:
     return picture
 
 
+def stream_demo_picture(demo: StreamDemo, seen: np.ndarray) -> Image.Image:
+    """The stream demo's probe after the last block, with the anchors and without them, side
+    by side (the anchors change which patches CLS attends to, so the maps differ)."""
+    runs = [("with anchors", demo.with_anchors), ("without anchors", demo.without_anchors)]
+    tiles, caps = [], []
+    for name, r in runs:
+        if r is None or r.trace is None:
+            continue
+        last = r.trace.depth - 1
+        tiles.append(render.upscale(render.fate_map(seen, r.trace, last), 2))
+        top, p = r.final.top(1)[0]
+        caps.append(f"{name}: {top} {p:.0%}")
+    return compose.grid([tiles], [caps], legend=True, font_size=16)
+
+
 def sweep_image(sw: Sweep) -> np.ndarray:
     series = {
         METHODS[m].title: {
@@ -335,5 +351,6 @@ __all__ = [
     "strip_captions",
     "strip_items",
     "strip_png",
+    "stream_demo_picture",
     "sweep_image",
 ]

@@ -14,6 +14,7 @@ from tca.methods import METHODS
 from tca.models import WEIGHTS_HELP
 from tca.pipeline import RunResult
 from tca.request import Request
+from tca.stream_demo import StreamDemo
 from tca.trace import KEPT, MERGED, PRUNED, Trace
 
 from . import sweeps
@@ -364,6 +365,36 @@ def stream_html(
         f"<th>bucket (of {summ['size']})</th><th>entropy of entries</th></tr>"
         f"{''.join(rows)}</table></div>{effect}"
     )
+
+
+def stream_demo_html(demo: StreamDemo) -> str:
+    """The stream demo's steps (where each image was filed, the buckets after it) and what the
+    anchors changed for the probe."""
+    rows = "".join(
+        f"<tr><td>{i + 1}</td><td>{_escape(s.image)}</td><td>{_escape(s.filed_under)}</td>"
+        f"<td>{' / '.join(str(n) for n in s.bucket_sizes)}</td>"
+        f"<td>{'<b>on</b>' if s.active else 'off'}</td></tr>"
+        for i, s in enumerate(demo.steps)
+    )
+    table = (
+        "<div class='tca-scroll'><table class='tca-table'><tr><th>#</th><th>image</th>"
+        "<th>filed under</th><th>bucket sizes</th><th>anchors</th></tr>"
+        f"{rows}</table></div>"
+    )
+    if demo.with_anchors is None:
+        head = (
+            f"<b>The anchors did not switch on</b> after {len(demo.steps)} images: some label "
+            "was never predicted twice."
+        )
+    else:
+        w, wo = demo.with_anchors.final.top(1)[0], demo.without_anchors.final.top(1)[0]
+        head = (
+            f"<b>Anchors on after {len(demo.steps)} images.</b> The probe: "
+            f"with anchors (and the logits correction) <b>{_escape(w[0])} {w[1]:.0%}</b>, "
+            f"without <b>{_escape(wo[0])} {wo[1]:.0%}</b>. The demo uses its own reservoir, "
+            "never this session's."
+        )
+    return f"<div class='tca-stream-demo'>{head}{table}</div>"
 
 
 def stale_html(run: ExplorerRun | None, request: Request | None) -> str:
