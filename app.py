@@ -596,6 +596,7 @@ def wire(
         app.stream_toggled, [stream_on, ui["run"], ui["stream_state"]], [ui["stream"]], **quiet
     )
     controls[2].change(app.banner, [controls[2]], [ui["banner"]], **quiet)
+    controls[2].change(app.model_layers, [controls[2]], [controls[5]], **quiet)
     buttons["export"].click(
         app.export,
         [ui["run"], ui["layer"], ui["view"], ui["patch"]],

@@ -20,8 +20,9 @@ import gradio as gr
 from PIL import Image
 
 from tca import stream_demo as tca_stream_demo
-from tca.config import CondenseConfig
+from tca.config import CondenseConfig, default_layers, format_layers
 from tca.errors import ImageError, UserError, without_dirs
+from tca.flops import Geometry
 from tca.images import load_image
 from tca.methods import COMPARED, METHODS
 from tca.models import DEFAULT_MODEL
@@ -576,6 +577,19 @@ class App:
                 value=page.stream_demo_picture(demo, seen), visible=True
             ),
         }
+
+    def model_layers(self, model: str) -> dict[str, Any]:
+        """A new model gets its default condensing blocks (``tca.config.default_layers``:
+        depth/4 x 1, 2, 3), written in the field's label too."""
+        try:
+            depth = Geometry.from_name(model).depth
+        except Exception:  # noqa: BLE001 - an unknown model is reported by the Run
+            return gr.update()
+        blocks = format_layers(default_layers(depth))
+        return gr.update(
+            value=blocks,
+            label=f"Condensing blocks (0-based; default for {depth} blocks: {blocks})",
+        )
 
     def banner(self, model: str | None = None) -> str:
         model = model or self.default_model
