@@ -77,6 +77,12 @@ CSS = """
 #layer-strip .thumbnail-item.selected {outline: 5px solid #ff00c8; outline-offset: -1px}
 #layer-strip .grid-wrap {max-height: none !important; height: auto !important; overflow: visible}
 #layer-strip .caption-label {font-size: 13px; font-weight: 600; padding: 0 4px; opacity: 0.9}
+/* every column inside the strip's box at every width: Gradio's tiles keep a 100 px minimum,
+   which pushed the 4th column of a 24-block model (blocks 3, 7, ..., 23) out of view */
+#layer-strip .grid-container {grid-template-columns: repeat(var(--grid-cols), minmax(0, 1fr))
+  !important; grid-auto-rows: min-content !important}
+#layer-strip .caption-label {font-size: 12px; padding: 0 3px; max-width: 100%}
+#layer-strip .thumbnail-item {min-width: 0; width: 100%; height: auto; aspect-ratio: 1}
 .tca-legend {line-height: 1.9}
 .tca-cost .big {font-size: 22px; font-weight: 700}
 .tca-cost .saved {color: #15803d}

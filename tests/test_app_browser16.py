@@ -148,3 +148,30 @@ def test_one_click_stream_demo_reaches_active_anchors(browser, url):
     expect(pg.locator("#stream-panel")).to_contain_text("Stream mode is off")
     pg.screenshot(path="/tmp/ui16_shots/stream_demo.png", full_page=False)
     pg.close()
+
+
+@pytest.fixture(scope="module")
+def url24():
+    """The app on a 24-block tower (ViT-L/14's depth, the tiny width)."""
+    demo = app_module.build_demo("tca-tiny24-ViT", "none")
+    _, local_url, _ = demo.launch(prevent_thread_lock=True, quiet=True,
+                                  **app_module.launch_options())
+    try:
+        yield local_url
+    finally:
+        demo.close()
+
+
+@pytest.mark.parametrize("width, height", [(1280, 720), (1920, 1080), (390, 844)])
+def test_all_24_strip_tiles_inside_the_strip(browser, url24, width, height):
+    pg = browser.new_page(viewport={"width": width, "height": height})
+    pg.goto(url24)
+    tiles = pg.locator("#layer-strip button.thumbnail-item")
+    expect(tiles).to_have_count(24, timeout=TIMEOUT)
+    strip = pg.locator("#layer-strip").bounding_box()
+    for i in range(24):
+        t = tiles.nth(i).bounding_box()
+        assert strip["x"] - 1 <= t["x"] and t["x"] + t["width"] <= strip["x"] + strip["width"] + 1, (
+            width, i, t, strip)
+        assert t["width"] >= 60  # still a picture, not a sliver
+    pg.close()
