@@ -434,7 +434,9 @@ def build_demo(
                         )
                         with gr.Row():
                             layers = gr.Textbox(
-                                format_layers(d.layers), label="Condensing blocks (0-based)"
+                                format_layers(d.layers),
+                                label="Condensing blocks (0-based)",
+                                elem_id="layers-input",
                             )
                             # no minimum / maximum here: the request checks the range and names
                             # the field in its message
@@ -543,8 +545,17 @@ def wire(
     layer_parts = [ui[n] for n in ("layer", *page.LAYER_PARTS, "strip")]
     display = [ui["run"], ui["layer"], ui["view"], ui["overlay"], ui["opacity"], ui["patch"]]
 
-    run_evt = gr.on(
+    # the page checks its inputs first (an event without outputs: a mistake shows as one toast and
+    # never as error badges over the last run's panels); the API calls classify directly
+    checked = gr.on(
         [buttons["run"].click, ui["labels"].submit],
+        app.check_inputs,
+        inputs=controls,
+        outputs=None,
+        api_visibility="private",
+        show_progress="hidden",
+    )
+    run_evt = checked.success(
         app.classify,
         inputs=[*controls, stream_on, ui["stream_state"]],
         outputs=[api_json, ui["run"], ui["stream_state"]],

@@ -175,3 +175,27 @@ def test_all_24_strip_tiles_inside_the_strip(browser, url24, width, height):
             width, i, t, strip)
         assert t["width"] >= 60  # still a picture, not a sliver
     pg.close()
+
+
+def test_an_input_error_keeps_the_last_run_intact_and_outdated(browser, url):
+    pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+    pg.goto(url)
+    expect(pg.locator("#layer-info")).to_contain_text("tokens =", timeout=TIMEOUT)
+    before = {sel: pg.locator(sel).inner_text() for sel in ("#condensed-label", "#layer-info")}
+    map_src = pg.locator("#layer-map img").get_attribute("src")
+    blocks = pg.locator("#layers-input textarea, #layers-input input").first
+    blocks.fill("3,six,9")
+    expect(pg.locator("#stale-notice")).to_contain_text("Outdated", timeout=TIMEOUT)
+    pg.locator("#run-button").click()
+    toast = pg.locator(".toast-body")
+    expect(toast).to_contain_text("Cannot run", timeout=TIMEOUT)
+    expect(toast).to_contain_text("layers must be comma-separated integers")
+    pg.wait_for_timeout(500)
+    # one message; every panel still shows the last complete run, none an error badge
+    for sel, text in before.items():
+        assert pg.locator(sel).inner_text() == text
+    assert pg.locator("#layer-map img").get_attribute("src") == map_src
+    for sel in ("#baseline-label", "#condensed-label", "#layer-map", "#layer-strip", "#tokens-chart"):
+        assert pg.locator(f"{sel} .error").count() == 0, sel
+    expect(pg.locator("#stale-notice")).to_contain_text("Outdated")
+    pg.close()

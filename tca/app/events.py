@@ -55,7 +55,11 @@ def user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except UserError as exc:
-            raise gr.Error(user_message(exc), title="Cannot run", print_exception=False) from exc
+            # Gradio 6 titles every error toast "Error": the words that say what happened go
+            # into the message itself
+            raise gr.Error(
+                f"Cannot run: {user_message(exc)}", title="Cannot run", print_exception=False
+            ) from exc
 
     return wrapper  # type: ignore[return-value]
 
@@ -181,6 +185,12 @@ class App:
             score,
             templates,
         )
+
+    @user_errors
+    def check_inputs(self, *controls: Any) -> None:
+        """The page's Run first checks the request alone (no outputs): a mistake is one toast
+        and no panel changes, so the last complete run stays on screen, marked Outdated."""
+        self.request(*controls)
 
     # -- the first screen
     def first_screen(self) -> ExplorerRun | None:
