@@ -77,6 +77,12 @@ CSS = """
 #layer-strip .thumbnail-item.selected {outline: 5px solid #ff00c8; outline-offset: -1px}
 #layer-strip .grid-wrap {max-height: none !important; height: auto !important; overflow: visible}
 #layer-strip .caption-label {font-size: 13px; font-weight: 600; padding: 0 4px; opacity: 0.9}
+/* every column inside the strip's box at every width: Gradio's tiles keep a 100 px minimum,
+   which pushed the 4th column of a 24-block model (blocks 3, 7, ..., 23) out of view */
+#layer-strip .grid-container {grid-template-columns: repeat(var(--grid-cols), minmax(0, 1fr))
+  !important; grid-auto-rows: min-content !important}
+#layer-strip .caption-label {font-size: 12px; padding: 0 3px; max-width: 100%}
+#layer-strip .thumbnail-item {min-width: 0; width: 100%; height: auto; aspect-ratio: 1}
 .tca-legend {line-height: 1.9}
 .tca-cost .big {font-size: 22px; font-weight: 700}
 .tca-cost .saved {color: #15803d}
@@ -91,6 +97,13 @@ CSS = """
 .tca-shift .tca-table td.lab {min-width: 4em}
 .tca-follow tr.here {background: #fde7f7}
 .tca-up {color: #15803d} .tca-down {color: #b91c1c}
+/* Gradio's dark theme recolours <b>, <summary> and links to its light text colour: the banners
+   keep their own dark ink on their light backgrounds (WCAG AA in both themes), and the shift
+   colours and the followed row get dark-theme variants */
+.tca-banner b, .tca-banner summary, .tca-banner details, .tca-banner a, .tca-stale b,
+.tca-stale a {color: inherit !important}
+.dark .tca-up {color: #4ade80} .dark .tca-down {color: #f87171}
+.dark .tca-follow tr.here {background: #5b1a4a}
 #depth-row button {min-width: 3em; max-width: 5em}
 /* examples: the labels wrap, so the thumbnails never scroll out of the column */
 #tca-examples table {table-layout: fixed; width: 100%}
@@ -253,6 +266,16 @@ def build_demo(
                             ui["follow"] = gr.HTML(
                                 **page.initial(got.get("follow"), value=""), elem_id="follow-panel"
                             )
+                            ui["why"] = gr.Image(
+                                **page.initial(got.get("why"), value=None, visible=False),
+                                label="Why this patch? The score each condensing block ranked by",
+                                show_label=False,
+                                type="numpy",
+                                format="png",
+                                interactive=False,
+                                elem_id="why-chart",
+                                buttons=["download"],
+                            )
                             clear_btn = gr.Button("Stop following", size="sm")
                             with gr.Row():
                                 ui["overlay"] = gr.Checkbox(False, label="CLS-attention overlay")
@@ -330,6 +353,22 @@ def build_demo(
                         ui["stream"] = gr.HTML(
                             panels.stream_html(None, None, False), elem_id="stream-panel"
                         )
+                        demo_btn = gr.Button(
+                            "\u25b6 One-click demo: 8 bundled images stream in until the "
+                            "anchors switch on, then the cat with and without them",
+                            elem_id="stream-demo-button",
+                        )
+                        ui["demo_text"] = gr.HTML(elem_id="stream-demo")
+                        ui["demo_picture"] = gr.Image(
+                            visible=False,
+                            show_label=False,
+                            label="Stream demo",
+                            type="pil",
+                            format="png",
+                            interactive=False,
+                            elem_id="stream-demo-picture",
+                            buttons=["download"],
+                        )
                         ui["corrected"] = gr.Label(
                             num_top_classes=TOP_K,
                             visible=False,
@@ -395,7 +434,9 @@ def build_demo(
                         )
                         with gr.Row():
                             layers = gr.Textbox(
-                                format_layers(d.layers), label="Condensing blocks (0-based)"
+                                format_layers(d.layers),
+                                label="Condensing blocks (0-based)",
+                                elem_id="layers-input",
                             )
                             # no minimum / maximum here: the request checks the range and names
                             # the field in its message
@@ -452,6 +493,7 @@ def build_demo(
                 reset=reset_btn,
                 export=export_btn,
                 compare=compare_btn,
+                demo=demo_btn,
             ),
             controls=[
                 ui["image"],
@@ -503,8 +545,17 @@ def wire(
     layer_parts = [ui[n] for n in ("layer", *page.LAYER_PARTS, "strip")]
     display = [ui["run"], ui["layer"], ui["view"], ui["overlay"], ui["opacity"], ui["patch"]]
 
-    run_evt = gr.on(
+    # the page checks its inputs first (an event without outputs: a mistake shows as one toast and
+    # never as error badges over the last run's panels); the API calls classify directly
+    checked = gr.on(
         [buttons["run"].click, ui["labels"].submit],
+        app.check_inputs,
+        inputs=controls,
+        outputs=None,
+        api_visibility="private",
+        show_progress="hidden",
+    )
+    run_evt = checked.success(
         app.classify,
         inputs=[*controls, stream_on, ui["stream_state"]],
         outputs=[api_json, ui["run"], ui["stream_state"]],
@@ -531,7 +582,7 @@ def wire(
         )
     ui["strip"].select(app.pick_layer, [ui["run"], *display[2:]], layer_parts, **quiet)
     ui["strip"].select(None, None, None, js=SCROLL_TO_MAP, api_visibility="private")
-    follow_parts = [ui["patch"], ui["map"], ui["follow"]]
+    follow_parts = [ui["patch"], ui["map"], ui["follow"], ui["why"]]
     ui["map"].select(app.pick_patch, display[:-1], follow_parts, **quiet)
     buttons["clear"].click(app.clear_patch, display[:-1], follow_parts, **quiet)
     ui["view"].change(app.change_view, display, [ui["map"], ui["strip"]], **quiet)
@@ -551,10 +602,18 @@ def wire(
         stream_parts,
         api_visibility="private",
     )
+    buttons["demo"].click(
+        app.stream_demo,
+        [controls[2], controls[4]],
+        [ui["demo_text"], ui["demo_picture"]],
+        api_visibility="private",
+        **model_lane,
+    )
     stream_on.change(
         app.stream_toggled, [stream_on, ui["run"], ui["stream_state"]], [ui["stream"]], **quiet
     )
     controls[2].change(app.banner, [controls[2]], [ui["banner"]], **quiet)
+    controls[2].change(app.model_layers, [controls[2]], [controls[5]], **quiet)
     buttons["export"].click(
         app.export,
         [ui["run"], ui["layer"], ui["view"], ui["patch"]],

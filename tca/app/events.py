@@ -19,7 +19,10 @@ from typing import Any, Callable, Mapping, TypeVar
 import gradio as gr
 from PIL import Image
 
+from tca import stream_demo as tca_stream_demo
+from tca.config import CondenseConfig, default_layers, format_layers
 from tca.errors import ImageError, UserError, without_dirs
+from tca.flops import Geometry
 from tca.images import load_image
 from tca.methods import COMPARED, METHODS
 from tca.models import DEFAULT_MODEL
@@ -27,7 +30,7 @@ from tca.models import DEFAULT_MODEL
 from . import export, page, panels, serving, sweeps, uploads
 from .page import LAYER_PARTS, RUN_PARTS, Display, Screen
 from .request import DEFAULT_CONFIG, Request, from_controls, request_or_none
-from .runs import APP_MODELS, ExplorerRun, StreamState, compare, run
+from .runs import APP_MODELS, ExplorerRun, StreamState, compare, run, seen_picture
 
 ROOT = Path(__file__).resolve().parents[2]
 ASSETS = ROOT / "assets"
@@ -52,7 +55,11 @@ def user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except UserError as exc:
-            raise gr.Error(user_message(exc), title="Cannot run", print_exception=False) from exc
+            # Gradio 6 titles every error toast "Error": the words that say what happened go
+            # into the message itself
+            raise gr.Error(
+                f"Cannot run: {user_message(exc)}", title="Cannot run", print_exception=False
+            ) from exc
 
     return wrapper  # type: ignore[return-value]
 
@@ -178,6 +185,12 @@ class App:
             score,
             templates,
         )
+
+    @user_errors
+    def check_inputs(self, *controls: Any) -> None:
+        """The page's Run first checks the request alone (no outputs): a mistake is one toast
+        and no panel changes, so the last complete run stays on screen, marked Outdated."""
+        self.request(*controls)
 
     # -- the first screen
     def first_screen(self) -> ExplorerRun | None:
@@ -447,7 +460,7 @@ class App:
         if patch is None:
             return {}
         d = _display(shown, layer, view, overlay, opacity, patch)
-        return page.updates(self.ui, shown, d, ("patch", "map", "follow"))
+        return page.updates(self.ui, shown, d, ("patch", "map", "follow", "why"))
 
     def clear_patch(
         self, shown: ExplorerRun | None, layer: float, view: str, overlay: bool, opacity: float
@@ -455,7 +468,7 @@ class App:
         if shown is None:
             return {self.ui["patch"]: None}
         d = _display(shown, layer, view, overlay, opacity, None)
-        return page.updates(self.ui, shown, d, ("patch", "map", "follow"))
+        return page.updates(self.ui, shown, d, ("patch", "map", "follow", "why"))
 
     def change_view(
         self,
@@ -547,6 +560,45 @@ class App:
     def banner_html(self, model: str) -> str:
         return panels.banner_html(
             self.cache.peek(model), model, loading=self.cache.is_loading(model)
+        )
+
+    @user_errors
+    def stream_demo(
+        self,
+        model: str,
+        keep_rate: float,
+        progress: gr.Progress = PROGRESS,
+        request: gr.Request | None = None,
+    ) -> dict[Any, Any]:
+        """The one-click stream demo: the bundled sequence into a fresh reservoir (never the
+        session's) until the anchors switch on, then the probe with and without them."""
+        progress(0.05, desc="loading the model")
+        with self.gate.hold(_session(request)):
+            loaded = self.cache.get(model or self.default_model)
+            progress(0.2, desc="feeding the bundled stream")
+            cfg = CondenseConfig(method="tca", keep_rate=float(keep_rate))
+            demo = tca_stream_demo.run(loaded.clip, tca_stream_demo.load_spec(), cfg)
+        progress(0.95, desc="drawing")
+        probe = Image.open(tca_stream_demo.load_spec().probe).convert("RGB")
+        seen = seen_picture(loaded.clip, probe)
+        return {
+            self.ui["demo_text"]: panels.stream_demo_html(demo),
+            self.ui["demo_picture"]: gr.update(
+                value=page.stream_demo_picture(demo, seen), visible=True
+            ),
+        }
+
+    def model_layers(self, model: str) -> dict[str, Any]:
+        """A new model gets its default condensing blocks (``tca.config.default_layers``:
+        depth/4 x 1, 2, 3), written in the field's label too."""
+        try:
+            depth = Geometry.from_name(model).depth
+        except Exception:  # noqa: BLE001 - an unknown model is reported by the Run
+            return gr.update()
+        blocks = format_layers(default_layers(depth))
+        return gr.update(
+            value=blocks,
+            label=f"Condensing blocks (0-based; default for {depth} blocks: {blocks})",
         )
 
     def banner(self, model: str | None = None) -> str:

@@ -15,8 +15,9 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from tca import charts, compose, render
+from tca import arithmetic, charts, compose, render, why
 from tca.methods import METHODS
+from tca.stream_demo import StreamDemo
 from tca.trace import Trace
 
 from . import export, panels
@@ -68,7 +69,13 @@ def map_image(run: ExplorerRun, d: Display, zoom: int = MAP_ZOOM) -> np.ndarray:
         view=d.view,
         follow=d.patch,
     )
-    return render.upscale(out, zoom)
+    big = render.upscale(out, zoom)
+    if d.view == "fates" and len(run.trace.groups(d.layer)) > len(render.GROUP_COLORS):
+        # more groups than colours: each group's number tells same-coloured groups apart
+        big = render.draw_group_numbers(
+            big, render.group_labels(run.trace, d.layer), run.trace.grid
+        )
+    return big
 
 
 def patch_at(run: ExplorerRun, x: float, y: float, zoom: int = MAP_ZOOM) -> int | None:
@@ -143,6 +150,7 @@ def depth_frames(run: ExplorerRun, d: Display) -> list[Image.Image]:
 
 def chart_image(run: ExplorerRun, layer: int) -> np.ndarray:
     r, trace = run.result, run.trace
+    names = arithmetic.segment_names(METHODS[r.config.method], trace.prefix)
     return charts.tokens_chart_image(
         r.baseline_tokens,
         r.tokens_per_layer,
@@ -150,7 +158,20 @@ def chart_image(run: ExplorerRun, layer: int) -> np.ndarray:
         label=r.config.describe().split(",")[0],
         title="Tokens per block: baseline vs condensed",
         current=int(layer),
+        stack=[c.as_tuple() for c in arithmetic.token_counts(trace)],
+        stack_names=[names.get(k) for k in arithmetic.SEGMENTS],
     )
+
+
+def why_image(run: ExplorerRun, patch: int | None) -> np.ndarray | None:
+    """ "Why this patch?": the followed patch's place in every condensing block's ranking (None
+    without a followed patch, or for a method that records no score, such as ToMe)."""
+    if patch is None:
+        return None
+    rankings, places = why.why_patch(run.trace, run.result.config, patch)
+    if not rankings:
+        return None
+    return charts.figure_to_array(charts.why_chart(rankings, places))
 
 
 # ------------------------------------------------------------------------------ the whole page
@@ -160,7 +181,7 @@ STRIP_COLUMNS = 3  # tiles per strip row (one more for 24-block models)
 # The page's parts a Run fills, by component name (app.py names its components the same).
 RUN_PARTS = (
     "banner", "baseline", "condensed", "shift", "map", "layer", "info", "legend", "chart",
-    "cost", "strip", "follow", "stream", "corrected", "stale", "depth", "patch",
+    "cost", "strip", "follow", "why", "stream", "corrected", "stale", "depth", "patch",
 )  # fmt: skip
 LAYER_PARTS = ("map", "info", "chart", "follow")  # what moving to another block redraws
 
@@ -213,6 +234,7 @@ def parts(
         "cost": lambda: gr.update(value=panels.cost_html(r)),
         "strip": strip,
         "follow": lambda: gr.update(value=panels.follow_html(run, d.patch, d.layer)),
+        "why": lambda: gr.update(value=why_image(run, d.patch), visible=d.patch is not None),
         "stream": lambda: gr.update(
             value=panels.stream_html(run, screen.stream, screen.stream_on, r.config.method)
         ),
@@ -279,6 +301,21 @@ def compare_picture(cmp: Comparison) -> Image.Image:
     return picture
 
 
+def stream_demo_picture(demo: StreamDemo, seen: np.ndarray) -> Image.Image:
+    """The stream demo's probe after the last block, with the anchors and without them, side
+    by side (the anchors change which patches CLS attends to, so the maps differ)."""
+    runs = [("with anchors", demo.with_anchors), ("without anchors", demo.without_anchors)]
+    tiles, caps = [], []
+    for name, r in runs:
+        if r is None or r.trace is None:
+            continue
+        last = r.trace.depth - 1
+        tiles.append(render.upscale(render.fate_map(seen, r.trace, last), 2))
+        top, p = r.final.top(1)[0]
+        caps.append(f"{name}: {top} {p:.0%}")
+    return compose.grid([tiles], [caps], legend=True, font_size=16)
+
+
 def sweep_image(sw: Sweep) -> np.ndarray:
     series = {
         METHODS[m].title: {
@@ -314,5 +351,6 @@ __all__ = [
     "strip_captions",
     "strip_items",
     "strip_png",
+    "stream_demo_picture",
     "sweep_image",
 ]

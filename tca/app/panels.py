@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import html
 
-from tca import render
+from tca import arithmetic, charts, render
 from tca.flops import CONVENTION
 from tca.methods import METHODS
 from tca.pipeline import RunResult
 from tca.request import Request
+from tca.stream_demo import StreamDemo
 from tca.trace import KEPT, MERGED, PRUNED, Trace
 from tca.weights import WEIGHTS_HELP
 
@@ -86,7 +87,13 @@ def legend_html(method: str | None = None, trace: Trace | None = None) -> str:
             words = f"{said}; {style.meaning.split('; ', 1)[-1]}"  # its words; how it is drawn
         items.append(f"{swatch_html(code)}<b>{_escape(style.name)}</b> ({_escape(words)}) ")
     note = f"<br><small>{NO_CLS}</small>" if trace is not None and not trace.prefix else ""
-    return f'<div class="tca-legend">{"".join(items)}{note}</div>'
+    seen = "; ".join(f"<b>{w}</b>: {_escape(m)}" for w, m in render.MODEL_VIEW_LEGEND)
+    model = f"<br><small>What the model sees: {seen}.</small>"
+    numbers = (
+        "<br><small>Numbers on the map: one per merged group (in each of its parts), so groups "
+        f"that share one of the {len(render.GROUP_COLORS)} colours stay apart.</small>"
+    )
+    return f'<div class="tca-legend">{"".join(items)}{numbers}{model}{note}</div>'
 
 
 def how_it_works_md() -> str:
@@ -244,15 +251,35 @@ def cost_html(result: RunResult) -> str:
     )
 
 
+def scale_html(lo: float, hi: float, what: str) -> str:
+    """An inline colour scale of the overlay (the map's inferno colours, min-max normalised):
+    its two ends in numbers."""
+    stops = ", ".join(_rgb(c) for c in render._colormap_lut("inferno")[::51])
+    return (
+        f"<span class='tca-scale'>{_escape(what)}: {charts.significant(lo, 3)} "
+        f"<span style='display:inline-block;width:90px;height:10px;vertical-align:-1px;"
+        f"border:1px solid #888;background:linear-gradient(90deg, {stops})'></span> "
+        f"{charts.significant(hi, 3)}</span>"
+    )
+
+
 def layer_info(run: ExplorerRun, layer: int, overlay: bool = False) -> str:
     trace = run.trace
+    method = METHODS[run.result.config.method]
     counts = trace.fate_counts(layer)
     groups = len(trace.groups(layer))
     cond = f" {CONDENSING_MARK} (a condensing block)" if layer in trace.condensing_layers else ""
+    tally = arithmetic.token_count(trace, layer)
+    patches = [f"{counts['kept']} kept"]
+    if counts["merged"] or method.fates.merged:
+        patches.append(f"{counts['merged']} merged in {groups} group(s)")
+    if counts["pruned"] or method.fates.pruned:
+        gone = "dropped" if method.fates.fused_token is None else "fused"
+        patches.append(f"{counts['pruned']} {gone}")
     text = (
-        f"**After block {layer}{cond}: {trace.tokens_per_layer[layer]} tokens.** "
-        f"Patches: {counts['kept']} kept, {counts['merged']} merged in {groups} group(s), "
-        f"{counts['pruned']} pruned."
+        f"**After block {layer}{cond}: "
+        f"{arithmetic.count_sentence(tally, method, trace.prefix)}.** "
+        f"Patches: {', '.join(patches)}."
     )
     if overlay:
         src = render.attention_layer(trace, layer)
@@ -263,8 +290,14 @@ def layer_info(run: ExplorerRun, layer: int, overlay: bool = False) -> str:
             if render.attention_layer(trace, trace.depth - 1) is None
             else ""
         )
+        span = (
+            render.value_range(trace.cls_attention[src][0].numpy().reshape(trace.grid))
+            if src is not None
+            else None
+        )
+        scale = "" if span is None else " " + scale_html(*span, "dark to bright")
         text += (
-            f" Overlay: {attention_name(trace)} at block {src}."
+            f" Overlay: {attention_name(trace)} at block {src}.{scale}"
             if src is not None
             else f" Overlay: no {attention_name(trace)} recorded at or before this block{unused}."
         )
@@ -332,6 +365,36 @@ def stream_html(
         f"<th>bucket (of {summ['size']})</th><th>entropy of entries</th></tr>"
         f"{''.join(rows)}</table></div>{effect}"
     )
+
+
+def stream_demo_html(demo: StreamDemo) -> str:
+    """The stream demo's steps (where each image was filed, the buckets after it) and what the
+    anchors changed for the probe."""
+    rows = "".join(
+        f"<tr><td>{i + 1}</td><td>{_escape(s.image)}</td><td>{_escape(s.filed_under)}</td>"
+        f"<td>{' / '.join(str(n) for n in s.bucket_sizes)}</td>"
+        f"<td>{'<b>on</b>' if s.active else 'off'}</td></tr>"
+        for i, s in enumerate(demo.steps)
+    )
+    table = (
+        "<div class='tca-scroll'><table class='tca-table'><tr><th>#</th><th>image</th>"
+        "<th>filed under</th><th>bucket sizes</th><th>anchors</th></tr>"
+        f"{rows}</table></div>"
+    )
+    if demo.with_anchors is None:
+        head = (
+            f"<b>The anchors did not switch on</b> after {len(demo.steps)} images: some label "
+            "was never predicted twice."
+        )
+    else:
+        w, wo = demo.with_anchors.final.top(1)[0], demo.without_anchors.final.top(1)[0]
+        head = (
+            f"<b>Anchors on after {len(demo.steps)} images.</b> The probe: "
+            f"with anchors (and the logits correction) <b>{_escape(w[0])} {w[1]:.0%}</b>, "
+            f"without <b>{_escape(wo[0])} {wo[1]:.0%}</b>. The demo uses its own reservoir, "
+            "never this session's."
+        )
+    return f"<div class='tca-stream-demo'>{head}{table}</div>"
 
 
 def stale_html(run: ExplorerRun | None, request: Request | None) -> str:
@@ -422,7 +485,7 @@ def sweep_html(sw: Sweep) -> str:
                 f"<tr><td>{METHODS[m].title}</td><td>{p.keep_rate:g}</td>"
                 f"<td>{p.gmacs:.2f}</td><td>{p.final_tokens}</td>"
                 f"<td>{_escape(p.top1)} ({p.top1_prob:.1%})</td>"
-                f"<td>{p.base_label_prob:.1%}</td><td>{p.kl:.3f}</td></tr>"
+                f"<td>{p.base_label_prob:.1%}</td><td>{charts.significant(p.kl, 2)}</td></tr>"
             )
     base = "1 baseline + " if sw.baseline_pass else "the Run's baseline + "
     return (

@@ -18,7 +18,8 @@ from tca.request import Request
 from .runs import ExplorerRun, encode_labels, load_for
 from .serving import ModelCache
 
-SWEEP_RATES = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+# The keep-rate slider's range, 0.1 to 1.0, in 8 points (3 methods x 8 = SWEEP_MAX_PASSES)
+SWEEP_RATES = (0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 1.0)
 SWEEP_MAX_PASSES = 24  # condensed passes one sweep may run (3 methods x 8 rates)
 
 
