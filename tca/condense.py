@@ -98,6 +98,18 @@ def tome_r(n_tokens: int, keep_rate: float, prefix: int = 1) -> int:
 # --------------------------------------------------------------------------- TCA / EViT
 
 
+def take_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """The tokens of x (B, N, D) at idx (B, T) long: (B, T, D), x[b, idx[b, t]].
+
+    One ``index_select`` of whole rows of the flattened batch instead of ``gather`` with an
+    index expanded over D: the same values (a copy), but gather reads an index per element and
+    is several times slower on CPU (7x for bfloat16 tokens of ViT-B at batch 8).
+    """
+    b, n, d = x.shape
+    rows = idx + torch.arange(0, b * n, n, device=idx.device).unsqueeze(1)
+    return x.reshape(b * n, d).index_select(0, rows.reshape(-1)).view(b, idx.shape[1], d)
+
+
 def pairwise_distance(x: torch.Tensor) -> torch.Tensor:
     """Euclidean distances (B, T, T) between the tokens of x (B, T, D), through one batched
     matmul (|a|² + |b|² - 2ab): several times faster than the direct difference on CPU. The
@@ -190,18 +202,17 @@ def prune_merge_fuse(
     t3 = p - t1 - t2
     order = select.argsort(dim=-1, descending=True, stable=True)  # (B, P) patch indices
     tok = order + prefix  # token indices
-
-    def take(idx: torch.Tensor) -> torch.Tensor:
-        return x.gather(1, idx.unsqueeze(-1).expand(-1, -1, d))
-
-    parts = ([x[:, :prefix]] if prefix else []) + [take(tok[:, :t1])]
+    # [prefix; tier 1; tier 2] in one copy: tier 2 is a view of it, merged below
+    head = torch.arange(prefix, device=x.device).expand(b, prefix)
+    kept = take_tokens(x, torch.cat([head, tok[:, : t1 + t2]], dim=1))
+    parts = [kept[:, : prefix + t1]]
     dest = torch.empty((b, n), dtype=torch.long, device=x.device)
     dest[:, :prefix] = torch.arange(prefix, device=x.device)
     ar = torch.arange(prefix, prefix + t1, device=x.device).expand(b, t1)
     dest.scatter_(1, tok[:, :t1], ar)
     nxt = prefix + t1
     if t2 > 0:
-        x2 = take(tok[:, t1 : t1 + t2])
+        x2 = kept[:, prefix + t1 :]
         if t2 > k:
             first = None
             if generator is not None:
@@ -217,7 +228,7 @@ def prune_merge_fuse(
     if t3 > 0:
         i3 = tok[:, t1 + t2 :]
         w3 = fuse_weight.gather(1, order[:, t1 + t2 :])
-        fused = (take(i3).float() * w3.float().unsqueeze(-1)).sum(dim=1, keepdim=True)
+        fused = (take_tokens(x, i3).float() * w3.float().unsqueeze(-1)).sum(dim=1, keepdim=True)
         parts.append(fused.to(x.dtype))
         dest.scatter_(1, i3, nxt)
         pruned = torch.zeros((b, n), dtype=torch.bool, device=x.device)
