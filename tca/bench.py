@@ -26,6 +26,7 @@ from .config import METHODS, CondenseConfig
 from .errors import ConfigError, InputError
 from .flops import CONVENTION, Geometry, macs_for
 from .patch import encode, is_patched, patch, unpatch
+from .precision import bf16_support
 from .timing import elapsed_ms, synchronize
 from .towers import tower_for
 
@@ -122,6 +123,7 @@ def machine_info() -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "processor": _cpu_model(),
+        "cpu_bf16": bf16_support().describe(),
     }
     try:
         import open_clip

@@ -14,6 +14,7 @@ from .flops import CONVENTION, FlopReport, Geometry, count_macs, saved_percent
 from .images import load_image
 from .models import ClipModel, parse_labels, validate_labels
 from .patch import Encoded, encode, is_patched, patch
+from .precision import precision_of
 from .reservoir import Reservoir, stream_update
 from .timing import elapsed_ms
 from .trace import Trace
@@ -53,6 +54,7 @@ class RunResult:
     reservoir: dict | None = None
     anchors_used: bool = False
     cls_tokens: torch.Tensor | None = field(default=None, repr=False)
+    precision: str = "fp32"  # the model's precision (tca.precision): fp32, bf16 or fp16
 
     @property
     def shift(self) -> dict[str, float]:
@@ -81,6 +83,7 @@ class RunResult:
         out = {
             "model": self.model,
             "random_weights": self.random_weights,
+            "precision": self.precision,
             "settings": {
                 "method": self.config.method,
                 "keep_rate": self.config.keep_rate,
@@ -230,6 +233,7 @@ def classify(
         trace=enc.trace,
         anchors_used=enc.anchors_used,
         cls_tokens=enc.cls_tokens,
+        precision=precision_of(clip),
     )
     if reservoir is not None and use_reservoir and enc.cls_tokens is not None:
         corrected = stream_update(reservoir, enc.cls_tokens, logits.detach(), z, clip.logit_scale)
