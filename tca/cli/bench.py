@@ -82,6 +82,13 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
     p.add_argument("--trace", action="store_true", help="also time tca with tracing on")
     p.add_argument(
+        "--no-limits",
+        dest="limits",
+        action="store_false",
+        help="skip the zero-overhead limit rows (the tower's own blocks on each setting's "
+        "token counts, tokens sliced, no scoring; timed by default)",
+    )
+    p.add_argument(
         "--statistic",
         choices=tuple(STATISTICS),
         default="median",
@@ -105,6 +112,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         args.warmup,
         args.trace,
         args.statistic,
+        args.limits,
     )  # before the model loads
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -125,6 +133,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         name=clip.weights_description,
         statistic=args.statistic,
         progress=say,
+        limits=args.limits,
     )
     result["random_weights"] = clip.is_random
     print(json.dumps(result) if args.json else bench.format_table(result))
