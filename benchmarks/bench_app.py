@@ -106,19 +106,20 @@ def measure(repeats: int) -> dict[str, list[float]]:
     for _ in range(repeats):
         b, _ = _ms(bare2)
         t_cls, (summary, state, _) = _ms(classify)
-        t_disp, _ = _ms(lambda: display(state))
-        t_sw, _ = _ms(lambda: sweep(state))  # as in the app: after a Run of this image
+        # each closure runs at once; the default arguments bind this round's state (ruff B023)
+        t_disp, _ = _ms(lambda state=state: display(state))
+        t_sw, _ = _ms(lambda state=state: sweep(state))  # as in the app: after a Run of this image
         t_sw_fresh, _ = _ms(sweep)
-        m, _ = _ms(lambda: render.all_layer_maps(state.view, state.trace))
+        m, _ = _ms(lambda state=state: render.all_layer_maps(state.view, state.trace))
 
-        def rerender():
+        def rerender(state=state):
             img = app.show_layer(state, 6, "fates", True, 0.5)[0]
             image_out.postprocess(img)
         r, _ = _ms(rerender)
         res = state.result
-        c, _ = _ms(lambda: image_out.postprocess(charts.figure_to_array(charts.tokens_chart(
-            res.baseline_tokens, res.tokens_per_layer, state.trace.condensing_layers, "tca",
-            current=11))))
+        c, _ = _ms(lambda res=res, state=state: image_out.postprocess(charts.figure_to_array(
+            charts.tokens_chart(res.baseline_tokens, res.tokens_per_layer,
+                                state.trace.condensing_layers, "tca", current=11))))
         rows["chart"].append(c)
         rows["ratio_chart"].append((t_cls + t_disp + c) / b)
         rows["bare2"].append(b)
@@ -146,7 +147,8 @@ def first_screen(loads: int = 5, mode: str = "now") -> list[float] | None:
 
     demo = app_module.build_demo(MODEL, "none", first_screen=mode)  # as python app.py
     _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **app_module.launch_options())
-    demo.tca_app.first_screen()  # the start-up computation is done; now time page loads
+    # build_demo hangs its App on the Blocks; the start-up computation is done, now time loads
+    demo.tca_app.first_screen()  # type: ignore[attr-defined]
     out = []
     try:
         with sync_playwright() as p:

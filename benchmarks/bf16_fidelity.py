@@ -22,6 +22,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,7 +34,8 @@ from open_clip import zero_shot_metadata  # noqa: E402
 from PIL import Image, ImageOps  # noqa: E402
 
 import tca  # noqa: E402
-from tca.config import METHODS, CondenseConfig  # noqa: E402
+from tca.config import CondenseConfig  # noqa: E402
+from tca.methods import METHODS  # noqa: E402
 from tca.models import parse_labels  # noqa: E402
 from tca.precision import bf16_support, cast  # noqa: E402
 
@@ -76,7 +78,7 @@ def main(argv=None) -> int:
             owner.append(i)
     x = torch.stack(pixels)
     imagenet = list(zero_shot_metadata.IMAGENET_CLASSNAMES)
-    text = {
+    text: dict[str, dict[str, Any]] = {
         name: {
             "curated": [clip.encode_text(parse_labels(ex["labels"])) for ex in examples],
             "imagenet": clip.encode_text(imagenet),
@@ -84,9 +86,11 @@ def main(argv=None) -> int:
         for name, clip in models.items()
     }
     configs = [CondenseConfig(method="none")] + [
-        CondenseConfig(method=m, keep_rate=args.keep_rate) for m in METHODS if m != "none"
+        CondenseConfig(method=name, keep_rate=args.keep_rate)
+        for name, method in METHODS.items()
+        if method.plan is not None
     ]
-    rows = []
+    rows: list[dict[str, Any]] = []
     for config in configs:
         enc = {}
         with torch.inference_mode():
@@ -94,7 +98,7 @@ def main(argv=None) -> int:
                 enc[name] = tca.encode(clip.model, x.to(clip.dtype), config, trace=True)
         a, b = enc["fp32"], enc["bf16"]
         cos = F.cosine_similarity(b.features.float(), a.features.float(), dim=-1)
-        row = {
+        row: dict[str, Any] = {
             "setting": config.describe() if config.method != "none" else "none (baseline)",
             "images": len(x),
             "cosine_min": cos.min().item(),

@@ -25,10 +25,11 @@ from typing import Callable, Sequence
 
 import torch
 
-from .config import METHODS, CondenseConfig
+from .config import CondenseConfig
 from .errors import ConfigError, InputError
 from .flops import CONVENTION, Geometry, macs_for
 from .limit import sliced_forward
+from .methods import COMPARED, METHODS
 from .patch import encode, is_patched, patch, schedule_for, unpatch
 from .precision import bf16_support
 from .timing import elapsed_ms, synchronize
@@ -37,8 +38,8 @@ from .towers import tower_for
 DEFAULT_BATCH_SIZES = (1, 8)
 DEFAULT_KEEP_RATES = (1.0, 0.9, 0.7, 0.5)
 # Every condensing method can be timed; unpatched and patched "none" always are.
-BENCH_METHODS = tuple(m for m in METHODS if m != "none")
-DEFAULT_METHODS = ("tca", "evit", "tome")
+BENCH_METHODS = tuple(name for name, m in METHODS.items() if m.plan is not None)
+DEFAULT_METHODS = COMPARED
 UNPATCHED = "open_clip (unpatched)"
 PATCHED_NONE = "none (patched)"
 LIMIT_SUFFIX = " limit"  # a limit row is named after its setting: "tca R=0.7 limit"

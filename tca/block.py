@@ -1,8 +1,8 @@
 """One transformer block computed from its weights, with a condensing step inside.
 
 :func:`condensing_block` runs the block's attention itself (:func:`attend`), adds the attention
-residual, condenses the tokens as the block's plan says (the step for each plan kind is in
-:data:`CONDENSERS`), then runs the MLP residual. A :class:`RunState` carries everything one
+residual, condenses the tokens as the block's plan says (with the step of the run's method,
+``tca.methods``), then runs the MLP residual. A :class:`RunState` carries everything one
 forward reads (it is built by ``tca.patch.encode``, never stored on the model). Towers of
 other families plug in through the adapters of ``tca.towers``.
 """
@@ -10,13 +10,14 @@ other families plug in through the adapters of ``tca.towers``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from . import condense
-from .config import AtsPlan, CondenseConfig, LayerPlan, Schedule, TierPlan, TomePaperPlan, TomePlan
+from .config import CondenseConfig, Schedule
+from .methods import Attended, LayerPlan, Method, method
 from .towers import OpenClipViT, Tower
 from .trace import TraceRecorder
 
@@ -41,20 +42,9 @@ class RunState:
     explicit: bool = False
     generator: torch.Generator | None = None  # TCA's random first coreset centres, if seeded
 
-
-class Attended(NamedTuple):
-    """Result of :func:`attend`.
-
-    out: (B, N, D) attention output after the output projection, before layer scale.
-    cls_row: (B, h, N) per-head attention probabilities of the CLS query, if asked for.
-    keys: (B, N, d_h) head-mean keys (ToMe's similarity metric), if asked for.
-    """
-
-    out: torch.Tensor
-    cls_row: torch.Tensor | None
-    keys: torch.Tensor | None
-    probs: torch.Tensor | None = None  # (B, h, N, N) attention probabilities (tome-paper)
-    value_norm: torch.Tensor | None = None  # (B, h, N) per-head value norms (ATS)
+    @property
+    def method(self) -> Method:
+        return method(self.config.method)
 
 
 def condensing_block(
@@ -78,9 +68,7 @@ def condensing_block(
     anchor = None
     if run.anchors is not None and needs_row and layer > 0:
         anchor = select_anchor(run.anchors[:, layer - 1], tower.pooled_token(visual, x))
-    bias = (
-        size.log()[:, None, None, :] if size is not None and run.config.method == "tome" else None
-    )
+    bias = size.log()[:, None, None, :] if size is not None and run.method.proportional else None
     if valid is not None:  # never with sizes or anchors: ATS only
         bias = padding_bias(valid, x.dtype)
     seq = x if anchor is None else torch.cat([anchor.unsqueeze(1).to(x.dtype), x], dim=1)
@@ -95,8 +83,8 @@ def condensing_block(
         need_keys=plan is not None and plan.needs_keys,
         explicit=run.explicit,
         tower=tower,
-        need_probs=isinstance(plan, TomePaperPlan),
-        need_value_norm=isinstance(plan, AtsPlan),
+        need_probs=plan is not None and plan.needs_probs,
+        need_value_norm=plan is not None and plan.needs_value_norm,
     )
     out, cls_row = att.out, att.cls_row
     if anchor is not None:
@@ -109,9 +97,9 @@ def condensing_block(
     if anchor is not None and cls_row is not None:
         cls_row = cls_row[..., 1:]  # drop the anchor's column, not renormalised
     if plan is not None:
-        c, attn_mean = CONDENSERS[plan.kind](
-            x, size, plan, att._replace(out=out, cls_row=cls_row), run, valid
-        )
+        step = run.method.step
+        assert step is not None  # a method without a step plans no block
+        c, attn_mean = step(x, size, plan, att._replace(out=out, cls_row=cls_row), run, valid)
         if c.x.shape[1] > plan.n_out or (c.valid is None and c.x.shape[1] != plan.n_out):
             raise RuntimeError(f"layer {layer}: {c.x.shape[1]} tokens, planned {plan.n_out}")
         if run.recorder is not None:
@@ -120,64 +108,6 @@ def condensing_block(
         if c.valid is not None:  # padding only while the counts differ
             valid = None if bool(c.valid.all()) else c.valid
     return tower.mlp_residual(block, x), size, valid
-
-
-# A condensing step: (x after the attention residual (B, N, D), ToMe sizes or None, the plan,
-# the block's attention, the run, the ATS padding mask or None) -> (Condensed, head-mean CLS
-# attention over patches (B, P) for the trace, or None).
-# Typed with `...`: each step takes its own plan type (TierPlan, TomePlan, ...), chosen by plan.kind.
-Condenser = Callable[..., "tuple[condense.Condensed, torch.Tensor | None]"]
-
-
-def _condense_tiers(x, size, plan: TierPlan, att: Attended, run: RunState, valid=None):
-    assert att.cls_row is not None  # a CLS or pool-query row for every TierPlan
-    patch_attn = att.cls_row[..., plan.prefix :]  # (B, h, P): CLS -> patches, not renormalised
-    attn_mean = condense.head_mean_score(patch_attn)
-    rank = run.config.method == "tca" and run.config.score == "rank"  # EViT: always mean
-    select = condense.head_rank_score(patch_attn) if rank else attn_mean
-    c = condense.prune_merge_fuse(
-        x, select, attn_mean, plan.t1, plan.t2, plan.k, plan.prefix, run.generator
-    )
-    return c, attn_mean
-
-
-def _condense_tome(x, size, plan: TomePlan, att: Attended, run: RunState, valid=None):
-    size = size if size is not None else x.new_ones(x.shape[:2])
-    assert att.keys is not None  # attend(need_keys=True) for every TomePlan
-    return condense.tome_merge(x, size, att.keys, plan.r, plan.prefix), None
-
-
-def _condense_tome_paper(x, size, plan: TomePaperPlan, att: Attended, run: RunState, valid=None):
-    """The released baseline: head-mean attention rows as the metric; the sizes weight the
-    average but never the attention."""
-    size = size if size is not None else x.new_ones(x.shape[:2])
-    assert att.probs is not None  # attend(need_probs=True) for every TomePaperPlan
-    metric = condense.attention_rows_metric(att.probs.float())
-    return condense.tome_merge(x, size, metric, plan.r, plan.prefix), None
-
-
-def _condense_ats(x, size, plan: AtsPlan, att: Attended, run: RunState, valid=None):
-    """ATS: keep at most ceil(R P_b) patches of each image, sampled from its score CDF."""
-    assert att.cls_row is not None and att.value_norm is not None  # AtsPlan's needs
-    score = condense.ats_score(att.cls_row.float(), att.value_norm.float(), valid)
-    n_patches = (
-        (valid.sum(dim=1) - 1)
-        if valid is not None
-        else torch.full((x.shape[0],), x.shape[1] - 1, device=x.device)
-    )
-    budget = condense.ats_budget(n_patches, run.config.keep_rate)
-    keep = condense.unique_indices(condense.inverse_cdf_sample(score, budget), x.shape[1] - 1)
-    return condense.keep_patches(x, keep, valid), condense.head_mean_score(att.cls_row[..., 1:])
-
-
-# Plan kind -> condensing step. A new method adds its plan type in config.py (kind, and what it
-# needs from the attention: needs_row / needs_keys) and its step here.
-CONDENSERS: dict[str, Condenser] = {
-    TierPlan.kind: _condense_tiers,
-    TomePlan.kind: _condense_tome,
-    TomePaperPlan.kind: _condense_tome_paper,
-    AtsPlan.kind: _condense_ats,
-}
 
 
 def select_anchor(class_anchors: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
@@ -245,8 +175,6 @@ def attend(
 __all__ = [
     "RunState",
     "Attended",
-    "CONDENSERS",
-    "Condenser",
     "attend",
     "condensing_block",
     "padding_bias",

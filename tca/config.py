@@ -6,17 +6,14 @@ known before (or without) running the model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from typing import ClassVar, Sequence
+from dataclasses import dataclass, replace
+from typing import Sequence
 
-import torch
-
-from . import condense
+from . import methods
 from .errors import ConfigError
+from .methods import LayerPlan
 
-METHODS = ("tca", "evit", "tome", "tome-paper", "ats", "none")
-# Methods whose per-image token counts depend on the image (the schedule holds upper bounds).
-ADAPTIVE_METHODS = ("ats",)
+METHODS = tuple(methods.METHODS)
 SCORES = ("mean", "rank")
 DEFAULT_LAYERS = (3, 6, 9)
 
@@ -67,8 +64,7 @@ class CondenseConfig:
     center_seed: int | None = None
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ConfigError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        methods.method(self.method)  # ConfigError naming the choices
         if self.score not in SCORES:
             raise ConfigError(f"unknown score {self.score!r}; choose one of {', '.join(SCORES)}")
         if not isinstance(self.keep_rate, (int, float)) or not 0.0 < self.keep_rate <= 1.0:
@@ -98,7 +94,7 @@ class CondenseConfig:
 
     @property
     def is_identity(self) -> bool:
-        if self.method == "none" or not self.layers:
+        if methods.method(self.method).plan is None or not self.layers:
             return True
         if self.method == "tca":
             return self.tca_rate == 0.0
@@ -118,64 +114,6 @@ class CondenseConfig:
         if self.method == "tca" and self.center_seed is not None:
             extra += f", random first centre (seed {self.center_seed})"
         return f"{self.method} R={self.keep_rate:g}{extra}, layers {list(self.layers)}"
-
-
-@dataclass(frozen=True)
-class LayerPlan:
-    """What one condensing block does: ``n_in`` tokens in, ``n_out`` out. The subclass says how
-    (``kind`` names it; ``tca.patch`` maps each kind to its condensing step). ``prefix``: the
-    leading tokens that never condense (1 = the CLS token; 0 for towers without one, such as
-    SigLIP's, where every token is a patch and can be selected, merged or fused)."""
-
-    kind: ClassVar[str] = ""
-    # What the condensing step reads from the block's attention (``tca.block.attend``): the CLS
-    # (or pool-query) row, and/or the head-mean keys.
-    needs_row: ClassVar[bool] = False
-    needs_keys: ClassVar[bool] = False
-    n_in: int
-    n_out: int
-    prefix: int = field(default=1, kw_only=True)
-
-
-@dataclass(frozen=True)
-class TierPlan(LayerPlan):
-    """TCA / EViT: rank the ``n_in - prefix`` patches, keep the top ``t1``, merge the next ``t2``
-    into ``k`` coreset tokens, fuse the remaining ``t3`` into one token."""
-
-    kind: ClassVar[str] = "tiers"
-    needs_row: ClassVar[bool] = True
-    t1: int = 0
-    t2: int = 0
-    t3: int = 0
-    k: int = 0
-
-
-@dataclass(frozen=True)
-class TomePlan(LayerPlan):
-    """ToMe: merge ``r`` tokens by bipartite soft matching."""
-
-    kind: ClassVar[str] = "tome"
-    needs_keys: ClassVar[bool] = True
-    r: int = 0
-
-
-@dataclass(frozen=True)
-class TomePaperPlan(LayerPlan):
-    """The released TCA code's ToMe baseline: merge ``r`` tokens, attention rows as the metric,
-    no proportional attention."""
-
-    kind: ClassVar[str] = "tome-paper"
-    r: int = 0
-
-
-@dataclass(frozen=True)
-class AtsPlan(LayerPlan):
-    """ATS: draw ``budget`` = ceil(R (n_in - 1)) samples from the score CDF; duplicates collapse,
-    so each image keeps at most ``budget`` patches and ``n_out`` = 1 + budget is an upper bound."""
-
-    kind: ClassVar[str] = "ats"
-    needs_row: ClassVar[bool] = True
-    budget: int = 0
 
 
 @dataclass(frozen=True)
@@ -199,7 +137,7 @@ class Schedule:
     @property
     def adaptive(self) -> bool:
         """Whether token counts depend on the image (``tokens`` are then upper bounds)."""
-        return any(isinstance(p, AtsPlan) for p in self.plans)
+        return any(p is not None and p.adaptive for p in self.plans)
 
     def realised(self, tokens: Sequence[int]) -> Schedule:
         """This schedule with the token counts one image actually had (ATS), for FLOPs."""
@@ -229,13 +167,14 @@ def plan_layers(
             f"layer index {bad[0]} is out of range: this model has {depth} blocks "
             f"(valid indices 0..{depth - 1})"
         )
+    build = None if config.is_identity else methods.method(config.method).plan
     plans: list[LayerPlan | None] = []
     tokens: list[int] = []
     n = n_tokens
     for i in range(depth):
         plan = None
-        if not config.is_identity and i in config.layers:
-            plan = _plan_one(config, n, i, prefix)
+        if build is not None and i in config.layers:
+            plan = build(config, n, i, prefix)
         plans.append(plan)
         if plan is not None:
             n = plan.n_out
@@ -244,45 +183,9 @@ def plan_layers(
         tuple(plans),
         tuple(tokens),
         n_tokens,
-        anchors=anchors and config.method == "tca",
+        anchors=anchors and methods.method(config.method).anchors,
         prefix=prefix,
     )
-
-
-def _plan_one(config: CondenseConfig, n: int, layer: int, prefix: int = 1) -> LayerPlan | None:
-    if config.method == "tome":
-        r = condense.tome_r(n, config.keep_rate, prefix)
-        return TomePlan(n, n - r, r=r, prefix=prefix) if r > 0 else None
-    if config.method == "tome-paper":
-        r = condense.tome_r(n, config.keep_rate, prefix)
-        return TomePaperPlan(n, n - r, r=r, prefix=prefix) if r > 0 else None
-    if config.method == "ats":
-        if prefix != 1:
-            raise ConfigError(
-                "ats scores patches by their CLS attention and this tower has no "
-                "CLS token; use tca, evit, tome or tome-paper"
-            )
-        # Even a budget of every patch drops some: duplicates collapse.
-        budget = int(condense.ats_budget(torch.tensor([n - 1]), config.keep_rate)[0])
-        return AtsPlan(n, 1 + budget, budget=budget) if n > 1 else None
-    # The tier budgets are defined on N = patches + 1 (the released code counts the CLS token).
-    n_cls = n - prefix + 1
-    if config.method == "evit":
-        t1, t2, t3 = condense.evit_tier_sizes(n_cls, config.keep_rate)
-        k = 0
-    else:
-        t1, t2, t3 = condense.tca_tier_sizes(n_cls, config.tca_rate)
-        k = config.merge_centers
-        if 0 < t2 < k:
-            raise ConfigError(
-                f"merge centres K={k} is larger than tier 2 at layer {layer} ({t2} class-ambiguous "
-                f"tokens of {n}); use K <= {t2} or a lower keep rate"
-            )
-        k = min(k, t2)
-    n_out = prefix + t1 + k + (1 if t3 > 0 else 0)
-    if t2 == 0 and t3 == 0:
-        return None
-    return TierPlan(n, n_out, t1, t2, t3, k, prefix=prefix)
 
 
 def split_list(text: str) -> list[str]:

@@ -32,6 +32,7 @@ from .models import (
 from .pipeline import Prediction, RunResult, classify
 from .reservoir import Reservoir, ReservoirConfig, preset
 from .serving import LoadedModel, ModelCache
+from .towers import tower_for
 
 COMPARE_METHODS = ("tca", "evit", "tome")
 METHOD_NAMES = {
@@ -133,8 +134,8 @@ def model_view(clip: ClipModel, image: Image.Image) -> np.ndarray:
         out = t(out)
     if not isinstance(out, Image.Image):  # unknown preprocessing: resize + centre crop
         out = image
-    visual: Any = clip.model.visual  # open_clip's VisionTransformer
-    size = visual.grid_size[0] * visual.conv1.kernel_size[0]
+    visual: Any = clip.model.visual
+    size = tower_for(visual).image_size(visual)[0]
     out = out.convert("RGB")
     if out.size != (size, size):
         w, h = out.size

@@ -210,7 +210,8 @@ def count_macs(geom: Geometry, schedule: Schedule) -> FlopReport:
         n_out = schedule.tokens[i]
         attention = 4 * n_in * d * d + 2 * n_in * n_in * d
         mlp = 2 * n_out * d * hidden
-        overhead = _overhead(plan, n_in, d, h, pool_row=geom.pool == "map" and geom.prefix == 0)
+        pool_row = geom.pool == "map" and geom.prefix == 0
+        overhead = plan.overhead(n_in, d, h, pool_row) if plan is not None else 0
         layers.append(LayerMacs(i, n_in, n_out, attention, mlp, overhead))
     patch_embed = geom.grid**2 * 3 * geom.patch**2 * d
     return FlopReport(tuple(layers), patch_embed, _head(geom, schedule.tokens[-1]))
@@ -223,24 +224,6 @@ def _head(geom: Geometry, n: int) -> int:
     if geom.pool == "map":  # query, keys+values, q·k and attention·v, output projection, MLP
         macs += d * d + 2 * n * d * d + 2 * n * d + d * d + 2 * d * geom.pool_hidden
     return macs
-
-
-def _overhead(plan, n_in: int, d: int, h: int, pool_row: bool = False) -> int:
-    if plan is None:
-        return 0
-    if plan.kind in ("tome", "tome-paper"):
-        na, nb = (n_in + 1) // 2, n_in // 2
-        # cosine matching on head-mean keys (d_h wide) or attention rows (n_in wide), then the
-        # weighted merge
-        metric = d // h if plan.kind == "tome" else n_in
-        return na * nb * metric + n_in * d
-    if plan.kind == "ats":
-        return 2 * n_in * d  # the CLS attention row and the value norms, all heads
-    # one CLS query against every key, all heads; for towers without CLS, the pool's query
-    # (D²) folded into its key projection (D²), then against every normed token, per head
-    cls_row = 2 * d * d + n_in * d * h if pool_row else n_in * d
-    coreset = plan.t2 * plan.t2 * d + plan.t2 * d if plan.t2 > plan.k else 0
-    return cls_row + coreset + plan.t3 * d
 
 
 def macs_per_image(

@@ -12,6 +12,7 @@ from . import explore, render, sweeps
 from .explore import Comparison, ExplorerRun, StreamState
 from .flops import CONVENTION
 from .follow import follow_patch
+from .methods import METHODS
 from .models import WEIGHTS_HELP
 from .pipeline import RunResult
 from .serving import LoadedModel
@@ -240,11 +241,17 @@ def layer_info(state: ExplorerRun, layer: int, overlay: bool = False) -> str:
     )
     if overlay:
         src = render.attention_layer(trace, layer)
+        title = METHODS[state.result.config.method].title
+        # no block of the run recorded one: the method does not rank by CLS attention
+        unused = (
+            f" ({title} does not use it)"
+            if render.attention_layer(trace, trace.depth - 1) is None
+            else ""
+        )
         text += (
             f" Overlay: CLS attention at block {src}."
             if src is not None
-            else " Overlay: no CLS attention recorded at or before this block"
-            f"{' (ToMe does not use it)' if state.result.config.method == 'tome' else ''}."
+            else f" Overlay: no CLS attention recorded at or before this block{unused}."
         )
     return text
 

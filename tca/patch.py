@@ -28,6 +28,7 @@ import torch
 from .block import RunState, condensing_block
 from .config import CondenseConfig, Schedule, plan_layers
 from .errors import ConfigError, UnsupportedModelError
+from .methods import method
 from .towers import Tower, tower_for
 from .trace import Trace, TraceRecorder
 
@@ -157,13 +158,13 @@ def run_state(
     """The :class:`RunState` of one forward of ``images`` (B, 3, H, W) through a patched tower.
     Anchors only guide ``tca``; other methods run without them."""
     tower: type[Tower] = visual._tca.tower
-    anchors = anchors if config.method == "tca" else None
+    anchors = anchors if method(config.method).anchors else None
     recorder = None
     if trace:
         rows, cols = tower.grid(visual)
         recorder = TraceRecorder(images.shape[0], rows * cols, images.device, tower.prefix(visual))
     generator = None
-    if config.method == "tca" and config.center_seed is not None:
+    if config.center_seed is not None:  # only a coreset step (TCA's) draws from it
         generator = torch.Generator().manual_seed(config.center_seed)
     return RunState(
         tower,
@@ -230,7 +231,7 @@ def forward(visual: Any, images: torch.Tensor, run: RunState) -> Forward:
     size: torch.Tensor | None = None  # (B, N) patches per token, once ToMe has merged
     # (B, N) bool, False for padding, once ATS has left the images with different counts
     valid: torch.Tensor | None = None
-    proportional = run.config.method == "tome"  # tome-paper merges without it
+    proportional = run.method.proportional  # tome-paper merges without it
     counts: list[int] = []
     image_counts: dict[int, torch.Tensor] = {}
     cls_tokens: list[torch.Tensor] = []

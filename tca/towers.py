@@ -64,7 +64,27 @@ class Tower:
 
     @classmethod
     def grid(cls, visual) -> tuple[int, int]:
+        """(rows, columns) of the patch grid."""
         raise NotImplementedError
+
+    @classmethod
+    def patch_size(cls, visual) -> int:
+        """Side of one (square) patch in pixels."""
+        raise NotImplementedError
+
+    @classmethod
+    def image_size(cls, visual) -> tuple[int, int]:
+        """(height, width) in pixels of the images the tower takes: the patch grid times the
+        patch size."""
+        rows, cols = cls.grid(visual)
+        p = cls.patch_size(visual)
+        return rows * p, cols * p
+
+    @classmethod
+    def signature_tensors(cls, visual) -> tuple[torch.Tensor, ...]:
+        """Tensors that tell one set of weights from another (hashed to resume eval records):
+        the patch embedding and the tower's last parameter (its output projection)."""
+        return cls.patch_embed_weight(visual), list(visual.parameters())[-1]
 
     @classmethod
     def embed(cls, visual, images: torch.Tensor) -> torch.Tensor:
@@ -157,6 +177,17 @@ class OpenClipViT(Tower):
     @classmethod
     def grid(cls, visual):
         return tuple(visual.grid_size)
+
+    @classmethod
+    def patch_size(cls, visual):
+        return visual.conv1.kernel_size[0]
+
+    @classmethod
+    def signature_tensors(cls, visual):
+        # The projection, or the patch embedding again for towers without one (records written
+        # before the tower adapters hashed exactly these).
+        proj = visual.proj if visual.proj is not None else visual.conv1.weight
+        return visual.conv1.weight, proj
 
     @classmethod
     def embed(cls, visual, images):
@@ -278,6 +309,10 @@ class TimmViT(Tower):
     @classmethod
     def grid(cls, visual):
         return tuple(visual.trunk.patch_embed.grid_size)
+
+    @classmethod
+    def patch_size(cls, visual):
+        return visual.trunk.patch_embed.patch_size[0]
 
     @classmethod
     def patch_embed_weight(cls, visual):

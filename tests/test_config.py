@@ -10,18 +10,14 @@ from __future__ import annotations
 import pytest
 
 from tca.config import (
-    AtsPlan,
     CondenseConfig,
     ConfigError,
     Schedule,
-    TierPlan,
-    TomePaperPlan,
-    TomePlan,
-    _plan_one,
     format_layers,
     keep_rate_to_rate,
     plan_layers,
 )
+from tca.methods import AtsPlan, TierPlan, TomePaperPlan, TomePlan, method
 
 
 def test_keep_rate_mapping_rounds_to_ten_digits():
@@ -116,9 +112,9 @@ def test_tca_on_the_cls_token_alone_is_a_plain_block():
     assert s.plans == (None,) and s.tokens == (1,)
 
 
-def test_plan_one_defaults_to_a_cls_token():
+def test_tca_plan_builder_with_a_cls_token():
     config = CondenseConfig(rate=0.1, layers=(0,))
-    assert _plan_one(config, 17, 0) == _plan_one(config, 17, 0, 1) == TierPlan(17, 15, 11, 4, 1, 2)
+    assert method("tca").plan(config, 17, 0, 1) == TierPlan(17, 15, 11, 4, 1, 2)
 
 
 def test_format_layers():

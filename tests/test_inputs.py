@@ -22,7 +22,7 @@ def _png(image: Image.Image, path: Path, **kw) -> Path:
 def test_every_mode_becomes_rgb(mode, tmp_path, tiny_clip):
     arr = (np.arange(40 * 30 * 3) % 251).astype(np.uint8).reshape(30, 40, 3)
     img = Image.fromarray(arr).convert(mode) if mode not in ("I;16", "I", "F") else \
-        Image.fromarray((arr[..., 0].astype(np.uint16) * 200)).convert(mode)
+        Image.fromarray(arr[..., 0].astype(np.uint16) * 200).convert(mode)
     ext = "tiff" if mode in ("CMYK", "I;16", "I", "F") else "png"
     path = img.save(tmp_path / f"x.{ext}") or tmp_path / f"x.{ext}"
     out = load_image(path)

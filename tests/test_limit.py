@@ -10,7 +10,8 @@ from open_clip.transformer import ResidualAttentionBlock
 from timm.models.vision_transformer import Block
 
 import tca
-from tca.config import METHODS, CondenseConfig
+from tca.config import CondenseConfig
+from tca.methods import METHODS
 from tca.limit import sliced_forward
 from tca.patch import schedule_for
 from tca.precision import cast
@@ -18,7 +19,8 @@ from tca.towers import tower_for
 
 TINY = "tca-tiny-ViT"
 TIMM = "tca-tiny-timm-token"
-CONFIGS = [CondenseConfig(method=m, keep_rate=r) for m in METHODS if m != "none" for r in (0.7, 0.5)]
+CONDENSING = [name for name, m in METHODS.items() if m.plan is not None]
+CONFIGS = [CondenseConfig(method=m, keep_rate=r) for m in CONDENSING for r in (0.7, 0.5)]
 CONFIGS += [CondenseConfig(keep_rate=0.5, layers=(0, 1, 2, 5, 11)), CondenseConfig(method="none")]
 
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import tca
-from tca.config import CondenseConfig, plan_layers
 from tca.block import select_anchor
+from tca.config import CondenseConfig, plan_layers
 from tca.patch import UnsupportedModelError
 
 FAMILIES = ["ViT-B-32", "ViT-B-32-quickgelu", "ViT-B-16", "ViT-B-16-quickgelu", "ViT-L-14",

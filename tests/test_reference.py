@@ -17,6 +17,7 @@ from open_clip.transformer import ResidualAttentionBlock
 import tca
 from tca import condense
 from tca.config import CondenseConfig, plan_layers
+from tca.methods import TierPlan
 
 
 def _images(n: int, seed: int) -> torch.Tensor:
@@ -44,7 +45,7 @@ def reference_encode(model, images: torch.Tensor, config: CondenseConfig,
         if plan is None:
             x = ResidualAttentionBlock.forward(block, x)  # open_clip's own block
         else:
-            assert plan.kind == "tiers"
+            assert isinstance(plan, TierPlan) and plan.kind == "tiers"
             anchor = None
             if anchors is not None and config.method == "tca" and i > 0:
                 anchor = _anchor_for(anchors[:, i - 1], x[:, 0])

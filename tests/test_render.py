@@ -308,9 +308,9 @@ def test_legend_shows_the_map_colours():
     out = render.fate_map(img, trace, 1)
     legend = panels.legend_html()
     colours = panels.legend_colors()
-    for name, cols in colours.items():
+    for name in colours:
         assert name in legend
-    hex_ = lambda c: "#%02x%02x%02x" % tuple(c)  # noqa: E731
+    hex_ = lambda c: "#{:02x}{:02x}{:02x}".format(*c)  # noqa: E731
     # the pruned stripes and the first group colours appear in the legend's CSS and on the map
     assert hex_(render.PRUNED_HATCH) in legend
     assert (out == render.PRUNED_HATCH).all(-1).any()

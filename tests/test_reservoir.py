@@ -7,8 +7,16 @@ import pytest
 import torch
 
 import tca
-from tca.reservoir import (Entry, Reservoir, ReservoirConfig, choose_eviction, entropy,
-                           layer_affinity, layer_weights, stream_update)
+from tca.reservoir import (
+    Entry,
+    Reservoir,
+    ReservoirConfig,
+    choose_eviction,
+    entropy,
+    layer_affinity,
+    layer_weights,
+    stream_update,
+)
 
 L, D = 4, 3
 
@@ -168,7 +176,7 @@ def test_state_dict_round_trip_and_vectorised_correction(tmp_path):
     cfg = ReservoirConfig(size=2, scale=0.5, lambd=1.5, beta=2.0)
     r = Reservoir(3, cfg)
     g = torch.Generator().manual_seed(0)
-    for i in range(7):
+    for _ in range(7):
         r.update(torch.randn(L, D, generator=g), torch.randn(3, generator=g))
     query = torch.randn(L, D, generator=g)
     # the batched correction equals the per-class sum written out

@@ -6,7 +6,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import tca
-from tca.config import ConfigError, CondenseConfig, keep_rate_to_rate, parse_layers, plan_layers
+from tca.config import CondenseConfig, ConfigError, keep_rate_to_rate, parse_layers, plan_layers
 from tca.flops import Geometry, macs_for
 
 
@@ -207,28 +207,28 @@ def test_schedule_plans_and_attention_tokens_exactly():
     s = plan_layers(CondenseConfig(rate=0.1, layers=(1, 2)), 17, 4, anchors=True)
     assert s.tokens == (17, 15, 13, 13) and s.n_tokens == 17 and s.anchors
     assert s.plans[0] is None and s.plans[3] is None
-    assert s.plans[1] == tca.config.TierPlan(17, 15, 11, 4, 1, 2)
-    assert s.plans[2] == tca.config.TierPlan(15, 13, 9, 4, 1, 2)
+    assert s.plans[1] == tca.methods.TierPlan(17, 15, 11, 4, 1, 2)
+    assert s.plans[2] == tca.methods.TierPlan(15, 13, 9, 4, 1, 2)
     assert [s.attention_tokens(i) for i in range(4)] == [17, 18, 16, 13]
     # anchors are TCA only
     evit = plan_layers(CondenseConfig(method="evit", keep_rate=0.5, layers=(1,)), 17, 4, anchors=True)
-    assert not evit.anchors and evit.plans[1] == tca.config.TierPlan(17, 10, 8, 0, 8, 0)
+    assert not evit.anchors and evit.plans[1] == tca.methods.TierPlan(17, 10, 8, 0, 8, 0)
     assert [evit.attention_tokens(i) for i in range(4)] == [17, 17, 10, 10]
     tome = plan_layers(CondenseConfig(method="tome", keep_rate=0.8, layers=(0, 3)), 17, 4)
-    assert tome.plans[0] == tca.config.TomePlan(17, 14, r=3)
+    assert tome.plans[0] == tca.methods.TomePlan(17, 14, r=3)
     assert tome.tokens == (14, 14, 14, 12)
     # int(17 * 0.1) = 1: a ToMe layer merging a single pair still condenses
     one = plan_layers(CondenseConfig(method="tome", keep_rate=0.9, layers=(0,)), 17, 4)
-    assert one.plans[0] == tca.config.TomePlan(17, 16, r=1)
+    assert one.plans[0] == tca.methods.TomePlan(17, 16, r=1)
     # d·P < 1: nothing to fuse, so no fused token (tiers 14 / 2 / 0, K = 2 -> 17 tokens)
     assert plan_layers(CondenseConfig(rate=1e-4, layers=(0,)), 17, 4).plans[0] == \
-        tca.config.TierPlan(17, 17, 14, 2, 0, 2)
+        tca.methods.TierPlan(17, 17, 14, 2, 0, 2)
     # EViT fusing a single patch still condenses (ceil(0.9 * 16) = 15 kept + 1 fused: 17 tokens)
     assert plan_layers(CondenseConfig(method="evit", keep_rate=0.9, layers=(0,)), 17, 4).plans[0] == \
-        tca.config.TierPlan(17, 17, 15, 0, 1, 0)
+        tca.methods.TierPlan(17, 17, 15, 0, 1, 0)
     assert not plan_layers(CondenseConfig(rate=0.1, layers=(1,)), 17, 4).anchors  # off by default
     assert plan_layers(CondenseConfig(rate=0.3, merge_centers=1, layers=(0,)), 2, 1).plans[0] == \
-        tca.config.TierPlan(2, 2, 0, 1, 0, 1)
+        tca.methods.TierPlan(2, 2, 0, 1, 0, 1)
     # N = 2 at d = 0.3: tier 2 holds the only patch, so K = 2 is refused
     with pytest.raises(ConfigError, match="K=2 is larger than tier 2 at layer 0 \\(1 class-ambiguous"):
         plan_layers(CondenseConfig(rate=0.3, layers=(0,)), 2, 1)
@@ -296,6 +296,7 @@ def test_flop_report_dict_and_saving():
 
 def test_geometry_from_name_reads_every_field(tmp_path):
     import json
+
     import open_clip
     cfg = {"embed_dim": 24, "vision_cfg": {"image_size": [96, 96], "layers": 3, "width": 48,
                                            "head_width": 16, "patch_size": 16, "mlp_ratio": 2.0},
@@ -322,6 +323,7 @@ def test_geometry_from_name_reads_every_field(tmp_path):
 def _timm_config(tmp_path, name: str, embed_dim: int = 40, **vision) -> str:
     """Register an open_clip config ``name`` whose vision tower is the timm model in ``vision``."""
     import json
+
     import open_clip
     cfg = {"embed_dim": embed_dim, "vision_cfg": {"timm_model_pretrained": False, **vision},
            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
@@ -445,7 +447,7 @@ def test_map_head_and_pool_row_macs_by_hand():
         g = Geometry(768, 12, 12, 16, 224, 768, 4.0, prefix=prefix, pool=pool, pool_hidden=3072, proj=False)
         s = g.schedule(config)
         assert (s.prefix, s.n_tokens) == (prefix, 196 + prefix)
-        assert s.plans[3] == tca.config.TierPlan(196 + prefix, 140 + prefix, prefix=prefix, t1=137, t2=40, t3=19, k=2)
+        assert s.plans[3] == tca.methods.TierPlan(196 + prefix, 140 + prefix, prefix=prefix, t1=137, t2=40, t3=19, k=2)
         assert macs_for(g, config).layers[3].overhead == (196 + prefix) * d + 40 * 40 * d + 40 * d + 19 * d
     assert macs_for(SIGLIP_B16, config).layers[3].overhead == plans[3].overhead
 
@@ -480,11 +482,12 @@ def test_tome_paper_and_ats_overhead_exactly():
         assert r.layers[0].overhead == 8 * 8 * metric + 16 * 64
     # the CLS row is the default for a direct call
     plan = SMALL.schedule(CondenseConfig(rate=0.1, layers=(1,))).plans[1]
-    assert tca.flops._overhead(plan, 17, 64, 2) == 17 * 64 + 4 * 4 * 64 + 4 * 64 + 64
+    assert plan.overhead(17, 64, 2) == 17 * 64 + 4 * 4 * 64 + 4 * 64 + 64
 
 
 def test_one_block_open_clip_tower_geometry_and_macs_by_hand(tmp_path):
     import json
+
     import open_clip
     cfg = {"embed_dim": 24, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32,
                                            "head_width": 16, "patch_size": 16, "mlp_ratio": 3.0},

@@ -12,9 +12,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import tca
-from tca.config import CondenseConfig, TierPlan, plan_layers
+from tca.config import CondenseConfig, plan_layers
 from tca.errors import UnsupportedModelError, WeightsUnavailableError
 from tca.flops import Geometry
+from tca.methods import TierPlan
 from tca.models import ByteTokenizer, load_tokenizer
 from tca.pipeline import prepare_image
 from tca.towers import TimmViT, tower_for

@@ -3,10 +3,10 @@ class (a user error is one line and exit 2; a bug keeps its traceback), one home
 from __future__ import annotations
 
 import ast
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 
 import tca

@@ -16,7 +16,7 @@ from tca.models import TEMPLATES
 def _long_label(tokenizer, template: str, n_tokens: int) -> str:
     """A label whose prompt through ``template`` is exactly ``n_tokens`` tokens (with start
     and end tokens)."""
-    words = []
+    words: list[str] = []
     while len(tokenizer.encode(template.format(" ".join(words + ["zebra"])))) + 2 <= n_tokens:
         words.append("zebra")
     label = " ".join(words)

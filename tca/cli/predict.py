@@ -8,11 +8,11 @@ import argparse
 import json
 
 from ..config import (
-    ADAPTIVE_METHODS,
     CondenseConfig,
 )
 from ..flops import CONVENTION, Geometry, macs_for, saved_percent
 from ..images import load_image
+from ..methods import method
 from ..models import (
     DEFAULT_MODEL,
     TEMPLATES,
@@ -117,7 +117,7 @@ def cmd_flops(args: argparse.Namespace) -> int:
                         "overhead": cond.overhead / 1e9,
                     },
                     "tokens_per_layer": [l.n_mlp for l in cond.layers],
-                    "adaptive": config.method in ADAPTIVE_METHODS,
+                    "adaptive": method(config.method).adaptive,
                     "layers": [
                         {
                             "layer": l.layer,
@@ -141,7 +141,7 @@ def cmd_flops(args: argparse.Namespace) -> int:
         f"total (patch embed + blocks + head + overhead): baseline {base.gmacs:.3f}, "
         f"condensed {cond.gmacs:.3f} GMACs, saved {saved_percent(base, cond):.1f}%"
     )
-    if config.method in ADAPTIVE_METHODS:
+    if method(config.method).adaptive:
         print(
             f"{config.method}: token counts vary per image (duplicate samples collapse); these "
             f"are its budget, an upper bound. predict and eval report each image's own."

@@ -26,6 +26,7 @@ from ..models import ClipModel, validate_labels
 from ..patch import encode, is_patched, patch
 from ..reservoir import RELEASED_LOGIT_SCALE, Reservoir, ReservoirConfig, stream_update
 from ..timing import elapsed_ms, synchronize
+from ..towers import tower_for
 from .datasets import Dataset
 from .loader import Batch, batches, default_workers
 from .records import RECORDS_VERSION, ReservoirStore, Run, RunLog
@@ -213,13 +214,12 @@ def _slug(text: str) -> str:
 
 def _header(clip: ClipModel, ctx: _Context) -> dict:
     """What every run's records must agree on to be resumed: data, weights, text, top-k."""
-    visual: Any = ctx.model.visual  # open_clip's VisionTransformer
-    proj = visual.proj if visual.proj is not None else visual.conv1.weight
+    visual: Any = ctx.model.visual
     return {
         "version": RECORDS_VERSION,
         "dataset": ctx.dataset.fingerprint(),
         "model": clip.weights_description,
-        "weights": _signature(visual.conv1.weight, proj),
+        "weights": _signature(*tower_for(visual).signature_tensors(visual)),
         "text": _signature(ctx.text),
         "top_k": ctx.top_k,
     }

@@ -12,12 +12,13 @@ from typing import Sequence
 
 from ..config import DEFAULT_LAYERS, METHODS, CondenseConfig
 from ..errors import ConfigError, EvalError
+from ..methods import COMPARED, method
 from ..models import resolve_templates
 from ..prompts import templates_for
 from ..reservoir import ReservoirConfig
 from ..reservoir import preset as reservoir_preset
 
-DEFAULT_METHODS = ("none", "tca", "evit", "tome")
+DEFAULT_METHODS = ("none", *COMPARED)
 DEFAULT_KEEP_RATES = (0.9, 0.7)
 
 
@@ -39,8 +40,8 @@ class Setting:
 
     @property
     def stream(self) -> bool:
-        """Stateful (depends on the stream order): only ``tca``."""
-        return self.method == "tca"
+        """Stateful (depends on the stream order): methods guided by domain anchors (TCA)."""
+        return method(self.method).anchors
 
 
 def make_settings(

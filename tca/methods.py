@@ -1,0 +1,406 @@
+"""The method registry: one :class:`Method` record per condensation method.
+
+A method is a plan builder (how many tokens a condensing block keeps, from the settings and the
+token count), a condensing step (what the block does to its tokens, from the functions of
+``tca.condense``), a few flags and the words its fates are shown with. The config, the forward,
+FLOP counts, the bench, eval, the CLI and the app all read :data:`METHODS`; none switches on a
+method's name.
+
+Adding a method: its functions on tensors in ``tca/condense.py``, a plan type below if none fits
+(what the step reads from the block's attention, and its own cost in MACs), a plan builder, a
+step, and one record in :data:`METHODS`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar, NamedTuple, Protocol
+
+import torch
+
+from . import condense
+from .errors import ConfigError
+
+
+class Settings(Protocol):
+    """What plan builders and steps read of the settings (``tca.config.CondenseConfig``)."""
+
+    @property
+    def keep_rate(self) -> float: ...
+    @property
+    def tca_rate(self) -> float: ...
+    @property
+    def merge_centers(self) -> int: ...
+    @property
+    def score(self) -> str: ...
+
+
+class Run(Protocol):
+    """What a condensing step reads of the forward's run (``tca.block.RunState``)."""
+
+    @property
+    def config(self) -> Settings: ...
+    @property
+    def generator(self) -> torch.Generator | None: ...
+
+
+class Attended(NamedTuple):
+    """The block's attention as a condensing step reads it (``tca.block.attend`` makes it).
+
+    out: (B, N, D) attention output after the output projection, before layer scale.
+    cls_row: (B, h, N) per-head attention probabilities of the CLS query, if asked for.
+    keys: (B, N, d_h) head-mean keys (ToMe's similarity metric), if asked for.
+    """
+
+    out: torch.Tensor
+    cls_row: torch.Tensor | None
+    keys: torch.Tensor | None
+    probs: torch.Tensor | None = None  # (B, h, N, N) attention probabilities (tome-paper)
+    value_norm: torch.Tensor | None = None  # (B, h, N) per-head value norms (ATS)
+
+
+# ------------------------------------------------------------------------------- plans
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """What one condensing block does: ``n_in`` tokens in, ``n_out`` out. The subclass says how
+    (``kind`` names it). ``prefix``: the leading tokens that never condense (1 = the CLS token;
+    0 for towers without one, such as SigLIP's, where every token is a patch and can be
+    selected, merged or fused)."""
+
+    kind: ClassVar[str] = ""
+    # What the condensing step reads from the block's attention (``tca.block.attend``): the CLS
+    # (or pool-query) row, the head-mean keys, the full probabilities, the value norms.
+    needs_row: ClassVar[bool] = False
+    needs_keys: ClassVar[bool] = False
+    needs_probs: ClassVar[bool] = False
+    needs_value_norm: ClassVar[bool] = False
+    # Whether each image keeps its own number of tokens (``n_out`` is then an upper bound).
+    adaptive: ClassVar[bool] = False
+    n_in: int
+    n_out: int
+    prefix: int = field(default=1, kw_only=True)
+
+    def overhead(self, n_in: int, d: int, h: int, pool_row: bool = False) -> int:
+        """MACs the condensing step adds to a block of width ``d`` with ``h`` heads and ``n_in``
+        tokens into attention; ``pool_row``: the signal is a pool query's row (no CLS)."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class TierPlan(LayerPlan):
+    """TCA / EViT: rank the ``n_in - prefix`` patches, keep the top ``t1``, merge the next ``t2``
+    into ``k`` coreset tokens, fuse the remaining ``t3`` into one token."""
+
+    kind: ClassVar[str] = "tiers"
+    needs_row: ClassVar[bool] = True
+    t1: int = 0
+    t2: int = 0
+    t3: int = 0
+    k: int = 0
+
+    def overhead(self, n_in: int, d: int, h: int, pool_row: bool = False) -> int:
+        # one CLS query against every key, all heads; for towers without CLS, the pool's query
+        # (D²) folded into its key projection (D²), then against every normed token, per head
+        cls_row = 2 * d * d + n_in * d * h if pool_row else n_in * d
+        coreset = self.t2 * self.t2 * d + self.t2 * d if self.t2 > self.k else 0
+        return cls_row + coreset + self.t3 * d
+
+
+@dataclass(frozen=True)
+class TomePlan(LayerPlan):
+    """ToMe: merge ``r`` tokens by bipartite soft matching on the head-mean keys."""
+
+    kind: ClassVar[str] = "tome"
+    needs_keys: ClassVar[bool] = True
+    r: int = 0
+
+    def overhead(self, n_in: int, d: int, h: int, pool_row: bool = False) -> int:
+        # cosine matching on head-mean keys (d_h wide), then the weighted merge
+        return _matching(n_in, d // h) + n_in * d
+
+
+@dataclass(frozen=True)
+class TomePaperPlan(LayerPlan):
+    """The released TCA code's ToMe baseline: merge ``r`` tokens, attention rows as the metric,
+    no proportional attention."""
+
+    kind: ClassVar[str] = "tome-paper"
+    needs_probs: ClassVar[bool] = True
+    r: int = 0
+
+    def overhead(self, n_in: int, d: int, h: int, pool_row: bool = False) -> int:
+        # cosine matching on attention rows (n_in wide), then the weighted merge
+        return _matching(n_in, n_in) + n_in * d
+
+
+@dataclass(frozen=True)
+class AtsPlan(LayerPlan):
+    """ATS: draw ``budget`` = ceil(R (n_in - 1)) samples from the score CDF; duplicates collapse,
+    so each image keeps at most ``budget`` patches and ``n_out`` = 1 + budget is an upper bound."""
+
+    kind: ClassVar[str] = "ats"
+    needs_row: ClassVar[bool] = True
+    needs_value_norm: ClassVar[bool] = True
+    adaptive: ClassVar[bool] = True
+    budget: int = 0
+
+    def overhead(self, n_in: int, d: int, h: int, pool_row: bool = False) -> int:
+        return 2 * n_in * d  # the CLS attention row and the value norms, all heads
+
+
+def _matching(n_in: int, width: int) -> int:
+    """MACs of bipartite cosine matching of ``n_in`` tokens on a ``width``-wide metric."""
+    return ((n_in + 1) // 2) * (n_in // 2) * width
+
+
+# ------------------------------------------------------------------------ plan builders
+
+# (config, tokens into the block, block index, prefix) -> the block's plan, or None when the
+# block would remove nothing.
+PlanBuilder = Callable[[Settings, int, int, int], "LayerPlan | None"]
+
+
+def _tiers(t1: int, t2: int, t3: int, k: int, n: int, prefix: int) -> TierPlan | None:
+    if t2 == 0 and t3 == 0:
+        return None
+    return TierPlan(n, prefix + t1 + k + (1 if t3 > 0 else 0), t1, t2, t3, k, prefix=prefix)
+
+
+def plan_tca(config: Settings, n: int, layer: int, prefix: int) -> TierPlan | None:
+    """The released code's tiers at rate d, with K coreset centres (ConfigError if K > t2)."""
+    # The tier budgets are defined on N = patches + 1 (the released code counts the CLS token).
+    t1, t2, t3 = condense.tca_tier_sizes(n - prefix + 1, config.tca_rate)
+    k = config.merge_centers
+    if 0 < t2 < k:
+        raise ConfigError(
+            f"merge centres K={k} is larger than tier 2 at layer {layer} ({t2} class-ambiguous "
+            f"tokens of {n}); use K <= {t2} or a lower keep rate"
+        )
+    return _tiers(t1, t2, t3, min(k, t2), n, prefix)
+
+
+def plan_evit(config: Settings, n: int, layer: int, prefix: int) -> TierPlan | None:
+    """EViT: keep ceil(R P) patches, fuse the rest (no tier 2)."""
+    t1, t2, t3 = condense.evit_tier_sizes(n - prefix + 1, config.keep_rate)
+    return _tiers(t1, t2, t3, 0, n, prefix)
+
+
+def plan_tome(config: Settings, n: int, layer: int, prefix: int) -> TomePlan | None:
+    r = condense.tome_r(n, config.keep_rate, prefix)
+    return TomePlan(n, n - r, r=r, prefix=prefix) if r > 0 else None
+
+
+def plan_tome_paper(config: Settings, n: int, layer: int, prefix: int) -> TomePaperPlan | None:
+    r = condense.tome_r(n, config.keep_rate, prefix)
+    return TomePaperPlan(n, n - r, r=r, prefix=prefix) if r > 0 else None
+
+
+def plan_ats(config: Settings, n: int, layer: int, prefix: int) -> AtsPlan | None:
+    if prefix != 1:
+        others = [m.name for m in METHODS.values() if m.plan and not m.needs_cls]
+        raise ConfigError(
+            "ats scores patches by their CLS attention and this tower has no CLS token; use "
+            f"{', '.join(others[:-1])} or {others[-1]}"
+        )
+    # Even a budget of every patch drops some: duplicates collapse.
+    budget = int(condense.ats_budget(torch.tensor([n - 1]), config.keep_rate)[0])
+    return AtsPlan(n, 1 + budget, budget=budget) if n > 1 else None
+
+
+# ------------------------------------------------------------------------------- steps
+
+# A condensing step: (x after the attention residual (B, N, D), ToMe sizes (B, N) or None, the
+# plan, the block's attention, the run, the ATS padding mask (B, N) or None) -> (Condensed,
+# head-mean CLS attention over patches (B, P) for the trace, or None). Each step takes the plan
+# type its method's builder makes.
+Step = Callable[..., "tuple[condense.Condensed, torch.Tensor | None]"]
+
+
+def _tiers_step(x, plan: TierPlan, att: Attended, run: Run, rank: bool):
+    assert att.cls_row is not None  # a CLS or pool-query row for every TierPlan
+    patch_attn = att.cls_row[..., plan.prefix :]  # (B, h, P): CLS -> patches, not renormalised
+    attn_mean = condense.head_mean_score(patch_attn)
+    select = condense.head_rank_score(patch_attn) if rank else attn_mean
+    c = condense.prune_merge_fuse(
+        x, select, attn_mean, plan.t1, plan.t2, plan.k, plan.prefix, run.generator
+    )
+    return c, attn_mean
+
+
+def step_tca(x, size, plan: TierPlan, att: Attended, run: Run, valid=None):
+    """TCA: tiers ranked by head-mean CLS attention, or by cross-head rank (``score="rank"``)."""
+    return _tiers_step(x, plan, att, run, rank=run.config.score == "rank")
+
+
+def step_evit(x, size, plan: TierPlan, att: Attended, run: Run, valid=None):
+    """EViT: tiers ranked by head-mean CLS attention."""
+    return _tiers_step(x, plan, att, run, rank=False)
+
+
+def step_tome(x, size, plan: TomePlan, att: Attended, run: Run, valid=None):
+    size = size if size is not None else x.new_ones(x.shape[:2])
+    assert att.keys is not None  # attend(need_keys=True) for every TomePlan
+    return condense.tome_merge(x, size, att.keys, plan.r, plan.prefix), None
+
+
+def step_tome_paper(x, size, plan: TomePaperPlan, att: Attended, run: Run, valid=None):
+    """The released baseline: head-mean attention rows as the metric; the sizes weight the
+    average but never the attention."""
+    size = size if size is not None else x.new_ones(x.shape[:2])
+    assert att.probs is not None  # attend(need_probs=True) for every TomePaperPlan
+    metric = condense.attention_rows_metric(att.probs.float())
+    return condense.tome_merge(x, size, metric, plan.r, plan.prefix), None
+
+
+def step_ats(x, size, plan: AtsPlan, att: Attended, run: Run, valid=None):
+    """ATS: keep at most ceil(R P_b) patches of each image, sampled from its score CDF."""
+    assert att.cls_row is not None and att.value_norm is not None  # AtsPlan's needs
+    score = condense.ats_score(att.cls_row.float(), att.value_norm.float(), valid)
+    n_patches = (
+        (valid.sum(dim=1) - 1)
+        if valid is not None
+        else torch.full((x.shape[0],), x.shape[1] - 1, device=x.device)
+    )
+    budget = condense.ats_budget(n_patches, run.config.keep_rate)
+    keep = condense.unique_indices(condense.inverse_cdf_sample(score, budget), x.shape[1] - 1)
+    return condense.keep_patches(x, keep, valid), condense.head_mean_score(att.cls_row[..., 1:])
+
+
+# ------------------------------------------------------------------------------ records
+
+
+@dataclass(frozen=True)
+class Fates:
+    """How the legend and the explanations word each fate for one method (None: the method
+    never gives a patch that fate)."""
+
+    kept: str
+    merged: str | None
+    pruned: str | None
+
+
+@dataclass(frozen=True)
+class Method:
+    """One condensation method.
+
+    name: the CLI / API name. title: the short display name. label: the settings' choice.
+    summary: one sentence on what it does. plan / step: the plan builder and the condensing
+    step (None for ``none``). anchors: uses TCA's domain anchors (the reservoir's stream mode).
+    proportional: ToMe's proportional attention (token sizes bias the attention).
+    adaptive: token counts depend on the image (the schedule holds upper bounds).
+    needs_cls: refuses towers without a CLS token.
+    """
+
+    name: str
+    title: str
+    label: str
+    summary: str
+    fates: Fates
+    plan: PlanBuilder | None = None
+    step: Step | None = None
+    anchors: bool = False
+    proportional: bool = False
+    adaptive: bool = False
+    needs_cls: bool = False
+
+
+_KEPT = "kept as itself"
+
+TCA = Method(
+    "tca",
+    "TCA",
+    "TCA (prune + merge)",
+    "keeps the patches the CLS token attends to most, merges the class-ambiguous middle tier "
+    "into K coreset tokens and fuses the class-irrelevant rest into one token; domain anchors "
+    "from past test images can guide it",
+    Fates(
+        _KEPT,
+        "class-ambiguous: merged into one of K coreset tokens",
+        "class-irrelevant: fused into one token",
+    ),
+    plan_tca,
+    step_tca,
+    anchors=True,
+)
+EVIT = Method(
+    "evit",
+    "EViT",
+    "EViT (prune + fuse)",
+    "keeps the patches the CLS token attends to most and fuses the inattentive rest into one token",
+    Fates(_KEPT, None, "inattentive: fused into one token"),
+    plan_evit,
+    step_evit,
+)
+TOME = Method(
+    "tome",
+    "ToMe",
+    "ToMe (merge pairs)",
+    "merges the r most similar token pairs (bipartite matching on the attention keys) and "
+    "weights attention by token size",
+    Fates(_KEPT, "merged with its most similar tokens", None),
+    plan_tome,
+    step_tome,
+    proportional=True,
+)
+TOME_PAPER = Method(
+    "tome-paper",
+    "ToMe (paper)",
+    "ToMe, paper's variant",
+    "the TCA paper's ToMe baseline: pairs matched on attention rows, no proportional attention",
+    Fates(_KEPT, "merged with its most similar tokens", None),
+    plan_tome_paper,
+    step_tome_paper,
+)
+ATS = Method(
+    "ats",
+    "ATS",
+    "ATS (adaptive sampling)",
+    "samples at most ceil(R P) patches from the CDF of CLS attention times value norm; "
+    "duplicate samples collapse, so each image keeps its own number",
+    Fates(_KEPT, None, "not sampled: dropped"),
+    plan_ats,
+    step_ats,
+    adaptive=True,
+    needs_cls=True,
+)
+NONE = Method(
+    "none",
+    "none (plain CLIP)",
+    "none (plain CLIP)",
+    "the unmodified model: every token through every block",
+    Fates(_KEPT, None, None),
+)
+
+# In display order; the unmodified model last.
+METHODS: dict[str, Method] = {m.name: m for m in (TCA, EVIT, TOME, TOME_PAPER, ATS, NONE)}
+# The paper's baselines beside TCA: what bench, eval and Compare run unless told otherwise.
+COMPARED: tuple[str, ...] = ("tca", "evit", "tome")
+
+
+def method(name: str) -> Method:
+    """The record of ``name``, or ConfigError naming the choices."""
+    try:
+        return METHODS[name]
+    except (KeyError, TypeError):
+        raise ConfigError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}") from None
+
+
+__all__ = [
+    "METHODS",
+    "COMPARED",
+    "Method",
+    "Fates",
+    "method",
+    "LayerPlan",
+    "TierPlan",
+    "TomePlan",
+    "TomePaperPlan",
+    "AtsPlan",
+    "PlanBuilder",
+    "Step",
+    "Settings",
+    "Run",
+    "Attended",
+]
