@@ -4,6 +4,7 @@ with unpatched open_clip, a condensing setting and that setting's zero-overhead 
 
     HF_HUB_OFFLINE=1 python benchmarks/bench_precision.py [--model ViT-B-16-quickgelu]
         [--batch-sizes 1,8] [--method tca] [--keep-rate 0.7] [--repeats 15] [--threads 2]
+        [--clock wall|cpu]
 
 The bf16 model is ``tca.precision.cast`` of the fp32 one (open_clip's mixed precision). Every
 repeat visits every (precision, batch, row) once, round-robin, starting one place later each
@@ -43,6 +44,9 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--clock", choices=tuple(bench.CLOCKS), default="wall",
+                   help="wall (default) or cpu: CPU time of the timing thread (with --threads 1; "
+                        "leaves out waiting for a core on a loaded machine)")
     p.add_argument("--json", default=None, help="also write the results to this file")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -70,7 +74,8 @@ def main(argv=None) -> int:
         for rep in range(args.warmup + args.repeats):
             shift = rep % len(rows)
             for prec, row in rows[shift:] + rows[:shift]:
-                ms = bench._time_once(models[prec], row, inputs[(prec, row.batch_size)])
+                ms = bench._time_once(models[prec], row, inputs[(prec, row.batch_size)],
+                                      bench.CLOCKS[args.clock])
                 if rep >= args.warmup:
                     samples[(prec, row.batch_size, row.name)].append(ms)
             print(f"round {rep + 1}/{args.warmup + args.repeats} "
@@ -82,7 +87,7 @@ def main(argv=None) -> int:
     names = (bench.UNPATCHED, setting, setting + bench.LIMIT_SUFFIX)
     info = bench.machine_info()
     print(f"{args.model} (random weights) | {info['processor']}, {info['cpu_bf16']} | "
-          f"torch {torch.__version__}, {args.threads} thread(s) | median (min) of "
+          f"torch {torch.__version__}, {args.threads} thread(s), {args.clock} clock | median (min) of "
           f"{args.repeats} interleaved repeats after {args.warmup} warm-up | load average "
           f"before {[round(x, 2) for x in load_before]}, after {[round(x, 2) for x in load_after]}")
     head = f"{'batch':>5} {'precision':>9}  " + "".join(f"{n:>28}" for n in names)
@@ -107,6 +112,7 @@ def main(argv=None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({
             "tool": "benchmarks/bench_precision.py", "model": args.model, "threads": args.threads,
+            "clock": args.clock,
             "repeats": args.repeats, "warmup": args.warmup, "cpu_bf16": bf16_support().describe(),
             "machine": info, "load_average_before": load_before, "load_average_after": load_after,
             "rows": out}, indent=1))

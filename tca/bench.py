@@ -32,7 +32,7 @@ from .limit import sliced_forward
 from .methods import COMPARED, METHODS
 from .patch import encode, is_patched, patch, schedule_for, unpatch
 from .precision import bf16_support
-from .timing import elapsed_ms, synchronize
+from .timing import synchronize
 from .towers import tower_for
 
 DEFAULT_BATCH_SIZES = (1, 8)
@@ -51,6 +51,9 @@ TARGET_TRACE_OVERHEAD = 5.0  # %
 TARGET_LIMIT_OVERHEAD = 5.0  # %
 # median (the default) or min: the least-disturbed run, steadier on a busy shared machine.
 STATISTICS: dict[str, Callable[[list[float]], float]] = {"median": statistics.median, "min": min}
+# wall (the default): elapsed time. cpu: CPU time of the timing thread, which leaves out the time
+# spent waiting for a core on a loaded shared machine; meaningful on the CPU with one torch thread.
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.thread_time}
 
 
 @dataclass(frozen=True)
@@ -175,6 +178,7 @@ def run_bench(
     statistic: str = "median",
     progress: Callable[[str], None] | None = None,
     limits: bool = True,
+    clock: str = "wall",
 ) -> dict:
     """Time every row interleaved; returns a JSON-ready dict (``rows``, ``targets``, ``machine``).
 
@@ -184,6 +188,8 @@ def run_bench(
     rows = check_options(
         batch_sizes, methods, keep_rates, repeats, warmup, trace, statistic, limits
     )
+    if clock not in CLOCKS:
+        raise InputError(f"clock must be one of {', '.join(CLOCKS)}, got {clock!r}")
     was_patched = is_patched(model)
     patch(model, CondenseConfig(method="none"))  # validates layers against this model
     geom = Geometry.from_model(model)
@@ -207,7 +213,7 @@ def run_bench(
             for rep in range(warmup + repeats):
                 shift = rep % len(rows)
                 for row in rows[shift:] + rows[:shift]:
-                    ms = _time_once(model, row, inputs[row.batch_size])
+                    ms = _time_once(model, row, inputs[row.batch_size], CLOCKS[clock])
                     if rep >= warmup:
                         samples[row.key].append(ms)
                 if progress is not None:
@@ -276,6 +282,7 @@ def run_bench(
         "repeats": repeats,
         "warmup": warmup,
         "statistic": f"{statistic} over interleaved repeats",
+        "clock": clock,
         "convention": CONVENTION,
         "machine": info,
         "wall_s": time.perf_counter() - t_start,
@@ -284,30 +291,36 @@ def run_bench(
     }
 
 
-def _time_once(model, row: Row, x: torch.Tensor) -> float:
-    """Milliseconds of one forward of ``x`` (on the model's device) in ``row``'s setting."""
+def _time_once(
+    model, row: Row, x: torch.Tensor, clock: Callable[[], float] = time.perf_counter
+) -> float:
+    """Milliseconds of one forward of ``x`` (on the model's device) in ``row``'s setting, read
+    from ``clock`` (see :data:`CLOCKS`)."""
     if row.limit:
         assert row.config is not None  # a limit row follows a setting's schedule
         visual = getattr(model, "visual", model)
         tower = tower_for(visual)
         schedule = schedule_for(visual, row.config, tower=tower)
-        synchronize(x.device)
-        t0 = time.perf_counter()
-        sliced_forward(visual, x, schedule, tower)
-        return elapsed_ms(t0, x.device)
+        return _timed(lambda: sliced_forward(visual, x, schedule, tower), x.device, clock)
     if row.config is None:
         unpatch(model)
         try:
-            synchronize(x.device)
-            t0 = time.perf_counter()
-            model.encode_image(x)
-            return elapsed_ms(t0, x.device)
+            return _timed(lambda: model.encode_image(x), x.device, clock)
         finally:
             patch(model, CondenseConfig(method="none"))
-    synchronize(x.device)
-    t0 = time.perf_counter()
-    encode(model, x, row.config, trace=row.trace)
-    return elapsed_ms(t0, x.device)
+    config = row.config
+    return _timed(lambda: encode(model, x, config, trace=row.trace), x.device, clock)
+
+
+def _timed(
+    forward: Callable[[], object], device: torch.device, clock: Callable[[], float]
+) -> float:
+    """Milliseconds ``forward()`` takes by ``clock``, the device idle before and after."""
+    synchronize(device)
+    t0 = clock()
+    forward()
+    synchronize(device)
+    return (clock() - t0) * 1e3
 
 
 def targets(rows: list[dict]) -> list[dict]:
@@ -377,6 +390,7 @@ def format_table(result: dict) -> str:
         f"{_on_device(m)}  |  "
         f"{result['statistic'].split()[0]} of {result['repeats']} interleaved repeats after "
         f"{result['warmup']} warm-up"
+        + (", CPU time of the timing thread" if result.get("clock") == "cpu" else "")
     ]
     if m.get("load_average_before") is not None:
         lines.append(

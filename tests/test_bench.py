@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import time
 
 import pytest
 import torch
@@ -84,11 +85,12 @@ def test_run_bench_interleaved(model, monkeypatch):
     calls = []
     real = bench._time_once
 
-    def recording(m, row, x):
+    def recording(m, row, x, clock):
+        assert clock is time.perf_counter  # the default clock: wall time
         calls.append(row.key)
         assert x.shape[0] == row.batch_size
         assert x.device == next(m.parameters()).device  # inputs made on the model's device
-        return real(m, row, x)
+        return real(m, row, x, clock)
 
     monkeypatch.setattr(bench, "_time_once", recording)
     x = torch.randn(2, 3, 224, 224)
@@ -149,7 +151,11 @@ def test_run_bench_interleaved(model, monkeypatch):
 def test_run_bench_keeps_a_patched_model_patched(model):
     tca.patch(model, tca.CondenseConfig(method="tca", keep_rate=0.7))
     try:
-        result = bench.run_bench(model, [1], ["tome"], [0.7], repeats=2, warmup=0, statistic="min")
+        result = bench.run_bench(model, [1], ["tome"], [0.7], repeats=2, warmup=0, statistic="min",
+                                 clock="cpu")
+        assert result["clock"] == "cpu" and "CPU time of the timing thread" in bench.format_table(result)
+        with pytest.raises(tca.InputError, match="clock must be one of wall, cpu, got 'sun'"):
+            bench.run_bench(model, [1], ["tome"], [0.7], clock="sun")
         assert tca.is_patched(model)
         assert result["statistic"].startswith("min")
         assert all(r["time_ms"] == r["min_ms"] for r in result["rows"])

@@ -40,6 +40,7 @@ def _names(text: str) -> list[str]:
 def add_bench_parser(sub) -> None:
     from ..bench import (
         BENCH_METHODS,
+        CLOCKS,
         DEFAULT_BATCH_SIZES,
         DEFAULT_KEEP_RATES,
         DEFAULT_METHODS,
@@ -94,6 +95,13 @@ def add_bench_parser(sub) -> None:
         default="median",
         help="per-row summary of the repeats (default median; min = least disturbed)",
     )
+    p.add_argument(
+        "--clock",
+        choices=tuple(CLOCKS),
+        default="wall",
+        help="wall (default): elapsed time; cpu: CPU time of the timing thread, which leaves "
+        "out waiting for a core on a loaded machine (use with --threads 1, on the CPU)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.set_defaults(func=cmd_bench)
@@ -134,6 +142,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         statistic=args.statistic,
         progress=say,
         limits=args.limits,
+        clock=args.clock,
     )
     result["random_weights"] = clip.is_random
     print(json.dumps(result) if args.json else bench.format_table(result))
