@@ -129,13 +129,14 @@ def main(argv=None) -> int:
     head = (f"{'setting':<34}{'cos min':>9}{'cos mean':>10}{'fates':>8}{'final':>8}{'tokens':>8}"
             f"{'top-1 curated':>15}{'top-1 1000':>12}")
     print(head + "\n" + "-" * len(head))
+    def pct(r: dict[str, Any], key: str) -> str:
+        return f"{100 * r[key]:.2f}%" if key in r else "-"
+
     for r in rows:
-        def pct(key: str) -> str:
-            return f"{100 * r[key]:.2f}%" if key in r else "-"
         print(f"{r['setting'][:33]:<34}{r['cosine_min']:>9.5f}{r['cosine_mean']:>10.5f}"
-              f"{pct('fate_agreement'):>8}{pct('final_fate_agreement'):>8}"
-              f"{pct('token_agreement'):>8}{pct('top1_agreement_curated'):>15}"
-              f"{pct('top1_agreement_imagenet'):>12}")
+              f"{pct(r, 'fate_agreement'):>8}{pct(r, 'final_fate_agreement'):>8}"
+              f"{pct(r, 'token_agreement'):>8}{pct(r, 'top1_agreement_curated'):>15}"
+              f"{pct(r, 'top1_agreement_imagenet'):>12}")
     print("fates / tokens: share of (image, block, patch) with the same fate / the same token in "
           "both precisions; final: at the last block.")
     if args.json:

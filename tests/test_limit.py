@@ -11,8 +11,8 @@ from timm.models.vision_transformer import Block
 
 import tca
 from tca.config import CondenseConfig
-from tca.methods import METHODS
 from tca.limit import sliced_forward
+from tca.methods import METHODS
 from tca.patch import schedule_for
 from tca.precision import cast
 from tca.towers import tower_for
