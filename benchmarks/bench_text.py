@@ -25,7 +25,7 @@ from open_clip import zero_shot_metadata  # noqa: E402
 
 import tca  # noqa: E402
 from tca import text  # noqa: E402
-from tca.models import TEMPLATES  # noqa: E402
+from tca.prompts import TEMPLATES  # noqa: E402
 
 
 def main(argv=None) -> int:

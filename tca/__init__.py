@@ -17,7 +17,15 @@ from .config import (
     keep_rate_to_rate,
     plan_layers,
 )
-from .errors import CliError, EvalError, InputError, UnknownModelError, UserError
+from .errors import (
+    CliError,
+    EvalError,
+    InputError,
+    LabelError,
+    UnknownModelError,
+    UserError,
+    WeightsUnavailableError,
+)
 from .flops import (
     CONVENTION,
     FlopReport,
@@ -28,21 +36,11 @@ from .flops import (
     mean_gmacs,
 )
 from .images import ImageError, load_image
-from .models import (
-    DEFAULT_MODEL,
-    DEFAULT_PRETRAINED,
-    SUPPORTED_MODELS,
-    TEMPLATES,
-    ClipModel,
-    LabelError,
-    WeightsUnavailableError,
-    load_model,
-    parse_labels,
-    validate_labels,
-)
+from .labels import parse_labels, validate_labels
+from .models import DEFAULT_MODEL, DEFAULT_PRETRAINED, SUPPORTED_MODELS, ClipModel, load_model
 from .patch import Encoded, UnsupportedModelError, encode, is_patched, patch, unpatch
 from .pipeline import Baseline, Prediction, RunResult, baseline_of, classify, prepare_image
-from .prompts import PRESET_TEMPLATES, templates_for
+from .prompts import PRESET_TEMPLATES, TEMPLATES, templates_for
 from .reservoir import PRESETS, Reservoir, ReservoirConfig, preset, stream_update
 from .trace import KEPT, MERGED, PRUNED, Trace
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from . import condense
+from . import beyond, condense
 from .config import CondenseConfig, Schedule
 from .methods import Attended, LayerPlan, Method, method
 from .towers import OpenClipViT, Tower
@@ -89,7 +89,8 @@ def condensing_block(
     out, cls_row = att.out, att.cls_row
     if anchor is not None:
         out = out[:, 1:]  # drop the anchor's row
-    x = tower.attn_residual(block, x, out)
+    before, x = x, tower.attn_residual(block, x, out)
+    shift = beyond.representation_shift(before, x) if plan and plan.needs_shift else None
     if needs_row and not by_cls:
         # The pool's query over the condensing tokens (and the anchor, as CLS sees it).
         pooled_seq = x if anchor is None else torch.cat([anchor.unsqueeze(1).to(x.dtype), x], dim=1)
@@ -99,11 +100,12 @@ def condensing_block(
     if plan is not None:
         step = run.method.step
         assert step is not None  # a method without a step plans no block
-        c, attn_mean = step(x, size, plan, att._replace(out=out, cls_row=cls_row), run, valid)
+        att = att._replace(out=out, cls_row=cls_row, shift=shift)
+        c, attn_mean = step(x, size, plan, att, run, valid)
         if c.x.shape[1] > plan.n_out or (c.valid is None and c.x.shape[1] != plan.n_out):
             raise RuntimeError(f"layer {layer}: {c.x.shape[1]} tokens, planned {plan.n_out}")
         if run.recorder is not None:
-            run.recorder.condense(layer, c.dest, c.pruned, attn_mean)
+            run.recorder.condense(layer, c.dest, c.pruned, attn_mean, c.score)
         x, size = c.x, c.size if c.size is not None else size
         if c.valid is not None:  # padding only while the counts differ
             valid = None if bool(c.valid.all()) else c.valid

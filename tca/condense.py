@@ -20,6 +20,7 @@ class Condensed(NamedTuple):
     pruned: torch.Tensor | None  # (B, N_in) bool: tokens fused into the "pruned" token
     size: torch.Tensor | None = None  # (B, N_out) token sizes, for ToMe
     valid: torch.Tensor | None = None  # (B, N_out) bool: real tokens (False = padding), for ATS
+    score: torch.Tensor | None = None  # (B, P_in) the per-patch score the step ranked by, if any
 
 
 # --------------------------------------------------------------------------- scores

@@ -174,7 +174,7 @@ def plan_layers(
     for i in range(depth):
         plan = None
         if build is not None and i in config.layers:
-            plan = build(config, n, i, prefix)
+            plan = build(config, n, i, prefix, depth)
         plans.append(plan)
         if plan is not None:
             n = plan.n_out
@@ -191,7 +191,7 @@ def plan_layers(
 def split_list(text: str) -> list[str]:
     """'a, b;c,' -> ['a', 'b', 'c']: the comma- (or semicolon-) separated items, blanks dropped.
     The one list syntax of the command line and the app's text fields (labels excepted: they
-    may also be separated by newlines, see ``tca.models.parse_labels``)."""
+    may also be separated by newlines, see ``tca.labels.parse_labels``)."""
     return [p.strip() for p in text.replace(";", ",").split(",") if p.strip()]
 
 

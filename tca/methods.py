@@ -13,13 +13,24 @@ step, and one record in :data:`METHODS`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, ClassVar, NamedTuple, Protocol
+from dataclasses import dataclass
+from typing import Callable, NamedTuple, Protocol
 
 import torch
 
-from . import condense
+from . import beyond, condense
 from .errors import ConfigError
+from .plans import (
+    AtsPlan,
+    LayerPlan,
+    PitomePlan,
+    RepShiftPlan,
+    TierPlan,
+    TofuPlan,
+    TomePaperPlan,
+    TomePlan,
+    ZeroTPrunePlan,
+)
 
 
 class Settings(Protocol):
@@ -57,109 +68,14 @@ class Attended(NamedTuple):
     keys: torch.Tensor | None
     probs: torch.Tensor | None = None  # (B, h, N, N) attention probabilities (tome-paper)
     value_norm: torch.Tensor | None = None  # (B, h, N) per-head value norms (ATS)
-
-
-# ------------------------------------------------------------------------------- plans
-
-
-@dataclass(frozen=True)
-class LayerPlan:
-    """What one condensing block does: ``n_in`` tokens in, ``n_out`` out. The subclass says how
-    (``kind`` names it). ``prefix``: the leading tokens that never condense (1 = the CLS token;
-    0 for towers without one, such as SigLIP's, where every token is a patch and can be
-    selected, merged or fused)."""
-
-    kind: ClassVar[str] = ""
-    # What the condensing step reads from the block's attention (``tca.block.attend``): the CLS
-    # (or pool-query) row, the head-mean keys, the full probabilities, the value norms.
-    needs_row: ClassVar[bool] = False
-    needs_keys: ClassVar[bool] = False
-    needs_probs: ClassVar[bool] = False
-    needs_value_norm: ClassVar[bool] = False
-    # Whether each image keeps its own number of tokens (``n_out`` is then an upper bound).
-    adaptive: ClassVar[bool] = False
-    n_in: int
-    n_out: int
-    prefix: int = field(default=1, kw_only=True)
-
-    def overhead(self, n_in: int, d: int, h: int, pool_row: bool = False) -> int:
-        """MACs the condensing step adds to a block of width ``d`` with ``h`` heads and ``n_in``
-        tokens into attention; ``pool_row``: the signal is a pool query's row (no CLS)."""
-        raise NotImplementedError
-
-
-@dataclass(frozen=True)
-class TierPlan(LayerPlan):
-    """TCA / EViT: rank the ``n_in - prefix`` patches, keep the top ``t1``, merge the next ``t2``
-    into ``k`` coreset tokens, fuse the remaining ``t3`` into one token."""
-
-    kind: ClassVar[str] = "tiers"
-    needs_row: ClassVar[bool] = True
-    t1: int = 0
-    t2: int = 0
-    t3: int = 0
-    k: int = 0
-
-    def overhead(self, n_in: int, d: int, h: int, pool_row: bool = False) -> int:
-        # one CLS query against every key, all heads; for towers without CLS, the pool's query
-        # (D²) folded into its key projection (D²), then against every normed token, per head
-        cls_row = 2 * d * d + n_in * d * h if pool_row else n_in * d
-        coreset = self.t2 * self.t2 * d + self.t2 * d if self.t2 > self.k else 0
-        return cls_row + coreset + self.t3 * d
-
-
-@dataclass(frozen=True)
-class TomePlan(LayerPlan):
-    """ToMe: merge ``r`` tokens by bipartite soft matching on the head-mean keys."""
-
-    kind: ClassVar[str] = "tome"
-    needs_keys: ClassVar[bool] = True
-    r: int = 0
-
-    def overhead(self, n_in: int, d: int, h: int, pool_row: bool = False) -> int:
-        # cosine matching on head-mean keys (d_h wide), then the weighted merge
-        return _matching(n_in, d // h) + n_in * d
-
-
-@dataclass(frozen=True)
-class TomePaperPlan(LayerPlan):
-    """The released TCA code's ToMe baseline: merge ``r`` tokens, attention rows as the metric,
-    no proportional attention."""
-
-    kind: ClassVar[str] = "tome-paper"
-    needs_probs: ClassVar[bool] = True
-    r: int = 0
-
-    def overhead(self, n_in: int, d: int, h: int, pool_row: bool = False) -> int:
-        # cosine matching on attention rows (n_in wide), then the weighted merge
-        return _matching(n_in, n_in) + n_in * d
-
-
-@dataclass(frozen=True)
-class AtsPlan(LayerPlan):
-    """ATS: draw ``budget`` = ceil(R (n_in - 1)) samples from the score CDF; duplicates collapse,
-    so each image keeps at most ``budget`` patches and ``n_out`` = 1 + budget is an upper bound."""
-
-    kind: ClassVar[str] = "ats"
-    needs_row: ClassVar[bool] = True
-    needs_value_norm: ClassVar[bool] = True
-    adaptive: ClassVar[bool] = True
-    budget: int = 0
-
-    def overhead(self, n_in: int, d: int, h: int, pool_row: bool = False) -> int:
-        return 2 * n_in * d  # the CLS attention row and the value norms, all heads
-
-
-def _matching(n_in: int, width: int) -> int:
-    """MACs of bipartite cosine matching of ``n_in`` tokens on a ``width``-wide metric."""
-    return ((n_in + 1) // 2) * (n_in // 2) * width
+    shift: torch.Tensor | None = None  # (B, N) norm of each token's attention update (repshift)
 
 
 # ------------------------------------------------------------------------ plan builders
 
-# (config, tokens into the block, block index, prefix) -> the block's plan, or None when the
-# block would remove nothing.
-PlanBuilder = Callable[[Settings, int, int, int], "LayerPlan | None"]
+# (config, tokens into the block, block index, prefix, blocks in the tower) -> the block's plan,
+# or None when the block would remove nothing.
+PlanBuilder = Callable[[Settings, int, int, int, int], "LayerPlan | None"]
 
 
 def _tiers(t1: int, t2: int, t3: int, k: int, n: int, prefix: int) -> TierPlan | None:
@@ -168,7 +84,7 @@ def _tiers(t1: int, t2: int, t3: int, k: int, n: int, prefix: int) -> TierPlan |
     return TierPlan(n, prefix + t1 + k + (1 if t3 > 0 else 0), t1, t2, t3, k, prefix=prefix)
 
 
-def plan_tca(config: Settings, n: int, layer: int, prefix: int) -> TierPlan | None:
+def plan_tca(config: Settings, n: int, layer: int, prefix: int, depth: int) -> TierPlan | None:
     """The released code's tiers at rate d, with K coreset centres (ConfigError if K > t2)."""
     # The tier budgets are defined on N = patches + 1 (the released code counts the CLS token).
     t1, t2, t3 = condense.tca_tier_sizes(n - prefix + 1, config.tca_rate)
@@ -181,23 +97,25 @@ def plan_tca(config: Settings, n: int, layer: int, prefix: int) -> TierPlan | No
     return _tiers(t1, t2, t3, min(k, t2), n, prefix)
 
 
-def plan_evit(config: Settings, n: int, layer: int, prefix: int) -> TierPlan | None:
+def plan_evit(config: Settings, n: int, layer: int, prefix: int, depth: int) -> TierPlan | None:
     """EViT: keep ceil(R P) patches, fuse the rest (no tier 2)."""
     t1, t2, t3 = condense.evit_tier_sizes(n - prefix + 1, config.keep_rate)
     return _tiers(t1, t2, t3, 0, n, prefix)
 
 
-def plan_tome(config: Settings, n: int, layer: int, prefix: int) -> TomePlan | None:
+def plan_tome(config: Settings, n: int, layer: int, prefix: int, depth: int) -> TomePlan | None:
     r = condense.tome_r(n, config.keep_rate, prefix)
     return TomePlan(n, n - r, r=r, prefix=prefix) if r > 0 else None
 
 
-def plan_tome_paper(config: Settings, n: int, layer: int, prefix: int) -> TomePaperPlan | None:
+def plan_tome_paper(
+    config: Settings, n: int, layer: int, prefix: int, depth: int
+) -> TomePaperPlan | None:
     r = condense.tome_r(n, config.keep_rate, prefix)
     return TomePaperPlan(n, n - r, r=r, prefix=prefix) if r > 0 else None
 
 
-def plan_ats(config: Settings, n: int, layer: int, prefix: int) -> AtsPlan | None:
+def plan_ats(config: Settings, n: int, layer: int, prefix: int, depth: int) -> AtsPlan | None:
     if prefix != 1:
         others = [m.name for m in METHODS.values() if m.plan and not m.needs_cls]
         raise ConfigError(
@@ -207,6 +125,36 @@ def plan_ats(config: Settings, n: int, layer: int, prefix: int) -> AtsPlan | Non
     # Even a budget of every patch drops some: duplicates collapse.
     budget = int(condense.ats_budget(torch.tensor([n - 1]), config.keep_rate)[0])
     return AtsPlan(n, 1 + budget, budget=budget) if n > 1 else None
+
+
+def plan_pitome(config: Settings, n: int, layer: int, prefix: int, depth: int) -> PitomePlan | None:
+    """PiToMe: r = min(int(N (1 - R)), floor(P / 2)) merged; the margin falls with depth."""
+    r = beyond.half_r(n, config.keep_rate, prefix)
+    margin = beyond.pitome_margin(layer, depth)
+    return PitomePlan(n, n - r, r=r, margin=margin, prefix=prefix) if r > 0 else None
+
+
+def plan_tofu(config: Settings, n: int, layer: int, prefix: int, depth: int) -> TofuPlan | None:
+    """ToFu: ToMe's r = int(N (1 - R)); pruned in the first half of the blocks, merged after."""
+    r = condense.tome_r(n, config.keep_rate, prefix)
+    prune = beyond.tofu_prunes(layer, depth)
+    return TofuPlan(n, n - r, r=r, prune=prune, prefix=prefix) if r > 0 else None
+
+
+def plan_zero_tprune(
+    config: Settings, n: int, layer: int, prefix: int, depth: int
+) -> ZeroTPrunePlan | None:
+    """Zero-TPrune: r = min(int(N (1 - R)), floor(P / 2)) dropped."""
+    r = beyond.half_r(n, config.keep_rate, prefix)
+    return ZeroTPrunePlan(n, n - r, r=r, prefix=prefix) if r > 0 else None
+
+
+def plan_repshift(
+    config: Settings, n: int, layer: int, prefix: int, depth: int
+) -> RepShiftPlan | None:
+    """Representation Shift: keep ceil(R P) patches (EViT's count), drop the rest outright."""
+    t1, _, t3 = condense.evit_tier_sizes(n - prefix + 1, config.keep_rate)
+    return RepShiftPlan(n, prefix + t1, n_drop=t3, prefix=prefix) if t3 > 0 else None
 
 
 # ------------------------------------------------------------------------------- steps
@@ -266,6 +214,33 @@ def step_ats(x, size, plan: AtsPlan, att: Attended, run: Run, valid=None):
     budget = condense.ats_budget(n_patches, run.config.keep_rate)
     keep = condense.unique_indices(condense.inverse_cdf_sample(score, budget), x.shape[1] - 1)
     return condense.keep_patches(x, keep, valid), condense.head_mean_score(att.cls_row[..., 1:])
+
+
+def step_pitome(x, size, plan: PitomePlan, att: Attended, run: Run, valid=None):
+    """PiToMe: energy on the head-mean keys, the 2r most redundant patches paired and merged."""
+    size = size if size is not None else x.new_ones(x.shape[:2])
+    assert att.keys is not None  # PitomePlan needs the keys
+    return beyond.pitome_merge(x, size, att.keys, plan.r, plan.margin, plan.prefix), None
+
+
+def step_tofu(x, size, plan: TofuPlan, att: Attended, run: Run, valid=None):
+    """ToFu: prune-by-matching in early blocks, MLERP merging in later ones."""
+    size = size if size is not None else x.new_ones(x.shape[:2])
+    assert att.keys is not None  # TofuPlan needs the keys
+    fuse = beyond.tofu_prune if plan.prune else beyond.tofu_merge
+    return fuse(x, size, att.keys, plan.r, plan.prefix), None
+
+
+def step_zero_tprune(x, size, plan: ZeroTPrunePlan, att: Attended, run: Run, valid=None):
+    """Zero-TPrune: PageRank importance, then the unimportant near-duplicates dropped."""
+    assert att.probs is not None and att.keys is not None  # ZeroTPrunePlan's needs
+    return beyond.zero_tprune_prune(x, att.probs, att.keys, plan.r, plan.prefix), None
+
+
+def step_repshift(x, size, plan: RepShiftPlan, att: Attended, run: Run, valid=None):
+    """Representation Shift: the patches the attention residual moved least are dropped."""
+    assert att.shift is not None  # RepShiftPlan needs the shift
+    return beyond.repshift_prune(x, att.shift, plan.n_drop, plan.prefix), None
 
 
 # ------------------------------------------------------------------------------ records
@@ -365,6 +340,52 @@ ATS = Method(
     adaptive=True,
     needs_cls=True,
 )
+PITOME = Method(
+    "pitome",
+    "PiToMe",
+    "PiToMe (energy + merge)",
+    "scores every patch by its energy (how many near-duplicates it has among the keys), pairs "
+    "the 2r most redundant and merges each pair, and protects the isolated, informative rest",
+    Fates(_KEPT, "redundant (high energy): merged with its most similar partner", None),
+    plan_pitome,
+    step_pitome,
+    proportional=True,
+)
+TOFU = Method(
+    "tofu",
+    "ToFu",
+    "ToFu (prune early, merge late)",
+    "matches token pairs as ToMe does; in the first half of the blocks drops the matched token, "
+    "later merges the pair by MLERP (the average rescaled to the larger norm)",
+    Fates(
+        _KEPT,
+        "merged with its most similar tokens (norm kept)",
+        "matched in an early block: dropped",
+    ),
+    plan_tofu,
+    step_tofu,
+    proportional=True,
+)
+ZERO_TPRUNE = Method(
+    "zero-tprune",
+    "Zero-TPrune",
+    "Zero-TPrune (PageRank + prune)",
+    "ranks tokens by PageRank on every head's attention graph (outlier heads filtered out) and "
+    "drops the unimportant tokens most similar to an important one",
+    Fates(_KEPT, None, "unimportant near-duplicate: dropped"),
+    plan_zero_tprune,
+    step_zero_tprune,
+)
+REPSHIFT = Method(
+    "repshift",
+    "Representation Shift",
+    "Representation Shift (prune)",
+    "scores every patch by how much the block's attention changed it, ||F(x) - x||, and drops "
+    "the least changed; needs no attention map, so attention stays fused",
+    Fates(_KEPT, None, "barely changed by attention: dropped"),
+    plan_repshift,
+    step_repshift,
+)
 NONE = Method(
     "none",
     "none (plain CLIP)",
@@ -374,7 +395,9 @@ NONE = Method(
 )
 
 # In display order; the unmodified model last.
-METHODS: dict[str, Method] = {m.name: m for m in (TCA, EVIT, TOME, TOME_PAPER, ATS, NONE)}
+METHODS: dict[str, Method] = {
+    m.name: m for m in (TCA, EVIT, TOME, TOME_PAPER, ATS, PITOME, TOFU, ZERO_TPRUNE, REPSHIFT, NONE)
+}
 # The paper's baselines beside TCA: what bench, eval and Compare run unless told otherwise.
 COMPARED: tuple[str, ...] = ("tca", "evit", "tome")
 
@@ -398,6 +421,10 @@ __all__ = [
     "TomePlan",
     "TomePaperPlan",
     "AtsPlan",
+    "PitomePlan",
+    "TofuPlan",
+    "ZeroTPrunePlan",
+    "RepShiftPlan",
     "PlanBuilder",
     "Step",
     "Settings",

@@ -1,30 +1,30 @@
-"""Loading CLIP models by open_clip name, and the text side (labels, templates, embeddings)."""
+"""Loading CLIP models by open_clip name (with their tokenizer and text-embedding cache), and the
+lists of models the package supports and the app offers. Labels: ``tca.labels``; prompt
+templates: ``tca.prompts``; where weights come from: ``tca.weights``."""
 
 from __future__ import annotations
 
 import os
-import re
-import socket
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Sequence, cast
 
 import open_clip
 import torch
 import torch.nn.functional as F
 
-from . import text
-from .errors import (
-    ConfigError,
-    InputError,
-    LabelError,
-    UnknownModelError,
-    WeightsUnavailableError,
-)
+from . import labels, prompts, text, weights
+from .errors import ConfigError, UnknownModelError, WeightsUnavailableError
 from .patch import check_supported
-from .prompts import TEMPLATES
+from .prompts import resolve_templates
 from .timing import model_device
 from .towers import input_dtype
+
+# Names that moved out of this module, kept only for the app-layer modules being moved to tca/app/
+# in parallel (explore, serving, panels); remove at merge.
+parse_labels = labels.parse_labels  # moved: import from tca.labels
+validate_labels = labels.validate_labels  # moved: import from tca.labels
+TEMPLATES = prompts.TEMPLATES  # moved: import from tca.prompts
+WEIGHTS_HELP = weights.WEIGHTS_HELP  # moved: import from tca.weights
 
 DEFAULT_MODEL = "ViT-B-16-quickgelu"
 DEFAULT_PRETRAINED = "openai"
@@ -38,15 +38,8 @@ APP_MODELS: dict[str, str] = {
 SUPPORTED_MODELS = tuple(APP_MODELS.values()) + tuple(
     name.removesuffix("-quickgelu") for name in APP_MODELS.values()
 )
-MAX_LABEL_CHARS = 300
 # --precision choices: open_clip's names for float32 and its mixed fp16 / bf16 modes.
 PRECISIONS = ("fp32", "fp16", "bf16")
-WEIGHTS_HELP = (
-    "To use real weights: connect to the internet once (open_clip downloads them into the "
-    "Hugging Face cache), or pass --checkpoint PATH / set TCA_CHECKPOINT to a local "
-    ".safetensors or PyTorch state-dict file for this architecture, or use --pretrained none "
-    "for random weights."
-)
 
 
 @dataclass
@@ -138,74 +131,6 @@ class ClipModel:
         )
 
 
-def resolve_templates(templates: str | Sequence[str]) -> tuple[str, ...]:
-    if isinstance(templates, str):
-        if templates in TEMPLATES:
-            return TEMPLATES[templates]
-        if "{}" in templates:
-            return (templates,)
-        raise InputError(
-            f"unknown templates {templates!r}; use one of {', '.join(TEMPLATES)} "
-            f"or a format string containing {{}}"
-        )
-    temps = tuple(templates)
-    if not temps or not all("{}" in t for t in temps):
-        raise InputError("every prompt template must contain {}")
-    return temps
-
-
-def parse_labels(text: str | Sequence[str]) -> list[str]:
-    """Split comma- or newline-separated labels; blank pieces (e.g. a trailing comma) are
-    dropped. A list is taken as is (stripped)."""
-    if isinstance(text, str):
-        return [p.strip() for p in re.split(r"[,\n]", text) if p.strip()]
-    return [str(p).strip() for p in text]
-
-
-def validate_labels(
-    labels: Sequence[str],
-    tokenizer: Callable | None = None,
-    templates: str | Sequence[str] = "single",
-    max_labels: int | None = None,
-    context_length: int = 77,
-) -> list[str]:
-    """Check a label list; returns it, or raises LabelError naming the problem."""
-    labels = list(labels)
-    if len(labels) < 2:
-        got = "no labels" if not labels else f"only one label ({labels[0]!r})"
-        raise LabelError(f"need at least two candidate labels to classify, got {got}")
-    if max_labels is not None and len(labels) > max_labels:
-        raise LabelError(f"too many labels: {len(labels)} (at most {max_labels})")
-    for i, label in enumerate(labels):
-        if not label.strip():
-            raise LabelError(f"label {i + 1} is empty")
-        if len(label) > MAX_LABEL_CHARS:
-            raise LabelError(
-                f"label {i + 1} is {len(label)} characters long "
-                f"(at most {MAX_LABEL_CHARS}): {label[:40]!r}..."
-            )
-    seen: dict[str, int] = {}
-    for label in labels:
-        seen[label.lower()] = seen.get(label.lower(), 0) + 1
-    dups = [l for l, n in seen.items() if n > 1]
-    if dups:
-        raise LabelError(
-            f"duplicate label{'s' if len(dups) > 1 else ''}: "
-            f"{', '.join(repr(d) for d in dups)} (labels are compared "
-            f"case-insensitively and must be unique; remove the repeats)"
-        )
-    if tokenizer is not None and hasattr(tokenizer, "encode"):
-        longest = max(resolve_templates(templates), key=len)
-        for label in labels:
-            n = len(tokenizer.encode(longest.format(label))) + 2  # start + end tokens
-            if n > context_length:
-                raise LabelError(
-                    f"label {label[:40]!r} is too long: {n} tokens with its prompt "
-                    f"template, the text encoder takes at most {context_length}"
-                )
-    return labels
-
-
 def load_model(
     name: str = DEFAULT_MODEL,
     pretrained: str | None = DEFAULT_PRETRAINED,
@@ -218,12 +143,12 @@ def load_model(
     """Load an open_clip CLIP by name.
 
     pretrained: an open_clip tag (e.g. ``openai``), or None / ``"none"`` for random weights
-    (seeded by ``seed``). checkpoint: a local ``.safetensors`` or PyTorch state-dict file (loaded
-    with ``weights_only``; never unpickles arbitrary objects). The CLI and app read
-    $TCA_CHECKPOINT; this function reads no environment, so a checkpoint is never applied to a
-    model it was not meant for.
+    (seeded by ``seed``; the global RNG is not touched). checkpoint: a local ``.safetensors`` or
+    PyTorch state-dict file (``tca.weights.load_checkpoint``: loaded with ``weights_only``, never
+    unpickles arbitrary objects). The CLI and app read $TCA_CHECKPOINT; this function reads no
+    environment, so a checkpoint is never applied to a model it was not meant for.
     Raises WeightsUnavailableError with instructions when weights cannot be had: at once when
-    they are not cached and the Hub is offline (HF_HUB_OFFLINE=1) or unreachable.
+    they are not cached and the Hub is offline (HF_HUB_OFFLINE=1).
     cache_dir: the Hugging Face hub cache to use (default: the standard one).
     precision: ``fp32``, or ``fp16`` / ``bf16``: open_clip's mixed precision (weights in half
     precision, LayerNorms in float32). Random weights are drawn in float32 and then cast, so a
@@ -239,27 +164,34 @@ def load_model(
         )
     if isinstance(pretrained, str) and pretrained.lower() in ("none", "random", ""):
         pretrained = None
-    torch.manual_seed(seed)
-    if checkpoint is not None:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            name, pretrained=None, device=device, precision=precision
-        )
-        _load_checkpoint(model, Path(checkpoint))
-        source: str | None = str(checkpoint)
-    elif pretrained is None:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            name, pretrained=None, device=device, precision=precision
-        )
-        source = None
-    else:
-        if pretrained not in open_clip.list_pretrained_tags_by_model(name):
-            tags = open_clip.list_pretrained_tags_by_model(name)
+    if pretrained is not None and checkpoint is None:
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        if pretrained not in tags:
             raise UnknownModelError(
                 f"{name} has no pretrained tag {pretrained!r}; available: "
                 f"{', '.join(tags) or 'none'}"
             )
-        model, preprocess = _load_pretrained(name, pretrained, device, cache_dir, precision)
-        source = pretrained
+    # open_clip initialises from the global RNG (before any weights are loaded), building on the
+    # CPU and then moving the model (factory.create_model): draw from a fork of the CPU
+    # generator, seeded, so a seed gives the same model and the caller's RNG is left as it was.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if checkpoint is not None:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                name, pretrained=None, device=device, precision=precision
+            )
+            weights.load_checkpoint(model, checkpoint)
+            source: str | None = str(checkpoint)
+        elif pretrained is None:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                name, pretrained=None, device=device, precision=precision
+            )
+            source = None
+        else:
+            model, preprocess = weights.load_pretrained(
+                name, pretrained, device, cache_dir, precision
+            )
+            source = pretrained
     model.eval()
     check_supported(model)
     return ClipModel(
@@ -303,7 +235,7 @@ def load_tokenizer(name: str, random: bool = False, cache_dir: str | os.PathLike
 
     CLIP's BPE vocabulary ships with open_clip. SigLIP-style models use a Hugging Face tokenizer
     downloaded from the Hub on first use (and need ``transformers``): when it is not cached and
-    the Hub is offline or unreachable, this fails at once with WeightsUnavailableError, like
+    the Hub is offline (HF_HUB_OFFLINE=1), this fails at once with WeightsUnavailableError, like
     missing weights. With ``random`` weights it returns a :class:`ByteTokenizer` instead, so the
     model still runs end to end offline.
     """
@@ -316,10 +248,14 @@ def load_tokenizer(name: str, random: bool = False, cache_dir: str | os.PathLike
         import transformers  # noqa: F401  (open_clip's HFTokenizer needs it)
     except ImportError:
         reason = f"{name}'s tokenizer {hf_name} needs the transformers package (pip install transformers)"
-    if reason is None and not _tokenizer_cached(hf_name, cache_dir) and not _hub_reachable():
+    if (
+        reason is None
+        and weights.hub_offline()
+        and not weights.tokenizer_cached(hf_name, cache_dir)
+    ):
         reason = (
             f"{name}'s tokenizer {hf_name} is not in the local cache and the Hugging Face "
-            f"Hub cannot be reached (offline)"
+            f"Hub is offline (HF_HUB_OFFLINE=1)"
         )
     if reason is None:
         try:
@@ -336,154 +272,3 @@ def load_tokenizer(name: str, random: bool = False, cache_dir: str | os.PathLike
         f"cached like the weights), or use --pretrained none for random "
         f"weights with a byte-level stand-in tokenizer."
     )
-
-
-def _tokenizer_cached(repo: str, cache_dir) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
-    for fname in ("tokenizer.json", "tokenizer_config.json"):
-        path = try_to_load_from_cache(repo, fname, cache_dir=str(cache_dir) if cache_dir else None)
-        if isinstance(path, str) and os.path.isfile(path):
-            return True
-    return False
-
-
-def _cached_weights(cfg: dict, cache_dir) -> str | None:
-    """Path of already-downloaded weights for an open_clip pretrained config, if any."""
-    from huggingface_hub import try_to_load_from_cache
-
-    hub = cfg.get("hf_hub", "")
-    if not hub:
-        return None
-    repo, filename = (
-        os.path.split(hub.rstrip("/")) if not hub.endswith("/") else (hub.rstrip("/"), "")
-    )
-    names = (
-        [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
-    )
-    if filename.endswith(".bin"):
-        names.insert(0, filename[:-4] + ".safetensors")
-    for fname in names:
-        path = try_to_load_from_cache(repo, fname, cache_dir=str(cache_dir) if cache_dir else None)
-        if isinstance(path, str) and os.path.isfile(path):
-            return path
-    return None
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether a download could start at all; avoids minutes of retries on offline machines."""
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return False
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True  # behind a proxy only the real request can tell
-    from urllib.parse import urlparse
-
-    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-def _load_pretrained(name: str, tag: str, device: str, cache_dir, precision: str = "fp32"):
-    cfg = open_clip.get_pretrained_cfg(name, tag)
-    cached = _cached_weights(cfg, cache_dir)
-    kwargs = dict(
-        image_mean=cfg.get("mean"),
-        image_std=cfg.get("std"),
-        image_interpolation=cfg.get("interpolation"),
-        image_resize_mode=cfg.get("resize_mode"),
-        device=device,
-        precision=precision,
-    )
-    try:
-        if cached:  # load the file directly: no network round trip, works offline
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                name, pretrained=cached, **kwargs
-            )
-        elif not _hub_reachable():
-            raise WeightsUnavailableError(
-                f"pretrained weights {name}/{tag} are not in the local cache and the Hugging Face "
-                f"Hub cannot be reached (offline). {WEIGHTS_HELP}"
-            )
-        else:
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                name,
-                pretrained=tag,
-                cache_dir=str(cache_dir) if cache_dir else None,
-                device=device,
-                precision=precision,
-            )
-    except WeightsUnavailableError:
-        raise
-    except Exception as exc:  # network errors, corrupt downloads, ...
-        first = str(exc).splitlines()[0][:200] if str(exc) else ""
-        raise WeightsUnavailableError(
-            f"could not load pretrained weights {name}/{tag}: "
-            f"{type(exc).__name__}: {first}. {WEIGHTS_HELP}"
-        ) from exc
-    return model, preprocess
-
-
-def _load_checkpoint(model: torch.nn.Module, path: Path) -> None:
-    if not path.is_file():
-        raise WeightsUnavailableError(f"checkpoint {str(path)!r} does not exist. {WEIGHTS_HELP}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise WeightsUnavailableError(
-            f"cannot read checkpoint {str(path)!r} ({type(exc).__name__}: {str(exc)[:200]}); it "
-            f"must be a .safetensors file or a PyTorch state dict saved with plain tensors"
-        ) from exc
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise WeightsUnavailableError(f"checkpoint {str(path)!r} holds no state dict")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    mismatch = _state_mismatch(model.state_dict(), state)
-    if mismatch:
-        raise WeightsUnavailableError(
-            f"checkpoint {str(path)!r} does not fit this architecture: {mismatch}"
-        )
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise WeightsUnavailableError(
-            f"checkpoint {str(path)!r} does not fit this architecture: "
-            f"{str(exc).splitlines()[0][:300]}"
-        ) from exc
-
-
-def _state_mismatch(expected: dict, state: dict, show: int = 5) -> str:
-    """Which keys of ``state`` do not fit ``expected`` (a model's state dict): missing keys,
-    unexpected keys and shape mismatches, the first ``show`` of each named; '' if it fits."""
-
-    def some(keys: list[str]) -> str:
-        return ", ".join(keys[:show]) + (", ..." if len(keys) > show else "")
-
-    missing = sorted(expected.keys() - state.keys())
-    unexpected = sorted(state.keys() - expected.keys())
-    shapes = [
-        f"{k} (checkpoint {tuple(getattr(state[k], 'shape', ()))}, model "
-        f"{tuple(expected[k].shape)})"
-        for k in sorted(expected.keys() & state.keys())
-        if tuple(getattr(state[k], "shape", ())) != tuple(expected[k].shape)
-    ]
-    parts = [
-        f"{len(keys)} {what}: {some(keys)}"
-        for what, keys in (
-            ("missing key(s)", missing),
-            ("unexpected key(s)", unexpected),
-            ("shape mismatch(es)", shapes),
-        )
-        if keys
-    ]
-    return "; ".join(parts)

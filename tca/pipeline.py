@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from .config import CondenseConfig
 from .flops import CONVENTION, FlopReport, Geometry, count_macs, saved_percent
 from .images import load_image
-from .models import ClipModel, parse_labels, validate_labels
+from .labels import parse_labels, validate_labels
+from .models import ClipModel
 from .patch import Encoded, encode, is_patched, patch
 from .precision import precision_of
 from .reservoir import Reservoir, stream_update

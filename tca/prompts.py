@@ -1,4 +1,5 @@
-"""Prompt templates as named sets, and which set each dataset preset implies.
+"""Prompt templates as named sets, which set each dataset preset implies, and what a templates
+argument (a set name, a format string or a list of them) resolves to.
 
 The paper's cross-dataset protocol (TCA's runner is a fork of TDA's) builds one class prompt per
 dataset from the templates of CoOp (Zhou et al., IJCV 2022, ``trainers/zsclip.py``,
@@ -18,9 +19,11 @@ not included; ``clip_benchmark`` ships them. Template-set names equal the reserv
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from open_clip import zero_shot_metadata
 
-from .errors import ConfigError
+from .errors import ConfigError, InputError
 
 _OPENAI_IMAGENET = tuple(t("{}") for t in zero_shot_metadata.OPENAI_IMAGENET_TEMPLATES)
 # TDA's ImageNet ensemble, in TDA's order (all seven are among OpenAI's 80).
@@ -69,4 +72,28 @@ def templates_for(preset: str | None, templates: str | None = None) -> str:
     return PRESET_TEMPLATES[preset]
 
 
-__all__ = ["TEMPLATES", "PRESET_TEMPLATES", "DEFAULT_TEMPLATES", "templates_for"]
+def resolve_templates(templates: str | Sequence[str]) -> tuple[str, ...]:
+    """The prompt templates meant by ``templates``: a set's name (a key of :data:`TEMPLATES`), one
+    format string, or a sequence of them; each must contain ``{}`` (where the label goes)."""
+    if isinstance(templates, str):
+        if templates in TEMPLATES:
+            return TEMPLATES[templates]
+        if "{}" in templates:
+            return (templates,)
+        raise InputError(
+            f"unknown templates {templates!r}; use one of {', '.join(TEMPLATES)} "
+            f"or a format string containing {{}}"
+        )
+    temps = tuple(templates)
+    if not temps or not all("{}" in t for t in temps):
+        raise InputError("every prompt template must contain {}")
+    return temps
+
+
+__all__ = [
+    "TEMPLATES",
+    "PRESET_TEMPLATES",
+    "DEFAULT_TEMPLATES",
+    "templates_for",
+    "resolve_templates",
+]

@@ -9,7 +9,7 @@ tensors untouched, so recording them costs two references per block.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -30,6 +30,7 @@ class TraceRecorder:
         self.pruned = torch.zeros((batch, n_patches), dtype=torch.bool, device=device)
         self.per_layer: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.cls_attention: dict[int, torch.Tensor] = {}
+        self.scores: dict[int, torch.Tensor] = {}
 
     def condense(
         self,
@@ -37,23 +38,29 @@ class TraceRecorder:
         dest: torch.Tensor,
         pruned: torch.Tensor | None,
         patch_attention: torch.Tensor | None,
+        score: torch.Tensor | None = None,
     ) -> None:
         """dest: (B, N_in), -1 for dropped tokens; pruned: (B, N_in) bool; patch_attention:
-        (B, N_in - prefix) head-mean CLS attention of the tokens entering the layer (each patch
-        gets its token's value; NaN for patches dropped earlier)."""
+        (B, N_in - prefix) head-mean CLS attention of the tokens entering the layer; score:
+        (B, N_in - prefix) the score the method ranked them by, when it is not that attention
+        (each patch gets its token's value; NaN for patches dropped earlier)."""
         alive = self.token_of >= 0  # patches an earlier layer dropped (ATS) stay dropped
         idx = self.token_of.clamp_min(0)
         if patch_attention is not None:
-            att = patch_attention
-            if self.prefix:
-                att = torch.cat(
-                    [att.new_full((att.shape[0], self.prefix), float("nan")), att], dim=1
-                )
-            att = att.gather(1, idx).masked_fill(~alive, float("nan"))
-            self.cls_attention[layer] = att.float().cpu()
+            self.cls_attention[layer] = self._per_patch(patch_attention, idx, alive)
+        if score is not None:
+            self.scores[layer] = self._per_patch(score, idx, alive)
         if pruned is not None:
             self.pruned = self.pruned | (pruned.gather(1, idx) & alive)
         self.token_of = torch.where(alive, dest.gather(1, idx), DROPPED)
+
+    def _per_patch(self, value: torch.Tensor, idx: torch.Tensor, alive: torch.Tensor):
+        """(B, N_in - prefix) per token -> (B, P) float32 on the CPU, per original patch."""
+        if self.prefix:
+            value = torch.cat(
+                [value.new_full((value.shape[0], self.prefix), float("nan")), value], dim=1
+            )
+        return value.gather(1, idx).masked_fill(~alive, float("nan")).float().cpu()
 
     def end_block(self) -> None:
         self.per_layer.append((self.token_of, self.pruned))
@@ -90,6 +97,7 @@ class TraceRecorder:
             tuple(condensing_layers),
             self.prefix,
             per_image,
+            self.scores,
         )
 
 
@@ -117,6 +125,10 @@ class Trace:
     condensing_layers: tuple[int, ...]
     prefix: int = 1
     tokens_per_image: tuple[tuple[int, ...], ...] | None = None  # (B, L); None: all equal
+    # layer -> (B, P): the score a method ranked by when it is not CLS attention (PiToMe's
+    # energy, Zero-TPrune's PageRank importance, Representation Shift's shift), per patch as
+    # cls_attention is; NaN for patches dropped earlier.
+    scores: dict[int, torch.Tensor] = field(default_factory=dict)
 
     @property
     def depth(self) -> int:
@@ -166,6 +178,7 @@ class Trace:
             self.condensing_layers,
             self.prefix,
             None if self.tokens_per_image is None else (tokens,),
+            {k: v[sl] for k, v in self.scores.items()},
         )
 
     def to_dict(self, image: int = 0) -> dict:

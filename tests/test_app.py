@@ -19,7 +19,7 @@ from PIL import Image
 import app as app_module
 import tca
 from tca import explore, export, follow, page, panels, render, serving, sweeps
-from tca.models import WEIGHTS_HELP
+from tca.weights import WEIGHTS_HELP
 
 TINY = "tca-tiny-ViT"
 LABELS = "cat, dog, tiger, fox"

@@ -313,7 +313,7 @@ def test_eval_mean_gmacs_over_per_image_counts_and_preset_templates(tiny_clip, t
     import numpy as np
     from PIL import Image
 
-    from tca import evaluate as ev
+    import tca.eval as ev
 
     rng = np.random.default_rng(0)
     for cls in ("forest", "river"):

@@ -91,7 +91,7 @@ def test_ats_plans_and_the_cls_requirement():
         plan_layers(CondenseConfig(method="ats", keep_rate=0.5), 16, 12, prefix=0)
     assert str(err.value) == (
         "ats scores patches by their CLS attention and this tower has no CLS token; "
-        "use tca, evit, tome or tome-paper"
+        "use tca, evit, tome, tome-paper, pitome, tofu, zero-tprune or repshift"
     )
     # 16 patches, R = 0.5: budget ceil(8) = 8, at most 1 + 8 tokens out
     s = plan_layers(CondenseConfig(method="ats", keep_rate=0.5, layers=(1,)), 17, 2)
@@ -114,7 +114,7 @@ def test_tca_on_the_cls_token_alone_is_a_plain_block():
 
 def test_tca_plan_builder_with_a_cls_token():
     config = CondenseConfig(rate=0.1, layers=(0,))
-    assert method("tca").plan(config, 17, 0, 1) == TierPlan(17, 15, 11, 4, 1, 2)
+    assert method("tca").plan(config, 17, 0, 1, 1) == TierPlan(17, 15, 11, 4, 1, 2)
 
 
 def test_format_layers():

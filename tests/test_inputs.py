@@ -9,8 +9,9 @@ import torch
 from PIL import Image
 
 import tca
+from tca.errors import LabelError, WeightsUnavailableError
 from tca.images import ImageError, load_image
-from tca.models import LabelError, WeightsUnavailableError, parse_labels, validate_labels
+from tca.labels import parse_labels, validate_labels
 
 
 def _png(image: Image.Image, path: Path, **kw) -> Path:
@@ -142,13 +143,21 @@ def test_checkpoints_load_safely(tmp_path, tiny_clip):
             tca.unpatch(tiny_clip.model)
             assert torch.equal(clip.model.encode_image(x), tiny_clip.model.encode_image(x))
 
+    ran = tmp_path / "ran"
+
     class Evil:
         def __reduce__(self):
-            return (print, ("pwned",))
+            return (open, (str(ran), "w"))
 
     torch.save({"x": Evil()}, tmp_path / "evil.pt")
-    with pytest.raises(WeightsUnavailableError, match="state dict saved with plain tensors"):
+    with pytest.raises(WeightsUnavailableError) as info:
         tca.load_model("tca-tiny-ViT", checkpoint=tmp_path / "evil.pt")
+    assert not ran.exists()  # nothing was unpickled
+    head, refused, tail = str(info.value).partition("GLOBAL io.open")  # torch names what it refused
+    assert head == (f"cannot read checkpoint {str(tmp_path / 'evil.pt')!r} (refused by a "
+                    f"weights-only load, which unpickles tensors only: Unsupported global: ")
+    assert refused and tail == (" was not an allowed global by default); it must be a .safetensors "
+                                "file or a PyTorch state dict saved with plain tensors")
     with pytest.raises(WeightsUnavailableError, match="does not exist"):
         tca.load_model("tca-tiny-ViT", checkpoint=tmp_path / "nope.safetensors")
     save_file({"visual.proj": torch.zeros(2, 2)}, str(tmp_path / "wrong.safetensors"))
@@ -156,8 +165,11 @@ def test_checkpoints_load_safely(tmp_path, tiny_clip):
         tca.load_model("tca-tiny-ViT", checkpoint=tmp_path / "wrong.safetensors")
     n_keys = len(state)
     proj = tuple(state["visual.proj"].shape)
-    assert f"{n_keys - 1} missing key(s): " in str(info.value)  # every key but visual.proj
-    assert f"1 shape mismatch(es): visual.proj (checkpoint (2, 2), model {proj})" in str(info.value)
+    first = ", ".join(sorted(k for k in state if k != "visual.proj")[:5])
+    assert str(info.value) == (  # every key but visual.proj is missing, the first five named
+        f"checkpoint {str(tmp_path / 'wrong.safetensors')!r} does not fit this architecture: "
+        f"{n_keys - 1} missing key(s): {first}, ...; "
+        f"1 shape mismatch(es): visual.proj (checkpoint (2, 2), model {proj})")
     extra = dict(state, **{"visual.extra_head.weight": torch.zeros(3)})
     del extra["logit_scale"]
     save_file(extra, str(tmp_path / "extra.safetensors"))
@@ -184,11 +196,14 @@ def test_error_messages_do_not_leak_server_directories(tmp_path):
 
 
 def test_offline_pretrained_fails_fast_with_instructions():
-    import time
-    t0 = time.perf_counter()
-    with pytest.raises(WeightsUnavailableError, match="--checkpoint PATH.*--pretrained none"):
+    from tca.weights import WEIGHTS_HELP
+    with pytest.raises(WeightsUnavailableError, match="--checkpoint PATH.*--pretrained none") as info:
         tca.load_model("ViT-B-32-quickgelu", pretrained="openai")
-    assert time.perf_counter() - t0 < 60  # HF_HUB_OFFLINE=1: no retries
+    assert str(info.value) == (
+        "pretrained weights ViT-B-32-quickgelu/openai are not in the local cache and the Hugging "
+        f"Face Hub is offline (HF_HUB_OFFLINE=1). {WEIGHTS_HELP}")
+    # raised by the offline check itself, not wrapped from a failed download: no request was made
+    assert info.value.__cause__ is None
 
 
 def test_unknown_model_and_tag():
@@ -203,7 +218,9 @@ def test_unknown_model_and_tag():
 
 
 def test_random_weights_are_flagged_and_seeded(tiny_clip):
-    assert tiny_clip.is_random and "RANDOM" in tiny_clip.weights_description
+    assert tiny_clip.is_random and tiny_clip.pretrained is None
+    assert tiny_clip.weights_description == (
+        "tca-tiny-ViT with RANDOM weights (predictions are meaningless)")
     a = tca.load_model("tca-tiny-ViT", pretrained="none", seed=3)
     b = tca.load_model("tca-tiny-ViT", pretrained="none", seed=3)
     c = tca.load_model("tca-tiny-ViT", pretrained="none", seed=4)
@@ -211,21 +228,31 @@ def test_random_weights_are_flagged_and_seeded(tiny_clip):
     assert torch.equal(pa, pb) and not torch.equal(pa, pc)
 
 
-def test_cached_pretrained_weights_load_offline_without_network(tmp_path):
-    """Weights already in the Hugging Face cache load straight from the file (no Hub call)."""
+def test_cached_pretrained_weights_load_offline_without_network(tmp_path, monkeypatch):
+    """Weights already in the Hugging Face cache load straight from the file (no Hub call), with
+    the preprocessing of their pretrained config."""
     import open_clip
+    from open_clip import pretrained
     from safetensors.torch import save_file
-    torch.manual_seed(11)
-    src = open_clip.create_model("ViT-B-32-quickgelu", pretrained=None)
-    snap = tmp_path / "models--timm--vit_base_patch32_clip_224.openai" / "snapshots" / "0123abcd"
+    # open_clip has no public call to register a pretrained tag; its look-ups read this table.
+    cfg = dict(url="", hf_hub="tca-test/tiny-vit/", mean=(0.25, 0.5, 0.75), std=(0.2, 0.3, 0.4),
+               interpolation="bilinear", resize_mode="squash")
+    monkeypatch.setitem(pretrained._PRETRAINED, "tca-tiny-ViT", {"cachetest": cfg})
+    with pytest.raises(WeightsUnavailableError, match="not in the local cache.*HF_HUB_OFFLINE=1"):
+        tca.load_model("tca-tiny-ViT", "cachetest", cache_dir=tmp_path)  # nothing cached yet
+    src = open_clip.create_model("tca-tiny-ViT", pretrained=None)
+    src.logit_scale.data.fill_(4.0)  # unlike every random init
+    snap = tmp_path / "models--tca-test--tiny-vit" / "snapshots" / "0123abcd"
     snap.mkdir(parents=True)
     (snap.parent.parent / "refs").mkdir()
     (snap.parent.parent / "refs" / "main").write_text("0123abcd")
     save_file({k: v.contiguous() for k, v in src.state_dict().items()},
               str(snap / "open_clip_model.safetensors"))
-    clip = tca.load_model("ViT-B-32-quickgelu", "openai", cache_dir=tmp_path)
-    assert clip.pretrained == "openai" and not clip.is_random
-    assert torch.equal(clip.model.visual.proj, src.visual.proj)
-    # OpenAI's preprocessing comes from the pretrained config
-    norm = clip.preprocess.transforms[-1]
-    assert tuple(round(m, 4) for m in norm.mean) == (0.4815, 0.4578, 0.4082)
+    clip = tca.load_model("tca-tiny-ViT", "cachetest", cache_dir=tmp_path)
+    assert clip.pretrained == "cachetest" and not clip.is_random
+    for key, value in src.state_dict().items():
+        assert torch.equal(clip.model.state_dict()[key], value), key
+    # the preprocessing comes from the pretrained config (a file path alone would lose it)
+    resize, norm = clip.preprocess.transforms[0], clip.preprocess.transforms[-1]
+    assert tuple(norm.mean) == (0.25, 0.5, 0.75) and tuple(norm.std) == (0.2, 0.3, 0.4)
+    assert resize.size == (224, 224) and resize.interpolation.value == "bilinear"  # squash

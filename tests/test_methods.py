@@ -20,17 +20,20 @@ CONDENSING = [name for name, m in METHODS.items() if m.plan is not None]
 
 
 def test_records_are_keyed_by_name_in_display_order():
-    assert list(METHODS) == ["tca", "evit", "tome", "tome-paper", "ats", "none"]
+    assert list(METHODS) == ["tca", "evit", "tome", "tome-paper", "ats", "pitome", "tofu",
+                             "zero-tprune", "repshift", "none"]
     assert all(name == m.name for name, m in METHODS.items())
-    assert len({m.title for m in METHODS.values()}) == len({m.label for m in METHODS.values()}) == 6
+    assert len({m.title for m in METHODS.values()}) == len({m.label for m in METHODS.values()}) == 10
     assert COMPARED == ("tca", "evit", "tome") and tca.METHODS == tuple(METHODS)
     # a plan builder and a step come together: none has neither
     assert all((m.plan is None) == (m.step is None) for m in METHODS.values())
-    assert CONDENSING == ["tca", "evit", "tome", "tome-paper", "ats"]
+    assert CONDENSING == ["tca", "evit", "tome", "tome-paper", "ats", "pitome", "tofu",
+                          "zero-tprune", "repshift"]
 
 
 def test_unknown_method_names_the_choices():
-    msg = "unknown method 'tcaa'; choose one of tca, evit, tome, tome-paper, ats, none"
+    msg = ("unknown method 'tcaa'; choose one of tca, evit, tome, tome-paper, ats, pitome, tofu, "
+           "zero-tprune, repshift, none")
     with pytest.raises(ConfigError, match=re.escape(msg)):
         method("tcaa")
     with pytest.raises(ConfigError, match=re.escape(msg)):
@@ -46,7 +49,8 @@ def test_flags_match_the_schedule(name):
     assert s.adaptive is m.adaptive
     # needs_cls: a tower without CLS is refused with the reason, and only then
     if m.needs_cls:
-        with pytest.raises(ConfigError, match="has no CLS token; use tca, evit, tome or tome-paper"):
+        with pytest.raises(ConfigError, match="has no CLS token; use tca, evit, tome, tome-paper, pitome, tofu, "
+                           "zero-tprune or repshift"):
             plan_layers(CondenseConfig(method=name, keep_rate=0.7), 196, 12, prefix=0)
     else:
         assert plan_layers(CondenseConfig(method=name, keep_rate=0.7), 196, 12, prefix=0).prefix == 0
@@ -74,7 +78,7 @@ def test_fates_worded_are_the_fates_given(tiny_clip, name):
 def test_proportional_attention_only_where_the_record_says(tiny_clip):
     """ToMe (proportional) and the paper's ToMe (not) merge the same plan but differ only in the
     size bias: the record's flag is what the forward reads."""
-    assert [n for n, m in METHODS.items() if m.proportional] == ["tome"]
+    assert [n for n, m in METHODS.items() if m.proportional] == ["tome", "pitome", "tofu"]
     model = tiny_clip.model
     tca.patch(model, CondenseConfig(method="none"))
     try:

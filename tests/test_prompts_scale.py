@@ -10,7 +10,7 @@ from open_clip import zero_shot_metadata
 from tca import prompts
 from tca.cli import main
 from tca.errors import ConfigError
-from tca.models import TEMPLATES, resolve_templates
+from tca.prompts import TEMPLATES, resolve_templates
 from tca.reservoir import PRESETS, RELEASED_LOGIT_SCALE, Reservoir, ReservoirConfig, stream_update
 
 from .conftest import HERE, TINY

@@ -152,7 +152,8 @@ def test_keep_rate_mapping_refuses_out_of_range():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(method="magic"), "unknown method 'magic'; choose one of tca, evit, tome, tome-paper, ats, none"),
+    (dict(method="magic"), "unknown method 'magic'; choose one of tca, evit, tome, tome-paper, ats, "
+                           "pitome, tofu, zero-tprune, repshift, none"),
     (dict(score="median"), "unknown score 'median'; choose one of mean, rank"),
     (dict(keep_rate="0.7"), "keep rate must be in (0, 1], got 0.7"),
     (dict(keep_rate=0.0), "keep rate must be in (0, 1], got 0.0"),

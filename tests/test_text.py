@@ -10,7 +10,7 @@ from open_clip.model import CustomTextCLIP
 
 import tca
 from tca import text
-from tca.models import TEMPLATES
+from tca.prompts import TEMPLATES
 
 
 def _long_label(tokenizer, template: str, n_tokens: int) -> str:

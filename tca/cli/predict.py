@@ -12,14 +12,10 @@ from ..config import (
 )
 from ..flops import CONVENTION, Geometry, macs_for, saved_percent
 from ..images import load_image
+from ..labels import parse_labels, validate_labels
 from ..methods import method
-from ..models import (
-    DEFAULT_MODEL,
-    TEMPLATES,
-    parse_labels,
-    validate_labels,
-)
-from ..prompts import PRESET_TEMPLATES, templates_for
+from ..models import DEFAULT_MODEL
+from ..prompts import PRESET_TEMPLATES, TEMPLATES, templates_for
 from .common import add_condense_args, add_model_args, config_from_args, load_from_args
 
 

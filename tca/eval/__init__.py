@@ -22,16 +22,19 @@ batch is done (a TCA run also keeps a reservoir snapshot plus an append-only log
 filed since), so rerunning the same command after a crash resumes where it stopped and loses
 nothing already computed. Unreadable images are reported, skipped and counted.
 
-Modules, one concept each: ``datasets`` (folders and manifests), ``settings`` (options, settings,
-stream orders), ``records`` (resumable per-run output), ``loader`` (image decoding), ``loop``
-(the evaluation), ``report`` (JSON, table, CSV, plot). The command line lives in ``tca.cli``.
+Modules, one concept each: ``datasets`` (folders and manifests), ``benchmark`` (clip_benchmark's
+data sets: its layouts, class names and templates), ``suites`` (the paper's suites and its
+numbers), ``settings`` (options, settings, stream orders), ``records`` (resumable per-run
+output), ``loader`` (image decoding), ``loop`` (the evaluation), ``grid`` (its cells, in turn or
+on Ray), ``report`` (JSON, table, CSV, plot). The command line lives in ``tca.cli``.
 """
 
 from ..errors import EvalError
-from .datasets import IMAGE_EXTENSIONS, Dataset, load_dataset
+from .benchmark import load_benchmark
+from .datasets import IMAGE_EXTENSIONS, Dataset, TarMember, load_dataset
 from .loader import Batch, default_workers
-from .loop import TOP_K, evaluate, run
-from .records import RECORDS_VERSION, ReservoirStore, Run, RunLog
+from .loop import TOP_K, evaluate, execute, run
+from .records import RECORDS_VERSION, ReservoirStore, Run, RunLog, check_records_dir
 from .report import (
     CSV_FIELDS,
     RANDOM_NOTE,
@@ -43,6 +46,7 @@ from .report import (
     write_json,
 )
 from .settings import (
+    BENCHMARK_TEMPLATES,
     DEFAULT_KEEP_RATES,
     DEFAULT_METHODS,
     EvalOptions,
@@ -54,6 +58,11 @@ from .settings import (
 __all__ = [
     "evaluate",
     "run",
+    "execute",
+    "load_benchmark",
+    "TarMember",
+    "check_records_dir",
+    "BENCHMARK_TEMPLATES",
     "EvalOptions",
     "load_dataset",
     "Dataset",

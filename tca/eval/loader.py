@@ -1,7 +1,8 @@
 """Image loading for evaluation: DataLoader workers decode while the model runs.
 
-Every failure to read one image (undecodable, missing, a dangling link) becomes that image's
-error message in :class:`Batch`; the evaluation reports, skips and counts it.
+Every failure to read one image (undecodable, missing, a dangling link, a link loop) becomes that
+image's error message in :class:`Batch`; the evaluation reports, skips and counts it. Images are
+files, or members of WebDataset tar shards read by offset.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 
 from ..errors import ImageError
 from ..images import load_image
+from .datasets import TarMember, link_problem
 
 
 class Batch(NamedTuple):
@@ -36,7 +38,7 @@ def default_workers() -> int:
 
 
 class _Images(torch.utils.data.Dataset):
-    def __init__(self, items: list[tuple[int, Path]], preprocess: Callable) -> None:
+    def __init__(self, items: list[tuple[int, Path | TarMember]], preprocess: Callable) -> None:
         self.items = items
         self.preprocess = preprocess
 
@@ -45,10 +47,17 @@ class _Images(torch.utils.data.Dataset):
 
     def __getitem__(self, j: int):
         k, path = self.items[j]
-        if path.is_symlink() and not path.exists():
-            return k, None, f"{path.name} is a symbolic link to a missing file"
+        if isinstance(path, Path) and (problem := link_problem(path)) is not None:
+            return k, None, problem
         try:
-            image = load_image(path)  # any unusable file: ImageError
+            if isinstance(path, TarMember):
+                try:
+                    data = path.read()
+                except OSError as exc:
+                    return k, None, f"{path.tar.name}: {exc.strerror or exc}"
+                image = load_image(data)
+            else:
+                image = load_image(path)  # any unusable file: ImageError
         except ImageError as exc:
             return k, None, str(exc)
         return k, self.preprocess(image), None  # a failure here is a bug: it keeps its traceback
@@ -67,7 +76,10 @@ def _worker_init(_: int) -> None:
 
 
 def batches(
-    items: list[tuple[int, Path]], preprocess: Callable, batch_size: int, workers: int
+    items: list[tuple[int, Path | TarMember]],
+    preprocess: Callable,
+    batch_size: int,
+    workers: int,
 ) -> Iterable[Batch]:
     """(stream position, path) items in order, ``batch_size`` at a time, decoded by
     ``workers`` processes (0: in this process)."""

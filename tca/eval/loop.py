@@ -14,24 +14,26 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..config import DEFAULT_LAYERS, CondenseConfig
+from ..errors import EvalError
 from ..flops import Geometry, count_macs, macs_for
-from ..models import ClipModel, validate_labels
+from ..labels import validate_labels
+from ..models import ClipModel
 from ..patch import encode, is_patched, patch
 from ..reservoir import RELEASED_LOGIT_SCALE, Reservoir, ReservoirConfig, stream_update
 from ..timing import elapsed_ms, synchronize
 from ..towers import tower_for
 from .datasets import Dataset
 from .loader import Batch, batches, default_workers
-from .records import RECORDS_VERSION, ReservoirStore, Run, RunLog
-from .report import empty_classes_note, summarise
-from .settings import DEFAULT_KEEP_RATES, DEFAULT_METHODS, EvalOptions
+from .records import RECORDS_VERSION, ReservoirStore, Run, RunLog, check_records_dir
+from .report import empty_classes_note, skipped_links_note, summarise
+from .settings import BENCHMARK_TEMPLATES, DEFAULT_KEEP_RATES, DEFAULT_METHODS, EvalOptions
 
 TOP_K = 5
 
@@ -131,19 +133,83 @@ def run(
     echo: Callable[[str], None] | None = None,
 ) -> dict:
     """:func:`evaluate` with its protocol options already checked (what the CLI calls)."""
+    done = execute(
+        clip,
+        dataset,
+        options,
+        num_workers=num_workers,
+        records_dir=records_dir,
+        fresh=fresh,
+        progress=progress,
+        on_batch=on_batch,
+        echo=echo,
+    )
+    return summarise(ModelFacts.of(clip), dataset, done.runs, done.geom, done.used, done.wall)
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What a report says about the model (picklable: a grid's workers send it back)."""
+
+    weights_description: str
+    is_random: bool
+    device: str
+
+    @classmethod
+    def of(cls, clip: ClipModel) -> ModelFacts:
+        return cls(clip.weights_description, clip.is_random, str(clip.device))
+
+
+class Executed(NamedTuple):
+    """The runs of one evaluation, done: their records (reservoirs dropped), the model's
+    geometry, the options as used, and the wall time."""
+
+    runs: list[Run]
+    geom: Geometry
+    used: dict
+    wall: float
+
+
+def execute(
+    clip: ClipModel,
+    dataset: Dataset,
+    options: EvalOptions,
+    *,
+    num_workers: int | None = None,
+    records_dir: str | os.PathLike | None = None,
+    fresh: bool = False,
+    progress: bool = True,
+    on_batch: Callable[[int, int], None] | None = None,
+    echo: Callable[[str], None] | None = None,
+    only_repeats: Sequence[int] | None = None,
+) -> Executed:
+    """Run (or resume) every run of ``options`` on ``dataset``; :func:`run` summarises them.
+
+    only_repeats: run just these stream orders (a cell of a grid, :mod:`tca.eval.grid`); their
+    records are the very files the whole run writes, so either resumes the other."""
     echo = echo or (lambda s: print(s, file=sys.stderr))
     if dataset.empty_classes:
         echo(f"warning: {empty_classes_note(dataset.empty_classes)}")
+    if dataset.skipped_links:
+        echo(f"warning: {skipped_links_note(dataset.skipped_links)}")
+    templates = dataset_templates(dataset, options.template_set)
     labels = validate_labels(
-        dataset.labels, clip.tokenizer, options.template_set, context_length=clip.context_length
+        dataset.labels, clip.tokenizer, templates, context_length=clip.context_length
     )
     orders = options.orders(len(dataset))
-    ctx = _context(clip, dataset, labels, options.template_set)
+    ctx = _context(clip, dataset, labels, templates)
     for s in options.settings:  # fail fast on settings this model cannot run (layers, K)
         macs_for(ctx.geom, s.config)
-    records = Path(records_dir) if records_dir is not None else None
-    runs_by_repeat = _open_runs(ctx, options, orders, _header(clip, ctx), records, fresh, echo)
+    records = check_records_dir(records_dir) if records_dir is not None else None
+    wanted = range(len(orders)) if only_repeats is None else sorted(set(only_repeats))
+    if not set(wanted) <= set(range(len(orders))):
+        raise EvalError(f"repeats {list(wanted)} asked for, but there are {len(orders)}")
+    runs_by_repeat = _open_runs(
+        ctx, options, orders, wanted, _header(clip, ctx), records, fresh, echo
+    )
     flat = [run_ for runs in runs_by_repeat for run_ in runs]
+    if not flat:
+        raise EvalError("nothing to run: order-independent settings run on repeat 0 only")
     resumed = sum(run_.log.done for run_ in flat)
     if resumed:
         echo(f"resuming: {resumed} image result(s) already in {records}")
@@ -151,16 +217,15 @@ def run(
     feed = _Feed(options.batch_size, workers, progress, on_batch)
     t_wall = time.perf_counter()
     try:
-        for r, (order, runs) in enumerate(zip(orders, runs_by_repeat)):
+        for r, runs in zip(wanted, runs_by_repeat):
             desc = f"repeat {r + 1}/{len(orders)}" if len(orders) > 1 else "eval"
-            _stream(ctx, feed, runs, order, r, desc)
+            _stream(ctx, feed, runs, orders[r], r, desc)
     finally:
         for run_ in flat:
             run_.log.close()
     wall = time.perf_counter() - t_wall
-    for run_ in flat:
-        if run_.store is not None:
-            run_.store.discard()  # complete: the JSONL records are all that is needed
+    # A complete TCA run keeps its reservoir store (one reservoir's worth of disk at most): if its
+    # last record line is ever cut, it resumes from the cut instead of recomputing the run.
     used = dict(
         batch_size=options.batch_size,
         templates=options.template_set,
@@ -176,10 +241,28 @@ def run(
         top_k=ctx.top_k,
         records=str(records) if records is not None else None,
     )
-    return summarise(clip, dataset, flat, ctx.geom, used, wall)
+    for run_ in flat:
+        run_.reservoir = None  # the records are the result; a reservoir is large
+        run_.store = None
+    return Executed(flat, ctx.geom, used, wall)
 
 
-def _context(clip: ClipModel, dataset: Dataset, labels: list[str], templates: str) -> _Context:
+def dataset_templates(dataset: Dataset, template_set: str) -> str | tuple[str, ...]:
+    """The templates to prompt with: the named set, or with ``clip_benchmark`` the data set's own
+    (clip_benchmark's, for its data sets)."""
+    if template_set != BENCHMARK_TEMPLATES:
+        return template_set
+    if not dataset.templates:
+        raise EvalError(
+            f"--templates {BENCHMARK_TEMPLATES}: {dataset.source} defines no prompt templates of "
+            f"its own (only clip_benchmark data sets do); choose a named set"
+        )
+    return dataset.templates
+
+
+def _context(
+    clip: ClipModel, dataset: Dataset, labels: list[str], templates: str | tuple[str, ...]
+) -> _Context:
     model = clip.model
     if not is_patched(model):
         patch(model, CondenseConfig(method="none"))
@@ -229,15 +312,17 @@ def _open_runs(
     ctx: _Context,
     options: EvalOptions,
     orders: list[list[int]],
+    wanted: Sequence[int],
     header: dict,
     records: Path | None,
     fresh: bool,
     echo: Callable[[str], None],
 ) -> list[list[Run]]:
-    """Every run of every repeat, resumed from ``records`` where they match."""
+    """Every run of every wanted repeat, resumed from ``records`` where they match."""
     settings, res_config = options.settings, options.reservoir
     out = []
-    for r, order in enumerate(orders):
+    for r in wanted:
+        order = orders[r]
         order_sig = _digest([ctx.dataset.rel(i) for i in order])
         runs = []
         for s in settings:
@@ -394,4 +479,4 @@ def _forward(run_: Run, ctx: _Context, batch: Batch, sel: list[int], out: dict[i
     run_.computed += len(sel)
 
 
-__all__ = ["evaluate", "run", "TOP_K"]
+__all__ = ["evaluate", "run", "execute", "Executed", "ModelFacts", "TOP_K"]

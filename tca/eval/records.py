@@ -16,6 +16,7 @@ from typing import IO
 import numpy as np
 import torch
 
+from ..errors import EvalError
 from ..reservoir import Reservoir
 from .settings import Setting
 
@@ -24,6 +25,19 @@ RECORDS_VERSION = 1
 # (times the reservoir's capacity), which bounds the disk it needs.
 COMPACT_FACTOR = 1
 COMPACT_MIN = 8
+
+
+def check_records_dir(path: str | os.PathLike) -> Path:
+    """``path`` as a records folder, or EvalError when it (or a folder above it) is a file."""
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists() and not p.is_dir():
+            what = "is a file" if p == path else f"lies under {str(p)!r}, which is a file"
+            raise EvalError(
+                f"--records {str(path)!r} {what}: records go in a folder (one JSONL file per "
+                f"run); give a folder path"
+            )
+    return path
 
 
 class RunLog:
@@ -206,4 +220,4 @@ class Run:
     resumed: int = 0  # stream positions taken from existing records
 
 
-__all__ = ["Run", "RunLog", "ReservoirStore", "RECORDS_VERSION"]
+__all__ = ["Run", "RunLog", "ReservoirStore", "RECORDS_VERSION", "check_records_dir"]

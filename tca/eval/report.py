@@ -8,7 +8,7 @@ import math
 import os
 import statistics
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
@@ -17,8 +17,19 @@ from ..flops import CONVENTION, Geometry, macs_for
 from .datasets import Dataset
 from .records import Run
 
-if TYPE_CHECKING:
-    from ..models import ClipModel
+
+class DescribesModel(Protocol):
+    """What a report needs to know of the model (a ClipModel or tca.eval.loop.ModelFacts)."""
+
+    @property
+    def weights_description(self) -> str: ...
+
+    @property
+    def is_random(self) -> bool: ...
+
+    @property
+    def device(self) -> object: ...
+
 
 RANDOM_NOTE = (
     "NOTE: this model has RANDOM weights (--pretrained none): the accuracy numbers are "
@@ -66,7 +77,12 @@ _AVERAGED = (
 
 
 def summarise(
-    clip: ClipModel, dataset: Dataset, runs: list[Run], geom: Geometry, options: dict, wall: float
+    clip: DescribesModel,
+    dataset: Dataset,
+    runs: list[Run],
+    geom: Geometry,
+    options: dict,
+    wall: float,
 ) -> dict:
     """The JSON-ready result of an evaluation: one entry per setting (in the order of the first
     repeat's runs), averaged over its repeats, plus the data set, options and machine."""
@@ -128,6 +144,8 @@ def summarise(
             "ignored_non_image_files": dataset.ignored_files,
             "empty_class_folders": list(dataset.empty_classes),
             "dangling_links": dataset.dangling_links,
+            "looping_links": dataset.looping_links,
+            "skipped_links": list(dataset.skipped_links),
         },
         "options": options,
         "machine": {
@@ -197,6 +215,10 @@ def format_table(result: dict) -> str:
         )
     if ds.get("dangling_links"):
         lines.append(f"{ds['dangling_links']} of them: symbolic link(s) to missing files")
+    if ds.get("looping_links"):
+        lines.append(f"{ds['looping_links']} of them: symbolic link loop(s)")
+    if ds.get("skipped_links"):
+        lines.append(skipped_links_note(ds["skipped_links"]))
     if ds.get("empty_class_folders"):
         lines.append(empty_classes_note(ds["empty_class_folders"]))
     if result["random_weights"]:
@@ -209,6 +231,15 @@ def empty_classes_note(names: list[str]) -> str:
     shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
     return (
         f"ignored {len(names)} empty class folder(s) (no images, so not candidate labels): {shown}"
+    )
+
+
+def skipped_links_note(links: list[str]) -> str:
+    """The line that names the folder links not followed because they lead back into the tree."""
+    shown = ", ".join(links[:5]) + (", ..." if len(links) > 5 else "")
+    return (
+        f"skipped {len(links)} folder link(s) leading back into the data folder (their images "
+        f"would count twice): {shown}"
     )
 
 
@@ -363,6 +394,7 @@ __all__ = [
     "write_json",
     "plot",
     "empty_classes_note",
+    "skipped_links_note",
     "RANDOM_NOTE",
     "CSV_FIELDS",
 ]

@@ -13,13 +13,14 @@ from typing import Sequence
 from ..config import DEFAULT_LAYERS, METHODS, CondenseConfig
 from ..errors import ConfigError, EvalError
 from ..methods import COMPARED, method
-from ..models import resolve_templates
-from ..prompts import templates_for
+from ..prompts import resolve_templates, templates_for
 from ..reservoir import ReservoirConfig
 from ..reservoir import preset as reservoir_preset
 
 DEFAULT_METHODS = ("none", *COMPARED)
 DEFAULT_KEEP_RATES = (0.9, 0.7)
+# --templates value: the data set's own templates (clip_benchmark's), not a named set.
+BENCHMARK_TEMPLATES = "clip_benchmark"
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,8 @@ class EvalOptions:
             raise EvalError(f"--batch-size must be >= 1, got {self.batch_size}")
         stream_orders(0, self.shuffle_seed, self.repeats, self.limit)  # checks the order options
         reservoir_preset(self.preset)
-        resolve_templates(self.template_set)
+        if self.template_set != BENCHMARK_TEMPLATES:  # the data set's own: checked in run()
+            resolve_templates(self.template_set)
 
     @property
     def settings(self) -> list[Setting]:
@@ -168,4 +170,5 @@ __all__ = [
     "stream_orders",
     "DEFAULT_METHODS",
     "DEFAULT_KEEP_RATES",
+    "BENCHMARK_TEMPLATES",
 ]
