@@ -16,6 +16,7 @@ from .images import load_image
 from .labels import parse_labels, validate_labels
 from .models import ClipModel
 from .patch import Encoded, encode, is_patched, patch
+from .precision import precision_of
 from .reservoir import Reservoir, stream_update
 from .timing import elapsed_ms
 from .trace import Trace
@@ -58,6 +59,7 @@ class RunResult:
     reservoir: dict | None = None
     anchors_used: bool = False
     cls_tokens: torch.Tensor | None = field(default=None, repr=False)
+    precision: str = "fp32"  # the model's precision (tca.precision): fp32, bf16 or fp16
 
     @property
     def shift(self) -> dict[str, float]:
@@ -86,6 +88,7 @@ class RunResult:
         out = {
             "model": self.model,
             "random_weights": self.random_weights,
+            "precision": self.precision,
             "settings": {
                 "method": self.config.method,
                 "keep_rate": self.config.keep_rate,
@@ -275,6 +278,7 @@ def classify_checked(
         trace=enc.trace,
         anchors_used=enc.anchors_used,
         cls_tokens=enc.cls_tokens,
+        precision=precision_of(clip),
     )
     if reservoir is not None and use_reservoir and enc.cls_tokens is not None:
         corrected = stream_update(reservoir, enc.cls_tokens, logits.detach(), z, clip.logit_scale)

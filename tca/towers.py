@@ -113,6 +113,13 @@ class Tower:
         raise NotImplementedError
 
     @staticmethod
+    def own_attention(block, x: torch.Tensor) -> torch.Tensor:
+        """The block's own pre-norm and attention module, unmodified (its fused kernel), on
+        x (B, N, D): (B, N, D) before layer scale. With :meth:`attn_residual` and
+        :meth:`mlp_residual` it is the block's forward split at the condensing point."""
+        raise NotImplementedError
+
+    @staticmethod
     def attn_residual(block, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
@@ -209,6 +216,10 @@ class OpenClipViT(Tower):
     def attn_out(block, o):
         b, h, n, dh = o.shape
         return block.attn.out_proj(o.transpose(1, 2).reshape(b, n, h * dh))
+
+    @staticmethod
+    def own_attention(block, x):
+        return block.attention(block.ln_1(x))
 
     @staticmethod
     def attn_residual(block, x, out):
@@ -336,6 +347,10 @@ class TimmViT(Tower):
         b, h, n, dh = o.shape
         attn = block.attn
         return attn.proj_drop(attn.proj(attn.norm(o.transpose(1, 2).reshape(b, n, h * dh))))
+
+    @staticmethod
+    def own_attention(block, x):
+        return block.attn(block.norm1(x))
 
     @staticmethod
     def attn_residual(block, x, out):

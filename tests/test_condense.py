@@ -456,3 +456,30 @@ def test_ats_functions_create_everything_on_the_input_device():
           if t is not None],
     ]
     assert [t.device.type for t in outs] == ["meta"] * 6
+
+
+def test_row_helpers_equal_gather_and_scatter_add_bit_for_bit():
+    """take_tokens / add_rows (index_select / index_add_ of whole rows) give exactly what gather
+    / scatter_add_ with an index expanded over D give, in float32 and bfloat16."""
+    gen = torch.Generator().manual_seed(5)
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.randn(3, 11, 7, generator=gen).to(dtype)
+        idx = torch.stack([torch.randperm(11, generator=gen)[:6] for _ in range(3)])
+        want = x.gather(1, idx.unsqueeze(-1).expand(-1, -1, 7))
+        got = condense.take_tokens(x, idx)
+        assert got.dtype == dtype and torch.equal(got, want)
+        assert condense.take_tokens(x, idx[:, :0]).shape == (3, 0, 7)
+        dest = torch.randint(0, 4, (3, 11), generator=gen)  # many rows share a destination
+        src = torch.randn(3, 11, 7, generator=gen).to(dtype)
+        want = torch.zeros(3, 4, 7, dtype=dtype).scatter_add_(1, dest.unsqueeze(-1).expand(3, 11, 7),
+                                                              src)
+        out = torch.zeros(3, 4, 7, dtype=dtype)
+        assert condense.add_rows(out, dest, src) is out and torch.equal(out, want)
+
+
+def test_as_float32_leaves_float32_alone_and_densifies_half_views():
+    x = torch.randn(2, 5, 3, 4).permute(0, 2, 1, 3)  # a strided view, like q / k of the qkv
+    assert condense.as_float32(x) is x
+    half = x.bfloat16()
+    got = condense.as_float32(half)
+    assert got.dtype == torch.float32 and got.is_contiguous() and torch.equal(got, half.float())

@@ -171,3 +171,104 @@ def test_cuda_half_precision_matches_cpu_fp32(precision):
             got = tca.encode(clip.model, x.cuda(), config, trace=True).features
         assert got.device.type == "cuda"
         _close_enough(got.cpu(), want, precision)
+
+
+# --------------------------------------------------------------------------- the default precision
+
+SAPPHIRE_RAPIDS = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+SKYLAKE = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw\n"
+ZEN4 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n"
+GRAVITON2 = "processor\t: 0\nFeatures\t: fp asimd evtstrm aes crc32 atomics\n"
+
+
+def test_native_bf16_is_read_from_the_cpu_flags():
+    from tca.precision import bf16_support, cpu_flags
+
+    assert cpu_flags(SKYLAKE) == frozenset({"fpu", "sse2", "avx2", "avx512f", "avx512bw"})
+    assert bf16_support(SAPPHIRE_RAPIDS).features == ("AMX", "AVX-512 BF16")
+    assert bf16_support(ZEN4).features == ("AVX-512 BF16",)
+    assert bf16_support(SKYLAKE).features == () and not bf16_support(SKYLAKE).native
+    assert bf16_support(GRAVITON2).features == () and bf16_support(GRAVITON2).source == "/proc/cpuinfo"
+    assert bf16_support("").source == "none"
+    assert bf16_support(SAPPHIRE_RAPIDS).describe() == "native bfloat16 (AMX, AVX-512 BF16)"
+    assert bf16_support(SKYLAKE).describe() == "no native bfloat16 on this CPU (float32 is faster)"
+
+
+def test_default_is_bf16_on_a_native_bf16_cpu_and_fp32_elsewhere():
+    from tca.precision import bf16_support, default_precision, resolve
+
+    amx, skylake = bf16_support(SAPPHIRE_RAPIDS), bf16_support(SKYLAKE)
+    assert default_precision("cpu", amx) == "bf16"
+    assert default_precision("cpu", bf16_support(ZEN4)) == "bf16"
+    assert default_precision("cpu", skylake) == "fp32"
+    assert default_precision("cuda", amx) == "fp32"
+    assert default_precision(torch.device("cuda", 1), amx) == "fp32"
+    assert resolve("auto", "cpu", amx) == "bf16" and resolve("auto", "cpu", skylake) == "fp32"
+    assert resolve("fp32", "cpu", amx) == "fp32" and resolve("bf16", "cpu", skylake) == "bf16"
+    with pytest.raises(ConfigError, match="unknown precision 'fp8'; choose one of auto, fp32"):
+        resolve("fp8", "cpu", amx)
+
+
+def test_this_machine_is_detected_as_its_cpuinfo_says():
+    """torch's own query and /proc/cpuinfo agree here (the issue's Xeon has AMX: bf16 default)."""
+    from tca.precision import CPUINFO, bf16_support, default_precision
+
+    if not CPUINFO.exists():
+        pytest.skip("no /proc/cpuinfo")
+    by_flags = bf16_support(CPUINFO.read_text())
+    detected = bf16_support()
+    assert detected.features == by_flags.features
+    assert default_precision() == ("bf16" if by_flags.native else "fp32")
+
+
+@pytest.mark.parametrize("name", [TINY, "tca-tiny-timm-token"])
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_cast_is_open_clips_mixed_precision_bit_for_bit(name, precision):
+    from tca.precision import cast, precision_of
+
+    f32 = tca.load_model(name, pretrained="none", seed=0)
+    before = {k: v.clone() for k, v in f32.model.state_dict().items()}
+    want = tca.load_model(name, pretrained="none", seed=0, precision=precision)
+    got = cast(f32, precision)
+    assert precision_of(got) == precision and got.dtype == DTYPES[precision]
+    assert got.model is not f32.model and got.text_cache is not f32.text_cache
+    a, b = want.model.state_dict(), got.model.state_dict()
+    assert list(a) == list(b)
+    assert all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
+    assert [type(m) for m in want.model.modules()] == [type(m) for m in got.model.modules()]
+    x = _images(2, seed=4)
+    with torch.inference_mode():
+        assert torch.equal(got.model.encode_image(x.to(got.dtype)),
+                           want.model.encode_image(x.to(want.dtype)))
+    # the float32 model is untouched and still float32
+    assert precision_of(f32) == "fp32"
+    assert all(torch.equal(v, before[k]) for k, v in f32.model.state_dict().items())
+    assert cast(f32, "fp32") is f32 and cast(got, precision) is got
+
+
+def test_cast_refuses_half_to_float_and_unknown_names(tiny_by_precision):
+    from tca.precision import cast
+
+    with pytest.raises(ConfigError, match="cannot cast a bf16 model to fp32: load it in fp32"):
+        cast(tiny_by_precision["bf16"], "fp32")
+    with pytest.raises(ConfigError, match="unknown precision 'auto'"):
+        cast(tiny_by_precision["fp32"], "auto")  # resolve() first
+
+
+def test_run_result_states_its_precision(tiny_by_precision, example_image):
+    for name in ("fp32", "bf16"):
+        result = tca.classify(tiny_by_precision[name], example_image, "cat,dog",
+                              CondenseConfig(keep_rate=0.7), trace=False)
+        assert result.precision == name and result.to_dict()["precision"] == name
+
+
+def test_cli_precision_defaults_to_the_detected_one(example_image):
+    from tca.precision import default_precision
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TCA_MODEL_CONFIGS": str(HERE / "model_configs")}
+    out = subprocess.run(
+        [sys.executable, "-m", "tca", "predict", str(example_image), "--labels", "cat,dog",
+         "--model", TINY, "--pretrained", "none", "--json"],
+        capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["precision"] == default_precision("cpu")

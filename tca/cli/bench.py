@@ -40,6 +40,7 @@ def _names(text: str) -> list[str]:
 def add_bench_parser(sub) -> None:
     from ..bench import (
         BENCH_METHODS,
+        CLOCKS,
         DEFAULT_BATCH_SIZES,
         DEFAULT_KEEP_RATES,
         DEFAULT_METHODS,
@@ -82,10 +83,24 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
     p.add_argument("--trace", action="store_true", help="also time tca with tracing on")
     p.add_argument(
+        "--no-limits",
+        dest="limits",
+        action="store_false",
+        help="skip the zero-overhead limit rows (the tower's own blocks on each setting's "
+        "token counts, tokens sliced, no scoring; timed by default)",
+    )
+    p.add_argument(
         "--statistic",
         choices=tuple(STATISTICS),
         default="median",
         help="per-row summary of the repeats (default median; min = least disturbed)",
+    )
+    p.add_argument(
+        "--clock",
+        choices=tuple(CLOCKS),
+        default="wall",
+        help="wall (default): elapsed time; cpu: CPU time of the timing thread, which leaves "
+        "out waiting for a core on a loaded machine (use with --threads 1, on the CPU)",
     )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
@@ -105,6 +120,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         args.warmup,
         args.trace,
         args.statistic,
+        args.limits,
     )  # before the model loads
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -125,6 +141,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         name=clip.weights_description,
         statistic=args.statistic,
         progress=say,
+        limits=args.limits,
+        clock=args.clock,
     )
     result["random_weights"] = clip.is_random
     print(json.dumps(result) if args.json else bench.format_table(result))

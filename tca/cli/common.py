@@ -20,10 +20,10 @@ from ..errors import CliError
 from ..models import (
     DEFAULT_MODEL,
     DEFAULT_PRETRAINED,
-    PRECISIONS,
     ClipModel,
     load_model,
 )
+from ..precision import AUTO, PRECISION_CHOICES, resolve
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -48,10 +48,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--precision",
-        default="fp32",
-        choices=PRECISIONS,
-        help="fp32, or open_clip's mixed fp16 / bf16 (half-precision weights, "
-        "LayerNorms, distances and logits in float32; default fp32)",
+        default=AUTO,
+        choices=PRECISION_CHOICES,
+        help="auto (default: bf16 on a CPU with native bfloat16, AMX or AVX-512 BF16; fp32 "
+        "elsewhere and on CUDA), fp32 (exact, as in the paper), or open_clip's mixed fp16 / "
+        "bf16 (half-precision weights; LayerNorms, distances and logits in float32)",
     )
 
 
@@ -91,13 +92,14 @@ def config_from_args(args: argparse.Namespace) -> CondenseConfig:
 
 
 def load_from_args(args: argparse.Namespace) -> ClipModel:
+    device = parse_device(args.device)
     return load_model(
         args.model,
         args.pretrained,
         args.checkpoint,
-        device=parse_device(args.device),
+        device=device,
         seed=args.seed,
-        precision=args.precision,
+        precision=resolve(args.precision, device),
     )
 
 

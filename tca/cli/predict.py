@@ -75,7 +75,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     k = max(1, args.top_k)
     if clip.is_random:
         print("WARNING: random weights (--pretrained none): predictions are meaningless.")
-    print(f"model: {result.model}")
+    print(f"model: {result.model} ({result.precision})")
     print(f"condensation: {config.describe()}")
     print(f"prompt templates: {templates} ({len(TEMPLATES[templates])})")
     print(f"\n{'label':<28}{'baseline':>10}{'condensed':>11}{'shift':>9}")

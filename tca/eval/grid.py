@@ -44,6 +44,8 @@ class ModelSpec:
     config_dir: str | None = None
 
     def load(self) -> ClipModel:
+        from ..precision import resolve as resolve_precision
+
         if self.config_dir:
             import open_clip
 
@@ -54,7 +56,8 @@ class ModelSpec:
             self.checkpoint,
             device=self.device,
             seed=self.seed,
-            precision=self.precision,
+            # "auto" is resolved here, on the worker: its own CPU decides (tca.precision)
+            precision=resolve_precision(self.precision, self.device),
         )
 
 
