@@ -70,6 +70,21 @@ def contrast(fg: str, bg: str) -> float:
     return (a + 0.05) / (b + 0.05)
 
 
+def _open(pg, url: str) -> None:
+    """Load the page and wait until it answers events: the first screen is in the HTML before
+    the page is connected, so a click that early is lost. A strip tile's click is answered by
+    the server (the layer panel moves to that block), then back to the last block."""
+    pg.goto(url)
+    expect(pg.locator("#layer-info")).to_contain_text("tokens =", timeout=TIMEOUT)
+    tiles = pg.locator("#layer-strip button.thumbnail-item")
+    tiles.nth(0).click()
+    expect(pg.locator("#layer-info")).to_contain_text("After block 0", timeout=TIMEOUT)
+    tiles.nth(tiles.count() - 1).click()
+    expect(pg.locator("#layer-info")).to_contain_text(
+        f"After block {tiles.count() - 1}", timeout=TIMEOUT
+    )
+
+
 def test_contrast_formula():
     assert contrast("rgb(0, 0, 0)", "rgb(255, 255, 255)") == pytest.approx(21.0)
     assert contrast("rgb(118, 118, 118)", "rgb(255, 255, 255)") == pytest.approx(4.54, abs=0.01)
@@ -95,8 +110,7 @@ def test_banner_and_shift_colours_are_readable(browser, url, theme):
 
 def test_stacked_counts_add_up_on_the_page_for_every_method(browser, url):
     pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-    pg.goto(url)
-    expect(pg.locator("#layer-info")).to_contain_text("tokens =", timeout=TIMEOUT)
+    _open(pg, url)
     for m in METHODS.values():
         pg.get_by_text(m.label, exact=True).click()
         pg.locator("#run-button").click()
@@ -121,8 +135,7 @@ def test_stacked_counts_add_up_on_the_page_for_every_method(browser, url):
 
 def test_following_a_patch_shows_why(browser, url):
     pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-    pg.goto(url)
-    expect(pg.locator("#layer-info")).to_contain_text("tokens =", timeout=TIMEOUT)
+    _open(pg, url)
     expect(pg.locator("#why-chart")).to_be_hidden()
     img = pg.locator("#layer-map img")
     box = img.bounding_box()
@@ -136,8 +149,7 @@ def test_following_a_patch_shows_why(browser, url):
 
 def test_one_click_stream_demo_reaches_active_anchors(browser, url):
     pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-    pg.goto(url)
-    expect(pg.locator("#layer-info")).to_contain_text("tokens =", timeout=TIMEOUT)
+    _open(pg, url)
     pg.get_by_text("Stream mode: TCA's reservoir").first.click()
     pg.locator("#stream-demo-button").click()
     panel = pg.locator("#stream-demo")
@@ -179,8 +191,7 @@ def test_all_24_strip_tiles_inside_the_strip(browser, url24, width, height):
 
 def test_an_input_error_keeps_the_last_run_intact_and_outdated(browser, url):
     pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-    pg.goto(url)
-    expect(pg.locator("#layer-info")).to_contain_text("tokens =", timeout=TIMEOUT)
+    _open(pg, url)
     before = {sel: pg.locator(sel).inner_text() for sel in ("#condensed-label", "#layer-info")}
     map_src = pg.locator("#layer-map img").get_attribute("src")
     blocks = pg.locator("#layers-input textarea, #layers-input input").first
