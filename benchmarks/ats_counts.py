@@ -7,6 +7,7 @@ each (per-image counts through the padded path); GMACs are per image from its ow
 averaged as the ATS paper reports them. With random weights the scores are nearly uniform, so
 ATS keeps close to its budget; trained CLIP concentrates them and keeps fewer.
 """
+
 from __future__ import annotations
 
 import sys
@@ -36,10 +37,14 @@ def main() -> int:
             gmacs = mean_gmacs(macs_per_image(geom, enc.schedule, enc.tokens_per_image))
             counts = " ".join("/".join(str(t[i]) for i in (3, 6, 9)) for t in enc.tokens_per_image)
             print(f"{name:<8}{r:>5}  {counts[:58]:<60}{gmacs:>11.3f}")
-    budget = {r: tca.macs_for(geom, tca.CondenseConfig(method="ats", keep_rate=r)).gmacs
-              for r in (0.9, 0.7)}
-    print(f"budget (upper bound): R=0.9 {budget[0.9]:.3f}, R=0.7 {budget[0.7]:.3f} GMACs; "
-          "paper (trained CLIP): 11.15, 8.76")
+    budget = {
+        r: tca.macs_for(geom, tca.CondenseConfig(method="ats", keep_rate=r)).gmacs
+        for r in (0.9, 0.7)
+    }
+    print(
+        f"budget (upper bound): R=0.9 {budget[0.9]:.3f}, R=0.7 {budget[0.7]:.3f} GMACs; "
+        "paper (trained CLIP): 11.15, 8.76"
+    )
     return 0
 
 

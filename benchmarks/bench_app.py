@@ -23,6 +23,7 @@ Measured, interleaved round by round, medians reported:
 Targets: run <= 1.2 x bare2, sweep <= 3 x run, first screen <= 3 s, rerender <= 100 ms,
 cold start <= 20 s. Timings are not asserted anywhere; the table is for the README.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -80,8 +81,20 @@ def measure(repeats: int) -> dict[str, list[float]]:
             bare.model.encode_image(pixels)
 
     def classify():
-        return app.classify(str(IMAGE), LABELS, MODEL, "tca", 0.7, "3,6,9", 2, "mean", "single",
-                            False, None, progress=_NoProgress())
+        return app.classify(
+            str(IMAGE),
+            LABELS,
+            MODEL,
+            "tca",
+            0.7,
+            "3,6,9",
+            2,
+            "mean",
+            "single",
+            False,
+            None,
+            progress=_NoProgress(),
+        )
 
     def display(state):
         out = app.show_run(state, 11, "fates", False, 0.5, None, 12, False, None)
@@ -92,8 +105,20 @@ def measure(repeats: int) -> dict[str, list[float]]:
         return out
 
     def sweep(state=None):
-        out = app.sweep(str(IMAGE), LABELS, MODEL, "tca", 0.7, "3,6,9", 2, "mean", "single",
-                        False, state, progress=_NoProgress())
+        out = app.sweep(
+            str(IMAGE),
+            LABELS,
+            MODEL,
+            "tca",
+            0.7,
+            "3,6,9",
+            2,
+            "mean",
+            "single",
+            False,
+            state,
+            progress=_NoProgress(),
+        )
         image_out.postprocess(out[app.ui["sweep_plot"]])
 
     # warm-up: loads, patches, text embeddings cached, first-call allocations
@@ -103,9 +128,24 @@ def measure(repeats: int) -> dict[str, list[float]]:
     display(state)
     t_cold_text = (time.perf_counter() - t0) * 1e3
     sweep()
-    rows: dict[str, list[float]] = {k: [] for k in (
-        "bare2", "run", "classify", "display", "maps", "rerender", "ratio", "chart",
-        "ratio_chart", "sweep", "ratio_sweep", "sweep_fresh", "ratio_sweep_fresh")}
+    rows: dict[str, list[float]] = {
+        k: []
+        for k in (
+            "bare2",
+            "run",
+            "classify",
+            "display",
+            "maps",
+            "rerender",
+            "ratio",
+            "chart",
+            "ratio_chart",
+            "sweep",
+            "ratio_sweep",
+            "sweep_fresh",
+            "ratio_sweep_fresh",
+        )
+    }
     for _ in range(repeats):
         b, _ = _ms(bare2)
         t_cls, (summary, state, _) = _ms(classify)
@@ -118,11 +158,22 @@ def measure(repeats: int) -> dict[str, list[float]]:
         def rerender(state=state):
             img = app.show_layer(state, 6, "fates", True, 0.5)[app.ui["map"]]["value"]
             image_out.postprocess(img)
+
         r, _ = _ms(rerender)
         res = state.result
-        c, _ = _ms(lambda res=res, state=state: image_out.postprocess(charts.figure_to_array(
-            charts.tokens_chart(res.baseline_tokens, res.tokens_per_layer,
-                                state.trace.condensing_layers, "tca", current=11))))
+        c, _ = _ms(
+            lambda res=res, state=state: image_out.postprocess(
+                charts.figure_to_array(
+                    charts.tokens_chart(
+                        res.baseline_tokens,
+                        res.tokens_per_layer,
+                        state.trace.condensing_layers,
+                        "tca",
+                        current=11,
+                    )
+                )
+            )
+        )
         rows["chart"].append(c)
         rows["ratio_chart"].append((t_cls + t_disp + c) / b)
         rows["bare2"].append(b)
@@ -161,8 +212,10 @@ def first_screen(loads: int = 5, mode: str = "now") -> list[float] | None:
                 t0 = time.perf_counter()
                 pg.goto(url)
                 pg.locator("#layer-map img").wait_for(state="visible", timeout=60_000)
-                pg.wait_for_function("() => { const i = document.querySelector('#layer-map img');"
-                                     " return i && i.complete && i.naturalWidth > 0; }")
+                pg.wait_for_function(
+                    "() => { const i = document.querySelector('#layer-map img');"
+                    " return i && i.complete && i.naturalWidth > 0; }"
+                )
                 out.append(time.perf_counter() - t0)
                 pg.close()
             b.close()
@@ -182,12 +235,22 @@ def cold_start(timeout: float = 180.0, mode: str = "now") -> tuple[float, float]
     from gradio_client import Client, handle_file
 
     port = _free_port()
-    env = dict(os.environ, GRADIO_SERVER_PORT=str(port), TCA_MODEL=MODEL, HF_HUB_OFFLINE="1",
-               TCA_FIRST_SCREEN=mode)
+    env = dict(
+        os.environ,
+        GRADIO_SERVER_PORT=str(port),
+        TCA_MODEL=MODEL,
+        HF_HUB_OFFLINE="1",
+        TCA_FIRST_SCREEN=mode,
+    )
     env.pop("TCA_PRETRAINED", None)  # the default (openai): offline it falls back to random
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "app.py")],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}/"
     try:
         serving = None
@@ -212,13 +275,17 @@ def cold_start(timeout: float = 180.0, mode: str = "now") -> tuple[float, float]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--no-cold-start", action="store_true")
     ap.add_argument("--no-browser", action="store_true")
     args = ap.parse_args()
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpus {os.cpu_count()}, "
-          f"model {MODEL} (random weights), image {IMAGE.name}, labels: {LABELS}")
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpus {os.cpu_count()}, "
+        f"model {MODEL} (random weights), image {IMAGE.name}, labels: {LABELS}"
+    )
     rows = measure(args.repeats)
     med = {k: statistics.median(v) for k, v in rows.items()}
     print(f"\n{'measure':58s} {'median':>10s}  {'min':>9s}  target")
@@ -236,7 +303,11 @@ def main() -> None:
         ("  sweep without a Run / one Run (per round)", "ratio_sweep_fresh", ""),
         ("render all 12 layer maps (ms)", "maps", ""),
         ("re-render after a display-only change (ms)", "rerender", "<= 100"),
-        ("first Run of a fresh App (loads the model, encodes text) (ms)", "first_run_cold_text", ""),
+        (
+            "first Run of a fresh App (loads the model, encodes text) (ms)",
+            "first_run_cold_text",
+            "",
+        ),
     ]
     for name, key, target in table:
         fmt = "{:10.2f}" if key.startswith("ratio") else "{:10.1f}"
@@ -247,16 +318,22 @@ def main() -> None:
             if loads is None:
                 print("first screen: no chromium found (TCA_BROWSER), skipped")
                 break
-            print(f"{'first screen (' + mode + '): page load -> map visible (s)':58s} "
-                  f"{statistics.median(loads):10.2f}  {min(loads):9.2f}  <= 3")
+            print(
+                f"{'first screen (' + mode + '): page load -> map visible (s)':58s} "
+                f"{statistics.median(loads):10.2f}  {min(loads):9.2f}  <= 3"
+            )
     if not args.no_cold_start:
         for mode in ("now", "background"):
             serving, first = cold_start(mode=mode)
-            print(f"{'cold start (' + mode + '): python app.py -> HTTP 200 (s)':58s} "
-                  f"{serving:10.1f}  {'':9s}  <= 20")
+            print(
+                f"{'cold start (' + mode + '): python app.py -> HTTP 200 (s)':58s} "
+                f"{serving:10.1f}  {'':9s}  <= 20"
+            )
             print(f"{'  -> first /classify result (s)':58s} {first:10.1f}")
-    print(f"\n{args.repeats} interleaved rounds; medians. The machine may be shared: compare "
-          "within one table, not across runs.")
+    print(
+        f"\n{args.repeats} interleaved rounds; medians. The machine may be shared: compare "
+        "within one table, not across runs."
+    )
 
 
 if __name__ == "__main__":

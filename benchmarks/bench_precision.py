@@ -44,9 +44,13 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--clock", choices=tuple(bench.CLOCKS), default="wall",
-                   help="wall (default) or cpu: CPU time of the timing thread (with --threads 1; "
-                        "leaves out waiting for a core on a loaded machine)")
+    p.add_argument(
+        "--clock",
+        choices=tuple(bench.CLOCKS),
+        default="wall",
+        help="wall (default) or cpu: CPU time of the timing thread (with --threads 1; "
+        "leaves out waiting for a core on a loaded machine)",
+    )
     p.add_argument("--json", default=None, help="also write the results to this file")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -63,8 +67,7 @@ def main(argv=None) -> int:
     ]
     gen = torch.Generator().manual_seed(0)
     images = {b: torch.randn(b, 3, 224, 224, generator=gen) for b in batches}
-    inputs = {(p, b): images[b].to(input_dtype(m)) for p, m in models.items()
-              for b in batches}
+    inputs = {(p, b): images[b].to(input_dtype(m)) for p, m in models.items() for b in batches}
     samples: dict[tuple[str, int, str], list[float]] = {
         (p, r.batch_size, r.name): [] for p, r in rows
     }
@@ -74,22 +77,29 @@ def main(argv=None) -> int:
         for rep in range(args.warmup + args.repeats):
             shift = rep % len(rows)
             for prec, row in rows[shift:] + rows[:shift]:
-                ms = bench._time_once(models[prec], row, inputs[(prec, row.batch_size)],
-                                      bench.CLOCKS[args.clock])
+                ms = bench._time_once(
+                    models[prec], row, inputs[(prec, row.batch_size)], bench.CLOCKS[args.clock]
+                )
                 if rep >= args.warmup:
                     samples[(prec, row.batch_size, row.name)].append(ms)
-            print(f"round {rep + 1}/{args.warmup + args.repeats} "
-                  f"({time.perf_counter() - t_start:.0f} s)", file=sys.stderr, flush=True)
+            print(
+                f"round {rep + 1}/{args.warmup + args.repeats} "
+                f"({time.perf_counter() - t_start:.0f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
     load_after = os.getloadavg()
     med = {k: statistics.median(v) for k, v in samples.items()}
     low = {k: min(v) for k, v in samples.items()}
     setting = f"{args.method} R={args.keep_rate:g}"
     names = (bench.UNPATCHED, setting, setting + bench.LIMIT_SUFFIX)
     info = bench.machine_info()
-    print(f"{args.model} (random weights) | {info['processor']}, {info['cpu_bf16']} | "
-          f"torch {torch.__version__}, {args.threads} thread(s), {args.clock} clock | median (min) of "
-          f"{args.repeats} interleaved repeats after {args.warmup} warm-up | load average "
-          f"before {[round(x, 2) for x in load_before]}, after {[round(x, 2) for x in load_after]}")
+    print(
+        f"{args.model} (random weights) | {info['processor']}, {info['cpu_bf16']} | "
+        f"torch {torch.__version__}, {args.threads} thread(s), {args.clock} clock | median (min) of "
+        f"{args.repeats} interleaved repeats after {args.warmup} warm-up | load average "
+        f"before {[round(x, 2) for x in load_before]}, after {[round(x, 2) for x in load_after]}"
+    )
     head = f"{'batch':>5} {'precision':>9}  " + "".join(f"{n:>28}" for n in names)
     print(head + f"{'setting/unpatched':>19}{'setting vs limit':>18}")
     out = []
@@ -99,23 +109,50 @@ def main(argv=None) -> int:
                 f"{med[(prec, b, n)]:>17.1f} ms ({low[(prec, b, n)]:>5.1f})" for n in names
             )
             base, cond, lim = (med[(prec, b, n)] for n in names)
-            print(f"{b:>5} {prec:>9}  {cells}{base / cond:>18.2f}x{100 * (cond / lim - 1):>+17.1f}%")
-            out.append({"batch_size": b, "precision": prec,
-                        **{n: {"median_ms": med[(prec, b, n)], "min_ms": low[(prec, b, n)],
-                               "samples_ms": samples[(prec, b, n)]} for n in names},
-                        "speedup_over_unpatched": base / cond,
-                        "limit_speedup_over_unpatched": base / lim,
-                        "overhead_vs_limit_percent": 100 * (cond / lim - 1)})
+            print(
+                f"{b:>5} {prec:>9}  {cells}{base / cond:>18.2f}x{100 * (cond / lim - 1):>+17.1f}%"
+            )
+            out.append(
+                {
+                    "batch_size": b,
+                    "precision": prec,
+                    **{
+                        n: {
+                            "median_ms": med[(prec, b, n)],
+                            "min_ms": low[(prec, b, n)],
+                            "samples_ms": samples[(prec, b, n)],
+                        }
+                        for n in names
+                    },
+                    "speedup_over_unpatched": base / cond,
+                    "limit_speedup_over_unpatched": base / lim,
+                    "overhead_vs_limit_percent": 100 * (cond / lim - 1),
+                }
+            )
         f32, b16 = (med[(p, b, bench.UNPATCHED)] for p in ("fp32", "bf16"))
-        print(f"{'':>5} bf16 over fp32, unpatched: {f32 / b16:.2f}x; {setting}: "
-              f"{med[('fp32', b, setting)] / med[('bf16', b, setting)]:.2f}x")
+        print(
+            f"{'':>5} bf16 over fp32, unpatched: {f32 / b16:.2f}x; {setting}: "
+            f"{med[('fp32', b, setting)] / med[('bf16', b, setting)]:.2f}x"
+        )
     if args.json:
-        Path(args.json).write_text(json.dumps({
-            "tool": "benchmarks/bench_precision.py", "model": args.model, "threads": args.threads,
-            "clock": args.clock,
-            "repeats": args.repeats, "warmup": args.warmup, "cpu_bf16": bf16_support().describe(),
-            "machine": info, "load_average_before": load_before, "load_average_after": load_after,
-            "rows": out}, indent=1))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "tool": "benchmarks/bench_precision.py",
+                    "model": args.model,
+                    "threads": args.threads,
+                    "clock": args.clock,
+                    "repeats": args.repeats,
+                    "warmup": args.warmup,
+                    "cpu_bf16": bf16_support().describe(),
+                    "machine": info,
+                    "load_average_before": load_before,
+                    "load_average_after": load_after,
+                    "rows": out,
+                },
+                indent=1,
+            )
+        )
     return 0
 
 

@@ -11,6 +11,7 @@ Rounds interleave solo and loaded runs; medians reported, with the ratio loaded 
 heavy request's own duration. Target: loaded <= 8 x solo. ``--slots 1`` measures the old
 set-up (one model request at a time) for comparison.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--runs", type=int, default=4, help="B's runs per round, solo and loaded")
-    p.add_argument("--slots", type=int, default=app_module.MODEL_SLOTS,
-                   help="model requests at once (the app's MODEL_SLOTS)")
+    p.add_argument(
+        "--slots",
+        type=int,
+        default=app_module.MODEL_SLOTS,
+        help="model requests at once (the app's MODEL_SLOTS)",
+    )
     p.add_argument("--labels", type=int, default=15)
     args = p.parse_args(argv)
     torch.set_num_threads(2)
@@ -62,7 +67,7 @@ def main(argv=None) -> int:
         solo, loaded, heavy = [], [], []
         for r in range(args.rounds):
             solo += [ordinary() for _ in range(args.runs)]
-            labels = ", ".join(names[(r + 1) * 50:(r + 1) * 50 + args.labels])  # new each round
+            labels = ", ".join(names[(r + 1) * 50 : (r + 1) * 50 + args.labels])  # new each round
             t0 = time.perf_counter()
             job = a.submit(image, labels, templates="imagenet80", api_name="/classify")
             time.sleep(0.5)  # A is past its checks and encoding prompts
@@ -75,11 +80,15 @@ def main(argv=None) -> int:
         if os.environ.get("BENCH_VERBOSE"):
             print("solo", [round(x, 2) for x in solo], "loaded", [round(x, 2) for x in loaded])
         s, l = statistics.median(solo), statistics.median(loaded)
-        print(f"{MODEL}, random weights, model slots {args.slots}, {args.rounds} rounds, "
-              f"{len(solo)} solo / {len(loaded)} loaded runs")
+        print(
+            f"{MODEL}, random weights, model slots {args.slots}, {args.rounds} rounds, "
+            f"{len(solo)} solo / {len(loaded)} loaded runs"
+        )
         print(f"visitor B's Run, solo:                       {s * 1e3:7.0f} ms (median)")
-        print(f"visitor B's Run, A's {args.labels} x 80 prompts in flight: {l * 1e3:7.0f} ms "
-              f"(median; max {max(loaded) * 1e3:.0f})")
+        print(
+            f"visitor B's Run, A's {args.labels} x 80 prompts in flight: {l * 1e3:7.0f} ms "
+            f"(median; max {max(loaded) * 1e3:.0f})"
+        )
         print(f"ratio loaded / solo: {l / s:.1f}x   (target <= 8x)")
         print(f"A's heavy Run: {statistics.median(heavy):.1f} s (median)")
     finally:

@@ -8,6 +8,7 @@ pass (``tca.text``, context cut to the longest prompt of each batch) against ope
 Interleaved round by round (open_clip, then ours, fresh cache each time); medians and their
 ratio reported, with the largest difference between the two embeddings. Target: >= 5x.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,18 +38,20 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     clip = tca.load_model(args.model, "none", seed=0)
-    labels = list(zero_shot_metadata.IMAGENET_CLASSNAMES[:args.labels])
+    labels = list(zero_shot_metadata.IMAGENET_CLASSNAMES[: args.labels])
     temps = TEMPLATES["imagenet80"]
     tower = clip.text_tower
     assert tower is not None, f"{args.model}: no exact cut pass (falls back to encode_text)"
 
     def ours() -> torch.Tensor:
-        return text.class_embeddings(clip.model, clip.tokenizer, labels, temps, text.LabelCache(),
-                                     clip.device, tower)
+        return text.class_embeddings(
+            clip.model, clip.tokenizer, labels, temps, text.LabelCache(), clip.device, tower
+        )
 
     def reference() -> torch.Tensor:  # the same chunks, through open_clip at full context
-        return text.class_embeddings(clip.model, clip.tokenizer, labels, temps, text.LabelCache(),
-                                     clip.device, None)
+        return text.class_embeddings(
+            clip.model, clip.tokenizer, labels, temps, text.LabelCache(), clip.device, None
+        )
 
     ours(), reference()  # warm-up
     t_ref, t_ours, diff = [], [], 0.0
@@ -64,14 +67,22 @@ def main(argv=None) -> int:
     tokens = clip.tokenizer([t.format(l) for l in labels for t in temps])
     lengths = tokens.argmax(dim=-1) + 1
     ref, fast = statistics.median(t_ref), statistics.median(t_ours)
-    print(f"model {args.model}, {len(labels)} labels x {len(temps)} templates = "
-          f"{len(labels) * len(temps)} prompts, {args.threads} threads, {args.repeats} rounds")
-    print(f"prompt length (tokens incl. start/end): median {int(lengths.median())}, "
-          f"max {int(lengths.max())} of {tokens.shape[1]}")
-    print(f"open_clip encode_text (77 tokens): {ref * 1e3:8.0f} ms  "
-          f"({ref * 1e3 / len(labels):.0f} ms per label)")
-    print(f"tca.text cut pass:                 {fast * 1e3:8.0f} ms  "
-          f"({fast * 1e3 / len(labels):.0f} ms per label)")
+    print(
+        f"model {args.model}, {len(labels)} labels x {len(temps)} templates = "
+        f"{len(labels) * len(temps)} prompts, {args.threads} threads, {args.repeats} rounds"
+    )
+    print(
+        f"prompt length (tokens incl. start/end): median {int(lengths.median())}, "
+        f"max {int(lengths.max())} of {tokens.shape[1]}"
+    )
+    print(
+        f"open_clip encode_text (77 tokens): {ref * 1e3:8.0f} ms  "
+        f"({ref * 1e3 / len(labels):.0f} ms per label)"
+    )
+    print(
+        f"tca.text cut pass:                 {fast * 1e3:8.0f} ms  "
+        f"({fast * 1e3 / len(labels):.0f} ms per label)"
+    )
     print(f"speed-up: {ref / fast:.1f}x   max |difference| of class embeddings: {diff:.1e}")
     return 0
 

@@ -110,7 +110,9 @@ def main(argv=None) -> int:
             row["final_fate_agreement"] = (
                 (a.trace.fate[:, -1] == b.trace.fate[:, -1]).float().mean().item()
             )
-            row["token_agreement"] = (a.trace.token_index == b.trace.token_index).float().mean().item()
+            row["token_agreement"] = (
+                (a.trace.token_index == b.trace.token_index).float().mean().item()
+            )
         for task in ("curated", "imagenet"):
             same = 0
             for j in range(len(x)):
@@ -124,26 +126,45 @@ def main(argv=None) -> int:
         rows.append(row)
     load = [round(v, 2) for v in os.getloadavg()]
     weights = fp32.weights_description
-    print(f"{weights}: bf16 vs fp32 on {len(examples)} curated images x {args.views} views "
-          f"({len(x)} images) | {bf16_support().describe()} | load average {load}")
-    head = (f"{'setting':<34}{'cos min':>9}{'cos mean':>10}{'fates':>8}{'final':>8}{'tokens':>8}"
-            f"{'top-1 curated':>15}{'top-1 1000':>12}")
+    print(
+        f"{weights}: bf16 vs fp32 on {len(examples)} curated images x {args.views} views "
+        f"({len(x)} images) | {bf16_support().describe()} | load average {load}"
+    )
+    head = (
+        f"{'setting':<34}{'cos min':>9}{'cos mean':>10}{'fates':>8}{'final':>8}{'tokens':>8}"
+        f"{'top-1 curated':>15}{'top-1 1000':>12}"
+    )
     print(head + "\n" + "-" * len(head))
+
     def pct(r: dict[str, Any], key: str) -> str:
         return f"{100 * r[key]:.2f}%" if key in r else "-"
 
     for r in rows:
-        print(f"{r['setting'][:33]:<34}{r['cosine_min']:>9.5f}{r['cosine_mean']:>10.5f}"
-              f"{pct(r, 'fate_agreement'):>8}{pct(r, 'final_fate_agreement'):>8}"
-              f"{pct(r, 'token_agreement'):>8}{pct(r, 'top1_agreement_curated'):>15}"
-              f"{pct(r, 'top1_agreement_imagenet'):>12}")
-    print("fates / tokens: share of (image, block, patch) with the same fate / the same token in "
-          "both precisions; final: at the last block.")
+        print(
+            f"{r['setting'][:33]:<34}{r['cosine_min']:>9.5f}{r['cosine_mean']:>10.5f}"
+            f"{pct(r, 'fate_agreement'):>8}{pct(r, 'final_fate_agreement'):>8}"
+            f"{pct(r, 'token_agreement'):>8}{pct(r, 'top1_agreement_curated'):>15}"
+            f"{pct(r, 'top1_agreement_imagenet'):>12}"
+        )
+    print(
+        "fates / tokens: share of (image, block, patch) with the same fate / the same token in "
+        "both precisions; final: at the last block."
+    )
     if args.json:
-        Path(args.json).write_text(json.dumps({
-            "tool": "benchmarks/bf16_fidelity.py", "model": weights, "views": args.views,
-            "keep_rate": args.keep_rate, "cpu_bf16": bf16_support().describe(),
-            "load_average": load, "rows": rows}, indent=1))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "tool": "benchmarks/bf16_fidelity.py",
+                    "model": weights,
+                    "views": args.views,
+                    "keep_rate": args.keep_rate,
+                    "cpu_bf16": bf16_support().describe(),
+                    "load_average": load,
+                    "rows": rows,
+                },
+                indent=1,
+            )
+        )
     return 0
 
 

@@ -12,6 +12,7 @@ deterministic: the stamps of each category are sorted by path and evenly spaced 
 ``OUT_DIR/manifest.csv`` lists ``path,label,name`` (name = the stamp's English description from
 the ``.txt`` beside it) and ``OUT_DIR/SOURCE.txt`` says where the images come from.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,8 +42,11 @@ def stamps_of(root: Path, folders: tuple[str, ...]) -> list[Path]:
     for folder in folders:
         base = root / folder
         if base.is_dir():
-            found += [p for p in base.rglob("*.png")
-                      if "cartoon" not in p.relative_to(base).parts and not p.name.startswith(".")]
+            found += [
+                p
+                for p in base.rglob("*.png")
+                if "cartoon" not in p.relative_to(base).parts and not p.name.startswith(".")
+            ]
     return sorted(found)
 
 
@@ -63,7 +67,7 @@ def stamp_name(png: Path) -> str:
     first = first.rstrip(".").strip()
     for article in ("A ", "An ", "The "):
         if first.startswith(article):
-            first = first[len(article):]
+            first = first[len(article) :]
     return first or png.stem.replace("_", " ")
 
 
@@ -77,13 +81,19 @@ def on_white(png: Path, max_side: int) -> Image.Image:
     return rgb
 
 
-def build(out: Path, stamps: Path = DEFAULT_STAMPS, classes: int = 6, per_class: int = 4,
-          max_side: int = 320) -> list[dict]:
+def build(
+    out: Path,
+    stamps: Path = DEFAULT_STAMPS,
+    classes: int = 6,
+    per_class: int = 4,
+    max_side: int = 320,
+) -> list[dict]:
     """Write the folder; returns the manifest rows. Raises FileNotFoundError without stamps."""
     if not stamps.is_dir():
         raise FileNotFoundError(
             f"{stamps} does not exist: install the Debian package tuxpaint-stamps-default "
-            f"(apt-get install --no-install-recommends tuxpaint-stamps-default) or pass --stamps")
+            f"(apt-get install --no-install-recommends tuxpaint-stamps-default) or pass --stamps"
+        )
     if classes < 2 or classes > len(CATEGORIES):
         raise ValueError(f"--classes must be between 2 and {len(CATEGORIES)}, got {classes}")
     if per_class < 1:
@@ -102,8 +112,13 @@ def build(out: Path, stamps: Path = DEFAULT_STAMPS, classes: int = 6, per_class:
         for png in chosen:
             target = class_dir / f"{png.stem}.png"
             on_white(png, max_side).save(target, optimize=True)
-            rows.append({"path": target.relative_to(out).as_posix(), "label": label,
-                         "name": stamp_name(png)})
+            rows.append(
+                {
+                    "path": target.relative_to(out).as_posix(),
+                    "label": label,
+                    "name": stamp_name(png),
+                }
+            )
     if taken < 2:
         raise FileNotFoundError(f"found stamps for {taken} class(es) under {stamps}; need 2")
     rows.sort(key=lambda r: r["path"])  # the ImageFolder order
@@ -114,16 +129,23 @@ def build(out: Path, stamps: Path = DEFAULT_STAMPS, classes: int = 6, per_class:
     (out / "SOURCE.txt").write_text(
         f"Photos from Tux Paint's stamps ({stamps}, Debian package tuxpaint-stamps-default, "
         f"GPL-2), composited onto white by scripts/make_tuxpaint_folder.py. Do not commit.\n",
-        encoding="utf-8")
+        encoding="utf-8",
+    )
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("out", type=Path, help="output folder (created)")
-    p.add_argument("--stamps", type=Path, default=DEFAULT_STAMPS,
-                   help=f"Tux Paint stamps root (default {DEFAULT_STAMPS})")
-    p.add_argument("--classes", type=int, default=6, help=f"number of classes (2..{len(CATEGORIES)})")
+    p.add_argument(
+        "--stamps",
+        type=Path,
+        default=DEFAULT_STAMPS,
+        help=f"Tux Paint stamps root (default {DEFAULT_STAMPS})",
+    )
+    p.add_argument(
+        "--classes", type=int, default=6, help=f"number of classes (2..{len(CATEGORIES)})"
+    )
     p.add_argument("--per-class", type=int, default=4, help="images per class")
     p.add_argument("--max-side", type=int, default=320, help="downscale larger images to this")
     args = p.parse_args(argv)

@@ -8,9 +8,8 @@ cd "$(dirname "$0")/.."
 
 # Lint: the whole repository (what pyproject.toml's [tool.ruff] leaves out is said there).
 python3 -m ruff check .
-# Format: the directories already formatted; the lead widens this to `.` in one line.
-FORMATTED=(app.py tca)
-python3 -m ruff format --check "${FORMATTED[@]}"
+# Format: the whole repository.
+python3 -m ruff format --check .
 # Types: the files listed in pyproject.toml's [tool.mypy].
 python3 -m mypy
 

@@ -1,5 +1,6 @@
 """Shared fixtures. Everything runs offline on randomly initialised open_clip models:
 a tiny 12-block ViT (width 64) for speed, and the real ViT-B/16 shape where counts matter."""
+
 from __future__ import annotations
 
 import os
@@ -30,12 +31,14 @@ torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or max(1, min(2, os.
 @pytest.fixture(scope="session")
 def tiny_clip():
     import tca
+
     return tca.load_model(TINY, pretrained="none", seed=0)
 
 
 @pytest.fixture(scope="session")
 def b16_clip():
     import tca
+
     return tca.load_model("ViT-B-16-quickgelu", pretrained="none", seed=0)
 
 

@@ -2,6 +2,7 @@
 loopback: ``python -m tests.limits_app PORT [MAX_BODY_BYTES]``. Used by tests/test_limits.py in
 a subprocess, so its memory is its own. ``/stats`` says how many body bytes the app itself has
 read, which shows a refused body never reached it."""
+
 from __future__ import annotations
 
 import logging

@@ -1,5 +1,6 @@
 """The Gradio app: handler unit tests (no server), then the API contract and every bad input
 through gradio_client against the real app launched in-process. Tiny random-weight model."""
+
 from __future__ import annotations
 
 import json
@@ -29,6 +30,7 @@ LABELS = "cat, dog, tiger, fox"
 
 # ------------------------------------------------------------------------ handler unit tests
 
+
 @pytest.fixture(scope="module")
 def tiny_app(tmp_path_factory) -> app_module.App:
     app = app_module.App(TINY, "none", exports=export.ExportDir(tmp_path_factory.mktemp("exports")))
@@ -50,8 +52,15 @@ class _Progress:
         self.calls.append((frac, desc))
 
 
-CONTROLS = dict(model=TINY, method="tca", keep_rate=0.7, layers="3,6,9", merge_centers=2,
-                score="mean", templates="single")
+CONTROLS = dict(
+    model=TINY,
+    method="tca",
+    keep_rate=0.7,
+    layers="3,6,9",
+    merge_centers=2,
+    score="mean",
+    templates="single",
+)
 
 
 def _controls(**kw):
@@ -59,8 +68,14 @@ def _controls(**kw):
 
 
 def _classify(app, image, labels=LABELS, stream=False, stream_state=None, **kw):
-    return app.classify(image, labels, **_controls(**kw), stream=stream,
-                        stream_state=stream_state, progress=_Progress())
+    return app.classify(
+        image,
+        labels,
+        **_controls(**kw),
+        stream=stream,
+        stream_state=stream_state,
+        progress=_Progress(),
+    )
 
 
 def test_classify_handler_returns_the_api_summary(tiny_app, example_image):
@@ -88,10 +103,24 @@ def test_classify_handler_returns_the_api_summary(tiny_app, example_image):
     assert state.request.config == tca.CondenseConfig(keep_rate=0.7)
 
 
-def _show(app, state, layer=9, view="fates", overlay=False, opacity=0.5, patch=None,
-          shown_depth=12, stream_on=False, stream_state=None):
-    return _named(app, app.show_run(state, layer, view, overlay, opacity, patch, shown_depth,
-                                    stream_on, stream_state))
+def _show(
+    app,
+    state,
+    layer=9,
+    view="fates",
+    overlay=False,
+    opacity=0.5,
+    patch=None,
+    shown_depth=12,
+    stream_on=False,
+    stream_state=None,
+):
+    return _named(
+        app,
+        app.show_run(
+            state, layer, view, overlay, opacity, patch, shown_depth, stream_on, stream_state
+        ),
+    )
 
 
 def test_show_run_renders_everything_from_the_cached_run(tiny_app, example_image):
@@ -117,8 +146,10 @@ def test_show_run_renders_everything_from_the_cached_run(tiny_app, example_image
     assert "After block 9" in info and "(a condensing block): 74 tokens" in info
     assert np.array_equal(chart, page.chart_image(state, 9))
     r = state.result
-    assert (f"{r.flops_baseline.gmacs:.2f} &rarr; {r.flops_condensed.gmacs:.2f} GMACs "
-            f"<span class='saved'>({r.saved_percent:.1f}% saved)</span>") in cost
+    assert (
+        f"{r.flops_baseline.gmacs:.2f} &rarr; {r.flops_condensed.gmacs:.2f} GMACs "
+        f"<span class='saved'>({r.saved_percent:.1f}% saved)</span>"
+    ) in cost
     assert f"<td>{r.baseline_tokens[-1]}</td><td>{r.tokens_per_layer[-1]}</td>" in cost
     assert (r.baseline_tokens[-1], r.tokens_per_layer[-1]) == (197, 74)
     assert "warm-up" in cost
@@ -163,6 +194,7 @@ def test_display_only_changes_do_not_run_the_model(tiny_app, example_image, monk
 
     def boom(*a, **k):
         raise AssertionError("the model ran")
+
     monkeypatch.setattr(tca, "classify", boom)
     monkeypatch.setattr(runs, "classify_request", boom)
     monkeypatch.setattr(tiny_app.cache.peek(TINY).clip.model.visual, "forward", boom)
@@ -171,6 +203,7 @@ def test_display_only_changes_do_not_run_the_model(tiny_app, example_image, monk
         out = _named(tiny_app, tiny_app.show_layer(state, *args))
         assert set(out) == {"map", "info", "chart", "follow", "strip"}
         return out
+
     a, b = layer(3, "fates", False, 0.5), layer(11, "fates", False, 0.5)
     c, m = layer(11, "fates", True, 0.6), layer(11, "model", False, 0.5)
     maps = [x["map"]["value"] for x in (a, b, c, m)]
@@ -188,10 +221,12 @@ def test_display_only_changes_do_not_run_the_model(tiny_app, example_image, monk
     assert set(out) == {"layer", "map", "info", "chart", "follow"}
     assert out["layer"]["value"] == 7 and "After block 7" in out["info"]["value"]
     assert np.array_equal(out["map"]["value"], layer(7, "fates", False, 0.5)["map"]["value"])
+
     # the arrows step one block and stop at the ends
     def step(at, delta):
         out = _named(tiny_app, tiny_app.step_layer(state, at, delta, "fates", False, 0.5, None))
         return out["layer"]["value"]
+
     assert (step(7, 1), step(11, 1), step(0, -1)) == (8, 11, 0)
     # follow a patch: a click on the big map at 2x
     trace = state.trace
@@ -203,19 +238,23 @@ def test_display_only_changes_do_not_run_the_model(tiny_app, example_image, monk
     assert out["patch"] == merged
     assert "Following patch" in out["follow"]["value"]
     assert "merged into group" in out["follow"]["value"]
-    assert np.array_equal(out["map"]["value"],
-                          page.map_image(state, page.Display(11, patch=merged)))
+    assert np.array_equal(
+        out["map"]["value"], page.map_image(state, page.Display(11, patch=merged))
+    )
     cleared = _named(tiny_app, tiny_app.clear_patch(state, 11, "fates", False, 0.5))
     assert cleared["patch"] is None and "Click a patch" in cleared["follow"]["value"]
     # a view change redraws the strip in that view
     strip = _named(tiny_app, tiny_app.change_view(state, 11, "model", False, 0.5, None))["strip"]
     assert len(strip["value"]) == 12
     tile_view = render.shrink(state.seen, state.trace.grid, page.STRIP_SHRINK)
-    assert np.array_equal(strip["value"][11][0], render.fate_map(tile_view, state.trace, 11,
-                                                              view="model"))
+    assert np.array_equal(
+        strip["value"][11][0], render.fate_map(tile_view, state.trace, 11, view="model")
+    )
     # no Run on screen: the display events change nothing
-    assert tiny_app.show_layer(None, 3) == {} and tiny_app.show_run(
-        None, 3, "fates", False, 0.5, None, 12, False, None) == {}
+    assert (
+        tiny_app.show_layer(None, 3) == {}
+        and tiny_app.show_run(None, 3, "fates", False, 0.5, None, 12, False, None) == {}
+    )
 
 
 def test_follow_a_patch_from_the_trace(tiny_app, example_image):
@@ -232,11 +271,16 @@ def test_follow_a_patch_from_the_trace(tiny_app, example_image):
         # ranks at condensing blocks are among the tokens entering the block
         for s in steps:
             if s.attention_rank is not None:
-                assert 1 <= s.attention_rank <= s.ranked_tokens <= trace.tokens_per_layer[s.layer - 1] - 1
+                assert (
+                    1
+                    <= s.attention_rank
+                    <= s.ranked_tokens
+                    <= trace.tokens_per_layer[s.layer - 1] - 1
+                )
         # once fused, always fused
         fates = [s.fate for s in steps]
         if "pruned" in fates:
-            assert all(f == "pruned" for f in fates[fates.index("pruned"):])
+            assert all(f == "pruned" for f in fates[fates.index("pruned") :])
     # the most attended patch at block 3 ranks 1 there
     att = trace.cls_attention[3][0].numpy()  # per patch: its token's attention
     best = int(np.nanargmax(att))
@@ -255,8 +299,17 @@ def test_stale_results_are_marked(tiny_app, example_image, tmp_path):
     assert tiny_app.check_stale(state, str(copy), *args[1:]) == ""
     assert tiny_app.check_stale(state, *args[:1], "cat,dog ,tiger, fox", *args[2:]) == ""
     assert tiny_app.check_stale(state, *args[:2], None, *args[3:]) == ""  # the default model
-    for i, value in ((1, "cat, dog"), (3, "evit"), (4, 0.5), (5, "3,6"), (6, 3), (7, "rank"),
-                     (8, "imagenet80"), (4, 7.0), (1, "cat")):  # the last two: invalid inputs
+    for i, value in (
+        (1, "cat, dog"),
+        (3, "evit"),
+        (4, 0.5),
+        (5, "3,6"),
+        (6, 3),
+        (7, "rank"),
+        (8, "imagenet80"),
+        (4, 7.0),
+        (1, "cat"),
+    ):  # the last two: invalid inputs
         changed = list(args)
         changed[i] = value
         assert "Outdated" in tiny_app.check_stale(state, *changed), i
@@ -266,8 +319,9 @@ def test_stale_results_are_marked(tiny_app, example_image, tmp_path):
 
 
 def _sweep(app, image, labels=LABELS, all_methods=False, shown=None, **kw):
-    out = app.sweep(image, labels, **_controls(**kw), all_methods=all_methods, shown=shown,
-                    progress=_Progress())
+    out = app.sweep(
+        image, labels, **_controls(**kw), all_methods=all_methods, shown=shown, progress=_Progress()
+    )
     out = _named(app, out)
     return out["sweep_plot"], out["sweep_table"]
 
@@ -284,8 +338,9 @@ def test_sweep_handler(tiny_app, example_image):
     # the Run's own keep rate does not matter: the sweep sets every rate itself
     _, table2b = _sweep(tiny_app, str(example_image), shown=state, keep_rate=0.4)
     assert "the Run's baseline + 7 condensed passes" in table2b
-    req = tiny_app.request(str(example_image), LABELS, TINY, "tca", 0.7, "3,6,9", 2, "mean",
-                           "single")
+    req = tiny_app.request(
+        str(example_image), LABELS, TINY, "tca", 0.7, "3,6,9", 2, "mean", "single"
+    )
     fresh = sweeps.sweep(tiny_app.cache, req)
     reused = sweeps.sweep(tiny_app.cache, req, reuse=state)
     assert not reused.baseline_pass and fresh.baseline_pass
@@ -309,10 +364,16 @@ def test_sweep_handler(tiny_app, example_image):
     # each point's KL is KL(baseline || condensed) of a plain classify at that rate
     clip = tiny_app.cache.get(TINY).clip
     for p in (pts[0], pts[3]):
-        one = tca.classify(clip, str(example_image), LABELS,
-                           tca.CondenseConfig(method="evit", keep_rate=p.keep_rate), trace=False)
-        assert p.kl == pytest.approx(sweeps.kl_divergence(one.baseline.probs,
-                                                          one.condensed.probs), abs=1e-6)
+        one = tca.classify(
+            clip,
+            str(example_image),
+            LABELS,
+            tca.CondenseConfig(method="evit", keep_rate=p.keep_rate),
+            trace=False,
+        )
+        assert p.kl == pytest.approx(
+            sweeps.kl_divergence(one.baseline.probs, one.condensed.probs), abs=1e-6
+        )
         assert p.gmacs == pytest.approx(one.flops_condensed.gmacs)
     with pytest.raises(gr.Error, match="condensing method"):
         _sweep(tiny_app, str(example_image), method="none")
@@ -320,7 +381,8 @@ def test_sweep_handler(tiny_app, example_image):
     assert list(both.points) == list(COMPARED)
     assert sweeps.kl_divergence([0.5, 0.5], [0.5, 0.5]) == 0.0
     assert sweeps.kl_divergence([0.5, 0.5], [0.25, 0.75]) == pytest.approx(
-        0.5 * np.log(2) + 0.5 * np.log(2 / 3), abs=1e-12)
+        0.5 * np.log(2) + 0.5 * np.log(2 / 3), abs=1e-12
+    )
     assert sweeps.kl_divergence([1.0, 0.0], [0.5, 0.5]) == pytest.approx(np.log(2), abs=1e-12)
 
 
@@ -342,8 +404,9 @@ def test_first_screen_is_computed_once(tiny_app):
 def test_stream_mode_reservoir_per_label_set(tiny_app, example_image):
     stream = None
     for i in range(3):
-        summary, state, stream = _classify(tiny_app, str(example_image), stream=True,
-                                           stream_state=stream)
+        summary, state, stream = _classify(
+            tiny_app, str(example_image), stream=True, stream_state=stream
+        )
         assert summary["reservoir"]["images_seen"] == i + 1
         assert "corrected" in summary["top"] and summary["final"] == "corrected"
     assert isinstance(stream, runs.StreamState)
@@ -352,21 +415,36 @@ def test_stream_mode_reservoir_per_label_set(tiny_app, example_image):
     assert "Images seen: 3" in panel and "anchors inactive" in panel
     assert "Logits correction on this image" in panel
     # different labels: a new reservoir tied to them
-    summary, state, stream = _classify(tiny_app, str(example_image), labels="cat, dog",
-                                       stream=True, stream_state=stream)
+    summary, state, stream = _classify(
+        tiny_app, str(example_image), labels="cat, dog", stream=True, stream_state=stream
+    )
     assert summary["reservoir"]["images_seen"] == 1
     assert set(summary["reservoir"]["buckets"]) == {"cat", "dog"}
     assert "labels changed" in stream.notice
     # stream mode only applies to TCA
-    summary, _, _ = _classify(tiny_app, str(example_image), labels="cat, dog", method="evit",
-                              stream=True, stream_state=stream)
+    summary, _, _ = _classify(
+        tiny_app,
+        str(example_image),
+        labels="cat, dog",
+        method="evit",
+        stream=True,
+        stream_state=stream,
+    )
     assert "reservoir" not in summary and "corrected" not in summary["top"]
     panel = _show(tiny_app, state, 11, stream_on=True, stream_state=stream)["stream"]["value"]
     assert "TCA only" not in panel
-    _, evit_state, _ = _classify(tiny_app, str(example_image), labels="cat, dog", method="evit",
-                                 stream=True, stream_state=stream)
-    assert "Stream mode applies to TCA only" in _show(
-        tiny_app, evit_state, 11, stream_on=True, stream_state=stream)["stream"]["value"]
+    _, evit_state, _ = _classify(
+        tiny_app,
+        str(example_image),
+        labels="cat, dog",
+        method="evit",
+        stream=True,
+        stream_state=stream,
+    )
+    assert (
+        "Stream mode applies to TCA only"
+        in _show(tiny_app, evit_state, 11, stream_on=True, stream_state=stream)["stream"]["value"]
+    )
     out = _named(tiny_app, tiny_app.reset_stream(stream, state, True))
     stream = out["stream_state"]
     assert stream.reservoir.steps == 0 and "Reservoir cleared" in out["stream"]
@@ -377,8 +455,9 @@ def test_stream_mode_reservoir_per_label_set(tiny_app, example_image):
 
 
 def test_compare_handler(tiny_app, example_image):
-    out = _named(tiny_app, tiny_app.compare(str(example_image), LABELS, **_controls(),
-                                            progress=_Progress()))
+    out = _named(
+        tiny_app, tiny_app.compare(str(example_image), LABELS, **_controls(), progress=_Progress())
+    )
     picture, base, table = out["compare_picture"], out["compare_baseline"], out["compare_table"]
     assert isinstance(picture, Image.Image) and picture.width > 4 * 224 and picture.height > 3 * 224
     assert set(base) == {"cat", "dog", "tiger", "fox"}
@@ -492,15 +571,22 @@ def test_checkpoint_applies_to_its_model_only(tmp_path):
         seen.append((name, pretrained, checkpoint))
         return SimpleNamespace(is_random=checkpoint is None and pretrained is None, name=name)
 
-    cache = serving.ModelCache("openai", checkpoint="/w/b16.safetensors",
-                               checkpoint_model="ViT-B-16-quickgelu", loader=loader)
+    cache = serving.ModelCache(
+        "openai",
+        checkpoint="/w/b16.safetensors",
+        checkpoint_model="ViT-B-16-quickgelu",
+        loader=loader,
+    )
     cache.get("ViT-B-16-quickgelu")
     cache.get("ViT-B-32-quickgelu")
-    assert seen == [("ViT-B-16-quickgelu", "openai", "/w/b16.safetensors"),
-                    ("ViT-B-32-quickgelu", "openai", None)]
+    assert seen == [
+        ("ViT-B-16-quickgelu", "openai", "/w/b16.safetensors"),
+        ("ViT-B-32-quickgelu", "openai", None),
+    ]
 
 
 # ------------------------------------------------------------------------ through gradio_client
+
 
 @pytest.fixture(scope="module")
 def server():
@@ -523,8 +609,16 @@ def test_api_exposes_only_classify(client):
     assert api["unnamed_endpoints"] == {}
     params = [p["parameter_name"] for p in api["named_endpoints"]["/classify"]["parameters"]]
     assert params[:2] == ["image", "labels"]
-    assert {"model", "method", "keep_rate", "layers", "merge_centers", "score", "templates",
-            "stream"} <= set(params)
+    assert {
+        "model",
+        "method",
+        "keep_rate",
+        "layers",
+        "merge_centers",
+        "score",
+        "templates",
+        "stream",
+    } <= set(params)
     assert "stream_state" not in params
     assert "tokens_per_layer" in api["named_endpoints"]["/classify"]["description"]
     returns = api["named_endpoints"]["/classify"]["returns"]
@@ -532,8 +626,13 @@ def test_api_exposes_only_classify(client):
 
 
 def test_api_classify_contract(client, example_image):
-    out = client.predict(handle_file(str(example_image)), "cat, dog, car", method="evit",
-                         keep_rate=0.5, api_name="/classify")
+    out = client.predict(
+        handle_file(str(example_image)),
+        "cat, dog, car",
+        method="evit",
+        keep_rate=0.5,
+        api_name="/classify",
+    )
     assert out["labels"] == ["cat", "dog", "car"]
     assert out["settings"]["method"] == "evit" and out["settings"]["keep_rate"] == 0.5
     assert len(out["tokens_per_layer"]) == 12 and out["tokens_per_layer"][0] == 197
@@ -547,17 +646,20 @@ def test_api_classify_contract(client, example_image):
     assert out["random_weights"] is True
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(image=None), "no image"),
-    (dict(labels="cat"), "at least two"),
-    (dict(labels=", ".join(f"l{i}" for i in range(300))), "too many labels"),
-    (dict(labels="cat, " + "y" * 1000), "characters long"),
-    (dict(keep_rate=5), "greater than maximum"),
-    (dict(merge_centers=0), "merge centres K must be a whole number from 1"),
-    (dict(layers="1,2,99"), "out of range"),
-    (dict(method="nope"), "not in the list of choices"),
-    (dict(unreadable=True), "not a readable image"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(image=None), "no image"),
+        (dict(labels="cat"), "at least two"),
+        (dict(labels=", ".join(f"l{i}" for i in range(300))), "too many labels"),
+        (dict(labels="cat, " + "y" * 1000), "characters long"),
+        (dict(keep_rate=5), "greater than maximum"),
+        (dict(merge_centers=0), "merge centres K must be a whole number from 1"),
+        (dict(layers="1,2,99"), "out of range"),
+        (dict(method="nope"), "not in the list of choices"),
+        (dict(unreadable=True), "not a readable image"),
+    ],
+)
 def test_api_bad_inputs_then_keeps_serving(client, example_image, tmp_path, kwargs, message):
     kw = dict(kwargs)
     image = handle_file(str(example_image))
@@ -578,14 +680,19 @@ def test_upload_size_is_bounded(client, example_image, tmp_path):
     big = tmp_path / "huge.png"
     big.write_bytes(os.urandom(11 * 1024 * 1024))  # over the 10 MB limit
     # gradio_client reads the server's limit and refuses before sending ...
-    with pytest.raises(ValueError, match="huge.png exceeds the maximum file size of 10485760 "
-                                         "bytes"):
+    with pytest.raises(
+        ValueError, match="huge.png exceeds the maximum file size of 10485760 bytes"
+    ):
         client.predict(handle_file(str(big)), "cat, dog", api_name="/classify")
     # ... and the server's upload route refuses the same file sent by hand
     import httpx
+
     with big.open("rb") as f:
-        r = httpx.post(f"{client.src.rstrip('/')}/gradio_api/upload",
-                       files={"files": ("huge.png", f, "image/png")}, timeout=60)
+        r = httpx.post(
+            f"{client.src.rstrip('/')}/gradio_api/upload",
+            files={"files": ("huge.png", f, "image/png")},
+            timeout=60,
+        )
     assert r.status_code == 413 and "10485760" in r.text
     ok = client.predict(handle_file(str(example_image)), "cat, dog", api_name="/classify")
     assert ok["labels"] == ["cat", "dog"]
@@ -624,19 +731,31 @@ def test_python_app_py_serves_with_env_settings(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = dict(os.environ, GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port),
-               TCA_MODEL=TINY, TCA_PRETRAINED="none", HF_HUB_OFFLINE="1",
-               TCA_MODEL_CONFIGS=str(Path(__file__).parent / "model_configs"),
-               TCA_FIRST_SCREEN="background")  # serve at once; the first screen in a thread
+    env = dict(
+        os.environ,
+        GRADIO_SERVER_NAME="127.0.0.1",
+        GRADIO_SERVER_PORT=str(port),
+        TCA_MODEL=TINY,
+        TCA_PRETRAINED="none",
+        HF_HUB_OFFLINE="1",
+        TCA_MODEL_CONFIGS=str(Path(__file__).parent / "model_configs"),
+        TCA_FIRST_SCREEN="background",
+    )  # serve at once; the first screen in a thread
     root = Path(app_module.__file__).parent
-    proc = subprocess.Popen([sys.executable, str(root / "app.py")], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, str(root / "app.py")],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.time() + 90
         while True:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/gradio_api/info",
-                                            timeout=2) as resp:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{port}/gradio_api/info", timeout=2
+                ) as resp:
                     info = json.loads(resp.read())
                 break
             except OSError:
@@ -650,7 +769,9 @@ def test_python_app_py_serves_with_env_settings(tmp_path):
         # the tiny test model from TCA_MODEL_CONFIGS answers a Run
         out = Client(f"http://127.0.0.1:{port}/", verbose=False).predict(
             handle_file(str(Path(__file__).parent.parent / "assets" / "coffee.jpg")),
-            "cat, dog", api_name="/classify")
+            "cat, dog",
+            api_name="/classify",
+        )
         assert out["labels"] == ["cat", "dog"] and out["model"].startswith(TINY)
         assert out["tokens_per_layer"] == [197] * 3 + [141] * 3 + [100] * 3 + [74] * 3
     finally:
@@ -701,11 +822,14 @@ def test_legend_words_each_methods_fates():
     assert panels.legend_html().count('class="sw"') == 3
 
 
-@pytest.mark.parametrize("model,tokens", [
-    (TINY, [197] * 3 + [141] * 3 + [100] * 3 + [74] * 3),
-    ("tca-tiny-timm-token", [197] * 3 + [141] * 3 + [100] * 3 + [74] * 3),
-    ("ViT-B-16-SigLIP2", [196] * 3 + [140] * 3 + [99] * 3 + [73] * 3),  # no CLS token
-])
+@pytest.mark.parametrize(
+    "model,tokens",
+    [
+        (TINY, [197] * 3 + [141] * 3 + [100] * 3 + [74] * 3),
+        ("tca-tiny-timm-token", [197] * 3 + [141] * 3 + [100] * 3 + [74] * 3),
+        ("ViT-B-16-SigLIP2", [196] * 3 + [140] * 3 + [99] * 3 + [73] * 3),  # no CLS token
+    ],
+)
 def test_every_event_on_every_tower(model, tokens, example_image, tmp_path):
     """Run (stream mode on), the page, Compare, the sweep and the downloads on open_clip's ViT, a
     timm ViT with a CLS token and SigLIP 2 (a timm tower without one), offline, random weights."""
@@ -740,6 +864,8 @@ def test_every_event_on_every_tower(model, tokens, example_image, tmp_path):
     assert data["tokens_per_layer"] == tokens and len(data["trace"]["layers"]) == 12
     assert data["image"]["model_view_px"] == [224, 224]
     if no_cls:  # ATS ranks by CLS attention: refused with its reason, by name
-        with pytest.raises(gr.Error, match="ats scores patches by their CLS attention and this "
-                                           "tower has no CLS token"):
+        with pytest.raises(
+            gr.Error,
+            match="ats scores patches by their CLS attention and this tower has no CLS token",
+        ):
             _classify(app, image, model=model, method="ats")

@@ -1,5 +1,6 @@
 """Issue 16's server-side pieces of the page: a model change sets that model's default
 condensing blocks (depth/4 x 1, 2, 3: the paper's 3/6/9 for 12 blocks, 6/12/18 for ViT-L/14)."""
+
 from __future__ import annotations
 
 import pytest

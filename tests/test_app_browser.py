@@ -3,6 +3,7 @@ the first screen shows a complete result without a click; run an upload; linked 
 tile click, arrows, chart); follow a patch; the keep-rate sweep; compare methods. Screenshots of
 the first screen, a merged-group map and follow-a-patch go to artifacts/ (docs/app.png is the
 first screen, refreshed with TCA_UPDATE_SCREENSHOT=1)."""
+
 from __future__ import annotations
 
 import os
@@ -22,16 +23,24 @@ from tca.app import page as page_module  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 BROWSER = os.environ.get("TCA_BROWSER", "/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 TIMEOUT = 60_000
 
 
 @pytest.fixture(scope="module")
 def served():
     demo = app_module.build_demo("tca-tiny-ViT", "none")
-    _, local_url, _ = demo.launch(prevent_thread_lock=True, quiet=True,
-                                  **app_module.launch_options())
+    _, local_url, _ = demo.launch(
+        prevent_thread_lock=True, quiet=True, **app_module.launch_options()
+    )
     try:
         yield demo, local_url
     finally:
@@ -76,7 +85,9 @@ def test_first_screen_shows_a_result_without_a_click(page, artifacts_dir):
         for label in ("cat", "dog", "tiger", "fox", "rabbit"):
             expect(page.locator(panel)).to_contain_text(label, timeout=TIMEOUT)
     expect(page.locator("#weights-banner")).to_contain_text("RANDOM WEIGHTS")
-    expect(page.locator("#weights-banner")).to_contain_text("maps, token counts and FLOPs are exact")
+    expect(page.locator("#weights-banner")).to_contain_text(
+        "maps, token counts and FLOPs are exact"
+    )
     # operator instructions folded away behind a toggle
     expect(page.locator("#weights-banner details")).to_have_count(1)
     assert page.locator("#weights-banner details").evaluate("d => d.open") is False
@@ -86,8 +97,7 @@ def test_first_screen_shows_a_result_without_a_click(page, artifacts_dir):
     expect(page.locator("#layer-info")).to_contain_text("After block 11")
     expect(page.locator("#layer-info")).to_contain_text("74 tokens")
     expect(page.locator("#layer-strip button.thumbnail-item")).to_have_count(12)
-    expect(page.locator("#layer-strip button.thumbnail-item").nth(11)).to_have_class(
-        _selected_re())
+    expect(page.locator("#layer-strip button.thumbnail-item").nth(11)).to_have_class(_selected_re())
     cost = page.locator("#cost-panel")
     expect(cost).to_contain_text("saved")
     expect(cost).to_contain_text("tokens after the last block")
@@ -115,18 +125,21 @@ def test_clicking_a_strip_tile_highlights_it_and_updates_the_map(page):
     tile.click()
     expect(tile).to_have_class(_selected_re(), timeout=TIMEOUT)
     expect(page.locator("#layer-strip button.thumbnail-item").nth(11)).not_to_have_class(
-        _selected_re())
+        _selected_re()
+    )
     expect(page.locator("#layer-info")).to_contain_text("After block 5", timeout=TIMEOUT)
     expect(page.locator("#layer-slider input[type=number]")).to_have_value("5", timeout=TIMEOUT)
-    expect(page.locator("#layer-map img")).not_to_have_attribute("src", before or "",
-                                                                 timeout=TIMEOUT)
+    expect(page.locator("#layer-map img")).not_to_have_attribute(
+        "src", before or "", timeout=TIMEOUT
+    )
     # the big map is in view after the click
     expect(page.locator("#layer-map img")).to_be_in_viewport(timeout=TIMEOUT)
     # the arrows step one block and move the strip's highlight along
     page.locator("#next-block").click()
     expect(page.locator("#layer-info")).to_contain_text("After block 6", timeout=TIMEOUT)
     expect(page.locator("#layer-strip button.thumbnail-item").nth(6)).to_have_class(
-        _selected_re(), timeout=TIMEOUT)
+        _selected_re(), timeout=TIMEOUT
+    )
     page.locator("#prev-block").click()
     expect(page.locator("#layer-info")).to_contain_text("After block 5", timeout=TIMEOUT)
     page.locator("#prev-block").click()
@@ -148,7 +161,9 @@ def test_follow_a_patch_lights_its_group(page, served, artifacts_dir):
     img = page.locator("#layer-map img")
     before = img.get_attribute("src")
     box = img.bounding_box()
-    img.click(position={"x": (c + 0.5) * box["width"] / cols, "y": (r + 0.5) * box["height"] / rows})
+    img.click(
+        position={"x": (c + 0.5) * box["width"] / cols, "y": (r + 0.5) * box["height"] / rows}
+    )
     panel = page.locator("#follow-panel")
     expect(panel).to_contain_text(f"Following patch (row {r}, column {c})", timeout=TIMEOUT)
     expect(panel).to_contain_text(f"{group - 1} other patch", timeout=TIMEOUT)
@@ -157,15 +172,18 @@ def test_follow_a_patch_lights_its_group(page, served, artifacts_dir):
     expect(img).not_to_have_attribute("src", before or "", timeout=TIMEOUT)
     # what the browser shows is the highlighted map: the clicked patch framed, partners lit
     expected = page_module.map_image(state, page_module.Display(11, patch=merged))
-    others = [p for p in range(rows * cols)
-              if lv.token.flat[p] == lv.token.flat[merged] and p != merged]
+    others = [
+        p for p in range(rows * cols) if lv.token.flat[p] == lv.token.flat[merged] and p != merged
+    ]
     assert others  # at least one other patch of its group is lit
     ph = expected.shape[0] // rows
     plain = page_module.map_image(state, page_module.Display(11))
     o = others[0]
     orow, ocol = divmod(o, cols)
-    cell = (slice(orow * ph + ph // 3, orow * ph + 2 * ph // 3),
-            slice(ocol * ph + ph // 3, ocol * ph + 2 * ph // 3))
+    cell = (
+        slice(orow * ph + ph // 3, orow * ph + 2 * ph // 3),
+        slice(ocol * ph + ph // 3, ocol * ph + 2 * ph // 3),
+    )
     assert np.array_equal(expected[cell], plain[cell])  # the partner keeps its colours
     page.wait_for_timeout(400)
     page.locator("#layer-map").screenshot(path=str(artifacts_dir / "follow-a-patch.png"))
@@ -175,24 +193,32 @@ def test_follow_a_patch_lights_its_group(page, served, artifacts_dir):
 def test_display_only_controls_rerender(page):
     before = _img_src(page, "#layer-map")
     page.get_by_text("what the model sees").first.click()
-    expect(page.locator("#layer-map img")).not_to_have_attribute("src", before or "",
-                                                                 timeout=TIMEOUT)
+    expect(page.locator("#layer-map img")).not_to_have_attribute(
+        "src", before or "", timeout=TIMEOUT
+    )
     page.get_by_text("fates (kept").first.click()
     before = _img_src(page, "#layer-map")
     page.get_by_label("CLS-attention overlay").check()
-    expect(page.locator("#layer-info")).to_contain_text("Overlay: CLS attention at block 9",
-                                                         timeout=TIMEOUT)
-    expect(page.locator("#layer-map img")).not_to_have_attribute("src", before or "", timeout=TIMEOUT)
+    expect(page.locator("#layer-info")).to_contain_text(
+        "Overlay: CLS attention at block 9", timeout=TIMEOUT
+    )
+    expect(page.locator("#layer-map img")).not_to_have_attribute(
+        "src", before or "", timeout=TIMEOUT
+    )
     # the depth slider's number box: jump to block 4
     number = page.locator("#layer-slider input[type=number]")
     number.fill("4")
     number.press("Enter")
-    expect(page.locator("#layer-info")).to_contain_text("After block 4: 141 tokens", timeout=TIMEOUT)
+    expect(page.locator("#layer-info")).to_contain_text(
+        "After block 4: 141 tokens", timeout=TIMEOUT
+    )
     page.get_by_label("CLS-attention overlay").uncheck()
 
 
 def test_changed_inputs_mark_results_outdated_then_run(page, artifacts_dir):
-    page.locator("#image-input input[type=file]").set_input_files(str(ROOT / "assets" / "coffee.jpg"))
+    page.locator("#image-input input[type=file]").set_input_files(
+        str(ROOT / "assets" / "coffee.jpg")
+    )
     expect(page.locator("#stale-notice")).to_contain_text("Outdated", timeout=TIMEOUT)
     box = page.locator("#labels-input textarea")
     box.fill("cup of coffee")
@@ -231,8 +257,9 @@ def test_first_screen_computed_in_the_background_fills_the_page(browser):
     """As `python app.py` serves it: HTTP at once, the first screen from a background thread,
     handed to every new page by the load event."""
     demo = app_module.build_demo("tca-tiny-ViT", "none", first_screen="background")
-    _, local_url, _ = demo.launch(prevent_thread_lock=True, quiet=True,
-                                  **app_module.launch_options())
+    _, local_url, _ = demo.launch(
+        prevent_thread_lock=True, quiet=True, **app_module.launch_options()
+    )
     try:
         pg = browser.new_page(viewport={"width": 390, "height": 844})  # a phone
         pg.goto(local_url)
@@ -241,8 +268,10 @@ def test_first_screen_computed_in_the_background_fills_the_page(browser):
         expect(pg.locator("#labels-input textarea")).to_have_value("cat, dog, tiger, fox, rabbit")
         expect(pg.locator("#stale-notice")).not_to_contain_text("Outdated")
         # on a phone the results come before the settings
-        assert (pg.locator("#layer-map").bounding_box()["y"]
-                < pg.locator("#image-input").bounding_box()["y"])
+        assert (
+            pg.locator("#layer-map").bounding_box()["y"]
+            < pg.locator("#image-input").bounding_box()["y"]
+        )
         pg.close()
     finally:
         demo.close()
@@ -259,7 +288,8 @@ def test_no_image_shows_an_error_and_the_app_survives(browser, url):
     # the app still works on that page: pick a curated example and run it
     pg.get_by_text("cup of coffee, glass of beer").first.click()
     expect(pg.locator("#labels-input textarea")).to_have_value(
-        "cup of coffee, glass of beer, bowl of soup, teapot, plate", timeout=TIMEOUT)
+        "cup of coffee, glass of beer, bowl of soup, teapot, plate", timeout=TIMEOUT
+    )
     expect(pg.locator("#image-input img")).to_be_visible(timeout=TIMEOUT)
     pg.locator("#run-button").click()
     expect(pg.locator("#condensed-label")).to_contain_text("teapot", timeout=TIMEOUT)

@@ -2,6 +2,7 @@
 in-process on the tiny open_clip ViT: the stacked token count on the page adds up to the token
 count for every method, following a patch shows "why this patch?", and the dark theme keeps the
 weights banner and the shift colours readable (WCAG AA contrast)."""
+
 from __future__ import annotations
 
 import os
@@ -17,8 +18,15 @@ import app as app_module  # noqa: E402
 from tca.methods import METHODS  # noqa: E402
 
 BROWSER = os.environ.get("TCA_BROWSER", "/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 TIMEOUT = 60_000
 SUM = re.compile(r"After block (\d+)[^:]*: (\d+) tokens = ([^.]+)\.")
 
@@ -35,8 +43,9 @@ BACKGROUND_JS = """el => {
 @pytest.fixture(scope="module")
 def url():
     demo = app_module.build_demo("tca-tiny-ViT", "none")
-    _, local_url, _ = demo.launch(prevent_thread_lock=True, quiet=True,
-                                  **app_module.launch_options())
+    _, local_url, _ = demo.launch(
+        prevent_thread_lock=True, quiet=True, **app_module.launch_options()
+    )
     try:
         yield local_url
     finally:
@@ -61,6 +70,7 @@ def _luminance(rgb) -> float:
     def lin(c):
         c = c / 255
         return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+
     r, g, b = (lin(c) for c in rgb)
     return 0.2126 * r + 0.7152 * g + 0.0722 * b
 
@@ -95,10 +105,17 @@ def test_banner_and_shift_colours_are_readable(browser, url, theme):
     pg = browser.new_page(viewport={"width": 1400, "height": 1000})
     pg.goto(url + ("?__theme=dark" if theme == "dark" else ""))
     expect(pg.locator("#weights-banner")).to_contain_text("RANDOM WEIGHTS", timeout=TIMEOUT)
-    expect(pg.locator(".tca-shift .tca-up, .tca-shift .tca-down").first).to_be_visible(timeout=TIMEOUT)
+    expect(pg.locator(".tca-shift .tca-up, .tca-shift .tca-down").first).to_be_visible(
+        timeout=TIMEOUT
+    )
     checked = 0
-    for sel in ("#weights-banner b", "#weights-banner .tca-random", "#weights-banner summary",
-                ".tca-shift .tca-up", ".tca-shift .tca-down"):
+    for sel in (
+        "#weights-banner b",
+        "#weights-banner .tca-random",
+        "#weights-banner summary",
+        ".tca-shift .tca-up",
+        ".tca-shift .tca-down",
+    ):
         for el in pg.locator(sel).all():
             fg = el.evaluate("e => getComputedStyle(e).color")
             bg = el.evaluate(BACKGROUND_JS)
@@ -166,8 +183,9 @@ def test_one_click_stream_demo_reaches_active_anchors(browser, url):
 def url24():
     """The app on a 24-block tower (ViT-L/14's depth, the tiny width)."""
     demo = app_module.build_demo("tca-tiny24-ViT", "none")
-    _, local_url, _ = demo.launch(prevent_thread_lock=True, quiet=True,
-                                  **app_module.launch_options())
+    _, local_url, _ = demo.launch(
+        prevent_thread_lock=True, quiet=True, **app_module.launch_options()
+    )
     try:
         yield local_url
     finally:
@@ -183,8 +201,9 @@ def test_all_24_strip_tiles_inside_the_strip(browser, url24, width, height):
     strip = pg.locator("#layer-strip").bounding_box()
     for i in range(24):
         t = tiles.nth(i).bounding_box()
-        assert strip["x"] - 1 <= t["x"] and t["x"] + t["width"] <= strip["x"] + strip["width"] + 1, (
-            width, i, t, strip)
+        assert (
+            strip["x"] - 1 <= t["x"] and t["x"] + t["width"] <= strip["x"] + strip["width"] + 1
+        ), (width, i, t, strip)
         assert t["width"] >= 60  # still a picture, not a sliver
     pg.close()
 
@@ -206,7 +225,13 @@ def test_an_input_error_keeps_the_last_run_intact_and_outdated(browser, url):
     for sel, text in before.items():
         assert pg.locator(sel).inner_text() == text
     assert pg.locator("#layer-map img").get_attribute("src") == map_src
-    for sel in ("#baseline-label", "#condensed-label", "#layer-map", "#layer-strip", "#tokens-chart"):
+    for sel in (
+        "#baseline-label",
+        "#condensed-label",
+        "#layer-map",
+        "#layer-strip",
+        "#tokens-chart",
+    ):
         assert pg.locator(f"{sel} .error").count() == 0, sel
     expect(pg.locator("#stale-notice")).to_contain_text("Outdated")
     pg.close()

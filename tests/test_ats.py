@@ -1,5 +1,6 @@
 """ATS (Adaptive Token Sampling): the sampling maths on hand-made scores, per-image token counts
 on a real (tiny, random) open_clip ViT, batched == one image at a time, trace and FLOPs."""
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,9 @@ def test_ats_score_is_cls_attention_times_value_norm_summed_over_heads_and_norma
     score = condense.ats_score(attn, vnorm)
     torch.testing.assert_close(score, torch.tensor([[0.8, 1.0, 0.4]]) / 2.2)
     valid = torch.tensor([[True, True, True, False]])  # the last token is padding
-    torch.testing.assert_close(condense.ats_score(attn, vnorm, valid),
-                               torch.tensor([[0.8, 1.0, 0.0]]) / 1.8)
+    torch.testing.assert_close(
+        condense.ats_score(attn, vnorm, valid), torch.tensor([[0.8, 1.0, 0.0]]) / 1.8
+    )
 
 
 def test_ats_budget_is_ceil_of_keep_rate_times_patches():
@@ -40,20 +42,23 @@ def test_ats_budget_is_ceil_of_keep_rate_times_patches():
     assert condense.ats_budget(n, 1.0).tolist() == n.tolist()
 
 
-@pytest.mark.parametrize("score, budget, expected", [
-    # sorted ascending 0.125/0.125/0.25/0.5 -> CDF .125 .25 .5 1; quantiles .125 .375 .625 .875
-    ([0.5, 0.125, 0.25, 0.125], 4, [1, 2, 0, 0]),
-    # uniform mass, one sample per stratum: every patch once
-    ([0.25, 0.25, 0.25, 0.25], 4, [0, 1, 2, 3]),
-    # two samples on uniform mass: quantiles .25 and .75 land on the first and third patch
-    ([0.25, 0.25, 0.25, 0.25], 2, [0, 2]),
-    # one dominant patch takes every quantile above its start
-    ([0.03125, 0.90625, 0.03125, 0.03125], 4, [1, 1, 1, 1]),
-    # a single sample: the median of the distribution
-    ([0.125, 0.125, 0.625, 0.125], 1, [2]),
-    # a quantile exactly on a CDF step belongs to the patch whose step reaches it
-    ([0.125, 0.125, 0.5, 0.25], 1, [3]),
-])
+@pytest.mark.parametrize(
+    "score, budget, expected",
+    [
+        # sorted ascending 0.125/0.125/0.25/0.5 -> CDF .125 .25 .5 1; quantiles .125 .375 .625 .875
+        ([0.5, 0.125, 0.25, 0.125], 4, [1, 2, 0, 0]),
+        # uniform mass, one sample per stratum: every patch once
+        ([0.25, 0.25, 0.25, 0.25], 4, [0, 1, 2, 3]),
+        # two samples on uniform mass: quantiles .25 and .75 land on the first and third patch
+        ([0.25, 0.25, 0.25, 0.25], 2, [0, 2]),
+        # one dominant patch takes every quantile above its start
+        ([0.03125, 0.90625, 0.03125, 0.03125], 4, [1, 1, 1, 1]),
+        # a single sample: the median of the distribution
+        ([0.125, 0.125, 0.625, 0.125], 1, [2]),
+        # a quantile exactly on a CDF step belongs to the patch whose step reaches it
+        ([0.125, 0.125, 0.5, 0.25], 1, [3]),
+    ],
+)
 def test_inverse_cdf_sample_exact_indices(score, budget, expected):
     got = condense.inverse_cdf_sample(torch.tensor([score]), torch.tensor([budget]))
     assert got.tolist() == [expected]
@@ -87,8 +92,10 @@ def test_keep_patches_packs_and_pads():
     assert (c.x[1, 2:] == 0).all()  # padding rows are zero
     assert c.valid.tolist() == [[True] * 4, [True, True, False, False]]
     assert c.dest.tolist() == [[0, 1, -1, 2, 3], [0, -1, 1, -1, -1]]
-    assert c.pruned.tolist() == [[False, False, True, False, False],
-                                 [False, True, False, True, True]]
+    assert c.pruned.tolist() == [
+        [False, False, True, False, False],
+        [False, True, False, True, True],
+    ]
 
 
 def test_keep_patches_respects_input_padding():
@@ -101,8 +108,12 @@ def test_keep_patches_respects_input_padding():
 
 
 @settings(max_examples=60, deadline=None)
-@given(p=st.integers(1, 120), rate=st.floats(0.05, 1.0), seed=st.integers(0, 10_000),
-       peak=st.floats(0.0, 8.0))
+@given(
+    p=st.integers(1, 120),
+    rate=st.floats(0.05, 1.0),
+    seed=st.integers(0, 10_000),
+    peak=st.floats(0.0, 8.0),
+)
 def test_sampled_counts_never_exceed_the_budget(p, rate, seed, peak):
     g = torch.Generator().manual_seed(seed)
     raw = (torch.randn(3, p, generator=g) * peak).exp()
@@ -164,8 +175,9 @@ def test_batched_equals_one_image_at_a_time(tiny_clip, keep_rate):
     x = _images(4, 3)
     with torch.inference_mode():
         batch = tca.encode(model, x, cfg, trace=True, record_cls=True)
-        singles = [tca.encode(model, x[i:i + 1], cfg, trace=True, record_cls=True)
-                   for i in range(len(x))]
+        singles = [
+            tca.encode(model, x[i : i + 1], cfg, trace=True, record_cls=True) for i in range(len(x))
+        ]
     counts = batch.tokens_per_image
     assert len({tuple(c) for c in counts}) > 1, "the test images must keep different counts"
     for i, one in enumerate(singles):
@@ -222,8 +234,11 @@ def test_trace_invariants_with_varying_counts(tiny_clip):
             if l > 0:
                 prev = trace.fate[image, l - 1]
                 assert not ((prev == PRUNED) & (fate != PRUNED)).any()
-            assert trace.fate_counts(l, image) == {"kept": n - 1, "merged": 0,
-                                                   "pruned": 196 - (n - 1)}
+            assert trace.fate_counts(l, image) == {
+                "kept": n - 1,
+                "merged": 0,
+                "pruned": 196 - (n - 1),
+            }
         assert (trace.fate[image, :3] == KEPT).all()
         one = trace.select(image)
         assert one.tokens_per_layer == counts and one.to_dict()["layers"][9]["tokens"] == counts[9]
@@ -241,8 +256,9 @@ def test_render_draws_dropped_patches(tiny_clip):
     model = tiny_clip.model
     tca.patch(model)
     with torch.inference_mode():
-        enc = tca.encode(model, _images(1, 2), CondenseConfig(method="ats", keep_rate=0.5),
-                         trace=True)
+        enc = tca.encode(
+            model, _images(1, 2), CondenseConfig(method="ats", keep_rate=0.5), trace=True
+        )
     image = np.full((224, 224, 3), 200, dtype=np.uint8)
     out = render.fate_map(image, enc.trace, 11, attention=True)
     dropped = (enc.trace.token_index[0, 11] == DROPPED).view(14, 14).numpy()
@@ -258,8 +274,10 @@ def test_classify_reports_per_image_gmacs(tiny_clip, example_image):
     result = classify(tiny_clip, example_image, "cat,dog", config)
     geom = Geometry.from_model(tiny_clip.model)
     schedule = plan_layers(config, geom.n_tokens, geom.depth)
-    assert result.flops_condensed.total == count_macs(
-        geom, schedule.realised(result.tokens_per_layer)).total
+    assert (
+        result.flops_condensed.total
+        == count_macs(geom, schedule.realised(result.tokens_per_layer)).total
+    )
     assert result.flops_condensed.total <= count_macs(geom, schedule).total
     assert result.trace.tokens_per_layer == tuple(result.tokens_per_layer)
 
@@ -277,21 +295,37 @@ def test_app_runs_ats_with_per_image_gmacs_and_dataset_prompts(tmp_path, example
             pass
 
     summary, state, _ = tiny_app.classify(
-        str(example_image), "forest, river, highway", progress=_Progress(), model="tca-tiny-ViT",
-        method="ats", keep_rate=0.7, layers="3,6,9", merge_centers=2, score="mean",
-        templates="eurosat", stream=False, stream_state=None)
+        str(example_image),
+        "forest, river, highway",
+        progress=_Progress(),
+        model="tca-tiny-ViT",
+        method="ats",
+        keep_rate=0.7,
+        layers="3,6,9",
+        merge_centers=2,
+        score="mean",
+        templates="eurosat",
+        stream=False,
+        stream_state=None,
+    )
     counts = summary["tokens_per_layer"]
     geom = Geometry.from_model(tiny_app.cache.get("tca-tiny-ViT").clip.model)
     schedule = plan_layers(CondenseConfig(method="ats", keep_rate=0.7), geom.n_tokens, geom.depth)
     assert summary["gmacs"]["condensed"] == pytest.approx(
-        count_macs(geom, schedule.realised(counts)).gmacs, rel=1e-12)
+        count_macs(geom, schedule.realised(counts)).gmacs, rel=1e-12
+    )
     assert all(n <= b for n, b in zip(counts, schedule.tokens))
     assert state.result.flops_condensed.gmacs == summary["gmacs"]["condensed"]  # cost panel source
 
 
-@pytest.mark.parametrize("config", [CondenseConfig(method="ats", keep_rate=0.7),
-                                    CondenseConfig(method="ats", keep_rate=0.9),
-                                    CondenseConfig(method="tome-paper", keep_rate=0.7)])
+@pytest.mark.parametrize(
+    "config",
+    [
+        CondenseConfig(method="ats", keep_rate=0.7),
+        CondenseConfig(method="ats", keep_rate=0.9),
+        CondenseConfig(method="tome-paper", keep_rate=0.7),
+    ],
+)
 def test_flop_counter_agrees_with_per_image_count(b16_clip, config):
     """FlopCounterMode on the explicit-attention path against the analytic count from the
     image's own token counts."""
@@ -323,9 +357,18 @@ def test_eval_mean_gmacs_over_per_image_counts_and_preset_templates(tiny_clip, t
             arr = np.clip(128 + rng.normal(0, 60 * scale, (64, 64, 3)), 0, 255).astype(np.uint8)
             Image.fromarray(arr).save(tmp_path / "data" / cls / f"{j}.png")
     data, records = tmp_path / "data", tmp_path / "records"
-    result = ev.evaluate(tiny_clip, ev.load_dataset(data), ("ats",), (0.9,), batch_size=3,
-                         preset="eurosat", num_workers=0, progress=False, records_dir=records,
-                         echo=lambda s: None)
+    result = ev.evaluate(
+        tiny_clip,
+        ev.load_dataset(data),
+        ("ats",),
+        (0.9,),
+        batch_size=3,
+        preset="eurosat",
+        num_workers=0,
+        progress=False,
+        records_dir=records,
+        echo=lambda s: None,
+    )
     assert result["options"]["templates"] == "eurosat"  # implied by the preset
     (entry,) = result["results"]
     (log,) = sorted(records.glob("*.jsonl"))
@@ -333,5 +376,7 @@ def test_eval_mean_gmacs_over_per_image_counts_and_preset_templates(tiny_clip, t
     assert len(per_image) == 6 and len(set(per_image)) > 1  # each image its own count
     assert entry["gmacs"] == pytest.approx(sum(per_image) / 6, rel=1e-12)
     assert entry["gmacs"] <= entry["gmacs_analytic"]  # the analytic figure is the budget
-    assert entry["gmacs"] < macs_for(Geometry.from_model(tiny_clip.model),
-                                     CondenseConfig(method="none")).gmacs
+    assert (
+        entry["gmacs"]
+        < macs_for(Geometry.from_model(tiny_clip.model), CondenseConfig(method="none")).gmacs
+    )

@@ -1,6 +1,7 @@
 """`python -m tca bench`: structure and arithmetic of the interleaved benchmark, with the tiny
 random-weight ViT (the speed targets themselves are measured on ViT-B/16 for the README, never
 asserted in tests)."""
+
 from __future__ import annotations
 
 import json
@@ -27,16 +28,26 @@ def model():
 def test_make_rows():
     rows = bench.make_rows([1, 8], ["tca", "evit"], [1.0, 0.7], trace=True)
     names = [r.name for r in rows if r.batch_size == 1]
-    assert names == [bench.UNPATCHED, bench.PATCHED_NONE, "tca R=1", "tca R=0.7",
-                     "tca R=0.7 limit", "evit R=1", "evit R=0.7", "evit R=0.7 limit",
-                     "tca R=0.7 +trace"]  # trace and limits only where a setting condenses
+    assert names == [
+        bench.UNPATCHED,
+        bench.PATCHED_NONE,
+        "tca R=1",
+        "tca R=0.7",
+        "tca R=0.7 limit",
+        "evit R=1",
+        "evit R=0.7",
+        "evit R=0.7 limit",
+        "tca R=0.7 +trace",
+    ]  # trace and limits only where a setting condenses
     assert [r.name for r in rows if r.batch_size == 8] == names
     assert rows[0].config is None and all(r.trace == r.name.endswith("+trace") for r in rows)
     assert all(r.limit == r.name.endswith(" limit") for r in rows)
     limit = next(r for r in rows if r.limit)
     assert limit.config == tca.CondenseConfig(method="tca", keep_rate=0.7) and not limit.trace
     assert not any(r.limit for r in bench.make_rows([1], ["tca"], [0.7], limits=False))
-    assert [r.name for r in bench.make_rows([1], ["tome"], [0.9], trace=True)][-1] == "tome R=0.9 +trace"
+    assert [r.name for r in bench.make_rows([1], ["tome"], [0.9], trace=True)][
+        -1
+    ] == "tome R=0.9 +trace"
     assert not any(r.trace for r in bench.make_rows([1], ["tca"], [0.7]))
 
 
@@ -52,13 +63,13 @@ def test_limit_rows_time_the_sliced_forward_on_the_settings_schedule(model, monk
         return out, counts
 
     monkeypatch.setattr(bench, "sliced_forward", recording)
-    result = bench.run_bench(model, [1, 2], ["tca", "tome", "ats"], [1.0, 0.7], repeats=1,
-                             warmup=0)
+    result = bench.run_bench(model, [1, 2], ["tca", "tome", "ats"], [1.0, 0.7], repeats=1, warmup=0)
     by = {(r["batch_size"], r["setting"]): r for r in result["rows"]}
     geom = tca.flops.Geometry.from_model(model)
     limits = [r for r in result["rows"] if r["limit"]]
     assert [(r["batch_size"], r["setting"]) for r in limits] == [
-        (b, f"{m} R=0.7 limit") for b in (1, 2) for m in ("tca", "tome", "ats")]
+        (b, f"{m} R=0.7 limit") for b in (1, 2) for m in ("tca", "tome", "ats")
+    ]
     assert len(seen) == len(limits)  # the sliced forward, once per limit row
     tca.patch(model)
     try:
@@ -72,13 +83,17 @@ def test_limit_rows_time_the_sliced_forward_on_the_settings_schedule(model, monk
             assert r["gmacs"] == pytest.approx(report.model / 1e9) and report.overhead > 0
             assert method["limit_ms"] == r["median_ms"]
             assert method["limit_overhead_percent"] == pytest.approx(
-                100 * (method["median_ms"] / r["median_ms"] - 1))
+                100 * (method["median_ms"] / r["median_ms"] - 1)
+            )
     finally:
         tca.unpatch(model)
     assert "limit_ms" not in by[(1, "tca R=1")]  # nothing condensed: no limit row
     assert [t["target"] for t in result["targets"]].count(
-        "tca R=0.7 vs its zero-overhead limit (issue 19), batch 1") == 1
-    assert "vs limit" in bench.format_table(result) and "tca R=0.7 limit" in bench.format_table(result)
+        "tca R=0.7 vs its zero-overhead limit (issue 19), batch 1"
+    ) == 1
+    assert "vs limit" in bench.format_table(result) and "tca R=0.7 limit" in bench.format_table(
+        result
+    )
 
 
 def test_run_bench_interleaved(model, monkeypatch):
@@ -96,13 +111,14 @@ def test_run_bench_interleaved(model, monkeypatch):
     x = torch.randn(2, 3, 224, 224)
     with torch.inference_mode():
         before = model.encode_image(x)
-    result = bench.run_bench(model, [1, 2], ["tca", "evit"], [1.0, 0.7], repeats=2, warmup=1,
-                             trace=True, name="tiny")
+    result = bench.run_bench(
+        model, [1, 2], ["tca", "evit"], [1.0, 0.7], repeats=2, warmup=1, trace=True, name="tiny"
+    )
     rows = bench.make_rows([1, 2], ["tca", "evit"], [1.0, 0.7], trace=True)
     n = len(rows)
     assert len(calls) == 3 * n
     for rep in range(3):  # every round visits every row once, starting one place later
-        round_ = calls[rep * n:(rep + 1) * n]
+        round_ = calls[rep * n : (rep + 1) * n]
         assert sorted(round_) == sorted(r.key for r in rows)
         assert round_[0] == rows[rep % n].key
     # the model comes back unpatched and bit-identical
@@ -122,8 +138,11 @@ def test_run_bench_interleaved(model, monkeypatch):
         assert r["speedup"] == pytest.approx(ref / r["median_ms"])
         assert r["ms_per_image"] == pytest.approx(r["median_ms"] / r["batch_size"])
         assert r["images_per_s"] == pytest.approx(1e3 * r["batch_size"] / r["median_ms"])
-        cfg = tca.CondenseConfig(method="none") if r["method"] in ("open_clip", "none") else \
-            tca.CondenseConfig(method=r["method"], keep_rate=r["keep_rate"])
+        cfg = (
+            tca.CondenseConfig(method="none")
+            if r["method"] in ("open_clip", "none")
+            else tca.CondenseConfig(method=r["method"], keep_rate=r["keep_rate"])
+        )
         report = tca.macs_for(geom, cfg)  # a limit row: the same blocks, no overhead
         assert r["gmacs"] == pytest.approx(report.model / 1e9 if r["limit"] else report.gmacs)
         assert r["gmacs_ratio"] == pytest.approx(base / r["gmacs"])
@@ -134,7 +153,8 @@ def test_run_bench_interleaved(model, monkeypatch):
         assert by[(b, "tca R=0.7")]["gmacs_ratio"] > 1.4
         traced = by[(b, "tca R=0.7 +trace")]
         assert traced["trace"] and traced["trace_overhead_percent"] == pytest.approx(
-            100 * (traced["median_ms"] / by[(b, "tca R=0.7")]["median_ms"] - 1))
+            100 * (traced["median_ms"] / by[(b, "tca R=0.7")]["median_ms"] - 1)
+        )
     goals = [t["target"] for t in result["targets"]]
     assert "tca R=0.7 speed-up over unpatched, batch 1" in goals  # batch 8 was not measured
     assert not any("batch 8" in g for g in goals)
@@ -143,17 +163,27 @@ def test_run_bench_interleaved(model, monkeypatch):
     m = result["machine"]
     assert m["cpu_count"] >= 1 and m["torch_threads"] >= 1 and m["torch"] == torch.__version__
     table = bench.format_table(result)
-    for text in ("open_clip (unpatched)", "tca R=0.7 +trace", "speed-up", "of ideal", "GMACs",
-                 f"torch {torch.__version__}", "issue-3 / issue-19 targets"):
+    for text in (
+        "open_clip (unpatched)",
+        "tca R=0.7 +trace",
+        "speed-up",
+        "of ideal",
+        "GMACs",
+        f"torch {torch.__version__}",
+        "issue-3 / issue-19 targets",
+    ):
         assert text in table
 
 
 def test_run_bench_keeps_a_patched_model_patched(model):
     tca.patch(model, tca.CondenseConfig(method="tca", keep_rate=0.7))
     try:
-        result = bench.run_bench(model, [1], ["tome"], [0.7], repeats=2, warmup=0, statistic="min",
-                                 clock="cpu")
-        assert result["clock"] == "cpu" and "CPU time of the timing thread" in bench.format_table(result)
+        result = bench.run_bench(
+            model, [1], ["tome"], [0.7], repeats=2, warmup=0, statistic="min", clock="cpu"
+        )
+        assert result["clock"] == "cpu" and "CPU time of the timing thread" in bench.format_table(
+            result
+        )
         with pytest.raises(tca.InputError, match="clock must be one of wall, cpu, got 'sun'"):
             bench.run_bench(model, [1], ["tome"], [0.7], clock="sun")
         assert tca.is_patched(model)
@@ -165,15 +195,34 @@ def test_run_bench_keeps_a_patched_model_patched(model):
 
 
 def test_cli_json_and_table(capsys):
-    argv = ["bench", "--model", TINY, "--batch-sizes", "1", "--keep-rates", "1,0.7",
-            "--methods", "tca", "--repeats", "1", "--warmup", "0", "--trace"]
+    argv = [
+        "bench",
+        "--model",
+        TINY,
+        "--batch-sizes",
+        "1",
+        "--keep-rates",
+        "1,0.7",
+        "--methods",
+        "tca",
+        "--repeats",
+        "1",
+        "--warmup",
+        "0",
+        "--trace",
+    ]
     assert cli_main(argv + ["--json"]) == 0
     out, _ = capsys.readouterr()
     data = json.loads(out)  # one JSON object, nothing else on stdout
     assert data["random_weights"] is True and "RANDOM" in data["model"]
-    assert [r["setting"] for r in data["rows"]] == [bench.UNPATCHED, bench.PATCHED_NONE, "tca R=1",
-                                                    "tca R=0.7", "tca R=0.7 limit",
-                                                    "tca R=0.7 +trace"]
+    assert [r["setting"] for r in data["rows"]] == [
+        bench.UNPATCHED,
+        bench.PATCHED_NONE,
+        "tca R=1",
+        "tca R=0.7",
+        "tca R=0.7 limit",
+        "tca R=0.7 +trace",
+    ]
     assert {"cpu_count", "torch_threads", "torch"} <= set(data["machine"])
     threads = torch.get_num_threads()
     try:
@@ -187,13 +236,16 @@ def test_cli_json_and_table(capsys):
     assert not any(r["limit"] for r in json.loads(out)["rows"])
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--keep-rates", "0"], "keep rate must be in (0, 1]"),
-    (["--methods", "none"], "unknown method 'none' for bench"),
-    (["--repeats", "0"], "--repeats must be >= 1"),
-    (["--warmup", "-1"], "--warmup must be >= 0"),
-    (["--threads", "0"], "--threads must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--keep-rates", "0"], "keep rate must be in (0, 1]"),
+        (["--methods", "none"], "unknown method 'none' for bench"),
+        (["--repeats", "0"], "--repeats must be >= 1"),
+        (["--warmup", "-1"], "--warmup must be >= 0"),
+        (["--threads", "0"], "--threads must be >= 1"),
+    ],
+)
 def test_cli_errors(capsys, extra, message):
     rc = cli_main(["bench", "--model", TINY, *extra])
     _, err = capsys.readouterr()
@@ -211,8 +263,13 @@ def test_cli_bad_lists():
 
 def test_options_are_checked_before_the_model_loads(capsys):
     rows = bench.check_options([1, 8], ["tca"], [0.7], repeats=1, warmup=0, trace=True)
-    assert [r.name for r in rows] == [bench.UNPATCHED, bench.PATCHED_NONE, "tca R=0.7",
-                                      "tca R=0.7 limit", "tca R=0.7 +trace"] * 2
+    assert [r.name for r in rows] == [
+        bench.UNPATCHED,
+        bench.PATCHED_NONE,
+        "tca R=0.7",
+        "tca R=0.7 limit",
+        "tca R=0.7 +trace",
+    ] * 2
     with pytest.raises(tca.InputError, match="batch sizes must be positive integers, got \\[0\\]"):
         bench.check_options([0], ["tca"], [0.7])
     with pytest.raises(tca.InputError, match="statistic must be one of median, min, got 'mean'"):
@@ -226,7 +283,10 @@ def test_cuda_bench_times_on_the_gpu():
     gpu = tca.load_model(TINY, pretrained="none", seed=0, device="cuda").model
     result = bench.run_bench(gpu, [1, 2], ["tca"], [0.7], repeats=2, warmup=1)
     assert result["machine"]["device"].startswith("cuda") and result["machine"]["gpu"]
-    assert [r["setting"] for r in result["rows"]][:3] == [bench.UNPATCHED, bench.PATCHED_NONE,
-                                                         "tca R=0.7"]
+    assert [r["setting"] for r in result["rows"]][:3] == [
+        bench.UNPATCHED,
+        bench.PATCHED_NONE,
+        "tca R=0.7",
+    ]
     assert all(r["median_ms"] > 0 and len(r["samples_ms"]) == 2 for r in result["rows"])
     assert not tca.is_patched(gpu)

@@ -14,7 +14,14 @@ from tca.why import patch_place, ranking
 
 
 def _trace(index, fate, tokens, grid=(2, 4)):
-    return Trace((tokens,), grid, torch.tensor([[index]]), torch.tensor([[fate]], dtype=torch.uint8), {}, (0,))
+    return Trace(
+        (tokens,),
+        grid,
+        torch.tensor([[index]]),
+        torch.tensor([[fate]], dtype=torch.uint8),
+        {},
+        (0,),
+    )
 
 
 def test_group_numbers_sit_in_every_part_of_each_group():
@@ -28,11 +35,18 @@ def test_group_numbers_sit_in_every_part_of_each_group():
 
 
 def test_group_numbers_are_drawn_in_their_cells_only():
-    t = _trace([1, 1, 3, 2, 4, 5, 2, 6], [MERGED, MERGED, KEPT, MERGED, PRUNED, KEPT, MERGED, KEPT], 7)
+    t = _trace(
+        [1, 1, 3, 2, 4, 5, 2, 6], [MERGED, MERGED, KEPT, MERGED, PRUNED, KEPT, MERGED, KEPT], 7
+    )
     img = np.full((64, 128, 3), 90, dtype=np.uint8)  # 32 px patches
     out = render.draw_group_numbers(img, render.group_labels(t, 0), t.grid)
     changed = (out != img).any(axis=2)
-    cells = {(r, c) for r in range(2) for c in range(4) if changed[r * 32:(r + 1) * 32, c * 32:(c + 1) * 32].any()}
+    cells = {
+        (r, c)
+        for r in range(2)
+        for c in range(4)
+        if changed[r * 32 : (r + 1) * 32, c * 32 : (c + 1) * 32].any()
+    }
     assert cells == {(0, 0), (0, 3), (1, 2)}
     assert tuple(out[16, 16]) == (255, 255, 255) or tuple(out[16, 16]) == (0, 0, 0)  # disc or digit
     with pytest.raises(ValueError, match="not a multiple"):
@@ -69,8 +83,13 @@ def test_plateau_is_where_the_cost_stops_falling():
 
 def _series(gmacs):
     rates = [0.1, 0.3, 0.5, 0.7, 1.0]
-    return {"gmacs": gmacs, "keep_rate": rates, "top1": [0.2, 0.3, 0.4, 0.5, 0.6],
-            "base_label": [0.1, 0.2, 0.3, 0.4, 0.6], "kl": [0.3, 0.2, 0.1, 0.05, 0.0]}
+    return {
+        "gmacs": gmacs,
+        "keep_rate": rates,
+        "top1": [0.2, 0.3, 0.4, 0.5, 0.6],
+        "base_label": [0.1, 0.2, 0.3, 0.4, 0.6],
+        "kl": [0.3, 0.2, 0.1, 0.05, 0.0],
+    }
 
 
 def test_sweep_one_colour_per_method_and_each_point_its_own_rate():
@@ -82,7 +101,10 @@ def test_sweep_one_colour_per_method_and_each_point_its_own_rate():
     assert tca_colour == "#{:02x}{:02x}{:02x}".format(*render.METHOD_COLORS["tca"])
     lines = ax.get_lines() + ax2.get_lines()
     drawn = {(tuple(l.get_xdata()), l.get_color()) for l in lines if len(l.get_xdata()) == 5}
-    assert ((5, 8, 10, 12, 17.6), tca_colour) in drawn and ((9.5, 9.5, 9.5, 12.5, 17.6), tome_colour) in drawn
+    assert ((5, 8, 10, 12, 17.6), tca_colour) in drawn and (
+        (9.5, 9.5, 9.5, 12.5, 17.6),
+        tome_colour,
+    ) in drawn
     # the keep rate is written at each method's own points (the plateau once, as "≤0.5")
     notes = {(t.get_text(), t.xy[0], t.get_color()) for t in ax.texts}
     assert {("0.1", 5, tca_colour), ("0.7", 12, tca_colour), ("1", 17.6, tca_colour)} <= notes
@@ -96,7 +118,9 @@ def test_sweep_one_colour_per_method_and_each_point_its_own_rate():
 def test_stacked_counts_must_add_up():
     base, cond = [197] * 4, [197, 141, 141, 100]
     ok = [(1, 196, 0, 0), (1, 137, 2, 1), (1, 137, 2, 1), (1, 95, 2, 2)]
-    fig = charts.tokens_chart(base, cond, (1, 3), "tca", stack=ok, stack_names=["CLS", "kept", "groups", "fused"])
+    fig = charts.tokens_chart(
+        base, cond, (1, 3), "tca", stack=ok, stack_names=["CLS", "kept", "groups", "fused"]
+    )
     tops = {}
     for patch in fig.axes[0].patches:
         x = round(patch.get_x() + patch.get_width() / 2, 2)

@@ -1,4 +1,5 @@
 """The tensor functions of tca.condense, on hand-made and hypothesis-generated tensors."""
+
 from __future__ import annotations
 
 import torch
@@ -51,7 +52,7 @@ def test_head_scores():
 
 def test_cls_attention_row_matches_full_softmax():
     q, k = torch.randn(2, 3, 7, 4), torch.randn(2, 3, 7, 4)
-    full = ((q @ k.transpose(-2, -1)) * 4 ** -0.5).softmax(-1)
+    full = ((q @ k.transpose(-2, -1)) * 4**-0.5).softmax(-1)
     torch.testing.assert_close(condense.cls_attention_row(q, k), full[:, :, 0])
     torch.testing.assert_close(condense.cls_attention_row(q, k, cls_index=2), full[:, :, 2])
 
@@ -89,7 +90,9 @@ def test_coreset_merge_inverse_distance_weights_by_hand():
 
 
 @settings(max_examples=40, deadline=None)
-@given(n=st.integers(4, 60), d=st.floats(0.01, 0.33), k=st.integers(1, 4), seed=st.integers(0, 9999))
+@given(
+    n=st.integers(4, 60), d=st.floats(0.01, 0.33), k=st.integers(1, 4), seed=st.integers(0, 9999)
+)
 def test_prune_merge_fuse_structure(n, d, k, seed):
     t1, t2, t3 = condense.tca_tier_sizes(n, d)
     k = min(k, t2) if t2 else 0
@@ -107,9 +110,9 @@ def test_prune_merge_fuse_structure(n, d, k, seed):
         assert set(out.dest[b].tolist()) == set(range(n_out))
         # tier 1 is copied verbatim in descending score order
         kept = order[b, :t1] + 1
-        torch.testing.assert_close(out.x[b, 1:1 + t1], x[b, kept])
+        torch.testing.assert_close(out.x[b, 1 : 1 + t1], x[b, kept])
         if t3:
-            i3 = order[b, t1 + t2:]
+            i3 = order[b, t1 + t2 :]
             fused = (x[b, i3 + 1] * score[b, i3, None]).sum(0)
             torch.testing.assert_close(out.x[b, -1], fused)
             assert out.pruned[b].sum() == t3
@@ -136,8 +139,9 @@ def test_bipartite_matching_and_weighted_merge(n, r, seed):
     assert (out.dest == 0).sum(dim=1).tolist() == [1, 1]
     # mass is conserved: sizes add up, and the size-weighted sum of features too
     torch.testing.assert_close(out.size.sum(1), size.sum(1))
-    torch.testing.assert_close((out.x * out.size[..., None]).sum(1), (x * size[..., None]).sum(1),
-                               rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        (out.x * out.size[..., None]).sum(1), (x * size[..., None]).sum(1), rtol=1e-4, atol=1e-4
+    )
     # B tokens (odd indices) are never sources: each keeps its own destination
     assert len(set(out.dest[0, 1::2].tolist())) == n // 2
 
@@ -189,7 +193,9 @@ def test_cls_attention_row_with_additive_bias():
 
 def _stable_ranks(values: list[float]) -> list[int]:
     """Rank of each value (0 = smallest); equal values ranked by position."""
-    return [sum(v < x or (v == x and j < i) for j, v in enumerate(values)) for i, x in enumerate(values)]
+    return [
+        sum(v < x or (v == x and j < i) for j, v in enumerate(values)) for i, x in enumerate(values)
+    ]
 
 
 def test_head_rank_score_breaks_ties_by_position():
@@ -222,8 +228,9 @@ def test_coreset_merge_weights_short_distances_up():
     x = torch.tensor([[[0.0], [0.0], [2.0], [3.0]], [[1.0], [5.0], [1.0], [1.5]]])
     merged, assign = condense.coreset_merge(x, 2)
     assert assign.tolist() == [[0, 0, 1, 1], [0, 1, 0, 0]]
-    torch.testing.assert_close(merged, torch.tensor([[[0.0], [(1 * 3 + 2.0) / 2]],
-                                                     [[(1 + 1 + 2 * 1.5) / 4], [5.0]]]))
+    torch.testing.assert_close(
+        merged, torch.tensor([[[0.0], [(1 * 3 + 2.0) / 2]], [[(1 + 1 + 2 * 1.5) / 4], [5.0]]])
+    )
 
 
 def test_prune_merge_fuse_by_hand():
@@ -243,7 +250,9 @@ def test_prune_merge_fuse_by_hand():
     # equidistant 4 joins the first with weight 1/2
     out = condense.prune_merge_fuse(x, select, weight, t1=2, t2=3, k=2)
     assert out.dest.tolist() == [[0, 3, 1, 3, 5, 4, 5, 2, 5]]
-    torch.testing.assert_close(out.x[0, :, 0], torch.tensor([1.0, 3, 8, (2 + 4 / 2) / 1.5, 6, fused]))
+    torch.testing.assert_close(
+        out.x[0, :, 0], torch.tensor([1.0, 3, 8, (2 + 4 / 2) / 1.5, 6, fused])
+    )
     # nothing in tier 3: no fused token, no pruned mask
     out = condense.prune_merge_fuse(x, select, weight, t1=5, t2=3, k=3)
     assert out.pruned is None and out.x.shape == (1, 9, 1)
@@ -311,8 +320,9 @@ def test_tensor_functions_create_everything_on_the_input_device():
         condense.head_rank_score(torch.empty(2, 3, 8, device=m)),
         *condense.k_center_greedy(x, 3),
         *condense.coreset_merge(x, 3),
-        *condense.prune_merge_fuse(x, torch.empty(2, 8, device=m), torch.empty(2, 8, device=m),
-                                   3, 3, 2)[:3],
+        *condense.prune_merge_fuse(
+            x, torch.empty(2, 8, device=m), torch.empty(2, 8, device=m), 3, 3, 2
+        )[:3],
         condense.bipartite_soft_matching(x, 3)[0],
         *condense.tome_merge(x, torch.empty(2, 9, device=m), x, 3)[:2],
     ]
@@ -329,7 +339,9 @@ def test_prune_merge_fuse_ties_and_a_single_tier_two_token():
     assert out.x[0, 1:, 0].tolist() == [float(i + 1) for i in order]
     # one tier-2 token (K = 1) is kept as it is, then one fused token
     x = torch.arange(1.0, 6.0).view(1, 5, 1)
-    out = condense.prune_merge_fuse(x, torch.tensor([[0.4, 0.3, 0.2, 0.1]]), torch.ones(1, 4), 2, 1, 1)
+    out = condense.prune_merge_fuse(
+        x, torch.tensor([[0.4, 0.3, 0.2, 0.1]]), torch.ones(1, 4), 2, 1, 1
+    )
     assert out.dest.tolist() == [[0, 1, 2, 3, 4]] and out.x[0, :, 0].tolist() == [1.0, 2, 3, 4, 5]
 
 
@@ -345,7 +357,10 @@ def test_k_center_greedy_from_a_given_first_centre_per_image():
     assert centres.tolist() == [[2, 0, 3], [3, 1, 0]]
     torch.testing.assert_close(dist[1, 3], torch.tensor([4.0, 9.0, 6.0, 0.0]))
     assert condense.k_center_greedy(x, 1, first=torch.tensor([2, 3]))[0].tolist() == [[2], [3]]
-    assert condense.k_center_greedy(x, 2, first=torch.tensor([1, 0]))[0].tolist() == [[1, 3], [0, 1]]
+    assert condense.k_center_greedy(x, 2, first=torch.tensor([1, 0]))[0].tolist() == [
+        [1, 3],
+        [0, 1],
+    ]
 
 
 def test_k_center_greedy_given_first_centre_is_never_picked_again():
@@ -368,8 +383,9 @@ def test_prune_merge_fuse_random_first_centre_comes_from_the_generator():
     x = _tokens(4, 16, 3, 11)
     select = torch.linspace(1.0, 0.0, 15).expand(4, 15)  # patch order 0, 1, ..., 14
     weight = torch.full((4, 15), 0.5)
-    out = condense.prune_merge_fuse(x, select, weight, t1=2, t2=10, k=3,
-                                    generator=torch.Generator().manual_seed(7))
+    out = condense.prune_merge_fuse(
+        x, select, weight, t1=2, t2=10, k=3, generator=torch.Generator().manual_seed(7)
+    )
     first = torch.randint(10, (4,), generator=torch.Generator().manual_seed(7))
     assert (first > 0).all()  # no image starts at token 0, the rule's centre
     merged, assign = condense.coreset_merge(x[:, 3:13], 3, first)
@@ -390,8 +406,9 @@ def test_half_precision_outputs_keep_the_input_dtype():
     assert half.x.dtype == torch.float16 and half.x.shape == (2, 6, 4)
     torch.testing.assert_close(half.x, full.x.half(), rtol=2e-3, atol=2e-3)
     size = torch.tensor([[1.0, 3.0, 2.0]])
-    out, new_size = condense.merge_weighted(torch.tensor([[[1.0], [3.0], [10.0]]]).half(), size,
-                                            torch.tensor([[0, 0, 1]]), 2)
+    out, new_size = condense.merge_weighted(
+        torch.tensor([[[1.0], [3.0], [10.0]]]).half(), size, torch.tensor([[0, 0, 1]]), 2
+    )
     assert out.dtype == torch.float16 and out.tolist() == [[[2.5], [10.0]]]
     assert new_size.dtype == torch.float32 and new_size.tolist() == [[4.0, 2.0]]
 
@@ -447,13 +464,19 @@ def test_ats_functions_create_everything_on_the_input_device():
     """Meta device, as above; an empty batch, since the ATS functions read counts back."""
     m = torch.device("meta")
     outs = [
-        condense.inverse_cdf_sample(torch.empty(0, 5, device=m),
-                                    torch.empty(0, dtype=torch.long, device=m)),
+        condense.inverse_cdf_sample(
+            torch.empty(0, 5, device=m), torch.empty(0, dtype=torch.long, device=m)
+        ),
         condense.unique_indices(torch.empty(2, 3, dtype=torch.long, device=m), 5),
-        *[t for t in condense.keep_patches(torch.empty(0, 6, 3, device=m),
-                                           torch.empty(0, 5, dtype=torch.bool, device=m),
-                                           torch.empty(0, 6, dtype=torch.bool, device=m))
-          if t is not None],
+        *[
+            t
+            for t in condense.keep_patches(
+                torch.empty(0, 6, 3, device=m),
+                torch.empty(0, 5, dtype=torch.bool, device=m),
+                torch.empty(0, 6, dtype=torch.bool, device=m),
+            )
+            if t is not None
+        ],
     ]
     assert [t.device.type for t in outs] == ["meta"] * 6
 
@@ -471,8 +494,9 @@ def test_row_helpers_equal_gather_and_scatter_add_bit_for_bit():
         assert condense.take_tokens(x, idx[:, :0]).shape == (3, 0, 7)
         dest = torch.randint(0, 4, (3, 11), generator=gen)  # many rows share a destination
         src = torch.randn(3, 11, 7, generator=gen).to(dtype)
-        want = torch.zeros(3, 4, 7, dtype=dtype).scatter_add_(1, dest.unsqueeze(-1).expand(3, 11, 7),
-                                                              src)
+        want = torch.zeros(3, 4, 7, dtype=dtype).scatter_add_(
+            1, dest.unsqueeze(-1).expand(3, 11, 7), src
+        )
         out = torch.zeros(3, 4, 7, dtype=dtype)
         assert condense.add_rows(out, dest, src) is out and torch.equal(out, want)
 

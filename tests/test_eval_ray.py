@@ -1,5 +1,6 @@
 """The evaluation grid on a local Ray (2 CPUs): equal to the sequential run cell for cell, and
 resumed from the records after a worker is killed mid-cell. Tiny random-weight ViT, offline."""
+
 from __future__ import annotations
 
 import json
@@ -58,29 +59,42 @@ def _comparable(result: dict) -> list[dict]:
     out = []
     for e in result["results"]:
         e = {k: v for k, v in e.items() if k not in TIMING}
-        e["per_repeat"] = [{k: v for k, v in p.items() if k not in PER_RUN}
-                           for p in e["per_repeat"]]
+        e["per_repeat"] = [
+            {k: v for k, v in p.items() if k not in PER_RUN} for p in e["per_repeat"]
+        ]
         out.append(e)
     return out
 
 
 def _lines(records: Path) -> dict[str, list[dict]]:
-    return {f.name: [{k: v for k, v in json.loads(l).items() if k != "ms"}
-                     for l in f.read_text().splitlines()]
-            for f in sorted(records.glob("*.jsonl"))}
+    return {
+        f.name: [
+            {k: v for k, v in json.loads(l).items() if k != "ms"}
+            for l in f.read_text().splitlines()
+        ]
+        for f in sorted(records.glob("*.jsonl"))
+    }
 
 
 @pytest.fixture(scope="module")
 def sequential(clip, folder, tmp_path_factory):
     records = tmp_path_factory.mktemp("sequential") / "records"
     job = _job(folder, records)
-    result = ev.run(clip, job.data.load(), job.options, num_workers=0, records_dir=records,
-                    progress=False, echo=lambda s: None)
+    result = ev.run(
+        clip,
+        job.data.load(),
+        job.options,
+        num_workers=0,
+        records_dir=records,
+        progress=False,
+        echo=lambda s: None,
+    )
     return result, _lines(records)
 
 
 def test_two_cells_on_ray_equal_the_sequential_run_and_resume_a_killed_worker(
-        local_ray, clip, folder, sequential, tmp_path):
+    local_ray, clip, folder, sequential, tmp_path
+):
     """Two workers, one cell each; worker 1 is killed (SIGKILL) after its TCA cell has written
     three images: Ray restarts it, the cell resumes from its records, and every cell equals the
     sequential run (one model, all settings in one stream)."""
@@ -105,8 +119,14 @@ def test_two_cells_on_ray_equal_the_sequential_run_and_resume_a_killed_worker(
         threading.Thread(target=watch, daemon=True).start()
 
     said: list[str] = []
-    (result,) = run_on_ray(MODEL, [job], [job.data.load()], RaySpec(workers=2), said.append,
-                           on_workers=kill_the_tca_worker)
+    (result,) = run_on_ray(
+        MODEL,
+        [job],
+        [job.data.load()],
+        RaySpec(workers=2),
+        said.append,
+        on_workers=kill_the_tca_worker,
+    )
     assert said[0] == "ray: 2 cell(s) on 2 worker(s)" and len(killed) == 1
     assert _comparable(result) == _comparable(sequential[0])
     assert _lines(records) == sequential[1]  # the very same record files
@@ -118,15 +138,35 @@ def test_two_cells_on_ray_equal_the_sequential_run_and_resume_a_killed_worker(
     assert [p["computed"] for e in in_turn["results"] for p in e["per_repeat"]] == [0, 0]
 
 
-def test_cli_ray_flag_runs_the_grid_on_the_running_ray(local_ray, folder, sequential, tmp_path,
-                                                       capsys, monkeypatch):
+def test_cli_ray_flag_runs_the_grid_on_the_running_ray(
+    local_ray, folder, sequential, tmp_path, capsys, monkeypatch
+):
     from tca.cli import main as cli_main
 
     monkeypatch.setenv("TCA_MODEL_CONFIGS", str(ROOT / "tests" / "model_configs"))
-    rc = cli_main(["eval", str(folder), "--model", TINY, "--pretrained", "none", "--methods",
-                   "none,tca", "--keep-rate", "0.7", "--batch-size", "1", "--ray",
-                   "--ray-workers", "2", "--records", str(tmp_path / "rec"), "--out",
-                   str(tmp_path / "r.json")])
+    rc = cli_main(
+        [
+            "eval",
+            str(folder),
+            "--model",
+            TINY,
+            "--pretrained",
+            "none",
+            "--methods",
+            "none,tca",
+            "--keep-rate",
+            "0.7",
+            "--batch-size",
+            "1",
+            "--ray",
+            "--ray-workers",
+            "2",
+            "--records",
+            str(tmp_path / "rec"),
+            "--out",
+            str(tmp_path / "r.json"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 0, err
     assert "ray: 2 cell(s) on 2 worker(s)" in err

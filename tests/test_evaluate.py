@@ -1,6 +1,7 @@
 """`python -m tca eval` and `tca.eval`: offline, tiny random-weight ViT, real images on disk.
 
 Accuracy is never asserted (random weights); the protocol, files and invariants are."""
+
 from __future__ import annotations
 
 import csv
@@ -25,14 +26,24 @@ from tca.cli import main as cli_main
 ROOT = Path(__file__).resolve().parent.parent
 TINY = "tca-tiny-ViT"
 STAMPS = Path("/usr/share/tuxpaint/stamps")
-COMPARED = ("k", "path", "label", "pred", "top", "gmacs", "pred_corrected", "top_corrected",
-            "anchors", "error")
+COMPARED = (
+    "k",
+    "path",
+    "label",
+    "pred",
+    "top",
+    "gmacs",
+    "pred_corrected",
+    "top_corrected",
+    "anchors",
+    "error",
+)
 
 
 def _image(seed: int, mode: str, size: tuple[int, int]) -> Image.Image:
     rng = np.random.default_rng(seed)
     arr = rng.integers(0, 256, (size[1], size[0], 4), dtype=np.uint8)
-    arr[size[1] // 4: size[1] // 2, :, :3] = rng.integers(0, 256, 3, dtype=np.uint8)
+    arr[size[1] // 4 : size[1] // 2, :, :3] = rng.integers(0, 256, 3, dtype=np.uint8)
     img = Image.fromarray(arr, "RGBA")
     return img if mode == "RGBA" else img.convert(mode)
 
@@ -63,8 +74,15 @@ def clip():
 
 
 def _run(clip, folder, records=None, **kw):
-    kw = {"methods": ("none", "tca", "evit", "tome"), "keep_rates": (0.7,), "batch_size": 4,
-          "num_workers": 0, "progress": False, "records_dir": records, "echo": lambda s: None} | kw
+    kw = {
+        "methods": ("none", "tca", "evit", "tome"),
+        "keep_rates": (0.7,),
+        "batch_size": 4,
+        "num_workers": 0,
+        "progress": False,
+        "records_dir": records,
+        "echo": lambda s: None,
+    } | kw
     return ev.evaluate(clip, ev.load_dataset(folder), **kw)
 
 
@@ -73,8 +91,9 @@ def _records(records_dir: Path) -> dict[str, list[dict]]:
     for f in sorted(records_dir.glob("*.jsonl")):
         lines = f.read_text().splitlines()
         assert "header" in json.loads(lines[0])
-        out[f.name.split(".rep")[0] + ".rep" + f.name.split(".rep")[1].split(".")[0]] = \
-            [json.loads(l) for l in lines[1:]]
+        out[f.name.split(".rep")[0] + ".rep" + f.name.split(".rep")[1].split(".")[0]] = [
+            json.loads(l) for l in lines[1:]
+        ]
     return out
 
 
@@ -100,7 +119,9 @@ def test_folder_layout(folder):
     assert len(ds) == 10  # 9 images + the corrupt .jpg; notes.txt and .hidden/ are ignored
     assert ds.ignored_files == 1
     assert [ds.labels[t] for t in ds.targets].count("green leaf") == 4
-    assert all(ds.labels[t].replace(" ", "_") == p.parent.name for p, t in zip(ds.paths, ds.targets))
+    assert all(
+        ds.labels[t].replace(" ", "_") == p.parent.name for p, t in zip(ds.paths, ds.targets)
+    )
 
 
 def test_manifests(folder, tmp_path):
@@ -113,20 +134,36 @@ def test_manifests(folder, tmp_path):
         w.writerow(["label", "path"])
         w.writerows([(l, "folder/" + p) for p, l in zip(rel, labels)])
     m = ev.load_dataset(csv_path)
-    assert m.kind == "csv" and m.labels == ds.labels and m.paths == ds.paths and m.targets == ds.targets
+    assert (
+        m.kind == "csv"
+        and m.labels == ds.labels
+        and m.paths == ds.paths
+        and m.targets == ds.targets
+    )
     bare = folder / "bare.csv"  # no header: path,label; relative to the manifest's folder
     bare.write_text("".join(f"{p},{l}\n" for p, l in zip(rel, labels)))
     assert ev.load_dataset(bare).paths == ds.paths
     js = folder.parent / "m.json"
-    js.write_text(json.dumps({"labels": ["red apple", "blue sky", "green leaf", "cloud"],
-                              "images": [{"path": "folder/" + p, "label": l} for p, l in zip(rel, labels)]}))
+    js.write_text(
+        json.dumps(
+            {
+                "labels": ["red apple", "blue sky", "green leaf", "cloud"],
+                "images": [{"path": "folder/" + p, "label": l} for p, l in zip(rel, labels)],
+            }
+        )
+    )
     j = ev.load_dataset(js)
-    assert j.labels == ["red apple", "blue sky", "green leaf", "cloud"]  # given order, extra label kept
+    assert j.labels == [
+        "red apple",
+        "blue sky",
+        "green leaf",
+        "cloud",
+    ]  # given order, extra label kept
     assert [j.labels[t] for t in j.targets] == labels
     js.write_text(json.dumps([[rel[0], "dog"], [rel[1], "cat"]]))
     assert ev.load_dataset(js).labels == ["cat", "dog"]
     js.write_text(json.dumps({"labels": ["cat"], "images": [[rel[0], "dog"]]}))
-    with pytest.raises(ev.EvalError, match="not in its \"labels\" list"):
+    with pytest.raises(ev.EvalError, match='not in its "labels" list'):
         ev.load_dataset(js)
     bad = tmp_path / "bad.csv"
     bad.write_text("path,species\na.jpg,cat\n")
@@ -159,8 +196,13 @@ def test_empty_class_folders_and_dangling_links_are_reported(clip, tmp_path, cap
     assert ds.labels == ["cat", "dog"]  # empty folders are not candidate labels...
     assert ds.empty_classes == ["empty_class", "only_notes"]  # ... but reported
     assert ds.dangling_links == 1 and ds.ignored_files == 1
-    assert [ds.rel(i) for i in range(len(ds))] == ["cat/0.png", "cat/1.png", "dog/0.png",
-                                                    "dog/1.png", "dog/gone.jpg"]
+    assert [ds.rel(i) for i in range(len(ds))] == [
+        "cat/0.png",
+        "cat/1.png",
+        "dog/0.png",
+        "dog/1.png",
+        "dog/gone.jpg",
+    ]
     assert ds.targets == [0, 0, 1, 1, 1]
     manifest = root / "m.csv"
     manifest.write_text("cat/0.png,cat\ndog/gone.jpg,dog\n")
@@ -168,15 +210,21 @@ def test_empty_class_folders_and_dangling_links_are_reported(clip, tmp_path, cap
     manifest.unlink()
     said: list[str] = []
     result = _run(clip, root, methods=("none", "tca"), echo=said.append)
-    assert said == ["warning: ignored 2 empty class folder(s) (no images, so not candidate "
-                    "labels): empty_class, only_notes"]
+    assert said == [
+        "warning: ignored 2 empty class folder(s) (no images, so not candidate "
+        "labels): empty_class, only_notes"
+    ]
     d = result["dataset"]
     assert d["empty_class_folders"] == ["empty_class", "only_notes"] and d["dangling_links"] == 1
     assert d["unreadable"] == 1 and d["unreadable_files"] == ["dog/gone.jpg"]
     assert [(e["n_images"], e["unreadable"]) for e in result["results"]] == [(4, 1), (4, 1)]
     err = capsys.readouterr().err
-    assert err.count("skipped unreadable image dog/gone.jpg: gone.jpg is a symbolic link to a "
-                     "missing file") == 1
+    assert (
+        err.count(
+            "skipped unreadable image dog/gone.jpg: gone.jpg is a symbolic link to a missing file"
+        )
+        == 1
+    )
     table = ev.format_table(result)
     assert "skipped 1 unreadable image(s): dog/gone.jpg" in table
     assert "1 of them: symbolic link(s) to missing files" in table
@@ -285,7 +333,8 @@ def test_same_order_counts_and_gmacs(clip, folder, reference):
         for r in recs:
             if "error" not in r:
                 assert r["gmacs"] == pytest.approx(
-                    tca.macs_for(geom, cfg, anchors=r.get("anchors", False)).gmacs, rel=1e-12)
+                    tca.macs_for(geom, cfg, anchors=r.get("anchors", False)).gmacs, rel=1e-12
+                )
         assert e["gmacs_baseline"] == pytest.approx(base)
         if e["method"] != "tca":
             assert e["gmacs"] == pytest.approx(e["gmacs_analytic"], rel=1e-12)
@@ -305,9 +354,11 @@ def test_baselines_are_plain_condensation_without_correction(clip, folder, refer
     _, records = reference
     ds = ev.load_dataset(folder)
     text = clip.encode_text(ds.labels)
-    for key, cfg in (("none", tca.CondenseConfig(method="none")),
-                     ("evit-R0.7", tca.CondenseConfig(method="evit", keep_rate=0.7)),
-                     ("tome-R0.7", tca.CondenseConfig(method="tome", keep_rate=0.7))):
+    for key, cfg in (
+        ("none", tca.CondenseConfig(method="none")),
+        ("evit-R0.7", tca.CondenseConfig(method="evit", keep_rate=0.7)),
+        ("tome-R0.7", tca.CondenseConfig(method="tome", keep_rate=0.7)),
+    ):
         recs = [r for r in records[key + ".rep0"] if "error" not in r]
         assert not any("pred_corrected" in r or "anchors" in r for r in recs)
         x = torch.stack([clip.preprocess(tca.load_image(folder / r["path"])) for r in recs])
@@ -329,15 +380,17 @@ def test_tca_is_a_fresh_stream_per_run(clip, folder, reference):
     reservoir = tca.Reservoir(len(ds.labels), tca.preset("default"))
     expected = []
     for start in range(0, len(recs), 4):
-        batch = [r for r in recs[start:start + 4] if "error" not in r]
+        batch = [r for r in recs[start : start + 4] if "error" not in r]
         x = torch.stack([clip.preprocess(tca.load_image(folder / r["path"])) for r in batch])
         with torch.inference_mode():
             enc = tca.encode(clip.model, x, cfg, anchors=reservoir.anchors(), record_cls=True)
             feats = F.normalize(enc.features.float(), dim=-1)
             logits = scale * feats @ text.T
         corrected = tca.stream_update(reservoir, enc.cls_tokens, logits, feats)
-        expected += [(int(a), int(b), enc.anchors_used)
-                     for a, b in zip(logits.argmax(-1), corrected.argmax(-1))]
+        expected += [
+            (int(a), int(b), enc.anchors_used)
+            for a, b in zip(logits.argmax(-1), corrected.argmax(-1))
+        ]
     got = [(r["pred"], r["pred_corrected"], r["anchors"]) for r in recs if "error" not in r]
     assert got == expected
     assert got[0][2] is False  # the first image of a run never sees anchors: fresh reservoir
@@ -430,9 +483,30 @@ def _cli(capsys, *argv) -> tuple[int, str, str]:
 
 def test_cli_files_and_resume(folder, tmp_path, capsys):
     out = tmp_path / "out"
-    argv = ["eval", str(folder), "--model", TINY, "--pretrained", "none", "--methods", "none,tca",
-            "--keep-rate", "0.9", "0.7", "--batch-size", "4", "--workers", "0", "--no-progress",
-            "--out", str(out / "r.json"), "--csv", str(out / "r.csv"), "--plot", str(out / "r.png")]
+    argv = [
+        "eval",
+        str(folder),
+        "--model",
+        TINY,
+        "--pretrained",
+        "none",
+        "--methods",
+        "none,tca",
+        "--keep-rate",
+        "0.9",
+        "0.7",
+        "--batch-size",
+        "4",
+        "--workers",
+        "0",
+        "--no-progress",
+        "--out",
+        str(out / "r.json"),
+        "--csv",
+        str(out / "r.csv"),
+        "--plot",
+        str(out / "r.png"),
+    ]
     rc, stdout, stderr = _cli(capsys, *argv)
     assert rc == 0, stderr
     assert "top-1 %" in stdout and "tca R=0.7" in stdout and "none (CLIP)" in stdout
@@ -463,26 +537,55 @@ def test_cli_files_and_resume(folder, tmp_path, capsys):
 
 def test_cli_default_records_dir(folder, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    rc, _, err = _cli(capsys, "eval", str(folder), "--model", TINY, "--pretrained", "none",
-                      "--methods", "evit", "--keep-rate", "0.5", "--limit", "3", "--workers", "1",
-                      "--no-progress")
+    rc, _, err = _cli(
+        capsys,
+        "eval",
+        str(folder),
+        "--model",
+        TINY,
+        "--pretrained",
+        "none",
+        "--methods",
+        "evit",
+        "--keep-rate",
+        "0.5",
+        "--limit",
+        "3",
+        "--workers",
+        "1",
+        "--no-progress",
+    )
     assert rc == 0, err
     assert len(list((tmp_path / "results.records").glob("evit-R0.5.*.jsonl"))) == 1
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--keep-rate", "1.5"], "keep rate must be in (0, 1]"),
-    (["--keep-rate", "abc"], "keep rates must be numbers"),
-    (["--methods", "none,foo"], "unknown method 'foo'"),
-    (["--repeats", "0"], "--repeats must be >= 1"),
-    (["--batch-size", "0"], "--batch-size must be >= 1"),
-    (["--limit", "0"], "--limit must be >= 1"),
-    (["--shuffle-seed", "none", "--repeats", "2"], "needs shuffled orders"),
-    (["--layers", "3,40", "--methods", "evit"], "layer index 40 is out of range"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--keep-rate", "1.5"], "keep rate must be in (0, 1]"),
+        (["--keep-rate", "abc"], "keep rates must be numbers"),
+        (["--methods", "none,foo"], "unknown method 'foo'"),
+        (["--repeats", "0"], "--repeats must be >= 1"),
+        (["--batch-size", "0"], "--batch-size must be >= 1"),
+        (["--limit", "0"], "--limit must be >= 1"),
+        (["--shuffle-seed", "none", "--repeats", "2"], "needs shuffled orders"),
+        (["--layers", "3,40", "--methods", "evit"], "layer index 40 is out of range"),
+    ],
+)
 def test_cli_errors(folder, capsys, extra, message):
-    rc, _, err = _cli(capsys, "eval", str(folder), "--model", TINY, "--pretrained", "none",
-                      "--workers", "0", "--no-progress", *extra)
+    rc, _, err = _cli(
+        capsys,
+        "eval",
+        str(folder),
+        "--model",
+        TINY,
+        "--pretrained",
+        "none",
+        "--workers",
+        "0",
+        "--no-progress",
+        *extra,
+    )
     assert rc == 2
     assert "Traceback" not in err
     last = err.strip().splitlines()[-1]
@@ -491,11 +594,15 @@ def test_cli_errors(folder, capsys, extra, message):
 
 def test_cli_bad_data(tmp_path, capsys):
     rc, _, err = _cli(capsys, "eval", str(tmp_path / "nope"), "--pretrained", "none")
-    assert rc == 2 and err.strip() == f"error: no such folder or manifest: {str(tmp_path / 'nope')!r}"
+    assert (
+        rc == 2 and err.strip() == f"error: no such folder or manifest: {str(tmp_path / 'nope')!r}"
+    )
     for name in ("Cat", "cat"):
         (tmp_path / "dup" / name).mkdir(parents=True)
         _image(1, "RGB", (16, 16)).save(tmp_path / "dup" / name / "a.png")
-    rc, _, err = _cli(capsys, "eval", str(tmp_path / "dup"), "--model", TINY, "--pretrained", "none")
+    rc, _, err = _cli(
+        capsys, "eval", str(tmp_path / "dup"), "--model", TINY, "--pretrained", "none"
+    )
     assert rc == 2 and "duplicate label" in err.strip().splitlines()[-1]
     with pytest.raises(SystemExit) as exc:
         cli_main(["eval", str(tmp_path), "--preset", "no-such-preset"])
@@ -506,13 +613,26 @@ def test_cli_bad_data(tmp_path, capsys):
 # Offline smoke test on real photos (Tux Paint stamps, installed by .ci/run)
 
 
-@pytest.mark.skipif(not STAMPS.is_dir(), reason=f"{STAMPS} missing: install the Debian package "
-                    f"tuxpaint-stamps-default (.ci/run does)")
+@pytest.mark.skipif(
+    not STAMPS.is_dir(),
+    reason=f"{STAMPS} missing: install the Debian package tuxpaint-stamps-default (.ci/run does)",
+)
 def test_tuxpaint_smoke(tmp_path, capsys):
     data = tmp_path / "tux"
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_tuxpaint_folder.py"),
-                           str(data), "--classes", "6", "--per-class", "4"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "make_tuxpaint_folder.py"),
+            str(data),
+            "--classes",
+            "6",
+            "--per-class",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     ds = ev.load_dataset(data)
     assert len(ds.labels) == 6 and len(ds) == 24 and ds.ignored_files == 0
@@ -520,15 +640,37 @@ def test_tuxpaint_smoke(tmp_path, capsys):
         assert im.mode == "RGB" and (np.asarray(im) == 255).all(axis=-1).any()
     assert ev.load_dataset(data / "manifest.csv").paths == ds.paths
     out = tmp_path / "out"
-    rc, stdout, stderr = _cli(capsys, "eval", str(data), "--model", TINY, "--pretrained", "none",
-                              "--workers", "1", "--no-progress", "--out", str(out / "tux.json"),
-                              "--plot", str(out / "tux.png"), "--csv", str(out / "tux.csv"))
+    rc, stdout, stderr = _cli(
+        capsys,
+        "eval",
+        str(data),
+        "--model",
+        TINY,
+        "--pretrained",
+        "none",
+        "--workers",
+        "1",
+        "--no-progress",
+        "--out",
+        str(out / "tux.json"),
+        "--plot",
+        str(out / "tux.png"),
+        "--csv",
+        str(out / "tux.csv"),
+    )
     assert rc == 0, stderr
     assert "meaningless" in stdout
     result = json.loads((out / "tux.json").read_text())
     assert result["dataset"]["evaluated"] == 24 and result["dataset"]["unreadable"] == 0
     assert [e["setting"] for e in result["results"]] == [
-        "none (CLIP)", "tca R=0.9", "tca R=0.7", "evit R=0.9", "evit R=0.7", "tome R=0.9", "tome R=0.7"]
+        "none (CLIP)",
+        "tca R=0.9",
+        "tca R=0.7",
+        "evit R=0.9",
+        "evit R=0.7",
+        "tome R=0.9",
+        "tome R=0.7",
+    ]
     by = {e["setting"]: e for e in result["results"]}
     for e in result["results"]:
         assert e["n_images"] == 24 and 0 <= e["top1"] <= 100 and e["top1"] <= e["top5"]

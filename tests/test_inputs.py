@@ -1,4 +1,5 @@
 """Bad and odd inputs: images of every mode and size, labels, checkpoints, model names."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,8 +23,11 @@ def _png(image: Image.Image, path: Path, **kw) -> Path:
 @pytest.mark.parametrize("mode", ["L", "LA", "P", "RGBA", "CMYK", "I;16", "I", "F", "1", "RGB"])
 def test_every_mode_becomes_rgb(mode, tmp_path, tiny_clip):
     arr = (np.arange(40 * 30 * 3) % 251).astype(np.uint8).reshape(30, 40, 3)
-    img = Image.fromarray(arr).convert(mode) if mode not in ("I;16", "I", "F") else \
-        Image.fromarray(arr[..., 0].astype(np.uint16) * 200).convert(mode)
+    img = (
+        Image.fromarray(arr).convert(mode)
+        if mode not in ("I;16", "I", "F")
+        else Image.fromarray(arr[..., 0].astype(np.uint16) * 200).convert(mode)
+    )
     ext = "tiff" if mode in ("CMYK", "I;16", "I", "F") else "png"
     path = img.save(tmp_path / f"x.{ext}") or tmp_path / f"x.{ext}"
     out = load_image(path)
@@ -66,10 +70,13 @@ def test_decompression_bomb_refused_before_decoding(tmp_path):
         load_image(path)
 
 
-@pytest.mark.parametrize("data, message", [
-    (b"", "not a readable image"),
-    (b"definitely not an image", "not a readable image"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"", "not a readable image"),
+        (b"definitely not an image", "not a readable image"),
+    ],
+)
 def test_unreadable_bytes(data, message):
     with pytest.raises(ImageError, match=message):
         load_image(data)
@@ -100,14 +107,17 @@ def test_parse_labels():
     assert parse_labels(["a ", " b"]) == ["a", "b"]
 
 
-@pytest.mark.parametrize("labels, message", [
-    ([], "at least two.*no labels"),
-    (["cat"], "only one label"),
-    (["cat", "Cat", "dog"], "duplicate label: 'cat'"),
-    (["cat", " "], "label 2 is empty"),
-    (["cat", "x" * 301], "301 characters"),
-    ([f"l{i}" for i in range(101)], "too many labels: 101"),
-])
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        ([], "at least two.*no labels"),
+        (["cat"], "only one label"),
+        (["cat", "Cat", "dog"], "duplicate label: 'cat'"),
+        (["cat", " "], "label 2 is empty"),
+        (["cat", "x" * 301], "301 characters"),
+        ([f"l{i}" for i in range(101)], "too many labels: 101"),
+    ],
+)
 def test_bad_labels(labels, message):
     with pytest.raises(LabelError, match=message):
         validate_labels(labels, max_labels=100)
@@ -132,6 +142,7 @@ def test_text_embeddings_are_cached_and_normalised(tiny_clip):
 
 def test_checkpoints_load_safely(tmp_path, tiny_clip):
     from safetensors.torch import save_file
+
     state = {k: v.clone().contiguous() for k, v in tiny_clip.model.state_dict().items()}
     save_file(state, str(tmp_path / "w.safetensors"))
     torch.save({"state_dict": {"module." + k: v for k, v in state.items()}}, tmp_path / "w.pt")
@@ -154,10 +165,14 @@ def test_checkpoints_load_safely(tmp_path, tiny_clip):
         tca.load_model("tca-tiny-ViT", checkpoint=tmp_path / "evil.pt")
     assert not ran.exists()  # nothing was unpickled
     head, refused, tail = str(info.value).partition("GLOBAL io.open")  # torch names what it refused
-    assert head == (f"cannot read checkpoint {str(tmp_path / 'evil.pt')!r} (refused by a "
-                    f"weights-only load, which unpickles tensors only: Unsupported global: ")
-    assert refused and tail == (" was not an allowed global by default); it must be a .safetensors "
-                                "file or a PyTorch state dict saved with plain tensors")
+    assert head == (
+        f"cannot read checkpoint {str(tmp_path / 'evil.pt')!r} (refused by a "
+        f"weights-only load, which unpickles tensors only: Unsupported global: "
+    )
+    assert refused and tail == (
+        " was not an allowed global by default); it must be a .safetensors "
+        "file or a PyTorch state dict saved with plain tensors"
+    )
     with pytest.raises(WeightsUnavailableError, match="does not exist"):
         tca.load_model("tca-tiny-ViT", checkpoint=tmp_path / "nope.safetensors")
     save_file({"visual.proj": torch.zeros(2, 2)}, str(tmp_path / "wrong.safetensors"))
@@ -169,18 +184,22 @@ def test_checkpoints_load_safely(tmp_path, tiny_clip):
     assert str(info.value) == (  # every key but visual.proj is missing, the first five named
         f"checkpoint {str(tmp_path / 'wrong.safetensors')!r} does not fit this architecture: "
         f"{n_keys - 1} missing key(s): {first}, ...; "
-        f"1 shape mismatch(es): visual.proj (checkpoint (2, 2), model {proj})")
+        f"1 shape mismatch(es): visual.proj (checkpoint (2, 2), model {proj})"
+    )
     extra = dict(state, **{"visual.extra_head.weight": torch.zeros(3)})
     del extra["logit_scale"]
     save_file(extra, str(tmp_path / "extra.safetensors"))
     with pytest.raises(WeightsUnavailableError) as info:
         tca.load_model("tca-tiny-ViT", checkpoint=tmp_path / "extra.safetensors")
-    assert str(info.value).endswith("does not fit this architecture: 1 missing key(s): "
-                                    "logit_scale; 1 unexpected key(s): visual.extra_head.weight")
+    assert str(info.value).endswith(
+        "does not fit this architecture: 1 missing key(s): "
+        "logit_scale; 1 unexpected key(s): visual.extra_head.weight"
+    )
 
 
 def test_checkpoint_from_environment_is_read_by_the_cli_only(tmp_path, monkeypatch):
     from tca.cli import build_parser
+
     monkeypatch.setenv("TCA_CHECKPOINT", str(tmp_path / "env.safetensors"))
     args = build_parser().parse_args(["predict", "x.jpg", "--labels", "a,b"])
     assert args.checkpoint == str(tmp_path / "env.safetensors")
@@ -197,11 +216,15 @@ def test_error_messages_do_not_leak_server_directories(tmp_path):
 
 def test_offline_pretrained_fails_fast_with_instructions():
     from tca.weights import WEIGHTS_HELP
-    with pytest.raises(WeightsUnavailableError, match="--checkpoint PATH.*--pretrained none") as info:
+
+    with pytest.raises(
+        WeightsUnavailableError, match="--checkpoint PATH.*--pretrained none"
+    ) as info:
         tca.load_model("ViT-B-32-quickgelu", pretrained="openai")
     assert str(info.value) == (
         "pretrained weights ViT-B-32-quickgelu/openai are not in the local cache and the Hugging "
-        f"Face Hub is offline (HF_HUB_OFFLINE=1). {WEIGHTS_HELP}")
+        f"Face Hub is offline (HF_HUB_OFFLINE=1). {WEIGHTS_HELP}"
+    )
     # raised by the offline check itself, not wrapped from a failed download: no request was made
     assert info.value.__cause__ is None
 
@@ -220,7 +243,8 @@ def test_unknown_model_and_tag():
 def test_random_weights_are_flagged_and_seeded(tiny_clip):
     assert tiny_clip.is_random and tiny_clip.pretrained is None
     assert tiny_clip.weights_description == (
-        "tca-tiny-ViT with RANDOM weights (predictions are meaningless)")
+        "tca-tiny-ViT with RANDOM weights (predictions are meaningless)"
+    )
     a = tca.load_model("tca-tiny-ViT", pretrained="none", seed=3)
     b = tca.load_model("tca-tiny-ViT", pretrained="none", seed=3)
     c = tca.load_model("tca-tiny-ViT", pretrained="none", seed=4)
@@ -234,9 +258,16 @@ def test_cached_pretrained_weights_load_offline_without_network(tmp_path, monkey
     import open_clip
     from open_clip import pretrained
     from safetensors.torch import save_file
+
     # open_clip has no public call to register a pretrained tag; its look-ups read this table.
-    cfg = dict(url="", hf_hub="tca-test/tiny-vit/", mean=(0.25, 0.5, 0.75), std=(0.2, 0.3, 0.4),
-               interpolation="bilinear", resize_mode="squash")
+    cfg = dict(
+        url="",
+        hf_hub="tca-test/tiny-vit/",
+        mean=(0.25, 0.5, 0.75),
+        std=(0.2, 0.3, 0.4),
+        interpolation="bilinear",
+        resize_mode="squash",
+    )
     monkeypatch.setitem(pretrained._PRETRAINED, "tca-tiny-ViT", {"cachetest": cfg})
     with pytest.raises(WeightsUnavailableError, match="not in the local cache.*HF_HUB_OFFLINE=1"):
         tca.load_model("tca-tiny-ViT", "cachetest", cache_dir=tmp_path)  # nothing cached yet
@@ -246,8 +277,10 @@ def test_cached_pretrained_weights_load_offline_without_network(tmp_path, monkey
     snap.mkdir(parents=True)
     (snap.parent.parent / "refs").mkdir()
     (snap.parent.parent / "refs" / "main").write_text("0123abcd")
-    save_file({k: v.contiguous() for k, v in src.state_dict().items()},
-              str(snap / "open_clip_model.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in src.state_dict().items()},
+        str(snap / "open_clip_model.safetensors"),
+    )
     clip = tca.load_model("tca-tiny-ViT", "cachetest", cache_dir=tmp_path)
     assert clip.pretrained == "cachetest" and not clip.is_random
     for key, value in src.state_dict().items():

@@ -2,6 +2,7 @@
 tokens sliced at the condensing blocks, no scoring. Its token counts must be exactly the
 method's, and its outputs exactly those of the unmodified blocks on sliced tokens, written here
 from open_clip's and timm's modules without tca's code."""
+
 from __future__ import annotations
 
 import pytest
@@ -107,7 +108,9 @@ def test_split_block_is_the_block_itself(models, name):
     x = torch.randn(2, 197, visual.trunk.embed_dim if name == TIMM else visual.transformer.width)
     with torch.inference_mode():
         for block in tower.blocks(visual):
-            split = tower.mlp_residual(block, tower.attn_residual(block, x, tower.own_attention(block, x)))
+            split = tower.mlp_residual(
+                block, tower.attn_residual(block, x, tower.own_attention(block, x))
+            )
             assert torch.equal(split, block(x))
             x = block(x)
 
@@ -123,5 +126,3 @@ def test_limit_in_bf16_follows_the_mixed_precision_model(models):
         want = _open_clip_reference(visual, x.to(torch.bfloat16), schedule.plans)
     assert got.dtype == torch.bfloat16 and torch.equal(got, want)
     assert counts == list(schedule.tokens)
-
-

@@ -2,6 +2,7 @@
 the upload budget. The middlewares are tested on a real FastAPI app served by uvicorn on
 loopback (tests/limits_app.py, in a subprocess whose memory is measured), with 500 MB posts
 sent over raw sockets both with a Content-Length and chunked (no length)."""
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,12 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server():
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tests.limits_app", str(port)], cwd=ROOT,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.limits_app", str(port)],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 300
     while time.time() < deadline:
         try:
@@ -50,8 +55,14 @@ def _rss_mb(pid: int) -> float:
     return int(line.split()[1]) / 1024
 
 
-def _post(port: int, path: str, size: int, chunked: bool = False, headers: dict | None = None,
-          content: bytes | None = None) -> tuple[int, dict, bytes]:
+def _post(
+    port: int,
+    path: str,
+    size: int,
+    chunked: bool = False,
+    headers: dict | None = None,
+    content: bytes | None = None,
+) -> tuple[int, dict, bytes]:
     """POST ``size`` bytes (``content``, or b"a"s) over a raw socket, 1 MiB at a time (stops
     when the server hangs up), and read the answer: (status, headers, body)."""
     head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
@@ -98,8 +109,10 @@ def _stats(port: int) -> dict:
     return json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=30).read())
 
 
-TOO_LARGE = {"detail": "request body too large: at most 16 MB (16777216 bytes); images are "
-                       "accepted up to 10 MB"}
+TOO_LARGE = {
+    "detail": "request body too large: at most 16 MB (16777216 bytes); images are "
+    "accepted up to 10 MB"
+}
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
@@ -126,8 +139,9 @@ def test_bodies_up_to_the_cap_pass_on_every_route_and_larger_ones_do_not(server)
         assert _post(port, "/echo", MAX_BODY_BYTES + 1, chunked=chunked)[0] == 413
     # a 10 MB image as a data: URL inside a JSON body (FastAPI parses it whole) fits under the cap
     payload = json.dumps({"data": "data:image/png;base64," + "A" * (10 * MiB * 4 // 3)}).encode()
-    status, _, body = _post(port, "/json", len(payload), content=payload,
-                            headers={"Content-Type": "application/json"})
+    status, _, body = _post(
+        port, "/json", len(payload), content=payload, headers={"Content-Type": "application/json"}
+    )
     assert status == 200 and json.loads(body) == {"keys": ["data"]}
     for path in ("/json", "/no/such/route", "/stats"):  # every route, even unknown ones
         status, _, body = _post(port, path, 17 * MiB)
@@ -139,8 +153,12 @@ def test_bodies_up_to_the_cap_pass_on_every_route_and_larger_ones_do_not(server)
 
 def test_every_refusal_logs_one_line_and_no_traceback():
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tests.limits_app", str(port), str(MiB)],
-                            cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.limits_app", str(port), str(MiB)],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.time() + 300
         while time.time() < deadline:
@@ -177,10 +195,15 @@ def test_uploads_are_rate_limited_per_client_and_in_total(server):
     assert _post(port, "/gradio_api/upload", 3 * MiB, headers=other)[0] == 200
     # the disk budget of everyone together: 9 MB kept, 11 MB left
     for i in range(2, 5):
-        assert _post(port, "/gradio_api/upload", 3 * MiB,
-                     headers={"X-Forwarded-For": f"198.51.100.{i}"})[0] == 200
-    status, _, body = _post(port, "/gradio_api/upload", 3 * MiB,
-                            headers={"X-Forwarded-For": "198.51.100.9"})
+        assert (
+            _post(
+                port, "/gradio_api/upload", 3 * MiB, headers={"X-Forwarded-For": f"198.51.100.{i}"}
+            )[0]
+            == 200
+        )
+    status, _, body = _post(
+        port, "/gradio_api/upload", 3 * MiB, headers={"X-Forwarded-For": "198.51.100.9"}
+    )
     assert status == 507 and "upload space is full" in json.loads(body)["detail"]
     assert _post(port, "/gradio_api/upload", MiB, chunked=True)[0] == 411  # no length, no charge
     assert _post(port, "/echo", 3 * MiB, headers=ip)[0] == 200  # other routes are not uploads
@@ -189,18 +212,21 @@ def test_uploads_are_rate_limited_per_client_and_in_total(server):
 # --------------------------------------------------------------------------- plain functions
 
 
-@pytest.mark.parametrize("headers, host, proxy, want", [
-    ({"X-Forwarded-For": "203.0.113.7, 10.0.0.1"}, "10.0.0.2", True, "203.0.113.7"),
-    ({"x-forwarded-for": " 2001:DB8::1 ,10.0.0.1"}, "10.0.0.2", True, "2001:db8::1"),
-    ({"X-Forwarded-For": "[2001:db8::2]:4711"}, "10.0.0.2", True, "2001:db8::2"),
-    ({"X-Forwarded-For": "203.0.113.9:4711"}, "10.0.0.2", True, "203.0.113.9"),
-    ({"X-Forwarded-For": "203.0.113.7"}, "10.0.0.2", False, "10.0.0.2"),  # not behind a proxy
-    ({"X-Forwarded-For": "not-an-address, 1.2.3.4"}, "10.0.0.2", True, "10.0.0.2"),
-    ({"X-Forwarded-For": "x" * 10_000}, "127.0.0.1", True, "127.0.0.1"),
-    ({}, "127.0.0.1", True, "127.0.0.1"),
-    ({}, None, False, "unknown"),
-    ({"X-Forwarded-For": ""}, "garbage", True, "unknown"),
-])
+@pytest.mark.parametrize(
+    "headers, host, proxy, want",
+    [
+        ({"X-Forwarded-For": "203.0.113.7, 10.0.0.1"}, "10.0.0.2", True, "203.0.113.7"),
+        ({"x-forwarded-for": " 2001:DB8::1 ,10.0.0.1"}, "10.0.0.2", True, "2001:db8::1"),
+        ({"X-Forwarded-For": "[2001:db8::2]:4711"}, "10.0.0.2", True, "2001:db8::2"),
+        ({"X-Forwarded-For": "203.0.113.9:4711"}, "10.0.0.2", True, "203.0.113.9"),
+        ({"X-Forwarded-For": "203.0.113.7"}, "10.0.0.2", False, "10.0.0.2"),  # not behind a proxy
+        ({"X-Forwarded-For": "not-an-address, 1.2.3.4"}, "10.0.0.2", True, "10.0.0.2"),
+        ({"X-Forwarded-For": "x" * 10_000}, "127.0.0.1", True, "127.0.0.1"),
+        ({}, "127.0.0.1", True, "127.0.0.1"),
+        ({}, None, False, "unknown"),
+        ({"X-Forwarded-For": ""}, "garbage", True, "unknown"),
+    ],
+)
 def test_client_key(headers, host, proxy, want):
     assert client_key(headers, host, behind_proxy=proxy) == want
 
@@ -215,8 +241,14 @@ class Clock:
 
 def test_upload_budget_bucket_refills_and_kept_bytes_expire():
     clock = Clock()
-    budget = UploadBudget(burst_bytes=10 * MiB, rate_bytes_per_s=MiB, total_bytes=12 * MiB,
-                          retention_s=100, min_charge=MiB, clock=clock)
+    budget = UploadBudget(
+        burst_bytes=10 * MiB,
+        rate_bytes_per_s=MiB,
+        total_bytes=12 * MiB,
+        retention_s=100,
+        min_charge=MiB,
+        clock=clock,
+    )
     assert budget.admit("a", 6 * MiB) is None
     refusal = budget.admit("a", 6 * MiB)
     assert refusal is not None and refusal.status == 429 and refusal.retry_after_s == 2.0
@@ -240,8 +272,9 @@ def test_upload_budget_bucket_refills_and_kept_bytes_expire():
 
 def test_upload_budget_forgets_idle_clients():
     clock = Clock()
-    budget = UploadBudget(burst_bytes=MiB, rate_bytes_per_s=MiB, total_bytes=10**12,
-                          min_charge=1, clock=clock)
+    budget = UploadBudget(
+        burst_bytes=MiB, rate_bytes_per_s=MiB, total_bytes=10**12, min_charge=1, clock=clock
+    )
     for i in range(5000):
         assert budget.admit(f"10.0.{i // 256}.{i % 256}", 10) is None
     clock.t += 1  # every bucket is full again

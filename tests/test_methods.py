@@ -20,20 +20,43 @@ CONDENSING = [name for name, m in METHODS.items() if m.plan is not None]
 
 
 def test_records_are_keyed_by_name_in_display_order():
-    assert list(METHODS) == ["tca", "evit", "tome", "tome-paper", "ats", "pitome", "tofu",
-                             "zero-tprune", "repshift", "none"]
+    assert list(METHODS) == [
+        "tca",
+        "evit",
+        "tome",
+        "tome-paper",
+        "ats",
+        "pitome",
+        "tofu",
+        "zero-tprune",
+        "repshift",
+        "none",
+    ]
     assert all(name == m.name for name, m in METHODS.items())
-    assert len({m.title for m in METHODS.values()}) == len({m.label for m in METHODS.values()}) == 10
+    assert (
+        len({m.title for m in METHODS.values()}) == len({m.label for m in METHODS.values()}) == 10
+    )
     assert COMPARED == ("tca", "evit", "tome") and tca.METHODS == tuple(METHODS)
     # a plan builder and a step come together: none has neither
     assert all((m.plan is None) == (m.step is None) for m in METHODS.values())
-    assert CONDENSING == ["tca", "evit", "tome", "tome-paper", "ats", "pitome", "tofu",
-                          "zero-tprune", "repshift"]
+    assert CONDENSING == [
+        "tca",
+        "evit",
+        "tome",
+        "tome-paper",
+        "ats",
+        "pitome",
+        "tofu",
+        "zero-tprune",
+        "repshift",
+    ]
 
 
 def test_unknown_method_names_the_choices():
-    msg = ("unknown method 'tcaa'; choose one of tca, evit, tome, tome-paper, ats, pitome, tofu, "
-           "zero-tprune, repshift, none")
+    msg = (
+        "unknown method 'tcaa'; choose one of tca, evit, tome, tome-paper, ats, pitome, tofu, "
+        "zero-tprune, repshift, none"
+    )
     with pytest.raises(ConfigError, match=re.escape(msg)):
         method("tcaa")
     with pytest.raises(ConfigError, match=re.escape(msg)):
@@ -49,11 +72,16 @@ def test_flags_match_the_schedule(name):
     assert s.adaptive is m.adaptive
     # needs_cls: a tower without CLS is refused with the reason, and only then
     if m.needs_cls:
-        with pytest.raises(ConfigError, match="has no CLS token; use tca, evit, tome, tome-paper, pitome, tofu, "
-                           "zero-tprune or repshift"):
+        with pytest.raises(
+            ConfigError,
+            match="has no CLS token; use tca, evit, tome, tome-paper, pitome, tofu, "
+            "zero-tprune or repshift",
+        ):
             plan_layers(CondenseConfig(method=name, keep_rate=0.7), 196, 12, prefix=0)
     else:
-        assert plan_layers(CondenseConfig(method=name, keep_rate=0.7), 196, 12, prefix=0).prefix == 0
+        assert (
+            plan_layers(CondenseConfig(method=name, keep_rate=0.7), 196, 12, prefix=0).prefix == 0
+        )
 
 
 @pytest.mark.parametrize("name", CONDENSING)
@@ -115,7 +143,9 @@ def test_tca_step_draws_the_first_centre_from_the_seeded_generator(tiny_clip):
     try:
         with torch.no_grad():
             runs = [
-                tca.encode(model, images, CondenseConfig(keep_rate=0.5, merge_centers=3, center_seed=s))
+                tca.encode(
+                    model, images, CondenseConfig(keep_rate=0.5, merge_centers=3, center_seed=s)
+                )
                 for s in (None, 5, 5)
             ]
     finally:

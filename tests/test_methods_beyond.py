@@ -1,5 +1,6 @@
 """PiToMe, ToFu, Zero-TPrune and Representation Shift: the tensor functions of tca.condense on
 hand-computed tensors, and rules written out as plain loops on random ones."""
+
 from __future__ import annotations
 
 import math
@@ -37,8 +38,10 @@ def test_drop_tokens_keeps_prefix_and_order_exactly():
     size = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0], [6.0, 7.0, 8.0, 9.0, 10.0]])
     c = beyond.drop_tokens(x, drop, 1, size)
     assert c.dest.tolist() == [[0, 1, -1, 2, -1], [0, -1, 1, 2, -1]]
-    assert c.pruned.tolist() == [[False, False, True, False, True],
-                                 [False, True, False, False, True]]
+    assert c.pruned.tolist() == [
+        [False, False, True, False, True],
+        [False, True, False, False, True],
+    ]
     torch.testing.assert_close(c.x[0], x[0, [0, 1, 3]])
     torch.testing.assert_close(c.x[1], x[1, [0, 2, 3]])
     assert c.size.tolist() == [[1.0, 2.0, 4.0], [6.0, 8.0, 9.0]]
@@ -68,8 +71,10 @@ def test_pitome_margin_falls_linearly_with_depth():
 
 def test_cosine_matrix_by_hand():
     m = torch.tensor([[[3.0, 4.0], [1.0, 0.0], [0.0, -2.0]]])
-    torch.testing.assert_close(beyond.cosine_matrix(m), torch.tensor(
-        [[[1.0, 0.6, -0.8], [0.6, 1.0, 0.0], [-0.8, 0.0, 1.0]]]))
+    torch.testing.assert_close(
+        beyond.cosine_matrix(m),
+        torch.tensor([[[1.0, 0.6, -0.8], [0.6, 1.0, 0.0], [-0.8, 0.0, 1.0]]]),
+    )
     zero = beyond.cosine_matrix(torch.zeros(1, 2, 3))  # no division by zero
     assert torch.equal(zero, torch.zeros(1, 2, 2))
 
@@ -83,8 +88,12 @@ def test_energy_score_by_hand():
     e = beyond.energy_score(sim, 0.5)
     # ELU(1 - .5) = .5; ELU(0 - .5) = e^-.5 - 1; ELU(-1 - .5) = e^-1.5 - 1
     hi, mid, lo = 0.5, _elu(-0.5), _elu(-1.5)
-    want = [(2 * hi + mid + lo) / 4, (2 * hi + mid + lo) / 4, (3 * mid + hi) / 4,
-            (2 * lo + mid + hi) / 4]
+    want = [
+        (2 * hi + mid + lo) / 4,
+        (2 * hi + mid + lo) / 4,
+        (3 * mid + hi) / 4,
+        (2 * lo + mid + hi) / 4,
+    ]
     torch.testing.assert_close(e, torch.tensor([want]))
     # alpha scales only the part below the margin
     e2 = beyond.energy_score(sim, 0.5, alpha=2.0)
@@ -98,8 +107,9 @@ def test_pitome_match_by_hand():
     assert n_out == 4
     assert dest.tolist() == [[0, 3, 3, 1, 2]]  # [CLS; p2, p3; p1 <- p0]
     c = beyond.pitome_merge(KEYS, torch.ones(1, 5), KEYS, 1, 0.5)
-    torch.testing.assert_close(c.x, torch.tensor([[[5.0, 5.0], [0.0, 3.0], [-1.0, 0.0],
-                                                   [1.5, 0.0]]]))
+    torch.testing.assert_close(
+        c.x, torch.tensor([[[5.0, 5.0], [0.0, 3.0], [-1.0, 0.0], [1.5, 0.0]]])
+    )
     assert c.size.tolist() == [[1.0, 1.0, 1.0, 2.0]] and c.pruned is None
     torch.testing.assert_close(c.score, energy)
 
@@ -123,8 +133,8 @@ def _pitome_reference(metric, r, margin, prefix):
     sim = [[float(pm[i] @ pm[j]) for j in range(p)] for i in range(p)]
     energy = [sum(_elu(sim[i][j] - margin) for j in range(p)) / p for i in range(p)]
     order = sorted(range(p), key=lambda i: (-energy[i], i))
-    a, b = order[0:2 * r:2], order[1:2 * r:2]
-    protected = sorted(order[2 * r:])
+    a, b = order[0 : 2 * r : 2], order[1 : 2 * r : 2]
+    protected = sorted(order[2 * r :])
     dest = list(range(prefix)) + [0] * p
     for k, i in enumerate(protected):
         dest[prefix + i] = prefix + k
@@ -137,16 +147,24 @@ def _pitome_reference(metric, r, margin, prefix):
 
 
 @settings(max_examples=40, deadline=None)
-@given(n=st.integers(2, 24), frac=st.floats(0.0, 1.0), prefix=st.integers(0, 1),
-       margin=st.floats(-0.5, 0.95), seed=st.integers(0, 10_000))
+@given(
+    n=st.integers(2, 24),
+    frac=st.floats(0.0, 1.0),
+    prefix=st.integers(0, 1),
+    margin=st.floats(-0.5, 0.95),
+    seed=st.integers(0, 10_000),
+)
 def test_pitome_match_equals_the_rule_written_out(n, frac, prefix, margin, seed):
-    metric = torch.randn(1, n, 6, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    metric = torch.randn(
+        1, n, 6, generator=torch.Generator().manual_seed(seed), dtype=torch.float64
+    )
     r = int(frac * ((n - prefix) // 2))
     dest, n_out, energy = beyond.pitome_match(metric, r, margin, prefix)
     want, want_energy = _pitome_reference(metric[0], r, margin, prefix)
     assert dest[0].tolist() == want and n_out == n - r
-    torch.testing.assert_close(energy[0].double(), torch.tensor(want_energy, dtype=torch.float64),
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        energy[0].double(), torch.tensor(want_energy, dtype=torch.float64), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_pitome_r_zero_and_r_capped():
@@ -161,22 +179,30 @@ def test_pitome_r_zero_and_r_capped():
 
 
 def test_tofu_prunes_in_the_first_half_of_the_blocks():
-    assert [beyond.tofu_prunes(l, 12) for l in (0, 3, 5, 6, 9, 11)] == \
-        [True, True, True, False, False, False]
+    assert [beyond.tofu_prunes(l, 12) for l in (0, 3, 5, 6, 9, 11)] == [
+        True,
+        True,
+        True,
+        False,
+        False,
+        False,
+    ]
     assert [beyond.tofu_prunes(l, 5) for l in range(5)] == [True, True, False, False, False]
 
 
 # tokens: CLS, t1, t2 (= t1's direction: A's best match), t3, t4 (orthogonal to everything)
-TOFU = torch.tensor([[[1.0, 1.0, 0.0], [2.0, 0.0, 0.0], [4.0, 0.1, 0.0], [0.0, 3.0, 0.0],
-                      [0.0, 0.0, 5.0]]])
+TOFU = torch.tensor(
+    [[[1.0, 1.0, 0.0], [2.0, 0.0, 0.0], [4.0, 0.1, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 5.0]]]
+)
 
 
 def test_matched_sources_and_tofu_prune_by_hand():
     dest, n_out = condense.bipartite_soft_matching(TOFU, 1)
     assert dest.tolist() == [[0, 2, 2, 3, 1]] and n_out == 4  # t2 -> t1
     assert beyond.matched_sources(dest, n_out).tolist() == [[False, True, False, False]]
-    assert beyond.matched_sources(dest, n_out, prefix=0).tolist() == \
-        [[False, False, True, False, False]]
+    assert beyond.matched_sources(dest, n_out, prefix=0).tolist() == [
+        [False, False, True, False, False]
+    ]
     c = beyond.tofu_prune(TOFU, torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0]]), TOFU, 1)
     assert c.dest.tolist() == [[0, 1, -1, 2, 3]]  # t2 dropped, not averaged into t1
     assert c.pruned.tolist() == [[False, False, True, False, False]]
@@ -198,8 +224,9 @@ def test_mlerp_merge_by_hand():
     torch.testing.assert_close(out[0, 1], torch.tensor([0.0, 2.0]))
     assert size.tolist() == [[4.0, 2.0]]
     # a larger second token sets the norm
-    out, _ = beyond.mlerp_merge(torch.tensor([[[0.0, 1.0], [10.0, 0.0]]]), torch.ones(1, 2),
-                                  torch.tensor([[0, 0]]), 1)
+    out, _ = beyond.mlerp_merge(
+        torch.tensor([[[0.0, 1.0], [10.0, 0.0]]]), torch.ones(1, 2), torch.tensor([[0, 0]]), 1
+    )
     mean = torch.tensor([5.0, 0.5])
     torch.testing.assert_close(out[0, 0], mean * 10.0 / mean.norm())
 
@@ -230,24 +257,32 @@ def test_weighted_pagerank_by_hand():
     for t in (0, 1, 2, 10):
         want = torch.tensor([[[0.5 ** (t + 1), 1 - 0.5 ** (t + 1)]]])
         torch.testing.assert_close(beyond.weighted_pagerank(a, t), want)
-    torch.testing.assert_close(beyond.weighted_pagerank(a), torch.tensor([[[2.0 ** -11,
-                                                                              1 - 2.0 ** -11]]]))
+    torch.testing.assert_close(
+        beyond.weighted_pagerank(a), torch.tensor([[[2.0**-11, 1 - 2.0**-11]]])
+    )
     # the direction matters: importance flows to the attended token (A^T s, not A s)
     b = torch.tensor([[[[0.0, 1.0, 0.0], [0.0, 1.0, 0.0], [0.5, 0.5, 0.0]]]])
-    torch.testing.assert_close(beyond.weighted_pagerank(b, 1),
-                               torch.tensor([[[1 / 6, 5 / 6, 0.0]]]))
+    torch.testing.assert_close(
+        beyond.weighted_pagerank(b, 1), torch.tensor([[[1 / 6, 5 / 6, 0.0]]])
+    )
 
 
 def test_head_filtered_mean_by_hand():
-    score = torch.tensor([[[1.0, 1.0, 1.0],   # variance 0: lowest, left out
-                           [0.0, 0.0, 3.0],   # variance 2 (tie, earlier head ranks lower)
-                           [0.0, 1.0, 2.0],   # variance 2/3
-                           [3.0, 0.0, 0.0]]])  # variance 2: highest rank, left out
-    torch.testing.assert_close(beyond.head_filtered_mean(score),
-                               torch.tensor([[0.0, 0.5, 2.5]]))
+    score = torch.tensor(
+        [
+            [
+                [1.0, 1.0, 1.0],  # variance 0: lowest, left out
+                [0.0, 0.0, 3.0],  # variance 2 (tie, earlier head ranks lower)
+                [0.0, 1.0, 2.0],  # variance 2/3
+                [3.0, 0.0, 0.0],
+            ]
+        ]
+    )  # variance 2: highest rank, left out
+    torch.testing.assert_close(beyond.head_filtered_mean(score), torch.tensor([[0.0, 0.5, 2.5]]))
     # fewer than four heads: nothing is left out
-    torch.testing.assert_close(beyond.head_filtered_mean(score[:, :3]),
-                               torch.tensor([[1 / 3, 2 / 3, 2.0]]))
+    torch.testing.assert_close(
+        beyond.head_filtered_mean(score[:, :3]), torch.tensor([[1 / 3, 2 / 3, 2.0]])
+    )
     # eight heads: two left out at each end
     eight = torch.arange(8.0).view(1, 8, 1) * torch.tensor([0.0, 1.0])  # variance grows with h
     torch.testing.assert_close(beyond.head_filtered_mean(eight), torch.tensor([[0.0, 3.5]]))
@@ -257,12 +292,13 @@ def test_zero_tprune_select_by_hand():
     importance = torch.tensor([[0.4, 0.1, 0.3, 0.2]])  # important: p0, p2; unimportant: p3, p1
     metric = torch.tensor([[[9.0, 9.0], [1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.6, 0.8]]])
     # best similarity to {p0, p2}: p1 -> p0 0.994, p3 -> p2 0.8
-    assert beyond.zero_tprune_select(importance, metric, 1).tolist() == \
-        [[False, True, False, False]]
-    assert beyond.zero_tprune_select(importance, metric, 2).tolist() == \
-        [[False, True, False, True]]
-    assert beyond.zero_tprune_select(importance, metric, 5).tolist() == \
-        [[False, True, False, True]]  # at most the unimportant half
+    assert beyond.zero_tprune_select(importance, metric, 1).tolist() == [
+        [False, True, False, False]
+    ]
+    assert beyond.zero_tprune_select(importance, metric, 2).tolist() == [[False, True, False, True]]
+    assert beyond.zero_tprune_select(importance, metric, 5).tolist() == [
+        [False, True, False, True]
+    ]  # at most the unimportant half
     assert not beyond.zero_tprune_select(importance, metric, 0).any()
     # no CLS: odd P, the important set is the larger half
     drop = beyond.zero_tprune_select(torch.tensor([[0.5, 0.1, 0.2]]), metric[:, 2:], 1, 0)
@@ -295,16 +331,21 @@ def _ztp_reference(importance, metric, r, prefix):
 
 
 @settings(max_examples=40, deadline=None)
-@given(n=st.integers(2, 24), frac=st.floats(0.0, 1.0), prefix=st.integers(0, 1),
-       seed=st.integers(0, 10_000))
+@given(
+    n=st.integers(2, 24),
+    frac=st.floats(0.0, 1.0),
+    prefix=st.integers(0, 1),
+    seed=st.integers(0, 10_000),
+)
 def test_zero_tprune_select_equals_the_rule_written_out(n, frac, prefix, seed):
     g = torch.Generator().manual_seed(seed)
     metric = torch.randn(1, n, 5, generator=g, dtype=torch.float64)
     importance = torch.rand(1, n - prefix, generator=g)
     r = int(frac * ((n - prefix) // 2))
     drop = beyond.zero_tprune_select(importance, metric, r, prefix)
-    assert drop[0].nonzero().flatten().tolist() == _ztp_reference(importance[0].tolist(),
-                                                                  metric[0], r, prefix)
+    assert drop[0].nonzero().flatten().tolist() == _ztp_reference(
+        importance[0].tolist(), metric[0], r, prefix
+    )
 
 
 # ------------------------------------------------------------------------------ Representation Shift
@@ -313,13 +354,18 @@ def test_zero_tprune_select_equals_the_rule_written_out(n, frac, prefix, seed):
 def test_representation_shift_and_lowest_by_hand():
     before = torch.tensor([[[0.0, 0.0], [1.0, 1.0], [2.0, 0.0]]])
     after = torch.tensor([[[3.0, 4.0], [1.0, 1.0], [2.0, -1.0]]])
-    torch.testing.assert_close(beyond.representation_shift(before, after),
-                               torch.tensor([[5.0, 0.0, 1.0]]))
+    torch.testing.assert_close(
+        beyond.representation_shift(before, after), torch.tensor([[5.0, 0.0, 1.0]])
+    )
     score = torch.tensor([[0.3, 0.1, 0.1, 0.9], [0.5, 0.2, 0.7, 0.1]])
-    assert beyond.lowest(score, 1).tolist() == [[False, False, True, False],  # later tie first
-                                                  [False, False, False, True]]
-    assert beyond.lowest(score, 2).tolist() == [[False, True, True, False],
-                                                  [False, True, False, True]]
+    assert beyond.lowest(score, 1).tolist() == [
+        [False, False, True, False],  # later tie first
+        [False, False, False, True],
+    ]
+    assert beyond.lowest(score, 2).tolist() == [
+        [False, True, True, False],
+        [False, True, False, True],
+    ]
     assert not beyond.lowest(score, 0).any()
 
 
@@ -344,9 +390,13 @@ def test_trace_recorder_keeps_each_method_score_per_patch():
 
     rec = TraceRecorder(1, 4, torch.device("cpu"))  # CLS + 4 patches
     # block 0: patch 1 dropped (repshift-style), the others keep their order
-    rec.condense(0, torch.tensor([[0, 1, -1, 2, 3]]),
-                 torch.tensor([[False, False, True, False, False]]), None,
-                 torch.tensor([[0.5, 0.1, 0.7, 0.9]], dtype=torch.float64))
+    rec.condense(
+        0,
+        torch.tensor([[0, 1, -1, 2, 3]]),
+        torch.tensor([[False, False, True, False, False]]),
+        None,
+        torch.tensor([[0.5, 0.1, 0.7, 0.9]], dtype=torch.float64),
+    )
     rec.end_block()
     # block 1: tokens 1 and 3 (patches 0 and 3) merge; a score per token entering the block
     rec.condense(1, torch.tensor([[0, 1, 2, 1]]), None, None, torch.tensor([[2.0, 3.0, 4.0]]))
@@ -355,8 +405,9 @@ def test_trace_recorder_keeps_each_method_score_per_patch():
     assert sorted(t.scores) == [0, 1] and t.cls_attention == {}
     assert t.scores[0].dtype == torch.float32
     torch.testing.assert_close(t.scores[0], torch.tensor([[0.5, 0.1, 0.7, 0.9]]))
-    torch.testing.assert_close(t.scores[1], torch.tensor([[2.0, float("nan"), 3.0, 4.0]]),
-                               equal_nan=True)
+    torch.testing.assert_close(
+        t.scores[1], torch.tensor([[2.0, float("nan"), 3.0, 4.0]]), equal_nan=True
+    )
     assert t.fate[0, 1].tolist() == [1, PRUNED, 0, 1]
     one = t.select(0)
     torch.testing.assert_close(one.scores[1], t.scores[1], equal_nan=True)
@@ -373,8 +424,9 @@ def test_beyond_functions_create_everything_on_the_input_device():
         *beyond.pitome_match(x, 3, 0.5)[::2],
         beyond.pitome_match(x, 0, 0.5)[0],
         beyond.matched_sources(torch.zeros(2, 9, dtype=torch.long, device=m), 6),
-        *beyond.mlerp_merge(x, torch.empty(2, 9, device=m),
-                            torch.zeros(2, 9, dtype=torch.long, device=m), 4),
+        *beyond.mlerp_merge(
+            x, torch.empty(2, 9, device=m), torch.zeros(2, 9, dtype=torch.long, device=m), 4
+        ),
         beyond.weighted_pagerank(torch.empty(2, 3, 9, 9, device=m)),
         beyond.head_filtered_mean(torch.empty(2, 4, 8, device=m)),
         beyond.zero_tprune_select(torch.empty(2, 8, device=m), x, 3),
@@ -418,10 +470,15 @@ def test_pitome_merge_tofu_and_zero_tprune_without_cls():
 
 def test_head_filter_ranks_heads_per_image():
     # image 0 and image 1 rank their heads differently: each leaves out its own extremes
-    score = torch.tensor([[[1.0, 1.0], [0.0, 2.0], [0.0, 4.0], [0.0, 8.0]],
-                          [[0.0, 8.0], [0.0, 4.0], [0.0, 2.0], [1.0, 1.0]]])
-    torch.testing.assert_close(beyond.head_filtered_mean(score),
-                               torch.tensor([[0.0, 3.0], [0.0, 3.0]]))
+    score = torch.tensor(
+        [
+            [[1.0, 1.0], [0.0, 2.0], [0.0, 4.0], [0.0, 8.0]],
+            [[0.0, 8.0], [0.0, 4.0], [0.0, 2.0], [1.0, 1.0]],
+        ]
+    )
+    torch.testing.assert_close(
+        beyond.head_filtered_mean(score), torch.tensor([[0.0, 3.0], [0.0, 3.0]])
+    )
     score[1, 2] = torch.tensor([0.0, 6.0])
     torch.testing.assert_close(beyond.head_filtered_mean(score)[1], torch.tensor([0.0, 5.0]))
 
@@ -436,8 +493,9 @@ def test_small_norms_and_half_precision():
     assert half.dtype == torch.float16
     importance = torch.tensor([[0.4, 0.1, 0.3, 0.2]])
     metric = torch.tensor([[[9.0, 9.0], [0.01, 0.0], [0.009, 0.001], [0.0, 0.01], [0.006, 0.008]]])
-    assert beyond.zero_tprune_select(importance, metric, 1).tolist() == \
-        [[False, True, False, False]]
+    assert beyond.zero_tprune_select(importance, metric, 1).tolist() == [
+        [False, True, False, False]
+    ]
 
 
 def test_new_plans_count_whole_macs():

@@ -1,6 +1,7 @@
 """PiToMe, ToFu, Zero-TPrune and Representation Shift on real (tiny, random) towers: token
 schedules and GMACs on ViT-B/16, forwards against an independent computation with open_clip's
 own modules, trace fates, batched == one image at a time, towers without CLS, FLOP counter."""
+
 from __future__ import annotations
 
 import pytest
@@ -24,13 +25,20 @@ def _images(n: int, seed: int) -> torch.Tensor:
 # ------------------------------------------------------------------------------ budgets
 
 
-@pytest.mark.parametrize("method, keep_rate, after_3_6_9", [
-    ("pitome", 0.9, [178, 161, 145]), ("pitome", 0.7, [138, 97, 68]),
-    ("tofu", 0.9, [178, 161, 145]), ("tofu", 0.7, [138, 97, 68]),
-    ("zero-tprune", 0.9, [178, 161, 145]), ("zero-tprune", 0.7, [138, 97, 68]),
-    # ceil(R P) patches + CLS: 0.9 -> 177/160/144 patches, 0.7 -> 138/97/68
-    ("repshift", 0.9, [178, 161, 145]), ("repshift", 0.7, [139, 98, 69]),
-])
+@pytest.mark.parametrize(
+    "method, keep_rate, after_3_6_9",
+    [
+        ("pitome", 0.9, [178, 161, 145]),
+        ("pitome", 0.7, [138, 97, 68]),
+        ("tofu", 0.9, [178, 161, 145]),
+        ("tofu", 0.7, [138, 97, 68]),
+        ("zero-tprune", 0.9, [178, 161, 145]),
+        ("zero-tprune", 0.7, [138, 97, 68]),
+        # ceil(R P) patches + CLS: 0.9 -> 177/160/144 patches, 0.7 -> 138/97/68
+        ("repshift", 0.9, [178, 161, 145]),
+        ("repshift", 0.7, [139, 98, 69]),
+    ],
+)
 def test_vit_b16_schedules(method, keep_rate, after_3_6_9):
     s = plan_layers(CondenseConfig(method=method, keep_rate=keep_rate), 197, 12)
     assert [s.tokens[i] for i in (3, 6, 9)] == after_3_6_9
@@ -41,8 +49,11 @@ def test_vit_b16_schedules(method, keep_rate, after_3_6_9):
 
 def test_plans_exactly():
     s = plan_layers(CondenseConfig(method="pitome", keep_rate=0.7), 197, 12)
-    assert [(p.r, p.n_in, p.n_out) for p in s.plans if p] == [(59, 197, 138), (41, 138, 97),
-                                                               (29, 97, 68)]
+    assert [(p.r, p.n_in, p.n_out) for p in s.plans if p] == [
+        (59, 197, 138),
+        (41, 138, 97),
+        (29, 97, 68),
+    ]
     assert [p.margin for p in s.plans if p] == pytest.approx([0.675, 0.45, 0.225])
     s = plan_layers(CondenseConfig(method="tofu", keep_rate=0.7), 197, 12)
     assert [p.prune for p in s.plans if p] == [True, False, False]  # block 3 < 12 // 2
@@ -58,17 +69,26 @@ def test_plans_exactly():
     s = plan_layers(CondenseConfig(method="repshift", keep_rate=0.7), 196, 12, prefix=0)
     assert [s.tokens[i] for i in (3, 6, 9)] == [138, 97, 68]
     # R = 1 removes nothing; a tiny R is capped at half the patches per block (pairs / halves)
-    assert plan_layers(CondenseConfig(method="pitome", keep_rate=1.0), 197, 12).tokens == (197,) * 12
+    assert (
+        plan_layers(CondenseConfig(method="pitome", keep_rate=1.0), 197, 12).tokens == (197,) * 12
+    )
     s = plan_layers(CondenseConfig(method="zero-tprune", keep_rate=0.01), 197, 12)
     assert [s.tokens[i] for i in (3, 6, 9)] == [99, 50, 26]
 
 
-@pytest.mark.parametrize("method, keep_rate, gmacs", [
-    ("pitome", 0.9, 15.27379616), ("pitome", 0.7, 11.425520192),
-    ("tofu", 0.9, 15.269580736), ("tofu", 0.7, 11.422502592),
-    ("zero-tprune", 0.9, 15.280377616), ("zero-tprune", 0.7, 11.430072592),
-    ("repshift", 0.9, 15.26769408), ("repshift", 0.7, 11.4852096),
-])
+@pytest.mark.parametrize(
+    "method, keep_rate, gmacs",
+    [
+        ("pitome", 0.9, 15.27379616),
+        ("pitome", 0.7, 11.425520192),
+        ("tofu", 0.9, 15.269580736),
+        ("tofu", 0.7, 11.422502592),
+        ("zero-tprune", 0.9, 15.280377616),
+        ("zero-tprune", 0.7, 11.430072592),
+        ("repshift", 0.9, 15.26769408),
+        ("repshift", 0.7, 11.4852096),
+    ],
+)
 def test_vit_b16_gmacs_exactly(method, keep_rate, gmacs):
     report = macs_for(B16, CondenseConfig(method=method, keep_rate=keep_rate))
     assert report.gmacs == pytest.approx(gmacs, abs=1e-9)
@@ -91,8 +111,11 @@ def test_overhead_per_block_by_hand():
     z = lambda n, p: 10 * h * n * n + (p // 2) * (p - p // 2) * dh  # noqa: E731
     assert overhead("zero-tprune") == [z(197, 196), z(138, 137), z(97, 96)]
     assert overhead("repshift") == [197 * d, 139 * d, 98 * d]
-    assert all(l.overhead == 0 for i, l in enumerate(
-        macs_for(B16, CondenseConfig(method="repshift")).layers) if i not in (3, 6, 9))
+    assert all(
+        l.overhead == 0
+        for i, l in enumerate(macs_for(B16, CondenseConfig(method="repshift")).layers)
+        if i not in (3, 6, 9)
+    )
 
 
 # ------------------------------------------------------------------------------ forwards
@@ -120,7 +143,7 @@ def _attention(block, h, size=None):
     if size is not None:
         mask = size.log()[:, None, None, :].expand(b, heads, n, n).reshape(b * heads, n, n)
     out, probs = attn(y, y, y, need_weights=True, average_attn_weights=False, attn_mask=mask)
-    k = F.linear(y, attn.in_proj_weight[d:2 * d], attn.in_proj_bias[d:2 * d])
+    k = F.linear(y, attn.in_proj_weight[d : 2 * d], attn.in_proj_bias[d : 2 * d])
     keys = k.view(b, n, heads, d // heads).mean(dim=2)
     return out, keys, probs
 
@@ -138,7 +161,7 @@ def _hand_forward(model, x, layer, condense_step, proportional):
     h = c.x
     size = c.size if proportional else None
     h = h + blocks[layer].ls_2(blocks[layer].mlp(blocks[layer].ln_2(h)))
-    for block in blocks[layer + 1:]:
+    for block in blocks[layer + 1 :]:
         if size is None:
             h = block(h)
         else:
@@ -148,12 +171,20 @@ def _hand_forward(model, x, layer, condense_step, proportional):
 
 
 STEPS = {
-    "pitome": (lambda h, keys, probs, shift: beyond.pitome_merge(
-        h, h.new_ones(h.shape[:2]), keys, 59, beyond.pitome_margin(9, 12)), True),
-    "tofu": (lambda h, keys, probs, shift: beyond.tofu_merge(
-        h, h.new_ones(h.shape[:2]), keys, 59), True),
-    "zero-tprune": (lambda h, keys, probs, shift: beyond.zero_tprune_prune(
-        h, probs, keys, 59), False),
+    "pitome": (
+        lambda h, keys, probs, shift: beyond.pitome_merge(
+            h, h.new_ones(h.shape[:2]), keys, 59, beyond.pitome_margin(9, 12)
+        ),
+        True,
+    ),
+    "tofu": (
+        lambda h, keys, probs, shift: beyond.tofu_merge(h, h.new_ones(h.shape[:2]), keys, 59),
+        True,
+    ),
+    "zero-tprune": (
+        lambda h, keys, probs, shift: beyond.zero_tprune_prune(h, probs, keys, 59),
+        False,
+    ),
     "repshift": (lambda h, keys, probs, shift: beyond.repshift_prune(h, shift, 58), False),
 }
 
@@ -181,8 +212,13 @@ def test_tofu_prunes_early_with_open_clip_modules(tiny_clip):
     config = CondenseConfig(method="tofu", keep_rate=0.7, layers=(5,))
     with torch.inference_mode():
         got = tca.encode(model, x, config)
-        want = _hand_forward(model, x, 5, lambda h, keys, probs, shift: beyond.tofu_prune(
-            h, h.new_ones(h.shape[:2]), keys, 59), True)
+        want = _hand_forward(
+            model,
+            x,
+            5,
+            lambda h, keys, probs, shift: beyond.tofu_prune(h, h.new_ones(h.shape[:2]), keys, 59),
+            True,
+        )
     torch.testing.assert_close(got.features, want, atol=1e-5, rtol=1e-5)
 
 
@@ -195,7 +231,7 @@ def test_batched_equals_one_image_at_a_time(tiny_clip, method):
     with torch.inference_mode():
         batch = tca.encode(model, x, cfg, trace=True)
         for i in range(3):
-            one = tca.encode(model, x[i:i + 1], cfg, trace=True)
+            one = tca.encode(model, x[i : i + 1], cfg, trace=True)
             torch.testing.assert_close(batch.features[i], one.features[0], atol=1e-5, rtol=1e-5)
             assert torch.equal(batch.trace.token_index[i], one.trace.token_index[0])
 
@@ -251,8 +287,9 @@ def test_repshift_score_is_the_attention_update_norm(tiny_clip):
     tca.patch(model)
     x = _images(1, 12)
     with torch.inference_mode():
-        enc = tca.encode(model, x, CondenseConfig(method="repshift", keep_rate=0.7,
-                                                   layers=(4,)), trace=True)
+        enc = tca.encode(
+            model, x, CondenseConfig(method="repshift", keep_rate=0.7, layers=(4,)), trace=True
+        )
         block = model.visual.transformer.resblocks[4]
         h = _block_input(model, x, 4)
         want = block.ls_1(_attention(block, h)[0]).norm(dim=-1)[:, 1:]
@@ -306,10 +343,15 @@ def test_flop_counter_agrees_with_the_analytic_count(b16_clip, method):
 # ------------------------------------------------------------------------------ command line
 
 
-@pytest.mark.parametrize("method, after_3_6_9", [
-    ("pitome", [138, 97, 68]), ("tofu", [138, 97, 68]), ("zero-tprune", [138, 97, 68]),
-    ("repshift", [139, 98, 69]),
-])
+@pytest.mark.parametrize(
+    "method, after_3_6_9",
+    [
+        ("pitome", [138, 97, 68]),
+        ("tofu", [138, 97, 68]),
+        ("zero-tprune", [138, 97, 68]),
+        ("repshift", [139, 98, 69]),
+    ],
+)
 def test_cli_predict_and_flops(capsys, monkeypatch, example_image, method, after_3_6_9):
     import json
 
@@ -318,15 +360,31 @@ def test_cli_predict_and_flops(capsys, monkeypatch, example_image, method, after
     from .conftest import HERE, TINY
 
     monkeypatch.setenv("TCA_MODEL_CONFIGS", str(HERE / "model_configs"))
-    code = main(["predict", str(example_image), "--labels", "cat,dog", "--model", TINY,
-                 "--pretrained", "none", "--method", method, "--keep-rate", "0.7", "--json"])
+    code = main(
+        [
+            "predict",
+            str(example_image),
+            "--labels",
+            "cat,dog",
+            "--model",
+            TINY,
+            "--pretrained",
+            "none",
+            "--method",
+            method,
+            "--keep-rate",
+            "0.7",
+            "--json",
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 0, err
     d = json.loads(out)
     assert [d["tokens_per_layer"][i] for i in (3, 6, 9)] == after_3_6_9
     assert d["settings"]["method"] == method
-    code = main(["flops", "--method", method, "--keep-rate", "0.7", "--model", "ViT-B-16",
-                 "--json"])
+    code = main(
+        ["flops", "--method", method, "--keep-rate", "0.7", "--model", "ViT-B-16", "--json"]
+    )
     out, err = capsys.readouterr()
     assert code == 0, err
     d = json.loads(out)

@@ -1,4 +1,5 @@
 """Patching real open_clip models: equivalence, restoration, token counts, batching, anchors."""
+
 from __future__ import annotations
 
 import threading
@@ -12,8 +13,14 @@ from tca.block import select_anchor
 from tca.config import CondenseConfig, plan_layers
 from tca.patch import UnsupportedModelError
 
-FAMILIES = ["ViT-B-32", "ViT-B-32-quickgelu", "ViT-B-16", "ViT-B-16-quickgelu", "ViT-L-14",
-            "ViT-L-14-quickgelu"]
+FAMILIES = [
+    "ViT-B-32",
+    "ViT-B-32-quickgelu",
+    "ViT-B-16",
+    "ViT-B-16-quickgelu",
+    "ViT-L-14",
+    "ViT-L-14-quickgelu",
+]
 
 
 def _images(n: int, seed: int = 0, size: int = 224) -> torch.Tensor:
@@ -29,16 +36,20 @@ def test_nothing_removed_equals_open_clip(name):
         ref = model.encode_image(x)
         tca.patch(model, method="tca", keep_rate=1.0)
         assert torch.equal(model.encode_image(x), ref)  # R=1: every block runs open_clip's code
-        for config in [CondenseConfig(method="none"), CondenseConfig(method="evit", keep_rate=1.0),
-                       CondenseConfig(method="tome", keep_rate=1.0)]:
+        for config in [
+            CondenseConfig(method="none"),
+            CondenseConfig(method="evit", keep_rate=1.0),
+            CondenseConfig(method="tome", keep_rate=1.0),
+        ]:
             assert torch.equal(tca.encode(model, x, config).features, ref)
         # The condensing path itself with nothing removed: explicit attention everywhere, and a
         # TCA rate so small that layers 3/6/9 reorder tokens and "merge" 2 tokens into K=2.
         explicit = tca.encode(model, x, CondenseConfig(method="none"), explicit_attention=True)
         torch.testing.assert_close(explicit.features, ref, rtol=0, atol=1e-5)
         tiny_rate = tca.encode(model, x, CondenseConfig(rate=1e-4))
-        assert tiny_rate.tokens_per_layer == [197 if "16" in name else (50 if "32" in name else 257)] * \
-            len(tiny_rate.tokens_per_layer)
+        assert tiny_rate.tokens_per_layer == [
+            197 if "16" in name else (50 if "32" in name else 257)
+        ] * len(tiny_rate.tokens_per_layer)
         torch.testing.assert_close(tiny_rate.features, ref, rtol=0, atol=1e-5)
         tca.unpatch(model)
         assert not tca.is_patched(model)
@@ -56,17 +67,26 @@ def test_unpatch_restores_bit_identical_output_after_condensed_runs(tiny_clip):
         condensed = model.encode_image(x)
         assert not torch.allclose(condensed, ref)  # plain encode_image now runs condensed
         assert torch.equal(condensed, tca.encode(model, x).features)
-        tca.encode(model, x, CondenseConfig(method="tome", keep_rate=0.5), trace=True, record_cls=True)
+        tca.encode(
+            model, x, CondenseConfig(method="tome", keep_rate=0.5), trace=True, record_cls=True
+        )
         tca.unpatch(model)
         assert torch.equal(model.encode_image(x), ref)
         assert not any(hasattr(b, "_tca") for b in model.visual.transformer.resblocks)
 
 
-@pytest.mark.parametrize("config", [
-    CondenseConfig(keep_rate=0.9), CondenseConfig(keep_rate=0.7), CondenseConfig(keep_rate=0.5),
-    CondenseConfig(keep_rate=0.7, score="rank"), CondenseConfig(method="evit", keep_rate=0.7),
-    CondenseConfig(method="tome", keep_rate=0.7), CondenseConfig(keep_rate=0.7, layers=(0, 2, 4, 8)),
-])
+@pytest.mark.parametrize(
+    "config",
+    [
+        CondenseConfig(keep_rate=0.9),
+        CondenseConfig(keep_rate=0.7),
+        CondenseConfig(keep_rate=0.5),
+        CondenseConfig(keep_rate=0.7, score="rank"),
+        CondenseConfig(method="evit", keep_rate=0.7),
+        CondenseConfig(method="tome", keep_rate=0.7),
+        CondenseConfig(keep_rate=0.7, layers=(0, 2, 4, 8)),
+    ],
+)
 def test_real_token_counts_follow_the_analytic_schedule(b16_clip, config):
     model = b16_clip.model
     tca.patch(model)
@@ -84,10 +104,15 @@ def test_vit_b16_paper_schedules_in_a_real_forward(b16_clip):
     assert [r07.tokens_per_layer[i] for i in (3, 6, 9)] == [141, 100, 74]
 
 
-@pytest.mark.parametrize("config", [
-    CondenseConfig(keep_rate=0.7), CondenseConfig(keep_rate=0.7, score="rank"),
-    CondenseConfig(method="evit", keep_rate=0.6), CondenseConfig(method="tome", keep_rate=0.6),
-])
+@pytest.mark.parametrize(
+    "config",
+    [
+        CondenseConfig(keep_rate=0.7),
+        CondenseConfig(keep_rate=0.7, score="rank"),
+        CondenseConfig(method="evit", keep_rate=0.6),
+        CondenseConfig(method="tome", keep_rate=0.6),
+    ],
+)
 def test_batched_equals_per_image(tiny_clip, config):
     model = tiny_clip.model
     tca.patch(model)
@@ -95,7 +120,7 @@ def test_batched_equals_per_image(tiny_clip, config):
     with torch.inference_mode():
         batch = tca.encode(model, x, config, trace=True, record_cls=True)
         for i in range(4):
-            one = tca.encode(model, x[i:i + 1], config, trace=True, record_cls=True)
+            one = tca.encode(model, x[i : i + 1], config, trace=True, record_cls=True)
             torch.testing.assert_close(one.features[0], batch.features[i], rtol=0, atol=1e-5)
             torch.testing.assert_close(one.cls_tokens[0], batch.cls_tokens[i], rtol=0, atol=1e-4)
             assert torch.equal(one.trace.token_index[0], batch.trace.token_index[i])
@@ -172,8 +197,12 @@ def test_concurrent_callers_never_see_each_others_settings(tiny_clip):
     model = tiny_clip.model
     tca.patch(model)
     x = _images(1, seed=6)
-    configs = [CondenseConfig(keep_rate=0.5), CondenseConfig(method="tome", keep_rate=0.6),
-               CondenseConfig(method="none"), CondenseConfig(method="evit", keep_rate=0.8)]
+    configs = [
+        CondenseConfig(keep_rate=0.5),
+        CondenseConfig(method="tome", keep_rate=0.6),
+        CondenseConfig(method="none"),
+        CondenseConfig(method="evit", keep_rate=0.8),
+    ]
     with torch.inference_mode():
         expected = [tca.encode(model, x, c, trace=True) for c in configs]
     errors: list[str] = []
@@ -182,8 +211,9 @@ def test_concurrent_callers_never_see_each_others_settings(tiny_clip):
         with torch.inference_mode():
             for _ in range(5):
                 got = tca.encode(model, x, configs[i], trace=True)
-                if got.tokens_per_layer != expected[i].tokens_per_layer or \
-                        not torch.equal(got.features, expected[i].features):
+                if got.tokens_per_layer != expected[i].tokens_per_layer or not torch.equal(
+                    got.features, expected[i].features
+                ):
                     errors.append(f"worker {i} got another caller's result")
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
@@ -199,7 +229,11 @@ def test_rank_score_changes_tca_but_not_evit(tiny_clip):
     tca.patch(model)
     x = _images(1, seed=12)
     with torch.inference_mode():
+
         def run(**kw):
-            return tca.encode(model, x, CondenseConfig(keep_rate=0.6, **kw), trace=True).trace.token_index
+            return tca.encode(
+                model, x, CondenseConfig(keep_rate=0.6, **kw), trace=True
+            ).trace.token_index
+
         assert not torch.equal(run(score="mean"), run(score="rank"))
         assert torch.equal(run(method="evit", score="mean"), run(method="evit", score="rank"))

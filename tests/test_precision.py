@@ -6,6 +6,7 @@ every method at R=0.7: cosine >= 0.999 (fp16) / 0.998 (bf16) and relative L2 err
 / 6% (bf16). Half precision can flip a near-tie in the ranking, so token choices may differ;
 token counts never do.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,9 +28,13 @@ from .conftest import HERE, ROOT
 TINY = "tca-tiny-ViT"
 TOLERANCE = {"fp16": (0.999, 0.03), "bf16": (0.998, 0.06)}  # (min cosine, max relative error)
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
-CONFIGS = [CondenseConfig(method="none"), CondenseConfig(keep_rate=0.7),
-           CondenseConfig(keep_rate=0.7, score="rank"), CondenseConfig(method="evit", keep_rate=0.7),
-           CondenseConfig(method="tome", keep_rate=0.7)]
+CONFIGS = [
+    CondenseConfig(method="none"),
+    CondenseConfig(keep_rate=0.7),
+    CondenseConfig(keep_rate=0.7, score="rank"),
+    CondenseConfig(method="evit", keep_rate=0.7),
+    CondenseConfig(method="tome", keep_rate=0.7),
+]
 
 
 def _images(n: int, seed: int = 0) -> torch.Tensor:
@@ -38,8 +43,10 @@ def _images(n: int, seed: int = 0) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def tiny_by_precision():
-    return {p: tca.load_model(TINY, pretrained="none", seed=0, precision=p)
-            for p in ("fp32", "fp16", "bf16")}
+    return {
+        p: tca.load_model(TINY, pretrained="none", seed=0, precision=p)
+        for p in ("fp32", "fp16", "bf16")
+    }
 
 
 def _close_enough(half: torch.Tensor, ref: torch.Tensor, precision: str) -> None:
@@ -69,11 +76,20 @@ def test_half_precision_stays_within_tolerance_of_fp32(tiny_by_precision, precis
 
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
-def test_classify_in_half_precision_keeps_logits_in_float32(tiny_by_precision, precision, example_image):
+def test_classify_in_half_precision_keeps_logits_in_float32(
+    tiny_by_precision, precision, example_image
+):
     clip = tiny_by_precision[precision]
-    ref = tca.classify(tiny_by_precision["fp32"], example_image, "cat,dog,car",
-                       CondenseConfig(keep_rate=0.7), trace=False)
-    got = tca.classify(clip, example_image, "cat,dog,car", CondenseConfig(keep_rate=0.7), trace=False)
+    ref = tca.classify(
+        tiny_by_precision["fp32"],
+        example_image,
+        "cat,dog,car",
+        CondenseConfig(keep_rate=0.7),
+        trace=False,
+    )
+    got = tca.classify(
+        clip, example_image, "cat,dog,car", CondenseConfig(keep_rate=0.7), trace=False
+    )
     assert sum(got.condensed.probs) == pytest.approx(1.0, abs=1e-6)
     # logits = scale * cos(z, t): |cos(z16, t) - cos(z32, t)| <= |z16 - z32| <= the relative error
     diff = max(abs(a - b) for a, b in zip(got.condensed.logits, ref.condensed.logits))
@@ -143,17 +159,54 @@ def test_unknown_precision_is_refused():
 def test_cli_predict_with_precision_and_centre_seed(example_image):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TCA_MODEL_CONFIGS": str(HERE / "model_configs")}
     out = subprocess.run(
-        [sys.executable, "-m", "tca", "predict", str(example_image), "--labels", "cat,dog",
-         "--model", TINY, "--pretrained", "none", "--precision", "bf16",
-         "--keep-rate", "0.7", "--center-seed", "3", "--json"],
-        capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+        [
+            sys.executable,
+            "-m",
+            "tca",
+            "predict",
+            str(example_image),
+            "--labels",
+            "cat,dog",
+            "--model",
+            TINY,
+            "--pretrained",
+            "none",
+            "--precision",
+            "bf16",
+            "--keep-rate",
+            "0.7",
+            "--center-seed",
+            "3",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=ROOT,
+    )
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert data["settings"]["center_seed"] == 3
     assert sum(data["condensed"]["probs"]) == pytest.approx(1.0, abs=1e-6)
-    bad = subprocess.run([sys.executable, "-m", "tca", "predict", str(example_image), "--labels",
-                          "a,b", "--precision", "fp8"], capture_output=True, text=True, timeout=300,
-                         env=env, cwd=ROOT)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tca",
+            "predict",
+            str(example_image),
+            "--labels",
+            "a,b",
+            "--precision",
+            "fp8",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=ROOT,
+    )
     assert bad.returncode == 2 and "--precision" in bad.stderr
 
 
@@ -188,7 +241,9 @@ def test_native_bf16_is_read_from_the_cpu_flags():
     assert bf16_support(SAPPHIRE_RAPIDS).features == ("AMX", "AVX-512 BF16")
     assert bf16_support(ZEN4).features == ("AVX-512 BF16",)
     assert bf16_support(SKYLAKE).features == () and not bf16_support(SKYLAKE).native
-    assert bf16_support(GRAVITON2).features == () and bf16_support(GRAVITON2).source == "/proc/cpuinfo"
+    assert (
+        bf16_support(GRAVITON2).features == () and bf16_support(GRAVITON2).source == "/proc/cpuinfo"
+    )
     assert bf16_support("").source == "none"
     assert bf16_support(SAPPHIRE_RAPIDS).describe() == "native bfloat16 (AMX, AVX-512 BF16)"
     assert bf16_support(SKYLAKE).describe() == "no native bfloat16 on this CPU (float32 is faster)"
@@ -238,8 +293,9 @@ def test_cast_is_open_clips_mixed_precision_bit_for_bit(name, precision):
     assert [type(m) for m in want.model.modules()] == [type(m) for m in got.model.modules()]
     x = _images(2, seed=4)
     with torch.inference_mode():
-        assert torch.equal(got.model.encode_image(x.to(got.dtype)),
-                           want.model.encode_image(x.to(want.dtype)))
+        assert torch.equal(
+            got.model.encode_image(x.to(got.dtype)), want.model.encode_image(x.to(want.dtype))
+        )
     # the float32 model is untouched and still float32
     assert precision_of(f32) == "fp32"
     assert all(torch.equal(v, before[k]) for k, v in f32.model.state_dict().items())
@@ -257,8 +313,13 @@ def test_cast_refuses_half_to_float_and_unknown_names(tiny_by_precision):
 
 def test_run_result_states_its_precision(tiny_by_precision, example_image):
     for name in ("fp32", "bf16"):
-        result = tca.classify(tiny_by_precision[name], example_image, "cat,dog",
-                              CondenseConfig(keep_rate=0.7), trace=False)
+        result = tca.classify(
+            tiny_by_precision[name],
+            example_image,
+            "cat,dog",
+            CondenseConfig(keep_rate=0.7),
+            trace=False,
+        )
         assert result.precision == name and result.to_dict()["precision"] == name
 
 
@@ -267,8 +328,25 @@ def test_cli_precision_defaults_to_the_detected_one(example_image):
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TCA_MODEL_CONFIGS": str(HERE / "model_configs")}
     out = subprocess.run(
-        [sys.executable, "-m", "tca", "predict", str(example_image), "--labels", "cat,dog",
-         "--model", TINY, "--pretrained", "none", "--json"],
-        capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+        [
+            sys.executable,
+            "-m",
+            "tca",
+            "predict",
+            str(example_image),
+            "--labels",
+            "cat,dog",
+            "--model",
+            TINY,
+            "--pretrained",
+            "none",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=ROOT,
+    )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["precision"] == default_precision("cpu")

@@ -1,4 +1,5 @@
 """The paper's per-dataset prompt templates tied to the presets, and the correction's scale."""
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,15 @@ def test_protocol_templates():
     assert TEMPLATES["oxford_flowers"] == ("a photo of a {}, a type of flower.",)
     for name in ("caltech101", "stanford_cars", "sun397"):
         assert TEMPLATES[name] == ("a photo of a {}.",)
-    seven = ("itap of a {}.", "a bad photo of the {}.", "a origami {}.", "a photo of the large {}.",
-             "a {} in a video game.", "art of the {}.", "a photo of the small {}.")
+    seven = (
+        "itap of a {}.",
+        "a bad photo of the {}.",
+        "a origami {}.",
+        "a photo of the large {}.",
+        "a {} in a video game.",
+        "art of the {}.",
+        "a photo of the small {}.",
+    )
     openai = tuple(t("{}") for t in zero_shot_metadata.OPENAI_IMAGENET_TEMPLATES)
     assert TEMPLATES["imagenet7"] == seven and set(seven) <= set(openai)
     assert len(TEMPLATES["imagenet80"]) == 80
@@ -53,22 +61,39 @@ def _configs(monkeypatch):
     monkeypatch.setenv("TCA_MODEL_CONFIGS", str(HERE / "model_configs"))
 
 
-@pytest.mark.parametrize("extra, expected", [
-    (["--preset", "eurosat"], "eurosat"),
-    (["--preset", "eurosat", "--templates", "imagenet80"], "imagenet80"),
-    ([], "single"),
-])
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--preset", "eurosat"], "eurosat"),
+        (["--preset", "eurosat", "--templates", "imagenet80"], "imagenet80"),
+        ([], "single"),
+    ],
+)
 def test_predict_preset_selects_templates(_configs, capsys, example_image, extra, expected):
-    code = main(["predict", str(example_image), "--labels", "forest,river", "--model", TINY,
-                 "--pretrained", "none", "--json", *extra])
+    code = main(
+        [
+            "predict",
+            str(example_image),
+            "--labels",
+            "forest,river",
+            "--model",
+            TINY,
+            "--pretrained",
+            "none",
+            "--json",
+            *extra,
+        ]
+    )
     out, _ = capsys.readouterr()
     assert code == 0 and json.loads(out)["templates"] == expected
 
 
 def _stream(logits, cls, scale=None):
     res = Reservoir(3, ReservoirConfig(size=2, lambd=4.0, beta=5.0))
-    out = [stream_update(res, cls[i:i + 1], logits[i:i + 1], logit_scale=scale)
-           for i in range(len(logits))]
+    out = [
+        stream_update(res, cls[i : i + 1], logits[i : i + 1], logit_scale=scale)
+        for i in range(len(logits))
+    ]
     return torch.cat(out), res
 
 
@@ -80,8 +105,9 @@ def test_correction_follows_the_models_logit_scale():
     s = 14.2857  # open_clip's logit scale at random initialisation
     at_s, res_s = _stream(s * cos, cls, scale=s)
     # the same reservoir (entropies at the released scale) and corrected logits scaled by s/100
-    assert [[e.step for e in b] for b in res_s.buckets] == \
-        [[e.step for e in b] for b in res_100.buckets]
+    assert [[e.step for e in b] for b in res_s.buckets] == [
+        [e.step for e in b] for b in res_100.buckets
+    ]
     for b_s, b_100 in zip(res_s.buckets, res_100.buckets):  # float32 rounding of s/100 only
         assert [e.entropy for e in b_s] == pytest.approx([e.entropy for e in b_100], rel=1e-5)
     torch.testing.assert_close(at_s, at_100 * (s / RELEASED_LOGIT_SCALE))

@@ -7,6 +7,7 @@ row by hand and hands the scores to the (separately tested) tier function. Any s
 or column is read, which score ranks and which weights fuse, shows up as different features and
 different token indices.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -30,8 +31,9 @@ def _anchor_for(class_anchors: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
     return class_anchors[sim.argmax(dim=1)]
 
 
-def reference_encode(model, images: torch.Tensor, config: CondenseConfig,
-                     anchors: torch.Tensor | None = None):
+def reference_encode(
+    model, images: torch.Tensor, config: CondenseConfig, anchors: torch.Tensor | None = None
+):
     """Features (B, E) and, per block, the token each original patch sits in (B, L, P)."""
     visual = model.visual
     blocks = visual.transformer.resblocks
@@ -54,7 +56,9 @@ def reference_encode(model, images: torch.Tensor, config: CondenseConfig,
             y = block.ln_1(seq)
             out, probs = block.attn(y, y, y, need_weights=True, average_attn_weights=False)
             x = x + block.ls_1(out[:, c:])  # the anchor's own output row is dropped
-            patch_attn = probs[:, :, c, c + 1:]  # CLS query -> patch keys; anchor and CLS columns out
+            patch_attn = probs[
+                :, :, c, c + 1 :
+            ]  # CLS query -> patch keys; anchor and CLS columns out
             mean = patch_attn.mean(dim=1)
             rank = config.method == "tca" and config.score == "rank"
             select = condense.head_rank_score(patch_attn) if rank else mean
@@ -76,12 +80,15 @@ def _check_against_reference(model, x, config, anchors=None):
     return ref_tokens
 
 
-@pytest.mark.parametrize("config", [
-    CondenseConfig(keep_rate=0.7),
-    CondenseConfig(keep_rate=0.5, merge_centers=3, layers=(0, 4, 8)),
-    CondenseConfig(method="evit", keep_rate=0.7),
-    CondenseConfig(method="evit", keep_rate=0.6, score="rank"),  # EViT ignores the rank score
-])
+@pytest.mark.parametrize(
+    "config",
+    [
+        CondenseConfig(keep_rate=0.7),
+        CondenseConfig(keep_rate=0.5, merge_centers=3, layers=(0, 4, 8)),
+        CondenseConfig(method="evit", keep_rate=0.7),
+        CondenseConfig(method="evit", keep_rate=0.6, score="rank"),  # EViT ignores the rank score
+    ],
+)
 def test_condensed_forward_equals_reference(tiny_clip, config):
     tca.patch(tiny_clip.model)
     _check_against_reference(tiny_clip.model, _images(2, seed=21), config)
@@ -109,11 +116,14 @@ def test_anchor_guided_condensation_equals_reference(tiny_clip):
     tca.patch(model)
     x = _images(2, seed=23)
     with torch.inference_mode():
-        cls = tca.encode(model, _images(3, seed=24), CondenseConfig(method="none"),
-                         record_cls=True).cls_tokens  # (3, L, D)
+        cls = tca.encode(
+            model, _images(3, seed=24), CondenseConfig(method="none"), record_cls=True
+        ).cls_tokens  # (3, L, D)
     anchors = torch.stack([cls[0], cls[1], -cls[2]])  # (C=3, L, D)
-    for config in [CondenseConfig(keep_rate=0.7, layers=(0, 3, 6, 9)),
-                   CondenseConfig(keep_rate=0.6, score="rank")]:
+    for config in [
+        CondenseConfig(keep_rate=0.7, layers=(0, 3, 6, 9)),
+        CondenseConfig(keep_rate=0.6, score="rank"),
+    ]:
         guided = _check_against_reference(model, x, config, anchors)
         with torch.inference_mode():
             _, unguided = reference_encode(model, x, config)

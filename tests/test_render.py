@@ -1,4 +1,5 @@
 """tca.render: token-fate maps, outlines, the attention overlay, the strip and the chart."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -46,7 +47,7 @@ def _image(seed: int = 0) -> np.ndarray:
 
 def _patch(img: np.ndarray, i: int) -> np.ndarray:
     r, c = divmod(i, COLS)
-    return img[r * PS:(r + 1) * PS, c * PS:(c + 1) * PS]
+    return img[r * PS : (r + 1) * PS, c * PS : (c + 1) * PS]
 
 
 def test_layer_without_condensation_is_the_image():
@@ -70,7 +71,7 @@ def test_fates_are_drawn_as_specified():
     hatch = render.hatch_mask(ROWS * PS, COLS * PS)
     for i in (14, 15):
         r, c = divmod(i, COLS)
-        cell_hatch = hatch[r * PS:(r + 1) * PS, c * PS:(c + 1) * PS]
+        cell_hatch = hatch[r * PS : (r + 1) * PS, c * PS : (c + 1) * PS]
         base = (_gray(_patch(img, i)) * render.PRUNED_BASE).astype(np.uint8)
         cell = _patch(out, i)
         assert (cell[cell_hatch] == render.PRUNED_HATCH).all()
@@ -78,11 +79,17 @@ def test_fates_are_drawn_as_specified():
         assert cell_hatch.any() and (~cell_hatch).any()
     # merged: interior = MERGED_FILL x the group's palette colour + the rest x the patch's grey;
     # group {0, 1, 4} is the first by smallest patch (colour 0), {10, 11} the second (colour 1)
-    for i, colour in ((0, render.GROUP_COLORS[0]), (1, render.GROUP_COLORS[0]),
-                      (10, render.GROUP_COLORS[1])):
+    for i, colour in (
+        (0, render.GROUP_COLORS[0]),
+        (1, render.GROUP_COLORS[0]),
+        (10, render.GROUP_COLORS[1]),
+    ):
         g = _gray(_patch(img, i))[3, 3]
-        expect = (render.MERGED_FILL * np.asarray(colour, np.float32)
-                  + (1 - render.MERGED_FILL) * g).round().astype(np.uint8)
+        expect = (
+            (render.MERGED_FILL * np.asarray(colour, np.float32) + (1 - render.MERGED_FILL) * g)
+            .round()
+            .astype(np.uint8)
+        )
         assert np.array_equal(_patch(out, i)[3, 3], expect), i
     # outlines: the border between patch 0 and 1 (same group) is not drawn, the outside edge is
     assert not np.array_equal(_patch(out, 0)[3, PS - 1], render.OUTLINE_COLOR)
@@ -111,7 +118,9 @@ def test_model_view_paints_each_token_with_its_patches_mean():
     out = render.fate_map(img, trace, 1, view="model", border=1)
     means = render.patch_means(img, trace.grid).reshape(-1, 3)
     group = means[[0, 1, 4]].mean(axis=0).round().astype(np.uint8)
-    assert np.array_equal(_patch(out, 0)[3, 3], group) and np.array_equal(_patch(out, 4)[3, 3], group)
+    assert np.array_equal(_patch(out, 0)[3, 3], group) and np.array_equal(
+        _patch(out, 4)[3, 3], group
+    )
     fused = means[[14, 15]].mean(axis=0).round().astype(np.uint8)
     assert np.array_equal(_patch(out, 14)[3, 3], fused)
     # a kept patch: flat, its own mean, no outline (a token of one patch)
@@ -136,16 +145,27 @@ def test_group_colour_follows_the_group_not_the_token_index():
     """Same group, different token index: same colour (stable across depth)."""
     img, trace = _image(), _synthetic_trace()
     shifted = trace.token_index.clone()
-    shifted[0, 1] = torch.where(shifted[0, 1] == 1, torch.tensor(7), torch.where(
-        shifted[0, 1] == 7, torch.tensor(1), shifted[0, 1]))
-    other = Trace(trace.tokens_per_layer, trace.grid, shifted, trace.fate, trace.cls_attention,
-                  trace.condensing_layers)
+    shifted[0, 1] = torch.where(
+        shifted[0, 1] == 1,
+        torch.tensor(7),
+        torch.where(shifted[0, 1] == 7, torch.tensor(1), shifted[0, 1]),
+    )
+    other = Trace(
+        trace.tokens_per_layer,
+        trace.grid,
+        shifted,
+        trace.fate,
+        trace.cls_attention,
+        trace.condensing_layers,
+    )
     assert np.array_equal(render.fate_map(img, trace, 1), render.fate_map(img, other, 1))
 
 
 def test_shrink_box_averages_and_keeps_the_patch_grid():
     img = np.zeros((ROWS * PS, COLS * PS, 3), dtype=np.uint8)
-    img[0::2, :, 0] = 10  # rows alternate 10 / 21 in red: each 2x2 box averages to 15.5 -> 16 (or 15 if rounding were floor)
+    img[0::2, :, 0] = (
+        10  # rows alternate 10 / 21 in red: each 2x2 box averages to 15.5 -> 16 (or 15 if rounding were floor)
+    )
     img[1::2, :, 0] = 21
     img[:, :, 1] = 4 * np.arange(COLS * PS, dtype=np.uint8)[None, :]  # green = 4 x column
     small = render.shrink(img, (ROWS, COLS), 2)
@@ -154,8 +174,9 @@ def test_shrink_box_averages_and_keeps_the_patch_grid():
     assert small[0, :, 1].tolist() == [8 * j + 2 for j in range(COLS * PS // 2)]
     assert (small[..., 2] == 0).all()
     # patch means survive the shrink, so the model view is the same map at half size
-    assert np.allclose(render.patch_means(small, (ROWS, COLS)),
-                       render.patch_means(img, (ROWS, COLS)), atol=0.5)
+    assert np.allclose(
+        render.patch_means(small, (ROWS, COLS)), render.patch_means(img, (ROWS, COLS)), atol=0.5
+    )
     # the factor falls back to a divisor of the patch size (8 px: 3 -> 2), 1 returns the image
     assert render.shrink(img, (ROWS, COLS), 3).shape == small.shape
     assert render.shrink(img, (ROWS, COLS), 1) is img
@@ -207,8 +228,9 @@ def test_maps_of_a_real_run_match_the_trace(tiny_clip, example_image, method):
     """Every layer of a real traced run: each patch is drawn according to its recorded fate."""
     from tca.app.runs import seen_picture as model_view
 
-    result = tca.classify(tiny_clip, example_image, "cat, dog, car",
-                          tca.CondenseConfig(method=method, keep_rate=0.7))
+    result = tca.classify(
+        tiny_clip, example_image, "cat, dog, car", tca.CondenseConfig(method=method, keep_rate=0.7)
+    )
     trace = result.trace
     view = model_view(tiny_clip, tca.load_image(example_image))
     assert view.shape == (224, 224, 3)
@@ -219,8 +241,9 @@ def test_maps_of_a_real_run_match_the_trace(tiny_clip, example_image, method):
         fate = trace.fate[0, layer].numpy()
         counts = trace.fate_counts(layer)
         same = [np.array_equal(_cell(m, i, ph), _cell(view, i, ph)) for i in range(fate.size)]
-        hatched = [bool((_cell(m, i, ph) == render.PRUNED_HATCH).all(-1).any())
-                   for i in range(fate.size)]
+        hatched = [
+            bool((_cell(m, i, ph) == render.PRUNED_HATCH).all(-1).any()) for i in range(fate.size)
+        ]
         assert all(same[i] for i in np.flatnonzero(fate == KEPT))
         assert all(hatched[i] and not same[i] for i in np.flatnonzero(fate == PRUNED))
         assert sum(not s for s in same) == counts["merged"] + counts["pruned"]
@@ -232,7 +255,7 @@ def test_maps_of_a_real_run_match_the_trace(tiny_clip, example_image, method):
 
 def _cell(img: np.ndarray, i: int, ph: int) -> np.ndarray:
     r, c = divmod(i, img.shape[1] // ph)
-    return img[r * ph:(r + 1) * ph, c * ph:(c + 1) * ph]
+    return img[r * ph : (r + 1) * ph, c * ph : (c + 1) * ph]
 
 
 def _box(arr: np.ndarray, colour: tuple[int, int, int]) -> tuple[int, int, int, int]:
@@ -307,7 +330,7 @@ def test_palette_is_the_categorical_one():
     pal = render.group_palette(20)
     n = len(render.GROUP_COLORS)
     assert len({tuple(c) for c in pal[:n]}) == n  # all distinct before repeating
-    assert [tuple(c) for c in pal[n:2 * n]] == list(render.GROUP_COLORS)
+    assert [tuple(c) for c in pal[n : 2 * n]] == list(render.GROUP_COLORS)
     assert render.FATES[MERGED].swatch == render.GROUP_COLORS[0]
 
 
@@ -330,8 +353,16 @@ def test_legend_shows_the_map_colours():
     expect = set()
     for i, k in ((0, 0), (10, 1)):
         g = _gray(_patch(img, i))[3, 3]
-        expect.add(tuple((render.MERGED_FILL * np.asarray(render.GROUP_COLORS[k], np.float32)
-                          + (1 - render.MERGED_FILL) * g).round().astype(np.uint8)))
+        expect.add(
+            tuple(
+                (
+                    render.MERGED_FILL * np.asarray(render.GROUP_COLORS[k], np.float32)
+                    + (1 - render.MERGED_FILL) * g
+                )
+                .round()
+                .astype(np.uint8)
+            )
+        )
     assert drawn == expect
     # the exported strip's legend draws from the same FATES
     strip = compose.layer_strip([out], ["x"], legend=True)

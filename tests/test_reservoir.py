@@ -1,4 +1,5 @@
 """Reservoir eviction, the anchor gate and the logits correction on hand-made tensors."""
+
 from __future__ import annotations
 
 import math
@@ -64,7 +65,9 @@ def _bucket(vectors, entropies, steps) -> list[Entry]:
     """Entries whose CLS tokens differ per layer but average to ``vectors`` over the layers."""
     wobble = torch.tensor([[1.0, -1.0, 0.5]]).T * torch.tensor([[0.3, 0.2, -0.1]])  # (L=3, D) rows
     wobble = torch.cat([wobble, -wobble.sum(0, keepdim=True)])  # (L=4, D), sums to zero
-    return [Entry(torch.tensor(v) + wobble, h, step=s) for v, h, s in zip(vectors, entropies, steps)]
+    return [
+        Entry(torch.tensor(v) + wobble, h, step=s) for v, h, s in zip(vectors, entropies, steps)
+    ]
 
 
 # Four entries on which the four rules all disagree. With τ the layer-mean CLS, normalised:
@@ -74,13 +77,18 @@ def _bucket(vectors, entropies, steps) -> list[Entry]:
 #   diversity  h + mean cosine = [1.1545, 1.4344, 0.7590, 1.4899] -> 3
 #   similarity h + 2 dissim    = [2.3910, 2.1311, 0.7820, 1.4203] -> 0  (h - 2 dissim -> 3)
 #   uncertainty argmax h -> 1; fifo: smallest step -> 2
-DISAGREE = _bucket([(0.0, 1.0, 0.0), (1.0, 0.0, 1.0), (3.0, 1.0, 0.0), (2.0, 1.0, 0.0)],
-                   [0.9, 1.0, 0.1, 0.8], [3, 2, 1, 4])
+DISAGREE = _bucket(
+    [(0.0, 1.0, 0.0), (1.0, 0.0, 1.0), (3.0, 1.0, 0.0), (2.0, 1.0, 0.0)],
+    [0.9, 1.0, 0.1, 0.8],
+    [3, 2, 1, 4],
+)
 
 
 def test_each_eviction_rule_makes_its_own_choice():
-    assert [choose_eviction(DISAGREE, rule) for rule in ("diversity", "similarity", "uncertainty",
-                                                         "fifo")] == [3, 0, 1, 2]
+    assert [
+        choose_eviction(DISAGREE, rule)
+        for rule in ("diversity", "similarity", "uncertainty", "fifo")
+    ] == [3, 0, 1, 2]
 
 
 def test_similarity_weight_is_the_entropy_range_over_the_dissimilarity_spread():
@@ -88,12 +96,19 @@ def test_similarity_weight_is_the_entropy_range_over_the_dissimilarity_spread():
     # so w = 2 and h + 2 dissim = [2.691, 2.781, 2.682, 1.620] -> 1. Any other weight chooses
     # differently: w = 1 -> [1.946, 2.216, 2.341, 1.310] -> 2, w = 3 -> [3.437, 3.347, 3.023, 1.930]
     # -> 0, w = 0 (pure uncertainty) -> 2.
-    bucket = _bucket([(0.0, 1.0, 0.0), (1.0, 0.0, 1.0), (3.0, 1.0, 0.0), (2.0, 1.0, 0.0)],
-                     [1.2, 1.65, 2.0, 1.0], [1, 2, 3, 4])
+    bucket = _bucket(
+        [(0.0, 1.0, 0.0), (1.0, 0.0, 1.0), (3.0, 1.0, 0.0), (2.0, 1.0, 0.0)],
+        [1.2, 1.65, 2.0, 1.0],
+        [1, 2, 3, 4],
+    )
     assert choose_eviction(bucket, "similarity") == 1
     # identical entries: no dissimilarity spread, so the rule falls back to pure uncertainty
     alike = _bucket([(1.0, 0.0, 0.0)] * 3, [0.2, 0.7, 0.4], [3, 1, 2])
-    assert [choose_eviction(alike, rule) for rule in ("similarity", "diversity", "fifo")] == [1, 1, 1]
+    assert [choose_eviction(alike, rule) for rule in ("similarity", "diversity", "fifo")] == [
+        1,
+        1,
+        1,
+    ]
 
 
 def test_bucket_never_exceeds_m_and_evicts_by_rule():
@@ -199,13 +214,18 @@ def test_state_dict_round_trip_and_vectorised_correction(tmp_path):
         Reservoir(2, cfg).load_state_dict(r.state_dict())
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(size=0), "reservoir size M must be >= 1, got 0"),
-    (dict(scale=0.0), "scale σ must be > 0, got 0.0"),
-    (dict(min_per_class=0), "min_per_class must be >= 1, got 0"),
-    (dict(eviction="random"),
-     "eviction must be one of diversity, similarity, uncertainty, fifo, got 'random'"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(size=0), "reservoir size M must be >= 1, got 0"),
+        (dict(scale=0.0), "scale σ must be > 0, got 0.0"),
+        (dict(min_per_class=0), "min_per_class must be >= 1, got 0"),
+        (
+            dict(eviction="random"),
+            "eviction must be one of diversity, similarity, uncertainty, fifo, got 'random'",
+        ),
+    ],
+)
 def test_bad_reservoir_settings_are_named(kwargs, message):
     with pytest.raises(ValueError) as err:
         ReservoirConfig(**kwargs)
@@ -229,7 +249,9 @@ def test_smallest_valid_reservoir_settings():
 def test_unknown_preset_lists_the_choices():
     with pytest.raises(ValueError) as err:
         tca.preset("mnist")
-    assert str(err.value).startswith("unknown preset 'mnist'; choose one of default, caltech101, dtd, ")
+    assert str(err.value).startswith(
+        "unknown preset 'mnist'; choose one of default, caltech101, dtd, "
+    )
 
 
 def test_entropy_is_per_row():
@@ -274,7 +296,9 @@ def test_state_dict_round_trip_keeps_every_field():
         assert all(torch.equal(a.cls_tokens, b.cls_tokens) for a, b in zip(got, want))
     assert torch.equal(back.buckets[0][0].embedding, torch.tensor([1.0, 0.0]))
     assert back.buckets[1][0].embedding is None
-    assert isinstance(back.buckets[0][0].entropy, float) and isinstance(back.buckets[0][0].step, int)
+    assert isinstance(back.buckets[0][0].entropy, float) and isinstance(
+        back.buckets[0][0].step, int
+    )
     state = r.state_dict()
     state["buckets"] = state["buckets"][:1]  # right class count, wrong number of buckets
     with pytest.raises(ValueError) as err:
@@ -299,8 +323,12 @@ def test_summary_is_exact():
     r = Reservoir(2, ReservoirConfig(size=3, min_per_class=1))
     r.update(_cls(1, 0, 0), torch.tensor([0.0, 0.0]))  # entropy log 2
     assert r.summary(["cat", "dog"]) == {
-        "active": False, "images_seen": 1, "min_per_class": 1, "size": 3,
-        "buckets": {"cat": [{"step": 1, "entropy": round(math.log(2), 4)}], "dog": []}}
+        "active": False,
+        "images_seen": 1,
+        "min_per_class": 1,
+        "size": 3,
+        "buckets": {"cat": [{"step": 1, "entropy": round(math.log(2), 4)}], "dog": []},
+    }
     assert list(r.summary()["buckets"]) == ["0", "1"]
 
 
@@ -314,8 +342,7 @@ def test_stream_update_at_another_logit_scale():
     assert [e.entropy for e in r.buckets[0]] == [float(entropy(torch.tensor([5.0, 0.0])))]
     assert [e.entropy for e in r.buckets[1]] == [float(entropy(torch.tensor([0.0, 2.0])))]
     # image 0 votes for itself (affinity 1); image 1 for itself, and with affinity 0 for image 0
-    torch.testing.assert_close(corrected, torch.tensor([[3.0, 0.0],
-                                                        [0.5 * math.exp(-1.0), 1.5]]))
+    torch.testing.assert_close(corrected, torch.tensor([[3.0, 0.0], [0.5 * math.exp(-1.0), 1.5]]))
     for bad in (0.0, -1):
         with pytest.raises(ValueError) as err:
             stream_update(Reservoir(2), cls, logits, logit_scale=bad)

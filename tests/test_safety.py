@@ -2,6 +2,7 @@
 through every event; one refusal that says nothing about a path; the size cap for every way an
 image arrives; no server path in any answer; every visitor served in turn; bounded temp folder
 and session count. Raw HTTP where gradio_client would not send the request. Tiny random model."""
+
 from __future__ import annotations
 
 import base64
@@ -44,8 +45,11 @@ class Raw:
         config = self.http.get("config").json()
         self.deps = config["dependencies"]
         self.defaults = {c["id"]: c.get("props", {}).get("value") for c in config["components"]}
-        self.image_id = next(c["id"] for c in config["components"]
-                             if c.get("props", {}).get("elem_id") == "image-input")
+        self.image_id = next(
+            c["id"]
+            for c in config["components"]
+            if c.get("props", {}).get("elem_id") == "image-input"
+        )
 
     def fn(self, name: str) -> int:
         return next(i for i, d in enumerate(self.deps) if d.get("api_name") == name)
@@ -59,8 +63,13 @@ class Raw:
         """The final message of one event: {"ok": bool, "error": str | None, "data": ...}."""
         session = session or uuid.uuid4().hex[:12]
         targets = self.deps[fn]["targets"]
-        body = {"data": data, "fn_index": fn, "session_hash": session, "event_data": None,
-                "trigger_id": targets[0][0] if targets else None}
+        body = {
+            "data": data,
+            "fn_index": fn,
+            "session_hash": session,
+            "event_data": None,
+            "trigger_id": targets[0][0] if targets else None,
+        }
         self.http.post("gradio_api/queue/join", json=body).raise_for_status()
         with self.http.stream("GET", f"gradio_api/queue/data?session_hash={session}") as s:
             for line in s.iter_lines():
@@ -69,8 +78,11 @@ class Raw:
                 msg = json.loads(line[5:])
                 if msg.get("msg") == "process_completed":
                     out = msg.get("output") or {}
-                    return {"ok": bool(msg.get("success")), "error": out.get("error"),
-                            "data": out.get("data")}
+                    return {
+                        "ok": bool(msg.get("success")),
+                        "error": out.get("error"),
+                        "data": out.get("data"),
+                    }
         raise AssertionError("no process_completed message")
 
 
@@ -99,7 +111,9 @@ def _inputs(raw: Raw, fn: int, image) -> list:
 
 
 def _image_events(raw: Raw, demo) -> list[int]:
-    image_id = next(b._id for b in demo.blocks.values() if getattr(b, "elem_id", None) == "image-input")
+    image_id = next(
+        b._id for b in demo.blocks.values() if getattr(b, "elem_id", None) == "image-input"
+    )
     assert image_id == raw.image_id  # the page's config names the same component
     return [i for i, d in enumerate(raw.deps) if image_id in d["inputs"]]
 
@@ -148,8 +162,10 @@ def test_server_paths_are_refused_by_every_image_event(served, tmp_path):
     # ... while a real upload (and a curated example) works on every event
     uploaded = raw.upload(_png_bytes(2))
     for fn in events:
-        for payload in ({"path": uploaded, "meta": {"_type": "gradio.FileData"}},
-                        {"path": str(ROOT / "assets" / "coffee.jpg")}):
+        for payload in (
+            {"path": uploaded, "meta": {"_type": "gradio.FileData"}},
+            {"path": str(ROOT / "assets" / "coffee.jpg")},
+        ):
             ans = raw.call(fn, _inputs(raw, fn, payload))
             assert ans["ok"], ans
 
@@ -172,19 +188,22 @@ def test_data_url_size_cap_and_a_small_one_works(served):
 def test_private_events_are_not_in_the_api(served):
     demo, url, raw = served
     client = Client(url, verbose=False)
-    assert list(client.view_api(print_info=False, return_format="dict")["named_endpoints"]) \
-        == ["/classify"]
+    assert list(client.view_api(print_info=False, return_format="dict")["named_endpoints"]) == [
+        "/classify"
+    ]
     for name in ("/compare", "/sweep", "/show_run", "/export"):
         with pytest.raises(ValueError, match=f"Cannot find a function with `api_name`: {name}."):
-            client.predict(handle_file(str(ROOT / "assets" / "coffee.jpg")), "cat, dog",
-                           api_name=name)
+            client.predict(
+                handle_file(str(ROOT / "assets" / "coffee.jpg")), "cat, dog", api_name=name
+            )
 
 
 def test_no_server_path_in_weights_note(tmp_path):
     """A missing checkpoint: the note (banner, API's weights_note) names the file only."""
     secret_dir = tmp_path / "very-secret-dir"
-    cache = serving.ModelCache("openai", checkpoint=str(secret_dir / "w.safetensors"),
-                               checkpoint_model=TINY)
+    cache = serving.ModelCache(
+        "openai", checkpoint=str(secret_dir / "w.safetensors"), checkpoint_model=TINY
+    )
     entry = cache.get(TINY)
     assert entry.is_random and "w.safetensors" in entry.note
     assert str(tmp_path) not in entry.note and "very-secret-dir" not in entry.note
@@ -200,14 +219,19 @@ def test_prompt_cap_message(served, example_image):
     request.check_prompt_count(15, "imagenet80")  # 1200: allowed
     client = Client(url, verbose=False)
     labels = ", ".join(f"thing{i}" for i in range(16))
-    with pytest.raises(AppError, match=r"16 labels x 80 prompt templates = 1280; one request "
-                                       r"may encode at most 1200"):
-        client.predict(handle_file(str(example_image)), labels, templates="imagenet80",
-                       api_name="/classify")
+    with pytest.raises(
+        AppError,
+        match=r"16 labels x 80 prompt templates = 1280; one request "
+        r"may encode at most 1200",
+    ):
+        client.predict(
+            handle_file(str(example_image)), labels, templates="imagenet80", api_name="/classify"
+        )
 
 
 def tca_errors():
     import tca.errors
+
     return tca.errors
 
 
@@ -236,10 +260,12 @@ def test_32_visitors_x_5_runs_all_served_with_their_own_state(served, example_im
         try:
             c = Client(url, verbose=False)
             labels = f"cat{i}, dog{i}"
-            results[i] = [c.predict(image, labels, stream=True, api_name="/classify")
-                          for _ in range(5)]
+            results[i] = [
+                c.predict(image, labels, stream=True, api_name="/classify") for _ in range(5)
+            ]
         except Exception as exc:  # noqa: BLE001 - collected and reported below
             errors.append((i, repr(exc)))
+
     threads = [threading.Thread(target=visitor, args=(i,)) for i in range(32)]
     for t in threads:
         t.start()
@@ -273,8 +299,14 @@ def test_temp_folder_and_sessions_stay_bounded(tmp_path, monkeypatch):
             uploaded.append(time.monotonic())
             path = raw.upload(_png_bytes(100 + i, size=64), f"v{i}.png")
             assert path.startswith(str(folder))
-            ans = raw.call(fn, _inputs(raw, fn, {"path": path, "orig_name": f"v{i}.png",
-                                                 "meta": {"_type": "gradio.FileData"}}))
+            ans = raw.call(
+                fn,
+                _inputs(
+                    raw,
+                    fn,
+                    {"path": path, "orig_name": f"v{i}.png", "meta": {"_type": "gradio.FileData"}},
+                ),
+            )
             assert ans["ok"], ans
             assert len(demo.state_holder.session_data) <= 10
             if i % 20 == 19:

@@ -1,6 +1,7 @@
 """One error for every undecodable image (issue 8): whatever Pillow raises, tca.load_image
 raises ImageError with a one-line message, and the CLI prints that line (no traceback), also
 past Pillow's hard decompression-bomb limit."""
+
 from __future__ import annotations
 
 import io
@@ -26,14 +27,19 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 def png_header_only(width: int, height: int) -> bytes:
     """A tiny PNG file that declares ``width`` x ``height`` 1-bit pixels."""
     ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr)
-            + _chunk(b"IDAT", zlib.compress(b"\0" * 8)) + _chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", ihdr)
+        + _chunk(b"IDAT", zlib.compress(b"\0" * 8))
+        + _chunk(b"IEND", b"")
+    )
 
 
 def _valid_png() -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(
-        buf, "PNG")
+        buf, "PNG"
+    )
     return buf.getvalue()
 
 
@@ -71,9 +77,24 @@ def test_corrupt_files_give_one_image_error(tmp_path, name):
 def test_cli_prints_one_line_past_the_hard_limit(tmp_path):
     bomb = tmp_path / "bomb.png"
     bomb.write_bytes(png_header_only(20000, 10000))
-    proc = subprocess.run([sys.executable, "-m", "tca", "predict", str(bomb), "--labels",
-                           "cat,dog", "--pretrained", "none"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin"})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tca",
+            "predict",
+            str(bomb),
+            "--labels",
+            "cat,dog",
+            "--pretrained",
+            "none",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin"},
+    )
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     lines = [l for l in proc.stderr.splitlines() if l.strip()]

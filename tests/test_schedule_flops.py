@@ -1,4 +1,5 @@
 """Settings, token schedules and analytic FLOPs, checked against the paper and open_clip."""
+
 from __future__ import annotations
 
 import pytest
@@ -32,20 +33,23 @@ def test_keep_rate_mapping_reproduces_released_settings():
     assert max(rates) < 1 / 3
 
 
-@pytest.mark.parametrize("config, expected", [
-    (CondenseConfig(keep_rate=0.9), [180, 163, 149]),
-    (CondenseConfig(keep_rate=0.7), [141, 100, 74]),
-    (CondenseConfig(rate=0.035), [180, 163, 149]),
-    (CondenseConfig(rate=0.035, merge_centers=4), [182, 167, 155]),  # the released K=4
-    (CondenseConfig(rate=0.105, merge_centers=4), [140, 101, 74]),
-    (CondenseConfig(rate=0.175, merge_centers=4), [98, 53, 29]),
-    (CondenseConfig(method="evit", keep_rate=0.9), [179, 163, 148]),
-    (CondenseConfig(method="evit", keep_rate=0.7), [140, 100, 72]),
-    (CondenseConfig(method="tome", keep_rate=0.9), [178, 161, 145]),
-    (CondenseConfig(method="tome", keep_rate=0.7), [138, 97, 68]),
-    (CondenseConfig(keep_rate=1.0), [197, 197, 197]),
-    (CondenseConfig(method="none"), [197, 197, 197]),
-])
+@pytest.mark.parametrize(
+    "config, expected",
+    [
+        (CondenseConfig(keep_rate=0.9), [180, 163, 149]),
+        (CondenseConfig(keep_rate=0.7), [141, 100, 74]),
+        (CondenseConfig(rate=0.035), [180, 163, 149]),
+        (CondenseConfig(rate=0.035, merge_centers=4), [182, 167, 155]),  # the released K=4
+        (CondenseConfig(rate=0.105, merge_centers=4), [140, 101, 74]),
+        (CondenseConfig(rate=0.175, merge_centers=4), [98, 53, 29]),
+        (CondenseConfig(method="evit", keep_rate=0.9), [179, 163, 148]),
+        (CondenseConfig(method="evit", keep_rate=0.7), [140, 100, 72]),
+        (CondenseConfig(method="tome", keep_rate=0.9), [178, 161, 145]),
+        (CondenseConfig(method="tome", keep_rate=0.7), [138, 97, 68]),
+        (CondenseConfig(keep_rate=1.0), [197, 197, 197]),
+        (CondenseConfig(method="none"), [197, 197, 197]),
+    ],
+)
 def test_vit_b16_token_schedules(config, expected):
     assert _tokens(config) == expected
 
@@ -55,15 +59,18 @@ def test_linear_d_would_not_reproduce_the_paper():
     assert _tokens(CondenseConfig(rate=0.1 / 3)) == [180, 166, 152]
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(keep_rate=0.0), "keep rate"),
-    (dict(keep_rate=1.5), "keep rate"),
-    (dict(method="magic"), "unknown method"),
-    (dict(score="median"), "unknown score"),
-    (dict(merge_centers=0), "merge centres"),
-    (dict(rate=0.4), "rate d"),
-    (dict(layers=(-1,)), "layer indices"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(keep_rate=0.0), "keep rate"),
+        (dict(keep_rate=1.5), "keep rate"),
+        (dict(method="magic"), "unknown method"),
+        (dict(score="median"), "unknown score"),
+        (dict(merge_centers=0), "merge centres"),
+        (dict(rate=0.4), "rate d"),
+        (dict(layers=(-1,)), "layer indices"),
+    ],
+)
 def test_bad_settings_are_named(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         CondenseConfig(**kwargs)
@@ -85,12 +92,15 @@ def test_baseline_gmacs_match_open_clip_profile():
     assert macs_for(b16(), CondenseConfig(method="none")).gmacs == pytest.approx(17.56, abs=0.005)
 
 
-@pytest.mark.parametrize("config, paper", [
-    (CondenseConfig(keep_rate=0.9), 15.45),
-    (CondenseConfig(keep_rate=0.7), 11.68),
-    (CondenseConfig(method="evit", keep_rate=0.9), 15.41),
-    (CondenseConfig(method="evit", keep_rate=0.7), 11.62),
-])
+@pytest.mark.parametrize(
+    "config, paper",
+    [
+        (CondenseConfig(keep_rate=0.9), 15.45),
+        (CondenseConfig(keep_rate=0.7), 11.68),
+        (CondenseConfig(method="evit", keep_rate=0.9), 15.41),
+        (CondenseConfig(method="evit", keep_rate=0.7), 11.62),
+    ],
+)
 def test_paper_gflops_within_half_a_percent(config, paper):
     assert macs_for(b16(), config).gmacs == pytest.approx(paper, rel=0.005)
 
@@ -103,14 +113,16 @@ def test_vit_l14_at_r07_saves_the_papers_48_9_percent():
 
 
 def test_anchor_token_adds_attention_cost_at_condensing_layers_only():
-    assert plan_layers(CondenseConfig(layers=(0, 3)), 197, 12, anchors=True).attention_tokens(0) == 197
+    assert (
+        plan_layers(CondenseConfig(layers=(0, 3)), 197, 12, anchors=True).attention_tokens(0) == 197
+    )
     plain = macs_for(b16(), CondenseConfig(keep_rate=0.7))
     anchored = macs_for(b16(), CondenseConfig(keep_rate=0.7), anchors=True)
     diff = [a.total - p.total for a, p in zip(anchored.layers, plain.layers)]
     assert [i for i, d in enumerate(diff) if d] == [3, 6, 9]
     # one more token through qkv/out projections and both attention products
     n, d = 141, 768
-    assert diff[6] == 4 * d * d + 2 * ((n + 1) ** 2 - n ** 2) * d
+    assert diff[6] == 4 * d * d + 2 * ((n + 1) ** 2 - n**2) * d
 
 
 def test_geometry_from_model_matches_config(tiny_clip, b16_clip):
@@ -118,10 +130,16 @@ def test_geometry_from_model_matches_config(tiny_clip, b16_clip):
     assert Geometry.from_model(tiny_clip.model).width == 64
 
 
-@pytest.mark.parametrize("config", [
-    CondenseConfig(method="none"), CondenseConfig(keep_rate=0.7), CondenseConfig(keep_rate=0.9),
-    CondenseConfig(method="evit", keep_rate=0.7), CondenseConfig(method="tome", keep_rate=0.7),
-])
+@pytest.mark.parametrize(
+    "config",
+    [
+        CondenseConfig(method="none"),
+        CondenseConfig(keep_rate=0.7),
+        CondenseConfig(keep_rate=0.9),
+        CondenseConfig(method="evit", keep_rate=0.7),
+        CondenseConfig(method="tome", keep_rate=0.7),
+    ],
+)
 def test_flop_counter_agrees_with_analytic_count(b16_clip, config):
     """torch's FlopCounterMode counts every matmul of the explicit-attention path exactly."""
     model = b16_clip.model
@@ -151,18 +169,24 @@ def test_keep_rate_mapping_refuses_out_of_range():
     assert keep_rate_to_rate(0.6) == pytest.approx(0.4 / 3)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(method="magic"), "unknown method 'magic'; choose one of tca, evit, tome, tome-paper, ats, "
-                           "pitome, tofu, zero-tprune, repshift, none"),
-    (dict(score="median"), "unknown score 'median'; choose one of mean, rank"),
-    (dict(keep_rate="0.7"), "keep rate must be in (0, 1], got 0.7"),
-    (dict(keep_rate=0.0), "keep rate must be in (0, 1], got 0.0"),
-    (dict(rate=1 / 3), f"rate d must be in [0, 1/3), got {1 / 3}"),
-    (dict(rate=-0.01), "rate d must be in [0, 1/3), got -0.01"),
-    (dict(merge_centers=2.0), "merge centres K must be a positive integer, got 2.0"),
-    (dict(merge_centers=0), "merge centres K must be a positive integer, got 0"),
-    (dict(layers=(3, -1)), "layer indices must be >= 0, got [3, -1]"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (
+            dict(method="magic"),
+            "unknown method 'magic'; choose one of tca, evit, tome, tome-paper, ats, "
+            "pitome, tofu, zero-tprune, repshift, none",
+        ),
+        (dict(score="median"), "unknown score 'median'; choose one of mean, rank"),
+        (dict(keep_rate="0.7"), "keep rate must be in (0, 1], got 0.7"),
+        (dict(keep_rate=0.0), "keep rate must be in (0, 1], got 0.0"),
+        (dict(rate=1 / 3), f"rate d must be in [0, 1/3), got {1 / 3}"),
+        (dict(rate=-0.01), "rate d must be in [0, 1/3), got -0.01"),
+        (dict(merge_centers=2.0), "merge centres K must be a positive integer, got 2.0"),
+        (dict(merge_centers=0), "merge centres K must be a positive integer, got 0"),
+        (dict(layers=(3, -1)), "layer indices must be >= 0, got [3, -1]"),
+    ],
+)
 def test_bad_settings_messages_are_exact(kwargs, message):
     with pytest.raises(ConfigError) as err:
         CondenseConfig(**kwargs)
@@ -178,17 +202,22 @@ def test_settings_at_their_edges():
     assert CondenseConfig(method="evit", keep_rate=1.0).is_identity
     assert not CondenseConfig(method="tome", keep_rate=0.99).is_identity
     assert CondenseConfig(method="none", keep_rate=0.5).is_identity
-    assert CondenseConfig().with_(method="evit", keep_rate=0.5) == CondenseConfig(method="evit",
-                                                                                 keep_rate=0.5)
+    assert CondenseConfig().with_(method="evit", keep_rate=0.5) == CondenseConfig(
+        method="evit", keep_rate=0.5
+    )
     with pytest.raises(ConfigError, match="unknown method"):
         CondenseConfig().with_(method="magic")
 
 
 def test_describe_is_exact():
     assert CondenseConfig().describe() == "tca R=0.9, d=0.035, K=2, score=mean, layers [3, 6, 9]"
-    assert CondenseConfig(rate=0.1, merge_centers=4, score="rank", layers=(1,)).describe() == \
-        "tca R=0.9, d=0.1, K=4, score=rank, layers [1]"
-    assert CondenseConfig(method="tome", keep_rate=0.75).describe() == "tome R=0.75, layers [3, 6, 9]"
+    assert (
+        CondenseConfig(rate=0.1, merge_centers=4, score="rank", layers=(1,)).describe()
+        == "tca R=0.9, d=0.1, K=4, score=rank, layers [1]"
+    )
+    assert (
+        CondenseConfig(method="tome", keep_rate=0.75).describe() == "tome R=0.75, layers [3, 6, 9]"
+    )
     assert CondenseConfig(method="none").describe() == "none (unmodified CLIP)"
 
 
@@ -212,7 +241,9 @@ def test_schedule_plans_and_attention_tokens_exactly():
     assert s.plans[2] == tca.methods.TierPlan(15, 13, 9, 4, 1, 2)
     assert [s.attention_tokens(i) for i in range(4)] == [17, 18, 16, 13]
     # anchors are TCA only
-    evit = plan_layers(CondenseConfig(method="evit", keep_rate=0.5, layers=(1,)), 17, 4, anchors=True)
+    evit = plan_layers(
+        CondenseConfig(method="evit", keep_rate=0.5, layers=(1,)), 17, 4, anchors=True
+    )
     assert not evit.anchors and evit.plans[1] == tca.methods.TierPlan(17, 10, 8, 0, 8, 0)
     assert [evit.attention_tokens(i) for i in range(4)] == [17, 17, 10, 10]
     tome = plan_layers(CondenseConfig(method="tome", keep_rate=0.8, layers=(0, 3)), 17, 4)
@@ -222,31 +253,46 @@ def test_schedule_plans_and_attention_tokens_exactly():
     one = plan_layers(CondenseConfig(method="tome", keep_rate=0.9, layers=(0,)), 17, 4)
     assert one.plans[0] == tca.methods.TomePlan(17, 16, r=1)
     # d·P < 1: nothing to fuse, so no fused token (tiers 14 / 2 / 0, K = 2 -> 17 tokens)
-    assert plan_layers(CondenseConfig(rate=1e-4, layers=(0,)), 17, 4).plans[0] == \
-        tca.methods.TierPlan(17, 17, 14, 2, 0, 2)
+    assert plan_layers(CondenseConfig(rate=1e-4, layers=(0,)), 17, 4).plans[
+        0
+    ] == tca.methods.TierPlan(17, 17, 14, 2, 0, 2)
     # EViT fusing a single patch still condenses (ceil(0.9 * 16) = 15 kept + 1 fused: 17 tokens)
-    assert plan_layers(CondenseConfig(method="evit", keep_rate=0.9, layers=(0,)), 17, 4).plans[0] == \
-        tca.methods.TierPlan(17, 17, 15, 0, 1, 0)
+    assert plan_layers(CondenseConfig(method="evit", keep_rate=0.9, layers=(0,)), 17, 4).plans[
+        0
+    ] == tca.methods.TierPlan(17, 17, 15, 0, 1, 0)
     assert not plan_layers(CondenseConfig(rate=0.1, layers=(1,)), 17, 4).anchors  # off by default
-    assert plan_layers(CondenseConfig(rate=0.3, merge_centers=1, layers=(0,)), 2, 1).plans[0] == \
-        tca.methods.TierPlan(2, 2, 0, 1, 0, 1)
+    assert plan_layers(CondenseConfig(rate=0.3, merge_centers=1, layers=(0,)), 2, 1).plans[
+        0
+    ] == tca.methods.TierPlan(2, 2, 0, 1, 0, 1)
     # N = 2 at d = 0.3: tier 2 holds the only patch, so K = 2 is refused
-    with pytest.raises(ConfigError, match="K=2 is larger than tier 2 at layer 0 \\(1 class-ambiguous"):
+    with pytest.raises(
+        ConfigError, match="K=2 is larger than tier 2 at layer 0 \\(1 class-ambiguous"
+    ):
         plan_layers(CondenseConfig(rate=0.3, layers=(0,)), 2, 1)
     # a ToMe layer with nothing to merge is a plain layer; so is an identity TCA layer
-    assert plan_layers(CondenseConfig(method="tome", keep_rate=0.95, layers=(0,)), 17, 4).plans[0] is None
+    assert (
+        plan_layers(CondenseConfig(method="tome", keep_rate=0.95, layers=(0,)), 17, 4).plans[0]
+        is None
+    )
     assert plan_layers(CondenseConfig(rate=0.0, layers=(0,)), 17, 4).plans == (None,) * 4
     # out-of-range layers are fine when nothing condenses
     assert plan_layers(CondenseConfig(method="none", layers=(7,)), 17, 4).tokens == (17,) * 4
     with pytest.raises(ConfigError) as err:
         plan_layers(CondenseConfig(rate=0.1, layers=(4,)), 17, 4)
-    assert str(err.value) == "layer index 4 is out of range: this model has 4 blocks (valid indices 0..3)"
+    assert (
+        str(err.value)
+        == "layer index 4 is out of range: this model has 4 blocks (valid indices 0..3)"
+    )
     with pytest.raises(ConfigError) as err:
         plan_layers(CondenseConfig(rate=0.1, merge_centers=5, layers=(1,)), 17, 4)
-    assert str(err.value) == ("merge centres K=5 is larger than tier 2 at layer 1 (4 class-ambiguous "
-                              "tokens of 17); use K <= 4 or a lower keep rate")
+    assert str(err.value) == (
+        "merge centres K=5 is larger than tier 2 at layer 1 (4 class-ambiguous "
+        "tokens of 17); use K <= 4 or a lower keep rate"
+    )
     # K equal to tier 2: every tier-2 token is its own centre
-    assert plan_layers(CondenseConfig(rate=0.1, merge_centers=4, layers=(1,)), 17, 4).plans[1].k == 4
+    assert (
+        plan_layers(CondenseConfig(rate=0.1, merge_centers=4, layers=(1,)), 17, 4).plans[1].k == 4
+    )
 
 
 def _macs_by_formula(d, hidden, n_in, n_out):
@@ -262,8 +308,12 @@ def test_count_macs_exactly_on_a_small_vit():
         assert (layer.attention, layer.mlp) == _macs_by_formula(d, hidden, n_in, n_out)
         assert layer.total == layer.attention + layer.mlp
     # overhead: CLS row N·D, coreset t2²·D + t2·D (t2 = 4 > K = 2), fusing t3·D
-    assert [l.overhead for l in r.layers] == [0, 18 * 64 + 16 * 64 + 4 * 64 + 64,
-                                              16 * 64 + 16 * 64 + 4 * 64 + 64, 0]
+    assert [l.overhead for l in r.layers] == [
+        0,
+        18 * 64 + 16 * 64 + 4 * 64 + 64,
+        16 * 64 + 16 * 64 + 4 * 64 + 64,
+        0,
+    ]
     assert r.patch_embed == 16 * 3 * 16 * 16 * 64 and r.head == 64 * 32
     assert r.blocks == sum(l.total for l in r.layers)
     assert r.overhead == 2496 + 2368
@@ -285,11 +335,20 @@ def test_flop_report_dict_and_saving():
     d = cond.to_dict()
     assert d["convention"] == tca.flops.CONVENTION
     assert (d["gmacs"], d["gmacs_model"], d["gmacs_overhead"]) == (
-        cond.total / 1e9, cond.model / 1e9, cond.overhead / 1e9)
+        cond.total / 1e9,
+        cond.model / 1e9,
+        cond.overhead / 1e9,
+    )
     assert (d["patch_embed"], d["head"]) == (cond.patch_embed, cond.head)
-    assert d["layers"][1] == {"layer": 1, "n_attention": 17, "n_mlp": 15, "attention": cond.layers[1].attention,
-                              "mlp": cond.layers[1].mlp, "overhead": cond.layers[1].overhead,
-                              "total": cond.layers[1].total}
+    assert d["layers"][1] == {
+        "layer": 1,
+        "n_attention": 17,
+        "n_mlp": 15,
+        "attention": cond.layers[1].attention,
+        "mlp": cond.layers[1].mlp,
+        "overhead": cond.layers[1].overhead,
+        "total": cond.layers[1].total,
+    }
     assert len(d["layers"]) == 4
     assert tca.flops.saved_percent(base, cond) == 100.0 * (1.0 - cond.total / base.total)
     assert tca.flops.saved_percent(base, base) == 0.0
@@ -299,20 +358,40 @@ def test_geometry_from_name_reads_every_field(tmp_path):
     import json
 
     import open_clip
-    cfg = {"embed_dim": 24, "vision_cfg": {"image_size": [96, 96], "layers": 3, "width": 48,
-                                           "head_width": 16, "patch_size": 16, "mlp_ratio": 2.0},
-           "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+
+    cfg = {
+        "embed_dim": 24,
+        "vision_cfg": {
+            "image_size": [96, 96],
+            "layers": 3,
+            "width": 48,
+            "head_width": 16,
+            "patch_size": 16,
+            "mlp_ratio": 2.0,
+        },
+        "text_cfg": {
+            "context_length": 77,
+            "vocab_size": 49408,
+            "width": 32,
+            "heads": 2,
+            "layers": 1,
+        },
+    }
     (tmp_path / "tca-geometry-test.json").write_text(json.dumps(cfg))
     open_clip.add_model_config(tmp_path)
     g = Geometry.from_name("tca-geometry-test")
-    assert g == Geometry(width=48, depth=3, heads=3, patch=16, image_size=96, embed_dim=24, mlp_ratio=2.0)
+    assert g == Geometry(
+        width=48, depth=3, heads=3, patch=16, image_size=96, embed_dim=24, mlp_ratio=2.0
+    )
     assert type(g.heads) is int and (g.grid, g.n_tokens) == (6, 37)
     model = open_clip.create_model("tca-geometry-test", pretrained=None)
     assert Geometry.from_model(model) == g == Geometry.from_model(model.visual)
     model.visual.proj = None  # no projection: the embedding is the width
     assert Geometry.from_model(model).embed_dim == 48
-    for name, message in [("tca-no-such-model", "unknown open_clip model 'tca-no-such-model'"),
-                          ("RN50", "RN50 has no ViT vision tower (ResNets have no tokens to condense)")]:
+    for name, message in [
+        ("tca-no-such-model", "unknown open_clip model 'tca-no-such-model'"),
+        ("RN50", "RN50 has no ViT vision tower (ResNets have no tokens to condense)"),
+    ]:
         with pytest.raises(ValueError) as err:
             Geometry.from_name(name)
         assert str(err.value) == message
@@ -321,13 +400,24 @@ def test_geometry_from_name_reads_every_field(tmp_path):
 
 # --------------------------------------------------------------------------- timm towers
 
+
 def _timm_config(tmp_path, name: str, embed_dim: int = 40, **vision) -> str:
     """Register an open_clip config ``name`` whose vision tower is the timm model in ``vision``."""
     import json
 
     import open_clip
-    cfg = {"embed_dim": embed_dim, "vision_cfg": {"timm_model_pretrained": False, **vision},
-           "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+
+    cfg = {
+        "embed_dim": embed_dim,
+        "vision_cfg": {"timm_model_pretrained": False, **vision},
+        "text_cfg": {
+            "context_length": 77,
+            "vocab_size": 49408,
+            "width": 32,
+            "heads": 2,
+            "layers": 1,
+        },
+    }
     (tmp_path / f"{name}.json").write_text(json.dumps(cfg))
     open_clip.add_model_config(tmp_path)
     return name
@@ -344,44 +434,85 @@ def test_geometry_of_timm_configs_is_read_from_the_meta_tower(tmp_path):
     are open_clip's."""
     vit_tiny = dict(timm_model_name="vit_tiny_patch16_224")  # D = 192, 12 blocks, 3 heads, CLS
     # CLS pooling with open_clip's default linear projection to the 40-wide embedding
-    g = Geometry.from_name(_timm_config(tmp_path, "tca-flops-timm-token", timm_pool="token", **vit_tiny))
-    assert g == Geometry(width=192, depth=12, heads=3, patch=16, image_size=224, embed_dim=40,
-                         mlp_ratio=4.0, prefix=1, pool="tok", pool_hidden=0, proj=True)
+    g = Geometry.from_name(
+        _timm_config(tmp_path, "tca-flops-timm-token", timm_pool="token", **vit_tiny)
+    )
+    assert g == Geometry(
+        width=192,
+        depth=12,
+        heads=3,
+        patch=16,
+        image_size=224,
+        embed_dim=40,
+        mlp_ratio=4.0,
+        prefix=1,
+        pool="tok",
+        pool_hidden=0,
+        proj=True,
+    )
     assert type(g.mlp_ratio) is float and (g.grid, g.n_tokens) == (14, 197)
     # the trunk's own features, unprojected: the embedding is the width
-    g = Geometry.from_name(_timm_config(tmp_path, "tca-flops-timm-bare", timm_pool="token",
-                                        timm_proj="none", **vit_tiny))
-    assert g == Geometry(192, 12, 3, 16, 224, 192, 4.0, prefix=1, pool="tok", pool_hidden=0, proj=False)
+    g = Geometry.from_name(
+        _timm_config(
+            tmp_path, "tca-flops-timm-bare", timm_pool="token", timm_proj="none", **vit_tiny
+        )
+    )
+    assert g == Geometry(
+        192, 12, 3, 16, 224, 192, 4.0, prefix=1, pool="tok", pool_hidden=0, proj=False
+    )
     # SigLIP's tower (no CLS, MAP head) with a linear projection after the pool
-    g = Geometry.from_name(_timm_config(tmp_path, "tca-flops-timm-map", embed_dim=56, timm_pool="map",
-                                        timm_proj="linear", timm_model_name="vit_base_patch16_siglip_224"))
-    assert g == Geometry(768, 12, 12, 16, 224, 56, 4.0, prefix=0, pool="map", pool_hidden=3072, proj=True)
+    g = Geometry.from_name(
+        _timm_config(
+            tmp_path,
+            "tca-flops-timm-map",
+            embed_dim=56,
+            timm_pool="map",
+            timm_proj="linear",
+            timm_model_name="vit_base_patch16_siglip_224",
+        )
+    )
+    assert g == Geometry(
+        768, 12, 12, 16, 224, 56, 4.0, prefix=0, pool="map", pool_hidden=3072, proj=True
+    )
     assert (g.grid, g.n_tokens) == (14, 196)
     # open_clip's own SigLIP configs: no projection, the MAP head's MLP as wide as the blocks'
     assert Geometry.from_name("ViT-B-16-SigLIP2") == Geometry(
-        768, 12, 12, 16, 224, 768, 4.0, prefix=0, pool="map", pool_hidden=3072, proj=False)
+        768, 12, 12, 16, 224, 768, 4.0, prefix=0, pool="map", pool_hidden=3072, proj=False
+    )
     so400m = Geometry.from_name("ViT-SO400M-14-SigLIP")  # MLP 4304 wide on 1152: ratio 269/72
-    assert so400m == Geometry(1152, 27, 16, 14, 224, 1152, 4304 / 1152, prefix=0, pool="map",
-                              pool_hidden=4304, proj=False)
+    assert so400m == Geometry(
+        1152, 27, 16, 14, 224, 1152, 4304 / 1152, prefix=0, pool="map", pool_hidden=4304, proj=False
+    )
     assert (so400m.grid, so400m.n_tokens) == (16, 256)
 
 
-@pytest.mark.parametrize("vision, message", [
-    # no timm_pool: open_clip's default is average pooling, which has no signal to rank patches by
-    (dict(timm_model_name="vit_tiny_patch16_224"),
-     "this timm tower has no usable pooling signal to rank patches by: it has 1 prefix token(s) and "
-     "pools with global_pool='avg'. Condensation needs either one CLS token that the tower pools by "
-     "('token') or no CLS token and a single-query attention pool ('map', as in SigLIP); average "
-     "pooling weighs all tokens alike"),
-    # an MLP projection (two linear layers) after the pool
-    (dict(timm_model_name="vit_tiny_patch16_224", timm_pool="token", timm_proj="mlp"),
-     "timm towers with an MLP or classifier head are not counted"),
-    # no open_clip projection: the trunk keeps a classifier head as wide as the embedding
-    (dict(timm_model_name="vit_tiny_patch16_224", timm_pool="token", timm_proj=""),
-     "timm towers with an MLP or classifier head are not counted"),
-])
+@pytest.mark.parametrize(
+    "vision, message",
+    [
+        # no timm_pool: open_clip's default is average pooling, which has no signal to rank patches by
+        (
+            dict(timm_model_name="vit_tiny_patch16_224"),
+            "this timm tower has no usable pooling signal to rank patches by: it has 1 prefix token(s) and "
+            "pools with global_pool='avg'. Condensation needs either one CLS token that the tower pools by "
+            "('token') or no CLS token and a single-query attention pool ('map', as in SigLIP); average "
+            "pooling weighs all tokens alike",
+        ),
+        # an MLP projection (two linear layers) after the pool
+        (
+            dict(timm_model_name="vit_tiny_patch16_224", timm_pool="token", timm_proj="mlp"),
+            "timm towers with an MLP or classifier head are not counted",
+        ),
+        # no open_clip projection: the trunk keeps a classifier head as wide as the embedding
+        (
+            dict(timm_model_name="vit_tiny_patch16_224", timm_pool="token", timm_proj=""),
+            "timm towers with an MLP or classifier head are not counted",
+        ),
+    ],
+)
 def test_timm_towers_that_cannot_be_counted_are_refused_with_the_reason(tmp_path, vision, message):
-    name = _timm_config(tmp_path, f"tca-flops-refused-{len(vision)}-{vision.get('timm_proj')}", **vision)
+    name = _timm_config(
+        tmp_path, f"tca-flops-refused-{len(vision)}-{vision.get('timm_proj')}", **vision
+    )
     with pytest.raises(tca.errors.UnsupportedModelError) as err:
         Geometry.from_name(name)
     assert str(err.value) == message
@@ -391,21 +522,34 @@ def test_timm_token_tower_geometry_and_macs_by_hand(tmp_path):
     """A real (CPU, random) timm ViT-Ti/16 with CLS pooling inside an open_clip model, cut to one
     block: Geometry reads the model and its tower alike, and the MACs are the hand count."""
     import open_clip
-    name = _timm_config(tmp_path, "tca-flops-timm-cut", timm_pool="token",
-                        timm_model_name="vit_tiny_patch16_224")
+
+    name = _timm_config(
+        tmp_path, "tca-flops-timm-cut", timm_pool="token", timm_model_name="vit_tiny_patch16_224"
+    )
     model = open_clip.create_model(name, pretrained=None)
     model.visual.trunk.blocks = model.visual.trunk.blocks[:1]
     g = Geometry.from_model(model)
-    assert g == Geometry.from_model(model.visual) == Geometry(
-        192, 1, 3, 16, 224, 40, 4.0, prefix=1, pool="tok", pool_hidden=0, proj=True)
+    assert (
+        g
+        == Geometry.from_model(model.visual)
+        == Geometry(192, 1, 3, 16, 224, 40, 4.0, prefix=1, pool="tok", pool_hidden=0, proj=True)
+    )
     base = macs_for(g, CondenseConfig(method="none"))
     d, n = 192, 197
-    assert base.layers == (tca.flops.LayerMacs(0, n, n, 4 * n * d * d + 2 * n * n * d, 2 * n * d * 768, 0),)
+    assert base.layers == (
+        tca.flops.LayerMacs(0, n, n, 4 * n * d * d + 2 * n * n * d, 2 * n * d * 768, 0),
+    )
     assert base.patch_embed == 196 * 3 * 16 * 16 * 192 and base.head == 192 * 40  # CLS -> linear
-    assert base.total == 196 * 3 * 256 * 192 + _block_macs(192, 768, 197, 197) + 192 * 40 == 130_958_208
+    assert (
+        base.total
+        == 196 * 3 * 256 * 192 + _block_macs(192, 768, 197, 197) + 192 * 40
+        == 130_958_208
+    )
 
 
-SIGLIP_B16 = Geometry(768, 12, 12, 16, 224, 768, 4.0, prefix=0, pool="map", pool_hidden=3072, proj=False)
+SIGLIP_B16 = Geometry(
+    768, 12, 12, 16, 224, 768, 4.0, prefix=0, pool="map", pool_hidden=3072, proj=False
+)
 
 
 def _map_head(d: int, n: int, hidden: int) -> int:
@@ -426,35 +570,47 @@ def test_map_head_and_pool_row_macs_by_hand():
     # condensing at block 3 and the last block: the head sees the last block's 99 tokens
     r = macs_for(SIGLIP_B16, CondenseConfig(keep_rate=0.7, layers=(3, 11)))
     plans = r.layers
-    assert [(l.n_attention, l.n_mlp) for l in plans] == [(196, 196)] * 3 + [(196, 140)] + [(140, 140)] * 7 + [(140, 99)]
+    assert [(l.n_attention, l.n_mlp) for l in plans] == [(196, 196)] * 3 + [(196, 140)] + [
+        (140, 140)
+    ] * 7 + [(140, 99)]
     assert r.head == _map_head(d, 99, 3072)
     # no CLS: the pool's query folded into its key projection (2·D²), then one score per token
     # and head (N·D·h); coreset on tier 2 (t2²·D + t2·D), fusing tier 3 (t3·D)
     # block 3: tiers 137 / 40 / 19 of 196; block 11: 96 / 30 / 14 of 140 (K = 2)
     assert [l.overhead for l in plans] == [0] * 3 + [
-        2 * d * d + 196 * d * h + 40 * 40 * d + 40 * d + 19 * d] + [0] * 7 + [
-        2 * d * d + 140 * d * h + 30 * 30 * d + 30 * d + 14 * d]
+        2 * d * d + 196 * d * h + 40 * 40 * d + 40 * d + 19 * d
+    ] + [0] * 7 + [2 * d * d + 140 * d * h + 30 * 30 * d + 30 * d + 14 * d]
     # with domain anchors the pool's row runs over the anchor too
     anchored = macs_for(SIGLIP_B16, CondenseConfig(keep_rate=0.7, layers=(3, 11)), anchors=True)
     assert anchored.layers[3].overhead - plans[3].overhead == d * h
     assert anchored.head == r.head
     # a projection after the pool adds D·E
     projected = Geometry(768, 12, 12, 16, 224, 56, 4.0, prefix=0, pool="map", pool_hidden=1000)
-    assert macs_for(projected, CondenseConfig(method="none")).head == 768 * 56 + _map_head(d, 196, 1000)
+    assert macs_for(projected, CondenseConfig(method="none")).head == 768 * 56 + _map_head(
+        d, 196, 1000
+    )
     # the pool's row replaces the CLS row only for an attention pool without a CLS token: a CLS
     # pooled tower without CLS, and a MAP head over a tower with CLS, pay the CLS row N·D
     config = CondenseConfig(keep_rate=0.7, layers=(3,))  # tiers 137 / 40 / 19 either way
     for pool, prefix in [("tok", 0), ("map", 1)]:
-        g = Geometry(768, 12, 12, 16, 224, 768, 4.0, prefix=prefix, pool=pool, pool_hidden=3072, proj=False)
+        g = Geometry(
+            768, 12, 12, 16, 224, 768, 4.0, prefix=prefix, pool=pool, pool_hidden=3072, proj=False
+        )
         s = g.schedule(config)
         assert (s.prefix, s.n_tokens) == (prefix, 196 + prefix)
-        assert s.plans[3] == tca.methods.TierPlan(196 + prefix, 140 + prefix, prefix=prefix, t1=137, t2=40, t3=19, k=2)
-        assert macs_for(g, config).layers[3].overhead == (196 + prefix) * d + 40 * 40 * d + 40 * d + 19 * d
+        assert s.plans[3] == tca.methods.TierPlan(
+            196 + prefix, 140 + prefix, prefix=prefix, t1=137, t2=40, t3=19, k=2
+        )
+        assert (
+            macs_for(g, config).layers[3].overhead
+            == (196 + prefix) * d + 40 * 40 * d + 40 * d + 19 * d
+        )
     assert macs_for(SIGLIP_B16, config).layers[3].overhead == plans[3].overhead
 
 
 def test_schedule_defaults_and_the_mean_over_images():
     import math
+
     config = CondenseConfig(rate=0.1, layers=(1, 2))
     assert SMALL.schedule(config) == plan_layers(config, 17, 4, False, 1)  # no anchors by default
     assert not SMALL.schedule(config).anchors and SMALL.schedule(config, anchors=True).anchors
@@ -490,9 +646,25 @@ def test_one_block_open_clip_tower_geometry_and_macs_by_hand(tmp_path):
     import json
 
     import open_clip
-    cfg = {"embed_dim": 24, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32,
-                                           "head_width": 16, "patch_size": 16, "mlp_ratio": 3.0},
-           "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+
+    cfg = {
+        "embed_dim": 24,
+        "vision_cfg": {
+            "image_size": 32,
+            "layers": 1,
+            "width": 32,
+            "head_width": 16,
+            "patch_size": 16,
+            "mlp_ratio": 3.0,
+        },
+        "text_cfg": {
+            "context_length": 77,
+            "vocab_size": 49408,
+            "width": 32,
+            "heads": 2,
+            "layers": 1,
+        },
+    }
     (tmp_path / "tca-flops-one-block.json").write_text(json.dumps(cfg))
     open_clip.add_model_config(tmp_path)
     model = open_clip.create_model("tca-flops-one-block", pretrained=None)

@@ -2,6 +2,7 @@
 open_clip's ViT — equivalence with nothing removed, bit-exact unpatch, token schedule, trace
 invariants, FLOP counter agreement — plus the pool query that stands in for CLS, the text tower
 through token ids, the offline tokenizer and the model's own logit scale and bias."""
+
 from __future__ import annotations
 
 import open_clip
@@ -41,8 +42,11 @@ def test_nothing_removed_equals_the_unpatched_tower_and_unpatch_is_bit_exact(sig
         ref = model.encode_image(x)
         tca.patch(model, method="tca", keep_rate=1.0)
         assert torch.equal(model.encode_image(x), ref)
-        for config in [CondenseConfig(method="none"), CondenseConfig(method="evit", keep_rate=1.0),
-                       CondenseConfig(method="tome", keep_rate=1.0)]:
+        for config in [
+            CondenseConfig(method="none"),
+            CondenseConfig(method="evit", keep_rate=1.0),
+            CondenseConfig(method="tome", keep_rate=1.0),
+        ]:
             assert torch.equal(tca.encode(model, x, config).features, ref)
         explicit = tca.encode(model, x, CondenseConfig(method="none"), explicit_attention=True)
         torch.testing.assert_close(explicit.features, ref, rtol=0, atol=1e-5)
@@ -54,7 +58,9 @@ def test_nothing_removed_equals_the_unpatched_tower_and_unpatch_is_bit_exact(sig
         tca.patch(model, keep_rate=0.7)
         condensed = model.encode_image(x)
         assert not torch.allclose(condensed, ref)
-        tca.encode(model, x, CondenseConfig(method="tome", keep_rate=0.6), trace=True, record_cls=True)
+        tca.encode(
+            model, x, CondenseConfig(method="tome", keep_rate=0.6), trace=True, record_cls=True
+        )
         tca.unpatch(model)
         assert type(model.visual) is open_clip.timm_model.TimmModel
         assert torch.equal(model.encode_image(x), ref)
@@ -74,12 +80,15 @@ def test_no_cls_token_means_every_token_is_a_patch_in_the_schedule():
     assert tome.plans[3].r == 58 and tome.tokens[3] == 138  # int(196 * 0.3); set A may all merge
 
 
-@pytest.mark.parametrize("config, after_3_6_9", [
-    (CondenseConfig(keep_rate=0.9), [179, 162, 148]),
-    (CondenseConfig(keep_rate=0.7), [140, 99, 73]),
-    (CondenseConfig(method="evit", keep_rate=0.7), [139, 99, 71]),
-    (CondenseConfig(method="tome", keep_rate=0.7), [138, 97, 68]),
-])
+@pytest.mark.parametrize(
+    "config, after_3_6_9",
+    [
+        (CondenseConfig(keep_rate=0.9), [179, 162, 148]),
+        (CondenseConfig(keep_rate=0.7), [140, 99, 73]),
+        (CondenseConfig(method="evit", keep_rate=0.7), [139, 99, 71]),
+        (CondenseConfig(method="tome", keep_rate=0.7), [138, 97, 68]),
+    ],
+)
 def test_real_token_counts_follow_the_schedule(siglip, config, after_3_6_9):
     tca.patch(siglip.model)
     with torch.inference_mode():
@@ -88,10 +97,15 @@ def test_real_token_counts_follow_the_schedule(siglip, config, after_3_6_9):
     assert [enc.tokens_per_layer[i] for i in (3, 6, 9)] == after_3_6_9
 
 
-@pytest.mark.parametrize("config", [
-    CondenseConfig(keep_rate=0.6), CondenseConfig(keep_rate=0.7, score="rank", merge_centers=3),
-    CondenseConfig(method="evit", keep_rate=0.6), CondenseConfig(method="tome", keep_rate=0.6),
-])
+@pytest.mark.parametrize(
+    "config",
+    [
+        CondenseConfig(keep_rate=0.6),
+        CondenseConfig(keep_rate=0.7, score="rank", merge_centers=3),
+        CondenseConfig(method="evit", keep_rate=0.6),
+        CondenseConfig(method="tome", keep_rate=0.6),
+    ],
+)
 def test_trace_invariants_without_cls(siglip, config):
     tca.patch(siglip.model)
     with torch.inference_mode():
@@ -127,9 +141,11 @@ def test_batched_equals_per_image(siglip):
         with torch.inference_mode():
             batch = tca.encode(siglip.model, x, config, trace=True, record_cls=True)
             for i in range(3):
-                one = tca.encode(siglip.model, x[i:i + 1], config, trace=True, record_cls=True)
+                one = tca.encode(siglip.model, x[i : i + 1], config, trace=True, record_cls=True)
                 torch.testing.assert_close(one.features[0], batch.features[i], rtol=0, atol=1e-5)
-                torch.testing.assert_close(one.cls_tokens[0], batch.cls_tokens[i], rtol=0, atol=1e-4)
+                torch.testing.assert_close(
+                    one.cls_tokens[0], batch.cls_tokens[i], rtol=0, atol=1e-4
+                )
                 assert torch.equal(one.trace.token_index[0], batch.trace.token_index[i])
 
 
@@ -142,11 +158,17 @@ def test_pool_row_is_the_attention_pool_s_own_attention(siglip):
         row = TimmViT.pool_row(visual, x)
         normed = visual.trunk.norm(x)
         q = pool.q(pool.latent).reshape(1, pool.num_heads, 1, pool.head_dim)
-        k = pool.kv(normed).reshape(2, 50, 2, pool.num_heads, pool.head_dim)[:, :, 0].transpose(1, 2)
+        k = (
+            pool.kv(normed)
+            .reshape(2, 50, 2, pool.num_heads, pool.head_dim)[:, :, 0]
+            .transpose(1, 2)
+        )
         expected = ((q * pool.scale) @ k.transpose(-2, -1)).softmax(-1).squeeze(2)  # (B, h, N)
         torch.testing.assert_close(row, expected, rtol=0, atol=1e-6)
         pooled = TimmViT.pooled_token(visual, x)
-        torch.testing.assert_close(pooled, (expected.mean(1).unsqueeze(-1) * x).sum(1), rtol=0, atol=1e-5)
+        torch.testing.assert_close(
+            pooled, (expected.mean(1).unsqueeze(-1) * x).sum(1), rtol=0, atol=1e-5
+        )
 
 
 def test_reservoir_keys_and_domain_anchors(siglip):
@@ -163,10 +185,15 @@ def test_reservoir_keys_and_domain_anchors(siglip):
     assert not torch.allclose(guided.features, plain.features)
 
 
-@pytest.mark.parametrize("config", [
-    CondenseConfig(method="none"), CondenseConfig(keep_rate=0.7), CondenseConfig(method="evit", keep_rate=0.7),
-    CondenseConfig(method="tome", keep_rate=0.7),
-])
+@pytest.mark.parametrize(
+    "config",
+    [
+        CondenseConfig(method="none"),
+        CondenseConfig(keep_rate=0.7),
+        CondenseConfig(method="evit", keep_rate=0.7),
+        CondenseConfig(method="tome", keep_rate=0.7),
+    ],
+)
 def test_flop_counter_agrees_with_analytic_count(siglip, config):
     model = siglip.model
     tca.patch(model)
@@ -197,7 +224,9 @@ def test_timm_tower_with_cls_pooling_uses_the_cls_row():
         ref = model.encode_image(x)
         tca.patch(model, keep_rate=0.7)
         enc = tca.encode(model, x, trace=True)
-        assert enc.tokens_per_layer == list(plan_layers(CondenseConfig(keep_rate=0.7), 197, 12).tokens)
+        assert enc.tokens_per_layer == list(
+            plan_layers(CondenseConfig(keep_rate=0.7), 197, 12).tokens
+        )
         assert (enc.trace.token_index >= 1).all()  # CLS at 0 holds no patch
         explicit = tca.encode(model, x, CondenseConfig(method="none"), explicit_attention=True)
         torch.testing.assert_close(explicit.features, ref, rtol=0, atol=1e-5)
@@ -225,20 +254,30 @@ def test_text_tower_through_token_ids(siglip):
 def test_hub_tokenizer_offline_fails_fast_or_stands_in_for_random_weights(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     from huggingface_hub import constants
+
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(WeightsUnavailableError) as info:
         load_tokenizer(SIGLIP2, random=False)
     hf_name = open_clip.get_model_config(SIGLIP2)["text_cfg"]["hf_tokenizer_name"]
     import importlib.util
-    why = ("is not in the local cache and the Hugging Face Hub is offline (HF_HUB_OFFLINE=1)"
-           if importlib.util.find_spec("transformers") else
-           "needs the transformers package (pip install transformers)")
-    assert str(info.value).startswith(f"{SIGLIP2}'s tokenizer {hf_name} {why}. Connect to the internet once")
+
+    why = (
+        "is not in the local cache and the Hugging Face Hub is offline (HF_HUB_OFFLINE=1)"
+        if importlib.util.find_spec("transformers")
+        else "needs the transformers package (pip install transformers)"
+    )
+    assert str(info.value).startswith(
+        f"{SIGLIP2}'s tokenizer {hf_name} {why}. Connect to the internet once"
+    )
     assert info.value.__cause__ is None  # the offline check, before any request: no retries
     tok = load_tokenizer(SIGLIP2, random=True)
     assert isinstance(tok, ByteTokenizer) and tok.context_length == 64
     ids = tok(["a photo of a cat.", "é"])
-    assert ids.shape == (2, 64) and ids[0, :3].tolist() == [1 + ord("a"), 1 + ord(" "), 1 + ord("p")]
+    assert ids.shape == (2, 64) and ids[0, :3].tolist() == [
+        1 + ord("a"),
+        1 + ord(" "),
+        1 + ord("p"),
+    ]
     assert ids[1, :2].tolist() == [1 + 0xC3, 1 + 0xA9] and ids[1, 2:].eq(0).all()
     # CLIP's BPE ships with open_clip: never a stand-in
     assert not isinstance(load_tokenizer("ViT-B-16", random=True), ByteTokenizer)
@@ -252,25 +291,45 @@ def test_pretrained_siglip_offline_is_weights_unavailable():
 def test_classify_uses_the_model_s_logit_scale_and_bias(siglip, example_image):
     assert siglip.logit_bias == pytest.approx(-10.0) and siglip.tokenizer_note
     assert "stand-in tokenizer" in siglip.weights_description
-    result = tca.classify(siglip, example_image, "cat,dog,car", CondenseConfig(keep_rate=0.7), trace=False)
+    result = tca.classify(
+        siglip, example_image, "cat,dog,car", CondenseConfig(keep_rate=0.7), trace=False
+    )
     text = siglip.encode_text(result.labels)
     with torch.inference_mode():
-        feats = tca.encode(siglip.model, prepare_image(siglip, example_image),
-                           CondenseConfig(keep_rate=0.7)).features
+        feats = tca.encode(
+            siglip.model, prepare_image(siglip, example_image), CondenseConfig(keep_rate=0.7)
+        ).features
     cos = torch.nn.functional.normalize(feats.float(), dim=-1) @ text.T
     expected = siglip.logit_scale * cos + siglip.logit_bias
-    torch.testing.assert_close(torch.tensor(result.condensed.logits), expected[0], rtol=0, atol=1e-4)
+    torch.testing.assert_close(
+        torch.tensor(result.condensed.logits), expected[0], rtol=0, atol=1e-4
+    )
     assert sum(result.condensed.probs) == pytest.approx(1.0)
 
 
 def test_cli_predict_siglip2_random_weights_offline(capsys, example_image, monkeypatch):
     from tca.cli import main
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    code = main(["predict", str(example_image), "--labels", "cat,dog,car", "--model", SIGLIP2,
-                 "--pretrained", "none", "--keep-rate", "0.7", "--json"])
+    code = main(
+        [
+            "predict",
+            str(example_image),
+            "--labels",
+            "cat,dog,car",
+            "--model",
+            SIGLIP2,
+            "--pretrained",
+            "none",
+            "--keep-rate",
+            "0.7",
+            "--json",
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 0, err
     import json
+
     data = json.loads(out)
     assert [data["tokens_per_layer"][i] for i in (3, 6, 9)] == [140, 99, 73]
     assert "stand-in tokenizer" in data["model"] and data["random_weights"]

@@ -43,7 +43,9 @@ def test_anchors_switch_on_with_random_weights(tiny_clip):
 
 
 def test_a_stream_that_never_fills_says_so(tiny_clip):
-    demo = stream_demo.run(tiny_clip, SPEC, reservoir_config=ReservoirConfig(min_per_class=9), passes=1)
+    demo = stream_demo.run(
+        tiny_clip, SPEC, reservoir_config=ReservoirConfig(min_per_class=9), passes=1
+    )
     assert not demo.active and demo.with_anchors is None
     assert [s.image for s in demo.steps] == [p.name for p in SPEC.images]
 

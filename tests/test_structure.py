@@ -1,5 +1,6 @@
 """The package's structure: no import cycle, argument parsing only in the CLI, one user-error base
 class (a user error is one line and exit 2; a bug keeps its traceback), one home per constant."""
+
 from __future__ import annotations
 
 import ast
@@ -34,7 +35,7 @@ def _imports() -> dict[str, set[str]]:
             if isinstance(node, ast.ImportFrom):
                 if node.level:
                     base = package.split(".")
-                    base = base[:len(base) - node.level + 1]
+                    base = base[: len(base) - node.level + 1]
                     target = ".".join(base + ([node.module] if node.module else []))
                 else:
                     target = node.module or ""
@@ -71,9 +72,13 @@ def _gradio_importers() -> set[str]:
     out = set()
     for p in PACKAGE.rglob("*.py"):
         for node in ast.walk(ast.parse(p.read_text())):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
-                     [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level
-                     else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom) and not node.level
+                else []
+            )
             if any(n == "gradio" or n.startswith("gradio.") for n in names):
                 out.add(_module_name(p))
     return out
@@ -86,18 +91,25 @@ def test_import_layering_core_never_imports_the_app():
     assert "tca.app.runs" in graph and "tca.pipeline" in graph["tca.app.runs"]  # the walk works
     core = {m for m in graph if m != "tca.app" and not m.startswith("tca.app.")}
     assert len(core) > 30
-    leaks = {m: sorted(d for d in deps if d == "tca.app" or d.startswith("tca.app."))
-             for m, deps in graph.items() if m in core}
+    leaks = {
+        m: sorted(d for d in deps if d == "tca.app" or d.startswith("tca.app."))
+        for m, deps in graph.items()
+        if m in core
+    }
     assert {m: d for m, d in leaks.items() if d} == {}
     assert {m for m in _gradio_importers() if not m.startswith("tca.app")} == set()
 
 
 def test_argument_parsing_lives_only_in_the_cli():
-    users = sorted(_module_name(p) for p in PACKAGE.rglob("*.py")
-                   if "argparse" in p.read_text() and "cli" not in p.relative_to(PACKAGE).parts)
+    users = sorted(
+        _module_name(p)
+        for p in PACKAGE.rglob("*.py")
+        if "argparse" in p.read_text() and "cli" not in p.relative_to(PACKAGE).parts
+    )
     assert users == []
-    importers = sorted(m for m, deps in _imports().items()
-                       if "tca.cli" in deps and not m.startswith("tca.cli."))
+    importers = sorted(
+        m for m, deps in _imports().items() if "tca.cli" in deps and not m.startswith("tca.cli.")
+    )
     assert importers == ["tca.__main__"]
 
 
@@ -115,7 +127,9 @@ def test_user_error_is_one_line_and_exit_2(capsys):
     assert err == "error: unknown open_clip model 'ViT-Q-99'\n"
 
 
-@pytest.mark.parametrize("bug", [ValueError("a bug"), FileNotFoundError("a bug"), KeyError("a bug")])
+@pytest.mark.parametrize(
+    "bug", [ValueError("a bug"), FileNotFoundError("a bug"), KeyError("a bug")]
+)
 def test_a_bug_is_not_swallowed_as_a_user_error(monkeypatch, capsys, bug):
     def broken(*args, **kwargs):
         raise bug
@@ -129,8 +143,9 @@ def test_a_bug_is_not_swallowed_as_a_user_error(monkeypatch, capsys, bug):
 def test_cli_device_option_is_checked(capsys, example_image):
     code = cli.main(["predict", str(example_image), "--labels", "a,b", "--device", "not-a-device"])
     assert code == 2
-    assert capsys.readouterr().err == ("error: --device 'not-a-device' is not a torch device "
-                                       "(e.g. cpu, cuda, cuda:1)\n")
+    assert capsys.readouterr().err == (
+        "error: --device 'not-a-device' is not a torch device (e.g. cpu, cuda, cuda:1)\n"
+    )
     assert cli.common.parse_device("cpu") == "cpu"
     if not torch.cuda.is_available():
         with pytest.raises(errors.CliError, match="CUDA is not available"):
@@ -151,6 +166,7 @@ def test_one_model_list():
     assert SUPPORTED_MODELS[3] == "ViT-B-16-SigLIP2"
     assert SUPPORTED_MODELS[4:] == ("ViT-B-32", "ViT-B-16", "ViT-L-14")
     from tca.app import runs
+
     assert runs.APP_MODELS is APP_MODELS
 
 
@@ -158,6 +174,8 @@ def test_version_and_dependencies_have_one_home():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert "version" not in project["project"] and "dependencies" not in project["project"]
     dynamic = project["tool"]["setuptools"]["dynamic"]
-    assert dynamic == {"version": {"attr": "tca.__version__"},
-                       "dependencies": {"file": ["requirements.txt"]}}
+    assert dynamic == {
+        "version": {"attr": "tca.__version__"},
+        "dependencies": {"file": ["requirements.txt"]},
+    }
     assert tca.__version__.count(".") == 2

@@ -1,6 +1,7 @@
 """The cut text pass (tca.text) against open_clip's encode_text at the full context, for the
 real ViT-B/32, B/16 and L/14 text towers (random weights), the fallback for towers where the
 cut is not exact, and the per-label embedding cache."""
+
 from __future__ import annotations
 
 import open_clip
@@ -32,9 +33,14 @@ def clip(request):
 def test_cut_pass_equals_open_clip(clip):
     tok = clip.tokenizer
     assert clip.text_tower is not None
-    prompts = ["a photo of a cat.", "dog", "a photo of a " + _long_label(tok, "a photo of a {}.", 77)
-               + ".", "a black and white photo of the " + "ox " * 20 + ".",
-               _long_label(tok, "{}", 76), "x"]
+    prompts = [
+        "a photo of a cat.",
+        "dog",
+        "a photo of a " + _long_label(tok, "a photo of a {}.", 77) + ".",
+        "a black and white photo of the " + "ox " * 20 + ".",
+        _long_label(tok, "{}", 76),
+        "x",
+    ]
     tokens = tok(prompts)
     lengths = tokens.argmax(-1) + 1
     assert lengths.max() == 77 and lengths.min() == 3 and len(set(lengths.tolist())) == 5
@@ -56,16 +62,27 @@ def test_class_embeddings_equal_the_full_ensemble(tiny_clip):
     labels = ["cat", "golden retriever", _long_label(clip.tokenizer, max(temps, key=len), 77)]
     prompts = [t.format(l) for l in labels for t in temps]
     with torch.inference_mode():
-        feats = torch.nn.functional.normalize(clip.model.encode_text(clip.tokenizer(prompts)), dim=-1)
+        feats = torch.nn.functional.normalize(
+            clip.model.encode_text(clip.tokenizer(prompts)), dim=-1
+        )
     ref = torch.nn.functional.normalize(feats.view(3, len(temps), -1).mean(1), dim=-1)
-    got = text.class_embeddings(clip.model, clip.tokenizer, labels, temps, text.LabelCache(),
-                                clip.device, clip.text_tower, chunk=20)
+    got = text.class_embeddings(
+        clip.model,
+        clip.tokenizer,
+        labels,
+        temps,
+        text.LabelCache(),
+        clip.device,
+        clip.text_tower,
+        chunk=20,
+    )
     assert (got - ref).abs().max() < 1e-5
 
 
 def test_per_label_cache_encodes_only_new_labels(tiny_clip):
-    clip = tca.models.ClipModel(tiny_clip.model, tiny_clip.preprocess, tiny_clip.tokenizer,
-                                tiny_clip.name, None)
+    clip = tca.models.ClipModel(
+        tiny_clip.model, tiny_clip.preprocess, tiny_clip.tokenizer, tiny_clip.name, None
+    )
     temps = TEMPLATES["imagenet80"]
     seen = []
     a = clip.encode_text(["cat", "dog"], "imagenet80", progress=lambda d, t: seen.append(t))
@@ -80,8 +97,9 @@ def test_per_label_cache_encodes_only_new_labels(tiny_clip):
     clip.encode_text(["fox", "cat"], "single", progress=lambda d, t: seen.append(t))
     assert seen == [2]  # another template set is another key
     assert len(clip.text_cache) == 5
-    fresh = text.class_embeddings(clip.model, clip.tokenizer, ["fox"], temps, text.LabelCache(),
-                                  clip.device, clip.text_tower)
+    fresh = text.class_embeddings(
+        clip.model, clip.tokenizer, ["fox"], temps, text.LabelCache(), clip.device, clip.text_tower
+    )
     assert (fresh[0] - b[1]).abs().max() < 1e-6
 
 
@@ -106,8 +124,11 @@ def test_towers_where_the_cut_is_not_exact_fall_back_to_open_clip():
     tok = open_clip.get_tokenizer("ViT-B-32")
     tokens = tok(["a photo of a cat.", "a dog"])
     # SigLIP-style: no causal mask, pooled at the last position
-    for cfg in (dict(no_causal_mask=True, pool_type="last"), dict(pool_type="last"),
-                dict(embed_cls=True)):
+    for cfg in (
+        dict(no_causal_mask=True, pool_type="last"),
+        dict(pool_type="last"),
+        dict(embed_cls=True),
+    ):
         model = _custom(cfg)
         assert text.text_tower(model) is None, cfg
         with torch.inference_mode():

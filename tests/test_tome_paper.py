@@ -1,6 +1,7 @@
 """tome-paper, the released TCA code's ToMe baseline: the paper's GMACs, and an independent
 re-computation of its forward (open_clip's own attention weights as the metric, no proportional
 attention)."""
+
 from __future__ import annotations
 
 import pytest
@@ -26,16 +27,19 @@ def test_gmacs_match_the_paper(keep_rate, paper):
 
 
 def test_gmacs_exact_figures():
-    assert macs_for(B16, CondenseConfig(method="tome-paper", keep_rate=0.9)).gmacs == \
-        pytest.approx(15.272058592, abs=1e-9)
-    assert macs_for(B16, CondenseConfig(method="tome-paper", keep_rate=0.7)).gmacs == \
-        pytest.approx(11.424066984, abs=1e-9)
+    assert macs_for(B16, CondenseConfig(method="tome-paper", keep_rate=0.9)).gmacs == pytest.approx(
+        15.272058592, abs=1e-9
+    )
+    assert macs_for(B16, CondenseConfig(method="tome-paper", keep_rate=0.7)).gmacs == pytest.approx(
+        11.424066984, abs=1e-9
+    )
 
 
 def test_attention_rows_metric():
     probs = torch.tensor([[[[0.5, 0.5], [0.2, 0.8]], [[0.1, 0.9], [0.6, 0.4]]]])  # (1, 2, 2, 2)
-    torch.testing.assert_close(condense.attention_rows_metric(probs),
-                               torch.tensor([[[0.3, 0.7], [0.4, 0.6]]]))
+    torch.testing.assert_close(
+        condense.attention_rows_metric(probs), torch.tensor([[[0.3, 0.7], [0.4, 0.6]]])
+    )
 
 
 def _block_input(model, x, index):

@@ -1,4 +1,5 @@
 """Invariants of the one-pass trace, over many settings on a real (tiny) open_clip ViT."""
+
 from __future__ import annotations
 
 import pytest
@@ -69,7 +70,9 @@ def _plannable(config: CondenseConfig) -> bool:
     return True
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(config=configs)
 def test_trace_invariants(tiny_clip, config):
     model = tiny_clip.model
@@ -112,7 +115,9 @@ def test_trace_cls_attention_is_the_score_that_ranked_tier_one(b16_clip):
     tca.patch(b16_clip.model)
     x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(9))
     with torch.inference_mode():
-        enc = tca.encode(b16_clip.model, x, CondenseConfig(method="evit", keep_rate=0.7), trace=True)
+        enc = tca.encode(
+            b16_clip.model, x, CondenseConfig(method="evit", keep_rate=0.7), trace=True
+        )
     att = enc.trace.cls_attention[3][0]
     kept = enc.trace.fate[0, 3] == KEPT
     # EViT keeps exactly the top-attended patches
@@ -159,18 +164,24 @@ def test_trace_recorder_composes_dest_maps_exactly():
     assert t.depth == 4 and t.grid == (2, 3) and t.condensing_layers == (1, 3)
     assert t.token_index.tolist() == [
         [[1, 2, 3, 4, 5, 6], [1, 3, 3, 2, 4, 4], [1, 3, 3, 2, 4, 4], [1, 2, 2, 1, 3, 3]],
-        [[1, 2, 3, 4, 5, 6], [4, 1, 2, 3, 3, 4], [4, 1, 2, 3, 3, 4], [3, 1, 2, 1, 1, 3]]]
+        [[1, 2, 3, 4, 5, 6], [4, 1, 2, 3, 3, 4], [4, 1, 2, 3, 3, 4], [3, 1, 2, 1, 1, 3]],
+    ]
     K, M, P = KEPT, MERGED, PRUNED
     assert t.fate.dtype == torch.uint8
     assert t.fate.tolist() == [
         [[K] * 6, [K, M, M, K, P, P], [K, M, M, K, P, P], [M, M, M, M, P, P]],
-        [[K] * 6, [P, K, K, M, M, P], [P, K, K, M, M, P], [P, M, K, M, M, P]]]
+        [[K] * 6, [P, K, K, M, M, P], [P, K, K, M, M, P], [P, M, K, M, M, P]],
+    ]
     # each patch gets the CLS attention of the token holding it when the layer decided
     assert t.cls_attention[1].dtype == torch.float32
-    torch.testing.assert_close(t.cls_attention[1], torch.tensor(
-        [[0.1, 0.2, 0.3, 0.4, 0.5, 0.6], [0.6, 0.5, 0.4, 0.3, 0.2, 0.1]]))
-    torch.testing.assert_close(t.cls_attention[3], torch.tensor(
-        [[0.7, 0.9, 0.9, 0.8, 1.0, 1.0], [0.1, 0.4, 0.3, 0.2, 0.2, 0.1]]))
+    torch.testing.assert_close(
+        t.cls_attention[1],
+        torch.tensor([[0.1, 0.2, 0.3, 0.4, 0.5, 0.6], [0.6, 0.5, 0.4, 0.3, 0.2, 0.1]]),
+    )
+    torch.testing.assert_close(
+        t.cls_attention[3],
+        torch.tensor([[0.7, 0.9, 0.9, 0.8, 1.0, 1.0], [0.1, 0.4, 0.3, 0.2, 0.2, 0.1]]),
+    )
     assert sorted(t.cls_attention) == [1, 3]
 
 
@@ -178,10 +189,19 @@ def test_trace_views_groups_source_counts_and_dict():
     t = _hand_trace()
     assert t.groups(0) == {} and t.groups(1) == {3: [1, 2]}
     assert t.groups(3) == {1: [0, 3], 2: [1, 2]} and t.groups(3, image=1) == {1: [1, 3, 4]}
-    assert t.source(1).int().tolist() == [[0] * 6, [1, 0, 0, 0, 0, 0], [0, 0, 0, 1, 0, 0],
-                                          [0, 1, 1, 0, 0, 0], [0, 0, 0, 0, 1, 1]]
-    assert t.source(3, image=1).int().tolist() == [[0] * 6, [0, 1, 0, 1, 1, 0],
-                                                   [0, 0, 1, 0, 0, 0], [1, 0, 0, 0, 0, 1]]
+    assert t.source(1).int().tolist() == [
+        [0] * 6,
+        [1, 0, 0, 0, 0, 0],
+        [0, 0, 0, 1, 0, 0],
+        [0, 1, 1, 0, 0, 0],
+        [0, 0, 0, 0, 1, 1],
+    ]
+    assert t.source(3, image=1).int().tolist() == [
+        [0] * 6,
+        [0, 1, 0, 1, 1, 0],
+        [0, 0, 1, 0, 0, 0],
+        [1, 0, 0, 0, 0, 1],
+    ]
     assert t.fate_counts(1) == {"kept": 2, "merged": 2, "pruned": 2}
     assert t.fate_counts(3, image=1) == {"kept": 1, "merged": 3, "pruned": 2}
     one = t.select(1)
@@ -191,9 +211,14 @@ def test_trace_views_groups_source_counts_and_dict():
     d = t.to_dict(image=1)
     assert d["grid"] == [2, 3] and d["fate_codes"] == {"kept": 0, "merged": 1, "pruned": 2}
     assert [layer["condensing"] for layer in d["layers"]] == [False, True, False, True]
-    assert d["layers"][1] == {"layer": 1, "tokens": 5, "fates": {"kept": 2, "merged": 2, "pruned": 2},
-                              "fate": [2, 0, 0, 1, 1, 2], "token_index": [4, 1, 2, 3, 3, 4],
-                              "condensing": True}
+    assert d["layers"][1] == {
+        "layer": 1,
+        "tokens": 5,
+        "fates": {"kept": 2, "merged": 2, "pruned": 2},
+        "fate": [2, 0, 0, 1, 1, 2],
+        "token_index": [4, 1, 2, 3, 3, 4],
+        "condensing": True,
+    }
 
 
 def test_trace_select_first_image_and_dict_of_second():
@@ -230,15 +255,18 @@ def test_trace_without_cls_token_and_with_dropped_patches_exactly():
     assert t.tokens_per_image == ((2, 2), (3, 2))
     assert t.tokens() == (2, 2) and t.tokens(1) == (3, 2)  # image 0 by default
     # token 0 holds patches (no CLS): an index of 0 is a real token, -1 a dropped patch
-    assert t.token_index.tolist() == [[[0, 0, 1, -1], [1, 1, 0, -1]],
-                                      [[0, 1, 2, 2], [0, 0, 1, 1]]]
+    assert t.token_index.tolist() == [[[0, 0, 1, -1], [1, 1, 0, -1]], [[0, 1, 2, 2], [0, 0, 1, 1]]]
     K, M, P = KEPT, MERGED, PRUNED
     assert t.fate.tolist() == [[[M, M, K, P], [M, M, K, P]], [[K, K, M, M], [M, M, M, M]]]
-    torch.testing.assert_close(t.cls_attention[0], torch.tensor(
-        [[0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8]]))
+    torch.testing.assert_close(
+        t.cls_attention[0], torch.tensor([[0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8]])
+    )
     # block 1: each live patch gets its token's value; the dropped patch gets NaN
-    torch.testing.assert_close(t.cls_attention[1], torch.tensor(
-        [[0.9, 0.9, 0.8, float("nan")], [0.3, 0.2, 0.1, 0.1]]), equal_nan=True)
+    torch.testing.assert_close(
+        t.cls_attention[1],
+        torch.tensor([[0.9, 0.9, 0.8, float("nan")], [0.3, 0.2, 0.1, 0.1]]),
+        equal_nan=True,
+    )
     assert t.source(0).int().tolist() == [[1, 1, 0, 0], [0, 0, 1, 0]]  # patch 3: no token
     assert t.source(1, image=1).int().tolist() == [[1, 1, 0, 0], [0, 0, 1, 1]]
     assert t.groups(1) == {1: [0, 1]} and t.groups(0, image=1) == {2: [2, 3]}

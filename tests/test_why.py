@@ -1,4 +1,4 @@
-""""Why this patch?": the ranking of each condensing block, its cut-offs from the plan, and what
+""" "Why this patch?": the ranking of each condensing block, its cut-offs from the plan, and what
 the trace says happened, on a real (tiny, random) open_clip ViT."""
 
 from __future__ import annotations
@@ -55,7 +55,9 @@ def test_plan_tiers_are_what_the_trace_did(tiny_clip, method, keep_rate):
                 assert got in (FUSE, KEEP), (layer, t)
             else:
                 assert got == want, (layer, t)
-        merged_alone = [t for t in range(len(planned)) if planned[t] == MERGE and r.outcome[t] == KEEP]
+        merged_alone = [
+            t for t in range(len(planned)) if planned[t] == MERGE and r.outcome[t] == KEEP
+        ]
         assert len(merged_alone) + sum(o == MERGE for o in r.outcome) >= min(plan.t2, 1)
         # the cut-offs separate the tiers' scores
         ranked = r.scores[r.order]
@@ -82,7 +84,13 @@ def test_cut_offs_by_hand():
     assert r.outcome == (KEEP, FUSE, MERGE, MERGE)
     assert [r.planned(t) for t in range(p)] == [KEEP, FUSE, MERGE, MERGE]
     place = patch_place(r, trace, 3)
-    assert (place.token, place.rank, place.n, place.planned, place.outcome) == (3, 3, 4, MERGE, MERGE)
+    assert (place.token, place.rank, place.n, place.planned, place.outcome) == (
+        3,
+        3,
+        4,
+        MERGE,
+        MERGE,
+    )
     assert place.score == pytest.approx(0.2)
     with pytest.raises(ValueError, match="the plan ranks 5 tokens, the trace has 4"):
         ranking(trace, 1, TierPlan(6, 4, 2, 2, 1, 1))
@@ -129,7 +137,8 @@ def test_why_patch_uses_the_plans_the_forward_made(tiny_clip):
     rankings, places = why_patch(enc.trace, cfg, 40)
     assert [r.layer for r in rankings] == [3, 6, 9]
     assert [r.tiers for r in rankings] == [
-        (enc.schedule.plans[l].t1, enc.schedule.plans[l].t2, enc.schedule.plans[l].t3) for l in (3, 6, 9)
+        (enc.schedule.plans[l].t1, enc.schedule.plans[l].t2, enc.schedule.plans[l].t3)
+        for l in (3, 6, 9)
     ]
     assert all(p is not None and p.outcome == r.outcome[p.token] for r, p in zip(rankings, places))
     assert why_patch(enc.trace, cfg, None)[1] == [None, None, None]
