@@ -154,7 +154,8 @@ def test_server_paths_are_refused_by_every_image_event(served, tmp_path):
         assert not ans["ok"], (form, meta)
         # without file metadata the app's check answers; with it Gradio's own rule refuses
         # first and, with show_error off, says nothing at all
-        assert ans["error"] == (None if meta else uploads.REFUSED), (form, meta, ans)
+        refused = f"Cannot run: {uploads.REFUSED}"  # every user error's message (app/events.py)
+        assert ans["error"] == (None if meta else refused), (form, meta, ans)
     # nothing was copied into Gradio's folder from outside it
     secret = outside.read_bytes()
     for f in Path(gr.utils.get_upload_folder()).rglob("secret.png"):
