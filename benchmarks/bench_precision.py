@@ -1,6 +1,6 @@
 """CPU precision (issue 19): fp32 and bf16 of the same model, interleaved in one process, each
 with unpatched open_clip, a condensing setting and that setting's zero-overhead limit
-(``tca.limit``: the tower's own blocks on the same token counts, tokens sliced, no scoring).
+(``tca.zero_overhead``: the tower's own blocks on the same token counts, tokens sliced, no scoring).
 
     HF_HUB_OFFLINE=1 python benchmarks/bench_precision.py [--model ViT-B-16-quickgelu]
         [--batch-sizes 1,8] [--method tca] [--keep-rate 0.7] [--repeats 15] [--threads 2]

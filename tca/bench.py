@@ -7,7 +7,7 @@ repeat visits every (batch size, setting) once, round-robin, starting one place 
 repeat, so slow drifts of a shared machine hit all settings alike. After warm-up rounds the
 median time per batch is reported with the speed-up over unpatched open_clip next to the GMACs
 ratio (the FLOP-ideal speed-up). Beside every condensing setting, its zero-overhead limit
-(``tca.limit``: the tower's own blocks on the same token counts, tokens simply sliced, no
+(``tca.zero_overhead``: the tower's own blocks on the same token counts, tokens simply sliced, no
 scoring) is timed too, so the cost of choosing the tokens is visible at every batch size.
 Weights are random by default: timing does not depend on them.
 ``tca`` is timed without domain anchors (an empty reservoir; anchors add one token at the
@@ -28,12 +28,12 @@ import torch
 from .config import CondenseConfig
 from .errors import ConfigError, InputError
 from .flops import CONVENTION, Geometry, macs_for
-from .limit import sliced_forward
 from .methods import COMPARED, METHODS
 from .patch import encode, is_patched, patch, schedule_for, unpatch
 from .precision import bf16_support
 from .timing import synchronize
 from .towers import tower_for
+from .zero_overhead import sliced_forward
 
 DEFAULT_BATCH_SIZES = (1, 8)
 DEFAULT_KEEP_RATES = (1.0, 0.9, 0.7, 0.5)
@@ -64,7 +64,7 @@ class Row:
     name: str
     config: CondenseConfig | None  # None: unpatched open_clip
     trace: bool = False
-    limit: bool = False  # the zero-overhead limit of ``config``'s schedule (tca.limit)
+    limit: bool = False  # the zero-overhead limit of ``config``'s schedule (tca.zero_overhead)
 
     @property
     def key(self) -> tuple[int, str]:

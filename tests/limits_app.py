@@ -1,5 +1,5 @@
-"""A real FastAPI app (as Gradio runs on) behind tca.limits' middlewares, served by uvicorn on
-loopback: ``python -m tests.limits_app PORT [MAX_BODY_BYTES]``. Used by tests/test_limits.py in
+"""A real FastAPI app (as Gradio runs on) behind tca.app.limits' middlewares, served by uvicorn on
+loopback: ``python -m tests.limits_app PORT [MAX_BODY_BYTES]``. Used by tests/test_request_limits.py in
 a subprocess, so its memory is its own. ``/stats`` says how many body bytes the app itself has
 read, which shows a refused body never reached it."""
 
@@ -11,7 +11,7 @@ import sys
 import uvicorn
 from fastapi import FastAPI, Request
 
-from tca.limits import MAX_BODY_BYTES, BodyLimit, UploadBudget, UploadLimit
+from tca.app.limits import MAX_BODY_BYTES, BodyLimit, UploadBudget, UploadLimit
 
 api = FastAPI()
 READ = {"bytes": 0, "requests": 0}

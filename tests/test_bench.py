@@ -52,7 +52,7 @@ def test_make_rows():
 
 
 def test_limit_rows_time_the_sliced_forward_on_the_settings_schedule(model, monkeypatch):
-    """A limit row runs tca.limit.sliced_forward on exactly its setting's schedule; its entry
+    """A limit row runs tca.zero_overhead.sliced_forward on exactly its setting's schedule; its entry
     has the same token counts as the setting and the setting's GMACs without the overhead."""
     seen = []
     real = bench.sliced_forward

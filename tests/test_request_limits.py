@@ -1,4 +1,4 @@
-"""tca.limits: request bodies bounded before they are read, whom a request counts against, and
+"""tca.app.limits: request bodies bounded before they are read, whom a request counts against, and
 the upload budget. The middlewares are tested on a real FastAPI app served by uvicorn on
 loopback (tests/limits_app.py, in a subprocess whose memory is measured), with 500 MB posts
 sent over raw sockets both with a Content-Length and chunked (no length)."""
@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 
-from tca.limits import MAX_BODY_BYTES, BodyLimit, UploadBudget, client_key
+from tca.app.limits import MAX_BODY_BYTES, BodyLimit, UploadBudget, client_key
 
 from .conftest import ROOT
 
@@ -176,8 +176,8 @@ def test_every_refusal_logs_one_line_and_no_traceback():
     lines = [l for l in err.splitlines() if l.strip()]
     assert "Traceback" not in err
     assert lines == [
-        "WARNING tca.limits: 413 POST /echo from 127.0.0.1: Content-Length 2097152 over 1048576",
-        "WARNING tca.limits: 413 POST /json from 127.0.0.1: streamed body over 1048576",
+        "WARNING tca.app.limits: 413 POST /echo from 127.0.0.1: Content-Length 2097152 over 1048576",
+        "WARNING tca.app.limits: 413 POST /json from 127.0.0.1: streamed body over 1048576",
     ]
 
 

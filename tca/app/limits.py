@@ -38,7 +38,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 MiB = 2**20
 # A 10 MB image as a base64 data: URL is 13.4 MiB; the rest is room for the JSON around it.
 MAX_BODY_BYTES = 16 * MiB
-log = logging.getLogger("tca.limits")
+log = logging.getLogger("tca.app.limits")
 
 
 # --------------------------------------------------------------------------- responses

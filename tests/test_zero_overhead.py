@@ -1,4 +1,4 @@
-"""The zero-overhead limit (tca.limit): the tower's own blocks on a schedule's token counts,
+"""The zero-overhead limit (tca.zero_overhead): the tower's own blocks on a schedule's token counts,
 tokens sliced at the condensing blocks, no scoring. Its token counts must be exactly the
 method's, and its outputs exactly those of the unmodified blocks on sliced tokens, written here
 from open_clip's and timm's modules without tca's code."""
@@ -12,11 +12,11 @@ from timm.models.vision_transformer import Block
 
 import tca
 from tca.config import CondenseConfig
-from tca.limit import sliced_forward
 from tca.methods import METHODS
 from tca.patch import schedule_for
 from tca.precision import cast
 from tca.towers import tower_for
+from tca.zero_overhead import sliced_forward
 
 TINY = "tca-tiny-ViT"
 TIMM = "tca-tiny-timm-token"
