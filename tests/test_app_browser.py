@@ -234,7 +234,13 @@ def test_changed_inputs_mark_results_outdated_then_run(page, artifacts_dir):
     expect(page.locator("#stale-notice")).not_to_contain_text("Outdated", timeout=TIMEOUT)
     expect(page.locator("#layer-info")).to_contain_text("After block 4", timeout=TIMEOUT)
     page.locator("#layer-strip button.thumbnail-item").nth(11).click()
+    expect(page.locator("#layer-info")).to_contain_text("After block 11", timeout=TIMEOUT)
     expect(page.locator("#layer-info")).to_contain_text("merged in", timeout=TIMEOUT)
+    # the tile's answer has reached the follow panel too (a patch followed in an earlier test
+    # may still be), so Stop is not overtaken by it
+    expect(page.locator("#follow-panel")).to_contain_text(
+        re.compile("after block 11|Click a patch"), timeout=TIMEOUT
+    )
     page.get_by_role("button", name="Stop following").click()
     expect(page.locator("#follow-panel")).to_contain_text("Click a patch", timeout=TIMEOUT)
     page.wait_for_timeout(400)
