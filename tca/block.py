@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 from . import beyond, condense
 from .config import CondenseConfig, Schedule
-from .methods import Attended, LayerPlan, Method, method
+from .methods import Attended, Method, method
+from .plans import LayerPlan
 from .towers import OpenClipViT, Tower
 from .trace import TraceRecorder
 

@@ -11,7 +11,7 @@ from typing import Sequence
 
 from . import methods
 from .errors import ConfigError
-from .methods import LayerPlan
+from .plans import LayerPlan
 
 METHODS = tuple(methods.METHODS)
 SCORES = ("mean", "rank")

@@ -2,13 +2,13 @@
 
 A method is a plan builder (how many tokens a condensing block keeps, from the settings and the
 token count), a condensing step (what the block does to its tokens, from the functions of
-``tca.condense``), a few flags and the words its fates are shown with. The config, the forward,
+``tca.condense`` and ``tca.beyond``), a few flags and the words its fates are shown with. The config, the forward,
 FLOP counts, the bench, eval, the CLI and the app all read :data:`METHODS`; none switches on a
 method's name.
 
-Adding a method: its functions on tensors in ``tca/condense.py``, a plan type below if none fits
-(what the step reads from the block's attention, and its own cost in MACs), a plan builder, a
-step, and one record in :data:`METHODS`.
+Adding a method: its functions on tensors in ``tca/condense.py`` (or ``tca/beyond.py``), a plan
+type in ``tca/plans.py`` if none fits (what the step reads from the block's attention, and its
+own cost in MACs), a plan builder, a step, and one record in :data:`METHODS`.
 """
 
 from __future__ import annotations
@@ -436,15 +436,6 @@ __all__ = [
     "Method",
     "Fates",
     "method",
-    "LayerPlan",
-    "TierPlan",
-    "TomePlan",
-    "TomePaperPlan",
-    "AtsPlan",
-    "PitomePlan",
-    "TofuPlan",
-    "ZeroTPrunePlan",
-    "RepShiftPlan",
     "PlanBuilder",
     "Step",
     "Settings",

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import CondenseConfig, plan_layers
-from .methods import AtsPlan, LayerPlan, TierPlan
+from .plans import AtsPlan, LayerPlan, TierPlan
 from .trace import DROPPED, PRUNED, Trace
 
 KEEP, MERGE, FUSE, DROP = "kept", "merged", "fused", "dropped"

@@ -131,7 +131,7 @@ def test_stacked_counts_must_add_up():
 
 
 def test_why_chart_marks_the_cut_offs_and_the_patch():
-    from tca.methods import TierPlan
+    from tca.plans import TierPlan
 
     att = torch.tensor([[0.4, 0.1, 0.3, 0.2]])
     index = torch.tensor([[[1, 2, 3, 4], [1, 3, 2, 2]]])

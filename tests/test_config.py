@@ -17,7 +17,8 @@ from tca.config import (
     keep_rate_to_rate,
     plan_layers,
 )
-from tca.methods import AtsPlan, TierPlan, TomePaperPlan, TomePlan, method
+from tca.methods import method
+from tca.plans import AtsPlan, TierPlan, TomePaperPlan, TomePlan
 
 
 def test_keep_rate_mapping_rounds_to_ten_digits():

@@ -18,7 +18,7 @@ from open_clip.transformer import ResidualAttentionBlock
 import tca
 from tca import condense
 from tca.config import CondenseConfig, plan_layers
-from tca.methods import TierPlan
+from tca.plans import TierPlan
 
 
 def _images(n: int, seed: int) -> torch.Tensor:

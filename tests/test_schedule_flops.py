@@ -237,33 +237,33 @@ def test_schedule_plans_and_attention_tokens_exactly():
     s = plan_layers(CondenseConfig(rate=0.1, layers=(1, 2)), 17, 4, anchors=True)
     assert s.tokens == (17, 15, 13, 13) and s.n_tokens == 17 and s.anchors
     assert s.plans[0] is None and s.plans[3] is None
-    assert s.plans[1] == tca.methods.TierPlan(17, 15, 11, 4, 1, 2)
-    assert s.plans[2] == tca.methods.TierPlan(15, 13, 9, 4, 1, 2)
+    assert s.plans[1] == tca.plans.TierPlan(17, 15, 11, 4, 1, 2)
+    assert s.plans[2] == tca.plans.TierPlan(15, 13, 9, 4, 1, 2)
     assert [s.attention_tokens(i) for i in range(4)] == [17, 18, 16, 13]
     # anchors are TCA only
     evit = plan_layers(
         CondenseConfig(method="evit", keep_rate=0.5, layers=(1,)), 17, 4, anchors=True
     )
-    assert not evit.anchors and evit.plans[1] == tca.methods.TierPlan(17, 10, 8, 0, 8, 0)
+    assert not evit.anchors and evit.plans[1] == tca.plans.TierPlan(17, 10, 8, 0, 8, 0)
     assert [evit.attention_tokens(i) for i in range(4)] == [17, 17, 10, 10]
     tome = plan_layers(CondenseConfig(method="tome", keep_rate=0.8, layers=(0, 3)), 17, 4)
-    assert tome.plans[0] == tca.methods.TomePlan(17, 14, r=3)
+    assert tome.plans[0] == tca.plans.TomePlan(17, 14, r=3)
     assert tome.tokens == (14, 14, 14, 12)
     # int(17 * 0.1) = 1: a ToMe layer merging a single pair still condenses
     one = plan_layers(CondenseConfig(method="tome", keep_rate=0.9, layers=(0,)), 17, 4)
-    assert one.plans[0] == tca.methods.TomePlan(17, 16, r=1)
+    assert one.plans[0] == tca.plans.TomePlan(17, 16, r=1)
     # d·P < 1: nothing to fuse, so no fused token (tiers 14 / 2 / 0, K = 2 -> 17 tokens)
     assert plan_layers(CondenseConfig(rate=1e-4, layers=(0,)), 17, 4).plans[
         0
-    ] == tca.methods.TierPlan(17, 17, 14, 2, 0, 2)
+    ] == tca.plans.TierPlan(17, 17, 14, 2, 0, 2)
     # EViT fusing a single patch still condenses (ceil(0.9 * 16) = 15 kept + 1 fused: 17 tokens)
     assert plan_layers(CondenseConfig(method="evit", keep_rate=0.9, layers=(0,)), 17, 4).plans[
         0
-    ] == tca.methods.TierPlan(17, 17, 15, 0, 1, 0)
+    ] == tca.plans.TierPlan(17, 17, 15, 0, 1, 0)
     assert not plan_layers(CondenseConfig(rate=0.1, layers=(1,)), 17, 4).anchors  # off by default
     assert plan_layers(CondenseConfig(rate=0.3, merge_centers=1, layers=(0,)), 2, 1).plans[
         0
-    ] == tca.methods.TierPlan(2, 2, 0, 1, 0, 1)
+    ] == tca.plans.TierPlan(2, 2, 0, 1, 0, 1)
     # N = 2 at d = 0.3: tier 2 holds the only patch, so K = 2 is refused
     with pytest.raises(
         ConfigError, match="K=2 is larger than tier 2 at layer 0 \\(1 class-ambiguous"
@@ -598,7 +598,7 @@ def test_map_head_and_pool_row_macs_by_hand():
         )
         s = g.schedule(config)
         assert (s.prefix, s.n_tokens) == (prefix, 196 + prefix)
-        assert s.plans[3] == tca.methods.TierPlan(
+        assert s.plans[3] == tca.plans.TierPlan(
             196 + prefix, 140 + prefix, prefix=prefix, t1=137, t2=40, t3=19, k=2
         )
         assert (

@@ -14,9 +14,9 @@ import tca
 from tca.config import CondenseConfig, plan_layers
 from tca.errors import UnsupportedModelError, WeightsUnavailableError
 from tca.flops import Geometry
-from tca.methods import TierPlan
 from tca.models import ByteTokenizer, load_tokenizer
 from tca.pipeline import prepare_image
+from tca.plans import TierPlan
 from tca.towers import TimmViT, tower_for
 from tca.trace import KEPT, MERGED, PRUNED
 

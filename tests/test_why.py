@@ -69,7 +69,7 @@ def test_plan_tiers_are_what_the_trace_did(tiny_clip, method, keep_rate):
 def test_cut_offs_by_hand():
     """Four patch tokens with scores 0.4, 0.1, 0.3, 0.2 and tiers (1, 2, 1): keep token 0, merge
     2 and 3, fuse 1; the cut-offs are the midpoints 0.35 and 0.15."""
-    from tca.methods import TierPlan
+    from tca.plans import TierPlan
 
     p = 4
     att = torch.tensor([[0.4, 0.1, 0.3, 0.2]])
