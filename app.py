@@ -178,7 +178,8 @@ def build_demo(
     ) as demo:
         demo.tca_app = app  # for tests and tools
         gr.Markdown(
-            "# TCA Explorer\nSee how **token condensation** (TCA, EViT, ToMe) prunes and "
+            "# TCA Explorer\nSee how **token condensation** "
+            f"({', '.join(m.title for m in METHODS.values() if m.step is not None)}) prunes and "
             "merges CLIP's image tokens, block by block, and what it costs and changes."
         )
         ui["banner"] = gr.HTML(

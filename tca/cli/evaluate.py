@@ -47,7 +47,8 @@ def add_eval_parser(sub) -> None:
 
     p = sub.add_parser(
         "eval",
-        help="accuracy / GMACs / speed of CLIP vs TCA, EViT, ToMe over a labelled folder",
+        help="accuracy / GMACs / speed of CLIP vs the condensation methods over a labelled folder, "
+        "a clip_benchmark data set or a suite of the paper's data sets",
         description="Evaluate CLIP zero-shot classification with and without token condensation "
         "over a labelled image folder (ImageFolder layout: DATA_DIR/<label>/<image>, "
         "'_' in folder names becomes a space) or a CSV/JSON manifest of path,label. "
