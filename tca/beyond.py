@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .condense import Condensed, bipartite_soft_matching, merge_weighted
+from .condense import Condensed, bipartite_match, merge_weighted
 
 # --------------------------------------------------------------------------- shared by the four
 # methods below (PiToMe, ToFu, Zero-TPrune, Representation Shift), re-implemented from their
@@ -141,7 +141,7 @@ def tofu_prunes(layer: int, depth: int) -> bool:
 
 
 def matched_sources(dest: torch.Tensor, n_out: int, prefix: int = 1) -> torch.Tensor:
-    """Which tokens :func:`bipartite_soft_matching` sent into a B token: the A tokens (even
+    """Which tokens :func:`~tca.condense.bipartite_soft_matching` sent into a B token: the A tokens (even
     indices) whose destination lies among the B slots. dest: (B, N) -> (B, N - prefix) bool."""
     n = dest.shape[1]
     n_b = n // 2
@@ -156,9 +156,11 @@ def tofu_prune(
     token; they are dropped (not averaged in), the rest kept in their original order.
 
     x: (B, N, D); size: (B, N); metric: (B, N, C). Returns Condensed (dest -1 and pruned for the
-    dropped tokens; the kept tokens keep their sizes)."""
-    dest, n_out = bipartite_soft_matching(metric, r, prefix)
-    return drop_tokens(x, matched_sources(dest, n_out, prefix), prefix, size)
+    dropped tokens; the kept tokens keep their sizes) and ToMe's score (each patch token's best
+    similarity to the other set, :func:`~tca.condense.bipartite_match`)."""
+    dest, n_out, similarity = bipartite_match(metric, r, prefix)
+    dropped = drop_tokens(x, matched_sources(dest, n_out, prefix), prefix, size)
+    return dropped._replace(score=similarity)
 
 
 def mlerp_merge(
@@ -186,10 +188,11 @@ def mlerp_merge(
 def tofu_merge(
     x: torch.Tensor, size: torch.Tensor, metric: torch.Tensor, r: int, prefix: int = 1
 ) -> Condensed:
-    """ToFu's merging step: ToMe's bipartite matching, then :func:`mlerp_merge`."""
-    dest, n_out = bipartite_soft_matching(metric, r, prefix)
+    """ToFu's merging step: ToMe's bipartite matching, then :func:`mlerp_merge` (the score as
+    :func:`tofu_prune`'s)."""
+    dest, n_out, similarity = bipartite_match(metric, r, prefix)
     out, new_size = mlerp_merge(x, size, dest, n_out)
-    return Condensed(out, dest, None, new_size)
+    return Condensed(out, dest, None, new_size, score=similarity)
 
 
 # --------------------------------------------------------------------------- Zero-TPrune

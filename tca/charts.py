@@ -413,7 +413,7 @@ def why_chart(
         ax.tick_params(labelsize=9)
         ax.set_ylabel("tokens", fontsize=9)
         ax.legend(fontsize=8, loc="upper right", frameon=False)
-    axes[-1].set_xlabel("score (higher = more attended by CLS)", fontsize=10)
+    axes[-1].set_xlabel(f"score: {rankings[-1].score_name}", fontsize=10)
     return fig
 
 

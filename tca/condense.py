@@ -271,6 +271,18 @@ def bipartite_soft_matching(
 
     metric: (B, N, C), e.g. the head-mean attention keys. Returns (dest (B, N), N_out).
     """
+    dest, n_out, _ = bipartite_match(metric, r, prefix)
+    return dest, n_out
+
+
+def bipartite_match(
+    metric: torch.Tensor, r: int, prefix: int = 1
+) -> tuple[torch.Tensor, int, torch.Tensor]:
+    """:func:`bipartite_soft_matching`, also returning the score it ranks by: every patch
+    token's best cosine similarity to the other set, (B, N - prefix). The r A tokens with the
+    highest are the ones merged; a B token's value (its best similarity to an A token other
+    than the prefix) ranks nothing, B tokens are never removed, and is there for the score map.
+    """
     b, n, _ = metric.shape
     metric = metric.float()  # cosine similarities in float32 (a no-op for float32 keys)
     metric = metric / metric.norm(dim=-1, keepdim=True).clamp_min(1e-12)
@@ -289,7 +301,10 @@ def bipartite_soft_matching(
     dest = torch.empty((b, n), dtype=torch.long, device=metric.device)
     dest[:, ::2] = dest_a
     dest[:, 1::2] = n_unm + torch.arange(nb, device=metric.device)
-    return dest, n - r
+    similarity = torch.empty((b, n), dtype=best.dtype, device=metric.device)
+    similarity[:, ::2] = best
+    similarity[:, 1::2] = scores.amax(dim=1)  # the prefix rows are -inf: left out
+    return dest, n - r, similarity[:, prefix:]
 
 
 def merge_weighted(
@@ -313,9 +328,9 @@ def tome_merge(
     x: torch.Tensor, size: torch.Tensor, metric: torch.Tensor, r: int, prefix: int = 1
 ) -> Condensed:
     """One ToMe step: bipartite soft matching on ``metric`` then size-weighted merging."""
-    dest, n_out = bipartite_soft_matching(metric, r, prefix)
+    dest, n_out, similarity = bipartite_match(metric, r, prefix)
     x, size = merge_weighted(x, size, dest, n_out)
-    return Condensed(x, dest, None, size)
+    return Condensed(x, dest, None, size, score=similarity)
 
 
 def attention_rows_metric(probs: torch.Tensor) -> torch.Tensor:

@@ -174,7 +174,7 @@ def _tiers_step(x, plan: TierPlan, att: Attended, run: Run, rank: bool):
     c = condense.prune_merge_fuse(
         x, select, attn_mean, plan.t1, plan.t2, plan.k, plan.prefix, run.generator
     )
-    return c, attn_mean
+    return c._replace(score=select), attn_mean
 
 
 def step_tca(x, size, plan: TierPlan, att: Attended, run: Run, valid=None):
@@ -213,7 +213,8 @@ def step_ats(x, size, plan: AtsPlan, att: Attended, run: Run, valid=None):
     )
     budget = condense.ats_budget(n_patches, run.config.keep_rate)
     keep = condense.unique_indices(condense.inverse_cdf_sample(score, budget), x.shape[1] - 1)
-    return condense.keep_patches(x, keep, valid), condense.head_mean_score(att.cls_row[..., 1:])
+    kept = condense.keep_patches(x, keep, valid)._replace(score=score)
+    return kept, condense.head_mean_score(att.cls_row[..., 1:])
 
 
 def step_pitome(x, size, plan: PitomePlan, att: Attended, run: Run, valid=None):
@@ -261,6 +262,22 @@ class Fates:
 
 
 @dataclass(frozen=True)
+class Score:
+    """The score a method ranks tokens by, as the score map's colour bar and "why this patch?"
+    name it (the trace records it per patch: ``Trace.scores``).
+
+    name: the colour bar's label. meaning: one sentence, what it measures and how the method
+    uses it. removes: which end of the ranking loses tokens, "low" or "high" (what the map's
+    cut-off reads); None where no cut-off separates kept from removed (ATS samples the score's
+    CDF, so a low-scoring patch can be drawn and a higher one missed).
+    """
+
+    name: str
+    meaning: str
+    removes: str | None
+
+
+@dataclass(frozen=True)
 class Method:
     """One condensation method.
 
@@ -272,6 +289,8 @@ class Method:
     needs_cls: refuses towers without a CLS token.
     limit: what caps the method's saving, where it has a cap (shown beside a sweep whose cost
     stops falling).
+    score: the score it ranks tokens by (None: ranks nothing); rank_score: the one it ranks by
+    with the settings' ``score="rank"`` (TCA's cross-head rank), if it has that choice.
     """
 
     name: str
@@ -286,12 +305,26 @@ class Method:
     adaptive: bool = False
     needs_cls: bool = False
     limit: str | None = None
+    score: Score | None = None
+    rank_score: Score | None = None
+
+    def ranked_by(self, settings: Settings) -> Score | None:
+        """The score this method ranks by under ``settings``."""
+        if settings.score == "rank" and self.rank_score is not None:
+            return self.rank_score
+        return self.score
 
 
 _HALF = (
     "bipartite matching merges at most half of a block's tokens, so below R=0.5 nothing more goes"
 )
 _KEPT = "kept as itself"
+
+_CLS = "CLS attention (mean over heads)"
+_SIMILARITY = (
+    "ToMe splits the tokens alternately into sets A and B and the r A tokens whose best match in "
+    "B is most similar go; a B token shows its best match in A, though B tokens are never removed"
+)
 
 TCA = Method(
     "tca",
@@ -310,6 +343,18 @@ TCA = Method(
     plan_tca,
     step_tca,
     anchors=True,
+    score=Score(
+        _CLS,
+        "how much the CLS token attends to the patch: the most attended are kept, the middle tier "
+        "merged into K coreset tokens, the least attended fused",
+        "low",
+    ),
+    rank_score=Score(
+        "cross-head rank of CLS attention (1 = first in every head)",
+        "each head ranks the patches by its CLS attention and the ranks are averaged: the best "
+        "ranked are kept, the middle tier merged, the worst fused",
+        "low",
+    ),
 )
 EVIT = Method(
     "evit",
@@ -319,6 +364,9 @@ EVIT = Method(
     Fates(_KEPT, None, "inattentive: fused into one token", fused_token="fused tokens"),
     plan_evit,
     step_evit,
+    score=Score(
+        _CLS, "how much the CLS token attends to the patch: the least attended are fused", "low"
+    ),
 )
 TOME = Method(
     "tome",
@@ -331,6 +379,7 @@ TOME = Method(
     step_tome,
     proportional=True,
     limit=_HALF,
+    score=Score("best key similarity to the other set (cosine)", _SIMILARITY, "high"),
 )
 TOME_PAPER = Method(
     "tome-paper",
@@ -341,6 +390,11 @@ TOME_PAPER = Method(
     plan_tome_paper,
     step_tome_paper,
     limit=_HALF,
+    score=Score(
+        "best attention-row similarity to the other set (cosine)",
+        _SIMILARITY + "; tokens compared by their head-mean attention rows, not their keys",
+        "high",
+    ),
 )
 ATS = Method(
     "ats",
@@ -353,6 +407,13 @@ ATS = Method(
     step_ats,
     adaptive=True,
     needs_cls=True,
+    score=Score(
+        "significance (CLS attention x value norm, share of the image)",
+        "each patch's share of the summed CLS attention times value norm; patches are sampled "
+        "at evenly spaced quantiles of its CDF, so high scores are likely kept, with no sharp "
+        "cut-off",
+        None,
+    ),
 )
 PITOME = Method(
     "pitome",
@@ -369,6 +430,12 @@ PITOME = Method(
     plan_pitome,
     step_pitome,
     proportional=True,
+    score=Score(
+        "energy (mean ELU of key similarity minus margin)",
+        "how many near-duplicates the patch has among the keys: the 2r highest are paired and "
+        "merged, the low-energy (isolated, informative) rest protected",
+        "high",
+    ),
 )
 TOFU = Method(
     "tofu",
@@ -385,6 +452,11 @@ TOFU = Method(
     plan_tofu,
     step_tofu,
     proportional=True,
+    score=Score(
+        "best key similarity to the other set (cosine)",
+        _SIMILARITY + " (dropped in early blocks, merged by MLERP later)",
+        "high",
+    ),
 )
 ZERO_TPRUNE = Method(
     "zero-tprune",
@@ -395,6 +467,12 @@ ZERO_TPRUNE = Method(
     Fates(_KEPT, None, "unimportant near-duplicate: dropped"),
     plan_zero_tprune,
     step_zero_tprune,
+    score=Score(
+        "PageRank importance (mean over the kept heads)",
+        "weighted PageRank on each head's attention graph: only the less important half can be "
+        "dropped, and of it the tokens most similar to an important one go",
+        "low",
+    ),
 )
 REPSHIFT = Method(
     "repshift",
@@ -405,6 +483,11 @@ REPSHIFT = Method(
     Fates(_KEPT, None, "barely changed by attention: dropped"),
     plan_repshift,
     step_repshift,
+    score=Score(
+        "representation shift ||F(x) - x|| of the attention",
+        "how far the block's attention moved the token: the least moved are dropped",
+        "low",
+    ),
 )
 NONE = Method(
     "none",
@@ -435,6 +518,7 @@ __all__ = [
     "COMPARED",
     "Method",
     "Fates",
+    "Score",
     "method",
     "PlanBuilder",
     "Step",

@@ -237,6 +237,8 @@ def forward(visual: Any, images: torch.Tensor, run: RunState) -> Forward:
     cls_tokens: list[torch.Tensor] = []
     for layer, block in enumerate(tower.blocks(visual)):
         plan = run.schedule.plans[layer]
+        if run.recorder is not None:
+            run.recorder.block_input(x, valid)
         if (
             plan is None
             and (size is None or not proportional)

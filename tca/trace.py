@@ -4,7 +4,9 @@ During a traced forward the patched model keeps, per image, ``token_of`` (P,): w
 token holds each original patch, and ``pruned`` (P,): whether the patch was ever fused into the
 "class-irrelevant" token (or dropped outright, as ATS does; its token index is then DROPPED).
 Each condensing layer composes its ``dest`` map into ``token_of``; plain layers leave both
-tensors untouched, so recording them costs two references per block.
+tensors untouched, so recording them costs two references per block. Every block also records
+the norm of each patch's token as the block starts and the high-norm threshold of that input
+(``tca.norms``): one norm and two medians over the tokens, on the device, no synchronisation.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+
+from .norms import high_norm_threshold, token_norms
 
 KEPT, MERGED, PRUNED = 0, 1, 2
 DROPPED = -1  # token_index of a patch that no token holds any more (ATS drops tokens)
@@ -31,6 +35,19 @@ class TraceRecorder:
         self.per_layer: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.cls_attention: dict[int, torch.Tensor] = {}
         self.scores: dict[int, torch.Tensor] = {}
+        self.norms: list[tuple[torch.Tensor, torch.Tensor]] = []  # per block: (B, P), (B,)
+
+    def block_input(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> None:
+        """Record the tokens entering a block: each patch's token norm and the input's
+        high-norm threshold. x: (B, N, D); valid: (B, N) bool, False for padding (ATS), or None.
+        """
+        norms = token_norms(x)
+        if valid is not None:
+            norms = norms.masked_fill(~valid, float("nan"))
+        threshold = high_norm_threshold(norms[:, self.prefix :])
+        alive = self.token_of >= 0
+        per_patch = norms.gather(1, self.token_of.clamp_min(0)).masked_fill(~alive, float("nan"))
+        self.norms.append((per_patch, threshold))
 
     def condense(
         self,
@@ -88,6 +105,10 @@ class TraceRecorder:
             if tokens_per_image is not None
             else None
         )
+        norms = threshold = None
+        if len(self.norms) == l:
+            norms = torch.stack([n for n, _ in self.norms], dim=1).cpu()  # (B, L, P)
+            threshold = torch.stack([t for _, t in self.norms], dim=1).cpu()  # (B, L)
         return Trace(
             tuple(tokens_per_layer),
             grid,
@@ -98,6 +119,8 @@ class TraceRecorder:
             self.prefix,
             per_image,
             self.scores,
+            norms,
+            threshold,
         )
 
 
@@ -125,10 +148,16 @@ class Trace:
     condensing_layers: tuple[int, ...]
     prefix: int = 1
     tokens_per_image: tuple[tuple[int, ...], ...] | None = None  # (B, L); None: all equal
-    # layer -> (B, P): the score a method ranked by when it is not CLS attention (PiToMe's
-    # energy, Zero-TPrune's PageRank importance, Representation Shift's shift), per patch as
+    # layer -> (B, P): the score the method ranked that layer's tokens by (``Method.score``
+    # names it: CLS attention, ATS's significance, ToMe's best similarity, PiToMe's energy,
+    # Zero-TPrune's PageRank importance, Representation Shift's shift), per patch as
     # cls_attention is; NaN for patches dropped earlier.
     scores: dict[int, torch.Tensor] = field(default_factory=dict)
+    # (B, L, P) float32: the norm of the token holding each patch as block l starts (NaN:
+    # dropped earlier); (B, L): that input's high-norm threshold (``tca.norms``). None for
+    # traces built by hand.
+    token_norm: torch.Tensor | None = None
+    norm_threshold: torch.Tensor | None = None
 
     @property
     def depth(self) -> int:
@@ -161,6 +190,13 @@ class Trace:
         src[idx[held], torch.arange(idx.shape[0])[held]] = True
         return src
 
+    def high_norm(self, layer: int, image: int = 0) -> torch.Tensor:
+        """(P,) bool: the patches whose token was high-norm as block ``layer`` started
+        (``tca.norms``); all False where no norms were recorded."""
+        if self.token_norm is None or self.norm_threshold is None:
+            return torch.zeros(self.token_index.shape[-1], dtype=torch.bool)
+        return self.token_norm[image, layer] > self.norm_threshold[image, layer]
+
     def fate_counts(self, layer: int, image: int = 0) -> dict[str, int]:
         f = self.fate[image, layer]
         return {name: int((f == code).sum()) for code, name in FATE_NAMES.items()}
@@ -179,6 +215,8 @@ class Trace:
             self.prefix,
             None if self.tokens_per_image is None else (tokens,),
             {k: v[sl] for k, v in self.scores.items()},
+            None if self.token_norm is None else self.token_norm[sl],
+            None if self.norm_threshold is None else self.norm_threshold[sl],
         )
 
     def to_dict(self, image: int = 0) -> dict:

@@ -1,8 +1,9 @@
 """ "Why this patch?": the score a condensing block ranked its tokens by, the cut-offs of its
 plan and one patch's place among them.
 
-At a condensing block the trace holds, for every patch, the score of the token holding it (the
-head-mean CLS attention for TCA, EViT and ATS; see ``Trace.cls_attention``). The tokens
+At a condensing block the trace holds, for every patch, the score of the token holding it: the
+score the method ranked by (``Trace.scores``, named by the method's record, ``Method.score``;
+traces built by hand may hold only ``Trace.cls_attention``, which is then used). The tokens
 entering the block are recovered from the trace of the block before, so the ranking here is the
 block's own: for a tier plan (TCA ranked by the head-mean, EViT) the top ``t1`` tokens are kept,
 the next ``t2`` merged into K coreset tokens and the rest fused, exactly as
@@ -15,8 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from .config import CondenseConfig, plan_layers
+from .methods import METHODS
 from .plans import AtsPlan, LayerPlan, TierPlan
 from .trace import DROPPED, PRUNED, Trace
 
@@ -34,8 +37,8 @@ class Ranking:
     e.g. ATS samples). cuts: the score between the last kept and the first merged token and
     between the last merged and the first fused one (midpoints; only where a tier follows).
     outcome: (T,) what the trace says happened to each token (:data:`OUTCOMES`).
-    exact: whether the recorded score is the one the block ranked by (TCA with ``score=rank``
-    ranks by the cross-head rank, which the trace does not record).
+    exact: whether the recorded score is the one the block ranked by (a hand-built trace with
+    only CLS attention, for a run that ranked by the cross-head rank, is not).
     """
 
     layer: int
@@ -70,12 +73,21 @@ def entering_tokens(trace: Trace, layer: int, image: int = 0) -> np.ndarray:
     return np.where(idx >= 0, idx - trace.prefix, DROPPED)
 
 
+def recorded_score(trace: Trace, layer: int) -> torch.Tensor | None:
+    """(B, P) the score block ``layer`` ranked by, per patch (``Trace.scores``; else the CLS
+    attention of a trace built by hand), or None where the block recorded none."""
+    if layer in trace.scores:
+        return trace.scores[layer]
+    return trace.cls_attention.get(layer)
+
+
 def token_scores(trace: Trace, layer: int, image: int = 0) -> np.ndarray:
     """(T,) float64: the recorded score of every patch token entering block ``layer``, in token
-    order. Raises ValueError where the block recorded no score (a plain block, or ToMe)."""
-    if layer not in trace.cls_attention:
+    order. Raises ValueError where the block recorded no score (a plain block)."""
+    score = recorded_score(trace, layer)
+    if score is None:
         raise ValueError(f"block {layer} recorded no score (plain block, or a method without one)")
-    per_patch = trace.cls_attention[layer][image].numpy().astype(np.float64)
+    per_patch = score[image].numpy().astype(np.float64)
     tok = entering_tokens(trace, layer, image)
     alive = tok >= 0
     n = int(tok[alive].max()) + 1 if alive.any() else 0
@@ -120,10 +132,16 @@ def score_name(plan: LayerPlan | None) -> str:
 
 
 def ranking(
-    trace: Trace, layer: int, plan: LayerPlan | None, image: int = 0, by_rank: bool = False
+    trace: Trace,
+    layer: int,
+    plan: LayerPlan | None,
+    image: int = 0,
+    by_rank: bool = False,
+    name: str | None = None,
 ) -> Ranking:
     """The ranking of block ``layer`` (see :class:`Ranking`). plan: the block's plan (its tier
-    sizes give the cut-offs); by_rank: the run ranked by the cross-head rank (TCA score=rank)."""
+    sizes give the cut-offs); by_rank: the run ranked by the cross-head rank (TCA score=rank);
+    name: the score's name (the method's ``Score.name``; default: :func:`score_name`)."""
     scores = token_scores(trace, layer, image)
     # descending, ties by position: the order prune_merge_fuse uses (stable argsort)
     order = np.argsort(-scores, kind="stable")
@@ -141,13 +159,13 @@ def ranking(
         cuts = tuple(float((ranked[b - 1] + ranked[b]) / 2) for b in dict.fromkeys(bounds))
     return Ranking(
         layer,
-        score_name(plan),
+        name or score_name(plan),
         scores,
         order,
         tiers,
         cuts,
         outcomes(trace, layer, image),
-        exact=not (by_rank and isinstance(plan, TierPlan)),
+        exact=layer in trace.scores or not (by_rank and isinstance(plan, TierPlan)),
     )
 
 
@@ -188,24 +206,83 @@ def why_patch(
     settings and the trace's geometry (``plan_layers``), as the forward made them."""
     p = trace.token_index.shape[-1]
     schedule = plan_layers(config, p + trace.prefix, trace.depth, prefix=trace.prefix)
+    score = METHODS[config.method].ranked_by(config)
     rankings = [
-        ranking(trace, l, schedule.plans[l], image, by_rank=config.score == "rank")
+        ranking(
+            trace,
+            l,
+            schedule.plans[l],
+            image,
+            by_rank=config.score == "rank",
+            name=None if score is None else score.name,
+        )
         for l in trace.condensing_layers
-        if l in trace.cls_attention
+        if recorded_score(trace, l) is not None
     ]
     places = [None if patch is None else patch_place(r, trace, patch, image) for r in rankings]
     return rankings, places
 
 
+@dataclass(frozen=True)
+class HighNorm:
+    """The high-norm ("register-like") tokens entering one block (``tca.norms``'s rule) and
+    what the block did to each (:data:`OUTCOMES`, from the trace, as :func:`outcomes`).
+
+    tokens: the flagged patch tokens (position - prefix), ascending; outcome: one per token;
+    patches: how many patches they hold; threshold: the input's high-norm threshold.
+    """
+
+    layer: int
+    threshold: float
+    tokens: tuple[int, ...]
+    outcome: tuple[str, ...]
+    patches: int
+
+    def counts(self) -> dict[str, int]:
+        """Outcome -> how many of the tokens got it (only outcomes that occur, in
+        :data:`OUTCOMES` order)."""
+        return {o: self.outcome.count(o) for o in OUTCOMES if o in self.outcome}
+
+
+def high_norm_tokens(trace: Trace, layer: int, image: int = 0) -> HighNorm | None:
+    """The high-norm tokens entering block ``layer`` (None: the trace recorded no norms)."""
+    if trace.norm_threshold is None:
+        return None
+    flagged = trace.high_norm(layer, image).numpy()
+    tok = entering_tokens(trace, layer, image)
+    tokens = sorted(set(tok[flagged & (tok >= 0)].tolist()))
+    done = outcomes(trace, layer, image)
+    return HighNorm(
+        layer,
+        float(trace.norm_threshold[image, layer]),
+        tuple(tokens),
+        tuple(done[t] for t in tokens),
+        int(flagged.sum()),
+    )
+
+
 def score_grid(trace: Trace, layer: int, image: int = 0) -> np.ndarray:
-    """(rows, cols) float64: the score block ``layer`` recorded for every patch (NaN: dropped)."""
-    if layer not in trace.cls_attention:
+    """(rows, cols) float64: the score block ``layer`` recorded for every patch (NaN: dropped),
+    the values the score map draws."""
+    score = recorded_score(trace, layer)
+    if score is None:
         raise ValueError(f"block {layer} recorded no score (plain block, or a method without one)")
-    return trace.cls_attention[layer][image].numpy().astype(np.float64).reshape(trace.grid)
+    return score[image].numpy().astype(np.float64).reshape(trace.grid)
+
+
+def score_layer(trace: Trace, layer: int) -> int | None:
+    """The latest condensing block <= ``layer`` that recorded a score (the one whose ranking
+    made the fates shown after ``layer``), or None."""
+    done = [
+        l for l in trace.condensing_layers if l <= layer and recorded_score(trace, l) is not None
+    ]
+    return max(done) if done else None
 
 
 __all__ = [
     "OUTCOMES",
+    "HighNorm",
+    "high_norm_tokens",
     "Ranking",
     "PatchPlace",
     "entering_tokens",
@@ -213,7 +290,9 @@ __all__ = [
     "outcomes",
     "ranking",
     "patch_place",
+    "recorded_score",
     "score_grid",
+    "score_layer",
     "score_name",
     "why_patch",
 ]

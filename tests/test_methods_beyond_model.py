@@ -267,18 +267,16 @@ def test_trace_fates_and_scores(tiny_clip, method):
         pruned_before = counts["pruned"]
         held = trace.token_index[0, layer]
         assert sorted(set(held[held >= 0].tolist())) == list(range(1, n))  # every token holds one
-        if method != "tofu":
-            score = trace.scores[layer][0]
-            alive = trace.token_index[0, layer - 1] != DROPPED
-            assert torch.isfinite(score[alive]).all() and torch.isnan(score[~alive]).all()
+        score = trace.scores[layer][0]
+        alive = trace.token_index[0, layer - 1] != DROPPED
+        assert torch.isfinite(score[alive]).all() and torch.isnan(score[~alive]).all()
     if method == "pitome":  # merged groups of the first block: the A and B tokens, 2r at most
         r = schedule.plans[3].r
         assert r + 1 <= trace.fate_counts(3)["merged"] <= 2 * r
         assert (trace.fate[0, 3] != PRUNED).all()
     if method == "tofu":
         assert trace.fate_counts(3)["merged"] == 0 and trace.fate_counts(6)["merged"] > 0
-        assert trace.scores == {}
-    assert sorted(trace.scores) == ([] if method == "tofu" else [3, 6, 9])
+    assert sorted(trace.scores) == [3, 6, 9]
     assert trace.cls_attention == {}
 
 

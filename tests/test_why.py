@@ -123,10 +123,29 @@ def test_ats_outcomes_come_from_the_trace(tiny_clip):
     assert outcomes(trace, layer) == r.outcome
 
 
-def test_rank_score_is_flagged_inexact(tiny_clip):
-    enc = _run(tiny_clip, CondenseConfig(method="tca", keep_rate=0.7, score="rank"))
-    layer = enc.trace.condensing_layers[0]
-    assert not ranking(enc.trace, layer, enc.schedule.plans[layer], by_rank=True).exact
+def test_rank_score_is_recorded_and_ranks_exactly(tiny_clip):
+    """With score=rank the trace records the cross-head rank TCA ranked by (not the head-mean
+    attention), so the plan's tiers over it are exactly what the block did."""
+    from tca.why import why_patch
+
+    cfg = CondenseConfig(method="tca", keep_rate=0.7, score="rank", merge_centers=3)
+    enc = _run(tiny_clip, cfg)
+    trace = enc.trace
+    layer = trace.condensing_layers[0]
+    plan = enc.schedule.plans[layer]
+    r = ranking(trace, layer, plan, by_rank=True)
+    assert r.exact
+    # the first condensing block: tokens are the patches, so the score is the rank score itself
+    assert not torch.equal(trace.scores[layer], trace.cls_attention[layer])
+    planned = [r.planned(t) for t in range(r.scores.shape[0])]
+    assert [t for t, p in enumerate(planned) if p == KEEP] == [
+        t for t, o in enumerate(r.outcome) if o == KEEP
+    ]
+    assert [t for t, p in enumerate(planned) if p == FUSE] == [
+        t for t, o in enumerate(r.outcome) if o == FUSE
+    ]
+    rankings, _ = why_patch(trace, cfg, 0)
+    assert rankings[0].score_name == "cross-head rank of CLS attention (1 = first in every head)"
 
 
 def test_why_patch_uses_the_plans_the_forward_made(tiny_clip):
@@ -142,5 +161,8 @@ def test_why_patch_uses_the_plans_the_forward_made(tiny_clip):
     ]
     assert all(p is not None and p.outcome == r.outcome[p.token] for r, p in zip(rankings, places))
     assert why_patch(enc.trace, cfg, None)[1] == [None, None, None]
+    assert {r.score_name for r in rankings} == {"CLS attention (mean over heads)"}
     tome = CondenseConfig(method="tome", keep_rate=0.7)
-    assert why_patch(_run(tiny_clip, tome).trace, tome, 40) == ([], [])  # ToMe records no score
+    rankings, places = why_patch(_run(tiny_clip, tome).trace, tome, 40)
+    assert [r.layer for r in rankings] == [3, 6, 9] and all(r.tiers is None for r in rankings)
+    assert {r.score_name for r in rankings} == {"best key similarity to the other set (cosine)"}
