@@ -586,7 +586,7 @@ def wire(
     follow_parts = [ui["patch"], ui["map"], ui["follow"], ui["why"]]
     ui["map"].select(app.pick_patch, display[:-1], follow_parts, **quiet)
     buttons["clear"].click(app.clear_patch, display[:-1], follow_parts, **quiet)
-    ui["view"].change(app.change_view, display, [ui["map"], ui["strip"]], **quiet)
+    ui["view"].change(app.change_view, display, [ui["map"], ui["strip"], ui["info"]], **quiet)
     for comp in controls:
         comp.change(
             app.check_stale,

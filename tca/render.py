@@ -25,6 +25,7 @@ import matplotlib
 import numpy as np
 
 from .trace import KEPT, MERGED, PRUNED, Trace
+from .why import score_grid, score_layer
 
 # ---------------------------------------------------------------------------- the one colour source
 # Every colour a fate is drawn with lives here: the maps, the strip, the exported PNG legend and
@@ -100,7 +101,13 @@ MODEL_VIEW_LEGEND: tuple[tuple[str, str], ...] = (
     ("outline", "a token holding several patches (dark on light tokens, light on dark)"),
     ("no outline", "a token holding one patch"),
 )
-VIEWS = ("fates", "model")  # "model": what the model sees, each token its patches' mean colour
+# "model": what the model sees, each token its patches' mean colour; "score": the score the
+# method ranked by at the latest condensing block (:func:`score_picture`)
+VIEWS = ("fates", "model", "score")
+SCORE_CMAP = "inferno"  # the score map's colours (dark = low, bright = high)
+SCORE_OPACITY = 0.8  # the score's colour over the image's grey
+HIGH_NORM_FILL = (0, 229, 255)  # the corner mark of a high-norm token's patches (tca.norms)
+HIGH_NORM_EDGE = (0, 0, 0)
 
 
 def group_palette(n: int = 64) -> np.ndarray:
@@ -227,6 +234,7 @@ def fate_map(
     means: np.ndarray | None = None,
     view: str = "fates",
     follow: int | None = None,
+    high_norm: bool = False,
 ) -> np.ndarray:
     """The token map of ``layer`` (after that block) drawn over ``image``.
 
@@ -236,19 +244,29 @@ def fate_map(
     outlined, pruned / fused patches grey with white diagonal stripes (visible on any image).
     "model" paints every token with the mean colour of the patches it stands for (what the
     remaining tokens carry, as ToMe draws it), outlining tokens that hold several patches.
+    "score" draws the score the method ranked by at the latest condensing block at or before
+    ``layer`` (:func:`score_picture`; the image dimmed where no block has ranked yet).
     attention: blend the CLS attention that drove the latest condensing decision at or before
     this layer (see :func:`attention_layer`) with ``opacity``; nothing is blended where no such
     attention was recorded (ToMe, or layers before the first condensing one).
     follow: a patch index (row-major); the patches sharing its token are outlined in white,
     all others dimmed, and the patch itself framed in :data:`HIGHLIGHT`.
     means: optional precomputed :func:`patch_means` (re-used across layers).
+    high_norm: mark the patches whose token was high-norm as block ``layer`` started
+    (``Trace.high_norm``) with :func:`mark_high_norm`.
     """
     if view not in VIEWS:
         raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
     ph, pw = _check_image(image, trace.grid)
     lv = layer_view(trace, layer, image_index)
     ids = _expand(lv.token, ph, pw)
-    if view == "model":
+    if view == "score":
+        src = score_layer(trace, layer)
+        if src is None:
+            out = (_gray(image) * PRUNED_BASE).astype(np.uint8)[..., None].repeat(3, axis=2)
+        else:
+            out = score_picture(image, score_grid(trace, src, image_index))
+    elif view == "model":
         if means is None:
             means = patch_means(image, trace.grid)
         out = _expand(token_means(lv, means)[lv.token], ph, pw)
@@ -284,9 +302,56 @@ def fate_map(
         att = attention_grid(trace, layer, image_index)
         if att is not None:
             out = blend_heatmap(out, att, opacity)
+    if high_norm:
+        flags = trace.high_norm(layer, image_index).numpy().reshape(trace.grid)
+        out = mark_high_norm(out, flags)
     if follow is not None:
         out = highlight_token(out, lv, follow, ph, pw)
     return out
+
+
+def score_picture(image: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """The score map: each patch's score in :data:`SCORE_CMAP` colours, min-max normalised to
+    the ends :func:`value_range` gives (the colour bar's), at :data:`SCORE_OPACITY` over the
+    image's grey; patches without a score (NaN: dropped by an earlier block) drawn as pruned
+    ones (dark grey, white stripes).
+
+    image: (H, W, 3) uint8, a multiple of the (rows, cols) grid of ``values``."""
+    ph, pw = _check_image(image, values.shape)
+    gray = _gray(image)
+    base = gray.round().clip(0, 255).astype(np.uint8)[..., None].repeat(3, axis=2)
+    span = value_range(values)
+    if span is None:
+        return (base * PRUNED_BASE).astype(np.uint8)
+    lo, hi = span
+    finite = np.isfinite(values)
+    norm = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
+    out = blend_heatmap(base, np.where(finite, norm, 0.0), SCORE_OPACITY, SCORE_CMAP)
+    missing = ~_expand(finite, ph, pw)
+    if missing.any():
+        out[missing] = (gray * PRUNED_BASE).astype(np.uint8)[missing][:, None]
+        out[missing & hatch_mask(*missing.shape)] = PRUNED_HATCH
+    return out
+
+
+def mark_high_norm(out: np.ndarray, flags: np.ndarray) -> np.ndarray:
+    """Mark the flagged patches with a triangle in their top-left corner (legs half the patch,
+    :data:`HIGH_NORM_FILL` with a :data:`HIGH_NORM_EDGE` edge), seen on any fate, score or image.
+
+    out: (H, W, 3) uint8 map, a multiple of the grid of flags (rows, cols) bool."""
+    if not flags.any():
+        return out
+    ph, pw = _check_image(out, flags.shape)
+    leg = max(3, min(ph, pw) // 2)
+    yy, xx = np.mgrid[0:ph, 0:pw]
+    tri = (yy + xx) < leg
+    edge = tri & (((yy + xx) == leg - 1) | (yy == 0) | (xx == 0))
+    rows, cols = flags.shape
+    on = _expand(flags, ph, pw)
+    res = out.copy()
+    res[on & np.tile(tri & ~edge, (rows, cols))] = HIGH_NORM_FILL
+    res[on & np.tile(edge, (rows, cols))] = HIGH_NORM_EDGE
+    return res
 
 
 def highlight_token(out: np.ndarray, lv: LayerView, patch: int, ph: int, pw: int) -> np.ndarray:
@@ -480,6 +545,9 @@ __all__ = [
     "group_ranks",
     "hatch_mask",
     "highlight_token",
+    "mark_high_norm",
+    "score_picture",
+    "SCORE_CMAP",
     "layer_view",
     "outline",
     "patch_means",

@@ -479,11 +479,12 @@ class App:
         opacity: float,
         patch: int | None,
     ) -> dict[Any, Any]:
-        """Fates <-> what the model sees: the map and the strip are redrawn (no model)."""
+        """Fates / what the model sees / score: the map, the strip and the block info (the
+        score's colour bar) are redrawn (no model)."""
         if shown is None:
             return {}
         d = _display(shown, layer, view, overlay, opacity, patch)
-        return page.updates(self.ui, shown, d, ("map", "strip"))
+        return page.updates(self.ui, shown, d, ("map", "strip", "info"))
 
     def export(
         self, shown: ExplorerRun | None, layer: float, view: str, patch: int | None

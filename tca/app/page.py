@@ -33,6 +33,7 @@ STRIP_SHRINK = 2
 VIEW_CHOICES = [
     ("fates (kept / merged groups / pruned)", "fates"),
     ("what the model sees (mean colour per token)", "model"),
+    ("score the method ranks by (colour scale)", "score"),
 ]
 
 
@@ -68,6 +69,7 @@ def map_image(run: ExplorerRun, d: Display, zoom: int = MAP_ZOOM) -> np.ndarray:
         opacity=d.opacity,
         view=d.view,
         follow=d.patch,
+        high_norm=True,
     )
     big = render.upscale(out, zoom)
     if d.view == "fates" and len(run.trace.groups(d.layer)) > len(render.GROUP_COLORS):
@@ -228,7 +230,7 @@ def parts(
         "shift": lambda: gr.update(value=panels.shift_html(r)),
         "map": lambda: gr.update(value=map_image(run, d)),
         "layer": lambda: gr.update(maximum=depth - 1, value=d.layer),
-        "info": lambda: gr.update(value=panels.layer_info(run, d.layer, d.overlay)),
+        "info": lambda: gr.update(value=panels.layer_info(run, d.layer, d.overlay, d.view)),
         "legend": lambda: gr.update(value=panels.legend_html(r.config.method, trace)),
         "chart": lambda: gr.update(value=chart_image(run, d.layer)),
         "cost": lambda: gr.update(value=panels.cost_html(r)),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import html
 
-from tca import arithmetic, charts, render
+from tca import arithmetic, charts, norms, render, why
 from tca.flops import CONVENTION
 from tca.methods import METHODS
 from tca.pipeline import RunResult
@@ -93,7 +93,68 @@ def legend_html(method: str | None = None, trace: Trace | None = None) -> str:
         "<br><small>Numbers on the map: one per merged group (in each of its parts), so groups "
         f"that share one of the {len(render.GROUP_COLORS)} colours stay apart.</small>"
     )
-    return f'<div class="tca-legend">{"".join(items)}{numbers}{model}{note}</div>'
+    high = (
+        f"<br><small>{high_norm_mark()}<b>high-norm token</b> (register-like; {norms.RULE}): "
+        "its patches carry the corner mark, in every view.</small>"
+    )
+    return f'<div class="tca-legend">{"".join(items)}{numbers}{high}{model}{note}</div>'
+
+
+def high_norm_mark() -> str:
+    """The legend's swatch of the high-norm mark: the map's corner triangle, same colours."""
+    return (
+        "<span class='hn-mark' style='display:inline-block;width:14px;height:14px;"
+        "vertical-align:-2px;margin:0 5px 0 2px;clip-path:polygon(0 0, 100% 0, 0 100%);"
+        f"background:{_rgb(render.HIGH_NORM_FILL)};"
+        f"box-shadow:inset 2px 2px 0 {_rgb(render.HIGH_NORM_EDGE)}'></span>"
+    )
+
+
+def high_norm_line(trace: Trace, layer: int) -> str:
+    """What the layer panel says of the high-norm tokens entering ``layer``: how many, the
+    patches they hold, what the block did to them (from the trace), the rule and threshold."""
+    hn = why.high_norm_tokens(trace, layer)
+    if hn is None:
+        return ""
+    if not hn.tokens:
+        return f"High-norm tokens entering block {layer}: none."
+    counts = ", ".join(f"{n} {outcome}" for outcome, n in hn.counts().items())
+    return (
+        f"{high_norm_mark()}**{len(hn.tokens)} high-norm token{'s' if len(hn.tokens) > 1 else ''}"
+        f" entered block {layer}: {counts}** ({hn.patches} patch"
+        f"{'es' if hn.patches != 1 else ''} marked; {norms.RULE}, here "
+        f"{charts.significant(hn.threshold, 3)})."
+    )
+
+
+def score_scale_html(run: ExplorerRun, layer: int) -> str:
+    """The score view's colour bar: the score's name (the method record's), the block that
+    ranked by it, its two ends in numbers and what the score means."""
+    trace, config = run.trace, run.result.config
+    method = METHODS[config.method]
+    score = method.ranked_by(config)
+    if score is None:
+        return f"Score map: {_escape(method.title)} ranks no tokens."
+    src = why.score_layer(trace, layer)
+    if src is None:
+        first = min(trace.condensing_layers, default=None)
+        when = f"; the first is block {first}" if first is not None else ""
+        return f"Score map: no block has ranked the tokens yet (image dimmed){when}."
+    span = render.value_range(why.score_grid(trace, src))
+    lo, hi = span if span is not None else (0.0, 0.0)
+    stops = ", ".join(_rgb(c) for c in render._colormap_lut(render.SCORE_CMAP)[::51])
+    gone = {"low": "low end", "high": "high end"}.get(score.removes or "", "")
+    removes = f" {_escape(method.title)} removes tokens from the {gone}." if gone else ""
+    return (
+        f"<div class='tca-colorbar' data-score='{_escape(score.name)}' data-block='{src}'>"
+        f"<b class='cb-label'>{_escape(score.name)}</b> at block {src}: "
+        f"<span class='cb-lo'>{charts.significant(lo, 3)}</span> "
+        f"<span style='display:inline-block;width:160px;height:12px;vertical-align:-2px;"
+        f"border:1px solid #888;background:linear-gradient(90deg, {stops})'></span> "
+        f"<span class='cb-hi'>{charts.significant(hi, 3)}</span><br>"
+        f"<small>{_escape(score.meaning)}.{removes} Grey with stripes: dropped before block "
+        f"{src}.</small></div>"
+    )
 
 
 def how_it_works_md() -> str:
@@ -263,7 +324,7 @@ def scale_html(lo: float, hi: float, what: str) -> str:
     )
 
 
-def layer_info(run: ExplorerRun, layer: int, overlay: bool = False) -> str:
+def layer_info(run: ExplorerRun, layer: int, overlay: bool = False, view: str = "fates") -> str:
     trace = run.trace
     method = METHODS[run.result.config.method]
     counts = trace.fate_counts(layer)
@@ -281,6 +342,11 @@ def layer_info(run: ExplorerRun, layer: int, overlay: bool = False) -> str:
         f"{arithmetic.count_sentence(tally, method, trace.prefix)}.** "
         f"Patches: {', '.join(patches)}."
     )
+    high = high_norm_line(trace, layer)
+    if high:
+        text += f"<br>{high}"
+    if view == "score":
+        text += "\n\n" + score_scale_html(run, layer)
     if overlay:
         src = render.attention_layer(trace, layer)
         title = METHODS[run.result.config.method].title
@@ -508,6 +574,9 @@ __all__ = [
     "follow_html",
     "how_it_works_md",
     "layer_info",
+    "high_norm_line",
+    "high_norm_mark",
+    "score_scale_html",
     "NO_CLS",
     "attention_name",
     "legend_html",
