@@ -105,7 +105,6 @@ def test_score_map_draws_the_traced_scores(score_app, example_image, method):
         values = why.score_grid(trace, src)
         want = trace.scores[src][0].numpy().astype(np.float64).reshape(trace.grid)
         assert np.array_equal(values, want, equal_nan=True)
-        assert f"data-score='{score.name}'" in html and f"data-block='{src}'" in html
         assert f"<b class='cb-label'>{score.name}</b> at block {src}" in html
         lo, hi = np.nanmin(want), np.nanmax(want)
         assert f"<span class='cb-lo'>{charts.significant(lo, 3)}</span>" in html
@@ -203,7 +202,10 @@ def test_score_view_is_a_page_choice(score_app, example_image):
     named = {n: out[c] for n, c in score_app.ui.items() if c in out}
     assert set(named) == {"map", "strip", "info"}
     assert np.array_equal(named["map"]["value"], page.map_image(shown, page.Display(6, "score")))
-    assert "data-score='energy (mean ELU of key similarity minus margin)'" in named["info"]["value"]
+    assert (
+        "<b class='cb-label'>energy (mean ELU of key similarity minus margin)</b> at block 6"
+        in named["info"]["value"]
+    )
     tile = render.shrink(shown.seen, shown.trace.grid, page.STRIP_SHRINK)
     assert np.array_equal(
         named["strip"]["value"][6][0], render.fate_map(tile, shown.trace, 6, view="score")

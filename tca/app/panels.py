@@ -146,8 +146,7 @@ def score_scale_html(run: ExplorerRun, layer: int) -> str:
     gone = {"low": "low end", "high": "high end"}.get(score.removes or "", "")
     removes = f" {_escape(method.title)} removes tokens from the {gone}." if gone else ""
     return (
-        f"<div class='tca-colorbar' data-score='{_escape(score.name)}' data-block='{src}'>"
-        f"<b class='cb-label'>{_escape(score.name)}</b> at block {src}: "
+        f"<div class='tca-colorbar'><b class='cb-label'>{_escape(score.name)}</b> at block {src}: "
         f"<span class='cb-lo'>{charts.significant(lo, 3)}</span> "
         f"<span style='display:inline-block;width:160px;height:12px;vertical-align:-2px;"
         f"border:1px solid #888;background:linear-gradient(90deg, {stops})'></span> "
