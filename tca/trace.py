@@ -220,19 +220,21 @@ class Trace:
         )
 
     def to_dict(self, image: int = 0) -> dict:
-        """JSON-ready summary: counts, fates and groups per layer."""
+        """JSON-ready summary: counts, fates and groups per layer (and the patches of high-norm
+        tokens at each block's input, where the norms were recorded)."""
         layers = []
         for l in range(self.depth):
-            layers.append(
-                {
-                    "layer": l,
-                    "tokens": self.tokens(image)[l],
-                    "fates": self.fate_counts(l, image),
-                    "fate": self.fate[image, l].tolist(),
-                    "token_index": self.token_index[image, l].tolist(),
-                    "condensing": l in self.condensing_layers,
-                }
-            )
+            layer = {
+                "layer": l,
+                "tokens": self.tokens(image)[l],
+                "fates": self.fate_counts(l, image),
+                "fate": self.fate[image, l].tolist(),
+                "token_index": self.token_index[image, l].tolist(),
+                "condensing": l in self.condensing_layers,
+            }
+            if self.token_norm is not None:  # the patches of the block input's high-norm tokens
+                layer["high_norm"] = self.high_norm(l, image).nonzero().flatten().tolist()
+            layers.append(layer)
         return {
             "grid": list(self.grid),
             "fate_codes": {v: k for k, v in FATE_NAMES.items()},

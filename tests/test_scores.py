@@ -319,6 +319,9 @@ def test_high_norm_marks_on_the_map(tiny_clip):
         assert marked[r * 16 + 2, c * 16 + 2].tolist() == list(render.HIGH_NORM_FILL)
         assert marked[r * 16, c * 16].tolist() == list(render.HIGH_NORM_EDGE)
     assert "class='hn-mark'" in panels.legend_html("evit") and norms.RULE in panels.legend_html()
+    layers = trace.to_dict()["layers"]
+    assert layers[6]["high_norm"] == np.flatnonzero(flags).tolist()
+    assert not any(layers[l]["high_norm"] for l in range(6))
 
 
 def test_norms_are_the_block_inputs_and_select_keeps_them(tiny_clip):
