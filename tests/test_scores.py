@@ -342,3 +342,48 @@ def test_norms_are_the_block_inputs_and_select_keeps_them(tiny_clip):
     one = trace.select(0)
     assert torch.equal(one.token_norm, trace.token_norm)
     assert torch.equal(one.norm_threshold, trace.norm_threshold)
+
+
+# --------------------------------------------------------------------------- ToMe's score by hand
+
+
+def _best_similarity_by_hand(metric: torch.Tensor, prefix: int) -> list[float]:
+    """Each non-prefix token's best cosine similarity to the other set (A = even positions,
+    B = odd), written as loops; the prefix tokens (in A) are nobody's partner."""
+    m = [v / v.norm() for v in metric[0].double()]
+    n = len(m)
+    out = []
+    for i in range(prefix, n):
+        # an A token's partners: every B token; a B token's: the A tokens but the prefix
+        others = [j for j in range(n) if j % 2 != i % 2 and (i % 2 == 0 or j >= prefix)]
+        out.append(max(float(m[i] @ m[j]) for j in others))
+    return out
+
+
+@pytest.mark.parametrize("prefix", [0, 1])
+@pytest.mark.parametrize("n", [6, 7])
+def test_bipartite_similarity_by_hand(prefix, n):
+    from tca import beyond, condense
+
+    metric = torch.randn(1, n, 5, generator=torch.Generator().manual_seed(n + 10 * prefix))
+    dest, n_out, sim = condense.bipartite_match(metric, 2, prefix)
+    assert sim.shape == (1, n - prefix)
+    want = _best_similarity_by_hand(metric, prefix)
+    torch.testing.assert_close(sim[0].double(), torch.tensor(want, dtype=torch.float64))
+    plain_dest, plain_n = condense.bipartite_soft_matching(metric, 2, prefix)
+    assert torch.equal(dest, plain_dest) and n_out == plain_n == n - 2
+    # the two merged A tokens are the ones with the highest similarity among set A
+    is_a = (torch.arange(prefix, n) % 2 == 0).tolist()
+    a_scores = sorted((s for s, a in zip(want, is_a) if a), reverse=True)
+    merged = [
+        i - prefix for i in range(prefix, n) if i % 2 == 0 and int(dest[0, i]) >= n_out - n // 2
+    ]
+    assert sorted(want[t] for t in merged) == sorted(a_scores[:2])
+    size = torch.ones(1, n)
+    x = torch.randn(1, n, 4)
+    for c in (
+        condense.tome_merge(x, size, metric, 2, prefix),
+        beyond.tofu_prune(x, size, metric, 2, prefix),
+        beyond.tofu_merge(x, size, metric, 2, prefix),
+    ):
+        assert torch.equal(c.score, sim)
