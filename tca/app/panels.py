@@ -201,6 +201,14 @@ on the map) or fused, and its rank by CLS attention at each condensing block.
 The optional overlay shows the CLS attention that drove the latest condensing decision
 (bright = attended = kept).
 
+**Score the method ranks by** colours every patch by the score the latest condensing block
+ranked by: CLS attention for TCA and EViT, the significance for ATS, each token's best
+similarity to the other set for ToMe and ToFu, the energy for PiToMe, the PageRank importance
+for Zero-TPrune, the representation shift. The colour bar under the map names it and says which
+end the method removes. A cyan corner triangle marks **high-norm tokens**: tokens whose norm is
+an outlier as the block starts ("register-like" tokens, which draw CLS attention in CLIP); the
+block panel says which fate they got.
+
 ### Keep-rate sweep
 
 Runs the method at keep rates {", ".join(f"{r:g}" for r in sweeps.SWEEP_RATES)} on the
