@@ -41,7 +41,12 @@ def _run_method(pg, method: str) -> None:
 
 @pytest.mark.parametrize(
     "theme, photo, method",
-    [("light", "bright", "pitome"), ("dark", "dark", "zero-tprune"), ("dark", "bright", "tome")],
+    [
+        ("light", "bright", "pitome"),
+        ("dark", "dark", "zero-tprune"),
+        ("dark", "bright", "tome"),
+        ("light", "dark", "repshift"),
+    ],
 )
 def test_score_view_names_the_methods_score(
     browser,  # noqa: F811
