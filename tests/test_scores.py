@@ -107,8 +107,10 @@ def test_score_map_draws_the_traced_scores(score_app, example_image, method):
         assert np.array_equal(values, want, equal_nan=True)
         assert f"<b class='cb-label'>{score.name}</b> at block {src}" in html
         lo, hi = np.nanmin(want), np.nanmax(want)
-        assert f"<span class='cb-lo'>{charts.significant(lo, 3)}</span>" in html
-        assert f"<span class='cb-hi'>{charts.significant(hi, 3)}</span>" in html
+        digits = panels.scale_digits(lo, hi)
+        assert f"<span class='cb-lo'>{charts.significant(lo, digits)}</span>" in html
+        assert f"<span class='cb-hi'>{charts.significant(hi, digits)}</span>" in html
+        assert charts.significant(lo, digits) != charts.significant(hi, digits)
         drawn = render.fate_map(shown.seen, trace, layer, view="score")
         assert np.array_equal(drawn, render.score_picture(shown.seen, values))
     # the highest score's patch wears the bar's top colour, the lowest its bottom one
@@ -128,6 +130,12 @@ def test_score_map_draws_the_traced_scores(score_app, example_image, method):
         r, c = divmod(int(np.flatnonzero(np.isnan(values))[0]), trace.grid[1])
         box = pic[r * ph : (r + 1) * ph, c * ph : (c + 1) * ph]
         assert (box == render.PRUNED_HATCH).all(axis=-1).any()
+
+
+def test_colour_bar_ends_read_apart():
+    assert panels.scale_digits(0.00346, 0.0153) == 3
+    assert panels.scale_digits(2.9461, 2.9539) == 4  # 2.946 ... 2.954, not 2.95 ... 2.95
+    assert panels.scale_digits(1.0, 1.0) == 7  # equal ends stay equal: the most digits
 
 
 def _by_outcome(trace, layer):

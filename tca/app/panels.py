@@ -127,6 +127,15 @@ def high_norm_line(trace: Trace, layer: int) -> str:
     )
 
 
+def scale_digits(lo: float, hi: float, least: int = 3, most: int = 7) -> int:
+    """Significant digits for a colour bar's two ends: ``least``, more until they read apart
+    (a score spread over 2.946 ... 2.954 must not print as 2.95 ... 2.95), at most ``most``."""
+    digits = least
+    while digits < most and charts.significant(lo, digits) == charts.significant(hi, digits):
+        digits += 1
+    return digits
+
+
 def score_scale_html(run: ExplorerRun, layer: int) -> str:
     """The score view's colour bar: the score's name (the method record's), the block that
     ranked by it, its two ends in numbers and what the score means."""
@@ -142,15 +151,16 @@ def score_scale_html(run: ExplorerRun, layer: int) -> str:
         return f"Score map: no block has ranked the tokens yet (image dimmed){when}."
     span = render.value_range(why.score_grid(trace, src))
     lo, hi = span if span is not None else (0.0, 0.0)
+    digits = scale_digits(lo, hi)
     stops = ", ".join(_rgb(c) for c in render._colormap_lut(render.SCORE_CMAP)[::51])
     gone = {"low": "low end", "high": "high end"}.get(score.removes or "", "")
     removes = f" {_escape(method.title)} removes tokens from the {gone}." if gone else ""
     return (
         f"<div class='tca-colorbar'><b class='cb-label'>{_escape(score.name)}</b> at block {src}: "
-        f"<span class='cb-lo'>{charts.significant(lo, 3)}</span> "
+        f"<span class='cb-lo'>{charts.significant(lo, digits)}</span> "
         f"<span style='display:inline-block;width:160px;height:12px;vertical-align:-2px;"
         f"border:1px solid #888;background:linear-gradient(90deg, {stops})'></span> "
-        f"<span class='cb-hi'>{charts.significant(hi, 3)}</span><br>"
+        f"<span class='cb-hi'>{charts.significant(hi, digits)}</span><br>"
         f"<small>{_escape(score.meaning)}.{removes} Grey with stripes: dropped before block "
         f"{src}.</small></div>"
     )
@@ -583,6 +593,7 @@ __all__ = [
     "layer_info",
     "high_norm_line",
     "high_norm_mark",
+    "scale_digits",
     "score_scale_html",
     "NO_CLS",
     "attention_name",
