@@ -139,9 +139,9 @@ def test_show_run_renders_everything_from_the_cached_run(tiny_app, example_image
     assert cond["label"] == "Condensed: TCA, R=0.7"
     assert "tiger" in shift and "pp" in shift and "-0.0 pp" not in shift
     assert "Probability shift" in shift
-    assert current.shape == (448, 448, 3)  # shown at 2x
+    assert current.shape == (896, 896, 3)  # drawn at 4x
     small = render.fate_map(state.seen, state.trace, 9)
-    assert np.array_equal(current[::2, ::2], small)
+    assert np.array_equal(current[::4, ::4], small)
     assert (slider["maximum"], slider["value"]) == (11, 9)
     assert "After block 9" in info and "(a condensing block): 74 tokens" in info
     assert np.array_equal(chart, page.chart_image(state, 9))
@@ -850,7 +850,7 @@ def test_every_event_on_every_tower(model, tokens, example_image, tmp_path):
     assert f"<td>{tokens[0]}</td><td>{tokens[-1]}</td>" in out["cost"]["value"]
     assert f"{tokens[-1]} tokens" in out["info"]["value"]
     assert len(out["strip"]["value"]) == 12 and "Images seen: 1" in out["stream"]["value"]
-    assert out["map"]["value"].shape == (448, 448, 3)
+    assert out["map"]["value"].shape == (896, 896, 3)
     overlay = _named(app, app.show_layer(shown, 9, "fates", True, 0.5))
     word = "pool-query attention" if no_cls else "CLS attention"
     assert f"Overlay: {word} at block 9" in overlay["info"]["value"]

@@ -7,6 +7,7 @@ upload-only image input.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import html
@@ -31,6 +32,7 @@ from . import export, page, panels, serving, sweeps, uploads
 from .page import LAYER_PARTS, RUN_PARTS, Display, Screen
 from .request import DEFAULT_CONFIG, Request, from_controls, request_or_none
 from .runs import APP_MODELS, ExplorerRun, StreamState, compare, run, seen_picture
+from .shown import PAUSE_LABEL, PLAY_LABEL, OnScreen, play_start, play_step
 
 ROOT = Path(__file__).resolve().parents[2]
 ASSETS = ROOT / "assets"
@@ -124,6 +126,29 @@ def _display(
     patch: int | None,
 ) -> Display:
     return Display(int(layer or 0), view, overlay, opacity, patch).clamped(run.trace)
+
+
+def _held(on_screen: OnScreen | None) -> Any:
+    """The session's display lock (nothing to hold without an ``OnScreen``)."""
+    return on_screen.lock if on_screen is not None else contextlib.nullcontext()
+
+
+def _layer(on_screen: OnScreen | None, layer: float | None) -> int:
+    """The block last drawn for this session (the slider's value may be older)."""
+    if on_screen is not None and on_screen.layer is not None:
+        return on_screen.layer
+    return int(layer or 0)
+
+
+def _patch(on_screen: OnScreen | None, patch: int | None) -> int | None:
+    """The patch this session follows now (the value sent with the event may be older)."""
+    return on_screen.patch if on_screen is not None else patch
+
+
+def _remember(on_screen: OnScreen | None, d: Display) -> None:
+    if on_screen is not None:
+        on_screen.layer = d.layer
+        on_screen.follow(d.patch)
 
 
 def _png(folder: Path, arr: Any, name: str) -> str:
@@ -383,16 +408,22 @@ class App:
         shown_depth: int | None,
         stream_on: bool,
         stream_state: StreamState | None,
+        on_screen: OnScreen | None = None,
     ) -> dict[Any, Any]:
         """Everything a new Run changes. A run with another depth than the one shown (e.g.
         ViT-L/14 after ViT-B/16) opens at its last block."""
         if shown is None:
             return {}
-        if shown_depth != shown.trace.depth:
-            layer = shown.trace.depth - 1
-        d = _display(shown, layer, view, overlay, opacity, patch)
-        screen = Screen(self.banner_html(shown.model), bool(stream_on), stream_state)
-        return page.updates(self.ui, shown, d, RUN_PARTS, screen)
+        with _held(on_screen):
+            if on_screen is not None:
+                layer = on_screen.layer if on_screen.layer is not None else layer
+                patch = on_screen.patch
+            if shown_depth != shown.trace.depth:
+                layer = shown.trace.depth - 1
+            d = _display(shown, layer, view, overlay, opacity, patch)
+            _remember(on_screen, d)
+            screen = Screen(self.banner_html(shown.model), bool(stream_on), stream_state)
+            return page.updates(self.ui, shown, d, RUN_PARTS, screen)
 
     def show_layer(
         self,
@@ -402,12 +433,17 @@ class App:
         overlay: bool = False,
         opacity: float = 0.5,
         patch: int | None = None,
+        on_screen: OnScreen | None = None,
     ) -> dict[Any, Any]:
         """Map, info, chart and follow table at ``layer``; the strip's selected tile moves."""
         if shown is None:
             return {}
-        d = _display(shown, layer, view, overlay, opacity, patch)
-        return page.updates(self.ui, shown, d, (*LAYER_PARTS, "strip"), Screen(redraw_strip=False))
+        with _held(on_screen):
+            d = _display(shown, layer, view, overlay, opacity, _patch(on_screen, patch))
+            _remember(on_screen, d)
+            return page.updates(
+                self.ui, shown, d, (*LAYER_PARTS, "strip"), Screen(redraw_strip=False)
+            )
 
     def step_layer(
         self,
@@ -418,14 +454,18 @@ class App:
         overlay: bool,
         opacity: float,
         patch: int | None,
+        on_screen: OnScreen | None = None,
     ) -> dict[Any, Any]:
-        """◀ / ▶: one block back or on (clamped)."""
+        """◀ / ▶: one block back or on (clamped), from the block last shown."""
         if shown is None:
             return {}
-        d = _display(shown, int(layer or 0) + delta, view, overlay, opacity, patch)
-        return page.updates(
-            self.ui, shown, d, ("layer", *LAYER_PARTS, "strip"), Screen(redraw_strip=False)
-        )
+        with _held(on_screen):
+            at = _layer(on_screen, layer)
+            d = _display(shown, at + delta, view, overlay, opacity, _patch(on_screen, patch))
+            _remember(on_screen, d)
+            return page.updates(
+                self.ui, shown, d, ("layer", *LAYER_PARTS, "strip"), Screen(redraw_strip=False)
+            )
 
     def pick_layer(
         self,
@@ -434,15 +474,18 @@ class App:
         overlay: bool,
         opacity: float,
         patch: int | None,
-        evt: gr.SelectData,
+        on_screen: OnScreen | None = None,
+        evt: gr.SelectData | None = None,
     ) -> dict[Any, Any]:
         """A click on a strip tile selects that block (the strip itself is not redrawn)."""
         if shown is None or evt is None or not isinstance(evt.index, int):
             return {}
         if not 0 <= evt.index < shown.trace.depth:
             return {}
-        d = _display(shown, evt.index, view, overlay, opacity, patch)
-        return page.updates(self.ui, shown, d, ("layer", *LAYER_PARTS))
+        with _held(on_screen):
+            d = _display(shown, evt.index, view, overlay, opacity, _patch(on_screen, patch))
+            _remember(on_screen, d)
+            return page.updates(self.ui, shown, d, ("layer", *LAYER_PARTS))
 
     def pick_patch(
         self,
@@ -451,7 +494,8 @@ class App:
         view: str,
         overlay: bool,
         opacity: float,
-        evt: gr.SelectData,
+        on_screen: OnScreen | None = None,
+        evt: gr.SelectData | None = None,
     ) -> dict[Any, Any]:
         """A click on the big map follows that patch through every block."""
         if shown is None or evt is None or not isinstance(evt.index, (list, tuple)):
@@ -459,16 +503,91 @@ class App:
         patch = page.patch_at(shown, *evt.index[:2])
         if patch is None:
             return {}
-        d = _display(shown, layer, view, overlay, opacity, patch)
-        return page.updates(self.ui, shown, d, ("patch", "map", "follow", "why"))
+        with _held(on_screen):
+            d = _display(shown, _layer(on_screen, layer), view, overlay, opacity, patch)
+            _remember(on_screen, d)
+            return page.updates(self.ui, shown, d, page.FOLLOW_PARTS)
 
     def clear_patch(
-        self, shown: ExplorerRun | None, layer: float, view: str, overlay: bool, opacity: float
+        self,
+        shown: ExplorerRun | None,
+        layer: float,
+        view: str,
+        overlay: bool,
+        opacity: float,
+        on_screen: OnScreen | None = None,
     ) -> dict[Any, Any]:
+        """Stop following: the block last shown (a strip tile's answer may have moved it since
+        this click was sent), without the followed patch."""
+        with _held(on_screen):
+            if on_screen is not None:
+                on_screen.follow(None)
+            if shown is None:
+                return {self.ui["patch"]: None}
+            d = _display(shown, _layer(on_screen, layer), view, overlay, opacity, None)
+            _remember(on_screen, d)
+            return page.updates(self.ui, shown, d, page.FOLLOW_PARTS)
+
+    # -- ▶ play through the blocks (a gr.Timer ticks play_tick while playing)
+    def toggle_play(
+        self,
+        shown: ExplorerRun | None,
+        label: str,
+        layer: float,
+        view: str,
+        overlay: bool,
+        opacity: float,
+        patch: int | None,
+        on_screen: OnScreen | None = None,
+    ) -> dict[Any, Any]:
+        """▶ Play starts the timer (from block 0 when the last block is shown); ⏸ Pause stops
+        it where it is."""
+        stop = {
+            self.ui["play_timer"]: gr.update(active=False),
+            self.ui["play"]: gr.update(value=PLAY_LABEL),
+        }
+        if shown is None or label == PAUSE_LABEL:
+            return stop
+        with _held(on_screen):
+            depth = shown.trace.depth
+            start = play_start(_layer(on_screen, layer), depth)
+            d = _display(shown, start, view, overlay, opacity, _patch(on_screen, patch))
+            _remember(on_screen, d)
+            out = page.updates(
+                self.ui, shown, d, ("layer", *LAYER_PARTS, "strip"), Screen(redraw_strip=False)
+            )
+        out[self.ui["play_timer"]] = gr.update(active=True)
+        out[self.ui["play"]] = gr.update(value=PAUSE_LABEL)
+        return out
+
+    def play_tick(
+        self,
+        shown: ExplorerRun | None,
+        layer: float,
+        view: str,
+        overlay: bool,
+        opacity: float,
+        patch: int | None,
+        on_screen: OnScreen | None = None,
+    ) -> dict[Any, Any]:
+        """One tick: the next block (map, strip highlight, chart marker and follow table move
+        together); on the last block the timer stops and the button says ▶ Play again."""
         if shown is None:
-            return {self.ui["patch"]: None}
-        d = _display(shown, layer, view, overlay, opacity, None)
-        return page.updates(self.ui, shown, d, ("patch", "map", "follow", "why"))
+            return {
+                self.ui["play_timer"]: gr.update(active=False),
+                self.ui["play"]: gr.update(value=PLAY_LABEL),
+            }
+        with _held(on_screen):
+            nxt, more = play_step(_layer(on_screen, layer), shown.trace.depth)
+            d = _display(shown, nxt, view, overlay, opacity, _patch(on_screen, patch))
+            _remember(on_screen, d)
+            out = page.updates(
+                self.ui, shown, d, ("layer", *LAYER_PARTS, "strip"), Screen(redraw_strip=False)
+            )
+        if not more:
+            out[self.ui["play_timer"]] = gr.update(active=False)
+            out[self.ui["play"]] = gr.update(value=PLAY_LABEL)
+        return out
 
     def change_view(
         self,
@@ -478,12 +597,15 @@ class App:
         overlay: bool,
         opacity: float,
         patch: int | None,
+        on_screen: OnScreen | None = None,
     ) -> dict[Any, Any]:
         """Fates <-> what the model sees: the map and the strip are redrawn (no model)."""
         if shown is None:
             return {}
-        d = _display(shown, layer, view, overlay, opacity, patch)
-        return page.updates(self.ui, shown, d, ("map", "strip"))
+        with _held(on_screen):
+            layer = _layer(on_screen, layer)
+            d = _display(shown, layer, view, overlay, opacity, _patch(on_screen, patch))
+            return page.updates(self.ui, shown, d, ("map", "strip"))
 
     def export(
         self, shown: ExplorerRun | None, layer: float, view: str, patch: int | None

@@ -26,7 +26,10 @@ from .panels import CONDENSING_MARK
 from .runs import Comparison, ExplorerRun, StreamState
 from .sweeps import Sweep
 
-MAP_ZOOM = 2  # the big token map is shown at twice the model's resolution
+# The big token map is drawn at 4x the model's resolution (896 px for a 224 px model): the
+# browser only ever shrinks it to its box (1280x720 to 1920x1080), and Gradio's click position
+# is exact only for a shrunk picture (its select event assumes scale <= 1).
+MAP_ZOOM = 4
 # Strip tiles are drawn at half the model's resolution: they show at about that size, and
 # encoding 12 full-size hatched PNGs per Run was a fifth of a Run's time.
 STRIP_SHRINK = 2
@@ -182,8 +185,10 @@ STRIP_COLUMNS = 3  # tiles per strip row (one more for 24-block models)
 RUN_PARTS = (
     "banner", "baseline", "condensed", "shift", "map", "layer", "info", "legend", "chart",
     "cost", "strip", "follow", "why", "stream", "corrected", "stale", "depth", "patch",
+    "stop_follow",
 )  # fmt: skip
 LAYER_PARTS = ("map", "info", "chart", "follow")  # what moving to another block redraws
+FOLLOW_PARTS = ("patch", "map", "follow", "why", "stop_follow")  # following a patch, or not
 
 
 @dataclass(frozen=True)
@@ -243,6 +248,7 @@ def parts(
         # gr.State outputs take the value itself (an update dict would be stored as the value)
         "depth": lambda: depth,
         "patch": lambda: d.patch,
+        "stop_follow": lambda: gr.update(visible=d.patch is not None),
     }
     return {name: make[name]() for name in names}
 
@@ -332,6 +338,7 @@ def sweep_image(sw: Sweep) -> np.ndarray:
 
 __all__ = [
     "Display",
+    "FOLLOW_PARTS",
     "MAP_ZOOM",
     "LAYER_PARTS",
     "RUN_PARTS",
