@@ -98,9 +98,6 @@ PRESENTER = """
   #layer-strip .grid-container {grid-template-columns: repeat(calc(var(--grid-cols) + 1),
     minmax(0, 1fr)) !important}
 }
-/* an empty notice keeps its grid row (the accordions are placed after the stage) but no height */
-#stale-notice:not(:has(.tca-stale)) {height: 0; min-height: 0; padding: 0; border: 0;
-  margin-bottom: calc(-1 * var(--layout-gap)); overflow: hidden}
 #layer-map {height: auto !important}
 #layer-map .image-container, #layer-map .image-frame, #layer-map button {height: 100% !important}
 #layer-map img {width: 100%; height: 100%; object-fit: contain}
@@ -122,6 +119,26 @@ PRESENTER = """
 #layer-map :fullscreen img, #layer-map:fullscreen img
   {width: 100vw !important; height: 100vh !important; max-width: none !important;
    max-height: none !important; object-fit: contain; background: #111; pointer-events: none}
+"""
+
+# The page on a phone (and wherever the visitor is): Run stays on screen while the settings are
+# (sticky), the Outdated notice floats at the bottom of the screen, the three tabs fit without
+# Gradio's "..." menu, the footer keeps its API link, the examples' header wraps.
+FLOW = """
+#run-button {position: sticky; top: 6px; z-index: 30; box-shadow: 0 2px 8px rgba(0,0,0,.25)}
+/* the notice's block has no height (it keeps its grid row: the accordions come after the stage)
+   and the notice itself floats at the bottom of the screen */
+#stale-notice {height: 0; min-height: 0; padding: 0; border: 0; overflow: visible;
+  margin-bottom: calc(-1 * var(--layout-gap))}
+#stale-notice .tca-stale {position: fixed; left: 50%; transform: translateX(-50%); bottom: 12px;
+  z-index: 40; width: max-content; max-width: min(760px, calc(100vw - 24px));
+  box-shadow: 0 4px 16px rgba(0,0,0,.3)}
+#tca-examples th, #tca-examples th * {white-space: normal !important; overflow: visible !important;
+  text-overflow: clip !important}
+footer .show-api, footer .show-api-divider {display: flex !important}
+@media (max-width: 640px) {
+  .tab-wrapper button {padding: 6px 7px !important; font-size: 14px !important}
+}
 """
 
 CSS = (
@@ -183,6 +200,7 @@ CSS = (
     {height: auto !important}
 }
 """
+    + FLOW
 )
 
 API_DESCRIPTION = (
@@ -197,11 +215,13 @@ SCROLL_TO_MAP = (
     "() => { const m = document.querySelector('#layer-map');"
     " if (m) m.scrollIntoView({behavior: 'smooth', block: 'nearest'}); }"
 )
-
-
-SCROLL_TO_MAP = (
-    "() => { const m = document.querySelector('#layer-map');"
-    " if (m) m.scrollIntoView({behavior: 'smooth', block: 'nearest'}); }"
+# After Run (inputs accepted): the predictions come into view when they are not (a phone's
+# visitor presses Run among the settings, far below the results)
+SCROLL_TO_RESULTS = (
+    "() => { const p = document.querySelector('#preds-row'); if (!p) return;"
+    " const r = p.getBoundingClientRect();"
+    " if (r.top < 0 || r.top > window.innerHeight * 0.5)"
+    " p.scrollIntoView({behavior: 'smooth', block: 'start'}); }"
 )
 
 
@@ -646,6 +666,7 @@ def wire(
         api_visibility="private",
         show_progress="hidden",
     )
+    checked.success(None, None, None, js=SCROLL_TO_RESULTS, api_visibility="private")
     run_evt = checked.success(
         app.classify,
         inputs=[*controls, stream_on, ui["stream_state"]],

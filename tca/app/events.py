@@ -255,7 +255,7 @@ class App:
             first,
             Display(first.trace.depth - 1),
             RUN_PARTS,
-            Screen(banner=self.banner_html(first.model)),
+            Screen(banner=self.banner_html(first.model), startup=True),
         )
 
     def load_first(self, shown: ExplorerRun | None) -> dict[Any, Any]:

@@ -132,11 +132,20 @@ def strip_png(run: ExplorerRun, view: str = "fates") -> Image.Image:
     return img
 
 
+def gif_title(run: ExplorerRun) -> str:
+    """The GIF's title line: short enough for a 448 px frame (the strip PNG has the long one)."""
+    c = run.result.config
+    method = METHODS[c.method]
+    what = f"{method.title} R={c.keep_rate:g}" if method.step is not None else "no condensing"
+    return f"{run.image_name or 'image'} \u00b7 {run.model} \u00b7 {what}"
+
+
 def depth_frames(run: ExplorerRun, d: Display) -> list[Image.Image]:
     """One frame per block (the current view and followed patch), captioned, for the GIF."""
     trace = run.trace
     d = d.clamped(trace)
     frames = []
+    title = gif_title(run)
     means = render.patch_means(run.seen, trace.grid)
     for l in range(trace.depth):
         m = render.fate_map(run.seen, trace, l, means=means, view=d.view, follow=d.patch)
@@ -145,7 +154,12 @@ def depth_frames(run: ExplorerRun, d: Display) -> list[Image.Image]:
             f"{trace.tokens_per_layer[l]} tokens"
         )
         img = compose.grid(
-            [[render.upscale(m, 2)]], [[cap]], font_size=18, marked=[[l in trace.condensing_layers]]
+            [[render.upscale(m, 2)]],
+            [[cap]],
+            font_size=16,
+            marked=[[l in trace.condensing_layers]],
+            title=title,
+            legend=True,
         )
         frames.append(img)
     return frames
@@ -200,6 +214,7 @@ class Screen:
     stream_on: bool = False
     stream: StreamState | None = None
     redraw_strip: bool = True
+    startup: bool = False  # the start-up example every visitor opens on (its times are not theirs)
 
 
 def strip_columns(depth: int) -> int:
@@ -234,9 +249,11 @@ def parts(
         "map": lambda: gr.update(value=map_image(run, d)),
         "layer": lambda: gr.update(maximum=depth - 1, value=d.layer),
         "info": lambda: gr.update(value=panels.layer_info(run, d.layer, d.overlay)),
-        "legend": lambda: gr.update(value=panels.legend_html(r.config.method, trace)),
+        "legend": lambda: gr.update(
+            value=panels.legend_html(r.config.method, trace) + panels.crop_note(run)
+        ),
         "chart": lambda: gr.update(value=chart_image(run, d.layer)),
-        "cost": lambda: gr.update(value=panels.cost_html(r)),
+        "cost": lambda: gr.update(value=panels.cost_html(r, timed=not screen.startup)),
         "strip": strip,
         "follow": lambda: gr.update(value=panels.follow_html(run, d.patch, d.layer)),
         "why": lambda: gr.update(value=why_image(run, d.patch), visible=d.patch is not None),

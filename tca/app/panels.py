@@ -226,10 +226,22 @@ def shift_html(result: RunResult, limit: int = SHIFT_ROWS) -> str:
     )
 
 
-def cost_html(result: RunResult) -> str:
+def cost_html(result: RunResult, timed: bool = True) -> str:
+    """GMACs and the wall-clock of one Run. ``timed=False``: the start-up example every visitor
+    opens on (its times were measured once when the server started, not for this visitor), so
+    the wall-clock cells show a dash and say so."""
     fb, fc = result.flops_baseline, result.flops_condensed
     t = result.timings_ms
     warm = " The first Runs after start-up are slower still (warm-up)."
+    if timed:
+        clock = f"<td>{t.get('baseline_ms', 0):.0f}</td><td>{t.get('condensed_ms', 0):.0f}</td>"
+        text_ms = f" Text encoding: {t.get('text_ms', 0):.0f} ms (cached per label set)."
+    else:
+        clock = "<td>\u2014</td><td>\u2014</td>"
+        text_ms = (
+            " No times for the <b>start-up example</b>: it was computed once when the server "
+            "started, for every visitor. Press <b>Run</b> to time your own."
+        )
     return (
         "<div class='tca-cost'>"
         f"<div class='big'>{fb.gmacs:.2f} &rarr; {fc.gmacs:.2f} GMACs "
@@ -242,12 +254,26 @@ def cost_html(result: RunResult) -> str:
         f"<td>{result.tokens_per_layer[-1]}</td></tr>"
         f"<tr><td class='lab'>GMACs</td><td>{fb.gmacs:.3f}</td><td>{fc.gmacs:.3f}</td></tr>"
         f"<tr><td class='lab'>of which condensing</td><td>-</td><td>{fc.overhead / 1e9:.4f}</td></tr>"
-        f"<tr><td class='lab'>wall-clock here (ms)</td><td>{t.get('baseline_ms', 0):.0f}</td>"
-        f"<td>{t.get('condensed_ms', 0):.0f}</td></tr></table></div>"
+        f"<tr><td class='lab'>wall-clock here (ms)</td>{clock}</tr></table></div>"
         f"<small>GMACs are counted from the token counts ({_escape(CONVENTION)}). Wall-clock is "
         "one measurement on a shared CPU at batch 1, where the condensed pass also records the "
-        f"trace; it gains less time than FLOPs.{warm} Text encoding: "
-        f"{t.get('text_ms', 0):.0f} ms (cached per label set).</small></div>"
+        f"trace; it gains less time than FLOPs.{warm}{text_ms}</small></div>"
+    )
+
+
+def crop_note(run: ExplorerRun) -> str:
+    """Says that the map shows the model's input: the photo resized and centre-cropped to a
+    square (the parts outside the square are never seen)."""
+    side = run.seen.shape[0]
+    w, h = run.request.image.size
+    if w == h:
+        cut = "the whole photo, resized"
+    else:
+        cut = "its sides cut off" if w > h else "its top and bottom cut off"
+        cut = f"the centre square of the {w}\u00d7{h} photo ({cut})"
+    return (
+        f"<div class='tca-crop'><b>The model's input:</b> {side}\u00d7{side} pixels, {cut}; "
+        "the maps show exactly this square.</div>"
     )
 
 
