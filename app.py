@@ -125,6 +125,9 @@ PRESENTER = """
 # (sticky), the Outdated notice floats at the bottom of the screen, the three tabs fit without
 # Gradio's "..." menu, the footer keeps its API link, the examples' header wraps.
 FLOW = """
+/* sticky needs no scroll container around it: Gradio's container hides its overflow (a scroll
+   container), clip hides it the same without being one */
+.gradio-container {overflow: clip !important}
 #run-button {position: sticky; top: 6px; z-index: 30; box-shadow: 0 2px 8px rgba(0,0,0,.25)}
 /* the notice's block has no height (it keeps its grid row: the accordions come after the stage)
    and the notice itself floats at the bottom of the screen */

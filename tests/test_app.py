@@ -228,12 +228,13 @@ def test_display_only_changes_do_not_run_the_model(tiny_app, example_image, monk
         return out["layer"]["value"]
 
     assert (step(7, 1), step(11, 1), step(0, -1)) == (8, 11, 0)
-    # follow a patch: a click on the big map at 2x
+    # follow a patch: a click on the big map
     trace = state.trace
     lv = render.layer_view(trace, 11)
     merged = int(np.flatnonzero(lv.fate.ravel() == 1)[0])
     r, c = divmod(merged, trace.grid[1])
-    evt = gr.SelectData(None, {"index": [c * 32 + 5, r * 32 + 5], "value": None})
+    px = page.MAP_ZOOM * 16  # the tiny ViT's 16 px patches on the big map
+    evt = gr.SelectData(None, {"index": [c * px + 5, r * px + 5], "value": None})
     out = _named(tiny_app, tiny_app.pick_patch(state, 11, "fates", False, 0.5, evt))
     assert out["patch"] == merged
     assert "Following patch" in out["follow"]["value"]
@@ -394,7 +395,8 @@ def test_first_screen_is_computed_once(tiny_app):
     ui = tiny_app.ui
     assert demo.tca_app is tiny_app and ui["layer"].value == 11 and ui["layer"].maximum == 11
     # the first screen built into the page is the one page function's parts of that Run
-    parts = page.parts(first, page.Display(11))
+    # (as the start-up example: its wall-clock is no visitor's, so it shows none)
+    parts = page.parts(first, page.Display(11), screen=page.Screen(startup=True))
     assert ui["condensed"].label == parts["condensed"]["label"] == "Condensed: TCA, R=0.7"
     assert ui["info"].value == parts["info"]["value"] and "74 tokens" in ui["info"].value
     assert ui["cost"].value == parts["cost"]["value"]
@@ -795,7 +797,7 @@ def test_page_load_hands_over_the_background_first_screen(tiny_app):
     assert out["strip"]["selected_index"] == 11 and len(out["strip"]["value"]) == 12
     assert all(Path(f).is_file() for f, _ in out["strip"]["value"])
     # the same parts as any Run of it shows, pictures aside
-    direct = page.parts(state, page.Display(11))
+    direct = page.parts(state, page.Display(11), screen=page.Screen(startup=True))
     for name in ("baseline", "condensed", "shift", "info", "cost", "follow", "layer", "depth"):
         assert out[name] == direct[name], name
     again = _named(tiny_app, tiny_app.load_first(None))

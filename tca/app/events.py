@@ -474,8 +474,8 @@ class App:
         overlay: bool,
         opacity: float,
         patch: int | None,
+        evt: gr.SelectData,
         on_screen: OnScreen | None = None,
-        evt: gr.SelectData | None = None,
     ) -> dict[Any, Any]:
         """A click on a strip tile selects that block (the strip itself is not redrawn)."""
         if shown is None or evt is None or not isinstance(evt.index, int):
@@ -494,8 +494,8 @@ class App:
         view: str,
         overlay: bool,
         opacity: float,
+        evt: gr.SelectData,
         on_screen: OnScreen | None = None,
-        evt: gr.SelectData | None = None,
     ) -> dict[Any, Any]:
         """A click on the big map follows that patch through every block."""
         if shown is None or evt is None or not isinstance(evt.index, (list, tuple)):
