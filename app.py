@@ -139,6 +139,8 @@ FLOW = """
 #tca-examples th, #tca-examples th * {white-space: normal !important; overflow: visible !important;
   text-overflow: clip !important}
 footer .show-api, footer .show-api-divider {display: flex !important}
+/* the follow table fits its column: "where it is" wraps, so the rank column is never cut */
+.tca-follow .tca-table td:nth-child(2) {white-space: normal; min-width: 9em}
 @media (max-width: 640px) {
   .tab-wrapper button {padding: 6px 7px !important; font-size: 14px !important}
 }

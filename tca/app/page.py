@@ -173,7 +173,7 @@ def chart_image(run: ExplorerRun, layer: int) -> np.ndarray:
         r.tokens_per_layer,
         trace.condensing_layers,
         label=r.config.describe().split(",")[0],
-        title="Tokens per block: baseline vs condensed",
+        title="Tokens per block",
         current=int(layer),
         stack=[c.as_tuple() for c in arithmetic.token_counts(trace)],
         stack_names=[names.get(k) for k in arithmetic.SEGMENTS],
