@@ -116,9 +116,10 @@ PRESENTER = """
 #preds-row dl.label {margin: 0 !important}
 /* fullscreen: the map fills the screen (pixelated, aspect kept); clicks there would miss the
    patch (Gradio's click position assumes a shrunk picture), so following waits for the page */
-#layer-map :fullscreen img, #layer-map:fullscreen img
-  {width: 100vw !important; height: 100vh !important; max-width: none !important;
-   max-height: none !important; object-fit: contain; background: #111; pointer-events: none}
+#layer-map.fullscreen {width: 100vw !important; height: 100vh !important; background: #111}
+#layer-map.fullscreen .image-container {aspect-ratio: auto !important; max-height: none !important;
+  width: 100% !important; height: 100% !important}
+#layer-map.fullscreen img {object-fit: contain; pointer-events: none}
 """
 
 # The page on a phone (and wherever the visitor is): Run stays on screen while the settings are

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from pathlib import Path
 
 import gradio as gr
@@ -332,4 +333,20 @@ def test_phone_flow(browser, url):
         "#follow-panel .tca-scroll"
     ).evaluate("e => e.scrollWidth > e.clientWidth && getComputedStyle(e).overflowX === 'auto'")
     pg.screenshot(path=str(ROOT / "artifacts" / "phone-after-run.png"))
+    pg.close()
+
+
+def test_fullscreen_fills_the_screen_with_the_map(browser, url):
+    expect = _expect()
+    pg = browser.new_page(viewport={"width": 1280, "height": 720})
+    _open(pg, url)
+    before = pg.locator("#layer-map img").bounding_box()
+    assert before["height"] < 600
+    pg.locator("#layer-map .icon-button-wrapper button").first.click()  # Gradio's fullscreen
+    expect(pg.locator("#layer-map")).to_have_class(re.compile(r"\bfullscreen\b"))
+    pg.wait_for_timeout(800)
+    box = pg.locator("#layer-map img").bounding_box()
+    assert box["height"] == pytest.approx(720, abs=1) and box["width"] == pytest.approx(720, abs=1)
+    pg.locator("#layer-map .icon-button-wrapper button").first.click()
+    expect(pg.locator("#layer-map")).not_to_have_class(re.compile(r"\bfullscreen\b"))
     pg.close()
