@@ -33,9 +33,9 @@ from tca.app.events import (  # noqa: E402
     upload_policy,
 )
 from tca.app.request import DEFAULT_CONFIG, KEEP_RATE_RANGE  # noqa: E402
+from tca.app.runs import ALL_METHODS  # noqa: E402
 from tca.cli import register_model_configs  # noqa: E402
 from tca.config import format_layers  # noqa: E402
-from tca.app.runs import ALL_METHODS  # noqa: E402
 from tca.methods import METHODS  # noqa: E402
 
 MAX_UPLOAD = uploads.MAX_UPLOAD_BYTES  # bytes, for the upload route and every other way in

@@ -88,11 +88,6 @@ def disagreement(a: str, trace_a: Trace, b: str, trace_b: Trace, layer: int) -> 
     )
 
 
-def last_condensing(trace: Trace) -> int:
-    """The last block that condensed (where the fates are final); the last block if none."""
-    return max(trace.condensing_layers, default=trace.depth - 1)
-
-
 def disagreement_map(image: np.ndarray, d: Disagreement) -> np.ndarray:
     """(H, W, 3) uint8: patches both kept drawn as the image; kept only by a (only by b) in a's
     (b's) method colour over the patch's grey; merged or pruned by both dark.
@@ -118,4 +113,4 @@ def disagreement_map(image: np.ndarray, d: Disagreement) -> np.ndarray:
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
-__all__ = ["Disagreement", "disagreement", "disagreement_map", "last_condensing"]
+__all__ = ["Disagreement", "disagreement", "disagreement_map"]

@@ -290,10 +290,9 @@ def compare_layers(cmp: Comparison) -> list[int]:
 def compare_picture(cmp: Comparison) -> Image.Image:
     """One row of fate maps per method (its R in the row label), one column per condensing
     block."""
-    traces = [r.trace for r in cmp.results.values()]
-    assert all(t is not None for t in traces)  # compare always traces
+    traces = [cast(Trace, r.trace) for r in cmp.results.values()]  # compare always traces
     cols = compare_layers(cmp)
-    means = render.patch_means(cmp.seen, cast(Trace, traces[0]).grid)
+    means = render.patch_means(cmp.seen, traces[0].grid)
     tiles = [[render.fate_map(cmp.seen, t, l, means=means) for l in cols] for t in traces]
     return compose.grid(
         tiles,

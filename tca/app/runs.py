@@ -275,7 +275,8 @@ def compare(
     baseline = None  # plain CLIP runs once; every method is compared with that same result
     todo = [m for m in methods if m not in refused]
     for i, m in enumerate(todo):
-        rate = matches[m].keep_rate if m in matches else request.config.keep_rate
+        solved = matches[m].keep_rate if m in matches else None
+        rate = solved if solved is not None else request.config.keep_rate
         req = request.with_config(replace(request.config, method=m, keep_rate=rate))
         say(0.4 + 0.55 * i / len(todo), f"running {METHODS[m].title}")
         try:
