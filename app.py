@@ -696,6 +696,7 @@ def wire(
             "banner",
             "compare_disagree_picture",
             "compare_disagree",
+            "compare_target",
         )
     ]
     matching = [ui["compare_by"], ui["compare_target"]]

@@ -551,6 +551,7 @@ def test_compare_every_method_at_equal_gmacs(tiny_app, example_image):
     assert out["compare_picture"].height > len(EVERY_METHOD) * 224
     assert set(out["compare_baseline"]) == {"cat", "dog", "tiger", "fox"}
     assert "RANDOM WEIGHTS" in out["banner"] and out["compare_stale"] == ""
+    assert out["compare_target"] == round(target, 3)  # a starting point for one's own target
 
     # the disagreement of two methods: set differences of their traced fates at block 9
     for a, b in (("tca", "evit"), ("tome", "ats"), ("repshift", "tca")):
@@ -590,7 +591,7 @@ def test_compare_at_equal_keep_rate_and_at_a_target(tiny_app, example_image):
     # 40% of the baseline's cost: ToMe's family cannot merge more than half a block's tokens
     out = _compare(tiny_app, image, match_by="gmacs", target=0.4 * base)
     cmp, table = out["compare_state"], out["compare_table"]
-    assert cmp.target == pytest.approx(0.4 * base)
+    assert cmp.target == pytest.approx(0.4 * base) and "compare_target" not in out
     for m in EVERY_METHOD:
         match = cmp.matches[m]
         row = table.split(f"data-method='{m}'")[1].split("</tr>")[0]

@@ -361,6 +361,9 @@ class App:
             self.ui["compare_table"]: panels.compare_html(cmp),
             self.ui["banner"]: self.banner_html(cmp.model),
         }
+        if cmp.target is not None and cmp.matching.by != "gmacs":
+            # TCA's cost as the starting point for a target of one's own
+            out[self.ui["compare_target"]] = round(cmp.target, 3)
         out.update(self.compare_disagree(cmp, method_a or "tca", method_b or "evit"))
         return out
 
