@@ -152,3 +152,20 @@ def test_refusals_and_ceiling():
     assert up.keep_rate == 0.99 and up.gmacs == pytest.approx(base + 3 * (197 + 1) * D_TINY / 1e9)
     with pytest.raises(ConfigError, match="target GMACs"):
         budget.solve(tiny, k16, 0.0)
+
+
+def test_flops_command_matches_gmacs(capsys):
+    from tca.cli import main
+
+    argv = ["flops", "--model", "ViT-B-16", "--method", "evit", "--keep-rate", "0.7"]
+    assert main([*argv, "--match-gmacs", "tca", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["keep_rate"] == 0.705 and d["match"]["keep_rate"] == 0.705
+    assert d["match"]["target_gmacs"] == pytest.approx(11.673449472, abs=1e-9)
+    assert d["gmacs"]["condensed"] == d["match"]["gmacs"] and d["match"]["reachable"]
+    assert main(["flops", "--model", "ViT-B-16", "--method", "tome", "--match-gmacs", "5"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("equal GMACs: tome at R=0.502 costs 8.717 for a target of 5.000")
+    assert "it cannot go below 8.717" in out
+    assert main([*argv, "--match-gmacs", "cheap"]) == 2
+    assert "--match-gmacs must be a number of GMACs or 'tca'" in capsys.readouterr().err
