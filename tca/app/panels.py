@@ -148,7 +148,16 @@ The optional overlay shows the CLS attention that drove the latest condensing de
 Runs the method at keep rates {", ".join(f"{r:g}" for r in sweeps.SWEEP_RATES)} on the
 same image in one job and plots, against the cost, the condensed top-1 probability, the
 probability the condensed model gives the baseline's top-1 label, and the KL divergence of
-its prediction from the baseline's: where the curves bend is where this image breaks.
+its prediction from the baseline's: where the curves bend is where this image breaks. At
+**equal GMACs** every method runs at the keep rate whose cost matches each share of the
+baseline's, and the chart shows the KL divergence against the cost, with a cross where the
+top-1 label changed: which method keeps the prediction best at a given cost.
+
+### Compare methods
+
+Every method at equal GMACs (each one's R solved for the same cost) or at the same R, and
+where two of them disagree: the patches one keeps as their own token and the other merges or
+prunes, after the last condensing block.
 
 ### Stream mode: domain anchors and the logits correction
 
