@@ -495,7 +495,10 @@ def build_demo(
                 )
             compare_btn = gr.Button("Compare", variant="primary", elem_id="compare-button")
             ui["compare_state"] = gr.State(None, time_to_live=STATE_TTL_S)
-            ui["compare_table"] = gr.HTML(elem_id="compare-table")
+            ui["compare_table"] = gr.HTML(
+                "<i>Press Compare to compare every method on the Explore tab's inputs.</i>",
+                elem_id="compare-table",
+            )
             ui["compare_baseline"] = gr.Label(
                 num_top_classes=3, label="Baseline CLIP", elem_id="compare-baseline"
             )

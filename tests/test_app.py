@@ -632,6 +632,16 @@ def test_compare_opens_with_the_first_example(tiny_app, example_image):
     # the first example's labels are not LABELS: shown, marked Outdated
     assert "Outdated" in out["compare_stale"]
     assert tiny_app.open_compare(cmp, *controls) == {}  # a comparison on screen stays
+    # computed once: a later opening is served from memory, even while the visitor's Run goes
+    visitor = SimpleNamespace(session_hash="busy-visitor")
+    with tiny_app.gate.hold("busy-visitor"):
+        again = _named(tiny_app, tiny_app.open_compare(None, *controls, request=visitor))
+        assert again["compare_state"] is cmp
+        tiny_app._first_cmp = None  # not computed yet and the visitor busy: the tab waits
+        try:
+            assert tiny_app.open_compare(None, *controls, request=visitor) == {}
+        finally:
+            tiny_app._first_cmp = cmp
 
 
 BAD_INPUTS = [

@@ -170,6 +170,7 @@ class App:
         self._first: ExplorerRun | None = None
         self._first_parts: dict[str, Any] | None = None  # with picture files
         self._first_cmp: Comparison | None = None
+        self._cmp_lock = threading.Lock()  # its own: page loads never wait for the comparison
         self._first_lock = threading.RLock()
 
     def request(
@@ -398,7 +399,7 @@ class App:
     def first_comparison(self) -> Comparison | None:
         """The first screen's request compared at equal GMACs (TCA's cost at its R), computed
         once per process on the first opening of the Compare tab and served to everyone."""
-        with self._first_lock:
+        with self._cmp_lock:
             if self._first_cmp is None:
                 first = self.first_screen()
                 if first is None:
@@ -418,8 +419,13 @@ class App:
         if cmp is not None:
             return {}
         *_, method_a, method_b = controls
-        with self.gate.hold(_session(request)):
-            first = self.first_comparison()
+        first = self._first_cmp
+        if first is None:  # the first opening since start-up computes it
+            try:
+                with self.gate.hold(_session(request)):
+                    first = self.first_comparison()
+            except UserError:  # this visitor's Run is still going: the tab waits for Compare
+                return {}
         if first is None:
             return {}
         stale = self.check_compare_stale(first, *controls[:-2])
