@@ -37,8 +37,11 @@ from .errors import ConfigError
 from .flops import Geometry, macs_for
 
 GRID_STEP = 0.001  # the keep-rate resolution of the scan
-# A match is "equal cost" when it is within this share of the target (the app marks the rest):
-# on ViT-B/16 neighbouring costs are at most ~0.07 GMACs (0.6% of 11.4) apart.
+# A match is "equal cost" when it is within this share of the target (the app marks the rest).
+# Around TCA's R = 0.7 on ViT-B/16 neighbouring costs are 0.01-0.07 GMACs apart, but the steps
+# are coarser near R = 1 (the first tokens removed; TCA's tiers move several tokens at once: up
+# to 2.9% of the cost) and on ViT-B/32's 49 patches (up to 8%): there the nearest cost can miss
+# 1%, and the match carries the step (``step``) that makes it miss.
 TOLERANCE = 0.01
 
 
@@ -59,6 +62,7 @@ class Match:
     lowest: float
     highest: float
     refusal: str | None = None
+    step: float = float("nan")  # the gap between the reachable costs either side of the target
 
     @property
     def error(self) -> float:
@@ -106,7 +110,7 @@ def cost_curve(
     refusal = None
     condenses = False  # whether any accepted R removes tokens (R = 1 never refuses)
     for r in rates:
-        cfg = replace(config, keep_rate=r)
+        cfg = replace(config, keep_rate=r, rate=None)  # R is what is solved: no raw d
         try:
             points.append((r, macs_for(geom, cfg, anchors).gmacs))
         except ConfigError as exc:
@@ -150,7 +154,10 @@ def solve(
         return Match(config.method, target, None, nan, nan, nan, refusal or "no keep rate")
     r, g = pick(points, target, config.keep_rate if prefer is None else prefer)
     costs = [c for _, c in points]
-    return Match(config.method, target, r, g, min(costs), max(costs))
+    below = [c for c in costs if c <= target]
+    above = [c for c in costs if c >= target]
+    step = min(above) - max(below) if below and above else float("nan")
+    return Match(config.method, target, r, g, min(costs), max(costs), step=step)
 
 
 def gmacs_at(geom: Geometry, config: CondenseConfig, anchors: bool = False) -> float:

@@ -68,7 +68,7 @@ def test_evit_on_the_tiny_model_hand_counted():
     assert m.keep_rate == 0.5 and m.gmacs == pytest.approx(target, rel=1e-12) and m.error == 0.0
     assert budget.solve(geom, cfg, target, prefer=0.0).keep_rate == 0.495
     assert budget.solve(geom, cfg.with_(keep_rate=0.497), target).keep_rate == 0.497
-    assert m.within and not m.floor and not m.ceiling
+    assert m.within and not m.floor and not m.ceiling and m.step == 0.0  # a reachable cost
     # nothing on the grid is nearer than the pick
     points, refusal = budget.cost_curve(geom, cfg, budget.grid())
     assert refusal is None and len(points) == 1000
@@ -83,7 +83,7 @@ def test_tome_floor_on_vit_b16_hand_counted():
     overhead = sum(((n + 1) // 2) * (n // 2) * d_h + n * D_B16 for n in (197, 99, 50))
     floor = (_model_macs(_schedule(99, 50, 26), D_B16, HIDDEN_B16, E_B16) + overhead) / 1e9
     m = budget.solve(geom, CondenseConfig(method="tome", keep_rate=0.7), 5.0)
-    assert m.floor and not m.within and m.keep_rate == 0.502
+    assert m.floor and not m.within and m.keep_rate == 0.502 and math.isnan(m.step)
     assert m.gmacs == pytest.approx(floor, rel=1e-12) and m.lowest == m.gmacs
     assert m.error == pytest.approx(floor - 5.0)
     # EViT reaches 5 GMACs (a fused token per block, nothing caps it)
@@ -169,3 +169,17 @@ def test_flops_command_matches_gmacs(capsys):
     assert "it cannot go below 8.717" in out
     assert main([*argv, "--match-gmacs", "cheap"]) == 2
     assert "--match-gmacs must be a number of GMACs or 'tca'" in capsys.readouterr().err
+
+
+def test_a_target_between_two_coarse_steps_is_missed_by_half_the_step():
+    """ViT-B/32 has 49 patches: TCA's costs move in coarse steps. A target in the middle of
+    the widest one is missed by half of it, and the match says how wide the step is."""
+    geom = Geometry.from_name("ViT-B-32")
+    cfg = CondenseConfig(keep_rate=0.7)
+    points, _ = budget.cost_curve(geom, cfg, budget.grid(0.1, 1.0))
+    costs = sorted({c for _, c in points})
+    lo, hi = max(zip(costs, costs[1:]), key=lambda ab: ab[1] - ab[0])
+    m = budget.solve(geom, cfg, (lo + hi) / 2, lo=0.1)
+    assert m.step == pytest.approx(hi - lo) and abs(m.error) == pytest.approx((hi - lo) / 2)
+    assert m.gmacs in (lo, hi)  # equally near up to rounding (the tie rule: test_pick_rules)
+    assert not m.within and not m.floor and (hi - lo) / 2 > budget.TOLERANCE * m.target

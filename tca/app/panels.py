@@ -503,7 +503,10 @@ def _cost_cell(cmp: Comparison, method: str, r: RunResult) -> str:
             why = METHODS[method].limit or "its plans remove no more"
             cell += f"<br><small><b>cannot reach the target</b>: at least {m.lowest:.3f} ({why})</small>"
         elif not m.within:
-            cell += "<br><small><b>outside the tolerance</b></small>"
+            cell += (
+                f"<br><small><b>its nearest cost</b>: it moves in steps of {m.step:.3f} "
+                "here</small>"
+            )
     if abs(r.flops_condensed.gmacs - planned) > 1e-9:  # ATS: this image kept fewer tokens
         cell += f"<br><small>this image: {r.flops_condensed.gmacs:.3f}</small>"
     return cell
