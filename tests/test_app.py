@@ -408,8 +408,9 @@ def test_sweep_at_equal_gmacs_every_method(tiny_app, example_image):
             assert p.gmacs <= planned + 1e-12 if m == "ats" else p.gmacs == pytest.approx(planned)
             if p.target >= lowest.lowest:  # reachable: within the stated tolerance
                 assert abs(planned - p.target) <= budget.TOLERANCE * p.target, (m, p)
+                assert not p.floor
             else:  # below the method's floor: it runs at its cheapest
-                assert planned == lowest.lowest
+                assert planned == lowest.lowest and p.floor
             assert p.top1_kept == (p.top1 == base_top)
         assert pts[-1].keep_rate == 1.0 and pts[-1].kl == 0.0  # 100%: the baseline, no pass
         # 40%: ToMe's family merges at most half a block's tokens; the others get there

@@ -612,7 +612,13 @@ def sweep_html(sw: Sweep) -> str:
             target = ""
             if by_cost and p.target is not None:
                 off = (p.gmacs - p.target) / p.target
-                flag = "" if abs(off) <= budget.TOLERANCE else " <b>cannot reach</b>"
+                flag = (
+                    " <b>cannot reach</b>"
+                    if p.floor
+                    else ""
+                    if abs(off) <= budget.TOLERANCE
+                    else " <b>nearest step</b>"
+                )
                 target = f"<td>{p.target:.2f}</td>"
                 cost += f" <small>({100 * off:+.1f}%){flag}</small>"
             kept = "kept" if p.top1_kept else "<b>changed</b>"

@@ -47,6 +47,7 @@ class SweepPoint:
     kl: float  # KL(baseline || condensed), nats
     target: float | None = None  # the GMACs it was matched to (equal-GMACs sweeps)
     top1_kept: bool = True  # the condensed top-1 is the baseline's
+    floor: bool = False  # the target is cheaper than the method gets: it ran at its cheapest
 
 
 @dataclass
@@ -84,18 +85,18 @@ def plan_points(
     by: str,
     rates: Sequence[float],
     fractions: Sequence[float],
-) -> tuple[dict[str, list[tuple[float, float | None]]], dict[str, str]]:
-    """Per method, the (keep rate, target GMACs or None) of each point, and the methods that
-    refuse the tower. By cost: each share of the baseline's analytic GMACs solved for R
+) -> tuple[dict[str, list[tuple[float, float | None, bool]]], dict[str, str]]:
+    """Per method, the (keep rate, target GMACs or None, below the method's floor) of each
+    point, and the methods that refuse the tower. By cost: each share of the baseline's analytic GMACs solved for R
     (``tca.budget``; among the R of one cost the mildest, so 100% is R = 1, the baseline
     itself); several shares that land on one R (a method's floor) run once."""
     if by == "rate":
-        return {m: [(float(r), None) for r in rates] for m in methods}, {}
+        return {m: [(float(r), None, False) for r in rates] for m in methods}, {}
     base = budget.gmacs_at(geom, replace(config, method="none"))
-    out: dict[str, list[tuple[float, float | None]]] = {}
+    out: dict[str, list[tuple[float, float | None, bool]]] = {}
     refused: dict[str, str] = {}
     for m in methods:
-        pts: list[tuple[float, float | None]] = []
+        pts: list[tuple[float, float | None, bool]] = []
         for f in sorted(fractions):
             got = budget.solve(
                 geom, replace(config, method=m), f * base, lo=KEEP_RATE_RANGE[0], prefer=1.0
@@ -103,7 +104,7 @@ def plan_points(
             if got.keep_rate is None:
                 refused[m] = got.refusal or "no keep rate fits"
                 break
-            pts.append((got.keep_rate, got.target))
+            pts.append((got.keep_rate, got.target, got.floor))
         if m not in refused:
             out[m] = pts
     return out, refused
@@ -161,7 +162,7 @@ def sweep(
     for m, todo in plans.items():
         points[m] = []
         ran: dict[float, tuple[list[float], float, int]] = {}  # keep rate -> probs, GMACs, tokens
-        for rate, target in todo:
+        for rate, target, floor in todo:
             cfg = replace(request.config, method=m, keep_rate=float(rate))
             say(
                 0.1 + 0.88 * done / total,
@@ -212,6 +213,7 @@ def sweep(
                     kl_divergence(base.baseline.probs, probs),
                     target,
                     top == bi,
+                    floor,
                 )
             )
         if m in refused:
