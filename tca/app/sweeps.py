@@ -87,9 +87,10 @@ def plan_points(
     fractions: Sequence[float],
 ) -> tuple[dict[str, list[tuple[float, float | None, bool]]], dict[str, str]]:
     """Per method, the (keep rate, target GMACs or None, below the method's floor) of each
-    point, and the methods that refuse the tower. By cost: each share of the baseline's analytic GMACs solved for R
-    (``tca.budget``; among the R of one cost the mildest, so 100% is R = 1, the baseline
-    itself); several shares that land on one R (a method's floor) run once."""
+    point, and the methods that refuse the tower. By cost: each share of the baseline's
+    analytic GMACs solved for R (``tca.budget``; among the R of one cost the mildest, so 100%
+    is R = 1, the baseline itself); several shares that land on one R (a method's floor) run
+    once."""
     if by == "rate":
         return {m: [(float(r), None, False) for r in rates] for m in methods}, {}
     base = budget.gmacs_at(geom, replace(config, method="none"))
