@@ -33,10 +33,11 @@ from tca.app.events import (  # noqa: E402
     upload_policy,
 )
 from tca.app.request import DEFAULT_CONFIG, KEEP_RATE_RANGE, PLAY_INTERVAL_S  # noqa: E402
+from tca.app.runs import ALL_METHODS  # noqa: E402
 from tca.app.shown import PLAY_LABEL, OnScreen  # noqa: E402
 from tca.cli import register_model_configs  # noqa: E402
 from tca.config import format_layers  # noqa: E402
-from tca.methods import COMPARED, METHODS  # noqa: E402
+from tca.methods import METHODS  # noqa: E402
 
 MAX_UPLOAD = uploads.MAX_UPLOAD_BYTES  # bytes, for the upload route and every other way in
 CONCURRENCY = 2  # events running at once; model events share one lane of MODEL_SLOTS
@@ -441,10 +442,23 @@ def build_demo(
                         gr.Markdown(
                             "Runs the method at keep rates "
                             f"{', '.join(f'{r:g}' for r in sweeps.SWEEP_RATES)} on the "
-                            "image and labels above, as one job."
+                            "image and labels above, as one job; or, at **equal GMACs**, "
+                            "each method at the keep rate whose cost matches "
+                            f"{', '.join(f'{f:.0%}' for f in sweeps.SWEEP_COST_FRACTIONS)} "
+                            "of the baseline's (KL and top-1 against GMACs)."
                         )
                         with gr.Row():
-                            sweep_all = gr.Checkbox(False, label="all three methods (slower)")
+                            sweep_all = gr.Checkbox(
+                                False,
+                                label=f"all {len(ALL_METHODS)} methods (slower)",
+                                elem_id="sweep-all",
+                            )
+                            sweep_by = gr.Radio(
+                                [("keep rates", "rate"), ("equal GMACs", "gmacs")],
+                                value="rate",
+                                label="Points at",
+                                elem_id="sweep-by",
+                            )
                             sweep_btn = gr.Button("Run the sweep", elem_id="sweep-button")
                         ui["sweep_plot"] = gr.Image(
                             label="Sweep",
@@ -571,12 +585,38 @@ def build_demo(
                             TEMPLATE_CHOICES, value="single", label="Prompt templates"
                         )
 
-        with gr.Tab("Compare methods", id="compare"):
+        with gr.Tab("Compare methods", id="compare") as compare_tab:
             gr.Markdown(
-                "TCA, EViT and ToMe on the **image, labels and settings of the Explore "
-                "tab**, at the same keep rate R and condensing blocks."
+                "Every method ("
+                + ", ".join(METHODS[m].title for m in ALL_METHODS)
+                + ") on the **image, labels and settings of the Explore tab**, at the same "
+                "keep rate R or at the same cost (each method's R solved for equal GMACs)."
             )
+            ui["compare_stale"] = gr.HTML("", elem_id="compare-stale")
+            with gr.Row():
+                ui["compare_by"] = gr.Radio(
+                    [
+                        ("equal GMACs: TCA's cost at the Explore tab's R", "tca"),
+                        ("equal GMACs: the target below", "gmacs"),
+                        ("equal keep rate R", "rate"),
+                    ],
+                    value="tca",
+                    label="Match the methods by",
+                    elem_id="compare-by",
+                    scale=3,
+                )
+                ui["compare_target"] = gr.Number(
+                    None, label="Target GMACs", elem_id="compare-target", scale=1
+                )
             compare_btn = gr.Button("Compare", variant="primary", elem_id="compare-button")
+            ui["compare_state"] = gr.State(None, time_to_live=STATE_TTL_S)
+            ui["compare_table"] = gr.HTML(
+                "<i>Press Compare to compare every method on the Explore tab's inputs.</i>",
+                elem_id="compare-table",
+            )
+            ui["compare_baseline"] = gr.Label(
+                num_top_classes=3, label="Baseline CLIP", elem_id="compare-baseline"
+            )
             ui["compare_picture"] = gr.Image(
                 label="Token maps",
                 show_label=False,
@@ -587,11 +627,28 @@ def build_demo(
                 elem_id="compare-maps",
                 buttons=["download", "fullscreen"],
             )
+            gr.Markdown("**Where two methods disagree**, at the last condensing block")
+            method_pairs = [(METHODS[m].title, m) for m in ALL_METHODS]
             with gr.Row():
-                ui["compare_baseline"] = gr.Label(num_top_classes=3, label="Baseline CLIP")
-                for m in COMPARED:
-                    ui[f"compare_{m}"] = gr.Label(num_top_classes=3, label=METHODS[m].title)
-            ui["compare_table"] = gr.HTML(elem_id="compare-table")
+                ui["compare_a"] = gr.Dropdown(
+                    method_pairs, value="tca", label="Method A", elem_id="compare-a"
+                )
+                ui["compare_b"] = gr.Dropdown(
+                    method_pairs, value="evit", label="Method B", elem_id="compare-b"
+                )
+            with gr.Row():
+                ui["compare_disagree_picture"] = gr.Image(
+                    label="Disagreement map",
+                    show_label=False,
+                    type="numpy",
+                    interactive=False,
+                    format="png",
+                    elem_classes=["tca-map"],
+                    elem_id="compare-disagree-map",
+                    buttons=["download"],
+                    scale=1,
+                )
+                ui["compare_disagree"] = gr.HTML(elem_id="compare-disagree")
 
         with gr.Tab("How it works", id="how"):
             gr.Markdown(panels.how_it_works_md())
@@ -610,6 +667,7 @@ def build_demo(
                 export=export_btn,
                 compare=compare_btn,
                 demo=demo_btn,
+                compare_tab=compare_tab,
             ),
             controls=[
                 ui["image"],
@@ -625,6 +683,7 @@ def build_demo(
             stream_on=stream_on,
             sweep_all=sweep_all,
             api_json=api_json,
+            sweep_by=sweep_by,
         )
         if first_screen == "background" and items:
             demo.load(
@@ -653,6 +712,7 @@ def wire(
     stream_on: Any,
     sweep_all: Any,
     api_json: Any,
+    sweep_by: Any = None,
 ) -> None:
     """Every event: which handler, which inputs, which components it may update."""
     quiet: dict[str, Any] = dict(api_visibility="private", show_progress="hidden")
@@ -753,21 +813,56 @@ def wire(
     )
     buttons["sweep"].click(
         app.sweep,
-        [*controls, sweep_all, ui["run"]],
+        [*controls, sweep_all, ui["run"], sweep_by],
         [ui["sweep_plot"], ui["sweep_table"]],
         api_visibility="private",
         **model_lane,
     )
     compare_parts = [
-        ui["compare_picture"],
-        ui["compare_baseline"],
-        *(ui[f"compare_{m}"] for m in COMPARED),
-        ui["compare_table"],
-        ui["banner"],
+        ui[n]
+        for n in (
+            "compare_state",
+            "compare_stale",
+            "compare_picture",
+            "compare_baseline",
+            "compare_table",
+            "banner",
+            "compare_disagree_picture",
+            "compare_disagree",
+            "compare_target",
+        )
     ]
+    matching = [ui["compare_by"], ui["compare_target"]]
+    pair = [ui["compare_a"], ui["compare_b"]]
     buttons["compare"].click(
-        app.compare, controls, compare_parts, api_visibility="private", **model_lane
+        app.compare,
+        [*controls, *matching, *pair],
+        compare_parts,
+        api_visibility="private",
+        **model_lane,
     )
+    buttons["compare_tab"].select(
+        app.open_compare,
+        [ui["compare_state"], *controls, *matching, *pair],
+        compare_parts,
+        api_visibility="private",
+        **model_lane,
+    )
+    for comp in (*controls, *matching):
+        comp.change(
+            app.check_compare_stale,
+            [ui["compare_state"], *controls, *matching],
+            [ui["compare_stale"]],
+            trigger_mode="always_last",
+            **quiet,
+        )
+    for comp in pair:
+        comp.change(
+            app.compare_disagree,
+            [ui["compare_state"], *pair],
+            [ui["compare_disagree_picture"], ui["compare_disagree"]],
+            **quiet,
+        )
 
 
 def launch_options() -> dict[str, Any]:

@@ -338,6 +338,53 @@ def sweep_chart(
     return fig
 
 
+def change_chart(
+    gmacs_baseline: float,
+    series: Mapping[str, Mapping[str, Sequence[float]]],
+    targets: Sequence[float] = (),
+    size: tuple[float, float] = (9.0, 4.8),
+) -> Figure:
+    """Prediction change against cost, every method matched to the same GMACs: per method (one
+    colour each), KL(baseline || condensed) against the GMACs it achieved, a filled circle where
+    its top-1 is the baseline's and a cross where it changed. Dotted: the targets and the
+    baseline. KL on a symmetric log scale (0 at the baseline itself).
+
+    series: method (name or title) -> {"gmacs", "kl", "kept" (1.0 top-1 kept, 0.0 changed)}.
+    """
+    from matplotlib.lines import Line2D
+
+    fig = Figure(figsize=size, dpi=100)
+    fig.subplots_adjust(left=0.09, right=0.7, top=0.9, bottom=0.12)
+    ax = fig.add_subplot()
+    for t in targets:
+        ax.axvline(t, color="#d0d0d0", lw=0.8, ls=":", zorder=0)
+    ax.axvline(gmacs_baseline, color="#7f7f7f", lw=1, ls=":")
+    for method, s in series.items():
+        colour = method_color(method)
+        ax.plot(s["gmacs"], s["kl"], "-", color=colour, lw=1.4, alpha=0.8)
+        for g, kl, kept in zip(s["gmacs"], s["kl"], s["kept"]):
+            if kept:
+                ax.plot([g], [kl], "o", ms=6, color=colour)
+            else:
+                ax.plot([g], [kl], "X", ms=8, color=colour, mec="#222222", mew=0.6)
+    ax.set_yscale("symlog", linthresh=1e-3)
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("GMACs each method achieved (dotted: targets, baseline)", fontsize=11)
+    ax.set_ylabel("KL from baseline (nats)", fontsize=11)
+    ax.tick_params(labelsize=10)
+    ax.grid(alpha=0.3)
+    ax.set_title("Prediction change at equal GMACs on this image", fontsize=12)
+    handles = [Line2D([], [], color=method_color(m), lw=3, label=m) for m in series]
+    handles += [
+        Line2D([], [], color="#333333", ls="", marker="o", ms=6, label="top-1 kept"),
+        Line2D([], [], color="#333333", ls="", marker="X", ms=8, label="top-1 changed"),
+    ]
+    fig.legend(
+        handles=handles, loc="upper left", bbox_to_anchor=(0.72, 0.92), fontsize=10, frameon=False
+    )
+    return fig
+
+
 def colour_scale(
     lo: float,
     hi: float,
@@ -463,6 +510,7 @@ def figure_to_array(fig: Figure) -> np.ndarray:
 
 
 __all__ = [
+    "change_chart",
     "colour_scale",
     "figure_to_array",
     "method_color",

@@ -25,13 +25,23 @@ from tca.config import CondenseConfig, default_layers, format_layers
 from tca.errors import ImageError, UserError, without_dirs
 from tca.flops import Geometry
 from tca.images import load_image
-from tca.methods import COMPARED, METHODS
+from tca.methods import METHODS
 from tca.models import DEFAULT_MODEL
 
 from . import export, page, panels, serving, sweeps, uploads
 from .page import LAYER_PARTS, RUN_PARTS, Display, Screen
 from .request import DEFAULT_CONFIG, Request, from_controls, request_or_none
-from .runs import APP_MODELS, ExplorerRun, StreamState, compare, run, seen_picture
+from .runs import (
+    ALL_METHODS,
+    APP_MODELS,
+    Comparison,
+    ExplorerRun,
+    Matching,
+    StreamState,
+    compare,
+    run,
+    seen_picture,
+)
 from .shown import PAUSE_LABEL, PLAY_LABEL, OnScreen, play_start, play_step
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -184,6 +194,8 @@ class App:
         self.ui: Mapping[str, Any] = {}
         self._first: ExplorerRun | None = None
         self._first_parts: dict[str, Any] | None = None  # with picture files
+        self._first_cmp: Comparison | None = None
+        self._cmp_lock = threading.Lock()  # its own: page loads never wait for the comparison
         self._first_lock = threading.RLock()
 
     def request(
@@ -327,6 +339,11 @@ class App:
         progress(0.95, desc="drawing")
         return export.summary(shown, TOP_K), shown, stream_state
 
+    def matching(self, match_by: str | None, target_gmacs: float | None) -> Matching:
+        """Compare's matching from its controls (ConfigError naming the field)."""
+        by = match_by or "tca"
+        return Matching(by, float(target_gmacs) if by == "gmacs" and target_gmacs else None)
+
     @user_errors
     def compare(
         self,
@@ -339,27 +356,105 @@ class App:
         merge_centers: float,
         score: str,
         templates: str,
+        match_by: str = "tca",
+        target_gmacs: float | None = None,
+        method_a: str = "tca",
+        method_b: str = "evit",
         progress: gr.Progress = PROGRESS,
         request: gr.Request | None = None,
     ) -> dict[Any, Any]:
-        """Every compared method on the request's image, keep rate and blocks."""
+        """Every condensing method on the request's image and blocks, at its keep rate or at
+        equal GMACs (``match_by``: rate, tca or gmacs, with ``target_gmacs``)."""
         req = self.request(
             image, labels, model, method, keep_rate, layers, merge_centers, score, templates
         )
+        matching = self.matching(match_by, target_gmacs)
         with self.gate.hold(_session(request)):
-            cmp = compare(self.cache, req, COMPARED, progress=lambda f, d: progress(f, desc=d))
+            cmp = compare(
+                self.cache, req, progress=lambda f, d: progress(f, desc=d), matching=matching
+            )
+        return self.compare_parts(cmp, method_a, method_b, "")
+
+    def compare_parts(
+        self, cmp: Comparison, method_a: str | None, method_b: str | None, stale: str
+    ) -> dict[Any, Any]:
+        """Everything the Compare tab shows of one comparison."""
         out: dict[Any, Any] = {
+            self.ui["compare_state"]: cmp,
+            self.ui["compare_stale"]: stale,
             self.ui["compare_picture"]: page.compare_picture(cmp),
             self.ui["compare_baseline"]: cmp.baseline.as_dict(),
             self.ui["compare_table"]: panels.compare_html(cmp),
             self.ui["banner"]: self.banner_html(cmp.model),
         }
-        for m, r in cmp.results.items():
-            out[self.ui[f"compare_{m}"]] = gr.update(
-                value=r.condensed.as_dict(),
-                label=f"{METHODS[m].title}: {r.saved_percent:.1f}% GMACs saved",
-            )
+        if cmp.target is not None and cmp.matching.by != "gmacs":
+            # TCA's cost as the starting point for a target of one's own
+            out[self.ui["compare_target"]] = round(cmp.target, 3)
+        out.update(self.compare_disagree(cmp, method_a or "tca", method_b or "evit"))
         return out
+
+    def compare_disagree(self, cmp: Comparison | None, a: str, b: str) -> dict[Any, Any]:
+        """The disagreement map and counts of methods ``a`` and ``b`` (no model)."""
+        picture, counts = self.ui["compare_disagree_picture"], self.ui["compare_disagree"]
+        if cmp is None:
+            return {}
+        d = page.disagreement_of(cmp, a, b)
+        if d is None:
+            missing = [METHODS[m].title for m in (a, b) if m not in cmp.results]
+            return {
+                picture: None,
+                counts: f"<i>{', '.join(missing)} did not run in this comparison.</i>",
+            }
+        return {
+            picture: page.disagreement_picture(cmp, d),
+            counts: panels.disagreement_html(d),
+        }
+
+    def check_compare_stale(self, cmp: Comparison | None, *controls: Any) -> str:
+        """Mark the comparison outdated when the Explore controls (or Compare's matching) no
+        longer make it. controls: the Explore controls, then match_by and target_gmacs."""
+        *explore, match_by, target = controls
+        req = request_or_none(*explore[:2], explore[2] or self.default_model, *explore[3:])
+        try:
+            matching: Matching | None = self.matching(match_by, target)
+        except UserError:
+            matching = None
+        return panels.compare_stale_html(cmp, req, matching)
+
+    def first_comparison(self) -> Comparison | None:
+        """The first screen's request compared at equal GMACs (TCA's cost at its R), computed
+        once per process on the first opening of the Compare tab and served to everyone."""
+        with self._cmp_lock:
+            if self._first_cmp is None:
+                first = self.first_screen()
+                if first is None:
+                    return None
+                try:
+                    self._first_cmp = compare(self.cache, first.request, matching=Matching("tca"))
+                except Exception as exc:  # noqa: BLE001 - the tab then waits for Compare
+                    print(f"TCA Explorer: no first comparison ({type(exc).__name__}: {exc})")
+                    return None
+            return self._first_cmp
+
+    def open_compare(
+        self, cmp: Comparison | None, *controls: Any, request: gr.Request | None = None
+    ) -> dict[Any, Any]:
+        """Opening the Compare tab with nothing compared yet shows the first example's
+        comparison (marked Outdated where the visitor's inputs differ)."""
+        if cmp is not None:
+            return {}
+        *_, method_a, method_b = controls
+        first = self._first_cmp
+        if first is None:  # the first opening since start-up computes it
+            try:
+                with self.gate.hold(_session(request)):
+                    first = self.first_comparison()
+            except UserError:  # this visitor's Run is still going: the tab waits for Compare
+                return {}
+        if first is None:
+            return {}
+        stale = self.check_compare_stale(first, *controls[:-2])
+        return self.compare_parts(first, method_a, method_b, stale)
 
     @user_errors
     def sweep(
@@ -375,11 +470,13 @@ class App:
         templates: str,
         all_methods: bool = False,
         shown: ExplorerRun | None = None,
+        by: str = "rate",
         progress: gr.Progress = PROGRESS,
         request: gr.Request | None = None,
     ) -> dict[Any, Any]:
-        """The keep-rate sweep of the current image: one job, plot + table. The shown Run's
-        baseline is reused when it was made from the same image, labels, model and prompts."""
+        """The sweep of the current image: one job, plot + table; ``by``: keep rate or equal
+        GMACs. The shown Run's baseline is reused when it was made from the same image, labels,
+        model and prompts."""
         req = self.request(
             image, labels, model, method, keep_rate, layers, merge_centers, score, templates
         )
@@ -387,9 +484,10 @@ class App:
             sw = sweeps.sweep(
                 self.cache,
                 req,
-                COMPARED if all_methods else None,
+                ALL_METHODS if all_methods else None,
                 reuse=shown,
                 progress=lambda f, d: progress(f, desc=d),
+                by=by or "rate",
             )
         return {
             self.ui["sweep_plot"]: page.sweep_image(sw),

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from tca import arithmetic, charts, compose, render, why
+from tca.disagreement import Disagreement, disagreement, disagreement_map
 from tca.methods import METHODS
 from tca.stream_demo import StreamDemo
 from tca.trace import Trace
@@ -302,26 +303,43 @@ def exports(run: ExplorerRun, d: Display, out: ExportDir) -> dict[str, str]:
 # ------------------------------------------------------------------------------ compare / sweep
 
 
+def compare_layers(cmp: Comparison) -> list[int]:
+    """The blocks Compare draws: the request's condensing blocks in the tower (the fates after
+    the last one are final), else the last block."""
+    depth = next(iter(cmp.results.values())).trace.depth  # type: ignore[union-attr]
+    return sorted({l for l in cmp.request.config.layers if l < depth}) or [depth - 1]
+
+
 def compare_picture(cmp: Comparison) -> Image.Image:
-    first = next(iter(cmp.results.values()))
-    traces = [r.trace for r in cmp.results.values()]
-    assert all(t is not None for t in traces)  # compare always traces
-    first_trace = cast(Trace, first.trace)
-    depth = first_trace.depth
-    cols = sorted(set(first_trace.condensing_layers) | {depth - 1})
-    tiles = []
-    for t in cast(list[Trace], traces):
-        means = render.patch_means(cmp.seen, t.grid)
-        tiles.append([render.fate_map(cmp.seen, t, l, means=means) for l in cols])
-    picture = compose.grid(
+    """One row of fate maps per method (its R in the row label), one column per condensing
+    block."""
+    traces = [cast(Trace, r.trace) for r in cmp.results.values()]  # compare always traces
+    cols = compare_layers(cmp)
+    means = render.patch_means(cmp.seen, traces[0].grid)
+    tiles = [[render.fate_map(cmp.seen, t, l, means=means) for l in cols] for t in traces]
+    return compose.grid(
         tiles,
         captions=[[f"{r.tokens_per_layer[l]} tokens" for l in cols] for r in cmp.results.values()],
-        row_labels=[METHODS[m].title for m in cmp.results],
+        row_labels=[f"{METHODS[m].title} R={r.config.keep_rate:g}" for m, r in cmp.results.items()],
         col_labels=[f"after block {l}" for l in cols],
         legend=True,
         font_size=15,
     )
-    return picture
+
+
+def disagreement_of(cmp: Comparison, a: str, b: str) -> Disagreement | None:
+    """Methods ``a`` and ``b`` of the comparison after its last condensing block (None when
+    either did not run)."""
+    if a not in cmp.results or b not in cmp.results:
+        return None
+    ta, tb = cmp.results[a].trace, cmp.results[b].trace
+    assert ta is not None and tb is not None
+    return disagreement(a, ta, b, tb, compare_layers(cmp)[-1])
+
+
+def disagreement_picture(cmp: Comparison, d: Disagreement) -> np.ndarray:
+    """The disagreement map at twice the model's resolution."""
+    return render.upscale(disagreement_map(cmp.seen, d), 2)
 
 
 def stream_demo_picture(demo: StreamDemo, seen: np.ndarray) -> Image.Image:
@@ -350,6 +368,17 @@ def sweep_image(sw: Sweep) -> np.ndarray:
         }
         for m, pts in sw.points.items()
     }
+    if sw.by == "gmacs":  # every method at the same costs: what changed, against GMACs
+        change = {
+            METHODS[m].title: {
+                "gmacs": [p.gmacs for p in pts],
+                "kl": [p.kl for p in pts],
+                "kept": [1.0 if p.top1_kept else 0.0 for p in pts],
+            }
+            for m, pts in sw.points.items()
+        }
+        targets = sorted({p.target for pts in sw.points.values() for p in pts if p.target})
+        return charts.figure_to_array(charts.change_chart(sw.gmacs_baseline, change, targets))
     return charts.figure_to_array(charts.sweep_chart(sw.gmacs_baseline, series))
 
 
@@ -363,7 +392,10 @@ __all__ = [
     "STRIP_SHRINK",
     "VIEW_CHOICES",
     "chart_image",
+    "compare_layers",
     "compare_picture",
+    "disagreement_of",
+    "disagreement_picture",
     "depth_frames",
     "exports",
     "map_image",
