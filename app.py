@@ -7,7 +7,9 @@ Environment: TCA_MODEL (default ViT-B-16-quickgelu), TCA_PRETRAINED (default ope
 random weights), TCA_CHECKPOINT (a local weights file for TCA_MODEL), TCA_MODEL_CONFIGS (a folder
 of extra open_clip model configs, e.g. tests/model_configs), TCA_QUEUE_SIZE (256),
 TCA_FIRST_SCREEN (now: the first example's result is computed before serving and is part of the
-page; background: serve at once, compute it in a thread, hand it over on page load; off).
+page; background: serve at once, compute it in a thread, hand it over on page load; off),
+TCA_BEHIND_PROXY (1: the first X-Forwarded-For hop is the visitor's address; default on Spaces),
+TCA_UPLOAD_TOTAL_MB (2048: the upload bytes kept on disk for everyone together).
 Without reachable weights the app starts anyway on random weights and says so in a banner.
 """
 
@@ -20,10 +22,11 @@ from typing import Any
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
+from starlette.middleware import Middleware  # noqa: E402
 
 import tca  # noqa: E402
-from tca.app import page, panels, sweeps, uploads  # noqa: E402
-from tca.app.cleanup import keep_deleting  # noqa: E402
+from tca.app import limits, page, panels, sweeps, uploads  # noqa: E402
+from tca.app.cleanup import delete_old_dirs, keep_deleting  # noqa: E402
 from tca.app.events import (  # noqa: E402
     ASSETS,
     TOP_K,
@@ -527,6 +530,14 @@ def build_demo(
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
     if delete_cache:
         keep_deleting(demo, *delete_cache)
+        # the inline (data: URL) images the request limits decoded into the upload folder
+        keep_deleting(
+            demo,
+            *delete_cache,
+            delete=lambda _, age: delete_old_dirs(
+                gr.utils.get_upload_folder(), limits.INLINE_PREFIX, age
+            ),
+        )
     return demo
 
 
@@ -640,10 +651,34 @@ def wire(
     )
 
 
-def launch_options() -> dict[str, Any]:
+def limits_middleware(budget: limits.UploadBudget | None = None) -> list[Middleware]:
+    """The request limits, outermost first, as the FastAPI app's own middleware (launch()'s
+    ``app_kwargs``), so they sit in front of every route Gradio serves: bodies over 16 MB
+    refused before they are read; uploads charged per visitor and in total disk; each event's
+    inputs bounded (inline images become upload files). ``budget``: the upload budget (default:
+    50 MB per visitor, refilled over 10 min; $TCA_UPLOAD_TOTAL_MB in total)."""
+    if budget is None:
+        total = int(os.environ.get("TCA_UPLOAD_TOTAL_MB", "2048"))
+        budget = limits.UploadBudget(total_bytes=total * limits.MiB)
+    proxied = limits.behind_proxy()
+    return [
+        Middleware(limits.BodyLimit),  # type: ignore[arg-type]
+        Middleware(limits.UploadLimit, budget=budget, behind_proxy=proxied),  # type: ignore[arg-type]
+        Middleware(
+            limits.EventInputs,  # type: ignore[arg-type]
+            folder=gr.utils.get_upload_folder(),
+            budget=budget,
+            behind_proxy=proxied,
+        ),
+    ]
+
+
+def launch_options(budget: limits.UploadBudget | None = None) -> dict[str, Any]:
     """launch() arguments shared by ``main`` and the tests (Gradio 6: theme / css go here).
-    ``allowed_paths``: the curated example photos only (the first screen shows one)."""
+    ``allowed_paths``: the curated example photos only (the first screen shows one);
+    ``app_kwargs``: the request limits in front of every route (:func:`limits_middleware`)."""
     return dict(
+        app_kwargs={"middleware": limits_middleware(budget)},
         theme=gr.themes.Soft(),
         css=CSS,
         max_file_size=MAX_UPLOAD,

@@ -27,7 +27,7 @@ from tca.images import load_image
 from tca.methods import COMPARED, METHODS
 from tca.models import DEFAULT_MODEL
 
-from . import export, page, panels, serving, sweeps, uploads
+from . import export, limits, page, panels, serving, sweeps, uploads
 from .page import LAYER_PARTS, RUN_PARTS, Display, Screen
 from .request import DEFAULT_CONFIG, Request, from_controls, request_or_none
 from .runs import APP_MODELS, ExplorerRun, StreamState, compare, run, seen_picture
@@ -111,8 +111,19 @@ def examples() -> list[list[str]]:
     ]
 
 
-def _session(request: gr.Request | None) -> str | None:
-    return getattr(request, "session_hash", None) if request is not None else None
+def visitor(request: gr.Request | None, proxied: bool = False) -> tuple[str, ...]:
+    """The gate keys of an event's visitor: its session hash and its client address (the first
+    ``X-Forwarded-For`` hop behind a proxy, else the peer); none for a direct call."""
+    if request is None:
+        return ()
+    try:
+        headers = dict(request.headers or {})
+        client = getattr(request, "client", None)
+        host = getattr(client, "host", None)
+    except Exception:  # noqa: BLE001 - a request without HTTP parts (e.g. a direct call)
+        headers, host = {}, None
+    address = limits.client_key(headers, host, proxied) if (headers or host) else None
+    return serving.visitor_keys(getattr(request, "session_hash", None), address)
 
 
 def _display(
@@ -153,6 +164,7 @@ class App:
         )
         self.exports = exports or export.ExportDir()
         self.gate = serving.SessionGate()  # one model request per visitor at a time
+        self.behind_proxy = limits.behind_proxy()  # whose address X-Forwarded-For names
         self.model_choices = list(APP_MODELS.items())
         if model_name not in APP_MODELS.values():
             self.model_choices.insert(0, (model_name, model_name))
@@ -292,7 +304,7 @@ class App:
         )
         if stream and stream_state is None:
             stream_state = StreamState()
-        with self.gate.hold(_session(request)):
+        with self.gate.hold(*visitor(request, self.behind_proxy)):
             shown = run(
                 self.cache,
                 req,
@@ -321,7 +333,7 @@ class App:
         req = self.request(
             image, labels, model, method, keep_rate, layers, merge_centers, score, templates
         )
-        with self.gate.hold(_session(request)):
+        with self.gate.hold(*visitor(request, self.behind_proxy)):
             cmp = compare(self.cache, req, COMPARED, progress=lambda f, d: progress(f, desc=d))
         out: dict[Any, Any] = {
             self.ui["compare_picture"]: page.compare_picture(cmp),
@@ -358,7 +370,7 @@ class App:
         req = self.request(
             image, labels, model, method, keep_rate, layers, merge_centers, score, templates
         )
-        with self.gate.hold(_session(request)):
+        with self.gate.hold(*visitor(request, self.behind_proxy)):
             sw = sweeps.sweep(
                 self.cache,
                 req,
@@ -573,7 +585,7 @@ class App:
         """The one-click stream demo: the bundled sequence into a fresh reservoir (never the
         session's) until the anchors switch on, then the probe with and without them."""
         progress(0.05, desc="loading the model")
-        with self.gate.hold(_session(request)):
+        with self.gate.hold(*visitor(request, self.behind_proxy)):
             loaded = self.cache.get(model or self.default_model)
             progress(0.2, desc="feeding the bundled stream")
             cfg = CondenseConfig(method="tca", keep_rate=float(keep_rate))
