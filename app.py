@@ -15,6 +15,7 @@ Without reachable weights the app starts anyway on random weights and says so in
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from typing import Any
@@ -31,6 +32,8 @@ from tca.app.events import (  # noqa: E402
     ASSETS,
     TOP_K,
     App,
+    checked_input,
+    checked_payloads,
     examples,
     image_input,
     upload_policy,
@@ -485,6 +488,25 @@ def build_demo(
             gr.Markdown(panels.how_it_works_md())
 
         app.ui = ui
+        # a value a control cannot take is refused in one line naming the control
+        for comp, field in (
+            (ui["labels"], "labels"),
+            (model, "model"),
+            (method, "method"),
+            (keep_rate, "keep rate R"),
+            (layers, "condensing blocks"),
+            (merge_centers, "merge centres K"),
+            (score, "token score"),
+            (templates, "prompt templates"),
+            (ui["layer"], "depth"),
+            (ui["view"], "view"),
+            (ui["overlay"], "overlay"),
+            (ui["opacity"], "overlay opacity"),
+            (stream_on, "stream mode"),
+            (sweep_all, "all three methods"),
+        ):
+            checked_input(comp, field)
+        checked_payloads(demo)
         wire(
             app,
             ui,
@@ -691,6 +713,8 @@ def launch_options(budget: limits.UploadBudget | None = None) -> dict[str, Any]:
 
 
 def main() -> None:
+    # one line per refused request (tca.app.limits, tca.app.events), never a traceback
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     model = os.environ.get("TCA_MODEL") or tca.DEFAULT_MODEL
     pretrained = os.environ.get("TCA_PRETRAINED", tca.DEFAULT_PRETRAINED)
     # The checkpoint fits TCA_MODEL only; the model cache never applies it to the others.

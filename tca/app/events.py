@@ -11,6 +11,8 @@ import copy
 import functools
 import html
 import json
+import logging
+import math
 import tempfile
 import threading
 from pathlib import Path
@@ -21,15 +23,22 @@ from PIL import Image
 
 from tca import stream_demo as tca_stream_demo
 from tca.config import CondenseConfig, default_layers, format_layers
-from tca.errors import ImageError, UserError, without_dirs
+from tca.errors import ImageError, InputError, UserError, without_dirs
 from tca.flops import Geometry
 from tca.images import load_image
 from tca.methods import COMPARED, METHODS
 from tca.models import DEFAULT_MODEL
+from tca.render import VIEWS
 
 from . import export, limits, page, panels, serving, sweeps, uploads
 from .page import LAYER_PARTS, RUN_PARTS, Display, Screen
-from .request import DEFAULT_CONFIG, Request, from_controls, request_or_none
+from .request import (
+    DEFAULT_CONFIG,
+    Request,
+    config_from_controls,
+    from_controls,
+    request_or_none,
+)
 from .runs import APP_MODELS, ExplorerRun, StreamState, compare, run, seen_picture
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,6 +48,20 @@ TOP_K = 5
 PROGRESS = gr.Progress()
 
 F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger("tca.app.events")
+
+
+class Refused(gr.Error):
+    """A refused event: shown as a toast, logged as one line (by :func:`refusal`), no
+    traceback."""
+
+
+def refusal(where: str, message: str, title: str = "Cannot run") -> Refused:
+    """The error that refuses an event, its one log line written: "refused <where>: <message>".
+    Gradio 6 titles every error toast "Error": the words that say what happened go into the
+    message itself."""
+    log.warning("refused %s: %s", where, " ".join(message.split())[:300])
+    return Refused(f"Cannot run: {message}", title=title, print_exception=False)
 
 
 def user_message(exc: BaseException) -> str:
@@ -55,13 +78,49 @@ def user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except UserError as exc:
-            # Gradio 6 titles every error toast "Error": the words that say what happened go
-            # into the message itself
-            raise gr.Error(
-                f"Cannot run: {user_message(exc)}", title="Cannot run", print_exception=False
-            ) from exc
+            raise refusal(fn.__name__, user_message(exc)) from exc
 
     return wrapper  # type: ignore[return-value]
+
+
+def checked_input(component: Any, field: str) -> Any:
+    """``component`` whose pre-processing refuses a value it cannot take (text where a number
+    belongs, NaN for a whole number, a value not among the choices) with one "Cannot run:
+    <field>: ..." line instead of Gradio's traceback. Returns the component."""
+    default = component.preprocess
+
+    def preprocess(payload: Any) -> Any:
+        try:
+            return default(payload)
+        except Refused:
+            raise
+        except gr.Error as exc:
+            raise refusal(field, f"{field}: not one of the choices") from exc
+        except Exception as exc:  # noqa: BLE001 - a value of the wrong kind from a client
+            raise refusal(field, f"{field}: not a valid value") from exc
+
+    component.preprocess = preprocess
+    return component
+
+
+def checked_payloads(demo: gr.Blocks) -> gr.Blocks:
+    """Gradio validates file payloads (and moves files) before any component's
+    ``preprocess``: a payload of the wrong shape (a number where an image belongs) raised
+    there is refused like every other bad input, one line and no traceback. Errors in the
+    handlers themselves keep their tracebacks (they are bugs)."""
+    default = demo.preprocess_data
+
+    async def preprocess_data(block_fn: Any, inputs: list[Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await default(block_fn, inputs, *args, **kwargs)
+        except gr.Error:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a client's malformed payload
+            name = getattr(block_fn, "name", None) or "event"
+            raise refusal(name, "an input is not in the form this event takes") from exc
+
+    demo.preprocess_data = preprocess_data  # type: ignore[method-assign]
+    return demo
 
 
 def image_input(policy: uploads.UploadPolicy, **kwargs: Any) -> gr.Image:
@@ -126,15 +185,33 @@ def visitor(request: gr.Request | None, proxied: bool = False) -> tuple[str, ...
     return serving.visitor_keys(getattr(request, "session_hash", None), address)
 
 
+def _finite(value: Any) -> float | None:
+    """A finite number (not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
 def _display(
     run: ExplorerRun,
-    layer: float | None,
-    view: str,
-    overlay: bool,
-    opacity: float,
-    patch: int | None,
-) -> Display:
-    return Display(int(layer or 0), view, overlay, opacity, patch).clamped(run.trace)
+    layer: Any,
+    view: Any,
+    overlay: Any,
+    opacity: Any,
+    patch: Any,
+) -> Display | None:
+    """The display the controls ask for, clamped to the run; None when the depth or the
+    opacity is no finite number or the view no known view (the event is then a silent no-op:
+    the page itself never sends such values)."""
+    depth, alpha = _finite(layer), _finite(opacity)
+    if depth is None or alpha is None or not isinstance(view, str):
+        return None
+    if view not in VIEWS:
+        return None
+    followed = patch if isinstance(patch, int) and not isinstance(patch, bool) else None
+    return Display(int(depth), view, overlay is True, min(max(alpha, 0.0), 1.0), followed).clamped(
+        run.trace
+    )
 
 
 def _png(folder: Path, arr: Any, name: str) -> str:
@@ -400,9 +477,11 @@ class App:
         ViT-L/14 after ViT-B/16) opens at its last block."""
         if shown is None:
             return {}
-        if shown_depth != shown.trace.depth:
+        if shown_depth != shown.trace.depth or _finite(layer) is None:
             layer = shown.trace.depth - 1
-        d = _display(shown, layer, view, overlay, opacity, patch)
+        d = _display(shown, layer, view, overlay, opacity, patch) or Display(
+            shown.trace.depth - 1
+        ).clamped(shown.trace)
         screen = Screen(self.banner_html(shown.model), bool(stream_on), stream_state)
         return page.updates(self.ui, shown, d, RUN_PARTS, screen)
 
@@ -416,9 +495,9 @@ class App:
         patch: int | None = None,
     ) -> dict[Any, Any]:
         """Map, info, chart and follow table at ``layer``; the strip's selected tile moves."""
-        if shown is None:
+        d = _display(shown, layer, view, overlay, opacity, patch) if shown is not None else None
+        if shown is None or d is None:
             return {}
-        d = _display(shown, layer, view, overlay, opacity, patch)
         return page.updates(self.ui, shown, d, (*LAYER_PARTS, "strip"), Screen(redraw_strip=False))
 
     def step_layer(
@@ -432,9 +511,12 @@ class App:
         patch: int | None,
     ) -> dict[Any, Any]:
         """◀ / ▶: one block back or on (clamped)."""
-        if shown is None:
+        at = _finite(layer)
+        if shown is None or at is None:
             return {}
-        d = _display(shown, int(layer or 0) + delta, view, overlay, opacity, patch)
+        d = _display(shown, int(at) + delta, view, overlay, opacity, patch)
+        if d is None:
+            return {}
         return page.updates(
             self.ui, shown, d, ("layer", *LAYER_PARTS, "strip"), Screen(redraw_strip=False)
         )
@@ -454,6 +536,8 @@ class App:
         if not 0 <= evt.index < shown.trace.depth:
             return {}
         d = _display(shown, evt.index, view, overlay, opacity, patch)
+        if d is None:
+            return {}
         return page.updates(self.ui, shown, d, ("layer", *LAYER_PARTS))
 
     def pick_patch(
@@ -468,10 +552,13 @@ class App:
         """A click on the big map follows that patch through every block."""
         if shown is None or evt is None or not isinstance(evt.index, (list, tuple)):
             return {}
-        patch = page.patch_at(shown, *evt.index[:2])
-        if patch is None:
+        xy = [_finite(v) for v in evt.index[:2]]
+        if len(xy) != 2 or xy[0] is None or xy[1] is None:
             return {}
+        patch = page.patch_at(shown, xy[0], xy[1])
         d = _display(shown, layer, view, overlay, opacity, patch)
+        if patch is None or d is None:
+            return {}
         return page.updates(self.ui, shown, d, ("patch", "map", "follow", "why"))
 
     def clear_patch(
@@ -480,6 +567,8 @@ class App:
         if shown is None:
             return {self.ui["patch"]: None}
         d = _display(shown, layer, view, overlay, opacity, None)
+        if d is None:
+            return {self.ui["patch"]: None}
         return page.updates(self.ui, shown, d, ("patch", "map", "follow", "why"))
 
     def change_view(
@@ -492,9 +581,9 @@ class App:
         patch: int | None,
     ) -> dict[Any, Any]:
         """Fates <-> what the model sees: the map and the strip are redrawn (no model)."""
-        if shown is None:
+        d = _display(shown, layer, view, overlay, opacity, patch) if shown is not None else None
+        if shown is None or d is None:
             return {}
-        d = _display(shown, layer, view, overlay, opacity, patch)
         return page.updates(self.ui, shown, d, ("map", "strip"))
 
     def export(
@@ -502,10 +591,11 @@ class App:
     ) -> dict[Any, Any]:
         """Write the downloads on request: strip PNG, depth GIF, whole-run JSON."""
         if shown is None:
-            raise gr.Error(
-                "Run first: there is nothing to export yet.", title="Export", print_exception=False
-            )
-        files = page.exports(shown, Display(int(layer or 0), view, False, 0.5, patch), self.exports)
+            raise refusal("export", "Run first: there is nothing to export yet.", title="Export")
+        d = _display(shown, layer, view, False, 0.5, patch)
+        if d is None:
+            return {}
+        files = page.exports(shown, d, self.exports)
         return {
             self.ui["strip_file"]: files["png"],
             self.ui["gif_file"]: files["gif"],
@@ -546,6 +636,7 @@ class App:
         try:
             load_image(image)
         except UserError as exc:
+            log.warning("refused check_image: %s", " ".join(user_message(exc).split())[:300])
             gr.Warning(f"Image: {user_message(exc)}", title="Image not usable")
             return None
         return gr.skip()
@@ -560,13 +651,14 @@ class App:
             shown.stream = None
         return {
             self.ui["stream_state"]: stream_state,
-            self.ui["stream"]: panels.stream_html(None, stream_state, bool(stream_on)),
+            self.ui["stream"]: panels.stream_html(None, stream_state, stream_on is True),
             self.ui["corrected"]: gr.update(value=None, visible=False),
         }
 
     def stream_toggled(
         self, on: bool, shown: ExplorerRun | None, stream_state: StreamState | None
     ) -> str:
+        on = on is True
         return panels.stream_html(shown if on else None, stream_state, on)
 
     def banner_html(self, model: str) -> str:
@@ -584,11 +676,16 @@ class App:
     ) -> dict[Any, Any]:
         """The one-click stream demo: the bundled sequence into a fresh reservoir (never the
         session's) until the anchors switch on, then the probe with and without them."""
+        cfg = config_from_controls(
+            "tca", keep_rate, DEFAULT_CONFIG.layers, DEFAULT_CONFIG.merge_centers, "mean"
+        )
+        cfg = CondenseConfig(method="tca", keep_rate=cfg.keep_rate)
+        if model is not None and not isinstance(model, str):
+            raise InputError("model must be a model name")
         progress(0.05, desc="loading the model")
         with self.gate.hold(*visitor(request, self.behind_proxy)):
             loaded = self.cache.get(model or self.default_model)
             progress(0.2, desc="feeding the bundled stream")
-            cfg = CondenseConfig(method="tca", keep_rate=float(keep_rate))
             demo = tca_stream_demo.run(loaded.clip, tca_stream_demo.load_spec(), cfg)
         progress(0.95, desc="drawing")
         probe = Image.open(tca_stream_demo.load_spec().probe).convert("RGB")
@@ -603,6 +700,8 @@ class App:
     def model_layers(self, model: str) -> dict[str, Any]:
         """A new model gets its default condensing blocks (``tca.config.default_layers``:
         depth/4 x 1, 2, 3), written in the field's label too."""
+        if not isinstance(model, str):
+            return gr.update()
         try:
             depth = Geometry.from_name(model).depth
         except Exception:  # noqa: BLE001 - an unknown model is reported by the Run
@@ -614,7 +713,7 @@ class App:
         )
 
     def banner(self, model: str | None = None) -> str:
-        model = model or self.default_model
+        model = model if isinstance(model, str) and model else self.default_model
         loaded = self.cache.peek(model)
         if loaded is None and model == self.default_model:
             try:  # the first page view waits for the (background) load of the default model
@@ -624,4 +723,16 @@ class App:
         return panels.banner_html(loaded, model, loading=self.cache.is_loading(model))
 
 
-__all__ = ["App", "examples", "image_input", "upload_policy", "user_errors", "user_message"]
+__all__ = [
+    "App",
+    "Refused",
+    "checked_input",
+    "checked_payloads",
+    "examples",
+    "image_input",
+    "refusal",
+    "upload_policy",
+    "user_errors",
+    "user_message",
+    "visitor",
+]
