@@ -36,6 +36,7 @@ from tca.app.events import (  # noqa: E402
     checked_payloads,
     examples,
     image_input,
+    join_admission,
     upload_policy,
 )
 from tca.app.request import DEFAULT_CONFIG, KEEP_RATE_RANGE  # noqa: E402
@@ -673,12 +674,15 @@ def wire(
     )
 
 
-def limits_middleware(budget: limits.UploadBudget | None = None) -> list[Middleware]:
+def limits_middleware(
+    budget: limits.UploadBudget | None = None, demo: gr.Blocks | None = None
+) -> list[Middleware]:
     """The request limits, outermost first, as the FastAPI app's own middleware (launch()'s
     ``app_kwargs``), so they sit in front of every route Gradio serves: bodies over 16 MB
     refused before they are read; uploads charged per visitor and in total disk; each event's
     inputs bounded (inline images become upload files). ``budget``: the upload budget (default:
-    50 MB per visitor, refilled over 10 min; $TCA_UPLOAD_TOTAL_MB in total)."""
+    50 MB per visitor, refilled over 10 min; $TCA_UPLOAD_TOTAL_MB in total). With ``demo``, a
+    visitor's second model request is refused before it joins the queue."""
     if budget is None:
         total = int(os.environ.get("TCA_UPLOAD_TOTAL_MB", "2048"))
         budget = limits.UploadBudget(total_bytes=total * limits.MiB)
@@ -691,16 +695,19 @@ def limits_middleware(budget: limits.UploadBudget | None = None) -> list[Middlew
             folder=gr.utils.get_upload_folder(),
             budget=budget,
             behind_proxy=proxied,
+            admit=join_admission(demo, demo.tca_app.gate, proxied) if demo is not None else None,
         ),
     ]
 
 
-def launch_options(budget: limits.UploadBudget | None = None) -> dict[str, Any]:
+def launch_options(
+    budget: limits.UploadBudget | None = None, demo: gr.Blocks | None = None
+) -> dict[str, Any]:
     """launch() arguments shared by ``main`` and the tests (Gradio 6: theme / css go here).
     ``allowed_paths``: the curated example photos only (the first screen shows one);
     ``app_kwargs``: the request limits in front of every route (:func:`limits_middleware`)."""
     return dict(
-        app_kwargs={"middleware": limits_middleware(budget)},
+        app_kwargs={"middleware": limits_middleware(budget, demo)},
         theme=gr.themes.Soft(),
         css=CSS,
         max_file_size=MAX_UPLOAD,
@@ -727,7 +734,7 @@ def main() -> None:
     demo = build_demo(
         model, pretrained, checkpoint, preload=True, first_screen=None if first == "off" else first
     )
-    demo.launch(**launch_options())
+    demo.launch(**launch_options(demo=demo))
 
 
 if __name__ == "__main__":

@@ -185,6 +185,51 @@ def visitor(request: gr.Request | None, proxied: bool = False) -> tuple[str, ...
     return serving.visitor_keys(getattr(request, "session_hash", None), address)
 
 
+def join_admission(
+    demo: gr.Blocks, gate: serving.SessionGate, proxied: bool = False, lane: str = "model"
+) -> Callable[[Mapping[str, Any], str], str | None]:
+    """The per-visitor rule applied when an event asks to join the queue (for
+    :class:`tca.app.limits.EventInputs`): a model request (an event of the ``lane``
+    concurrency group) from a visitor (session or client address) who already has one running
+    or waiting is refused at once with :data:`serving.BUSY`, so a flood under invented session
+    hashes never waits in the queue ahead of other visitors. The handlers' own gate stays the
+    rule for whatever slips between the two checks. Reads Gradio 6's queue (its waiting and
+    running events); without it only running requests count."""
+
+    def admit(event: Mapping[str, Any], address: str) -> str | None:
+        index = event.get("fn_index")
+        fn = demo.fns.get(index) if isinstance(index, int) else None
+        if fn is None or getattr(fn, "concurrency_id", None) != lane:
+            return None
+        session = event.get("session_hash") if isinstance(event.get("session_hash"), str) else None
+        if gate.busy(*serving.visitor_keys(session, address)) or any(
+            ev.session_hash == session or _address_of(ev, proxied) == address
+            for ev in _lane_events(demo, lane)
+        ):
+            return f"Cannot run: {serving.BUSY}"
+        return None
+
+    return admit
+
+
+def _lane_events(demo: gr.Blocks, lane: str) -> list[Any]:
+    """The events of concurrency group ``lane`` waiting in Gradio's queue or running."""
+    queue = getattr(demo, "_queue", None)
+    waiting = getattr(getattr(queue, "event_queue_per_concurrency_id", {}).get(lane), "queue", [])
+    running = [
+        ev for job in list(getattr(queue, "active_jobs", None) or []) if job for ev in list(job)
+    ]
+    return [ev for ev in [*list(waiting), *running] if getattr(ev, "concurrency_id", None) == lane]
+
+
+def _address_of(event: Any, proxied: bool) -> str | None:
+    request = getattr(event, "request", None)
+    if request is None:
+        return None
+    client = getattr(request, "client", None)
+    return limits.client_key(dict(request.headers), getattr(client, "host", None), proxied)
+
+
 def _finite(value: Any) -> float | None:
     """A finite number (not a bool), else None."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -730,6 +775,7 @@ __all__ = [
     "checked_payloads",
     "examples",
     "image_input",
+    "join_admission",
     "refusal",
     "upload_policy",
     "user_errors",

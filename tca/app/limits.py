@@ -465,6 +465,10 @@ class EventInputs:
     - then every input value must JSON-encode to at most ``max_input_bytes`` and the whole
       body to at most ``max_event_bytes``, else 413 naming the input by its position.
 
+    - ``admit(event, client key)``, if given, may refuse the event before it is queued: it
+      returns a message (answered with 429) or None (the app's per-visitor rule: a visitor's
+      second model request is refused at the door, so a flood never waits in the queue).
+
     Anything else (other methods, non-JSON bodies, JSON without a ``data`` list) passes
     untouched; a body that is not valid JSON is handed on as it came (the app answers 422).
     One log line per refusal.
@@ -479,8 +483,10 @@ class EventInputs:
         max_input_bytes: int = MAX_INPUT_BYTES,
         max_event_bytes: int = MAX_EVENT_BYTES,
         max_image_bytes: int = MAX_UPLOAD_BYTES,
+        admit: Callable[[Mapping[str, Any], str], str | None] | None = None,
     ) -> None:
         self.app = app
+        self.admit = admit
         self.folder = Path(folder)
         self.budget = budget
         self.behind_proxy = behind_proxy
@@ -504,7 +510,10 @@ class EventInputs:
         del chunks
         key = scope_client_key(scope, self.behind_proxy)
         try:
-            body = await asyncio.to_thread(self.checked, body, key)
+            body, event = await asyncio.to_thread(self.checked, body, key)
+            busy = self.admit(event, key) if (self.admit and event is not None) else None
+            if busy is not None:
+                raise Refused(429, busy)
         except Refused as refusal:
             log.warning(
                 "%d %s %s from %s: %s",
@@ -527,14 +536,15 @@ class EventInputs:
 
         await self.app(scope, replay, send)
 
-    def checked(self, body: bytes, key: str) -> bytes:
-        """The body to hand on (rewritten when it held inline images), or :class:`Refused`."""
+    def checked(self, body: bytes, key: str) -> tuple[bytes, dict[str, Any] | None]:
+        """The body to hand on (rewritten when it held inline images) and the event it holds
+        (None if it is no event), or :class:`Refused`."""
         try:
             event = json.loads(body)
         except (ValueError, UnicodeDecodeError):
-            return body
+            return body, None
         if not isinstance(event, dict) or not isinstance(event.get("data"), list):
-            return body
+            return body, None
         files: list[tuple[str, bytes]] = []
         data = list(event["data"])
         for i, value in enumerate(data):
@@ -573,8 +583,8 @@ class EventInputs:
                     raise Refused(refusal.status, refusal.message, retry)
             _write(path, raw)
         if not files:
-            return body
-        return json.dumps(event, ensure_ascii=False).encode()
+            return body, event
+        return json.dumps(event, ensure_ascii=False).encode(), event
 
 
 __all__ = [

@@ -188,6 +188,11 @@ class SessionGate:
     def __len__(self) -> int:
         return len(self._active)
 
+    def busy(self, *keys: str | None) -> bool:
+        """Whether a request holding any of ``keys`` is running."""
+        with self._lock:
+            return bool({k for k in keys if k} & self._active)
+
     @contextlib.contextmanager
     def hold(self, *keys: str | None) -> Iterator[None]:
         """Hold every key in ``keys`` (None entries are ignored; none at all: a direct call from
