@@ -32,6 +32,7 @@ from tca.app.events import (  # noqa: E402
     ASSETS,
     TOP_K,
     App,
+    an_index,
     checked_input,
     checked_payloads,
     examples,
@@ -418,7 +419,7 @@ def build_demo(
                     )
                     run_btn = gr.Button("Run", variant="primary", elem_id="run-button")
                     if items:
-                        gr.Examples(
+                        shown_examples = gr.Examples(
                             items,
                             inputs=[ui["image"], ui["labels"]],
                             cache_examples=False,
@@ -507,6 +508,8 @@ def build_demo(
             (sweep_all, "all three methods"),
         ):
             checked_input(comp, field)
+        if items:  # a click on an example sends its row number
+            checked_input(shown_examples.dataset, "example", an_index(len(items)))
         checked_payloads(demo)
         wire(
             app,

@@ -272,3 +272,86 @@ def test_a_flood_under_invented_sessions_does_not_hold_up_another_visitors_run(s
     print(f"flood: {at_join} refused at the door, {in_handler} in the queue")
     assert at_join == refused_at_join and at_join + in_handler >= 90, log[-3000:]
     assert "Traceback" not in log
+
+
+# --------------------------------------------------------------------------- fuzz
+
+
+NAN, INF = math.nan, math.inf
+# what a hand-made client may put in any input: NaN, infinities, nothing, empty text and lists,
+# the wrong type, out-of-range numbers
+BAD_VALUES = [NAN, INF, None, "", [], {}, "abc", -1, 10**9, True, [1, "a"], {"a": [NAN]}]
+BAD_IMAGES = [NAN, "", [], "abc", 5, {}, {"path": 5}, {"url": 5, "path": None}, {"path": None}]
+BAD_EVENT_DATA = [
+    None,
+    {},
+    {"index": NAN, "value": None},
+    {"index": [NAN, 3], "value": None},
+    {"index": [INF, -INF], "value": None},
+    {"index": "a", "value": None},
+    {"index": [1], "value": None},
+    {"index": -5, "value": None},
+    {"index": 10**9, "value": None},
+    {"index": [10**9, -(10**9)], "value": None},
+]
+REFUSAL = (
+    "WARNING tca.app.events: refused ",
+    "WARNING tca.app.limits: ",
+)
+
+
+def _cases(raw: Raw):
+    """(fn index, inputs, event data, what) for every event of the page and every bad value in
+    every one of its inputs (the others at the page's values); the select events also with bad
+    event data."""
+    for fn, dep in enumerate(raw.deps):
+        if not dep.get("backend_fn"):
+            continue
+        ids = dep["inputs"]
+        base = [raw.defaults.get(i) for i in ids]
+        for slot, cid in enumerate(ids):
+            kind = raw.components[cid].get("type")
+            if kind == "state":
+                continue  # the server's own per-session value; what a client sends is ignored
+            for bad in BAD_IMAGES if kind == "image" else BAD_VALUES:
+                data = list(base)
+                data[slot] = bad
+                yield fn, data, None, f"{dep.get('api_name')}[{slot}:{kind}]={bad!r}"
+        if any(t[1] == "select" for t in dep["targets"]):
+            for evt in BAD_EVENT_DATA:
+                yield fn, base, evt, f"{dep.get('api_name')} event_data={evt!r}"
+
+
+def test_fuzz_every_event_refuses_cleanly_or_does_nothing(server):
+    """Every event, every input, every bad value: an answer, never a traceback; a refusal says
+    "Cannot run: ..." and logs exactly one line; anything else logs nothing (the upload check's
+    warning aside), and the server keeps serving."""
+    raw = Raw(server.url, "192.0.2.44")
+    start = len(server.log_text())
+    counts = {"refused": 0, "no-op or ran": 0}
+    cases = list(_cases(raw))
+    events = {c[0] for c in cases}
+    for fn, data, evt, what in cases:
+        before = len(server.log_text())
+        session = uuid.uuid4().hex[:12]
+        r = raw.join(fn, data, session, evt)
+        if r.status_code != 200:  # refused at the door (the event's size limits)
+            ans = {"ok": False, "error": r.json()["detail"]}
+        else:
+            ans = raw.result(session)
+        lines = server.log_text(before).splitlines()
+        assert not any("Traceback" in l for l in lines), (what, server.log_text(before))
+        if ans["ok"]:
+            counts["no-op or ran"] += 1
+            name = raw.deps[fn].get("api_name")
+            assert len(lines) <= (1 if name == "check_image" else 0), (what, lines)
+        else:
+            counts["refused"] += 1
+            assert (ans["error"] or "").startswith("Cannot run: "), (what, ans)
+            assert len(lines) == 1 and lines[0].startswith(REFUSAL), (what, lines)
+    print(f"\nfuzz: {len(cases)} cases over {len(events)} events: {counts}")
+    assert "Traceback" not in server.log_text(start)
+    # still serving: a real Run answers
+    image = _file(raw.upload(_png(9)).json()[0])
+    ans = raw.call(raw.fn("classify"), _classify_inputs(image, "cat, dog"))
+    assert ans["ok"] and ans["data"][0]["labels"] == ["cat", "dog"]

@@ -83,13 +83,16 @@ def user_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def checked_input(component: Any, field: str) -> Any:
+def checked_input(component: Any, field: str, valid: Callable[[Any], bool] | None = None) -> Any:
     """``component`` whose pre-processing refuses a value it cannot take (text where a number
-    belongs, NaN for a whole number, a value not among the choices) with one "Cannot run:
-    <field>: ..." line instead of Gradio's traceback. Returns the component."""
+    belongs, NaN for a whole number, a value not among the choices, or any payload ``valid``
+    says no to) with one "Cannot run: <field>: ..." line instead of Gradio's traceback.
+    Returns the component."""
     default = component.preprocess
 
     def preprocess(payload: Any) -> Any:
+        if valid is not None and not valid(payload):
+            raise refusal(field, f"{field}: not a valid value")
         try:
             return default(payload)
         except Refused:
@@ -101,6 +104,13 @@ def checked_input(component: Any, field: str) -> Any:
 
     component.preprocess = preprocess
     return component
+
+
+def an_index(n: int) -> Callable[[Any], bool]:
+    """A check for :func:`checked_input`: a whole number from 0 to n - 1 (an example's row)."""
+    return lambda payload: (
+        isinstance(payload, int) and not isinstance(payload, bool) and 0 <= payload < n
+    )
 
 
 def checked_payloads(demo: gr.Blocks) -> gr.Blocks:
@@ -295,6 +305,12 @@ class App:
         self._first_parts: dict[str, Any] | None = None  # with picture files
         self._first_lock = threading.RLock()
 
+    def nothing(self, name: str) -> dict[Any, Any]:
+        """An event's answer that changes nothing on the page: the component ``name`` (one of
+        the event's outputs) skipped. (An empty dict is no answer to Gradio: it takes it for
+        the value of the first output.)"""
+        return {self.ui[name]: gr.skip()} if name in self.ui else {}
+
     def request(
         self,
         image: Any,
@@ -372,11 +388,11 @@ class App:
         everything the page shows for it, in one event. The parts are built and their pictures
         written once per process, so every later visitor only fetches files."""
         if shown is not None:
-            return {}
+            return self.nothing("banner")
         first = self.first_screen()  # waits while the background thread computes it
         items = examples()
         if first is None or not items:
-            return {}
+            return self.nothing("banner")
         with self._first_lock:
             if self._first_parts is None:
                 got = self.first_parts()
@@ -521,7 +537,7 @@ class App:
         """Everything a new Run changes. A run with another depth than the one shown (e.g.
         ViT-L/14 after ViT-B/16) opens at its last block."""
         if shown is None:
-            return {}
+            return self.nothing("map")
         if shown_depth != shown.trace.depth or _finite(layer) is None:
             layer = shown.trace.depth - 1
         d = _display(shown, layer, view, overlay, opacity, patch) or Display(
@@ -542,7 +558,7 @@ class App:
         """Map, info, chart and follow table at ``layer``; the strip's selected tile moves."""
         d = _display(shown, layer, view, overlay, opacity, patch) if shown is not None else None
         if shown is None or d is None:
-            return {}
+            return self.nothing("info")
         return page.updates(self.ui, shown, d, (*LAYER_PARTS, "strip"), Screen(redraw_strip=False))
 
     def step_layer(
@@ -558,10 +574,10 @@ class App:
         """◀ / ▶: one block back or on (clamped)."""
         at = _finite(layer)
         if shown is None or at is None:
-            return {}
+            return self.nothing("info")
         d = _display(shown, int(at) + delta, view, overlay, opacity, patch)
         if d is None:
-            return {}
+            return self.nothing("info")
         return page.updates(
             self.ui, shown, d, ("layer", *LAYER_PARTS, "strip"), Screen(redraw_strip=False)
         )
@@ -577,12 +593,12 @@ class App:
     ) -> dict[Any, Any]:
         """A click on a strip tile selects that block (the strip itself is not redrawn)."""
         if shown is None or evt is None or not isinstance(evt.index, int):
-            return {}
+            return self.nothing("info")
         if not 0 <= evt.index < shown.trace.depth:
-            return {}
+            return self.nothing("info")
         d = _display(shown, evt.index, view, overlay, opacity, patch)
         if d is None:
-            return {}
+            return self.nothing("info")
         return page.updates(self.ui, shown, d, ("layer", *LAYER_PARTS))
 
     def pick_patch(
@@ -596,14 +612,14 @@ class App:
     ) -> dict[Any, Any]:
         """A click on the big map follows that patch through every block."""
         if shown is None or evt is None or not isinstance(evt.index, (list, tuple)):
-            return {}
+            return self.nothing("why")
         xy = [_finite(v) for v in evt.index[:2]]
         if len(xy) != 2 or xy[0] is None or xy[1] is None:
-            return {}
+            return self.nothing("why")
         patch = page.patch_at(shown, xy[0], xy[1])
         d = _display(shown, layer, view, overlay, opacity, patch)
         if patch is None or d is None:
-            return {}
+            return self.nothing("why")
         return page.updates(self.ui, shown, d, ("patch", "map", "follow", "why"))
 
     def clear_patch(
@@ -628,7 +644,7 @@ class App:
         """Fates <-> what the model sees: the map and the strip are redrawn (no model)."""
         d = _display(shown, layer, view, overlay, opacity, patch) if shown is not None else None
         if shown is None or d is None:
-            return {}
+            return self.nothing("map")
         return page.updates(self.ui, shown, d, ("map", "strip"))
 
     def export(
@@ -639,7 +655,7 @@ class App:
             raise refusal("export", "Run first: there is nothing to export yet.", title="Export")
         d = _display(shown, layer, view, False, 0.5, patch)
         if d is None:
-            return {}
+            return self.nothing("json_file")
         files = page.exports(shown, d, self.exports)
         return {
             self.ui["strip_file"]: files["png"],
@@ -773,6 +789,7 @@ __all__ = [
     "Refused",
     "checked_input",
     "checked_payloads",
+    "an_index",
     "examples",
     "image_input",
     "join_admission",
