@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import functools
 import html
+import inspect
 import json
 import logging
 import math
@@ -115,9 +116,10 @@ def an_index(n: int) -> Callable[[Any], bool]:
 
 def checked_payloads(demo: gr.Blocks) -> gr.Blocks:
     """Gradio validates file payloads (and moves files) before any component's
-    ``preprocess``: a payload of the wrong shape (a number where an image belongs) raised
-    there is refused like every other bad input, one line and no traceback. Errors in the
-    handlers themselves keep their tracebacks (they are bugs)."""
+    ``preprocess``, and builds a select event's data before its handler runs: a payload of the
+    wrong shape (a number where an image belongs, select data without an index) is refused
+    there like every other bad input, one line and no traceback. Errors in the handlers
+    themselves keep their tracebacks (they are bugs)."""
     default = demo.preprocess_data
 
     async def preprocess_data(block_fn: Any, inputs: list[Any], *args: Any, **kwargs: Any) -> Any:
@@ -129,7 +131,22 @@ def checked_payloads(demo: gr.Blocks) -> gr.Blocks:
             name = getattr(block_fn, "name", None) or "event"
             raise refusal(name, "an input is not in the form this event takes") from exc
 
+    default_call = demo.call_function
+    call_signature = inspect.signature(default_call)
+
+    async def call_function(block_fn: Any, *args: Any, **kwargs: Any) -> Any:
+        # a select event's data (SelectData needs "index" and "value") is built by Gradio
+        # before the handler runs; a client's malformed one is refused here
+        if getattr(block_fn, "collects_event_data", False):
+            bound = call_signature.bind_partial(block_fn, *args, **kwargs).arguments
+            raw = getattr(bound.get("event_data"), "_data", None)
+            if not (isinstance(raw, dict) and "index" in raw and "value" in raw):
+                name = getattr(block_fn, "name", None) or "event"
+                raise refusal(name, "the event's data is missing or malformed")
+        return await default_call(block_fn, *args, **kwargs)
+
     demo.preprocess_data = preprocess_data  # type: ignore[method-assign]
+    demo.call_function = call_function  # type: ignore[method-assign]
     return demo
 
 
