@@ -355,3 +355,35 @@ def test_fuzz_every_event_refuses_cleanly_or_does_nothing(server):
     image = _file(raw.upload(_png(9)).json()[0])
     ans = raw.call(raw.fn("classify"), _classify_inputs(image, "cat, dog"))
     assert ans["ok"] and ans["data"][0]["labels"] == ["cat", "dog"]
+
+
+# --------------------------------------------------------------------------- uploads (last:
+# they spend the server's disk budget)
+
+
+def test_uploads_are_limited_per_visitor_and_in_total(server):
+    """50 MB per visitor (then 429 with Retry-After), TCA_UPLOAD_TOTAL_MB for everyone together
+    (then 507, for a fresh visitor too); 9.9 MB non-image files, as a disk-filling client sends
+    them."""
+    blob = os.urandom(9_900_000)
+    start = len(server.log_text())
+    first = Raw(server.url, "203.0.113.10")
+    statuses = [first.upload(blob, "junk.bin").status_code for _ in range(6)]
+    assert statuses == [200] * 5 + [429]
+    r = first.upload(blob, "junk.bin")
+    assert r.status_code == 429 and 0 < int(r.headers["retry-after"]) <= 600
+    assert r.json()["detail"].startswith("too many uploads from your address: try again in ")
+    second = Raw(server.url, "203.0.113.11")  # another visitor is not held up by the first
+    assert [second.upload(blob, "junk.bin").status_code for _ in range(5)] == [200] * 5
+    # about 99 MB of the 120 MB kept: the third visitor fills the rest, then everyone waits
+    third = Raw(server.url, "203.0.113.12")
+    statuses = [third.upload(blob, "junk.bin").status_code for _ in range(3)]
+    assert statuses[-1] == 507 and statuses[0] == 200, statuses
+    fourth = Raw(server.url, "203.0.113.13")
+    r = fourth.upload(blob, "junk.bin")
+    assert r.status_code == 507
+    assert r.json()["detail"].startswith("the server's upload space is full: try again in ")
+    lines = server.log_text(start).splitlines()
+    refused = [l for l in lines if " 429 " in l or " 507 " in l]
+    assert len(refused) == 2 + statuses.count(507) + 1 and "Traceback" not in server.log_text(start)
+    assert all(l.startswith("WARNING tca.app.limits: ") for l in refused)
