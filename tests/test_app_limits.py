@@ -387,3 +387,22 @@ def test_uploads_are_limited_per_visitor_and_in_total(server):
     refused = [l for l in lines if " 429 " in l or " 507 " in l]
     assert len(refused) == 2 + statuses.count(507) + 1 and "Traceback" not in server.log_text(start)
     assert all(l.startswith("WARNING tca.app.limits: ") for l in refused)
+
+
+def test_the_gate_keys_on_session_and_address():
+    from tca.app import serving
+    from tca.errors import InputError
+
+    gate = serving.SessionGate()
+    a = serving.visitor_keys("s1", "203.0.113.5")
+    assert a == ("session s1", "address 203.0.113.5")
+    with gate.hold(*a):
+        assert gate.busy(*serving.visitor_keys("s2", "203.0.113.5"))  # a new session hash
+        assert gate.busy(*serving.visitor_keys("s1", "198.51.100.1"))  # the same session
+        assert not gate.busy(*serving.visitor_keys("s3", "198.51.100.1"))
+        with pytest.raises(InputError, match="one request at a time per visitor"):
+            with gate.hold(*serving.visitor_keys("s9", "203.0.113.5")):
+                pass
+        with gate.hold(*serving.visitor_keys("s3", "198.51.100.1")):
+            assert len(gate) == 4
+    assert len(gate) == 0 and serving.visitor_keys(None, None) == ()

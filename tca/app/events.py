@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
 import gradio as gr
+from gradio.exceptions import InvalidPathError
 from PIL import Image
 
 from tca import stream_demo as tca_stream_demo
@@ -127,6 +128,8 @@ def checked_payloads(demo: gr.Blocks) -> gr.Blocks:
             return await default(block_fn, inputs, *args, **kwargs)
         except gr.Error:
             raise
+        except InvalidPathError as exc:  # a file that is no upload: the one refusal
+            raise refusal(getattr(block_fn, "name", None) or "event", uploads.REFUSED) from exc
         except Exception as exc:  # noqa: BLE001 - a client's malformed payload
             name = getattr(block_fn, "name", None) or "event"
             raise refusal(name, "an input is not in the form this event takes") from exc
