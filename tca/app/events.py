@@ -99,8 +99,9 @@ def checked_input(component: Any, field: str, valid: Callable[[Any], bool] | Non
             return default(payload)
         except Refused:
             raise
-        except gr.Error as exc:
-            raise refusal(field, f"{field}: not one of the choices") from exc
+        except gr.Error as exc:  # Gradio's own check (a range, the choices): its words, cut
+            said = " ".join(str(getattr(exc, "message", exc)).split())
+            raise refusal(field, f"{field}: {html.escape(said[:200], quote=False)}") from exc
         except Exception as exc:  # noqa: BLE001 - a value of the wrong kind from a client
             raise refusal(field, f"{field}: not a valid value") from exc
 
