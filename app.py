@@ -26,7 +26,7 @@ import gradio as gr  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 
 import tca  # noqa: E402
-from tca.app import limits, page, panels, sweeps, uploads  # noqa: E402
+from tca.app import limits, page, panels, serving, sweeps, uploads  # noqa: E402
 from tca.app.cleanup import delete_old_dirs, keep_deleting  # noqa: E402
 from tca.app.events import (  # noqa: E402
     ASSETS,
@@ -578,7 +578,9 @@ def wire(
 ) -> None:
     """Every event: which handler, which inputs, which components it may update."""
     quiet: dict[str, Any] = dict(api_visibility="private", show_progress="hidden")
-    model_lane: dict[str, Any] = dict(concurrency_limit=MODEL_SLOTS, concurrency_id="model")
+    model_lane: dict[str, Any] = dict(
+        concurrency_limit=MODEL_SLOTS, concurrency_id=serving.MODEL_LANE
+    )
     run_parts = [ui[n] for n in page.RUN_PARTS]
     layer_parts = [ui[n] for n in ("layer", *page.LAYER_PARTS, "strip")]
     display = [ui["run"], ui["layer"], ui["view"], ui["overlay"], ui["opacity"], ui["patch"]]

@@ -217,7 +217,10 @@ def visitor(request: gr.Request | None, proxied: bool = False) -> tuple[str, ...
 
 
 def join_admission(
-    demo: gr.Blocks, gate: serving.SessionGate, proxied: bool = False, lane: str = "model"
+    demo: gr.Blocks,
+    gate: serving.SessionGate,
+    proxied: bool = False,
+    lane: str = serving.MODEL_LANE,
 ) -> Callable[[Mapping[str, Any], str], str | None]:
     """The per-visitor rule applied when an event asks to join the queue (for
     :class:`tca.app.limits.EventInputs`): a model request (an event of the ``lane``

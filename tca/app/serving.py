@@ -157,6 +157,10 @@ class ModelCache:
         return LoadedModel(clip, requested, note)
 
 
+# The concurrency group of every event that runs the model (Run, Compare, sweep, stream demo):
+# its slots are the server's model slots, and a visitor holds at most one of them.
+MODEL_LANE = "model"
+
 BUSY = (
     "one request at a time per visitor: your previous Run, Compare, sweep or stream demo (from "
     "this page or another one at your address) is still running; try again when it has finished"
@@ -209,4 +213,4 @@ class SessionGate:
                 self._active -= held
 
 
-__all__ = ["BUSY", "LoadedModel", "ModelCache", "SessionGate", "visitor_keys"]
+__all__ = ["BUSY", "MODEL_LANE", "LoadedModel", "ModelCache", "SessionGate", "visitor_keys"]
