@@ -23,7 +23,7 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 import app as app_module
-from tca.app import export, panels, request, serving, uploads
+from tca.app import export, limits, panels, request, serving, uploads
 
 TINY = "tca-tiny-ViT"
 ROOT = Path(__file__).resolve().parent.parent
@@ -293,7 +293,9 @@ def test_temp_folder_and_sessions_stay_bounded(tmp_path, monkeypatch):
     # every second, uploads older than 3 s go; 3 s leaves room for a slow Run under load
     every, age = 1, 3
     demo = app_module.build_demo(TINY, "none", delete_cache=(every, age), first_screen=None)
-    options = dict(app_module.launch_options(), state_session_capacity=10)
+    # 200 uploads from one address cost 200 x 256 kB, more than one visitor's 50 MB burst
+    budget = limits.UploadBudget(burst_bytes=200 * 2**20)
+    options = dict(app_module.launch_options(budget), state_session_capacity=10)
     _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **options)
     try:
         raw = Raw(url)
