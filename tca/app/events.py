@@ -227,8 +227,8 @@ def join_admission(
     concurrency group) from a visitor (session or client address) who already has one running
     or waiting is refused at once with :data:`serving.BUSY`, so a flood under invented session
     hashes never waits in the queue ahead of other visitors. The handlers' own gate stays the
-    rule for whatever slips between the two checks. Reads Gradio 6's queue (its waiting and
-    running events); without it only running requests count."""
+    rule for whatever slips between the two checks. Reads Gradio 6's queue (its waiting
+    events); without it only running requests count."""
 
     def admit(event: Mapping[str, Any], address: str) -> str | None:
         index = event.get("fn_index")
@@ -247,13 +247,12 @@ def join_admission(
 
 
 def _lane_events(demo: gr.Blocks, lane: str) -> list[Any]:
-    """The events of concurrency group ``lane`` waiting in Gradio's queue or running."""
+    """The events of concurrency group ``lane`` waiting in Gradio's queue. (Running ones hold
+    the gate; Gradio's list of running jobs also holds just-finished ones for a moment, which
+    would refuse a visitor's next Run right after the last one.)"""
     queue = getattr(demo, "_queue", None)
     waiting = getattr(getattr(queue, "event_queue_per_concurrency_id", {}).get(lane), "queue", [])
-    running = [
-        ev for job in list(getattr(queue, "active_jobs", None) or []) if job for ev in list(job)
-    ]
-    return [ev for ev in [*list(waiting), *running] if getattr(ev, "concurrency_id", None) == lane]
+    return [ev for ev in list(waiting) if getattr(ev, "concurrency_id", None) == lane]
 
 
 def _address_of(event: Any, proxied: bool) -> str | None:
