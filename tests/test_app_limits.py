@@ -188,14 +188,10 @@ def test_three_500_mb_posts_to_the_queue_are_refused_and_memory_stays_flat(serve
     )
     assert peak - rss0 < 100 and abs(rss1 - rss0) < 100
     why = "streamed body over" if chunked else "Content-Length 524288000 over"
-    lines = server.log_text(start).splitlines()
-    assert (
-        lines
-        == [
-            f"WARNING tca.app.limits: 413 POST /gradio_api/queue/join from 127.0.0.1: {why} 16777216"
-        ]
-        * 3
-    )
+    # (the app's own lines: the model's background load may log beside them)
+    lines = [l for l in server.log_text(start).splitlines() if l.startswith("WARNING tca.app")]
+    line = f"WARNING tca.app.limits: 413 POST /gradio_api/queue/join from 127.0.0.1: {why} 16777216"
+    assert lines == [line] * 3 and "Traceback" not in server.log_text(start)
 
 
 def test_each_input_is_bounded_and_inline_images_become_uploads(server):
