@@ -335,8 +335,8 @@ def test_fuzz_every_event_refuses_cleanly_or_does_nothing(server):
             ans = {"ok": False, "error": r.json()["detail"]}
         else:
             ans = raw.result(session)
-        lines = server.log_text(before).splitlines()
-        assert not any("Traceback" in l for l in lines), (what, server.log_text(before))
+        assert "Traceback" not in server.log_text(before), (what, server.log_text(before))
+        lines = [l for l in server.log_text(before).splitlines() if l.startswith("WARNING tca.app")]
         if ans["ok"]:
             counts["no-op or ran"] += 1
             name = raw.deps[fn].get("api_name")
