@@ -7,6 +7,7 @@ upload-only image input.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import html
@@ -28,20 +29,25 @@ from tca.config import CondenseConfig, default_layers, format_layers
 from tca.errors import ImageError, InputError, UserError, without_dirs
 from tca.flops import Geometry
 from tca.images import load_image
-from tca.methods import COMPARED, METHODS
+from tca.methods import METHODS
 from tca.models import DEFAULT_MODEL
 from tca.render import VIEWS
 
 from . import export, limits, page, panels, serving, sweeps, uploads
 from .page import LAYER_PARTS, RUN_PARTS, Display, Screen
-from .request import (
-    DEFAULT_CONFIG,
-    Request,
-    config_from_controls,
-    from_controls,
-    request_or_none,
+from .request import DEFAULT_CONFIG, Request, config_from_controls, from_controls, request_or_none
+from .runs import (
+    ALL_METHODS,
+    APP_MODELS,
+    Comparison,
+    ExplorerRun,
+    Matching,
+    StreamState,
+    compare,
+    run,
+    seen_picture,
 )
-from .runs import APP_MODELS, ExplorerRun, StreamState, compare, run, seen_picture
+from .shown import PAUSE_LABEL, PLAY_LABEL, OnScreen, play_start, play_step
 
 ROOT = Path(__file__).resolve().parents[2]
 ASSETS = ROOT / "assets"
@@ -216,6 +222,11 @@ def visitor(request: gr.Request | None, proxied: bool = False) -> tuple[str, ...
     return serving.visitor_keys(getattr(request, "session_hash", None), address)
 
 
+# The handlers that always hold the per-visitor gate (Compare's first opening holds it only to
+# compute the shared first comparison once, and waits quietly when the visitor is busy).
+GATED = ("classify", "compare", "sweep", "stream_demo")
+
+
 def join_admission(
     demo: gr.Blocks,
     gate: serving.SessionGate,
@@ -233,7 +244,7 @@ def join_admission(
     def admit(event: Mapping[str, Any], address: str) -> str | None:
         index = event.get("fn_index")
         fn = demo.fns.get(index) if isinstance(index, int) else None
-        if fn is None or getattr(fn, "concurrency_id", None) != lane:
+        if fn is None or getattr(fn, "concurrency_id", None) != lane or fn.name not in GATED:
             return None
         session = event.get("session_hash") if isinstance(event.get("session_hash"), str) else None
         if gate.busy(*serving.visitor_keys(session, address)) or any(
@@ -292,6 +303,31 @@ def _display(
     )
 
 
+def _held(on_screen: OnScreen | None) -> Any:
+    """The session's display lock (nothing to hold without an ``OnScreen``)."""
+    return on_screen.lock if on_screen is not None else contextlib.nullcontext()
+
+
+def _layer(on_screen: OnScreen | None, layer: Any) -> int | None:
+    """The block last drawn for this session (the slider's value may be older); else the
+    slider's value, None when it is no finite number."""
+    if on_screen is not None and on_screen.layer is not None:
+        return on_screen.layer
+    at = _finite(layer)
+    return int(at) if at is not None else None
+
+
+def _patch(on_screen: OnScreen | None, patch: int | None) -> int | None:
+    """The patch this session follows now (the value sent with the event may be older)."""
+    return on_screen.patch if on_screen is not None else patch
+
+
+def _remember(on_screen: OnScreen | None, d: Display) -> None:
+    if on_screen is not None:
+        on_screen.layer = d.layer
+        on_screen.follow(d.patch)
+
+
 def _png(folder: Path, arr: Any, name: str) -> str:
     path = folder / f"{name}.png"
     Image.fromarray(arr).save(path, compress_level=1)
@@ -326,6 +362,8 @@ class App:
         self.ui: Mapping[str, Any] = {}
         self._first: ExplorerRun | None = None
         self._first_parts: dict[str, Any] | None = None  # with picture files
+        self._first_cmp: Comparison | None = None
+        self._cmp_lock = threading.Lock()  # its own: page loads never wait for the comparison
         self._first_lock = threading.RLock()
 
     def nothing(self, name: str) -> dict[Any, Any]:
@@ -403,7 +441,7 @@ class App:
             first,
             Display(first.trace.depth - 1),
             RUN_PARTS,
-            Screen(banner=self.banner_html(first.model)),
+            Screen(banner=self.banner_html(first.model), startup=True),
         )
 
     def load_first(self, shown: ExplorerRun | None) -> dict[Any, Any]:
@@ -475,6 +513,11 @@ class App:
         progress(0.95, desc="drawing")
         return export.summary(shown, TOP_K), shown, stream_state
 
+    def matching(self, match_by: str | None, target_gmacs: float | None) -> Matching:
+        """Compare's matching from its controls (ConfigError naming the field)."""
+        by = match_by or "tca"
+        return Matching(by, float(target_gmacs) if by == "gmacs" and target_gmacs else None)
+
     @user_errors
     def compare(
         self,
@@ -487,27 +530,105 @@ class App:
         merge_centers: float,
         score: str,
         templates: str,
+        match_by: str = "tca",
+        target_gmacs: float | None = None,
+        method_a: str = "tca",
+        method_b: str = "evit",
         progress: gr.Progress = PROGRESS,
         request: gr.Request | None = None,
     ) -> dict[Any, Any]:
-        """Every compared method on the request's image, keep rate and blocks."""
+        """Every condensing method on the request's image and blocks, at its keep rate or at
+        equal GMACs (``match_by``: rate, tca or gmacs, with ``target_gmacs``)."""
         req = self.request(
             image, labels, model, method, keep_rate, layers, merge_centers, score, templates
         )
+        matching = self.matching(match_by, target_gmacs)
         with self.gate.hold(*visitor(request, self.behind_proxy)):
-            cmp = compare(self.cache, req, COMPARED, progress=lambda f, d: progress(f, desc=d))
+            cmp = compare(
+                self.cache, req, progress=lambda f, d: progress(f, desc=d), matching=matching
+            )
+        return self.compare_parts(cmp, method_a, method_b, "")
+
+    def compare_parts(
+        self, cmp: Comparison, method_a: str | None, method_b: str | None, stale: str
+    ) -> dict[Any, Any]:
+        """Everything the Compare tab shows of one comparison."""
         out: dict[Any, Any] = {
+            self.ui["compare_state"]: cmp,
+            self.ui["compare_stale"]: stale,
             self.ui["compare_picture"]: page.compare_picture(cmp),
             self.ui["compare_baseline"]: cmp.baseline.as_dict(),
             self.ui["compare_table"]: panels.compare_html(cmp),
             self.ui["banner"]: self.banner_html(cmp.model),
         }
-        for m, r in cmp.results.items():
-            out[self.ui[f"compare_{m}"]] = gr.update(
-                value=r.condensed.as_dict(),
-                label=f"{METHODS[m].title}: {r.saved_percent:.1f}% GMACs saved",
-            )
+        if cmp.target is not None and cmp.matching.by != "gmacs":
+            # TCA's cost as the starting point for a target of one's own
+            out[self.ui["compare_target"]] = round(cmp.target, 3)
+        out.update(self.compare_disagree(cmp, method_a or "tca", method_b or "evit"))
         return out
+
+    def compare_disagree(self, cmp: Comparison | None, a: str, b: str) -> dict[Any, Any]:
+        """The disagreement map and counts of methods ``a`` and ``b`` (no model)."""
+        picture, counts = self.ui["compare_disagree_picture"], self.ui["compare_disagree"]
+        if cmp is None or not isinstance(a, str) or not isinstance(b, str):
+            return self.nothing("compare_disagree")
+        d = page.disagreement_of(cmp, a, b)
+        if d is None:
+            missing = [METHODS[m].title for m in (a, b) if m not in cmp.results]
+            return {
+                picture: None,
+                counts: f"<i>{', '.join(missing)} did not run in this comparison.</i>",
+            }
+        return {
+            picture: page.disagreement_picture(cmp, d),
+            counts: panels.disagreement_html(d),
+        }
+
+    def check_compare_stale(self, cmp: Comparison | None, *controls: Any) -> str:
+        """Mark the comparison outdated when the Explore controls (or Compare's matching) no
+        longer make it. controls: the Explore controls, then match_by and target_gmacs."""
+        *explore, match_by, target = controls
+        req = request_or_none(*explore[:2], explore[2] or self.default_model, *explore[3:])
+        try:
+            matching: Matching | None = self.matching(match_by, target)
+        except UserError:
+            matching = None
+        return panels.compare_stale_html(cmp, req, matching)
+
+    def first_comparison(self) -> Comparison | None:
+        """The first screen's request compared at equal GMACs (TCA's cost at its R), computed
+        once per process on the first opening of the Compare tab and served to everyone."""
+        with self._cmp_lock:
+            if self._first_cmp is None:
+                first = self.first_screen()
+                if first is None:
+                    return None
+                try:
+                    self._first_cmp = compare(self.cache, first.request, matching=Matching("tca"))
+                except Exception as exc:  # noqa: BLE001 - the tab then waits for Compare
+                    print(f"TCA Explorer: no first comparison ({type(exc).__name__}: {exc})")
+                    return None
+            return self._first_cmp
+
+    def open_compare(
+        self, cmp: Comparison | None, *controls: Any, request: gr.Request | None = None
+    ) -> dict[Any, Any]:
+        """Opening the Compare tab with nothing compared yet shows the first example's
+        comparison (marked Outdated where the visitor's inputs differ)."""
+        if cmp is not None:
+            return self.nothing("compare_picture")
+        *_, method_a, method_b = controls
+        first = self._first_cmp
+        if first is None:  # the first opening since start-up computes it
+            try:
+                with self.gate.hold(*visitor(request, self.behind_proxy)):
+                    first = self.first_comparison()
+            except UserError:  # this visitor's Run is still going: the tab waits for Compare
+                return self.nothing("compare_picture")
+        if first is None:
+            return self.nothing("compare_picture")
+        stale = self.check_compare_stale(first, *controls[:-2])
+        return self.compare_parts(first, method_a, method_b, stale)
 
     @user_errors
     def sweep(
@@ -523,11 +644,13 @@ class App:
         templates: str,
         all_methods: bool = False,
         shown: ExplorerRun | None = None,
+        by: str = "rate",
         progress: gr.Progress = PROGRESS,
         request: gr.Request | None = None,
     ) -> dict[Any, Any]:
-        """The keep-rate sweep of the current image: one job, plot + table. The shown Run's
-        baseline is reused when it was made from the same image, labels, model and prompts."""
+        """The sweep of the current image: one job, plot + table; ``by``: keep rate or equal
+        GMACs. The shown Run's baseline is reused when it was made from the same image, labels,
+        model and prompts."""
         req = self.request(
             image, labels, model, method, keep_rate, layers, merge_centers, score, templates
         )
@@ -535,9 +658,10 @@ class App:
             sw = sweeps.sweep(
                 self.cache,
                 req,
-                COMPARED if all_methods else None,
+                ALL_METHODS if all_methods else None,
                 reuse=shown,
                 progress=lambda f, d: progress(f, desc=d),
+                by=by or "rate",
             )
         return {
             self.ui["sweep_plot"]: page.sweep_image(sw),
@@ -556,18 +680,24 @@ class App:
         shown_depth: int | None,
         stream_on: bool,
         stream_state: StreamState | None,
+        on_screen: OnScreen | None = None,
     ) -> dict[Any, Any]:
         """Everything a new Run changes. A run with another depth than the one shown (e.g.
         ViT-L/14 after ViT-B/16) opens at its last block."""
         if shown is None:
             return self.nothing("map")
-        if shown_depth != shown.trace.depth or _finite(layer) is None:
-            layer = shown.trace.depth - 1
-        d = _display(shown, layer, view, overlay, opacity, patch) or Display(
-            shown.trace.depth - 1
-        ).clamped(shown.trace)
-        screen = Screen(self.banner_html(shown.model), bool(stream_on), stream_state)
-        return page.updates(self.ui, shown, d, RUN_PARTS, screen)
+        with _held(on_screen):
+            if on_screen is not None:
+                layer = on_screen.layer if on_screen.layer is not None else layer
+                patch = on_screen.patch
+            if shown_depth != shown.trace.depth or _finite(layer) is None:
+                layer = shown.trace.depth - 1
+            d = _display(shown, layer, view, overlay, opacity, patch) or Display(
+                shown.trace.depth - 1
+            ).clamped(shown.trace)
+            _remember(on_screen, d)
+            screen = Screen(self.banner_html(shown.model), bool(stream_on), stream_state)
+            return page.updates(self.ui, shown, d, RUN_PARTS, screen)
 
     def show_layer(
         self,
@@ -577,12 +707,19 @@ class App:
         overlay: bool = False,
         opacity: float = 0.5,
         patch: int | None = None,
+        on_screen: OnScreen | None = None,
     ) -> dict[Any, Any]:
         """Map, info, chart and follow table at ``layer``; the strip's selected tile moves."""
-        d = _display(shown, layer, view, overlay, opacity, patch) if shown is not None else None
-        if shown is None or d is None:
+        if shown is None:
             return self.nothing("info")
-        return page.updates(self.ui, shown, d, (*LAYER_PARTS, "strip"), Screen(redraw_strip=False))
+        with _held(on_screen):
+            d = _display(shown, layer, view, overlay, opacity, _patch(on_screen, patch))
+            if d is None:
+                return self.nothing("info")
+            _remember(on_screen, d)
+            return page.updates(
+                self.ui, shown, d, (*LAYER_PARTS, "strip"), Screen(redraw_strip=False)
+            )
 
     def step_layer(
         self,
@@ -593,17 +730,27 @@ class App:
         overlay: bool,
         opacity: float,
         patch: int | None,
+        on_screen: OnScreen | None = None,
     ) -> dict[Any, Any]:
-        """◀ / ▶: one block back or on (clamped)."""
-        at = _finite(layer)
-        if shown is None or at is None:
+        """◀ / ▶: one block back or on (clamped), from the block last shown."""
+        if shown is None:
             return self.nothing("info")
-        d = _display(shown, int(at) + delta, view, overlay, opacity, patch)
-        if d is None:
-            return self.nothing("info")
-        return page.updates(
-            self.ui, shown, d, ("layer", *LAYER_PARTS, "strip"), Screen(redraw_strip=False)
-        )
+        with _held(on_screen):
+            at = _layer(on_screen, layer)
+            d = _display(
+                shown,
+                at + delta if at is not None else None,
+                view,
+                overlay,
+                opacity,
+                _patch(on_screen, patch),
+            )
+            if d is None:
+                return self.nothing("info")
+            _remember(on_screen, d)
+            return page.updates(
+                self.ui, shown, d, ("layer", *LAYER_PARTS, "strip"), Screen(redraw_strip=False)
+            )
 
     def pick_layer(
         self,
@@ -613,16 +760,19 @@ class App:
         opacity: float,
         patch: int | None,
         evt: gr.SelectData,
+        on_screen: OnScreen | None = None,
     ) -> dict[Any, Any]:
         """A click on a strip tile selects that block (the strip itself is not redrawn)."""
         if shown is None or evt is None or not isinstance(evt.index, int):
             return self.nothing("info")
         if not 0 <= evt.index < shown.trace.depth:
             return self.nothing("info")
-        d = _display(shown, evt.index, view, overlay, opacity, patch)
-        if d is None:
-            return self.nothing("info")
-        return page.updates(self.ui, shown, d, ("layer", *LAYER_PARTS))
+        with _held(on_screen):
+            d = _display(shown, evt.index, view, overlay, opacity, _patch(on_screen, patch))
+            if d is None:
+                return self.nothing("info")
+            _remember(on_screen, d)
+            return page.updates(self.ui, shown, d, ("layer", *LAYER_PARTS))
 
     def pick_patch(
         self,
@@ -632,6 +782,7 @@ class App:
         overlay: bool,
         opacity: float,
         evt: gr.SelectData,
+        on_screen: OnScreen | None = None,
     ) -> dict[Any, Any]:
         """A click on the big map follows that patch through every block."""
         if shown is None or evt is None or not isinstance(evt.index, (list, tuple)):
@@ -640,20 +791,109 @@ class App:
         if len(xy) != 2 or xy[0] is None or xy[1] is None:
             return self.nothing("why")
         patch = page.patch_at(shown, xy[0], xy[1])
-        d = _display(shown, layer, view, overlay, opacity, patch)
-        if patch is None or d is None:
+        if patch is None:
             return self.nothing("why")
-        return page.updates(self.ui, shown, d, ("patch", "map", "follow", "why"))
+        with _held(on_screen):
+            d = _display(shown, _layer(on_screen, layer), view, overlay, opacity, patch)
+            if d is None:
+                return self.nothing("why")
+            _remember(on_screen, d)
+            return page.updates(self.ui, shown, d, page.FOLLOW_PARTS)
 
     def clear_patch(
-        self, shown: ExplorerRun | None, layer: float, view: str, overlay: bool, opacity: float
+        self,
+        shown: ExplorerRun | None,
+        layer: float,
+        view: str,
+        overlay: bool,
+        opacity: float,
+        on_screen: OnScreen | None = None,
     ) -> dict[Any, Any]:
+        """Stop following: the block last shown (a strip tile's answer may have moved it since
+        this click was sent), without the followed patch."""
+        with _held(on_screen):
+            if on_screen is not None:
+                on_screen.follow(None)
+            if shown is None:
+                return {self.ui["patch"]: None}
+            d = _display(shown, _layer(on_screen, layer), view, overlay, opacity, None)
+            if d is None:
+                return {self.ui["patch"]: None}
+            _remember(on_screen, d)
+            return page.updates(self.ui, shown, d, page.FOLLOW_PARTS)
+
+    # -- ▶ play through the blocks (a gr.Timer ticks play_tick while playing)
+    def toggle_play(
+        self,
+        shown: ExplorerRun | None,
+        label: str,
+        layer: float,
+        view: str,
+        overlay: bool,
+        opacity: float,
+        patch: int | None,
+        on_screen: OnScreen | None = None,
+    ) -> dict[Any, Any]:
+        """▶ Play starts the timer (from block 0 when the last block is shown); ⏸ Pause stops
+        it where it is."""
+        stop = {
+            self.ui["play_timer"]: gr.update(active=False),
+            self.ui["play"]: gr.update(value=PLAY_LABEL),
+        }
+        if shown is None or label == PAUSE_LABEL:
+            return stop
+        with _held(on_screen):
+            depth = shown.trace.depth
+            at = _layer(on_screen, layer)
+            start = play_start(at, depth) if at is not None else None
+            d = _display(shown, start, view, overlay, opacity, _patch(on_screen, patch))
+            if d is None:
+                return stop
+            _remember(on_screen, d)
+            out = page.updates(
+                self.ui, shown, d, ("layer", *LAYER_PARTS, "strip"), Screen(redraw_strip=False)
+            )
+        out[self.ui["play_timer"]] = gr.update(active=True)
+        out[self.ui["play"]] = gr.update(value=PAUSE_LABEL)
+        return out
+
+    def play_tick(
+        self,
+        shown: ExplorerRun | None,
+        layer: float,
+        view: str,
+        overlay: bool,
+        opacity: float,
+        patch: int | None,
+        on_screen: OnScreen | None = None,
+    ) -> dict[Any, Any]:
+        """One tick: the next block (map, strip highlight, chart marker and follow table move
+        together); on the last block the timer stops and the button says ▶ Play again."""
         if shown is None:
-            return {self.ui["patch"]: None}
-        d = _display(shown, layer, view, overlay, opacity, None)
-        if d is None:
-            return {self.ui["patch"]: None}
-        return page.updates(self.ui, shown, d, ("patch", "map", "follow", "why"))
+            return {
+                self.ui["play_timer"]: gr.update(active=False),
+                self.ui["play"]: gr.update(value=PLAY_LABEL),
+            }
+        stop = {
+            self.ui["play_timer"]: gr.update(active=False),
+            self.ui["play"]: gr.update(value=PLAY_LABEL),
+        }
+        with _held(on_screen):
+            at = _layer(on_screen, layer)
+            if at is None:
+                return stop
+            nxt, more = play_step(at, shown.trace.depth)
+            d = _display(shown, nxt, view, overlay, opacity, _patch(on_screen, patch))
+            if d is None:
+                return stop
+            _remember(on_screen, d)
+            out = page.updates(
+                self.ui, shown, d, ("layer", *LAYER_PARTS, "strip"), Screen(redraw_strip=False)
+            )
+        if not more:
+            out[self.ui["play_timer"]] = gr.update(active=False)
+            out[self.ui["play"]] = gr.update(value=PLAY_LABEL)
+        return out
 
     def change_view(
         self,
@@ -663,12 +903,18 @@ class App:
         overlay: bool,
         opacity: float,
         patch: int | None,
+        on_screen: OnScreen | None = None,
     ) -> dict[Any, Any]:
         """Fates <-> what the model sees: the map and the strip are redrawn (no model)."""
-        d = _display(shown, layer, view, overlay, opacity, patch) if shown is not None else None
-        if shown is None or d is None:
+        if shown is None:
             return self.nothing("map")
-        return page.updates(self.ui, shown, d, ("map", "strip"))
+        with _held(on_screen):
+            d = _display(
+                shown, _layer(on_screen, layer), view, overlay, opacity, _patch(on_screen, patch)
+            )
+            if d is None:
+                return self.nothing("map")
+            return page.updates(self.ui, shown, d, ("map", "strip"))
 
     def export(
         self, shown: ExplorerRun | None, layer: float, view: str, patch: int | None
