@@ -33,6 +33,7 @@ from tca.app.events import (  # noqa: E402
     TOP_K,
     App,
     an_index,
+    check_every_input,
     checked_input,
     checked_payloads,
     examples,
@@ -719,6 +720,7 @@ def build_demo(
             api_json=api_json,
             sweep_by=sweep_by,
         )
+        check_every_input(demo)  # the controls not named above, by their labels
         if first_screen == "background" and items:
             demo.load(
                 app.load_first,

@@ -112,7 +112,19 @@ def checked_input(component: Any, field: str, valid: Callable[[Any], bool] | Non
             raise refusal(field, f"{field}: not a valid value") from exc
 
     component.preprocess = preprocess
+    component.tca_checked = True
     return component
+
+
+def check_every_input(demo: gr.Blocks) -> None:
+    """:func:`checked_input` for every input of every event not checked yet (a control added
+    later is covered too), named by its label."""
+    for fn in demo.fns.values():
+        for comp in fn.inputs:
+            if getattr(comp, "tca_checked", False) or isinstance(comp, gr.State):
+                continue
+            name = getattr(comp, "label", None) or getattr(comp, "elem_id", None) or "an input"
+            checked_input(comp, str(name)[:40])
 
 
 def an_index(n: int) -> Callable[[Any], bool]:
@@ -1058,6 +1070,7 @@ __all__ = [
     "Refused",
     "checked_input",
     "checked_payloads",
+    "check_every_input",
     "an_index",
     "examples",
     "image_input",
