@@ -635,15 +635,17 @@ def test_compare_opens_with_the_first_example(tiny_app, example_image):
     assert list(cmp.results) == EVERY_METHOD and cmp.matching == runs.Matching("tca")
     # the first example's labels are not LABELS: shown, marked Outdated
     assert "Outdated" in out["compare_stale"]
-    assert tiny_app.open_compare(cmp, *controls) == {}  # a comparison on screen stays
+    # a comparison on screen stays (nothing changes: one output skipped)
+    assert _named(tiny_app, tiny_app.open_compare(cmp, *controls)) == {"compare_picture": gr.skip()}
     # computed once: a later opening is served from memory, even while the visitor's Run goes
     visitor = SimpleNamespace(session_hash="busy-visitor")
-    with tiny_app.gate.hold("busy-visitor"):
+    with tiny_app.gate.hold(*serving.visitor_keys("busy-visitor", None)):
         again = _named(tiny_app, tiny_app.open_compare(None, *controls, request=visitor))
         assert again["compare_state"] is cmp
         tiny_app._first_cmp = None  # not computed yet and the visitor busy: the tab waits
         try:
-            assert tiny_app.open_compare(None, *controls, request=visitor) == {}
+            waits = tiny_app.open_compare(None, *controls, request=visitor)
+            assert _named(tiny_app, waits) == {"compare_picture": gr.skip()}
         finally:
             tiny_app._first_cmp = cmp
 
