@@ -7,12 +7,15 @@ Environment: TCA_MODEL (default ViT-B-16-quickgelu), TCA_PRETRAINED (default ope
 random weights), TCA_CHECKPOINT (a local weights file for TCA_MODEL), TCA_MODEL_CONFIGS (a folder
 of extra open_clip model configs, e.g. tests/model_configs), TCA_QUEUE_SIZE (256),
 TCA_FIRST_SCREEN (now: the first example's result is computed before serving and is part of the
-page; background: serve at once, compute it in a thread, hand it over on page load; off).
+page; background: serve at once, compute it in a thread, hand it over on page load; off),
+TCA_BEHIND_PROXY (1: the first X-Forwarded-For hop is the visitor's address; default on Spaces),
+TCA_UPLOAD_TOTAL_MB (2048: the upload bytes kept on disk for everyone together).
 Without reachable weights the app starts anyway on random weights and says so in a banner.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from typing import Any
@@ -20,16 +23,22 @@ from typing import Any
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
+from starlette.middleware import Middleware  # noqa: E402
 
 import tca  # noqa: E402
-from tca.app import page, panels, sweeps, uploads  # noqa: E402
-from tca.app.cleanup import keep_deleting  # noqa: E402
+from tca.app import limits, page, panels, serving, sweeps, uploads  # noqa: E402
+from tca.app.cleanup import delete_old_dirs, keep_deleting  # noqa: E402
 from tca.app.events import (  # noqa: E402
     ASSETS,
     TOP_K,
     App,
+    an_index,
+    check_every_input,
+    checked_input,
+    checked_payloads,
     examples,
     image_input,
+    join_admission,
     upload_policy,
 )
 from tca.app.request import DEFAULT_CONFIG, KEEP_RATE_RANGE, PLAY_INTERVAL_S  # noqa: E402
@@ -540,7 +549,7 @@ def build_demo(
                     )
                     run_btn = gr.Button("Run", variant="primary", elem_id="run-button")
                     if items:
-                        gr.Examples(
+                        shown_examples = gr.Examples(
                             items,
                             inputs=[ui["image"], ui["labels"]],
                             cache_examples=False,
@@ -654,6 +663,32 @@ def build_demo(
             gr.Markdown(panels.how_it_works_md())
 
         app.ui = ui
+        # a value a control cannot take is refused in one line naming the control
+        for comp, field in (
+            (ui["labels"], "labels"),
+            (model, "model"),
+            (method, "method"),
+            (keep_rate, "keep rate R"),
+            (layers, "condensing blocks"),
+            (merge_centers, "merge centres K"),
+            (score, "token score"),
+            (templates, "prompt templates"),
+            (ui["layer"], "depth"),
+            (ui["view"], "view"),
+            (ui["overlay"], "overlay"),
+            (ui["opacity"], "overlay opacity"),
+            (stream_on, "stream mode"),
+            (sweep_all, "all three methods"),
+            (ui["compare_by"], "compare at"),
+            (ui["compare_target"], "target GMACs"),
+            (ui["compare_a"], "first method"),
+            (ui["compare_b"], "second method"),
+            (ui["play"], "play"),
+        ):
+            checked_input(comp, field)
+        if items:  # a click on an example sends its row number
+            checked_input(shown_examples.dataset, "example", an_index(len(items)))
+        checked_payloads(demo)
         wire(
             app,
             ui,
@@ -685,6 +720,7 @@ def build_demo(
             api_json=api_json,
             sweep_by=sweep_by,
         )
+        check_every_input(demo)  # the controls not named above, by their labels
         if first_screen == "background" and items:
             demo.load(
                 app.load_first,
@@ -701,6 +737,14 @@ def build_demo(
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
     if delete_cache:
         keep_deleting(demo, *delete_cache)
+        # the inline (data: URL) images the request limits decoded into the upload folder
+        keep_deleting(
+            demo,
+            *delete_cache,
+            delete=lambda _, age: delete_old_dirs(
+                gr.utils.get_upload_folder(), limits.INLINE_PREFIX, age
+            ),
+        )
     return demo
 
 
@@ -716,7 +760,9 @@ def wire(
 ) -> None:
     """Every event: which handler, which inputs, which components it may update."""
     quiet: dict[str, Any] = dict(api_visibility="private", show_progress="hidden")
-    model_lane: dict[str, Any] = dict(concurrency_limit=MODEL_SLOTS, concurrency_id="model")
+    model_lane: dict[str, Any] = dict(
+        concurrency_limit=MODEL_SLOTS, concurrency_id=serving.MODEL_LANE
+    )
     run_parts = [ui[n] for n in page.RUN_PARTS]
     layer_parts = [ui[n] for n in ("layer", *page.LAYER_PARTS, "strip")]
     display = [ui["run"], ui["layer"], ui["view"], ui["overlay"], ui["opacity"], ui["patch"]]
@@ -865,10 +911,40 @@ def wire(
         )
 
 
-def launch_options() -> dict[str, Any]:
+def limits_middleware(
+    budget: limits.UploadBudget | None = None, demo: gr.Blocks | None = None
+) -> list[Middleware]:
+    """The request limits, outermost first, as the FastAPI app's own middleware (launch()'s
+    ``app_kwargs``), so they sit in front of every route Gradio serves: bodies over 16 MB
+    refused before they are read; uploads charged per visitor and in total disk; each event's
+    inputs bounded (inline images become upload files). ``budget``: the upload budget (default:
+    50 MB per visitor, refilled over 10 min; $TCA_UPLOAD_TOTAL_MB in total). With ``demo``, a
+    visitor's second model request is refused before it joins the queue."""
+    if budget is None:
+        total = int(os.environ.get("TCA_UPLOAD_TOTAL_MB", "2048"))
+        budget = limits.UploadBudget(total_bytes=total * limits.MiB)
+    proxied = limits.behind_proxy()
+    return [
+        Middleware(limits.BodyLimit),  # type: ignore[arg-type]
+        Middleware(limits.UploadLimit, budget=budget, behind_proxy=proxied),  # type: ignore[arg-type]
+        Middleware(
+            limits.EventInputs,  # type: ignore[arg-type]
+            folder=gr.utils.get_upload_folder(),
+            budget=budget,
+            behind_proxy=proxied,
+            admit=join_admission(demo, demo.tca_app.gate, proxied) if demo is not None else None,
+        ),
+    ]
+
+
+def launch_options(
+    budget: limits.UploadBudget | None = None, demo: gr.Blocks | None = None
+) -> dict[str, Any]:
     """launch() arguments shared by ``main`` and the tests (Gradio 6: theme / css go here).
-    ``allowed_paths``: the curated example photos only (the first screen shows one)."""
+    ``allowed_paths``: the curated example photos only (the first screen shows one);
+    ``app_kwargs``: the request limits in front of every route (:func:`limits_middleware`)."""
     return dict(
+        app_kwargs={"middleware": limits_middleware(budget, demo)},
         theme=gr.themes.Soft(),
         css=CSS,
         max_file_size=MAX_UPLOAD,
@@ -881,6 +957,8 @@ def launch_options() -> dict[str, Any]:
 
 
 def main() -> None:
+    # one line per refused request (tca.app.limits, tca.app.events), never a traceback
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     model = os.environ.get("TCA_MODEL") or tca.DEFAULT_MODEL
     pretrained = os.environ.get("TCA_PRETRAINED", tca.DEFAULT_PRETRAINED)
     # The checkpoint fits TCA_MODEL only; the model cache never applies it to the others.
@@ -893,7 +971,7 @@ def main() -> None:
     demo = build_demo(
         model, pretrained, checkpoint, preload=True, first_screen=None if first == "off" else first
     )
-    demo.launch(**launch_options())
+    demo.launch(**launch_options(demo=demo))
 
 
 if __name__ == "__main__":

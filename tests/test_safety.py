@@ -23,7 +23,7 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 import app as app_module
-from tca.app import export, panels, request, serving, uploads
+from tca.app import export, limits, panels, request, serving, uploads
 
 TINY = "tca-tiny-ViT"
 ROOT = Path(__file__).resolve().parent.parent
@@ -153,9 +153,9 @@ def test_server_paths_are_refused_by_every_image_event(served, tmp_path):
     for (_fn, form, meta), ans in answers.items():
         assert not ans["ok"], (form, meta)
         # without file metadata the app's check answers; with it Gradio's own rule refuses
-        # first and, with show_error off, says nothing at all
+        # first, and the app answers that refusal with the same message
         refused = f"Cannot run: {uploads.REFUSED}"  # every user error's message (app/events.py)
-        assert ans["error"] == (None if meta else refused), (form, meta, ans)
+        assert ans["error"] == refused, (form, meta, ans)
     # nothing was copied into Gradio's folder from outside it
     secret = outside.read_bytes()
     for f in Path(gr.utils.get_upload_folder()).rglob("secret.png"):
@@ -175,15 +175,17 @@ def test_data_url_size_cap_and_a_small_one_works(served):
     demo, url, raw = served
     fn = raw.fn("classify")
     big = "data:image/png;base64," + "A" * (15 * 1024 * 1024)  # ~11 MB decoded
-    ans = raw.call(fn, _inputs(raw, fn, {"url": big, "path": None}))
-    assert not ans["ok"] and "the limit is 10 MB" in ans["error"]
+    with pytest.raises(httpx.HTTPStatusError) as refused:  # at the door (tca.app.limits)
+        raw.call(fn, _inputs(raw, fn, {"url": big, "path": None}))
+    assert refused.value.response.status_code == 413
+    assert "the limit is 10 MB" in refused.value.response.json()["detail"]
     small = "data:image/png;base64," + base64.b64encode(_png_bytes(3)).decode()
     ans = raw.call(fn, _inputs(raw, fn, {"url": small, "path": None, "orig_name": "s.png"}))
     assert ans["ok"], ans
     assert ans["data"][0]["labels"] == ["cat", "dog"]
     garbage = "data:image/png;base64," + base64.b64encode(b"not an image" * 50).decode()
     ans = raw.call(fn, _inputs(raw, fn, {"url": garbage, "path": None, "orig_name": "g.png"}))
-    assert not ans["ok"] and "not a readable image" in ans["error"]
+    assert not ans["ok"] and ans["error"].startswith("Cannot run: g.png is not a readable image")
 
 
 def test_private_events_are_not_in_the_api(served):
@@ -259,7 +261,8 @@ def test_32_visitors_x_5_runs_all_served_with_their_own_state(served, example_im
 
     def visitor(i: int) -> None:
         try:
-            c = Client(url, verbose=False)
+            # each visitor from its own address: one model request per address at a time
+            c = Client(url, verbose=False, headers={"X-Forwarded-For": f"198.18.0.{i + 1}"})
             labels = f"cat{i}, dog{i}"
             results[i] = [
                 c.predict(image, labels, stream=True, api_name="/classify") for _ in range(5)
@@ -290,7 +293,9 @@ def test_temp_folder_and_sessions_stay_bounded(tmp_path, monkeypatch):
     # every second, uploads older than 3 s go; 3 s leaves room for a slow Run under load
     every, age = 1, 3
     demo = app_module.build_demo(TINY, "none", delete_cache=(every, age), first_screen=None)
-    options = dict(app_module.launch_options(), state_session_capacity=10)
+    # 200 uploads from one address cost 200 x 256 kB, more than one visitor's 50 MB burst
+    budget = limits.UploadBudget(burst_bytes=200 * 2**20)
+    options = dict(app_module.launch_options(budget), state_session_capacity=10)
     _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **options)
     try:
         raw = Raw(url)

@@ -12,9 +12,12 @@ tick; remove it when Gradio's loop catches errors.
 
 from __future__ import annotations
 
+import os
+import shutil
 import threading
 import time
 import weakref
+from pathlib import Path
 from typing import Any, Callable
 
 
@@ -52,4 +55,26 @@ def keep_deleting(
     return t
 
 
-__all__ = ["keep_deleting"]
+def delete_old_dirs(
+    folder: str | os.PathLike, prefix: str, older_than_s: float, now: float | None = None
+) -> int:
+    """Delete the folders ``folder/prefix*`` last modified more than ``older_than_s`` seconds
+    before ``now`` (default: the clock); the number deleted. Used for the inline (``data:``
+    URL) images :class:`tca.app.limits.EventInputs` writes, which Gradio does not track."""
+    now = time.time() if now is None else now
+    gone = 0
+    try:
+        entries = list(Path(folder).glob(f"{prefix}*"))
+    except OSError:
+        return 0
+    for entry in entries:
+        try:
+            if entry.is_dir() and now - entry.stat().st_mtime > older_than_s:
+                shutil.rmtree(entry, ignore_errors=True)
+                gone += 1
+        except OSError:  # deleted meanwhile
+            pass
+    return gone
+
+
+__all__ = ["delete_old_dirs", "keep_deleting"]

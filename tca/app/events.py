@@ -11,26 +11,31 @@ import contextlib
 import copy
 import functools
 import html
+import inspect
 import json
+import logging
+import math
 import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
 import gradio as gr
+from gradio.exceptions import InvalidPathError
 from PIL import Image
 
 from tca import stream_demo as tca_stream_demo
 from tca.config import CondenseConfig, default_layers, format_layers
-from tca.errors import ImageError, UserError, without_dirs
+from tca.errors import ImageError, InputError, UserError, without_dirs
 from tca.flops import Geometry
 from tca.images import load_image
 from tca.methods import METHODS
 from tca.models import DEFAULT_MODEL
+from tca.render import VIEWS
 
-from . import export, page, panels, serving, sweeps, uploads
+from . import export, limits, page, panels, serving, sweeps, uploads
 from .page import LAYER_PARTS, RUN_PARTS, Display, Screen
-from .request import DEFAULT_CONFIG, Request, from_controls, request_or_none
+from .request import DEFAULT_CONFIG, Request, config_from_controls, from_controls, request_or_none
 from .runs import (
     ALL_METHODS,
     APP_MODELS,
@@ -51,6 +56,20 @@ TOP_K = 5
 PROGRESS = gr.Progress()
 
 F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger("tca.app.events")
+
+
+class Refused(gr.Error):
+    """A refused event: shown as a toast, logged as one line (by :func:`refusal`), no
+    traceback."""
+
+
+def refusal(where: str, message: str, title: str = "Cannot run") -> Refused:
+    """The error that refuses an event, its one log line written: "refused <where>: <message>".
+    Gradio 6 titles every error toast "Error": the words that say what happened go into the
+    message itself."""
+    log.warning("refused %s: %s", where, " ".join(message.split())[:300])
+    return Refused(f"Cannot run: {message}", title=title, print_exception=False)
 
 
 def user_message(exc: BaseException) -> str:
@@ -67,13 +86,90 @@ def user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except UserError as exc:
-            # Gradio 6 titles every error toast "Error": the words that say what happened go
-            # into the message itself
-            raise gr.Error(
-                f"Cannot run: {user_message(exc)}", title="Cannot run", print_exception=False
-            ) from exc
+            raise refusal(fn.__name__, user_message(exc)) from exc
 
     return wrapper  # type: ignore[return-value]
+
+
+def checked_input(component: Any, field: str, valid: Callable[[Any], bool] | None = None) -> Any:
+    """``component`` whose pre-processing refuses a value it cannot take (text where a number
+    belongs, NaN for a whole number, a value not among the choices, or any payload ``valid``
+    says no to) with one "Cannot run: <field>: ..." line instead of Gradio's traceback.
+    Returns the component."""
+    default = component.preprocess
+
+    def preprocess(payload: Any) -> Any:
+        if valid is not None and not valid(payload):
+            raise refusal(field, f"{field}: not a valid value")
+        try:
+            return default(payload)
+        except Refused:
+            raise
+        except gr.Error as exc:  # Gradio's own check (a range, the choices): its words, cut
+            said = " ".join(str(getattr(exc, "message", exc)).split())
+            raise refusal(field, f"{field}: {html.escape(said[:200], quote=False)}") from exc
+        except Exception as exc:  # noqa: BLE001 - a value of the wrong kind from a client
+            raise refusal(field, f"{field}: not a valid value") from exc
+
+    component.preprocess = preprocess
+    component.tca_checked = True
+    return component
+
+
+def check_every_input(demo: gr.Blocks) -> None:
+    """:func:`checked_input` for every input of every event not checked yet (a control added
+    later is covered too), named by its label."""
+    for fn in demo.fns.values():
+        for comp in fn.inputs:
+            if getattr(comp, "tca_checked", False) or isinstance(comp, gr.State):
+                continue
+            name = getattr(comp, "label", None) or getattr(comp, "elem_id", None) or "an input"
+            checked_input(comp, str(name)[:40])
+
+
+def an_index(n: int) -> Callable[[Any], bool]:
+    """A check for :func:`checked_input`: a whole number from 0 to n - 1 (an example's row)."""
+    return lambda payload: (
+        isinstance(payload, int) and not isinstance(payload, bool) and 0 <= payload < n
+    )
+
+
+def checked_payloads(demo: gr.Blocks) -> gr.Blocks:
+    """Gradio validates file payloads (and moves files) before any component's
+    ``preprocess``, and builds a select event's data before its handler runs: a payload of the
+    wrong shape (a number where an image belongs, select data without an index) is refused
+    there like every other bad input, one line and no traceback. Errors in the handlers
+    themselves keep their tracebacks (they are bugs)."""
+    default = demo.preprocess_data
+
+    async def preprocess_data(block_fn: Any, inputs: list[Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await default(block_fn, inputs, *args, **kwargs)
+        except gr.Error:
+            raise
+        except InvalidPathError as exc:  # a file that is no upload: the one refusal
+            raise refusal(getattr(block_fn, "name", None) or "event", uploads.REFUSED) from exc
+        except Exception as exc:  # noqa: BLE001 - a client's malformed payload
+            name = getattr(block_fn, "name", None) or "event"
+            raise refusal(name, "an input is not in the form this event takes") from exc
+
+    default_call = demo.call_function
+    call_signature = inspect.signature(default_call)
+
+    async def call_function(block_fn: Any, *args: Any, **kwargs: Any) -> Any:
+        # a select event's data (SelectData needs "index" and "value") is built by Gradio
+        # before the handler runs; a client's malformed one is refused here
+        if getattr(block_fn, "collects_event_data", False):
+            bound = call_signature.bind_partial(block_fn, *args, **kwargs).arguments
+            raw = getattr(bound.get("event_data"), "_data", None)
+            if not (isinstance(raw, dict) and "index" in raw and "value" in raw):
+                name = getattr(block_fn, "name", None) or "event"
+                raise refusal(name, "the event's data is missing or malformed")
+        return await default_call(block_fn, *args, **kwargs)
+
+    demo.preprocess_data = preprocess_data  # type: ignore[method-assign]
+    demo.call_function = call_function  # type: ignore[method-assign]
+    return demo
 
 
 def image_input(policy: uploads.UploadPolicy, **kwargs: Any) -> gr.Image:
@@ -123,19 +219,100 @@ def examples() -> list[list[str]]:
     ]
 
 
-def _session(request: gr.Request | None) -> str | None:
-    return getattr(request, "session_hash", None) if request is not None else None
+def visitor(request: gr.Request | None, proxied: bool = False) -> tuple[str, ...]:
+    """The gate keys of an event's visitor: its session hash and its client address (the first
+    ``X-Forwarded-For`` hop behind a proxy, else the peer); none for a direct call."""
+    if request is None:
+        return ()
+    try:
+        headers = dict(request.headers or {})
+        client = getattr(request, "client", None)
+        host = getattr(client, "host", None)
+    except Exception:  # noqa: BLE001 - a request without HTTP parts (e.g. a direct call)
+        headers, host = {}, None
+    address = limits.client_key(headers, host, proxied) if (headers or host) else None
+    return serving.visitor_keys(getattr(request, "session_hash", None), address)
+
+
+# The handlers that always hold the per-visitor gate (Compare's first opening holds it only to
+# compute the shared first comparison once, and waits quietly when the visitor is busy).
+GATED = ("classify", "compare", "sweep", "stream_demo")
+
+
+def join_admission(
+    demo: gr.Blocks,
+    gate: serving.SessionGate,
+    proxied: bool = False,
+    lane: str = serving.MODEL_LANE,
+) -> Callable[[Mapping[str, Any], str], str | None]:
+    """The per-visitor rule applied when an event asks to join the queue (for
+    :class:`tca.app.limits.EventInputs`): a model request (an event of the ``lane``
+    concurrency group) from a visitor (session or client address) who already has one running
+    or waiting is refused at once with :data:`serving.BUSY`, so a flood under invented session
+    hashes never waits in the queue ahead of other visitors. The handlers' own gate stays the
+    rule for whatever slips between the two checks. Reads Gradio 6's queue (its waiting
+    events); without it only running requests count."""
+
+    def admit(event: Mapping[str, Any], address: str) -> str | None:
+        index = event.get("fn_index")
+        fn = demo.fns.get(index) if isinstance(index, int) else None
+        if fn is None or getattr(fn, "concurrency_id", None) != lane or fn.name not in GATED:
+            return None
+        session = event.get("session_hash") if isinstance(event.get("session_hash"), str) else None
+        if gate.busy(*serving.visitor_keys(session, address)) or any(
+            ev.session_hash == session or _address_of(ev, proxied) == address
+            for ev in _lane_events(demo, lane)
+        ):
+            return f"Cannot run: {serving.BUSY}"
+        return None
+
+    return admit
+
+
+def _lane_events(demo: gr.Blocks, lane: str) -> list[Any]:
+    """The events of concurrency group ``lane`` waiting in Gradio's queue. (Running ones hold
+    the gate; Gradio's list of running jobs also holds just-finished ones for a moment, which
+    would refuse a visitor's next Run right after the last one.)"""
+    queue = getattr(demo, "_queue", None)
+    waiting = getattr(getattr(queue, "event_queue_per_concurrency_id", {}).get(lane), "queue", [])
+    return [ev for ev in list(waiting) if getattr(ev, "concurrency_id", None) == lane]
+
+
+def _address_of(event: Any, proxied: bool) -> str | None:
+    request = getattr(event, "request", None)
+    if request is None:
+        return None
+    client = getattr(request, "client", None)
+    return limits.client_key(dict(request.headers), getattr(client, "host", None), proxied)
+
+
+def _finite(value: Any) -> float | None:
+    """A finite number (not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
 
 
 def _display(
     run: ExplorerRun,
-    layer: float | None,
-    view: str,
-    overlay: bool,
-    opacity: float,
-    patch: int | None,
-) -> Display:
-    return Display(int(layer or 0), view, overlay, opacity, patch).clamped(run.trace)
+    layer: Any,
+    view: Any,
+    overlay: Any,
+    opacity: Any,
+    patch: Any,
+) -> Display | None:
+    """The display the controls ask for, clamped to the run; None when the depth or the
+    opacity is no finite number or the view no known view (the event is then a silent no-op:
+    the page itself never sends such values)."""
+    depth, alpha = _finite(layer), _finite(opacity)
+    if depth is None or alpha is None or not isinstance(view, str):
+        return None
+    if view not in VIEWS:
+        return None
+    followed = patch if isinstance(patch, int) and not isinstance(patch, bool) else None
+    return Display(int(depth), view, overlay is True, min(max(alpha, 0.0), 1.0), followed).clamped(
+        run.trace
+    )
 
 
 def _held(on_screen: OnScreen | None) -> Any:
@@ -143,11 +320,13 @@ def _held(on_screen: OnScreen | None) -> Any:
     return on_screen.lock if on_screen is not None else contextlib.nullcontext()
 
 
-def _layer(on_screen: OnScreen | None, layer: float | None) -> int:
-    """The block last drawn for this session (the slider's value may be older)."""
+def _layer(on_screen: OnScreen | None, layer: Any) -> int | None:
+    """The block last drawn for this session (the slider's value may be older); else the
+    slider's value, None when it is no finite number."""
     if on_screen is not None and on_screen.layer is not None:
         return on_screen.layer
-    return int(layer or 0)
+    at = _finite(layer)
+    return int(at) if at is not None else None
 
 
 def _patch(on_screen: OnScreen | None, patch: int | None) -> int | None:
@@ -188,6 +367,7 @@ class App:
         )
         self.exports = exports or export.ExportDir()
         self.gate = serving.SessionGate()  # one model request per visitor at a time
+        self.behind_proxy = limits.behind_proxy()  # whose address X-Forwarded-For names
         self.model_choices = list(APP_MODELS.items())
         if model_name not in APP_MODELS.values():
             self.model_choices.insert(0, (model_name, model_name))
@@ -197,6 +377,12 @@ class App:
         self._first_cmp: Comparison | None = None
         self._cmp_lock = threading.Lock()  # its own: page loads never wait for the comparison
         self._first_lock = threading.RLock()
+
+    def nothing(self, name: str) -> dict[Any, Any]:
+        """An event's answer that changes nothing on the page: the component ``name`` (one of
+        the event's outputs) skipped. (An empty dict is no answer to Gradio: it takes it for
+        the value of the first output.)"""
+        return {self.ui[name]: gr.skip()} if name in self.ui else {}
 
     def request(
         self,
@@ -275,11 +461,11 @@ class App:
         everything the page shows for it, in one event. The parts are built and their pictures
         written once per process, so every later visitor only fetches files."""
         if shown is not None:
-            return {}
+            return self.nothing("banner")
         first = self.first_screen()  # waits while the background thread computes it
         items = examples()
         if first is None or not items:
-            return {}
+            return self.nothing("banner")
         with self._first_lock:
             if self._first_parts is None:
                 got = self.first_parts()
@@ -329,7 +515,7 @@ class App:
         )
         if stream and stream_state is None:
             stream_state = StreamState()
-        with self.gate.hold(_session(request)):
+        with self.gate.hold(*visitor(request, self.behind_proxy)):
             shown = run(
                 self.cache,
                 req,
@@ -369,7 +555,7 @@ class App:
             image, labels, model, method, keep_rate, layers, merge_centers, score, templates
         )
         matching = self.matching(match_by, target_gmacs)
-        with self.gate.hold(_session(request)):
+        with self.gate.hold(*visitor(request, self.behind_proxy)):
             cmp = compare(
                 self.cache, req, progress=lambda f, d: progress(f, desc=d), matching=matching
             )
@@ -396,8 +582,8 @@ class App:
     def compare_disagree(self, cmp: Comparison | None, a: str, b: str) -> dict[Any, Any]:
         """The disagreement map and counts of methods ``a`` and ``b`` (no model)."""
         picture, counts = self.ui["compare_disagree_picture"], self.ui["compare_disagree"]
-        if cmp is None:
-            return {}
+        if cmp is None or not isinstance(a, str) or not isinstance(b, str):
+            return self.nothing("compare_disagree")
         d = page.disagreement_of(cmp, a, b)
         if d is None:
             missing = [METHODS[m].title for m in (a, b) if m not in cmp.results]
@@ -442,17 +628,17 @@ class App:
         """Opening the Compare tab with nothing compared yet shows the first example's
         comparison (marked Outdated where the visitor's inputs differ)."""
         if cmp is not None:
-            return {}
+            return self.nothing("compare_picture")
         *_, method_a, method_b = controls
         first = self._first_cmp
         if first is None:  # the first opening since start-up computes it
             try:
-                with self.gate.hold(_session(request)):
+                with self.gate.hold(*visitor(request, self.behind_proxy)):
                     first = self.first_comparison()
             except UserError:  # this visitor's Run is still going: the tab waits for Compare
-                return {}
+                return self.nothing("compare_picture")
         if first is None:
-            return {}
+            return self.nothing("compare_picture")
         stale = self.check_compare_stale(first, *controls[:-2])
         return self.compare_parts(first, method_a, method_b, stale)
 
@@ -480,7 +666,7 @@ class App:
         req = self.request(
             image, labels, model, method, keep_rate, layers, merge_centers, score, templates
         )
-        with self.gate.hold(_session(request)):
+        with self.gate.hold(*visitor(request, self.behind_proxy)):
             sw = sweeps.sweep(
                 self.cache,
                 req,
@@ -511,14 +697,16 @@ class App:
         """Everything a new Run changes. A run with another depth than the one shown (e.g.
         ViT-L/14 after ViT-B/16) opens at its last block."""
         if shown is None:
-            return {}
+            return self.nothing("map")
         with _held(on_screen):
             if on_screen is not None:
                 layer = on_screen.layer if on_screen.layer is not None else layer
                 patch = on_screen.patch
-            if shown_depth != shown.trace.depth:
+            if shown_depth != shown.trace.depth or _finite(layer) is None:
                 layer = shown.trace.depth - 1
-            d = _display(shown, layer, view, overlay, opacity, patch)
+            d = _display(shown, layer, view, overlay, opacity, patch) or Display(
+                shown.trace.depth - 1
+            ).clamped(shown.trace)
             _remember(on_screen, d)
             screen = Screen(self.banner_html(shown.model), bool(stream_on), stream_state)
             return page.updates(self.ui, shown, d, RUN_PARTS, screen)
@@ -535,9 +723,11 @@ class App:
     ) -> dict[Any, Any]:
         """Map, info, chart and follow table at ``layer``; the strip's selected tile moves."""
         if shown is None:
-            return {}
+            return self.nothing("info")
         with _held(on_screen):
             d = _display(shown, layer, view, overlay, opacity, _patch(on_screen, patch))
+            if d is None:
+                return self.nothing("info")
             _remember(on_screen, d)
             return page.updates(
                 self.ui, shown, d, (*LAYER_PARTS, "strip"), Screen(redraw_strip=False)
@@ -556,10 +746,19 @@ class App:
     ) -> dict[Any, Any]:
         """◀ / ▶: one block back or on (clamped), from the block last shown."""
         if shown is None:
-            return {}
+            return self.nothing("info")
         with _held(on_screen):
             at = _layer(on_screen, layer)
-            d = _display(shown, at + delta, view, overlay, opacity, _patch(on_screen, patch))
+            d = _display(
+                shown,
+                at + delta if at is not None else None,
+                view,
+                overlay,
+                opacity,
+                _patch(on_screen, patch),
+            )
+            if d is None:
+                return self.nothing("info")
             _remember(on_screen, d)
             return page.updates(
                 self.ui, shown, d, ("layer", *LAYER_PARTS, "strip"), Screen(redraw_strip=False)
@@ -577,11 +776,13 @@ class App:
     ) -> dict[Any, Any]:
         """A click on a strip tile selects that block (the strip itself is not redrawn)."""
         if shown is None or evt is None or not isinstance(evt.index, int):
-            return {}
+            return self.nothing("info")
         if not 0 <= evt.index < shown.trace.depth:
-            return {}
+            return self.nothing("info")
         with _held(on_screen):
             d = _display(shown, evt.index, view, overlay, opacity, _patch(on_screen, patch))
+            if d is None:
+                return self.nothing("info")
             _remember(on_screen, d)
             return page.updates(self.ui, shown, d, ("layer", *LAYER_PARTS))
 
@@ -597,12 +798,17 @@ class App:
     ) -> dict[Any, Any]:
         """A click on the big map follows that patch through every block."""
         if shown is None or evt is None or not isinstance(evt.index, (list, tuple)):
-            return {}
-        patch = page.patch_at(shown, *evt.index[:2])
+            return self.nothing("why")
+        xy = [_finite(v) for v in evt.index[:2]]
+        if len(xy) != 2 or xy[0] is None or xy[1] is None:
+            return self.nothing("why")
+        patch = page.patch_at(shown, xy[0], xy[1])
         if patch is None:
-            return {}
+            return self.nothing("why")
         with _held(on_screen):
             d = _display(shown, _layer(on_screen, layer), view, overlay, opacity, patch)
+            if d is None:
+                return self.nothing("why")
             _remember(on_screen, d)
             return page.updates(self.ui, shown, d, page.FOLLOW_PARTS)
 
@@ -623,6 +829,8 @@ class App:
             if shown is None:
                 return {self.ui["patch"]: None}
             d = _display(shown, _layer(on_screen, layer), view, overlay, opacity, None)
+            if d is None:
+                return {self.ui["patch"]: None}
             _remember(on_screen, d)
             return page.updates(self.ui, shown, d, page.FOLLOW_PARTS)
 
@@ -648,8 +856,11 @@ class App:
             return stop
         with _held(on_screen):
             depth = shown.trace.depth
-            start = play_start(_layer(on_screen, layer), depth)
+            at = _layer(on_screen, layer)
+            start = play_start(at, depth) if at is not None else None
             d = _display(shown, start, view, overlay, opacity, _patch(on_screen, patch))
+            if d is None:
+                return stop
             _remember(on_screen, d)
             out = page.updates(
                 self.ui, shown, d, ("layer", *LAYER_PARTS, "strip"), Screen(redraw_strip=False)
@@ -675,9 +886,18 @@ class App:
                 self.ui["play_timer"]: gr.update(active=False),
                 self.ui["play"]: gr.update(value=PLAY_LABEL),
             }
+        stop = {
+            self.ui["play_timer"]: gr.update(active=False),
+            self.ui["play"]: gr.update(value=PLAY_LABEL),
+        }
         with _held(on_screen):
-            nxt, more = play_step(_layer(on_screen, layer), shown.trace.depth)
+            at = _layer(on_screen, layer)
+            if at is None:
+                return stop
+            nxt, more = play_step(at, shown.trace.depth)
             d = _display(shown, nxt, view, overlay, opacity, _patch(on_screen, patch))
+            if d is None:
+                return stop
             _remember(on_screen, d)
             out = page.updates(
                 self.ui, shown, d, ("layer", *LAYER_PARTS, "strip"), Screen(redraw_strip=False)
@@ -700,10 +920,13 @@ class App:
         """Fates / what the model sees / score: the map, the strip and the block info (the
         score's colour bar) are redrawn (no model)."""
         if shown is None:
-            return {}
+            return self.nothing("map")
         with _held(on_screen):
-            layer = _layer(on_screen, layer)
-            d = _display(shown, layer, view, overlay, opacity, _patch(on_screen, patch))
+            d = _display(
+                shown, _layer(on_screen, layer), view, overlay, opacity, _patch(on_screen, patch)
+            )
+            if d is None:
+                return self.nothing("map")
             return page.updates(self.ui, shown, d, ("map", "strip", "info"))
 
     def export(
@@ -711,10 +934,11 @@ class App:
     ) -> dict[Any, Any]:
         """Write the downloads on request: strip PNG, depth GIF, whole-run JSON."""
         if shown is None:
-            raise gr.Error(
-                "Run first: there is nothing to export yet.", title="Export", print_exception=False
-            )
-        files = page.exports(shown, Display(int(layer or 0), view, False, 0.5, patch), self.exports)
+            raise refusal("export", "Run first: there is nothing to export yet.", title="Export")
+        d = _display(shown, layer, view, False, 0.5, patch)
+        if d is None:
+            return self.nothing("json_file")
+        files = page.exports(shown, d, self.exports)
         return {
             self.ui["strip_file"]: files["png"],
             self.ui["gif_file"]: files["gif"],
@@ -755,6 +979,7 @@ class App:
         try:
             load_image(image)
         except UserError as exc:
+            log.warning("refused check_image: %s", " ".join(user_message(exc).split())[:300])
             gr.Warning(f"Image: {user_message(exc)}", title="Image not usable")
             return None
         return gr.skip()
@@ -769,13 +994,14 @@ class App:
             shown.stream = None
         return {
             self.ui["stream_state"]: stream_state,
-            self.ui["stream"]: panels.stream_html(None, stream_state, bool(stream_on)),
+            self.ui["stream"]: panels.stream_html(None, stream_state, stream_on is True),
             self.ui["corrected"]: gr.update(value=None, visible=False),
         }
 
     def stream_toggled(
         self, on: bool, shown: ExplorerRun | None, stream_state: StreamState | None
     ) -> str:
+        on = on is True
         return panels.stream_html(shown if on else None, stream_state, on)
 
     def banner_html(self, model: str) -> str:
@@ -793,11 +1019,16 @@ class App:
     ) -> dict[Any, Any]:
         """The one-click stream demo: the bundled sequence into a fresh reservoir (never the
         session's) until the anchors switch on, then the probe with and without them."""
+        cfg = config_from_controls(
+            "tca", keep_rate, DEFAULT_CONFIG.layers, DEFAULT_CONFIG.merge_centers, "mean"
+        )
+        cfg = CondenseConfig(method="tca", keep_rate=cfg.keep_rate)
+        if model is not None and not isinstance(model, str):
+            raise InputError("model must be a model name")
         progress(0.05, desc="loading the model")
-        with self.gate.hold(_session(request)):
+        with self.gate.hold(*visitor(request, self.behind_proxy)):
             loaded = self.cache.get(model or self.default_model)
             progress(0.2, desc="feeding the bundled stream")
-            cfg = CondenseConfig(method="tca", keep_rate=float(keep_rate))
             demo = tca_stream_demo.run(loaded.clip, tca_stream_demo.load_spec(), cfg)
         progress(0.95, desc="drawing")
         probe = Image.open(tca_stream_demo.load_spec().probe).convert("RGB")
@@ -812,6 +1043,8 @@ class App:
     def model_layers(self, model: str) -> dict[str, Any]:
         """A new model gets its default condensing blocks (``tca.config.default_layers``:
         depth/4 x 1, 2, 3), written in the field's label too."""
+        if not isinstance(model, str):
+            return gr.update()
         try:
             depth = Geometry.from_name(model).depth
         except Exception:  # noqa: BLE001 - an unknown model is reported by the Run
@@ -823,7 +1056,7 @@ class App:
         )
 
     def banner(self, model: str | None = None) -> str:
-        model = model or self.default_model
+        model = model if isinstance(model, str) and model else self.default_model
         loaded = self.cache.peek(model)
         if loaded is None and model == self.default_model:
             try:  # the first page view waits for the (background) load of the default model
@@ -833,4 +1066,19 @@ class App:
         return panels.banner_html(loaded, model, loading=self.cache.is_loading(model))
 
 
-__all__ = ["App", "examples", "image_input", "upload_policy", "user_errors", "user_message"]
+__all__ = [
+    "App",
+    "Refused",
+    "checked_input",
+    "checked_payloads",
+    "check_every_input",
+    "an_index",
+    "examples",
+    "image_input",
+    "join_admission",
+    "refusal",
+    "upload_policy",
+    "user_errors",
+    "user_message",
+    "visitor",
+]

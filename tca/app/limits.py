@@ -12,6 +12,13 @@ uploads.
 - :class:`UploadBudget`: per client a token bucket of upload bytes, and for everyone together a
   cap on the bytes kept on disk (uploads are deleted after ``retention_s``).
 - :class:`UploadLimit`: the ASGI middleware that charges uploads (by route) to that budget.
+- :class:`EventInputs`: the ASGI middleware that bounds what one event's JSON body may hand
+  the app (Gradio keeps every input value in the session's copy of the page config, and the
+  queue holds the whole event until it runs): each input at most :data:`MAX_INPUT_BYTES`, the
+  event at most :data:`MAX_EVENT_BYTES`; an image sent as a ``data:`` URL is decoded into the
+  upload folder (charged to the upload budget like an upload) and handed on as that file, so
+  neither the session nor the queue holds its bytes.
+- :func:`behind_proxy`: whether the first ``X-Forwarded-For`` hop is the visitor's address.
 
 Nothing here imports a web framework: the middlewares speak ASGI, so they wrap Gradio's FastAPI
 app or any other.
@@ -19,15 +26,25 @@ app or any other.
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import binascii
 import ipaddress
 import json
 import logging
 import math
+import os
+import re
 import threading
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterable, Mapping, MutableMapping
+
+from .uploads import MAX_UPLOAD_BYTES
+from .uploads import too_large as image_too_large
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -38,6 +55,12 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 MiB = 2**20
 # A 10 MB image as a base64 data: URL is 13.4 MiB; the rest is room for the JSON around it.
 MAX_BODY_BYTES = 16 * MiB
+# One input value of an event, JSON-encoded (UTF-8): the labels field's 20,000 characters fit.
+# Gradio keeps each input's last value per session (about 15 inputs), so a session holds at
+# most about 1 MB of them, and the 400 sessions kept (app.py) about 400 MB.
+MAX_INPUT_BYTES = 64 * 1024
+# One event's whole JSON body once images are files: what the queue holds per waiting event.
+MAX_EVENT_BYTES = 1 * MiB
 log = logging.getLogger("tca.app.limits")
 
 
@@ -200,6 +223,16 @@ def _address(text: str) -> str | None:
         return None
 
 
+def behind_proxy(env: Mapping[str, str] = os.environ) -> bool:
+    """Whether requests arrive through a proxy that writes the visitor's address as the first
+    ``X-Forwarded-For`` hop: ``TCA_BEHIND_PROXY`` (1/0) if set, else on Hugging Face Spaces
+    (``SPACE_ID`` set), else not."""
+    flag = env.get("TCA_BEHIND_PROXY", "").strip().lower()
+    if flag:
+        return flag not in ("0", "false", "no", "off")
+    return bool(env.get("SPACE_ID"))
+
+
 def scope_client_key(scope: Scope, behind_proxy: bool = False) -> str:
     """:func:`client_key` of an ASGI scope."""
     headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers") or ()}
@@ -353,10 +386,219 @@ class UploadLimit:
         await self.app(scope, receive, send)
 
 
+# --------------------------------------------------------------------------- event inputs
+
+
+class Refused(Exception):
+    """An event body :class:`EventInputs` refuses: HTTP status and the message for the client."""
+
+    def __init__(self, status: int, message: str, headers: Iterable = ()) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = list(headers)
+
+
+INLINE_PREFIX = "data-url-"  # the folders inline images are written to (cleanup deletes them)
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+_IMAGE_SUFFIX = {"png": ".png", "jpeg": ".jpg", "jpg": ".jpg", "gif": ".gif", "webp": ".webp"}
+
+
+def is_json(scope: Scope) -> bool:
+    """Whether a request's body is (or, without a Content-Type, may be) JSON: FastAPI parses a
+    body without one as JSON too."""
+    raw = header(scope, b"content-type")
+    if raw is None:
+        return True
+    kind = raw.decode("latin-1").split(";")[0].strip().lower()
+    return kind == "application/json" or kind.endswith("+json")
+
+
+def _size(value: Any) -> int:
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode())
+
+
+def data_url_file(
+    value: Mapping[str, Any], folder: Path, max_bytes: int = MAX_UPLOAD_BYTES
+) -> tuple[dict[str, Any], bytes]:
+    """A file payload ``{"url": "data:...;base64,...", ...}`` decoded: (the payload that names
+    the file it will be written to, its bytes). Raises :class:`Refused` (413 over ``max_bytes``,
+    400 not base64). The file name is the payload's ``orig_name`` when it is a plain one."""
+    url = value["url"]
+    head, _, payload = url.partition(",")
+    if len(payload) * 3 // 4 > max_bytes:
+        raise Refused(413, image_too_large(len(payload) * 3 // 4, max_bytes))
+    if not head.endswith(";base64"):
+        raise Refused(400, "image: a data: URL must be base64-encoded (data:image/png;base64,...)")
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise Refused(400, "image: the data: URL is not valid base64") from None
+    name = value.get("orig_name")
+    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name):
+        kind = head[len("data:") :].split(";")[0].split("/")[-1].lower()
+        name = "image" + _IMAGE_SUFFIX.get(kind, ".png")
+    path = folder / f"{INLINE_PREFIX}{uuid.uuid4().hex}" / name
+    out = {
+        "path": str(path),
+        "orig_name": name,
+        "size": len(data),
+        "meta": {"_type": "gradio.FileData"},
+    }
+    return out, data
+
+
+def _write(path: str, data: bytes) -> None:
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)
+
+
+class EventInputs:
+    """ASGI middleware: the JSON body of an event (a POST whose body is an object with a
+    ``data`` list: Gradio's ``/queue/join``, ``/call/...``, ``/run/...``) is read (it is
+    already under :class:`BodyLimit`'s cap), and
+
+    - each image sent inline as a ``data:`` URL is decoded into ``folder`` (Gradio's upload
+      folder) and replaced by a reference to that file, after its bytes are charged to
+      ``budget`` under the client's key (so inline images count like uploads: 429 / 507);
+    - then every input value must JSON-encode to at most ``max_input_bytes`` and the whole
+      body to at most ``max_event_bytes``, else 413 naming the input by its position.
+
+    - ``admit(event, client key)``, if given, may refuse the event before it is queued: it
+      returns a message (answered with 429) or None (the app's per-visitor rule: a visitor's
+      second model request is refused at the door, so a flood never waits in the queue).
+
+    Anything else (other methods, non-JSON bodies, JSON without a ``data`` list) passes
+    untouched; a body that is not valid JSON is handed on as it came (the app answers 422).
+    One log line per refusal.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        folder: str | os.PathLike,
+        budget: UploadBudget | None = None,
+        behind_proxy: bool = False,
+        max_input_bytes: int = MAX_INPUT_BYTES,
+        max_event_bytes: int = MAX_EVENT_BYTES,
+        max_image_bytes: int = MAX_UPLOAD_BYTES,
+        admit: Callable[[Mapping[str, Any], str], str | None] | None = None,
+    ) -> None:
+        self.app = app
+        self.admit = admit
+        self.folder = Path(folder)
+        self.budget = budget
+        self.behind_proxy = behind_proxy
+        self.max_input_bytes = max_input_bytes
+        self.max_event_bytes = max_event_bytes
+        self.max_image_bytes = max_image_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") != "POST" or not is_json(scope):
+            await self.app(scope, receive, send)
+            return
+        chunks = []
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        del chunks
+        key = scope_client_key(scope, self.behind_proxy)
+        try:
+            body, event = await asyncio.to_thread(self.checked, body, key)
+            busy = self.admit(event, key) if (self.admit and event is not None) else None
+            if busy is not None:
+                raise Refused(429, busy)
+        except Refused as refusal:
+            log.warning(
+                "%d %s %s from %s: %s",
+                refusal.status,
+                scope.get("method"),
+                scope.get("path"),
+                key,
+                refusal.message,
+            )
+            await send_json(send, refusal.status, refusal.message, refusal.headers)
+            return
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if sent:
+                return await receive()  # after the body: the client's disconnect, if any
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    def checked(self, body: bytes, key: str) -> tuple[bytes, dict[str, Any] | None]:
+        """The body to hand on (rewritten when it held inline images) and the event it holds
+        (None if it is no event), or :class:`Refused`."""
+        try:
+            event = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            return body, None
+        if not isinstance(event, dict) or not isinstance(event.get("data"), list):
+            return body, None
+        files: list[tuple[str, bytes]] = []
+        data = list(event["data"])
+        for i, value in enumerate(data):
+            if (
+                isinstance(value, dict)
+                and isinstance(value.get("url"), str)
+                and value["url"].startswith("data:")
+            ):
+                data[i], raw = data_url_file(value, self.folder, self.max_image_bytes)
+                files.append((data[i]["path"], raw))
+        for i, value in enumerate(data):
+            size = _size(value)
+            if size > self.max_input_bytes:
+                raise Refused(
+                    413,
+                    f"input {i + 1} of this event is {size / 1024:.0f} kB; each input may be at "
+                    f"most {self.max_input_bytes // 1024} kB (send images as uploads)",
+                )
+        event["data"] = data
+        size = _size(event)
+        if size > self.max_event_bytes:
+            raise Refused(
+                413,
+                f"this event's request is {size / MiB:.1f} MB without its images; at most "
+                f"{self.max_event_bytes / MiB:g} MB",
+            )
+        for path, raw in files:
+            if self.budget is not None:
+                refusal = self.budget.admit(key, len(raw))
+                if refusal is not None:
+                    retry = (
+                        []
+                        if math.isinf(refusal.retry_after_s)
+                        else [(b"retry-after", str(math.ceil(refusal.retry_after_s)).encode())]
+                    )
+                    raise Refused(refusal.status, refusal.message, retry)
+            _write(path, raw)
+        if not files:
+            return body, event
+        return json.dumps(event, ensure_ascii=False).encode(), event
+
+
 __all__ = [
     "MAX_BODY_BYTES",
+    "MAX_EVENT_BYTES",
+    "MAX_INPUT_BYTES",
     "BodyLimit",
     "BodyTooLarge",
+    "EventInputs",
+    "INLINE_PREFIX",
+    "Refused",
+    "behind_proxy",
+    "data_url_file",
+    "is_json",
     "Refusal",
     "UploadBudget",
     "UploadLimit",

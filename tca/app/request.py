@@ -5,6 +5,7 @@ naming the control; and the one home of the settings the page opens with.
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 from tca.config import DEFAULT_LAYERS, DEFAULT_LAYERS_TEXT, CondenseConfig, parse_layers
@@ -29,6 +30,26 @@ MERGE_CENTERS_RANGE = (1, 16)
 PLAY_INTERVAL_S = 1.0  # ▶ play: one block per second (a 12-block tower in 12 s)
 
 
+def real(value: object) -> float | None:
+    """``value`` as a finite float (a number, or a string that reads as one), else None: NaN,
+    infinities, booleans, lists and the like are no numbers for a control."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    try:
+        number = float(value)
+    except (ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _text(value: object, what: str, choices: Sequence[str]) -> str:
+    """``value`` if it is a string (whether it is one of ``choices`` is checked, with the same
+    words, by ``CondenseConfig``), else ConfigError naming the control."""
+    if not isinstance(value, str):
+        raise ConfigError(f"unknown {what} {_shown(value)}; choose one of {', '.join(choices)}")
+    return value
+
+
 def config_from_controls(
     method: str,
     keep_rate: float,
@@ -36,22 +57,37 @@ def config_from_controls(
     merge_centers: float | int,
     score: str,
 ) -> CondenseConfig:
-    """A CondenseConfig from the app's controls, with range checks that name the control."""
-    if keep_rate is None or not KEEP_RATE_RANGE[0] <= float(keep_rate) <= KEEP_RATE_RANGE[1]:
+    """A CondenseConfig from the app's controls, with type and range checks that name the
+    control (NaN, empty, a list where a number belongs: each a ConfigError)."""
+    method = _text(method, "method", list(METHODS))
+    rate = real(keep_rate)
+    if rate is None or not KEEP_RATE_RANGE[0] <= rate <= KEEP_RATE_RANGE[1]:
         raise ConfigError(
             f"keep rate R must be between {KEEP_RATE_RANGE[0]} and "
-            f"{KEEP_RATE_RANGE[1]}, got {keep_rate}"
+            f"{KEEP_RATE_RANGE[1]}, got {_shown(keep_rate)}"
         )
+    centers = real(merge_centers)
     if (
-        merge_centers is None
-        or float(merge_centers) != int(float(merge_centers))
-        or not MERGE_CENTERS_RANGE[0] <= int(float(merge_centers)) <= MERGE_CENTERS_RANGE[1]
+        centers is None
+        or centers != int(centers)
+        or not MERGE_CENTERS_RANGE[0] <= int(centers) <= MERGE_CENTERS_RANGE[1]
     ):
         raise ConfigError(
             f"merge centres K must be a whole number from {MERGE_CENTERS_RANGE[0]} "
-            f"to {MERGE_CENTERS_RANGE[1]}, got {merge_centers}"
+            f"to {MERGE_CENTERS_RANGE[1]}, got {_shown(merge_centers)}"
         )
-    layer_tuple = parse_layers(layers if layers is not None else "")
+    score = _text(score, "score", ["mean", "rank"])
+    if layers is None:
+        layers = ""
+    if not isinstance(layers, str) and not (
+        isinstance(layers, (list, tuple))
+        and all(isinstance(i, int) and not isinstance(i, bool) for i in layers)
+    ):
+        raise ConfigError(
+            f"condensing blocks must be block indices like {DEFAULT_LAYERS_TEXT}, "
+            f"got {_shown(layers)}"
+        )
+    layer_tuple = parse_layers(layers)
     record = METHODS.get(method)
     if record is not None and record.step is not None and not layer_tuple:
         raise ConfigError(
@@ -59,11 +95,18 @@ def config_from_controls(
         )
     return CondenseConfig(
         method=method,
-        keep_rate=float(keep_rate),
+        keep_rate=rate,
         layers=layer_tuple,
-        merge_centers=int(float(merge_centers)),
+        merge_centers=int(centers),
         score=score,
     )
+
+
+def _shown(value: object) -> str:
+    """A control's value for a message: short, and only its type when it is not a scalar."""
+    if value is None or isinstance(value, (str, int, float)):
+        return repr(value)[:60]
+    return f"a {type(value).__name__}"
 
 
 def check_prompt_count(n_labels: int, templates: str, max_prompts: int = MAX_PROMPTS) -> None:
@@ -93,12 +136,18 @@ def from_controls(
     """The request of one event, from the controls' values as Gradio (or the API) hands them
     over. Raises a :class:`tca.errors.UserError` whose message names the control."""
     config = config_from_controls(method, keep_rate, layers, merge_centers, score)
-    if templates not in TEMPLATES:
+    if not isinstance(templates, str) or templates not in TEMPLATES:
         raise InputError(
-            f"unknown prompt templates {templates!r}; choose one of {', '.join(TEMPLATES)}"
+            f"unknown prompt templates {_shown(templates)}; choose one of {', '.join(TEMPLATES)}"
         )
-    if labels is None:
+    if labels is None or (isinstance(labels, str) and not labels.strip()):
         raise LabelError('no labels: type at least two candidate labels, e.g. "cat, dog"')
+    if not isinstance(labels, str) and not (
+        isinstance(labels, (list, tuple)) and all(isinstance(x, str) for x in labels)
+    ):
+        raise LabelError(f'labels must be text like "cat, dog", got {_shown(labels)}')
+    if model is not None and not isinstance(model, str):
+        raise InputError(f"model must be a model name, got {_shown(model)}")
     if isinstance(labels, str) and len(labels) > MAX_LABELS_TEXT:
         raise LabelError(
             f"the labels text is {len(labels)} characters long (at most "
@@ -132,5 +181,6 @@ __all__ = [
     "check_prompt_count",
     "config_from_controls",
     "from_controls",
+    "real",
     "request_or_none",
 ]

@@ -157,16 +157,33 @@ class ModelCache:
         return LoadedModel(clip, requested, note)
 
 
+# The concurrency group of every event that runs the model (Run, Compare, sweep, stream demo):
+# its slots are the server's model slots, and a visitor holds at most one of them.
+MODEL_LANE = "model"
+
 BUSY = (
-    "one request at a time per visitor: your previous Run or Compare is still running; "
-    "try again when it has finished"
+    "one request at a time per visitor: your previous Run, Compare, sweep or stream demo (from "
+    "this page or another one at your address) is still running; try again when it has finished"
 )
 
 
+def visitor_keys(session: str | None, address: str | None) -> tuple[str, ...]:
+    """What one model request counts against: its session and its client address (see
+    :func:`tca.app.limits.client_key`), so neither a new session hash nor a second tab buys a
+    second slot. None / empty parts are left out."""
+    keys = []
+    if session:
+        keys.append(f"session {session}")
+    if address:
+        keys.append(f"address {address}")
+    return tuple(keys)
+
+
 class SessionGate:
-    """At most one model request running per visitor session: a second one while the first
-    runs is refused at once (:data:`BUSY`), so one visitor never holds more than one of the
-    server's model slots however many requests they send. Thread-safe."""
+    """At most one model request running per visitor: a request is refused at once
+    (:data:`BUSY`) while another one holding any of its keys (its session, its client address:
+    :func:`visitor_keys`) runs, so one visitor never holds more than one of the server's model
+    slots however many requests, sessions or tabs they use. Thread-safe."""
 
     def __init__(self) -> None:
         self._active: set[str] = set()
@@ -175,20 +192,25 @@ class SessionGate:
     def __len__(self) -> int:
         return len(self._active)
 
-    @contextlib.contextmanager
-    def hold(self, session: str | None) -> Iterator[None]:
-        if session is None:  # a direct call (tests, tools): nothing to bound
-            yield
-            return
+    def busy(self, *keys: str | None) -> bool:
+        """Whether a request holding any of ``keys`` is running."""
         with self._lock:
-            if session in self._active:
+            return bool({k for k in keys if k} & self._active)
+
+    @contextlib.contextmanager
+    def hold(self, *keys: str | None) -> Iterator[None]:
+        """Hold every key in ``keys`` (None entries are ignored; none at all: a direct call from
+        tests or tools, nothing to bound) for the duration of the block."""
+        held = {k for k in keys if k}
+        with self._lock:
+            if held & self._active:
                 raise InputError(BUSY)
-            self._active.add(session)
+            self._active |= held
         try:
             yield
         finally:
             with self._lock:
-                self._active.discard(session)
+                self._active -= held
 
 
-__all__ = ["BUSY", "LoadedModel", "ModelCache", "SessionGate"]
+__all__ = ["BUSY", "MODEL_LANE", "LoadedModel", "ModelCache", "SessionGate", "visitor_keys"]
