@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
 import gradio as gr
+import numpy as np
 from PIL import Image
 
 from tca import stream_demo as tca_stream_demo
@@ -27,7 +28,7 @@ from tca.images import load_image
 from tca.methods import COMPARED, METHODS
 from tca.models import DEFAULT_MODEL
 
-from . import export, page, panels, serving, sweeps, uploads
+from . import device, export, page, panels, runs, serving, sweeps, uploads
 from .page import LAYER_PARTS, RUN_PARTS, Display, Screen
 from .request import DEFAULT_CONFIG, Request, from_controls, request_or_none
 from .runs import APP_MODELS, ExplorerRun, StreamState, compare, run, seen_picture
@@ -146,11 +147,27 @@ class App:
         max_models: int = 2,
         cache: serving.ModelCache | None = None,
         exports: export.ExportDir | None = None,
+        placement: device.Placement | None = None,
     ) -> None:
         self.default_model = model_name
+        # where the model passes run ($TCA_DEVICE) and in which precision ($TCA_PRECISION)
+        self.placement = placement or device.placement_from_env()
         self.cache = cache or serving.ModelCache(
-            pretrained, checkpoint, checkpoint_model=model_name, max_models=max_models
+            pretrained,
+            checkpoint,
+            checkpoint_model=model_name,
+            max_models=max_models,
+            precision=self.placement.precision,
+            device=self.placement.home,
         )
+        # every model pass runs in a GPU task (spaces.GPU on ZeroGPU; a plain call elsewhere)
+        on_gpu = functools.partial(
+            device.gpu_task, prepare=lambda: self.cache.place_on(self.placement.device)
+        )
+        self._run = on_gpu(self._run_passes, device.GPU_SECONDS["run"])
+        self._compare = on_gpu(self._compare_passes, device.GPU_SECONDS["compare"])
+        self._sweep = on_gpu(self._sweep_passes, device.GPU_SECONDS["sweep"])
+        self._stream_demo = on_gpu(self._stream_demo_passes, device.GPU_SECONDS["stream_demo"])
         self.exports = exports or export.ExportDir()
         self.gate = serving.SessionGate()  # one model request per visitor at a time
         self.model_choices = list(APP_MODELS.items())
@@ -160,6 +177,43 @@ class App:
         self._first: ExplorerRun | None = None
         self._first_parts: dict[str, Any] | None = None  # with picture files
         self._first_lock = threading.RLock()
+
+    # -- the model passes (GPU tasks: their arguments pickle on ZeroGPU, so progress callbacks
+    # are only passed where no worker process stands between)
+    def _say(self, progress: gr.Progress, model: str) -> runs.Say | None:
+        """The progress callback for a GPU task on ``model``. On ZeroGPU there is none, and the
+        model is loaded here first, on the CPU, so that the worker forked for the task
+        inherits it instead of loading a copy of its own."""
+        if not self.placement.zero_gpu:
+            return lambda f, d: progress(f, desc=d)
+        progress(0.1, desc="loading the model")
+        self.cache.get(model)
+        return None
+
+    def _run_passes(
+        self, req: Request, stream_state: StreamState | None, say: runs.Say | None = None
+    ) -> tuple[ExplorerRun, StreamState | None]:
+        # the stream state comes back: a ZeroGPU worker updates its own copy of it
+        return run(self.cache, req, stream=stream_state, progress=say), stream_state
+
+    def _compare_passes(self, req: Request, say: runs.Say | None = None) -> runs.Comparison:
+        return compare(self.cache, req, COMPARED, progress=say)
+
+    def _sweep_passes(
+        self,
+        req: Request,
+        methods: Any,
+        shown: ExplorerRun | None,
+        say: runs.Say | None = None,
+    ) -> sweeps.Sweep:
+        return sweeps.sweep(self.cache, req, methods, reuse=shown, progress=say)
+
+    def _stream_demo_passes(self, model: str, keep_rate: float) -> tuple[Any, np.ndarray]:
+        loaded = self.cache.get(model)
+        cfg = CondenseConfig(method="tca", keep_rate=float(keep_rate))
+        demo = tca_stream_demo.run(loaded.clip, tca_stream_demo.load_spec(), cfg)
+        probe = Image.open(tca_stream_demo.load_spec().probe).convert("RGB")
+        return demo, seen_picture(loaded.clip, probe)
 
     def request(
         self,
@@ -293,12 +347,10 @@ class App:
         if stream and stream_state is None:
             stream_state = StreamState()
         with self.gate.hold(_session(request)):
-            shown = run(
-                self.cache,
-                req,
-                stream=stream_state if stream else None,
-                progress=lambda f, d: progress(f, desc=d),
+            shown, passed = self._run(
+                req, stream_state if stream else None, self._say(progress, req.model)
             )
+        stream_state = passed if stream else stream_state
         progress(0.95, desc="drawing")
         return export.summary(shown, TOP_K), shown, stream_state
 
@@ -322,7 +374,7 @@ class App:
             image, labels, model, method, keep_rate, layers, merge_centers, score, templates
         )
         with self.gate.hold(_session(request)):
-            cmp = compare(self.cache, req, COMPARED, progress=lambda f, d: progress(f, desc=d))
+            cmp = self._compare(req, self._say(progress, req.model))
         out: dict[Any, Any] = {
             self.ui["compare_picture"]: page.compare_picture(cmp),
             self.ui["compare_baseline"]: cmp.baseline.as_dict(),
@@ -359,12 +411,8 @@ class App:
             image, labels, model, method, keep_rate, layers, merge_centers, score, templates
         )
         with self.gate.hold(_session(request)):
-            sw = sweeps.sweep(
-                self.cache,
-                req,
-                COMPARED if all_methods else None,
-                reuse=shown,
-                progress=lambda f, d: progress(f, desc=d),
+            sw = self._sweep(
+                req, COMPARED if all_methods else None, shown, self._say(progress, req.model)
             )
         return {
             self.ui["sweep_plot"]: page.sweep_image(sw),
@@ -574,13 +622,10 @@ class App:
         session's) until the anchors switch on, then the probe with and without them."""
         progress(0.05, desc="loading the model")
         with self.gate.hold(_session(request)):
-            loaded = self.cache.get(model or self.default_model)
+            self.cache.get(model or self.default_model)  # loaded here, on the CPU
             progress(0.2, desc="feeding the bundled stream")
-            cfg = CondenseConfig(method="tca", keep_rate=float(keep_rate))
-            demo = tca_stream_demo.run(loaded.clip, tca_stream_demo.load_spec(), cfg)
+            demo, seen = self._stream_demo(model or self.default_model, float(keep_rate))
         progress(0.95, desc="drawing")
-        probe = Image.open(tca_stream_demo.load_spec().probe).convert("RGB")
-        seen = seen_picture(loaded.clip, probe)
         return {
             self.ui["demo_text"]: panels.stream_demo_html(demo),
             self.ui["demo_picture"]: gr.update(
