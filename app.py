@@ -70,6 +70,7 @@ CSS = """
 .tca-random {background: #fee2e2; color: #7f1d1d; border-left: 6px solid #b91c1c}
 .tca-ok {background: #dcfce7; color: #14532d; border: 1px solid #86efac}
 .tca-wait {background: #fef9c3; color: #713f12; border: 1px solid #fde047}
+.tca-precision {font-size: 13px; opacity: 0.85; margin: 0 2px 2px}
 .tca-stale {background: #fef3c7; color: #78350f; border: 2px solid #f59e0b; padding: 6px 12px;
   border-radius: 8px; font-size: 15px}
 .tca-map img {image-rendering: pixelated}

@@ -27,6 +27,7 @@ from tca.flops import Geometry
 from tca.images import load_image
 from tca.methods import COMPARED, METHODS
 from tca.models import DEFAULT_MODEL
+from tca.request import image_key
 
 from . import device, export, page, panels, runs, serving, sweeps, uploads
 from .page import LAYER_PARTS, RUN_PARTS, Display, Screen
@@ -38,6 +39,9 @@ ASSETS = ROOT / "assets"
 TOP_K = 5
 # Gradio recognises a progress parameter by its default (one instance serves every handler).
 PROGRESS = gr.Progress()
+# Runs of the curated examples kept for every visitor (gr.Cache, least recently used go): an
+# example clicked again, with the same settings, shows at once without a model pass.
+EXAMPLE_RUNS = 32
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -173,6 +177,8 @@ class App:
         self.model_choices = list(APP_MODELS.items())
         if model_name not in APP_MODELS.values():
             self.model_choices.insert(0, (model_name, model_name))
+        self.example_runs = gr.Cache(max_size=EXAMPLE_RUNS)
+        self._example_keys: frozenset[str] | None = None
         self.ui: Mapping[str, Any] = {}
         self._first: ExplorerRun | None = None
         self._first_parts: dict[str, Any] | None = None  # with picture files
@@ -214,6 +220,22 @@ class App:
         demo = tca_stream_demo.run(loaded.clip, tca_stream_demo.load_spec(), cfg)
         probe = Image.open(tca_stream_demo.load_spec().probe).convert("RGB")
         return demo, seen_picture(loaded.clip, probe)
+
+    def _example_run(self, req: Request, say: runs.Say | None) -> ExplorerRun:
+        """The Run of a curated example's image (cached: Gradio's ``gr.Cache``, keyed by the
+        image's content and every setting), else a fresh Run. Each visitor gets a copy (a Run
+        on screen may be changed, e.g. by the stream reset)."""
+        if self._example_keys is None:
+            self._example_keys = frozenset(image_key(p, load_image(p)) for p, _ in examples())
+        if req.image_key not in self._example_keys:
+            return self._run(req, None, say)[0]
+        key = (req.image_key, req.labels, req.model, req.templates, req.config)
+        hit = self.example_runs.get(key)
+        if hit is None:
+            shown = self._run(req, None, say)[0]
+            self.example_runs.set(key, run=copy.deepcopy(shown))
+            return shown
+        return copy.deepcopy(hit["run"])
 
     def request(
         self,
@@ -336,10 +358,20 @@ class App:
     ) -> tuple[dict, ExplorerRun, StreamState | None]:
         """Zero-shot classification of one image by baseline CLIP and condensed CLIP.
 
-        Returns one JSON object: labels, baseline / condensed (and, in stream mode, corrected)
-        probabilities and top-5, per-label probability shift, tokens per layer (baseline and
-        condensed), GMACs (baseline, condensed, % saved, convention), timings, settings, and
-        whether the weights are random.
+        Args:
+            image: the image: an uploaded file (gradio_client.handle_file, the upload tool over MCP) or a data: URL of at most 10 MB; server paths and other URLs are refused.
+            labels: candidate labels, comma-separated or one per line (2 to 100), e.g. "cat, dog, car".
+            model: open_clip model name, e.g. ViT-B-16-quickgelu (the page's Model list).
+            method: condensation method: tca (the paper's), evit, tome, ats, ... or none (plain CLIP).
+            keep_rate: keep rate R between 0.1 and 1.0: the share of tokens each condensing block keeps.
+            layers: condensing blocks, 0-based and comma-separated, e.g. "3,6,9".
+            merge_centers: TCA's merge centres K, a whole number from 1 to 16.
+            score: TCA's token score: mean (head-mean CLS attention) or rank (cross-head rank).
+            templates: prompt templates: single ("a photo of a {}."), imagenet80, or a data set's name from the paper.
+            stream: stream mode (TCA's reservoir and logits correction, kept per session).
+
+        Returns:
+            one JSON object: labels, baseline / condensed (and, in stream mode, corrected) probabilities and top-5, per-label probability shift, tokens per layer (baseline and condensed), GMACs (baseline, condensed, % saved, convention), timings, settings, precision, and whether the weights are random.
         """
         req = self.request(
             image, labels, model, method, keep_rate, layers, merge_centers, score, templates
@@ -347,10 +379,10 @@ class App:
         if stream and stream_state is None:
             stream_state = StreamState()
         with self.gate.hold(_session(request)):
-            shown, passed = self._run(
-                req, stream_state if stream else None, self._say(progress, req.model)
-            )
-        stream_state = passed if stream else stream_state
+            if stream:
+                shown, stream_state = self._run(req, stream_state, self._say(progress, req.model))
+            else:
+                shown = self._example_run(req, self._say(progress, req.model))
         progress(0.95, desc="drawing")
         return export.summary(shown, TOP_K), shown, stream_state
 
@@ -607,7 +639,10 @@ class App:
 
     def banner_html(self, model: str) -> str:
         return panels.banner_html(
-            self.cache.peek(model), model, loading=self.cache.is_loading(model)
+            self.cache.peek(model),
+            model,
+            loading=self.cache.is_loading(model),
+            precision=self.placement.describe(),
         )
 
     @user_errors
@@ -654,7 +689,12 @@ class App:
                 loaded = self.cache.get(model)
             except Exception:  # noqa: BLE001 - shown again, with its message, on Run
                 loaded = None
-        return panels.banner_html(loaded, model, loading=self.cache.is_loading(model))
+        return panels.banner_html(
+            loaded,
+            model,
+            loading=self.cache.is_loading(model),
+            precision=self.placement.describe(),
+        )
 
 
 __all__ = ["App", "examples", "image_input", "upload_policy", "user_errors", "user_message"]

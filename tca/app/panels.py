@@ -172,8 +172,18 @@ and costs are exact, but the predictions mean nothing. {_escape(WEIGHTS_HELP)}
 """
 
 
-def banner_html(loaded: LoadedModel | None, model: str, loading: bool = False) -> str:
-    """The weights line: one short sentence for visitors; operator help behind a toggle."""
+def banner_html(
+    loaded: LoadedModel | None, model: str, loading: bool = False, precision: str | None = None
+) -> str:
+    """The weights line: one short sentence for visitors; operator help behind a toggle.
+    precision: the line on the precision the models run in (``Placement.describe``), shown
+    under it."""
+    return _weights_html(loaded, model, loading) + (
+        f'<div class="tca-precision">Precision: {_escape(precision)}</div>' if precision else ""
+    )
+
+
+def _weights_html(loaded: LoadedModel | None, model: str, loading: bool) -> str:
     if loaded is None:
         what = "is loading" if loading else "loads on the next Run"
         return (
