@@ -6,8 +6,10 @@
 Environment: TCA_MODEL (default ViT-B-16-quickgelu), TCA_PRETRAINED (default openai; "none" for
 random weights), TCA_CHECKPOINT (a local weights file for TCA_MODEL), TCA_MODEL_CONFIGS (a folder
 of extra open_clip model configs, e.g. tests/model_configs), TCA_QUEUE_SIZE (256),
-TCA_FIRST_SCREEN (now: the first example's result is computed before serving and is part of the
-page; background: serve at once, compute it in a thread, hand it over on page load; off).
+TCA_DEVICE (auto, cpu, cuda) and TCA_PRECISION (auto, fp32, bf16, fp16): where and in which
+precision the models run (tca/app/device.py), TCA_FIRST_SCREEN (now: the first example's
+result is computed before serving and is part of the page; background: serve at once, compute
+it in a thread, hand it over on page load; off). /classify and /flops are MCP tools too.
 Without reachable weights the app starts anyway on random weights and says so in a banner.
 """
 
@@ -22,7 +24,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402
 
 import tca  # noqa: E402
-from tca.app import page, panels, sweeps, uploads  # noqa: E402
+from tca.app import device, page, panels, sweeps, tools, uploads  # noqa: E402
 from tca.app.cleanup import keep_deleting  # noqa: E402
 from tca.app.events import (  # noqa: E402
     ASSETS,
@@ -31,11 +33,14 @@ from tca.app.events import (  # noqa: E402
     examples,
     image_input,
     upload_policy,
+    user_errors,
 )
 from tca.app.request import DEFAULT_CONFIG, KEEP_RATE_RANGE  # noqa: E402
 from tca.cli import register_model_configs  # noqa: E402
 from tca.config import format_layers  # noqa: E402
 from tca.methods import COMPARED, METHODS  # noqa: E402
+
+tools.mcp_state_outputs()  # /classify's State outputs over MCP (Gradio 6.31)
 
 MAX_UPLOAD = uploads.MAX_UPLOAD_BYTES  # bytes, for the upload route and every other way in
 CONCURRENCY = 2  # events running at once; model events share one lane of MODEL_SLOTS
@@ -411,14 +416,17 @@ def build_demo(
                         elem_id="labels-input",
                     )
                     run_btn = gr.Button("Run", variant="primary", elem_id="run-button")
+                    examples_loaded = None
                     if items:
-                        gr.Examples(
+                        # a click fills the inputs and runs (wire): a curated example's Run is
+                        # computed once and kept in a gr.Cache (App.example_runs) for everyone
+                        examples_loaded = gr.Examples(
                             items,
                             inputs=[ui["image"], ui["labels"]],
                             cache_examples=False,
                             elem_id="tca-examples",
                             label="Examples (public-domain photos, see assets/CREDITS.md)",
-                        )
+                        ).load_input_event
                     with gr.Accordion("Settings", open=True):
                         model = gr.Dropdown(
                             app.model_choices,
@@ -511,7 +519,10 @@ def build_demo(
             stream_on=stream_on,
             sweep_all=sweep_all,
             api_json=api_json,
+            examples_loaded=examples_loaded,
         )
+        # no-image API tools (and MCP tools for agents): the token schedule and GMACs
+        gr.api(user_errors(tools.flops), api_name="flops", concurrency_limit=None)
         if first_screen == "background" and items:
             demo.load(
                 app.load_first,
@@ -539,8 +550,10 @@ def wire(
     stream_on: Any,
     sweep_all: Any,
     api_json: Any,
+    examples_loaded: Any = None,
 ) -> None:
-    """Every event: which handler, which inputs, which components it may update."""
+    """Every event: which handler, which inputs, which components it may update.
+    examples_loaded: the curated examples' input-filling event (a Run follows it)."""
     quiet: dict[str, Any] = dict(api_visibility="private", show_progress="hidden")
     model_lane: dict[str, Any] = dict(concurrency_limit=MODEL_SLOTS, concurrency_id="model")
     run_parts = [ui[n] for n in page.RUN_PARTS]
@@ -557,21 +570,35 @@ def wire(
         api_visibility="private",
         show_progress="hidden",
     )
-    run_evt = checked.success(
-        app.classify,
-        inputs=[*controls, stream_on, ui["stream_state"]],
-        outputs=[api_json, ui["run"], ui["stream_state"]],
-        api_name="classify",
-        api_description=API_DESCRIPTION,
-        show_progress_on=[ui["baseline"], ui["condensed"], ui["map"]],
-        **model_lane,
-    )
-    run_evt.success(
-        app.show_run,
-        [*display[:-1], ui["patch"], ui["depth"], stream_on, ui["stream_state"]],
-        run_parts,
-        **quiet,
-    )
+    starts = [(checked, dict(api_name="classify", api_description=API_DESCRIPTION))]
+    if examples_loaded is not None:  # a curated example runs once its inputs are filled in
+        starts.append(
+            (
+                examples_loaded.then(
+                    app.check_inputs,
+                    controls,
+                    None,
+                    api_visibility="private",
+                    show_progress="hidden",
+                ),
+                dict(api_visibility="private"),
+            )
+        )
+    for start, api in starts:
+        run_evt = start.success(
+            app.classify,
+            inputs=[*controls, stream_on, ui["stream_state"]],
+            outputs=[api_json, ui["run"], ui["stream_state"]],
+            show_progress_on=[ui["baseline"], ui["condensed"], ui["map"]],
+            **api,
+            **model_lane,
+        )
+        run_evt.success(
+            app.show_run,
+            [*display[:-1], ui["patch"], ui["depth"], stream_on, ui["stream_state"]],
+            run_parts,
+            **quiet,
+        )
     ui["layer"].input(app.show_layer, display, layer_parts, trigger_mode="always_last", **quiet)
     ui["overlay"].change(app.show_layer, display, layer_parts, **quiet)
     ui["opacity"].input(app.show_layer, display, layer_parts, trigger_mode="always_last", **quiet)
@@ -653,6 +680,8 @@ def launch_options() -> dict[str, Any]:
         # a public Space: unexpected exceptions (and Gradio's own path refusals, which
         # echo the path) show no text; every user error is a gr.Error and shows
         show_error=False,
+        # /classify and /flops as MCP tools for agents (at /gradio_api/mcp/)
+        mcp_server=True,
     )
 
 
@@ -666,6 +695,7 @@ def main() -> None:
     first = os.environ.get("TCA_FIRST_SCREEN", "now").lower()
     if first not in ("now", "background", "off"):
         raise tca.ConfigError(f"TCA_FIRST_SCREEN must be now, background or off, got {first!r}")
+    device.set_torch_threads()  # the container's CPU quota, unless OMP_NUM_THREADS says
     demo = build_demo(
         model, pretrained, checkpoint, preload=True, first_screen=None if first == "off" else first
     )

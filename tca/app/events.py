@@ -96,6 +96,24 @@ def image_input(policy: uploads.UploadPolicy, **kwargs: Any) -> gr.Image:
         return str(policy.check(path if isinstance(path, str) else None))
 
     component.preprocess = preprocess  # type: ignore[method-assign]
+    # An http(s) URL (the API's and MCP's way to name a file) would be downloaded into the
+    # upload folder before ``preprocess`` sees it: only one that names an upload of this app
+    # (its file route) is taken, as that local file, and nothing is fetched; any other is
+    # refused here, before Gradio downloads it.
+    move = component.async_move_resource_to_block_cache
+
+    async def only_uploads(url_or_file_path: Any) -> str | None:
+        if isinstance(url_or_file_path, str) and uploads.is_url(url_or_file_path):
+            try:
+                local = uploads.served_path(url_or_file_path)
+                url_or_file_path = str(policy.check(local))
+            except UserError as exc:
+                raise gr.Error(
+                    f"Cannot run: {user_message(exc)}", title="Cannot run", print_exception=False
+                ) from exc
+        return await move(url_or_file_path)
+
+    component.async_move_resource_to_block_cache = only_uploads  # type: ignore[method-assign]
     return component
 
 

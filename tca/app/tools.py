@@ -86,4 +86,29 @@ def flops_report(model: str, geom: Geometry, config: CondenseConfig) -> dict[str
     }
 
 
-__all__ = ["flops", "flops_report"]
+def mcp_state_outputs() -> None:
+    """Let an MCP tool's endpoint have ``gr.State`` outputs (/classify keeps the Run and the
+    stream reservoir in two). Gradio 6.31's MCP server drops them by position from a list
+    with one value per output, but its queued path hands over ``[answer]``, the client's one
+    answer (a tuple of the outputs), so every such call failed with "pop index out of range".
+    The outputs are unpacked first; any other shape goes to Gradio's own code unchanged."""
+    from gradio.components import State
+    from gradio.mcp import GradioMCPServer
+
+    own = GradioMCPServer.pop_returned_state
+    if getattr(own, "tca_unpacks", False):
+        return
+
+    def pop_returned_state(components: Any, data: Any) -> list:
+        values = data
+        if len(components) > 1 and len(data) == 1 and isinstance(data[0], (tuple, list)):
+            values = list(data[0])
+        if len(values) != len(components):
+            return own(components, data)
+        return [v for v, c in zip(values, components) if not isinstance(c, State)]
+
+    pop_returned_state.tca_unpacks = True  # type: ignore[attr-defined]
+    GradioMCPServer.pop_returned_state = staticmethod(pop_returned_state)  # type: ignore[method-assign]
+
+
+__all__ = ["flops", "flops_report", "mcp_state_outputs"]
