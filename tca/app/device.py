@@ -215,10 +215,22 @@ def cpu_threads(affinity: int | None = None, cgroup: Path = CGROUP) -> int:
 
 def set_torch_threads(env: Mapping[str, str] = os.environ) -> int:
     """torch's intra-op threads from :func:`cpu_threads`, unless $OMP_NUM_THREADS sets them
-    (then that wins, as torch reads it itself). Returns the count in use."""
-    if not env.get("OMP_NUM_THREADS"):
+    (then that wins, as torch reads it itself); one on ZeroGPU (see :func:`in_worker`).
+    Returns the count in use."""
+    if on_zero_gpu(env):
+        torch.set_num_threads(1)
+    elif not env.get("OMP_NUM_THREADS"):
         torch.set_num_threads(cpu_threads())
     return torch.get_num_threads()
+
+
+def in_worker(placement: Placement) -> None:
+    """The first step of every GPU task. On ZeroGPU the task runs in a process forked from the
+    server, and an OpenMP thread pool the server used does not survive a fork (the child's
+    first parallel CPU operation, e.g. the image's conversion to a tensor, hangs): the worker
+    computes on one CPU thread, which keeps torch out of OpenMP. Elsewhere nothing changes."""
+    if placement.zero_gpu:
+        torch.set_num_threads(1)
 
 
 __all__ = [
@@ -229,6 +241,7 @@ __all__ = [
     "Placement",
     "cpu_threads",
     "gpu_task",
+    "in_worker",
     "on_zero_gpu",
     "placement_from_env",
     "set_torch_threads",

@@ -183,9 +183,7 @@ class App:
             device=self.placement.home,
         )
         # every model pass runs in a GPU task (spaces.GPU on ZeroGPU; a plain call elsewhere)
-        on_gpu = functools.partial(
-            device.gpu_task, prepare=lambda: self.cache.place_on(self.placement.device)
-        )
+        on_gpu = functools.partial(device.gpu_task, prepare=self._in_worker)
         self._run = on_gpu(self._run_passes, device.GPU_SECONDS["run"])
         self._compare = on_gpu(self._compare_passes, device.GPU_SECONDS["compare"])
         self._sweep = on_gpu(self._sweep_passes, device.GPU_SECONDS["sweep"])
@@ -204,6 +202,12 @@ class App:
 
     # -- the model passes (GPU tasks: their arguments pickle on ZeroGPU, so progress callbacks
     # are only passed where no worker process stands between)
+    def _in_worker(self) -> None:
+        """First in every GPU task (on ZeroGPU, a worker forked from the server): one CPU
+        thread there, and the models on the device (a worker moves its own copies)."""
+        device.in_worker(self.placement)
+        self.cache.place_on(self.placement.device)
+
     def _say(self, progress: gr.Progress, model: str) -> runs.Say | None:
         """The progress callback for a GPU task on ``model``. On ZeroGPU there is none, and the
         model is loaded here first, on the CPU, so that the worker forked for the task
