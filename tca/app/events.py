@@ -313,7 +313,8 @@ class App:
                         c.score,
                         "single",
                     )
-                    self._first = run(self.cache, req)
+                    # in the server process, outside any GPU task (on ZeroGPU: on the CPU)
+                    self._first = device.to_cpu(run(self.cache, req))
                 except Exception as exc:  # noqa: BLE001 - the page then opens empty, still serving
                     print(f"TCA Explorer: no first screen ({type(exc).__name__}: {exc})")
                     return None
