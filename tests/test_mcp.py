@@ -15,7 +15,7 @@ import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 from mcp import ClientSession
-from mcp.client.streamable_http import streamablehttp_client
+from mcp.client.streamable_http import streamable_http_client
 from PIL import Image
 
 import app as app_module
@@ -43,7 +43,7 @@ def _mcp(url: str, calls: list[tuple[str, dict]]) -> tuple[dict[str, Any], list[
     """List the tools, then make ``calls`` in one MCP session: (tools by name, results)."""
 
     async def session():
-        async with streamablehttp_client(url + "gradio_api/mcp/") as (read, write, _):
+        async with streamable_http_client(url + "gradio_api/mcp/") as (read, write, _):
             async with ClientSession(read, write) as s:
                 await s.initialize()
                 listed = (await s.list_tools()).tools
