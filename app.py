@@ -35,10 +35,12 @@ from tca.app.events import (  # noqa: E402
     upload_policy,
     user_errors,
 )
-from tca.app.request import DEFAULT_CONFIG, KEEP_RATE_RANGE  # noqa: E402
+from tca.app.request import DEFAULT_CONFIG, KEEP_RATE_RANGE, PLAY_INTERVAL_S  # noqa: E402
+from tca.app.runs import ALL_METHODS  # noqa: E402
+from tca.app.shown import PLAY_LABEL, OnScreen  # noqa: E402
 from tca.cli import register_model_configs  # noqa: E402
 from tca.config import format_layers  # noqa: E402
-from tca.methods import COMPARED, METHODS  # noqa: E402
+from tca.methods import METHODS  # noqa: E402
 
 tools.mcp_state_outputs()  # /classify's State outputs over MCP (Gradio 6.31)
 
@@ -68,7 +70,91 @@ TEMPLATE_CHOICES = [
     if name != "default"
 ]
 
-CSS = """
+# A 16:9 screen (1280x720 projector, 1920x1080): the map, the strip and the predictions in the
+# first viewport. The page's order stays phone-first (predictions, map, strip); on a wide screen
+# the results column becomes a grid: the map column on the left spanning two rows, the
+# predictions and then the strip's column on the right. The header and banner are compact, the
+# map box as tall as the screen allows, and fullscreen shows the map as large as the screen.
+PRESENTER = """
+@media (min-width: 1100px) {
+  /* the title and its sentence on one line, the banner's operator help beside its sentence */
+  #tca-header h1 {display: inline; font-size: 24px !important; margin: 0 12px 0 0 !important}
+  #tca-header p {display: inline; font-size: 14px !important; margin: 0 !important}
+  .tca-banner {padding: 4px 12px; font-size: 14px}
+  .tca-banner details {display: inline !important; margin-left: 8px}
+  .tca-banner details[open] {display: block !important}
+  .tca-banner summary {display: inline}
+  .tca-banner summary::before {content: "\\25b8  "}
+  #weights-banner .html-container {padding: 4px 12px}
+  #preds-row meter.bar {margin: 0 !important}
+  #preds-row .confidence-set {padding-top: 0 !important; padding-bottom: 0 !important}
+  #strip-caption {font-size: 13px}
+  #results-col {display: grid !important; grid-template-columns: minmax(0, 11fr) minmax(0, 9fr);
+    grid-template-rows: auto auto 1fr; gap: var(--layout-gap); align-items: start}
+  #results-col > * {grid-column: 1 / -1}
+  #results-col > #stale-notice {grid-row: 1}
+  #stage-row {display: contents}
+  #map-col {grid-column: 1; grid-row: 2 / span 2; width: auto !important; min-width: 0 !important}
+  #results-col > #preds-row {grid-column: 2; grid-row: 2}
+  #side-col {grid-column: 2; grid-row: 3; width: auto !important; min-width: 0 !important}
+  #preds-row > div {min-width: 0 !important}
+  /* as tall as the screen allows under the header, never taller than wide */
+  #layer-map .image-container {aspect-ratio: 1 / 1; max-height: max(340px, calc(100vh - 235px))}
+  #strip-head {align-items: center; flex-wrap: nowrap; gap: 8px}
+  #layer-strip .grid-container {grid-template-columns: repeat(calc(var(--grid-cols) + 1),
+    minmax(0, 1fr)) !important}
+}
+#layer-map {height: auto !important}
+#layer-map .image-container, #layer-map .image-frame, #layer-map button {height: 100% !important}
+#layer-map img {width: 100%; height: 100%; object-fit: contain}
+/* the predictions compact: the top label is the first row already */
+/* a 720 px high screen: the top 4 of each prediction (the shift table lists every label) */
+@media (min-width: 1100px) and (max-height: 820px) {
+  #preds-row .confidence-set:nth-of-type(n+5) {display: none}
+}
+#preds-row .output-class {display: none}
+#preds-row .container {padding-top: 34px !important}
+#preds-row label.float {font-size: 13px; white-space: nowrap; max-width: calc(100% - 8px);
+  overflow: hidden; text-overflow: ellipsis; display: block}
+#preds-row label.float span {display: none}
+#preds-row .confidence-set {margin-bottom: 0 !important}
+#preds-row .container {padding-bottom: 4px !important}
+#preds-row dl.label {margin: 0 !important}
+/* fullscreen: the map fills the screen (pixelated, aspect kept); clicks there would miss the
+   patch (Gradio's click position assumes a shrunk picture), so following waits for the page */
+#layer-map.fullscreen {width: 100vw !important; height: 100vh !important; background: #111}
+#layer-map.fullscreen .image-container {aspect-ratio: auto !important; max-height: none !important;
+  width: 100% !important; height: 100% !important}
+#layer-map.fullscreen img {object-fit: contain; pointer-events: none}
+"""
+
+# The page on a phone (and wherever the visitor is): Run stays on screen while the settings are
+# (sticky), the Outdated notice floats at the bottom of the screen, the three tabs fit without
+# Gradio's "..." menu, the footer keeps its API link, the examples' header wraps.
+FLOW = """
+/* sticky needs no scroll container around it: Gradio's container hides its overflow (a scroll
+   container), clip hides it the same without being one */
+.gradio-container {overflow: clip !important}
+#run-button {position: sticky; top: 6px; z-index: 30; box-shadow: 0 2px 8px rgba(0,0,0,.25)}
+/* the notice's block has no height (it keeps its grid row: the accordions come after the stage)
+   and the notice itself floats at the bottom of the screen */
+#stale-notice {height: 0; min-height: 0; padding: 0; border: 0; overflow: visible;
+  margin-bottom: calc(-1 * var(--layout-gap))}
+#stale-notice .tca-stale {position: fixed; left: 50%; transform: translateX(-50%); bottom: 12px;
+  z-index: 40; width: max-content; max-width: min(760px, calc(100vw - 24px));
+  box-shadow: 0 4px 16px rgba(0,0,0,.3)}
+#tca-examples th, #tca-examples th * {white-space: normal !important; overflow: visible !important;
+  text-overflow: clip !important}
+footer .show-api, footer .show-api-divider {display: flex !important}
+/* the follow table fits its column: "where it is" wraps, so the rank column is never cut */
+.tca-follow .tca-table td:nth-child(2) {white-space: normal; min-width: 9em}
+@media (max-width: 640px) {
+  .tab-wrapper button {padding: 6px 7px !important; font-size: 14px !important}
+}
+"""
+
+CSS = (
+    """
 .tca-banner {padding: 6px 12px; border-radius: 8px; margin: 2px 0; font-size: 15px}
 .tca-banner details {font-size: 13px; margin-top: 2px}
 .tca-banner summary {cursor: pointer}
@@ -81,7 +167,8 @@ CSS = """
 .tca-map img {image-rendering: pixelated}
 #layer-strip img {image-rendering: pixelated}
 #layer-strip .thumbnail-item.selected {outline: 5px solid #ff00c8; outline-offset: -1px}
-#layer-strip .grid-wrap {max-height: none !important; height: auto !important; overflow: visible}
+#layer-strip .grid-wrap {max-height: none !important; height: auto !important; overflow: visible;
+  min-height: 0 !important}
 #layer-strip .caption-label {font-size: 13px; font-weight: 600; padding: 0 4px; opacity: 0.9}
 /* every column inside the strip's box at every width: Gradio's tiles keep a 100 px minimum,
    which pushed the 4th column of a 24-block model (blocks 3, 7, ..., 23) out of view */
@@ -116,6 +203,9 @@ CSS = """
 #tca-examples td.textbox {text-align: left; white-space: normal; overflow-wrap: anywhere}
 #tca-examples td:first-child, #tca-examples th:first-child {width: 88px}
 @media (min-width: 1100px) { #settings-col {order: -1} }
+"""
+    + PRESENTER
+    + """
 /* a phone: the map box is as tall as the map, not a fixed 470 px with blank bands */
 @media (max-width: 700px) {
   #layer-map {height: auto !important}
@@ -123,6 +213,8 @@ CSS = """
     {height: auto !important}
 }
 """
+    + FLOW
+)
 
 API_DESCRIPTION = (
     "Zero-shot classification of one image by baseline CLIP and token-condensed CLIP. Returns "
@@ -136,11 +228,13 @@ SCROLL_TO_MAP = (
     "() => { const m = document.querySelector('#layer-map');"
     " if (m) m.scrollIntoView({behavior: 'smooth', block: 'nearest'}); }"
 )
-
-
-SCROLL_TO_MAP = (
-    "() => { const m = document.querySelector('#layer-map');"
-    " if (m) m.scrollIntoView({behavior: 'smooth', block: 'nearest'}); }"
+# After Run (inputs accepted): the predictions come into view when they are not (a phone's
+# visitor presses Run among the settings, far below the results)
+SCROLL_TO_RESULTS = (
+    "() => { const p = document.querySelector('#preds-row'); if (!p) return;"
+    " const r = p.getBoundingClientRect();"
+    " if (r.top < 0 || r.top > window.innerHeight * 0.5)"
+    " p.scrollIntoView({behavior: 'smooth', block: 'start'}); }"
 )
 
 
@@ -186,7 +280,8 @@ def build_demo(
         gr.Markdown(
             "# TCA Explorer\nSee how **token condensation** "
             f"({', '.join(m.title for m in METHODS.values() if m.step is not None)}) prunes and "
-            "merges CLIP's image tokens, block by block, and what it costs and changes."
+            "merges CLIP's image tokens, block by block, and what it costs and changes.",
+            elem_id="tca-header",
         )
         ui["banner"] = gr.HTML(
             **page.initial(got.get("banner"), value=app.banner_html(model_name)),
@@ -200,6 +295,10 @@ def build_demo(
         ui["stream_state"] = gr.State(None, time_to_live=STATE_TTL_S)
         ui["patch"] = gr.State(None, time_to_live=STATE_TTL_S)
         ui["depth"] = gr.State(depth0, time_to_live=STATE_TTL_S)
+        # the block and followed patch this session's page shows, kept on the server (display
+        # events draw from it under its lock: no answer brings back an unfollowed patch)
+        ui["on_screen"] = gr.State(OnScreen(), time_to_live=STATE_TTL_S)
+        ui["play_timer"] = gr.Timer(PLAY_INTERVAL_S, active=False)
 
         with gr.Tab("Explore", id="explore"):
             with gr.Row(elem_id="tca-main"):
@@ -207,7 +306,7 @@ def build_demo(
                 # screen CSS moves the settings column to the left
                 with gr.Column(scale=5, min_width=340, elem_id="results-col"):
                     ui["stale"] = gr.HTML("", elem_id="stale-notice")
-                    with gr.Row():
+                    with gr.Row(elem_id="preds-row"):
                         ui["baseline"] = gr.Label(
                             **page.initial(got.get("baseline"), label="Baseline CLIP"),
                             num_top_classes=TOP_K,
@@ -222,12 +321,10 @@ def build_demo(
                             min_width=200,
                             scale=2,
                         )
-                        with gr.Column(min_width=300, scale=3):  # the table needs the room
-                            ui["shift"] = gr.HTML(
-                                **page.initial(got.get("shift"), value=""), elem_id="shift"
-                            )
-                    with gr.Row():
-                        with gr.Column(scale=3, min_width=320):
+                    # the stage: the map (left) and the strip (right); on a wide screen CSS puts
+                    # the predictions above the strip, beside the map (see CSS: PRESENTER)
+                    with gr.Row(elem_id="stage-row"):
+                        with gr.Column(scale=3, min_width=320, elem_id="map-col"):
                             ui["map"] = gr.Image(
                                 **page.initial(got.get("map"), value=None),
                                 label="Token map",
@@ -283,18 +380,34 @@ def build_demo(
                                 elem_id="why-chart",
                                 buttons=["download"],
                             )
-                            clear_btn = gr.Button("Stop following", size="sm")
+                            ui["stop_follow"] = gr.Button(
+                                "Stop following",
+                                size="sm",
+                                elem_id="stop-following",
+                                **page.initial(got.get("stop_follow"), visible=False),
+                            )
                             with gr.Row():
                                 ui["overlay"] = gr.Checkbox(False, label="CLS-attention overlay")
                                 ui["opacity"] = gr.Slider(
                                     0.0, 1.0, value=0.5, step=0.05, label="Overlay opacity"
                                 )
-                        with gr.Column(scale=2, min_width=300):
-                            gr.Markdown(
-                                f"**All blocks from one pass**, click one. Caption: "
-                                f"block {panels.CONDENSING_MARK} (= condensing) · tokens "
-                                "after it"
-                            )
+                        with gr.Column(scale=2, min_width=300, elem_id="side-col"):
+                            with gr.Row(elem_id="strip-head"):
+                                # ▶ play beside the strip it plays through: on a 1280x720 screen
+                                # it stays in the first viewport
+                                ui["play"] = gr.Button(
+                                    PLAY_LABEL,
+                                    size="sm",
+                                    variant="primary",
+                                    elem_id="play-button",
+                                    min_width=96,
+                                    scale=0,
+                                )
+                                gr.Markdown(
+                                    f"**All blocks from one pass**, click one · block "
+                                    f"{panels.CONDENSING_MARK} = condensing · tokens after it",
+                                    elem_id="strip-caption",
+                                )
                             ui["strip"] = gr.Gallery(
                                 **page.initial(
                                     got.get("strip"), value=None, columns=page.STRIP_COLUMNS
@@ -318,6 +431,9 @@ def build_demo(
                                 elem_id="tokens-chart",
                                 buttons=["download"],
                             )
+                            ui["shift"] = gr.HTML(
+                                **page.initial(got.get("shift"), value=""), elem_id="shift"
+                            )
                             ui["cost"] = gr.HTML(
                                 **page.initial(
                                     got.get("cost"), value="<i>Run to see GMACs and latency.</i>"
@@ -332,10 +448,23 @@ def build_demo(
                         gr.Markdown(
                             "Runs the method at keep rates "
                             f"{', '.join(f'{r:g}' for r in sweeps.SWEEP_RATES)} on the "
-                            "image and labels above, as one job."
+                            "image and labels above, as one job; or, at **equal GMACs**, "
+                            "each method at the keep rate whose cost matches "
+                            f"{', '.join(f'{f:.0%}' for f in sweeps.SWEEP_COST_FRACTIONS)} "
+                            "of the baseline's (KL and top-1 against GMACs)."
                         )
                         with gr.Row():
-                            sweep_all = gr.Checkbox(False, label="all three methods (slower)")
+                            sweep_all = gr.Checkbox(
+                                False,
+                                label=f"all {len(ALL_METHODS)} methods (slower)",
+                                elem_id="sweep-all",
+                            )
+                            sweep_by = gr.Radio(
+                                [("keep rates", "rate"), ("equal GMACs", "gmacs")],
+                                value="rate",
+                                label="Points at",
+                                elem_id="sweep-by",
+                            )
                             sweep_btn = gr.Button("Run the sweep", elem_id="sweep-button")
                         ui["sweep_plot"] = gr.Image(
                             label="Sweep",
@@ -465,12 +594,38 @@ def build_demo(
                             TEMPLATE_CHOICES, value="single", label="Prompt templates"
                         )
 
-        with gr.Tab("Compare methods", id="compare"):
+        with gr.Tab("Compare methods", id="compare") as compare_tab:
             gr.Markdown(
-                "TCA, EViT and ToMe on the **image, labels and settings of the Explore "
-                "tab**, at the same keep rate R and condensing blocks."
+                "Every method ("
+                + ", ".join(METHODS[m].title for m in ALL_METHODS)
+                + ") on the **image, labels and settings of the Explore tab**, at the same "
+                "keep rate R or at the same cost (each method's R solved for equal GMACs)."
             )
+            ui["compare_stale"] = gr.HTML("", elem_id="compare-stale")
+            with gr.Row():
+                ui["compare_by"] = gr.Radio(
+                    [
+                        ("equal GMACs: TCA's cost at the Explore tab's R", "tca"),
+                        ("equal GMACs: the target below", "gmacs"),
+                        ("equal keep rate R", "rate"),
+                    ],
+                    value="tca",
+                    label="Match the methods by",
+                    elem_id="compare-by",
+                    scale=3,
+                )
+                ui["compare_target"] = gr.Number(
+                    None, label="Target GMACs", elem_id="compare-target", scale=1
+                )
             compare_btn = gr.Button("Compare", variant="primary", elem_id="compare-button")
+            ui["compare_state"] = gr.State(None, time_to_live=STATE_TTL_S)
+            ui["compare_table"] = gr.HTML(
+                "<i>Press Compare to compare every method on the Explore tab's inputs.</i>",
+                elem_id="compare-table",
+            )
+            ui["compare_baseline"] = gr.Label(
+                num_top_classes=3, label="Baseline CLIP", elem_id="compare-baseline"
+            )
             ui["compare_picture"] = gr.Image(
                 label="Token maps",
                 show_label=False,
@@ -481,11 +636,28 @@ def build_demo(
                 elem_id="compare-maps",
                 buttons=["download", "fullscreen"],
             )
+            gr.Markdown("**Where two methods disagree**, at the last condensing block")
+            method_pairs = [(METHODS[m].title, m) for m in ALL_METHODS]
             with gr.Row():
-                ui["compare_baseline"] = gr.Label(num_top_classes=3, label="Baseline CLIP")
-                for m in COMPARED:
-                    ui[f"compare_{m}"] = gr.Label(num_top_classes=3, label=METHODS[m].title)
-            ui["compare_table"] = gr.HTML(elem_id="compare-table")
+                ui["compare_a"] = gr.Dropdown(
+                    method_pairs, value="tca", label="Method A", elem_id="compare-a"
+                )
+                ui["compare_b"] = gr.Dropdown(
+                    method_pairs, value="evit", label="Method B", elem_id="compare-b"
+                )
+            with gr.Row():
+                ui["compare_disagree_picture"] = gr.Image(
+                    label="Disagreement map",
+                    show_label=False,
+                    type="numpy",
+                    interactive=False,
+                    format="png",
+                    elem_classes=["tca-map"],
+                    elem_id="compare-disagree-map",
+                    buttons=["download"],
+                    scale=1,
+                )
+                ui["compare_disagree"] = gr.HTML(elem_id="compare-disagree")
 
         with gr.Tab("How it works", id="how"):
             gr.Markdown(panels.how_it_works_md())
@@ -498,12 +670,13 @@ def build_demo(
                 run=run_btn,
                 prev=prev_btn,
                 next=next_btn,
-                clear=clear_btn,
+                clear=ui["stop_follow"],
                 sweep=sweep_btn,
                 reset=reset_btn,
                 export=export_btn,
                 compare=compare_btn,
                 demo=demo_btn,
+                compare_tab=compare_tab,
             ),
             controls=[
                 ui["image"],
@@ -519,6 +692,7 @@ def build_demo(
             stream_on=stream_on,
             sweep_all=sweep_all,
             api_json=api_json,
+            sweep_by=sweep_by,
             examples_loaded=examples_loaded,
         )
         # no-image API tools (and MCP tools for agents): the token schedule and GMACs
@@ -550,6 +724,7 @@ def wire(
     stream_on: Any,
     sweep_all: Any,
     api_json: Any,
+    sweep_by: Any = None,
     examples_loaded: Any = None,
 ) -> None:
     """Every event: which handler, which inputs, which components it may update.
@@ -559,6 +734,7 @@ def wire(
     run_parts = [ui[n] for n in page.RUN_PARTS]
     layer_parts = [ui[n] for n in ("layer", *page.LAYER_PARTS, "strip")]
     display = [ui["run"], ui["layer"], ui["view"], ui["overlay"], ui["opacity"], ui["patch"]]
+    on_screen = ui["on_screen"]
 
     # the page checks its inputs first (an event without outputs: a mistake shows as one toast and
     # never as error badges over the last run's panels); the API calls classify directly
@@ -570,6 +746,7 @@ def wire(
         api_visibility="private",
         show_progress="hidden",
     )
+    checked.success(None, None, None, js=SCROLL_TO_RESULTS, api_visibility="private")
     starts = [(checked, dict(api_name="classify", api_description=API_DESCRIPTION))]
     if examples_loaded is not None:  # a curated example runs once its inputs are filled in
         starts.append(
@@ -595,26 +772,39 @@ def wire(
         )
         run_evt.success(
             app.show_run,
-            [*display[:-1], ui["patch"], ui["depth"], stream_on, ui["stream_state"]],
+            [*display[:-1], ui["patch"], ui["depth"], stream_on, ui["stream_state"], on_screen],
             run_parts,
             **quiet,
         )
-    ui["layer"].input(app.show_layer, display, layer_parts, trigger_mode="always_last", **quiet)
-    ui["overlay"].change(app.show_layer, display, layer_parts, **quiet)
-    ui["opacity"].input(app.show_layer, display, layer_parts, trigger_mode="always_last", **quiet)
+    shown = [*display, on_screen]  # + the session's OnScreen: what its page shows now
+    ui["layer"].input(app.show_layer, shown, layer_parts, trigger_mode="always_last", **quiet)
+    ui["overlay"].change(app.show_layer, shown, layer_parts, **quiet)
+    ui["opacity"].input(app.show_layer, shown, layer_parts, trigger_mode="always_last", **quiet)
     for btn, delta in ((buttons["prev"], -1), (buttons["next"], 1)):
         btn.click(
-            lambda s, l, v, o, op, p, _d=delta: app.step_layer(s, l, _d, v, o, op, p),
-            display,
+            lambda s, l, v, o, op, p, on, _d=delta: app.step_layer(s, l, _d, v, o, op, p, on),
+            shown,
             layer_parts,
             **quiet,
         )
-    ui["strip"].select(app.pick_layer, [ui["run"], *display[2:]], layer_parts, **quiet)
+    ui["strip"].select(app.pick_layer, [ui["run"], *shown[2:]], layer_parts, **quiet)
     ui["strip"].select(None, None, None, js=SCROLL_TO_MAP, api_visibility="private")
-    follow_parts = [ui["patch"], ui["map"], ui["follow"], ui["why"]]
-    ui["map"].select(app.pick_patch, display[:-1], follow_parts, **quiet)
-    buttons["clear"].click(app.clear_patch, display[:-1], follow_parts, **quiet)
-    ui["view"].change(app.change_view, display, [ui["map"], ui["strip"]], **quiet)
+    follow_parts = [ui[n] for n in page.FOLLOW_PARTS]
+    ui["map"].select(app.pick_patch, [*display[:-1], on_screen], follow_parts, **quiet)
+    buttons["clear"].click(app.clear_patch, [*display[:-1], on_screen], follow_parts, **quiet)
+    ui["view"].change(app.change_view, shown, [ui["map"], ui["strip"]], **quiet)
+    # ▶ play: the button starts / stops a timer whose ticks step the blocks; a tick's event runs
+    # alone (trigger_mode "once": no tick is queued while one is pending), the timer lives in the
+    # visitor's page (it stops with it) and stops itself on the last block
+    play_parts = [*layer_parts, ui["play_timer"], ui["play"]]
+    ui["play"].click(
+        app.toggle_play,
+        [ui["run"], ui["play"], *shown[1:]],
+        play_parts,
+        trigger_mode="once",
+        **quiet,
+    )
+    ui["play_timer"].tick(app.play_tick, shown, play_parts, trigger_mode="once", **quiet)
     for comp in controls:
         comp.change(
             app.check_stale,
@@ -651,21 +841,56 @@ def wire(
     )
     buttons["sweep"].click(
         app.sweep,
-        [*controls, sweep_all, ui["run"]],
+        [*controls, sweep_all, ui["run"], sweep_by],
         [ui["sweep_plot"], ui["sweep_table"]],
         api_visibility="private",
         **model_lane,
     )
     compare_parts = [
-        ui["compare_picture"],
-        ui["compare_baseline"],
-        *(ui[f"compare_{m}"] for m in COMPARED),
-        ui["compare_table"],
-        ui["banner"],
+        ui[n]
+        for n in (
+            "compare_state",
+            "compare_stale",
+            "compare_picture",
+            "compare_baseline",
+            "compare_table",
+            "banner",
+            "compare_disagree_picture",
+            "compare_disagree",
+            "compare_target",
+        )
     ]
+    matching = [ui["compare_by"], ui["compare_target"]]
+    pair = [ui["compare_a"], ui["compare_b"]]
     buttons["compare"].click(
-        app.compare, controls, compare_parts, api_visibility="private", **model_lane
+        app.compare,
+        [*controls, *matching, *pair],
+        compare_parts,
+        api_visibility="private",
+        **model_lane,
     )
+    buttons["compare_tab"].select(
+        app.open_compare,
+        [ui["compare_state"], *controls, *matching, *pair],
+        compare_parts,
+        api_visibility="private",
+        **model_lane,
+    )
+    for comp in (*controls, *matching):
+        comp.change(
+            app.check_compare_stale,
+            [ui["compare_state"], *controls, *matching],
+            [ui["compare_stale"]],
+            trigger_mode="always_last",
+            **quiet,
+        )
+    for comp in pair:
+        comp.change(
+            app.compare_disagree,
+            [ui["compare_state"], *pair],
+            [ui["compare_disagree_picture"], ui["compare_disagree"]],
+            **quiet,
+        )
 
 
 def launch_options() -> dict[str, Any]:

@@ -19,6 +19,13 @@ from matplotlib.figure import Figure  # noqa: E402
 from .methods import METHODS, Method  # noqa: E402
 from .render import ACCENT, GROUP_COLORS, HIGHLIGHT, METHOD_COLORS  # noqa: E402
 
+# The tokens chart is drawn for the width the page shows it at (about 380 px beside the map on a
+# 1280x720 screen, 580 px at 1920x1080): its smallest text is CHART_FONT_PT on a figure
+# TOKENS_CHART_SIZE inches wide, 12 px or more on screen from 350 px wide (see chart_text_px).
+TOKENS_CHART_SIZE = (4.6, 3.6)
+TOKENS_CHART_DPI = 150  # crisp when shown wider than drawn at 100 dpi
+CHART_FONT_PT = 12
+
 
 def tokens_chart(
     baseline: Sequence[int],
@@ -26,7 +33,7 @@ def tokens_chart(
     condensing_layers: Sequence[int] = (),
     label: str = "condensed",
     title: str | None = None,
-    size: tuple[float, float] = (6.4, 3.6),
+    size: tuple[float, float] = TOKENS_CHART_SIZE,
     current: int | None = None,
     stack: Sequence[Sequence[int]] | None = None,
     stack_names: Sequence[str | None] = (),
@@ -44,8 +51,8 @@ def tokens_chart(
     """
     if len(baseline) != len(condensed):
         raise ValueError("baseline and condensed must have one count per layer")
-    fig = Figure(figsize=size, dpi=100)
-    fig.subplots_adjust(left=0.12, right=0.97, top=0.9 if title else 0.96, bottom=0.16)
+    fig = Figure(figsize=size, dpi=TOKENS_CHART_DPI)
+    fig.subplots_adjust(left=0.15, right=0.97, top=0.9 if title else 0.96, bottom=0.2)
     ax = fig.add_subplot()
     # value i holds from block i's output on: draw it over [i, i + 1) so a drop sits exactly on
     # the condensing block
@@ -80,46 +87,75 @@ def tokens_chart(
             )
             bottom += heights
         # below the axes, so no bar is covered
-        fig.subplots_adjust(bottom=0.3)
+        fig.subplots_adjust(bottom=0.43)
         ax.legend(
-            fontsize=9,
+            fontsize=CHART_FONT_PT,
             loc="upper center",
-            bbox_to_anchor=(0.5, -0.2),
+            bbox_to_anchor=(0.45, -0.25),
             frameon=False,
-            ncol=3,
+            ncol=2,
+            handlelength=1.5,
+            columnspacing=1.0,
+            labelspacing=0.25,
         )
     top = max(max(baseline), max(condensed))
     if current is not None and 0 <= current < n:
         ax.axvspan(current, current + 1, color=_hex(HIGHLIGHT), alpha=0.18, lw=0)
+        x_text, align = marker_position(current, n)
         ax.text(
-            current + 0.5,
+            x_text,
             top * 1.1,
             f"block {current}: {condensed[current]}",
             color=_hex(HIGHLIGHT),
-            fontsize=10,
-            ha="center" if 0 < current < n - 1 else ("left" if current == 0 else "right"),
+            fontsize=CHART_FONT_PT,
+            fontweight="bold",
+            ha=align,
             va="top",
         )
-    ax.text(0.2, baseline[0] - 0.03 * top, "baseline CLIP", color="#555555", fontsize=10, va="top")
-    ax.text(
-        n - 0.2,
-        condensed[-1] + 0.03 * top,
-        f"{label}: {condensed[-1]}",
-        color="#d62728",
-        fontsize=10,
-        ha="right",
-        va="bottom",
-    )
-    ax.set_xlabel("block (0-based; dotted = condensing)", fontsize=11)
-    ax.set_ylabel("tokens (CLS incl.)", fontsize=11)
+    if stack is None:  # with the stack, the legend below names the two lines
+        ax.text(
+            0.2,
+            baseline[0] - 0.03 * top,
+            "baseline CLIP",
+            color="#555555",
+            fontsize=CHART_FONT_PT,
+            va="top",
+        )
+        ax.text(
+            n - 0.2,
+            condensed[-1] + 0.03 * top,
+            f"{label}: {condensed[-1]}",
+            color="#d62728",
+            fontsize=CHART_FONT_PT,
+            ha="right",
+            va="bottom",
+        )
+    ax.set_xlabel("block (dotted = condensing)", fontsize=CHART_FONT_PT)
+    ax.set_ylabel("tokens (CLS incl.)", fontsize=CHART_FONT_PT)
     ax.set_xticks(x[:-1] if n <= 12 else x[:-1:2])
     ax.set_xlim(0, n)
     ax.set_ylim(0, top * 1.12)
-    ax.tick_params(labelsize=10)
+    ax.tick_params(labelsize=CHART_FONT_PT)
     ax.grid(axis="y", alpha=0.3)
     if title:
-        ax.set_title(title, fontsize=12)
+        # left-aligned: the page's download icon sits in the picture's top-right corner
+        ax.set_title(title, fontsize=CHART_FONT_PT + 1, loc="left")
     return fig
+
+
+def marker_position(current: int, n: int) -> tuple[float, str]:
+    """Where the shown block's label goes (x in blocks, horizontal alignment): centred over
+    the block on the left, and from the block's middle on it ends left of the block, so that the
+    label never reaches the picture's top-right corner, where the page puts its download icon."""
+    if current < n / 2:
+        return (current + 0.5, "center") if current > 0 else (float(current), "left")
+    return current - 0.2, "right"
+
+
+def chart_text_px(rendered_width_px: float, size: tuple[float, float] = TOKENS_CHART_SIZE) -> float:
+    """The height in CSS pixels of the tokens chart's smallest text (``CHART_FONT_PT``) when the
+    picture is shown ``rendered_width_px`` wide: a point is 1/72 inch of the figure's width."""
+    return CHART_FONT_PT / 72 * rendered_width_px / size[0]
 
 
 # (colour, hatch) of the stacked kinds of token, in TokenCount order: CLS, kept, groups, fused
@@ -302,6 +338,53 @@ def sweep_chart(
     return fig
 
 
+def change_chart(
+    gmacs_baseline: float,
+    series: Mapping[str, Mapping[str, Sequence[float]]],
+    targets: Sequence[float] = (),
+    size: tuple[float, float] = (9.0, 4.8),
+) -> Figure:
+    """Prediction change against cost, every method matched to the same GMACs: per method (one
+    colour each), KL(baseline || condensed) against the GMACs it achieved, a filled circle where
+    its top-1 is the baseline's and a cross where it changed. Dotted: the targets and the
+    baseline. KL on a symmetric log scale (0 at the baseline itself).
+
+    series: method (name or title) -> {"gmacs", "kl", "kept" (1.0 top-1 kept, 0.0 changed)}.
+    """
+    from matplotlib.lines import Line2D
+
+    fig = Figure(figsize=size, dpi=100)
+    fig.subplots_adjust(left=0.09, right=0.7, top=0.9, bottom=0.12)
+    ax = fig.add_subplot()
+    for t in targets:
+        ax.axvline(t, color="#d0d0d0", lw=0.8, ls=":", zorder=0)
+    ax.axvline(gmacs_baseline, color="#7f7f7f", lw=1, ls=":")
+    for method, s in series.items():
+        colour = method_color(method)
+        ax.plot(s["gmacs"], s["kl"], "-", color=colour, lw=1.4, alpha=0.8)
+        for g, kl, kept in zip(s["gmacs"], s["kl"], s["kept"]):
+            if kept:
+                ax.plot([g], [kl], "o", ms=6, color=colour)
+            else:
+                ax.plot([g], [kl], "X", ms=8, color=colour, mec="#222222", mew=0.6)
+    ax.set_yscale("symlog", linthresh=1e-3)
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("GMACs each method achieved (dotted: targets, baseline)", fontsize=11)
+    ax.set_ylabel("KL from baseline (nats)", fontsize=11)
+    ax.tick_params(labelsize=10)
+    ax.grid(alpha=0.3)
+    ax.set_title("Prediction change at equal GMACs on this image", fontsize=12)
+    handles = [Line2D([], [], color=method_color(m), lw=3, label=m) for m in series]
+    handles += [
+        Line2D([], [], color="#333333", ls="", marker="o", ms=6, label="top-1 kept"),
+        Line2D([], [], color="#333333", ls="", marker="X", ms=8, label="top-1 changed"),
+    ]
+    fig.legend(
+        handles=handles, loc="upper left", bbox_to_anchor=(0.72, 0.92), fontsize=10, frameon=False
+    )
+    return fig
+
+
 def colour_scale(
     lo: float,
     hi: float,
@@ -427,6 +510,7 @@ def figure_to_array(fig: Figure) -> np.ndarray:
 
 
 __all__ = [
+    "change_chart",
     "colour_scale",
     "figure_to_array",
     "method_color",

@@ -92,6 +92,12 @@ METHOD_COLORS: dict[str, tuple[int, int, int]] = {
     "tome": (0, 158, 115),
     "tome-paper": (204, 121, 167),
     "ats": (213, 94, 0),
+    # Okabe & Ito's sky blue and black, then two of Tol's muted colours (Okabe & Ito's yellow
+    # is too light on white)
+    "pitome": (86, 180, 233),
+    "tofu": (0, 0, 0),
+    "zero-tprune": (153, 153, 51),
+    "repshift": (136, 34, 85),
     "none": (110, 110, 110),
 }
 # What "what the model sees" draws, for its legend: (what, meaning).

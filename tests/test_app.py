@@ -19,9 +19,11 @@ from PIL import Image
 
 import app as app_module
 import tca
-from tca import render
+from tca import budget, charts, render
 from tca.app import export, follow, page, panels, runs, serving, sweeps
+from tca.flops import Geometry
 from tca.methods import COMPARED
+from tca.trace import KEPT
 from tca.weights import WEIGHTS_HELP
 
 TINY = "tca-tiny-ViT"
@@ -139,9 +141,9 @@ def test_show_run_renders_everything_from_the_cached_run(tiny_app, example_image
     assert cond["label"] == "Condensed: TCA, R=0.7"
     assert "tiger" in shift and "pp" in shift and "-0.0 pp" not in shift
     assert "Probability shift" in shift
-    assert current.shape == (448, 448, 3)  # shown at 2x
+    assert current.shape == (896, 896, 3)  # drawn at 4x
     small = render.fate_map(state.seen, state.trace, 9)
-    assert np.array_equal(current[::2, ::2], small)
+    assert np.array_equal(current[::4, ::4], small)
     assert (slider["maximum"], slider["value"]) == (11, 9)
     assert "After block 9" in info and "(a condensing block): 74 tokens" in info
     assert np.array_equal(chart, page.chart_image(state, 9))
@@ -228,12 +230,13 @@ def test_display_only_changes_do_not_run_the_model(tiny_app, example_image, monk
         return out["layer"]["value"]
 
     assert (step(7, 1), step(11, 1), step(0, -1)) == (8, 11, 0)
-    # follow a patch: a click on the big map at 2x
+    # follow a patch: a click on the big map
     trace = state.trace
     lv = render.layer_view(trace, 11)
     merged = int(np.flatnonzero(lv.fate.ravel() == 1)[0])
     r, c = divmod(merged, trace.grid[1])
-    evt = gr.SelectData(None, {"index": [c * 32 + 5, r * 32 + 5], "value": None})
+    px = page.MAP_ZOOM * 16  # the tiny ViT's 16 px patches on the big map
+    evt = gr.SelectData(None, {"index": [c * px + 5, r * px + 5], "value": None})
     out = _named(tiny_app, tiny_app.pick_patch(state, 11, "fates", False, 0.5, evt))
     assert out["patch"] == merged
     assert "Following patch" in out["follow"]["value"]
@@ -329,7 +332,7 @@ def _sweep(app, image, labels=LABELS, all_methods=False, shown=None, **kw):
 def test_sweep_handler(tiny_app, example_image):
     plot, table = _sweep(tiny_app, str(example_image))
     assert plot.ndim == 3 and plot.dtype == np.uint8
-    assert table.count("<tr>") == 1 + len(sweeps.SWEEP_RATES)
+    assert table.count("<tr") == 1 + len(sweeps.SWEEP_RATES)
     assert "1 baseline + 7 condensed passes" in table  # R = 1 is the baseline: no pass
     # after a Run of the same inputs its baseline is reused, with the same numbers
     _, state, _ = _classify(tiny_app, str(example_image))
@@ -386,6 +389,54 @@ def test_sweep_handler(tiny_app, example_image):
     assert sweeps.kl_divergence([1.0, 0.0], [0.5, 0.5]) == pytest.approx(np.log(2), abs=1e-12)
 
 
+def test_sweep_at_equal_gmacs_every_method(tiny_app, example_image):
+    req = tiny_app.request(
+        str(example_image), LABELS, TINY, "tca", 0.7, "3,6,9", 2, "mean", "single"
+    )
+    sw = sweeps.sweep(tiny_app.cache, req, runs.ALL_METHODS, by="gmacs")
+    assert list(sw.points) == EVERY_METHOD and sw.by == "gmacs" and sw.refused == {}
+    base = budget.gmacs_at(Geometry.from_name(TINY), tca.CondenseConfig(method="none"))
+    assert sw.gmacs_baseline == pytest.approx(base, rel=1e-12)
+    base_top = sw.baseline.top(1)[0][0]
+    distinct = 0
+    for m, pts in sw.points.items():
+        targets = [p.target for p in pts]
+        assert targets == pytest.approx([f * base for f in sweeps.SWEEP_COST_FRACTIONS], rel=1e-12)
+        lowest = budget.solve(Geometry.from_name(TINY), tca.CondenseConfig(method=m), 1e-3, lo=0.1)
+        for p in pts:
+            cfg = tca.CondenseConfig(method=m, keep_rate=p.keep_rate)
+            planned = budget.gmacs_at(Geometry.from_name(TINY), cfg)
+            assert p.gmacs <= planned + 1e-12 if m == "ats" else p.gmacs == pytest.approx(planned)
+            if p.target >= lowest.lowest:  # reachable: within the stated tolerance
+                assert abs(planned - p.target) <= budget.TOLERANCE * p.target, (m, p)
+                assert not p.floor
+            else:  # below the method's floor: it runs at its cheapest
+                assert planned == lowest.lowest and p.floor
+            assert p.top1_kept == (p.top1 == base_top)
+        assert pts[-1].keep_rate == 1.0 and pts[-1].kl == 0.0  # 100%: the baseline, no pass
+        # 40%: ToMe's family merges at most half a block's tokens; the others get there
+        assert (pts[0].target < lowest.lowest) == (
+            m in ("tome", "tome-paper", "pitome", "tofu", "zero-tprune")
+        )
+        distinct += len({p.keep_rate for p in pts if p.keep_rate < 1.0})
+    assert sw.passes == distinct  # a floor reached by several targets runs once
+    out = _named(
+        tiny_app,
+        tiny_app.sweep(
+            str(example_image),
+            LABELS,
+            **_controls(),
+            all_methods=True,
+            by="gmacs",
+            progress=_Progress(),
+        ),
+    )
+    table = out["sweep_table"]
+    assert table.count("<tr data-method=") == len(EVERY_METHOD) * len(sweeps.SWEEP_COST_FRACTIONS)
+    assert "<th>target GMACs</th>" in table and "cannot reach" in table
+    assert out["sweep_plot"].ndim == 3
+
+
 def test_first_screen_is_computed_once(tiny_app):
     first = tiny_app.first_screen()
     assert first is not None and tiny_app.first_screen() is first
@@ -394,7 +445,8 @@ def test_first_screen_is_computed_once(tiny_app):
     ui = tiny_app.ui
     assert demo.tca_app is tiny_app and ui["layer"].value == 11 and ui["layer"].maximum == 11
     # the first screen built into the page is the one page function's parts of that Run
-    parts = page.parts(first, page.Display(11))
+    # (as the start-up example: its wall-clock is no visitor's, so it shows none)
+    parts = page.parts(first, page.Display(11), screen=page.Screen(startup=True))
     assert ui["condensed"].label == parts["condensed"]["label"] == "Condensed: TCA, R=0.7"
     assert ui["info"].value == parts["info"]["value"] and "74 tokens" in ui["info"].value
     assert ui["cost"].value == parts["cost"]["value"]
@@ -454,22 +506,145 @@ def test_stream_mode_reservoir_per_label_set(tiny_app, example_image):
     assert "Reservoir cleared" in panel and "Stream mode is off" in panel
 
 
-def test_compare_handler(tiny_app, example_image):
-    out = _named(
-        tiny_app, tiny_app.compare(str(example_image), LABELS, **_controls(), progress=_Progress())
+def _compare(app, image, labels=LABELS, match_by="tca", target=None, a="tca", b="evit", **kw):
+    return _named(
+        app,
+        app.compare(
+            image,
+            labels,
+            **_controls(**kw),
+            match_by=match_by,
+            target_gmacs=target,
+            method_a=a,
+            method_b=b,
+            progress=_Progress(),
+        ),
     )
-    picture, base, table = out["compare_picture"], out["compare_baseline"], out["compare_table"]
-    assert isinstance(picture, Image.Image) and picture.width > 4 * 224 and picture.height > 3 * 224
-    assert set(base) == {"cat", "dog", "tiger", "fox"}
-    labels = {m: out[f"compare_{m}"]["label"] for m in ("tca", "evit", "tome")}
-    for name in ("TCA", "EViT", "ToMe", "baseline CLIP"):
-        assert name in table
-    # every method is measured against the same (full) baseline: all save GMACs at R = 0.7
-    for m, name in (("tca", "TCA"), ("evit", "EViT"), ("tome", "ToMe")):
-        assert labels[m].startswith(f"{name}: ") and labels[m].endswith("% GMACs saved")
-        saved = float(labels[m].split(": ")[1].split("%")[0])
-        assert 20.0 < saved < 50.0
-    assert "R = 0.7" in table and "RANDOM WEIGHTS" in out["banner"]
+
+
+EVERY_METHOD = ["tca", "evit", "tome", "tome-paper", "ats", "pitome", "tofu", "zero-tprune"]
+EVERY_METHOD += ["repshift"]
+
+
+def test_compare_every_method_at_equal_gmacs(tiny_app, example_image):
+    out = _compare(tiny_app, str(example_image))
+    cmp = out["compare_state"]
+    assert list(cmp.results) == EVERY_METHOD == list(runs.ALL_METHODS) and cmp.refused == {}
+    geom = Geometry.from_name(TINY)
+    target = budget.gmacs_at(geom, tca.CondenseConfig(keep_rate=0.7))
+    assert cmp.target == target and cmp.matching == runs.Matching("tca")
+    table = out["compare_table"]
+    for m, r in cmp.results.items():
+        match = cmp.matches[m]
+        assert r.config.keep_rate == match.keep_rate and r.config.method == m
+        assert abs(match.gmacs - target) <= budget.TOLERANCE * target, m
+        assert match.gmacs == budget.gmacs_at(geom, r.config)  # the flops command's number
+        if m == "ats":  # its budget is an upper bound; this image kept no more
+            assert r.flops_condensed.gmacs <= match.gmacs
+        else:
+            assert r.flops_condensed.gmacs == pytest.approx(match.gmacs, rel=1e-12)
+        row = table.split(f"data-method='{m}'")[1].split("</tr>")[0]
+        assert f"<td>{match.keep_rate:g}</td><td>{match.gmacs:.3f}" in row
+        assert f"({100 * match.relative_error:+.2f}%)" in row
+        kl = sweeps.kl_divergence(cmp.baseline.probs, r.condensed.probs)
+        assert f"<td>{charts.significant(kl, 2)}</td>" in row
+    assert cmp.matches["tca"].keep_rate == 0.7  # matched to its own cost: its own R
+    assert "Equal GMACs" in table and f"{target:.3f} (TCA's cost at R = 0.7)" in table
+    assert isinstance(out["compare_picture"], Image.Image)
+    assert out["compare_picture"].height > len(EVERY_METHOD) * 224
+    assert set(out["compare_baseline"]) == {"cat", "dog", "tiger", "fox"}
+    assert "RANDOM WEIGHTS" in out["banner"] and out["compare_stale"] == ""
+    assert out["compare_target"] == round(target, 3)  # a starting point for one's own target
+
+    # the disagreement of two methods: set differences of their traced fates at block 9
+    for a, b in (("tca", "evit"), ("tome", "ats"), ("repshift", "tca")):
+        got = _named(tiny_app, tiny_app.compare_disagree(cmp, a, b))
+        fa = cmp.results[a].trace.fate[0, 9].numpy()
+        fb = cmp.results[b].trace.fate[0, 9].numpy()
+        kept_a, kept_b = set(np.flatnonzero(fa == KEPT)), set(np.flatnonzero(fb == KEPT))
+        every = set(range(fa.size))
+        expected = {
+            "only_a": len(kept_a - kept_b),
+            "only_b": len(kept_b - kept_a),
+            "both_kept": len(kept_a & kept_b),
+            "neither": len(every - kept_a - kept_b),
+        }
+        html = got["compare_disagree"]
+        for key, n in expected.items():
+            assert f"data-count='{key}'>" in html
+            assert (
+                html.split(f"data-count='{key}'>")[1]
+                .split("</tr>")[0]
+                .endswith(f"<td><b>{n}</b></td>")
+            ), (a, b, key)
+        assert sum(expected.values()) == 196 and "After block 9" in html
+        assert got["compare_disagree_picture"].shape == (448, 448, 3)
+    assert (
+        out["compare_disagree"]
+        == _named(tiny_app, tiny_app.compare_disagree(cmp, "tca", "evit"))["compare_disagree"]
+    )
+
+
+def test_compare_at_equal_keep_rate_and_at_a_target(tiny_app, example_image):
+    image = str(example_image)
+    same = _compare(tiny_app, image, match_by="rate")["compare_state"]
+    assert list(same.results) == EVERY_METHOD and same.target is None and same.matches == {}
+    assert {r.config.keep_rate for r in same.results.values()} == {0.7}
+    base = next(iter(same.results.values())).flops_baseline.gmacs
+    # 40% of the baseline's cost: ToMe's family cannot merge more than half a block's tokens
+    out = _compare(tiny_app, image, match_by="gmacs", target=0.4 * base)
+    cmp, table = out["compare_state"], out["compare_table"]
+    assert cmp.target == pytest.approx(0.4 * base) and "compare_target" not in out
+    for m in EVERY_METHOD:
+        match = cmp.matches[m]
+        row = table.split(f"data-method='{m}'")[1].split("</tr>")[0]
+        assert match.floor == (m in ("tome", "tome-paper", "pitome", "tofu", "zero-tprune")), m
+        assert ("cannot reach the target" in row) == match.floor
+        assert match.within != match.floor, m
+    with pytest.raises(gr.Error, match="target GMACs must be a positive number"):
+        _compare(tiny_app, image, match_by="gmacs", target=None)
+
+
+def test_compare_is_marked_outdated_when_the_explore_inputs_change(tiny_app, example_image):
+    image = str(example_image)
+    cmp = _compare(tiny_app, image)["compare_state"]
+    args = [image, LABELS, *_controls().values()]
+    stale = tiny_app.check_compare_stale
+    assert stale(cmp, *args, "tca", None) == ""
+    assert stale(cmp, *args[:3], "ats", *args[4:], "tca", None) == ""  # the method: all run
+    assert stale(None, *args, "rate", None) == ""  # nothing shown
+    for i, value in ((1, "cat, dog"), (4, 0.5), (5, "3,6"), (6, 3), (7, "rank"), (1, "cat")):
+        changed = list(args)
+        changed[i] = value
+        assert "Outdated" in stale(cmp, *changed, "tca", None), i
+    other = sorted(example_image.parent.glob("*.jpg"))[-1]
+    assert "Outdated" in stale(cmp, str(other), *args[1:], "tca", None)
+    assert "Outdated" in stale(cmp, *args, "rate", None)  # Compare's own matching
+    assert "Outdated" in stale(cmp, *args, "gmacs", None)
+    assert "Press <b>Compare</b>" in stale(cmp, *args, "rate", None)
+
+
+def test_compare_opens_with_the_first_example(tiny_app, example_image):
+    first = tiny_app.first_screen()
+    args = [first.image_name and str(example_image.parent / first.image_name), LABELS]
+    controls = [*args, *_controls().values(), "tca", None, "tca", "evit"]
+    out = _named(tiny_app, tiny_app.open_compare(None, *controls))
+    cmp = out["compare_state"]
+    assert cmp is tiny_app.first_comparison() and cmp.request == first.request
+    assert list(cmp.results) == EVERY_METHOD and cmp.matching == runs.Matching("tca")
+    # the first example's labels are not LABELS: shown, marked Outdated
+    assert "Outdated" in out["compare_stale"]
+    assert tiny_app.open_compare(cmp, *controls) == {}  # a comparison on screen stays
+    # computed once: a later opening is served from memory, even while the visitor's Run goes
+    visitor = SimpleNamespace(session_hash="busy-visitor")
+    with tiny_app.gate.hold("busy-visitor"):
+        again = _named(tiny_app, tiny_app.open_compare(None, *controls, request=visitor))
+        assert again["compare_state"] is cmp
+        tiny_app._first_cmp = None  # not computed yet and the visitor busy: the tab waits
+        try:
+            assert tiny_app.open_compare(None, *controls, request=visitor) == {}
+        finally:
+            tiny_app._first_cmp = cmp
 
 
 BAD_INPUTS = [
@@ -799,7 +974,7 @@ def test_page_load_hands_over_the_background_first_screen(tiny_app):
     assert out["strip"]["selected_index"] == 11 and len(out["strip"]["value"]) == 12
     assert all(Path(f).is_file() for f, _ in out["strip"]["value"])
     # the same parts as any Run of it shows, pictures aside
-    direct = page.parts(state, page.Display(11))
+    direct = page.parts(state, page.Display(11), screen=page.Screen(startup=True))
     for name in ("baseline", "condensed", "shift", "info", "cost", "follow", "layer", "depth"):
         assert out[name] == direct[name], name
     again = _named(tiny_app, tiny_app.load_first(None))
@@ -854,13 +1029,18 @@ def test_every_event_on_every_tower(model, tokens, example_image, tmp_path):
     assert f"<td>{tokens[0]}</td><td>{tokens[-1]}</td>" in out["cost"]["value"]
     assert f"{tokens[-1]} tokens" in out["info"]["value"]
     assert len(out["strip"]["value"]) == 12 and "Images seen: 1" in out["stream"]["value"]
-    assert out["map"]["value"].shape == (448, 448, 3)
+    assert out["map"]["value"].shape == (896, 896, 3)
     overlay = _named(app, app.show_layer(shown, 9, "fates", True, 0.5))
     word = "pool-query attention" if no_cls else "CLS attention"
     assert f"Overlay: {word} at block 9" in overlay["info"]["value"]
-    cmp = _named(app, app.compare(image, LABELS, **_controls(model=model), progress=_Progress()))
-    for m in COMPARED:
-        assert cmp[f"compare_{m}"]["label"].endswith("% GMACs saved")
+    cmp = _compare(app, image, model=model)
+    state = cmp["compare_state"]
+    assert list(state.results) == [m for m in EVERY_METHOD if not (no_cls and m == "ats")]
+    if no_cls:  # ATS is listed with the reason it cannot run, by name
+        assert "no CLS token" in state.refused["ats"]
+        assert "not run: ats scores patches by their CLS attention" in cmp["compare_table"]
+    for m in state.results:
+        assert state.matches[m].within, m
     plot, table = _sweep(app, image, model=model, shown=shown)
     assert "the Run's baseline + 7 condensed passes" in table
     files = _named(app, app.export(shown, 11, "fates", None))

@@ -105,7 +105,7 @@ def _inputs(raw: Raw, fn: int, image) -> list:
     if name == "classify":
         return [image, "cat, dog", *SETTINGS, False, None]
     if name == "compare":
-        return [image, "cat, dog", *SETTINGS]
+        return [image, "cat, dog", *SETTINGS, "tca", None, "tca", "evit"]
     # any other (UI-only) event that takes the image: the page's own values elsewhere
     return [image if i == raw.image_id else raw.defaults.get(i) for i in raw.deps[fn]["inputs"]]
 

@@ -7,6 +7,7 @@ upload-only image input.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import html
@@ -25,14 +26,25 @@ from tca.config import CondenseConfig, default_layers, format_layers
 from tca.errors import ImageError, UserError, without_dirs
 from tca.flops import Geometry
 from tca.images import load_image
-from tca.methods import COMPARED, METHODS
+from tca.methods import METHODS
 from tca.models import DEFAULT_MODEL
 from tca.request import image_key
 
 from . import device, export, page, panels, runs, serving, sweeps, uploads
 from .page import LAYER_PARTS, RUN_PARTS, Display, Screen
 from .request import DEFAULT_CONFIG, Request, from_controls, request_or_none
-from .runs import APP_MODELS, ExplorerRun, StreamState, compare, run, seen_picture
+from .runs import (
+    ALL_METHODS,
+    APP_MODELS,
+    Comparison,
+    ExplorerRun,
+    Matching,
+    StreamState,
+    compare,
+    run,
+    seen_picture,
+)
+from .shown import PAUSE_LABEL, PLAY_LABEL, OnScreen, play_start, play_step
 
 ROOT = Path(__file__).resolve().parents[2]
 ASSETS = ROOT / "assets"
@@ -149,6 +161,29 @@ def _display(
     return Display(int(layer or 0), view, overlay, opacity, patch).clamped(run.trace)
 
 
+def _held(on_screen: OnScreen | None) -> Any:
+    """The session's display lock (nothing to hold without an ``OnScreen``)."""
+    return on_screen.lock if on_screen is not None else contextlib.nullcontext()
+
+
+def _layer(on_screen: OnScreen | None, layer: float | None) -> int:
+    """The block last drawn for this session (the slider's value may be older)."""
+    if on_screen is not None and on_screen.layer is not None:
+        return on_screen.layer
+    return int(layer or 0)
+
+
+def _patch(on_screen: OnScreen | None, patch: int | None) -> int | None:
+    """The patch this session follows now (the value sent with the event may be older)."""
+    return on_screen.patch if on_screen is not None else patch
+
+
+def _remember(on_screen: OnScreen | None, d: Display) -> None:
+    if on_screen is not None:
+        on_screen.layer = d.layer
+        on_screen.follow(d.patch)
+
+
 def _png(folder: Path, arr: Any, name: str) -> str:
     path = folder / f"{name}.png"
     Image.fromarray(arr).save(path, compress_level=1)
@@ -198,6 +233,8 @@ class App:
         self.ui: Mapping[str, Any] = {}
         self._first: ExplorerRun | None = None
         self._first_parts: dict[str, Any] | None = None  # with picture files
+        self._first_cmp: Comparison | None = None
+        self._cmp_lock = threading.Lock()  # its own: page loads never wait for the comparison
         self._first_lock = threading.RLock()
 
     # -- the model passes (GPU tasks: their arguments pickle on ZeroGPU, so progress callbacks
@@ -224,17 +261,20 @@ class App:
         # the stream state comes back: a ZeroGPU worker updates its own copy of it
         return run(self.cache, req, stream=stream_state, progress=say), stream_state
 
-    def _compare_passes(self, req: Request, say: runs.Say | None = None) -> runs.Comparison:
-        return compare(self.cache, req, COMPARED, progress=say)
+    def _compare_passes(
+        self, req: Request, matching: Matching, say: runs.Say | None = None
+    ) -> Comparison:
+        return compare(self.cache, req, progress=say, matching=matching)
 
     def _sweep_passes(
         self,
         req: Request,
         methods: Any,
         shown: ExplorerRun | None,
+        by: str,
         say: runs.Say | None = None,
     ) -> sweeps.Sweep:
-        return sweeps.sweep(self.cache, req, methods, reuse=shown, progress=say)
+        return sweeps.sweep(self.cache, req, methods, reuse=shown, progress=say, by=by)
 
     def _stream_demo_passes(self, model: str, keep_rate: float) -> tuple[Any, np.ndarray]:
         loaded = self.cache.get(model)
@@ -329,7 +369,7 @@ class App:
             first,
             Display(first.trace.depth - 1),
             RUN_PARTS,
-            Screen(banner=self.banner_html(first.model)),
+            Screen(banner=self.banner_html(first.model), startup=True),
         )
 
     def load_first(self, shown: ExplorerRun | None) -> dict[Any, Any]:
@@ -409,6 +449,11 @@ class App:
         progress(0.95, desc="drawing")
         return export.summary(shown, TOP_K), shown, stream_state
 
+    def matching(self, match_by: str | None, target_gmacs: float | None) -> Matching:
+        """Compare's matching from its controls (ConfigError naming the field)."""
+        by = match_by or "tca"
+        return Matching(by, float(target_gmacs) if by == "gmacs" and target_gmacs else None)
+
     @user_errors
     def compare(
         self,
@@ -421,27 +466,105 @@ class App:
         merge_centers: float,
         score: str,
         templates: str,
+        match_by: str = "tca",
+        target_gmacs: float | None = None,
+        method_a: str = "tca",
+        method_b: str = "evit",
         progress: gr.Progress = PROGRESS,
         request: gr.Request | None = None,
     ) -> dict[Any, Any]:
-        """Every compared method on the request's image, keep rate and blocks."""
+        """Every condensing method on the request's image and blocks, at its keep rate or at
+        equal GMACs (``match_by``: rate, tca or gmacs, with ``target_gmacs``)."""
         req = self.request(
             image, labels, model, method, keep_rate, layers, merge_centers, score, templates
         )
+        matching = self.matching(match_by, target_gmacs)
         with self.gate.hold(_session(request)):
-            cmp = self._compare(req, self._say(progress, req.model))
+            cmp = self._compare(req, matching, self._say(progress, req.model))
+        return self.compare_parts(cmp, method_a, method_b, "")
+
+    def compare_parts(
+        self, cmp: Comparison, method_a: str | None, method_b: str | None, stale: str
+    ) -> dict[Any, Any]:
+        """Everything the Compare tab shows of one comparison."""
         out: dict[Any, Any] = {
+            self.ui["compare_state"]: cmp,
+            self.ui["compare_stale"]: stale,
             self.ui["compare_picture"]: page.compare_picture(cmp),
             self.ui["compare_baseline"]: cmp.baseline.as_dict(),
             self.ui["compare_table"]: panels.compare_html(cmp),
             self.ui["banner"]: self.banner_html(cmp.model),
         }
-        for m, r in cmp.results.items():
-            out[self.ui[f"compare_{m}"]] = gr.update(
-                value=r.condensed.as_dict(),
-                label=f"{METHODS[m].title}: {r.saved_percent:.1f}% GMACs saved",
-            )
+        if cmp.target is not None and cmp.matching.by != "gmacs":
+            # TCA's cost as the starting point for a target of one's own
+            out[self.ui["compare_target"]] = round(cmp.target, 3)
+        out.update(self.compare_disagree(cmp, method_a or "tca", method_b or "evit"))
         return out
+
+    def compare_disagree(self, cmp: Comparison | None, a: str, b: str) -> dict[Any, Any]:
+        """The disagreement map and counts of methods ``a`` and ``b`` (no model)."""
+        picture, counts = self.ui["compare_disagree_picture"], self.ui["compare_disagree"]
+        if cmp is None:
+            return {}
+        d = page.disagreement_of(cmp, a, b)
+        if d is None:
+            missing = [METHODS[m].title for m in (a, b) if m not in cmp.results]
+            return {
+                picture: None,
+                counts: f"<i>{', '.join(missing)} did not run in this comparison.</i>",
+            }
+        return {
+            picture: page.disagreement_picture(cmp, d),
+            counts: panels.disagreement_html(d),
+        }
+
+    def check_compare_stale(self, cmp: Comparison | None, *controls: Any) -> str:
+        """Mark the comparison outdated when the Explore controls (or Compare's matching) no
+        longer make it. controls: the Explore controls, then match_by and target_gmacs."""
+        *explore, match_by, target = controls
+        req = request_or_none(*explore[:2], explore[2] or self.default_model, *explore[3:])
+        try:
+            matching: Matching | None = self.matching(match_by, target)
+        except UserError:
+            matching = None
+        return panels.compare_stale_html(cmp, req, matching)
+
+    def first_comparison(self) -> Comparison | None:
+        """The first screen's request compared at equal GMACs (TCA's cost at its R), computed
+        once per process on the first opening of the Compare tab and served to everyone."""
+        with self._cmp_lock:
+            if self._first_cmp is None:
+                first = self.first_screen()
+                if first is None:
+                    return None
+                try:
+                    self._first_cmp = device.to_cpu(
+                        compare(self.cache, first.request, matching=Matching("tca"))
+                    )
+                except Exception as exc:  # noqa: BLE001 - the tab then waits for Compare
+                    print(f"TCA Explorer: no first comparison ({type(exc).__name__}: {exc})")
+                    return None
+            return self._first_cmp
+
+    def open_compare(
+        self, cmp: Comparison | None, *controls: Any, request: gr.Request | None = None
+    ) -> dict[Any, Any]:
+        """Opening the Compare tab with nothing compared yet shows the first example's
+        comparison (marked Outdated where the visitor's inputs differ)."""
+        if cmp is not None:
+            return {}
+        *_, method_a, method_b = controls
+        first = self._first_cmp
+        if first is None:  # the first opening since start-up computes it
+            try:
+                with self.gate.hold(_session(request)):
+                    first = self.first_comparison()
+            except UserError:  # this visitor's Run is still going: the tab waits for Compare
+                return {}
+        if first is None:
+            return {}
+        stale = self.check_compare_stale(first, *controls[:-2])
+        return self.compare_parts(first, method_a, method_b, stale)
 
     @user_errors
     def sweep(
@@ -457,17 +580,23 @@ class App:
         templates: str,
         all_methods: bool = False,
         shown: ExplorerRun | None = None,
+        by: str = "rate",
         progress: gr.Progress = PROGRESS,
         request: gr.Request | None = None,
     ) -> dict[Any, Any]:
-        """The keep-rate sweep of the current image: one job, plot + table. The shown Run's
-        baseline is reused when it was made from the same image, labels, model and prompts."""
+        """The sweep of the current image: one job, plot + table; ``by``: keep rate or equal
+        GMACs. The shown Run's baseline is reused when it was made from the same image, labels,
+        model and prompts."""
         req = self.request(
             image, labels, model, method, keep_rate, layers, merge_centers, score, templates
         )
         with self.gate.hold(_session(request)):
             sw = self._sweep(
-                req, COMPARED if all_methods else None, shown, self._say(progress, req.model)
+                req,
+                ALL_METHODS if all_methods else None,
+                shown,
+                by or "rate",
+                self._say(progress, req.model),
             )
         return {
             self.ui["sweep_plot"]: page.sweep_image(sw),
@@ -486,16 +615,22 @@ class App:
         shown_depth: int | None,
         stream_on: bool,
         stream_state: StreamState | None,
+        on_screen: OnScreen | None = None,
     ) -> dict[Any, Any]:
         """Everything a new Run changes. A run with another depth than the one shown (e.g.
         ViT-L/14 after ViT-B/16) opens at its last block."""
         if shown is None:
             return {}
-        if shown_depth != shown.trace.depth:
-            layer = shown.trace.depth - 1
-        d = _display(shown, layer, view, overlay, opacity, patch)
-        screen = Screen(self.banner_html(shown.model), bool(stream_on), stream_state)
-        return page.updates(self.ui, shown, d, RUN_PARTS, screen)
+        with _held(on_screen):
+            if on_screen is not None:
+                layer = on_screen.layer if on_screen.layer is not None else layer
+                patch = on_screen.patch
+            if shown_depth != shown.trace.depth:
+                layer = shown.trace.depth - 1
+            d = _display(shown, layer, view, overlay, opacity, patch)
+            _remember(on_screen, d)
+            screen = Screen(self.banner_html(shown.model), bool(stream_on), stream_state)
+            return page.updates(self.ui, shown, d, RUN_PARTS, screen)
 
     def show_layer(
         self,
@@ -505,12 +640,17 @@ class App:
         overlay: bool = False,
         opacity: float = 0.5,
         patch: int | None = None,
+        on_screen: OnScreen | None = None,
     ) -> dict[Any, Any]:
         """Map, info, chart and follow table at ``layer``; the strip's selected tile moves."""
         if shown is None:
             return {}
-        d = _display(shown, layer, view, overlay, opacity, patch)
-        return page.updates(self.ui, shown, d, (*LAYER_PARTS, "strip"), Screen(redraw_strip=False))
+        with _held(on_screen):
+            d = _display(shown, layer, view, overlay, opacity, _patch(on_screen, patch))
+            _remember(on_screen, d)
+            return page.updates(
+                self.ui, shown, d, (*LAYER_PARTS, "strip"), Screen(redraw_strip=False)
+            )
 
     def step_layer(
         self,
@@ -521,14 +661,18 @@ class App:
         overlay: bool,
         opacity: float,
         patch: int | None,
+        on_screen: OnScreen | None = None,
     ) -> dict[Any, Any]:
-        """◀ / ▶: one block back or on (clamped)."""
+        """◀ / ▶: one block back or on (clamped), from the block last shown."""
         if shown is None:
             return {}
-        d = _display(shown, int(layer or 0) + delta, view, overlay, opacity, patch)
-        return page.updates(
-            self.ui, shown, d, ("layer", *LAYER_PARTS, "strip"), Screen(redraw_strip=False)
-        )
+        with _held(on_screen):
+            at = _layer(on_screen, layer)
+            d = _display(shown, at + delta, view, overlay, opacity, _patch(on_screen, patch))
+            _remember(on_screen, d)
+            return page.updates(
+                self.ui, shown, d, ("layer", *LAYER_PARTS, "strip"), Screen(redraw_strip=False)
+            )
 
     def pick_layer(
         self,
@@ -538,14 +682,17 @@ class App:
         opacity: float,
         patch: int | None,
         evt: gr.SelectData,
+        on_screen: OnScreen | None = None,
     ) -> dict[Any, Any]:
         """A click on a strip tile selects that block (the strip itself is not redrawn)."""
         if shown is None or evt is None or not isinstance(evt.index, int):
             return {}
         if not 0 <= evt.index < shown.trace.depth:
             return {}
-        d = _display(shown, evt.index, view, overlay, opacity, patch)
-        return page.updates(self.ui, shown, d, ("layer", *LAYER_PARTS))
+        with _held(on_screen):
+            d = _display(shown, evt.index, view, overlay, opacity, _patch(on_screen, patch))
+            _remember(on_screen, d)
+            return page.updates(self.ui, shown, d, ("layer", *LAYER_PARTS))
 
     def pick_patch(
         self,
@@ -555,6 +702,7 @@ class App:
         overlay: bool,
         opacity: float,
         evt: gr.SelectData,
+        on_screen: OnScreen | None = None,
     ) -> dict[Any, Any]:
         """A click on the big map follows that patch through every block."""
         if shown is None or evt is None or not isinstance(evt.index, (list, tuple)):
@@ -562,16 +710,91 @@ class App:
         patch = page.patch_at(shown, *evt.index[:2])
         if patch is None:
             return {}
-        d = _display(shown, layer, view, overlay, opacity, patch)
-        return page.updates(self.ui, shown, d, ("patch", "map", "follow", "why"))
+        with _held(on_screen):
+            d = _display(shown, _layer(on_screen, layer), view, overlay, opacity, patch)
+            _remember(on_screen, d)
+            return page.updates(self.ui, shown, d, page.FOLLOW_PARTS)
 
     def clear_patch(
-        self, shown: ExplorerRun | None, layer: float, view: str, overlay: bool, opacity: float
+        self,
+        shown: ExplorerRun | None,
+        layer: float,
+        view: str,
+        overlay: bool,
+        opacity: float,
+        on_screen: OnScreen | None = None,
     ) -> dict[Any, Any]:
+        """Stop following: the block last shown (a strip tile's answer may have moved it since
+        this click was sent), without the followed patch."""
+        with _held(on_screen):
+            if on_screen is not None:
+                on_screen.follow(None)
+            if shown is None:
+                return {self.ui["patch"]: None}
+            d = _display(shown, _layer(on_screen, layer), view, overlay, opacity, None)
+            _remember(on_screen, d)
+            return page.updates(self.ui, shown, d, page.FOLLOW_PARTS)
+
+    # -- ▶ play through the blocks (a gr.Timer ticks play_tick while playing)
+    def toggle_play(
+        self,
+        shown: ExplorerRun | None,
+        label: str,
+        layer: float,
+        view: str,
+        overlay: bool,
+        opacity: float,
+        patch: int | None,
+        on_screen: OnScreen | None = None,
+    ) -> dict[Any, Any]:
+        """▶ Play starts the timer (from block 0 when the last block is shown); ⏸ Pause stops
+        it where it is."""
+        stop = {
+            self.ui["play_timer"]: gr.update(active=False),
+            self.ui["play"]: gr.update(value=PLAY_LABEL),
+        }
+        if shown is None or label == PAUSE_LABEL:
+            return stop
+        with _held(on_screen):
+            depth = shown.trace.depth
+            start = play_start(_layer(on_screen, layer), depth)
+            d = _display(shown, start, view, overlay, opacity, _patch(on_screen, patch))
+            _remember(on_screen, d)
+            out = page.updates(
+                self.ui, shown, d, ("layer", *LAYER_PARTS, "strip"), Screen(redraw_strip=False)
+            )
+        out[self.ui["play_timer"]] = gr.update(active=True)
+        out[self.ui["play"]] = gr.update(value=PAUSE_LABEL)
+        return out
+
+    def play_tick(
+        self,
+        shown: ExplorerRun | None,
+        layer: float,
+        view: str,
+        overlay: bool,
+        opacity: float,
+        patch: int | None,
+        on_screen: OnScreen | None = None,
+    ) -> dict[Any, Any]:
+        """One tick: the next block (map, strip highlight, chart marker and follow table move
+        together); on the last block the timer stops and the button says ▶ Play again."""
         if shown is None:
-            return {self.ui["patch"]: None}
-        d = _display(shown, layer, view, overlay, opacity, None)
-        return page.updates(self.ui, shown, d, ("patch", "map", "follow", "why"))
+            return {
+                self.ui["play_timer"]: gr.update(active=False),
+                self.ui["play"]: gr.update(value=PLAY_LABEL),
+            }
+        with _held(on_screen):
+            nxt, more = play_step(_layer(on_screen, layer), shown.trace.depth)
+            d = _display(shown, nxt, view, overlay, opacity, _patch(on_screen, patch))
+            _remember(on_screen, d)
+            out = page.updates(
+                self.ui, shown, d, ("layer", *LAYER_PARTS, "strip"), Screen(redraw_strip=False)
+            )
+        if not more:
+            out[self.ui["play_timer"]] = gr.update(active=False)
+            out[self.ui["play"]] = gr.update(value=PLAY_LABEL)
+        return out
 
     def change_view(
         self,
@@ -581,12 +804,15 @@ class App:
         overlay: bool,
         opacity: float,
         patch: int | None,
+        on_screen: OnScreen | None = None,
     ) -> dict[Any, Any]:
         """Fates <-> what the model sees: the map and the strip are redrawn (no model)."""
         if shown is None:
             return {}
-        d = _display(shown, layer, view, overlay, opacity, patch)
-        return page.updates(self.ui, shown, d, ("map", "strip"))
+        with _held(on_screen):
+            layer = _layer(on_screen, layer)
+            d = _display(shown, layer, view, overlay, opacity, _patch(on_screen, patch))
+            return page.updates(self.ui, shown, d, ("map", "strip"))
 
     def export(
         self, shown: ExplorerRun | None, layer: float, view: str, patch: int | None

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from tca import arithmetic, charts, compose, render, why
+from tca.disagreement import Disagreement, disagreement, disagreement_map
 from tca.methods import METHODS
 from tca.stream_demo import StreamDemo
 from tca.trace import Trace
@@ -26,7 +27,10 @@ from .panels import CONDENSING_MARK
 from .runs import Comparison, ExplorerRun, StreamState
 from .sweeps import Sweep
 
-MAP_ZOOM = 2  # the big token map is shown at twice the model's resolution
+# The big token map is drawn at 4x the model's resolution (896 px for a 224 px model): the
+# browser only ever shrinks it to its box (1280x720 to 1920x1080), and Gradio's click position
+# is exact only for a shrunk picture (its select event assumes scale <= 1).
+MAP_ZOOM = 4
 # Strip tiles are drawn at half the model's resolution: they show at about that size, and
 # encoding 12 full-size hatched PNGs per Run was a fifth of a Run's time.
 STRIP_SHRINK = 2
@@ -129,11 +133,20 @@ def strip_png(run: ExplorerRun, view: str = "fates") -> Image.Image:
     return img
 
 
+def gif_title(run: ExplorerRun) -> str:
+    """The GIF's title line: short enough for a 448 px frame (the strip PNG has the long one)."""
+    c = run.result.config
+    method = METHODS[c.method]
+    what = f"{method.title} R={c.keep_rate:g}" if method.step is not None else "no condensing"
+    return f"{run.image_name or 'image'} \u00b7 {run.model} \u00b7 {what}"
+
+
 def depth_frames(run: ExplorerRun, d: Display) -> list[Image.Image]:
     """One frame per block (the current view and followed patch), captioned, for the GIF."""
     trace = run.trace
     d = d.clamped(trace)
     frames = []
+    title = gif_title(run)
     means = render.patch_means(run.seen, trace.grid)
     for l in range(trace.depth):
         m = render.fate_map(run.seen, trace, l, means=means, view=d.view, follow=d.patch)
@@ -142,7 +155,12 @@ def depth_frames(run: ExplorerRun, d: Display) -> list[Image.Image]:
             f"{trace.tokens_per_layer[l]} tokens"
         )
         img = compose.grid(
-            [[render.upscale(m, 2)]], [[cap]], font_size=18, marked=[[l in trace.condensing_layers]]
+            [[render.upscale(m, 2)]],
+            [[cap]],
+            font_size=16,
+            marked=[[l in trace.condensing_layers]],
+            title=title,
+            legend=True,
         )
         frames.append(img)
     return frames
@@ -156,7 +174,7 @@ def chart_image(run: ExplorerRun, layer: int) -> np.ndarray:
         r.tokens_per_layer,
         trace.condensing_layers,
         label=r.config.describe().split(",")[0],
-        title="Tokens per block: baseline vs condensed",
+        title="Tokens per block",
         current=int(layer),
         stack=[c.as_tuple() for c in arithmetic.token_counts(trace)],
         stack_names=[names.get(k) for k in arithmetic.SEGMENTS],
@@ -182,8 +200,10 @@ STRIP_COLUMNS = 3  # tiles per strip row (one more for 24-block models)
 RUN_PARTS = (
     "banner", "baseline", "condensed", "shift", "map", "layer", "info", "legend", "chart",
     "cost", "strip", "follow", "why", "stream", "corrected", "stale", "depth", "patch",
+    "stop_follow",
 )  # fmt: skip
 LAYER_PARTS = ("map", "info", "chart", "follow")  # what moving to another block redraws
+FOLLOW_PARTS = ("patch", "map", "follow", "why", "stop_follow")  # following a patch, or not
 
 
 @dataclass(frozen=True)
@@ -195,6 +215,7 @@ class Screen:
     stream_on: bool = False
     stream: StreamState | None = None
     redraw_strip: bool = True
+    startup: bool = False  # the start-up example every visitor opens on (its times are not theirs)
 
 
 def strip_columns(depth: int) -> int:
@@ -229,9 +250,11 @@ def parts(
         "map": lambda: gr.update(value=map_image(run, d)),
         "layer": lambda: gr.update(maximum=depth - 1, value=d.layer),
         "info": lambda: gr.update(value=panels.layer_info(run, d.layer, d.overlay)),
-        "legend": lambda: gr.update(value=panels.legend_html(r.config.method, trace)),
+        "legend": lambda: gr.update(
+            value=panels.legend_html(r.config.method, trace) + panels.crop_note(run)
+        ),
         "chart": lambda: gr.update(value=chart_image(run, d.layer)),
-        "cost": lambda: gr.update(value=panels.cost_html(r)),
+        "cost": lambda: gr.update(value=panels.cost_html(r, timed=not screen.startup)),
         "strip": strip,
         "follow": lambda: gr.update(value=panels.follow_html(run, d.patch, d.layer)),
         "why": lambda: gr.update(value=why_image(run, d.patch), visible=d.patch is not None),
@@ -243,6 +266,7 @@ def parts(
         # gr.State outputs take the value itself (an update dict would be stored as the value)
         "depth": lambda: depth,
         "patch": lambda: d.patch,
+        "stop_follow": lambda: gr.update(visible=d.patch is not None),
     }
     return {name: make[name]() for name in names}
 
@@ -279,26 +303,43 @@ def exports(run: ExplorerRun, d: Display, out: ExportDir) -> dict[str, str]:
 # ------------------------------------------------------------------------------ compare / sweep
 
 
+def compare_layers(cmp: Comparison) -> list[int]:
+    """The blocks Compare draws: the request's condensing blocks in the tower (the fates after
+    the last one are final), else the last block."""
+    depth = next(iter(cmp.results.values())).trace.depth  # type: ignore[union-attr]
+    return sorted({l for l in cmp.request.config.layers if l < depth}) or [depth - 1]
+
+
 def compare_picture(cmp: Comparison) -> Image.Image:
-    first = next(iter(cmp.results.values()))
-    traces = [r.trace for r in cmp.results.values()]
-    assert all(t is not None for t in traces)  # compare always traces
-    first_trace = cast(Trace, first.trace)
-    depth = first_trace.depth
-    cols = sorted(set(first_trace.condensing_layers) | {depth - 1})
-    tiles = []
-    for t in cast(list[Trace], traces):
-        means = render.patch_means(cmp.seen, t.grid)
-        tiles.append([render.fate_map(cmp.seen, t, l, means=means) for l in cols])
-    picture = compose.grid(
+    """One row of fate maps per method (its R in the row label), one column per condensing
+    block."""
+    traces = [cast(Trace, r.trace) for r in cmp.results.values()]  # compare always traces
+    cols = compare_layers(cmp)
+    means = render.patch_means(cmp.seen, traces[0].grid)
+    tiles = [[render.fate_map(cmp.seen, t, l, means=means) for l in cols] for t in traces]
+    return compose.grid(
         tiles,
         captions=[[f"{r.tokens_per_layer[l]} tokens" for l in cols] for r in cmp.results.values()],
-        row_labels=[METHODS[m].title for m in cmp.results],
+        row_labels=[f"{METHODS[m].title} R={r.config.keep_rate:g}" for m, r in cmp.results.items()],
         col_labels=[f"after block {l}" for l in cols],
         legend=True,
         font_size=15,
     )
-    return picture
+
+
+def disagreement_of(cmp: Comparison, a: str, b: str) -> Disagreement | None:
+    """Methods ``a`` and ``b`` of the comparison after its last condensing block (None when
+    either did not run)."""
+    if a not in cmp.results or b not in cmp.results:
+        return None
+    ta, tb = cmp.results[a].trace, cmp.results[b].trace
+    assert ta is not None and tb is not None
+    return disagreement(a, ta, b, tb, compare_layers(cmp)[-1])
+
+
+def disagreement_picture(cmp: Comparison, d: Disagreement) -> np.ndarray:
+    """The disagreement map at twice the model's resolution."""
+    return render.upscale(disagreement_map(cmp.seen, d), 2)
 
 
 def stream_demo_picture(demo: StreamDemo, seen: np.ndarray) -> Image.Image:
@@ -327,11 +368,23 @@ def sweep_image(sw: Sweep) -> np.ndarray:
         }
         for m, pts in sw.points.items()
     }
+    if sw.by == "gmacs":  # every method at the same costs: what changed, against GMACs
+        change = {
+            METHODS[m].title: {
+                "gmacs": [p.gmacs for p in pts],
+                "kl": [p.kl for p in pts],
+                "kept": [1.0 if p.top1_kept else 0.0 for p in pts],
+            }
+            for m, pts in sw.points.items()
+        }
+        targets = sorted({p.target for pts in sw.points.values() for p in pts if p.target})
+        return charts.figure_to_array(charts.change_chart(sw.gmacs_baseline, change, targets))
     return charts.figure_to_array(charts.sweep_chart(sw.gmacs_baseline, series))
 
 
 __all__ = [
     "Display",
+    "FOLLOW_PARTS",
     "MAP_ZOOM",
     "LAYER_PARTS",
     "RUN_PARTS",
@@ -339,7 +392,10 @@ __all__ = [
     "STRIP_SHRINK",
     "VIEW_CHOICES",
     "chart_image",
+    "compare_layers",
     "compare_picture",
+    "disagreement_of",
+    "disagreement_picture",
     "depth_frames",
     "exports",
     "map_image",

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import html
 
-from tca import arithmetic, charts, render
+from tca import arithmetic, budget, charts, render
+from tca.disagreement import Disagreement
 from tca.flops import CONVENTION
 from tca.methods import METHODS
 from tca.pipeline import RunResult
@@ -19,6 +20,7 @@ from tca.weights import WEIGHTS_HELP
 
 from . import sweeps
 from .follow import follow_patch
+from .request import KEEP_RATE_RANGE
 from .runs import Comparison, ExplorerRun, StreamState
 from .serving import LoadedModel
 from .sweeps import Sweep
@@ -146,7 +148,16 @@ The optional overlay shows the CLS attention that drove the latest condensing de
 Runs the method at keep rates {", ".join(f"{r:g}" for r in sweeps.SWEEP_RATES)} on the
 same image in one job and plots, against the cost, the condensed top-1 probability, the
 probability the condensed model gives the baseline's top-1 label, and the KL divergence of
-its prediction from the baseline's: where the curves bend is where this image breaks.
+its prediction from the baseline's: where the curves bend is where this image breaks. At
+**equal GMACs** every method runs at the keep rate whose cost matches each share of the
+baseline's, and the chart shows the KL divergence against the cost, with a cross where the
+top-1 label changed: which method keeps the prediction best at a given cost.
+
+### Compare methods
+
+Every method at equal GMACs (each one's R solved for the same cost) or at the same R, and
+where two of them disagree: the patches one keeps as their own token and the other merges or
+prunes, after the last condensing block.
 
 ### Stream mode: domain anchors and the logits correction
 
@@ -236,10 +247,22 @@ def shift_html(result: RunResult, limit: int = SHIFT_ROWS) -> str:
     )
 
 
-def cost_html(result: RunResult) -> str:
+def cost_html(result: RunResult, timed: bool = True) -> str:
+    """GMACs and the wall-clock of one Run. ``timed=False``: the start-up example every visitor
+    opens on (its times were measured once when the server started, not for this visitor), so
+    the wall-clock cells show a dash and say so."""
     fb, fc = result.flops_baseline, result.flops_condensed
     t = result.timings_ms
     warm = " The first Runs after start-up are slower still (warm-up)."
+    if timed:
+        clock = f"<td>{t.get('baseline_ms', 0):.0f}</td><td>{t.get('condensed_ms', 0):.0f}</td>"
+        text_ms = f" Text encoding: {t.get('text_ms', 0):.0f} ms (cached per label set)."
+    else:
+        clock = "<td>\u2014</td><td>\u2014</td>"
+        text_ms = (
+            " No times for the <b>start-up example</b>: it was computed once when the server "
+            "started, for every visitor. Press <b>Run</b> to time your own."
+        )
     return (
         "<div class='tca-cost'>"
         f"<div class='big'>{fb.gmacs:.2f} &rarr; {fc.gmacs:.2f} GMACs "
@@ -252,12 +275,26 @@ def cost_html(result: RunResult) -> str:
         f"<td>{result.tokens_per_layer[-1]}</td></tr>"
         f"<tr><td class='lab'>GMACs</td><td>{fb.gmacs:.3f}</td><td>{fc.gmacs:.3f}</td></tr>"
         f"<tr><td class='lab'>of which condensing</td><td>-</td><td>{fc.overhead / 1e9:.4f}</td></tr>"
-        f"<tr><td class='lab'>wall-clock here (ms)</td><td>{t.get('baseline_ms', 0):.0f}</td>"
-        f"<td>{t.get('condensed_ms', 0):.0f}</td></tr></table></div>"
+        f"<tr><td class='lab'>wall-clock here (ms)</td>{clock}</tr></table></div>"
         f"<small>GMACs are counted from the token counts ({_escape(CONVENTION)}). Wall-clock is "
         "one measurement on a shared CPU at batch 1, where the condensed pass also records the "
-        f"trace; it gains less time than FLOPs.{warm} Text encoding: "
-        f"{t.get('text_ms', 0):.0f} ms (cached per label set).</small></div>"
+        f"trace; it gains less time than FLOPs.{warm}{text_ms}</small></div>"
+    )
+
+
+def crop_note(run: ExplorerRun) -> str:
+    """Says that the map shows the model's input: the photo resized and centre-cropped to a
+    square (the parts outside the square are never seen)."""
+    side = run.seen.shape[0]
+    w, h = run.request.image.size
+    if w == h:
+        cut = "the whole photo, resized"
+    else:
+        cut = "its sides cut off" if w > h else "its top and bottom cut off"
+        cut = f"the centre square of the {w}\u00d7{h} photo ({cut})"
+    return (
+        f"<div class='tca-crop'><b>The model's input:</b> {side}\u00d7{side} pixels, {cut}; "
+        "the maps show exactly this square.</div>"
     )
 
 
@@ -465,44 +502,187 @@ def follow_html(run: ExplorerRun, patch: int | None, layer: int | None = None) -
     )
 
 
+def _dot(method: str) -> str:
+    """A small swatch of the method's colour (the sweep's and the disagreement map's)."""
+    colour = _rgb(render.METHOD_COLORS.get(method, (51, 51, 51)))
+    return (
+        f"<span style='display:inline-block;width:11px;height:11px;border-radius:50%;"
+        f"background:{colour};border:1px solid #888;margin-right:4px;vertical-align:-1px'>"
+        "</span>"
+    )
+
+
+def matching_text(cmp: Comparison) -> str:
+    """One line on how the methods were matched."""
+    if cmp.target is None:
+        return f"Every method at the same keep rate R = {cmp.keep_rate:g}."
+    source = (
+        f"TCA's cost at R = {cmp.keep_rate:g}" if cmp.matching.by == "tca" else "the number given"
+    )
+    return (
+        f"Equal GMACs: every method at the keep rate whose analytic GMACs (the flops command's) "
+        f"are nearest {cmp.target:.3f} ({source}); R searched in steps of {budget.GRID_STEP:g} "
+        f"from {KEEP_RATE_RANGE[0]:g} to 1; within {budget.TOLERANCE:.0%} of the target is "
+        "equal, anything else is marked."
+    )
+
+
+def _cost_cell(cmp: Comparison, method: str, r: RunResult) -> str:
+    planned = r.flops_condensed.gmacs
+    m = cmp.matches.get(method)
+    if m is not None:
+        planned = m.gmacs
+    cell = f"{planned:.3f}"
+    if m is not None:
+        cell += f" <small>({100 * m.relative_error:+.2f}%)</small>"
+        if m.floor:
+            why = METHODS[method].limit or "its plans remove no more"
+            cell += f"<br><small><b>cannot reach the target</b>: at least {m.lowest:.3f} ({why})</small>"
+        elif not m.within:
+            cell += (
+                f"<br><small><b>its nearest cost</b>: it moves in steps of {m.step:.3f} "
+                "here</small>"
+            )
+    if abs(r.flops_condensed.gmacs - planned) > 1e-9:  # ATS: this image kept fewer tokens
+        cell += f"<br><small>this image: {r.flops_condensed.gmacs:.3f}</small>"
+    return cell
+
+
 def compare_html(cmp: Comparison) -> str:
+    """Per method: R, GMACs (with the error against the target), saved, final tokens, top-1
+    (kept or changed from the baseline's), KL from the baseline and time; refusals listed."""
+    base_top = cmp.baseline.top(1)[0][0]
     rows = []
     for method, r in cmp.results.items():
         top, p = r.condensed.top(1)[0]
+        kept = "kept" if top == base_top else "<b>changed</b>"
+        kl = sweeps.kl_divergence(cmp.baseline.probs, r.condensed.probs)
         rows.append(
-            f"<tr><td><b>{METHODS[method].title}</b></td>"
-            f"<td>{r.flops_condensed.gmacs:.2f}</td><td>{r.saved_percent:.1f}%</td>"
-            f"<td>{r.tokens_per_layer[-1]}</td><td>{_escape(top)} ({p:.1%})</td>"
+            f"<tr data-method='{method}'><td>{_dot(method)}<b>{METHODS[method].title}</b></td>"
+            f"<td>{r.config.keep_rate:g}</td><td>{_cost_cell(cmp, method, r)}</td>"
+            f"<td>{r.saved_percent:.1f}%</td><td>{r.tokens_per_layer[-1]}</td>"
+            f"<td class='wrap'>{_escape(top)} ({p:.1%}), {kept}</td>"
+            f"<td>{charts.significant(kl, 2)}</td>"
             f"<td>{r.timings_ms['condensed_ms']:.0f}</td></tr>"
+        )
+    for method, why in cmp.refused.items():
+        rows.append(
+            f"<tr data-method='{method}'><td>{_dot(method)}<b>{METHODS[method].title}</b></td>"
+            f"<td colspan='7' class='wrap'>not run: {_escape(why)}</td></tr>"
         )
     base = next(iter(cmp.results.values()))
     return (
-        f"<div class='tca-scroll'><table class='tca-table'><tr><th>method</th><th>GMACs</th>"
-        f"<th>saved</th><th>final tokens</th><th>top-1</th><th>ms</th></tr>"
-        f"<tr><td>baseline CLIP</td><td>{base.flops_baseline.gmacs:.2f}</td><td>-</td>"
-        f"<td>{base.baseline_tokens[-1]}</td><td>{_escape(cmp.baseline.top(1)[0][0])} "
-        f"({cmp.baseline.top(1)[0][1]:.1%})</td><td>{base.timings_ms.get('baseline_ms', 0):.0f}"
-        f"</td></tr>{''.join(rows)}</table></div><small>Same keep rate R = {cmp.keep_rate:g} "
-        f"and condensing blocks for all three; {_escape(CONVENTION)}.</small>"
+        f"<div class='tca-scroll'><table class='tca-table'><tr><th>method</th><th>R</th>"
+        f"<th>GMACs</th><th>saved</th><th>final tokens</th><th>top-1</th>"
+        f"<th>KL from baseline</th><th>ms</th></tr>"
+        f"<tr><td>baseline CLIP</td><td>1</td><td>{base.flops_baseline.gmacs:.3f}</td><td>-</td>"
+        f"<td>{base.baseline_tokens[-1]}</td><td class='wrap'>{_escape(base_top)} "
+        f"({cmp.baseline.top(1)[0][1]:.1%})</td><td>0</td>"
+        f"<td>{base.timings_ms.get('baseline_ms', 0):.0f}</td></tr>{''.join(rows)}</table></div>"
+        f"<small>{_escape(matching_text(cmp))} The same condensing blocks "
+        f"{list(cmp.request.config.layers)} for all. KL(baseline || method) in nats. "
+        f"{_escape(CONVENTION)}; ATS's GMACs are its budget's (an upper bound), "
+        "with this image's own below it.</small>"
+    )
+
+
+def compare_stale_html(cmp: Comparison | None, request: Request | None, matching) -> str:
+    """Outdated notice of the Compare tab: the Explore tab's image or settings (or Compare's own
+    matching) no longer make the comparison on screen."""
+    if cmp is None or cmp.same(request, matching):
+        return ""
+    return (
+        "<div class='tca-stale' role='status'><b>Outdated:</b> the image or a setting "
+        "changed since this comparison was computed. Press <b>Compare</b> to update it.</div>"
+    )
+
+
+def disagreement_html(d: Disagreement) -> str:
+    """The counts beside the disagreement map: the four classes (with their colours) and the
+    3 x 3 table of fates."""
+    a, b = METHODS[d.a].title, METHODS[d.b].title
+    c = d.counts()
+    grey = _rgb((80, 80, 80))
+    lines = [
+        (_dot(d.a), f"kept by {a}, merged or pruned by {b}", c["only_a"], "only_a"),
+        (_dot(d.b), f"kept by {b}, merged or pruned by {a}", c["only_b"], "only_b"),
+        ("", "kept by both (drawn as the image)", c["both_kept"], "both_kept"),
+        (
+            f"<span style='display:inline-block;width:11px;height:11px;background:{grey};"
+            "margin-right:4px'></span>",
+            "merged or pruned by both (dark)",
+            c["neither"],
+            "neither",
+        ),
+    ]
+    head = "".join(
+        f"<tr data-count='{key}'><td>{dot}{_escape(text)}</td><td><b>{n}</b></td></tr>"
+        for dot, text, n, key in lines
+    )
+    names = ("kept", "merged", "pruned")
+    m = d.matrix()
+    cells = "".join(
+        f"<tr><th>{a} {fa}</th>"
+        + "".join(f"<td data-pair='{fa}-{fb}'>{m[(fa, fb)]}</td>" for fb in names)
+        + "</tr>"
+        for fa in names
+    )
+    return (
+        f"<div class='tca-disagree'><b>After block {d.layer}</b> (the last condensing block), "
+        f"{sum(c.values())} patches:"
+        f"<div class='tca-scroll'><table class='tca-table'>{head}</table></div>"
+        f"<div class='tca-scroll'><table class='tca-table'><tr><th></th>"
+        + "".join(f"<th>{b} {fb}</th>" for fb in names)
+        + f"</tr>{cells}</table></div></div>"
     )
 
 
 def sweep_html(sw: Sweep) -> str:
+    """The sweep's table: per method and point, R, GMACs (against its target at equal GMACs),
+    final tokens, top-1 (kept or changed), the baseline label's probability and KL."""
+    by_cost = sw.by == "gmacs"
     rows = []
     for m, pts in sw.points.items():
         for p in pts:
+            cost = f"{p.gmacs:.2f}"
+            target = ""
+            if by_cost and p.target is not None:
+                off = (p.gmacs - p.target) / p.target
+                flag = (
+                    " <b>cannot reach</b>"
+                    if p.floor
+                    else ""
+                    if abs(off) <= budget.TOLERANCE
+                    else " <b>nearest step</b>"
+                )
+                target = f"<td>{p.target:.2f}</td>"
+                cost += f" <small>({100 * off:+.1f}%){flag}</small>"
+            kept = "kept" if p.top1_kept else "<b>changed</b>"
             rows.append(
-                f"<tr><td>{METHODS[m].title}</td><td>{p.keep_rate:g}</td>"
-                f"<td>{p.gmacs:.2f}</td><td>{p.final_tokens}</td>"
-                f"<td>{_escape(p.top1)} ({p.top1_prob:.1%})</td>"
+                f"<tr data-method='{m}'><td>{_dot(m)}{METHODS[m].title}</td>{target}"
+                f"<td>{p.keep_rate:g}</td><td>{cost}</td><td>{p.final_tokens}</td>"
+                f"<td class='wrap'>{_escape(p.top1)} ({p.top1_prob:.1%}), {kept}</td>"
                 f"<td>{p.base_label_prob:.1%}</td><td>{charts.significant(p.kl, 2)}</td></tr>"
             )
+    for m, why in sw.refused.items():
+        rows.append(
+            f"<tr data-method='{m}'><td>{_dot(m)}{METHODS[m].title}</td>"
+            f"<td colspan='{7 if by_cost else 6}' class='wrap'>not run: {_escape(why)}</td></tr>"
+        )
     base = "1 baseline + " if sw.baseline_pass else "the Run's baseline + "
+    how = (
+        f"Every method at the keep rate whose analytic GMACs are nearest each target "
+        f"({', '.join(f'{f:.0%}' for f in sweeps.SWEEP_COST_FRACTIONS)} of the baseline's); a "
+        "method that cannot get that cheap runs at its cheapest (marked). "
+        if by_cost
+        else ""
+    )
     return (
-        f"<div class='tca-scroll'><table class='tca-table'><tr><th>method</th><th>R</th>"
+        f"<div class='tca-scroll'><table class='tca-table'><tr><th>method</th>"
+        f"{'<th>target GMACs</th>' if by_cost else ''}<th>R</th>"
         f"<th>GMACs</th><th>final tokens</th><th>top-1</th>"
         f"<th>p({_escape(sw.base_label)})</th><th>KL</th></tr>{''.join(rows)}</table></div>"
-        f"<small>Baseline: {_escape(sw.base_label)} ({sw.baseline.top(1)[0][1]:.1%}) at "
+        f"<small>{how}Baseline: {_escape(sw.base_label)} ({sw.baseline.top(1)[0][1]:.1%}) at "
         f"{sw.gmacs_baseline:.2f} GMACs. One job: {base}{sw.passes} condensed passes "
         f"(R = 1 is the baseline) in {sw.elapsed_ms / 1e3:.1f} s.</small>"
     )
@@ -513,6 +693,9 @@ __all__ = [
     "SHIFT_ROWS",
     "banner_html",
     "compare_html",
+    "compare_stale_html",
+    "disagreement_html",
+    "matching_text",
     "condensed_title",
     "cost_html",
     "follow_html",

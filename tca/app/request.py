@@ -26,6 +26,7 @@ MAX_PROMPTS = 1200
 MAX_LABELS_TEXT = 20_000  # characters of label text accepted before parsing
 KEEP_RATE_RANGE = (0.1, 1.0)
 MERGE_CENTERS_RANGE = (1, 16)
+PLAY_INTERVAL_S = 1.0  # ▶ play: one block per second (a 12-block tower in 12 s)
 
 
 def config_from_controls(

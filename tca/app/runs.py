@@ -7,19 +7,25 @@ into what the page shows and ``app.py`` only wires these to Gradio.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image
 
-from tca.methods import COMPARED, METHODS
+from tca import budget
+from tca.budget import Match
+from tca.errors import ConfigError
+from tca.flops import Geometry
+from tca.methods import METHODS
 from tca.models import APP_MODELS, ClipModel
 from tca.pipeline import Prediction, RunResult, classify_request
 from tca.request import Request
 from tca.reservoir import Reservoir, ReservoirConfig, preset
 from tca.towers import tower_for
 
+from .request import KEEP_RATE_RANGE
 from .serving import LoadedModel, ModelCache
 
 
@@ -168,9 +174,60 @@ def encode_labels(
     clip.encode_text(list(request.labels), request.templates, progress=step)
 
 
+# Compare's choices of how methods are matched: the same keep rate R, or the same GMACs (TCA's
+# cost at R, or a number), each method's R solved for it (``tca.budget``).
+MATCHES = ("rate", "tca", "gmacs")
+# Every condensing method of the registry, in its display order: what Compare and the
+# all-methods sweep run (a method that refuses the tower is listed with its reason).
+ALL_METHODS: tuple[str, ...] = tuple(m for m, rec in METHODS.items() if rec.plan is not None)
+
+
+@dataclass(frozen=True)
+class Matching:
+    """How Compare matches the methods. by: ``rate`` (every method at the request's R), ``tca``
+    (every method at TCA's GMACs at that R) or ``gmacs`` (at ``gmacs``)."""
+
+    by: str = "tca"
+    gmacs: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.by not in MATCHES:
+            raise ConfigError(f"match methods by: unknown choice {self.by!r}")
+        if self.by == "gmacs" and (
+            self.gmacs is None or not math.isfinite(self.gmacs) or self.gmacs <= 0
+        ):
+            raise ConfigError(f"target GMACs must be a positive number, got {self.gmacs}")
+
+
+def solve_rates(
+    geom: Geometry, request: Request, methods: Sequence[str], matching: Matching
+) -> tuple[float | None, dict[str, Match], dict[str, str]]:
+    """(the target GMACs or None, each method's match, each refusing method's reason) on a
+    tower of geometry ``geom``. R is searched in the app's keep-rate range."""
+    if matching.by == "rate":
+        return None, {}, {}
+    config = request.config
+    if matching.by == "tca":
+        target = budget.gmacs_at(geom, replace(config, method="tca"))
+    else:
+        target = float(matching.gmacs)  # type: ignore[arg-type]
+    matches: dict[str, Match] = {}
+    refused: dict[str, str] = {}
+    for m in methods:
+        cfg = replace(config, method=m)
+        prefer = config.keep_rate  # a method already at the target's cost keeps the page's R
+        got = budget.solve(geom, cfg, target, lo=KEEP_RATE_RANGE[0], prefer=prefer)
+        if got.keep_rate is None:
+            refused[m] = got.refusal or "no keep rate fits"
+        else:
+            matches[m] = got
+    return target, matches, refused
+
+
 @dataclass
 class Comparison:
-    """Several methods on one image at one keep rate (``results`` in method order)."""
+    """Several methods on one image (``results`` in method order), each at the request's keep
+    rate or at the keep rate solved for an equal cost (``matches``)."""
 
     request: Request
     seen: np.ndarray
@@ -178,35 +235,71 @@ class Comparison:
     results: dict[str, RunResult]
     model: str
     weights_note: str | None
+    matching: Matching = field(default_factory=lambda: Matching("rate"))
+    target: float | None = None  # GMACs every method was matched to (None: equal keep rate)
+    matches: dict[str, Match] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)  # method -> why it did not run
 
     @property
     def keep_rate(self) -> float:
         return self.request.config.keep_rate
 
+    def same(self, request: Request | None, matching: Matching | None) -> bool:
+        """Whether the page's controls still make this comparison (the Explore method aside:
+        Compare runs every method anyway)."""
+        if request is None or matching != self.matching:
+            return False
+        return replace_method(request, "tca") == replace_method(self.request, "tca")
+
 
 def compare(
     cache: ModelCache,
     request: Request,
-    methods: Sequence[str] = COMPARED,
+    methods: Sequence[str] | None = None,
     progress: Say | None = None,
+    matching: Matching | None = None,
 ) -> Comparison:
-    """Each method at the request's keep rate and blocks on its image (the baseline once)."""
+    """Each method (default: every condensing method of the registry) on the request's image,
+    at its keep rate or at the keep rate that matches the cost ``matching`` asks for (the
+    baseline once). A method that refuses the tower or the settings is listed in ``refused``
+    with the reason and not run."""
     say = progress or _quiet
-    configs = [replace_method(request, m) for m in methods]
+    matching = matching or Matching("rate")
+    methods = tuple(methods) if methods else ALL_METHODS
     loaded = load_for(cache, request, say)
     clip = loaded.clip
+    geom = Geometry.from_model(clip.model)
+    target, matches, refused = solve_rates(geom, request, methods, matching)
     encode_labels(clip, request, say)
     results: dict[str, RunResult] = {}
     baseline = None  # plain CLIP runs once; every method is compared with that same result
-    for i, req in enumerate(configs):
-        m = req.config.method
-        say(0.4 + 0.55 * i / len(configs), f"running {METHODS[m].title}")
-        with cache.image_lane:
-            results[m] = classify_request(clip, req, trace=True, baseline=baseline)
+    todo = [m for m in methods if m not in refused]
+    for i, m in enumerate(todo):
+        solved = matches[m].keep_rate if m in matches else None
+        rate = solved if solved is not None else request.config.keep_rate
+        req = request.with_config(replace(request.config, method=m, keep_rate=rate))
+        say(0.4 + 0.55 * i / len(todo), f"running {METHODS[m].title}")
+        try:
+            with cache.image_lane:
+                results[m] = classify_request(clip, req, trace=True, baseline=baseline)
+        except ConfigError as exc:  # e.g. ATS on a tower without CLS, TCA's K > tier 2
+            refused[m] = str(exc)
+            continue
         baseline = baseline or results[m].reference
-    first = results[configs[0].config.method]
+    if baseline is None:
+        raise ConfigError(f"no method can run with these settings: {next(iter(refused.values()))}")
+    first = next(iter(results.values()))
     return Comparison(
-        request, seen_picture(clip, request.image), first.baseline, results, clip.name, loaded.note
+        request,
+        seen_picture(clip, request.image),
+        first.baseline,
+        results,
+        clip.name,
+        loaded.note,
+        matching,
+        target,
+        matches,
+        refused,
     )
 
 
@@ -216,8 +309,12 @@ def replace_method(request: Request, method: str) -> Request:
 
 
 __all__ = [
+    "ALL_METHODS",
     "APP_MODELS",
+    "MATCHES",
     "Comparison",
+    "Matching",
+    "solve_rates",
     "ExplorerRun",
     "StreamState",
     "compare",

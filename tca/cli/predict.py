@@ -7,9 +7,12 @@ from __future__ import annotations
 import argparse
 import json
 
+from .. import budget
+from ..budget import Match
 from ..config import (
     CondenseConfig,
 )
+from ..errors import ConfigError
 from ..flops import CONVENTION, Geometry, macs_for, saved_percent
 from ..methods import method
 from ..models import DEFAULT_MODEL
@@ -51,8 +54,34 @@ def add_flops_parser(sub) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL)
     add_condense_args(p)
     p.add_argument("--anchors", action="store_true", help="count TCA's domain anchor token")
+    p.add_argument(
+        "--match-gmacs",
+        default=None,
+        metavar="TARGET",
+        help="equal cost: replace --keep-rate by the R (0.001 steps) at which --method's GMACs "
+        "are nearest TARGET: a number, or 'tca' for TCA's GMACs at --keep-rate",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_flops)
+
+
+def matched(args: argparse.Namespace, geom: Geometry, config: CondenseConfig) -> Match | None:
+    """--match-gmacs: the method's keep rate for the target (None without the option)."""
+    if args.match_gmacs is None:
+        return None
+    if args.match_gmacs == "tca":
+        target = budget.gmacs_at(geom, config.with_(method="tca", rate=None), args.anchors)
+    else:
+        try:
+            target = float(args.match_gmacs)
+        except ValueError:
+            raise ConfigError(
+                f"--match-gmacs must be a number of GMACs or 'tca', got {args.match_gmacs!r}"
+            ) from None
+    m = budget.solve(geom, config.with_(rate=None), target, anchors=args.anchors)
+    if m.keep_rate is None:
+        raise ConfigError(m.refusal or f"{config.method} runs at no keep rate on {args.model}")
+    return m
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -98,6 +127,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_flops(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     geom = Geometry.from_name(args.model)
+    match = matched(args, geom, config)
+    if match is not None:
+        config = config.with_(keep_rate=match.keep_rate, rate=None)
     base = macs_for(geom, CondenseConfig(method="none"))
     cond = macs_for(geom, config, anchors=args.anchors)
     if args.json:
@@ -105,6 +137,17 @@ def cmd_flops(args: argparse.Namespace) -> int:
             json.dumps(
                 {
                     "model": args.model,
+                    "keep_rate": config.keep_rate,
+                    "match": None
+                    if match is None
+                    else {
+                        "target_gmacs": match.target,
+                        "keep_rate": match.keep_rate,
+                        "gmacs": match.gmacs,
+                        "error_percent": 100 * match.relative_error,
+                        "lowest_gmacs": match.lowest,
+                        "reachable": not match.floor and not match.ceiling,
+                    },
                     "convention": CONVENTION,
                     "gmacs": {
                         "baseline": base.gmacs,
@@ -127,6 +170,18 @@ def cmd_flops(args: argparse.Namespace) -> int:
             )
         )
         return 0
+    if match is not None:
+        reach = (
+            f"; it cannot go below {match.lowest:.3f}"
+            if match.floor
+            else "; it cannot cost more"
+            if match.ceiling
+            else ""
+        )
+        print(
+            f"equal GMACs: {config.method} at R={match.keep_rate:g} costs {match.gmacs:.3f} for "
+            f"a target of {match.target:.3f} ({100 * match.relative_error:+.2f}%){reach}"
+        )
     print(f"{args.model}: {config.describe()}   [{CONVENTION}]")
     print(f"{'layer':>5}{'tokens in':>11}{'tokens out':>12}{'GMACs base':>12}{'GMACs cond':>12}")
     for b, c in zip(base.layers, cond.layers):
