@@ -1,5 +1,5 @@
 """Issue 19 in a real browser (Debian's chromium, Playwright) against the app launched
-in-process on the tiny open_clip ViT: the precision line under the weights banner, readable in
+in-process on the tiny open_clip ViT: the precision in the weights banner, readable in
 both themes, and a curated example's click that runs it (the second time from the cache)."""
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def served():
 
 
 @pytest.mark.parametrize("theme", ["light", "dark"])
-def test_precision_line_under_the_weights_banner(browser, served, theme):  # noqa: F811
+def test_precision_line_in_the_weights_banner(browser, served, theme):  # noqa: F811
     demo, url = served
     pg = browser.new_page(viewport={"width": 1400, "height": 1000})
     pg.goto(url + ("?__theme=dark" if theme == "dark" else ""))
