@@ -161,7 +161,6 @@ CSS = (
 .tca-random {background: #fee2e2; color: #7f1d1d; border-left: 6px solid #b91c1c}
 .tca-ok {background: #dcfce7; color: #14532d; border: 1px solid #86efac}
 .tca-wait {background: #fef9c3; color: #713f12; border: 1px solid #fde047}
-.tca-precision {float: right; font-size: 13px; margin-left: 12px}
 .tca-stale {background: #fef3c7; color: #78350f; border: 2px solid #f59e0b; padding: 6px 12px;
   border-radius: 8px; font-size: 15px}
 .tca-map img {image-rendering: pixelated}
@@ -193,7 +192,7 @@ CSS = (
 /* Gradio's dark theme recolours <b>, <summary> and links to its light text colour: the banners
    keep their own dark ink on their light backgrounds (WCAG AA in both themes), and the shift
    colours and the followed row get dark-theme variants */
-.tca-banner b, .tca-banner summary, .tca-banner details, .tca-banner a, .tca-precision, .tca-stale b,
+.tca-banner b, .tca-banner summary, .tca-banner details, .tca-banner a, .tca-stale b,
 .tca-stale a {color: inherit !important}
 .dark .tca-up {color: #4ade80} .dark .tca-down {color: #f87171}
 .dark .tca-follow tr.here {background: #5b1a4a}
@@ -561,6 +560,8 @@ def build_demo(
                             app.model_choices,
                             value=model_name,
                             label="Model",
+                            # the precision the models run in, and how to switch it
+                            info=f"Precision: {app.placement.describe()}",
                             elem_id="model-select",
                         )
                         method = gr.Radio(METHOD_CHOICES, value=d.method, label="Method")

@@ -13,7 +13,7 @@ import spaces
 import torch
 
 import app as app_module
-from tca.app import device, export, panels, runs, serving
+from tca.app import device, export, runs, serving
 from tca.app.device import GPU_SECONDS, Placement, cpu_threads, placement_from_env, to_cpu
 from tca.app.request import from_controls
 from tca.app.runs import ExplorerRun
@@ -110,7 +110,7 @@ def bf16_app(tmp_path_factory):
         exports=export.ExportDir(tmp_path_factory.mktemp("exports")),
         placement=placement,
     )
-    app_module.build_demo(TINY, "none", app=app, first_screen=None, delete_cache=(0, 0))
+    app.demo = app_module.build_demo(TINY, "none", app=app, first_screen=None, delete_cache=(0, 0))
     return app
 
 
@@ -132,12 +132,14 @@ def test_precision_is_served_shown_and_returned(bf16_app, example_image):
     assert summary["precision"] == "bf16"
     clip = bf16_app.cache.peek(TINY).clip
     assert clip.dtype == torch.bfloat16 and clip.device.type == "cpu"
-    banner = bf16_app.banner_html(TINY)
-    assert (
-        '<span class="tca-precision">Precision: bf16 (native on this CPU: AMX, AVX-512 BF16) '
-        "· switch: TCA_PRECISION=fp32 (exact, as in the paper)</span>"
-    ) in banner
-    assert "RANDOM WEIGHTS" in banner  # the weights line is still there, above it
+    # the page: the Model control's info line
+    (dropdown,) = [
+        c for c in bf16_app.demo.config["components"] if c["props"].get("elem_id") == "model-select"
+    ]
+    assert dropdown["props"]["info"] == (
+        "Precision: bf16 (native on this CPU: AMX, AVX-512 BF16) · switch: TCA_PRECISION=fp32 "
+        "(exact, as in the paper)"
+    )
 
 
 def test_fp32_app_returns_fp32(tmp_path, example_image):
@@ -150,8 +152,9 @@ def test_fp32_app_returns_fp32(tmp_path, example_image):
     app_module.build_demo(TINY, "none", app=app, first_screen=None, delete_cache=(0, 0))
     summary, _, _ = _classify(app, str(example_image))
     assert summary["precision"] == "fp32"
-    assert "Precision: fp32 (exact, as in the paper)" in app.banner_html(TINY)
-    assert panels.banner_html(None, TINY).count("Precision") == 0  # only where it is given
+    assert app.placement.describe() == (
+        "fp32 (exact, as in the paper) · switch: TCA_PRECISION=bf16 (about 3x faster here)"
+    )
 
 
 # ------------------------------------------------------------------ GPU tasks

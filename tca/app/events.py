@@ -888,10 +888,7 @@ class App:
 
     def banner_html(self, model: str) -> str:
         return panels.banner_html(
-            self.cache.peek(model),
-            model,
-            loading=self.cache.is_loading(model),
-            precision=self.placement.describe(),
+            self.cache.peek(model), model, loading=self.cache.is_loading(model)
         )
 
     @user_errors
@@ -938,12 +935,7 @@ class App:
                 loaded = self.cache.get(model)
             except Exception:  # noqa: BLE001 - shown again, with its message, on Run
                 loaded = None
-        return panels.banner_html(
-            loaded,
-            model,
-            loading=self.cache.is_loading(model),
-            precision=self.placement.describe(),
-        )
+        return panels.banner_html(loaded, model, loading=self.cache.is_loading(model))
 
 
 __all__ = ["App", "examples", "image_input", "upload_policy", "user_errors", "user_message"]

@@ -183,17 +183,12 @@ and costs are exact, but the predictions mean nothing. {_escape(WEIGHTS_HELP)}
 """
 
 
-def banner_html(
-    loaded: LoadedModel | None, model: str, loading: bool = False, precision: str | None = None
-) -> str:
-    """The weights line: one short sentence for visitors; operator help behind a toggle.
-    precision: the precision the models run in (``Placement.describe``), on the banner's
-    right, on the row of the operator's toggle (no extra line: the first screen fits 720 px)."""
-    tag = f'<span class="tca-precision">Precision: {_escape(precision)}</span>' if precision else ""
+def banner_html(loaded: LoadedModel | None, model: str, loading: bool = False) -> str:
+    """The weights line: one short sentence for visitors; operator help behind a toggle."""
     if loaded is None:
         what = "is loading" if loading else "loads on the next Run"
         return (
-            f'<div class="tca-banner tca-wait">{tag}Model <b>{_escape(model)}</b> {what}; '
+            f'<div class="tca-banner tca-wait">Model <b>{_escape(model)}</b> {what}; '
             f"whether its weights are real or random shows here.</div>"
         )
     if loaded.is_random:
@@ -201,12 +196,12 @@ def banner_html(
         help_ = "" if WEIGHTS_HELP in why else f" {_escape(WEIGHTS_HELP)}"
         return (
             '<div class="tca-banner tca-random" role="alert"><b>RANDOM WEIGHTS</b>: '
-            f"predictions are meaningless; maps, token counts and FLOPs are exact. {tag}"
+            "predictions are meaningless; maps, token counts and FLOPs are exact. "
             "<details><summary>For the operator: why, and how to load real weights"
             f"</summary>Model {_escape(loaded.name)}. {_escape(why)}{help_}</details></div>"
         )
     return (
-        f'<div class="tca-banner tca-ok">{tag}Weights: <b>{_escape(loaded.name)}</b> / '
+        f'<div class="tca-banner tca-ok">Weights: <b>{_escape(loaded.name)}</b> / '
         f"{_escape(loaded.requested)}</div>"
     )
 
