@@ -10,6 +10,8 @@ TCA_FIRST_SCREEN (now: the first example's result is computed before serving and
 page; background: serve at once, compute it in a thread, hand it over on page load; off),
 TCA_BEHIND_PROXY (1: the first X-Forwarded-For hop is the visitor's address; default on Spaces),
 TCA_UPLOAD_TOTAL_MB (2048: the upload bytes kept on disk for everyone together).
+TCA_DEVICE (auto, cpu, cuda) and TCA_PRECISION (auto, fp32, bf16, fp16): where and in which
+precision the models run (tca/app/device.py). /classify and /flops are MCP tools too.
 Without reachable weights the app starts anyway on random weights and says so in a banner.
 """
 
@@ -26,7 +28,7 @@ import gradio as gr  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 
 import tca  # noqa: E402
-from tca.app import limits, page, panels, serving, sweeps, uploads  # noqa: E402
+from tca.app import device, limits, page, panels, serving, sweeps, tools, uploads  # noqa: E402
 from tca.app.cleanup import delete_old_dirs, keep_deleting  # noqa: E402
 from tca.app.events import (  # noqa: E402
     ASSETS,
@@ -40,6 +42,7 @@ from tca.app.events import (  # noqa: E402
     image_input,
     join_admission,
     upload_policy,
+    user_errors,
 )
 from tca.app.request import DEFAULT_CONFIG, KEEP_RATE_RANGE, PLAY_INTERVAL_S  # noqa: E402
 from tca.app.runs import ALL_METHODS  # noqa: E402
@@ -47,6 +50,8 @@ from tca.app.shown import PLAY_LABEL, OnScreen  # noqa: E402
 from tca.cli import register_model_configs  # noqa: E402
 from tca.config import format_layers  # noqa: E402
 from tca.methods import METHODS  # noqa: E402
+
+tools.mcp_state_outputs()  # /classify's State outputs over MCP (Gradio 6.31)
 
 MAX_UPLOAD = uploads.MAX_UPLOAD_BYTES  # bytes, for the upload route and every other way in
 CONCURRENCY = 2  # events running at once; model events share one lane of MODEL_SLOTS
@@ -548,7 +553,10 @@ def build_demo(
                         elem_id="labels-input",
                     )
                     run_btn = gr.Button("Run", variant="primary", elem_id="run-button")
+                    examples_loaded = None
                     if items:
+                        # a click fills the inputs and runs (wire): a curated example's Run is
+                        # computed once and kept in a gr.Cache (App.example_runs) for everyone
                         shown_examples = gr.Examples(
                             items,
                             inputs=[ui["image"], ui["labels"]],
@@ -556,11 +564,14 @@ def build_demo(
                             elem_id="tca-examples",
                             label="Examples (public-domain photos, see assets/CREDITS.md)",
                         )
+                        examples_loaded = shown_examples.load_input_event
                     with gr.Accordion("Settings", open=True):
                         model = gr.Dropdown(
                             app.model_choices,
                             value=model_name,
                             label="Model",
+                            # the precision the models run in, and how to switch it
+                            info=f"Precision: {app.placement.describe()}",
                             elem_id="model-select",
                         )
                         method = gr.Radio(METHOD_CHOICES, value=d.method, label="Method")
@@ -719,8 +730,11 @@ def build_demo(
             sweep_all=sweep_all,
             api_json=api_json,
             sweep_by=sweep_by,
+            examples_loaded=examples_loaded,
         )
         check_every_input(demo)  # the controls not named above, by their labels
+        # no-image API tools (and MCP tools for agents): the token schedule and GMACs
+        gr.api(user_errors(tools.flops), api_name="flops", concurrency_limit=None)
         if first_screen == "background" and items:
             demo.load(
                 app.load_first,
@@ -757,8 +771,10 @@ def wire(
     sweep_all: Any,
     api_json: Any,
     sweep_by: Any = None,
+    examples_loaded: Any = None,
 ) -> None:
-    """Every event: which handler, which inputs, which components it may update."""
+    """Every event: which handler, which inputs, which components it may update.
+    examples_loaded: the curated examples' input-filling event (a Run follows it)."""
     quiet: dict[str, Any] = dict(api_visibility="private", show_progress="hidden")
     model_lane: dict[str, Any] = dict(
         concurrency_limit=MODEL_SLOTS, concurrency_id=serving.MODEL_LANE
@@ -779,21 +795,35 @@ def wire(
         show_progress="hidden",
     )
     checked.success(None, None, None, js=SCROLL_TO_RESULTS, api_visibility="private")
-    run_evt = checked.success(
-        app.classify,
-        inputs=[*controls, stream_on, ui["stream_state"]],
-        outputs=[api_json, ui["run"], ui["stream_state"]],
-        api_name="classify",
-        api_description=API_DESCRIPTION,
-        show_progress_on=[ui["baseline"], ui["condensed"], ui["map"]],
-        **model_lane,
-    )
-    run_evt.success(
-        app.show_run,
-        [*display[:-1], ui["patch"], ui["depth"], stream_on, ui["stream_state"], on_screen],
-        run_parts,
-        **quiet,
-    )
+    starts = [(checked, dict(api_name="classify", api_description=API_DESCRIPTION))]
+    if examples_loaded is not None:  # a curated example runs once its inputs are filled in
+        starts.append(
+            (
+                examples_loaded.then(
+                    app.check_inputs,
+                    controls,
+                    None,
+                    api_visibility="private",
+                    show_progress="hidden",
+                ),
+                dict(api_visibility="private"),
+            )
+        )
+    for start, api in starts:
+        run_evt = start.success(
+            app.classify,
+            inputs=[*controls, stream_on, ui["stream_state"]],
+            outputs=[api_json, ui["run"], ui["stream_state"]],
+            show_progress_on=[ui["baseline"], ui["condensed"], ui["map"]],
+            **api,
+            **model_lane,
+        )
+        run_evt.success(
+            app.show_run,
+            [*display[:-1], ui["patch"], ui["depth"], stream_on, ui["stream_state"], on_screen],
+            run_parts,
+            **quiet,
+        )
     shown = [*display, on_screen]  # + the session's OnScreen: what its page shows now
     ui["layer"].input(app.show_layer, shown, layer_parts, trigger_mode="always_last", **quiet)
     ui["overlay"].change(app.show_layer, shown, layer_parts, **quiet)
@@ -953,6 +983,8 @@ def launch_options(
         # a public Space: unexpected exceptions (and Gradio's own path refusals, which
         # echo the path) show no text; every user error is a gr.Error and shows
         show_error=False,
+        # /classify and /flops as MCP tools for agents (at /gradio_api/mcp/)
+        mcp_server=True,
     )
 
 
@@ -968,6 +1000,7 @@ def main() -> None:
     first = os.environ.get("TCA_FIRST_SCREEN", "now").lower()
     if first not in ("now", "background", "off"):
         raise tca.ConfigError(f"TCA_FIRST_SCREEN must be now, background or off, got {first!r}")
+    device.set_torch_threads()  # the container's CPU quota, unless OMP_NUM_THREADS says
     demo = build_demo(
         model, pretrained, checkpoint, preload=True, first_screen=None if first == "off" else first
     )

@@ -253,6 +253,10 @@ def classify_checked(
     timings["baseline_ms"] = base.ms
     use_reservoir = reservoir is not None and config.method == "tca"
     anchors = reservoir.anchors() if reservoir is not None and use_reservoir else None
+    if (
+        anchors is not None
+    ):  # a reservoir is kept on the CPU (per-session state); the model may not be
+        anchors = anchors.to(pixels.device)
     _warm_up(clip, pixels)
     with torch.inference_mode():
         t0 = time.perf_counter()
@@ -277,11 +281,13 @@ def classify_checked(
         timings_ms=timings,
         trace=enc.trace,
         anchors_used=enc.anchors_used,
-        cls_tokens=enc.cls_tokens,
+        cls_tokens=enc.cls_tokens.cpu() if enc.cls_tokens is not None else None,
         precision=precision_of(clip),
     )
-    if reservoir is not None and use_reservoir and enc.cls_tokens is not None:
-        corrected = stream_update(reservoir, enc.cls_tokens, logits.detach(), z, clip.logit_scale)
+    if reservoir is not None and use_reservoir and result.cls_tokens is not None:
+        corrected = stream_update(
+            reservoir, result.cls_tokens, logits.detach(), z, clip.logit_scale
+        )
         result.corrected = _prediction(labels, corrected[0])
         result.reservoir = reservoir.summary(labels)
     return result

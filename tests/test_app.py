@@ -781,9 +781,9 @@ def client(server):
     return Client(server[1], verbose=False)
 
 
-def test_api_exposes_only_classify(client):
+def test_api_exposes_only_classify_and_flops(client):
     api = client.view_api(print_info=False, return_format="dict")
-    assert list(api["named_endpoints"]) == ["/classify"]
+    assert list(api["named_endpoints"]) == ["/classify", "/flops"]  # /flops: tests/test_mcp.py
     assert api["unnamed_endpoints"] == {}
     params = [p["parameter_name"] for p in api["named_endpoints"]["/classify"]["parameters"]]
     assert params[:2] == ["image", "labels"]
@@ -918,6 +918,7 @@ def test_python_app_py_serves_with_env_settings(tmp_path):
         HF_HUB_OFFLINE="1",
         TCA_MODEL_CONFIGS=str(Path(__file__).parent / "model_configs"),
         TCA_FIRST_SCREEN="background",
+        TCA_PRECISION="fp32",
     )  # serve at once; the first screen in a thread
     root = Path(app_module.__file__).parent
     proc = subprocess.Popen(
@@ -940,7 +941,7 @@ def test_python_app_py_serves_with_env_settings(tmp_path):
                 assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
                 assert time.time() < deadline, "app.py did not start within 90 s"
                 time.sleep(0.3)
-        assert list(info["named_endpoints"]) == ["/classify"]
+        assert list(info["named_endpoints"]) == ["/classify", "/flops"]
         params = info["named_endpoints"]["/classify"]["parameters"]
         model = next(p for p in params if p["parameter_name"] == "model")
         assert model["parameter_default"] == TINY
@@ -952,6 +953,9 @@ def test_python_app_py_serves_with_env_settings(tmp_path):
         )
         assert out["labels"] == ["cat", "dog"] and out["model"].startswith(TINY)
         assert out["tokens_per_layer"] == [197] * 3 + [141] * 3 + [100] * 3 + [74] * 3
+        assert out["precision"] == "fp32"  # TCA_PRECISION
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/gradio_api/mcp/", timeout=10) as r:
+            assert r.status == 200 and b"MCP" in r.read()  # the MCP server's landing page
     finally:
         proc.terminate()
         try:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
 import gradio as gr
+import numpy as np
 from gradio.exceptions import InvalidPathError
 from PIL import Image
 
@@ -32,8 +33,9 @@ from tca.images import load_image
 from tca.methods import METHODS
 from tca.models import DEFAULT_MODEL
 from tca.render import VIEWS
+from tca.request import image_key
 
-from . import export, limits, page, panels, serving, sweeps, uploads
+from . import device, export, limits, page, panels, runs, serving, sweeps, uploads
 from .page import LAYER_PARTS, RUN_PARTS, Display, Screen
 from .request import DEFAULT_CONFIG, Request, config_from_controls, from_controls, request_or_none
 from .runs import (
@@ -54,6 +56,9 @@ ASSETS = ROOT / "assets"
 TOP_K = 5
 # Gradio recognises a progress parameter by its default (one instance serves every handler).
 PROGRESS = gr.Progress()
+# Runs of the curated examples kept for every visitor (gr.Cache, least recently used go): an
+# example clicked again, with the same settings, shows at once without a model pass.
+EXAMPLE_RUNS = 32
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("tca.app.events")
@@ -199,6 +204,24 @@ def image_input(policy: uploads.UploadPolicy, **kwargs: Any) -> gr.Image:
         return str(policy.check(path if isinstance(path, str) else None))
 
     component.preprocess = preprocess  # type: ignore[method-assign]
+    # An http(s) URL (the API's and MCP's way to name a file) would be downloaded into the
+    # upload folder before ``preprocess`` sees it: only one that names an upload of this app
+    # (its file route) is taken, as that local file, and nothing is fetched; any other is
+    # refused here, before Gradio downloads it.
+    move = component.async_move_resource_to_block_cache
+
+    async def only_uploads(url_or_file_path: Any) -> str | None:
+        if isinstance(url_or_file_path, str) and uploads.is_url(url_or_file_path):
+            try:
+                local = uploads.served_path(url_or_file_path)
+                url_or_file_path = str(policy.check(local))
+            except UserError as exc:
+                raise gr.Error(
+                    f"Cannot run: {user_message(exc)}", title="Cannot run", print_exception=False
+                ) from exc
+        return await move(url_or_file_path)
+
+    component.async_move_resource_to_block_cache = only_uploads  # type: ignore[method-assign]
     return component
 
 
@@ -360,17 +383,33 @@ class App:
         max_models: int = 2,
         cache: serving.ModelCache | None = None,
         exports: export.ExportDir | None = None,
+        placement: device.Placement | None = None,
     ) -> None:
         self.default_model = model_name
+        # where the model passes run ($TCA_DEVICE) and in which precision ($TCA_PRECISION)
+        self.placement = placement or device.placement_from_env()
         self.cache = cache or serving.ModelCache(
-            pretrained, checkpoint, checkpoint_model=model_name, max_models=max_models
+            pretrained,
+            checkpoint,
+            checkpoint_model=model_name,
+            max_models=max_models,
+            precision=self.placement.precision,
+            device=self.placement.home,
         )
+        # every model pass runs in a GPU task (spaces.GPU on ZeroGPU; a plain call elsewhere)
+        on_gpu = functools.partial(device.gpu_task, prepare=self._in_worker)
+        self._run = on_gpu(self._run_passes, device.GPU_SECONDS["run"])
+        self._compare = on_gpu(self._compare_passes, device.GPU_SECONDS["compare"])
+        self._sweep = on_gpu(self._sweep_passes, device.GPU_SECONDS["sweep"])
+        self._stream_demo = on_gpu(self._stream_demo_passes, device.GPU_SECONDS["stream_demo"])
         self.exports = exports or export.ExportDir()
         self.gate = serving.SessionGate()  # one model request per visitor at a time
         self.behind_proxy = limits.behind_proxy()  # whose address X-Forwarded-For names
         self.model_choices = list(APP_MODELS.items())
         if model_name not in APP_MODELS.values():
             self.model_choices.insert(0, (model_name, model_name))
+        self.example_runs = gr.Cache(max_size=EXAMPLE_RUNS)
+        self._example_keys: frozenset[str] | None = None
         self.ui: Mapping[str, Any] = {}
         self._first: ExplorerRun | None = None
         self._first_parts: dict[str, Any] | None = None  # with picture files
@@ -383,6 +422,68 @@ class App:
         the event's outputs) skipped. (An empty dict is no answer to Gradio: it takes it for
         the value of the first output.)"""
         return {self.ui[name]: gr.skip()} if name in self.ui else {}
+
+    # -- the model passes (GPU tasks: their arguments pickle on ZeroGPU, so progress callbacks
+    # are only passed where no worker process stands between)
+    def _in_worker(self) -> None:
+        """First in every GPU task (on ZeroGPU, a worker forked from the server): one CPU
+        thread there, and the models on the device (a worker moves its own copies)."""
+        device.in_worker(self.placement)
+        self.cache.place_on(self.placement.device)
+
+    def _say(self, progress: gr.Progress, model: str) -> runs.Say | None:
+        """The progress callback for a GPU task on ``model``. On ZeroGPU there is none, and the
+        model is loaded here first, on the CPU, so that the worker forked for the task
+        inherits it instead of loading a copy of its own."""
+        if not self.placement.zero_gpu:
+            return lambda f, d: progress(f, desc=d)
+        progress(0.1, desc="loading the model")
+        self.cache.get(model)
+        return None
+
+    def _run_passes(
+        self, req: Request, stream_state: StreamState | None, say: runs.Say | None = None
+    ) -> tuple[ExplorerRun, StreamState | None]:
+        # the stream state comes back: a ZeroGPU worker updates its own copy of it
+        return run(self.cache, req, stream=stream_state, progress=say), stream_state
+
+    def _compare_passes(
+        self, req: Request, matching: Matching, say: runs.Say | None = None
+    ) -> Comparison:
+        return compare(self.cache, req, progress=say, matching=matching)
+
+    def _sweep_passes(
+        self,
+        req: Request,
+        methods: Any,
+        shown: ExplorerRun | None,
+        by: str,
+        say: runs.Say | None = None,
+    ) -> sweeps.Sweep:
+        return sweeps.sweep(self.cache, req, methods, reuse=shown, progress=say, by=by)
+
+    def _stream_demo_passes(self, model: str, keep_rate: float) -> tuple[Any, np.ndarray]:
+        loaded = self.cache.get(model)
+        cfg = CondenseConfig(method="tca", keep_rate=float(keep_rate))
+        demo = tca_stream_demo.run(loaded.clip, tca_stream_demo.load_spec(), cfg)
+        probe = Image.open(tca_stream_demo.load_spec().probe).convert("RGB")
+        return demo, seen_picture(loaded.clip, probe)
+
+    def _example_run(self, req: Request, say: runs.Say | None) -> ExplorerRun:
+        """The Run of a curated example's image (cached: Gradio's ``gr.Cache``, keyed by the
+        image's content and every setting), else a fresh Run. Each visitor gets a copy (a Run
+        on screen may be changed, e.g. by the stream reset)."""
+        if self._example_keys is None:
+            self._example_keys = frozenset(image_key(p, load_image(p)) for p, _ in examples())
+        if req.image_key not in self._example_keys:
+            return self._run(req, None, say)[0]
+        key = (req.image_key, req.labels, req.model, req.templates, req.config)
+        hit = self.example_runs.get(key)
+        if hit is None:
+            shown = self._run(req, None, say)[0]
+            self.example_runs.set(key, run=copy.deepcopy(shown))
+            return shown
+        return copy.deepcopy(hit["run"])
 
     def request(
         self,
@@ -438,7 +539,8 @@ class App:
                         c.score,
                         "single",
                     )
-                    self._first = run(self.cache, req)
+                    # in the server process, outside any GPU task (on ZeroGPU: on the CPU)
+                    self._first = device.to_cpu(run(self.cache, req))
                 except Exception as exc:  # noqa: BLE001 - the page then opens empty, still serving
                     print(f"TCA Explorer: no first screen ({type(exc).__name__}: {exc})")
                     return None
@@ -505,10 +607,20 @@ class App:
     ) -> tuple[dict, ExplorerRun, StreamState | None]:
         """Zero-shot classification of one image by baseline CLIP and condensed CLIP.
 
-        Returns one JSON object: labels, baseline / condensed (and, in stream mode, corrected)
-        probabilities and top-5, per-label probability shift, tokens per layer (baseline and
-        condensed), GMACs (baseline, condensed, % saved, convention), timings, settings, and
-        whether the weights are random.
+        Args:
+            image: the image: an uploaded file (gradio_client.handle_file, the upload tool over MCP) or a data: URL of at most 10 MB; server paths and other URLs are refused.
+            labels: candidate labels, comma-separated or one per line (2 to 100), e.g. "cat, dog, car".
+            model: open_clip model name, e.g. ViT-B-16-quickgelu (the page's Model list).
+            method: condensation method: tca (the paper's), evit, tome, ats, ... or none (plain CLIP).
+            keep_rate: keep rate R between 0.1 and 1.0: the share of tokens each condensing block keeps.
+            layers: condensing blocks, 0-based and comma-separated, e.g. "3,6,9".
+            merge_centers: TCA's merge centres K, a whole number from 1 to 16.
+            score: TCA's token score: mean (head-mean CLS attention) or rank (cross-head rank).
+            templates: prompt templates: single ("a photo of a {}."), imagenet80, or a data set's name from the paper.
+            stream: stream mode (TCA's reservoir and logits correction, kept per session).
+
+        Returns:
+            one JSON object: labels, baseline / condensed (and, in stream mode, corrected) probabilities and top-5, per-label probability shift, tokens per layer (baseline and condensed), GMACs (baseline, condensed, % saved, convention), timings, settings, precision, and whether the weights are random.
         """
         req = self.request(
             image, labels, model, method, keep_rate, layers, merge_centers, score, templates
@@ -516,12 +628,10 @@ class App:
         if stream and stream_state is None:
             stream_state = StreamState()
         with self.gate.hold(*visitor(request, self.behind_proxy)):
-            shown = run(
-                self.cache,
-                req,
-                stream=stream_state if stream else None,
-                progress=lambda f, d: progress(f, desc=d),
-            )
+            if stream:
+                shown, stream_state = self._run(req, stream_state, self._say(progress, req.model))
+            else:
+                shown = self._example_run(req, self._say(progress, req.model))
         progress(0.95, desc="drawing")
         return export.summary(shown, TOP_K), shown, stream_state
 
@@ -556,9 +666,7 @@ class App:
         )
         matching = self.matching(match_by, target_gmacs)
         with self.gate.hold(*visitor(request, self.behind_proxy)):
-            cmp = compare(
-                self.cache, req, progress=lambda f, d: progress(f, desc=d), matching=matching
-            )
+            cmp = self._compare(req, matching, self._say(progress, req.model))
         return self.compare_parts(cmp, method_a, method_b, "")
 
     def compare_parts(
@@ -616,7 +724,9 @@ class App:
                 if first is None:
                     return None
                 try:
-                    self._first_cmp = compare(self.cache, first.request, matching=Matching("tca"))
+                    self._first_cmp = device.to_cpu(
+                        compare(self.cache, first.request, matching=Matching("tca"))
+                    )
                 except Exception as exc:  # noqa: BLE001 - the tab then waits for Compare
                     print(f"TCA Explorer: no first comparison ({type(exc).__name__}: {exc})")
                     return None
@@ -667,13 +777,12 @@ class App:
             image, labels, model, method, keep_rate, layers, merge_centers, score, templates
         )
         with self.gate.hold(*visitor(request, self.behind_proxy)):
-            sw = sweeps.sweep(
-                self.cache,
+            sw = self._sweep(
                 req,
                 ALL_METHODS if all_methods else None,
-                reuse=shown,
-                progress=lambda f, d: progress(f, desc=d),
-                by=by or "rate",
+                shown,
+                by or "rate",
+                self._say(progress, req.model),
             )
         return {
             self.ui["sweep_plot"]: page.sweep_image(sw),
@@ -1027,12 +1136,10 @@ class App:
             raise InputError("model must be a model name")
         progress(0.05, desc="loading the model")
         with self.gate.hold(*visitor(request, self.behind_proxy)):
-            loaded = self.cache.get(model or self.default_model)
+            self.cache.get(model or self.default_model)  # loaded here, on the CPU
             progress(0.2, desc="feeding the bundled stream")
-            demo = tca_stream_demo.run(loaded.clip, tca_stream_demo.load_spec(), cfg)
+            demo, seen = self._stream_demo(model or self.default_model, float(keep_rate))
         progress(0.95, desc="drawing")
-        probe = Image.open(tca_stream_demo.load_spec().probe).convert("RGB")
-        seen = seen_picture(loaded.clip, probe)
         return {
             self.ui["demo_text"]: panels.stream_demo_html(demo),
             self.ui["demo_picture"]: gr.update(

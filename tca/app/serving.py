@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import threading
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,7 @@ import open_clip
 
 from tca.errors import InputError, WeightsUnavailableError, without_dirs
 from tca.models import ClipModel, load_model
+from tca.precision import cast
 from tca.weights import WEIGHTS_HELP
 
 
@@ -50,6 +53,9 @@ class ModelCache:
     When real weights cannot be had, the model is loaded with random weights instead and
     ``LoadedModel.note`` says why and how to supply real ones. Thread-safe: one lock guards the
     dict, another serialises loading so a model is never loaded twice at once.
+    precision / device: every model is loaded in float32 on the CPU, then cast to
+    ``precision`` (``tca.precision.cast``, open_clip's own mixed precision) and moved to
+    ``device``; :meth:`place_on` moves them later (a ZeroGPU worker moves its copies to CUDA).
     """
 
     def __init__(
@@ -60,6 +66,8 @@ class ModelCache:
         max_models: int = 2,
         seed: int = 0,
         loader: Callable[..., ClipModel] = load_model,
+        precision: str = "fp32",
+        device: str = "cpu",
     ) -> None:
         if isinstance(pretrained, str) and pretrained.lower() in ("", "none", "random"):
             pretrained = None
@@ -69,13 +77,39 @@ class ModelCache:
         self.max_models = max(1, max_models)
         self.seed = seed
         self._loader = loader
+        self.precision = precision
+        self.device = device
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._loading: set[str] = set()
+        self._new_locks()
+        # A forked child (a ZeroGPU worker) gets fresh locks: one held by another thread at the
+        # fork would stay held in the child for good. (A weak reference: no cache is kept alive.)
+        ref = weakref.WeakMethod(self._new_locks)
+        os.register_at_fork(after_in_child=lambda: (m := ref()) is not None and m())
+
+    def _new_locks(self) -> None:
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()
-        self._loading: set[str] = set()
         # The vision passes run one at a time (they use every core); text encoding runs beside
         # them, so a request with many new prompts never holds up another visitor's Run.
         self.image_lane = threading.Lock()
+
+    def place_on(self, device: str) -> None:
+        """Keep every model on ``device`` from now on (those loaded move now)."""
+        with self._lock:
+            self.device = device
+            for entry in self._models.values():
+                self._place(entry.clip)
+
+    def _place(self, clip: ClipModel) -> ClipModel:
+        """``clip`` in the cache's precision on its device (anything else, e.g. a test's
+        stand-in, as it is)."""
+        if not isinstance(clip, ClipModel):
+            return clip
+        clip = cast(clip, self.precision)
+        if clip.device.type != self.device:
+            clip.model.to(self.device)
+        return clip
 
     def peek(self, name: str) -> LoadedModel | None:
         with self._lock:
@@ -154,7 +188,7 @@ class ModelCache:
             else:
                 if checkpoint and isinstance(clip, ClipModel):
                     clip = dataclasses.replace(clip, pretrained=requested)
-        return LoadedModel(clip, requested, note)
+        return LoadedModel(self._place(clip), requested, note)
 
 
 # The concurrency group of every event that runs the model (Run, Compare, sweep, stream demo):

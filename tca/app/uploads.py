@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
+from urllib.parse import unquote, urlsplit
 
 from tca.errors import ImageError, InputError
 
@@ -70,6 +71,25 @@ class UploadPolicy:
         return real
 
 
+# The route a Gradio app serves its files under (uploads among them): /gradio_api/file=<path>.
+FILE_ROUTE = "/gradio_api/file="
+
+
+def is_url(text: str) -> bool:
+    return text.lower().startswith(("http://", "https://"))
+
+
+def served_path(url: str) -> str | None:
+    """The server path an http(s) URL of this app's file route names (``.../gradio_api/file=
+    /tmp/gradio/<hash>/x.png``, as an upload's URL is), else None. The URL's host is not
+    used: nothing is ever fetched, the file is looked up here, where the policy checks it."""
+    if not is_url(url):
+        return None
+    path = urlsplit(url).path
+    _, found, rest = path.partition(FILE_ROUTE)
+    return unquote(rest) if found and rest else None
+
+
 def too_large(size: int, max_bytes: int) -> str:
     return (
         f"image: the file is {size / 2**20:.1f} MB; the limit is "
@@ -87,10 +107,13 @@ def check_data_url(url: str, max_bytes: int = MAX_UPLOAD_BYTES) -> None:
 
 
 __all__ = [
+    "FILE_ROUTE",
     "REFUSED",
     "MAX_UPLOAD_BYTES",
     "UploadRefused",
     "UploadPolicy",
     "check_data_url",
+    "is_url",
+    "served_path",
     "too_large",
 ]
