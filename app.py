@@ -253,11 +253,12 @@ def build_demo(
     preload: bool = False,
     app: App | None = None,
     first_screen: str | None = "now",
-    delete_cache: tuple[int, int] = DELETE_CACHE,
+    delete_cache: tuple[int, int] | None = DELETE_CACHE,
 ) -> gr.Blocks:
     """The whole UI. ``model_name`` / ``pretrained`` default to $TCA_MODEL / $TCA_PRETRAINED;
     ``preload`` starts loading the default model in the background right away;
-    ``delete_cache``: (every s, older than s) for Gradio's uploads and outputs.
+    ``delete_cache``: (every s, older than s) for Gradio's uploads and outputs; None: nothing
+    is deleted (tests that build several apps in one process).
 
     first_screen: "now" runs the first curated example while building, so its result is part of
     the page itself; "background" serves at once and runs it in a background thread, the page

@@ -110,7 +110,7 @@ def bf16_app(tmp_path_factory):
         exports=export.ExportDir(tmp_path_factory.mktemp("exports")),
         placement=placement,
     )
-    app.demo = app_module.build_demo(TINY, "none", app=app, first_screen=None, delete_cache=(0, 0))
+    app.demo = app_module.build_demo(TINY, "none", app=app, first_screen=None, delete_cache=None)
     return app
 
 
@@ -149,7 +149,7 @@ def test_fp32_app_returns_fp32(tmp_path, example_image):
         exports=export.ExportDir(tmp_path),
         placement=Placement(support=AMX, choice="fp32"),
     )
-    app_module.build_demo(TINY, "none", app=app, first_screen=None, delete_cache=(0, 0))
+    app_module.build_demo(TINY, "none", app=app, first_screen=None, delete_cache=None)
     summary, _, _ = _classify(app, str(example_image))
     assert summary["precision"] == "fp32"
     assert app.placement.describe() == (
