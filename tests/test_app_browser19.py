@@ -13,9 +13,11 @@ from playwright.sync_api import expect  # noqa: E402
 
 import app as app_module  # noqa: E402
 from tests.test_app_browser16 import (  # noqa: E402
+    BACKGROUND_JS,
     TIMEOUT,
     _open,
     browser,  # noqa: F401 - the fixture
+    contrast,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,7 +42,9 @@ def test_precision_shown_by_the_model_control(browser, served, theme):  # noqa: 
     pg.goto(url + ("?__theme=dark" if theme == "dark" else ""))
     line = pg.locator("#model-select").get_by_text("Precision: ")
     expect(line).to_have_text(f"Precision: {demo.tca_app.placement.describe()}", timeout=TIMEOUT)
-    expect(line).to_be_visible()  # Gradio's own info style (its grey, as every info line)
+    expect(line).to_be_visible()
+    fg = line.evaluate("e => getComputedStyle(e).color")
+    assert contrast(fg, line.evaluate(BACKGROUND_JS)) >= 4.5, (theme, fg)  # WCAG AA
     if theme == "light":
         out = ROOT / "artifacts"
         out.mkdir(exist_ok=True)
