@@ -582,6 +582,10 @@ def build_demo(
                             value=d.keep_rate,
                             step=0.05,
                             label="Keep rate R",
+                            # the "d" the cost panel shows: the official TCA code's rate
+                            info="share of the tokens each condensing block keeps. TCA runs it "
+                            "as the official code's rate d ≈ (1 − R)/3 (R=0.7 → d=0.1): of N "
+                            "patches, about 2dN merge into K tokens and dN fuse into one",
                         )
                         with gr.Row():
                             layers = gr.Textbox(
