@@ -22,6 +22,7 @@ import app as app_module
 from tca.app import tools, uploads
 from tca.app.request import from_controls
 from tca.config import CondenseConfig
+from tca.errors import UserError
 from tca.flops import CONVENTION, Geometry, macs_for, saved_percent
 
 TINY = "tca-tiny-ViT"
@@ -236,3 +237,25 @@ def test_examples_run_on_click_and_come_from_the_cache(served, tmp_path):
 
 
 SETTINGS_TINY = (TINY, "tca", 0.7, "3,6,9", 2, "mean", "single")
+
+
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        (dict(method=[]), "method:"),
+        (dict(method=None), "method:"),
+        (dict(layers=[]), "layers:"),
+        (dict(layers=3), "layers:"),
+        (dict(model=[]), "model:"),
+        (dict(model="no-such-model"), "model:"),
+        (dict(keep_rate=float("nan")), "keep rate R"),
+        (dict(keep_rate=[]), "keep rate R"),
+        (dict(merge_centers=None), "merge centres K"),
+    ],
+)
+def test_flops_refuses_wrong_values_by_their_field(bad, field):
+    """/flops is open to agents: a wrong type or value is a user error naming the field (the
+    server's fuzz found a list as the method raising TypeError)."""
+    with pytest.raises(UserError) as refused:
+        tools.flops(**bad)
+    assert str(refused.value).startswith(field), str(refused.value)

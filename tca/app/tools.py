@@ -39,13 +39,15 @@ def flops(
     """
     if not isinstance(model, str) or not model.strip() or len(model) > MAX_MODEL_NAME:
         raise InputError("model: give an open_clip model name, e.g. ViT-B-16-quickgelu")
-    if method not in METHODS:
+    if not isinstance(method, str) or method not in METHODS:
         raise ConfigError(f"method: unknown {method!r}; choose one of {', '.join(METHODS)}")
     try:
         geom = Geometry.from_name(model.strip())
     except Exception as exc:  # an unknown name fails in open_clip's own lookup
         raise InputError(f"model: {model!r} is not an open_clip model this app knows") from exc
-    if layers is None or not str(layers).strip():
+    if layers is not None and not isinstance(layers, str):
+        raise InputError('layers: give the condensing blocks as text, e.g. "3,6,9"')
+    if layers is None or not layers.strip():
         layers = format_layers(default_layers(geom.depth))
     config = config_from_controls(method, keep_rate, layers, merge_centers, DEFAULT_CONFIG.score)
     return flops_report(model.strip(), geom, config)
