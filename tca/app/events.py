@@ -944,6 +944,33 @@ class App:
             return page.updates(self.ui, shown, d, page.FOLLOW_PARTS)
 
     # -- ▶ play through the blocks (a gr.Timer ticks play_tick while playing)
+    def _playing(self, on: bool) -> dict[Any, Any]:
+        """The timer and the button while playing (``on``) or stopped."""
+        return {
+            self.ui["play_timer"]: gr.update(active=on),
+            self.ui["play"]: gr.update(value=PAUSE_LABEL if on else PLAY_LABEL),
+        }
+
+    def _play_frame(
+        self,
+        shown: ExplorerRun,
+        layer: int | None,
+        view: str,
+        overlay: bool,
+        opacity: float,
+        on_screen: OnScreen | None,
+        patch: int | None,
+    ) -> dict[Any, Any] | None:
+        """Block ``layer`` drawn for play (map, strip highlight, chart marker and follow table
+        in one answer) and remembered as on screen; None when it cannot be drawn."""
+        d = _display(shown, layer, view, overlay, opacity, _patch(on_screen, patch))
+        if d is None:
+            return None
+        _remember(on_screen, d)
+        return page.updates(
+            self.ui, shown, d, ("layer", *LAYER_PARTS, "strip"), Screen(redraw_strip=False)
+        )
+
     def toggle_play(
         self,
         shown: ExplorerRun | None,
@@ -957,26 +984,15 @@ class App:
     ) -> dict[Any, Any]:
         """▶ Play starts the timer (from block 0 when the last block is shown); ⏸ Pause stops
         it where it is."""
-        stop = {
-            self.ui["play_timer"]: gr.update(active=False),
-            self.ui["play"]: gr.update(value=PLAY_LABEL),
-        }
         if shown is None or label == PAUSE_LABEL:
-            return stop
+            return self._playing(False)
         with _held(on_screen):
-            depth = shown.trace.depth
             at = _layer(on_screen, layer)
-            start = play_start(at, depth) if at is not None else None
-            d = _display(shown, start, view, overlay, opacity, _patch(on_screen, patch))
-            if d is None:
-                return stop
-            _remember(on_screen, d)
-            out = page.updates(
-                self.ui, shown, d, ("layer", *LAYER_PARTS, "strip"), Screen(redraw_strip=False)
-            )
-        out[self.ui["play_timer"]] = gr.update(active=True)
-        out[self.ui["play"]] = gr.update(value=PAUSE_LABEL)
-        return out
+            start = play_start(at, shown.trace.depth) if at is not None else None
+            out = self._play_frame(shown, start, view, overlay, opacity, on_screen, patch)
+        if out is None:
+            return self._playing(False)
+        return {**out, **self._playing(True)}
 
     def play_tick(
         self,
@@ -991,30 +1007,16 @@ class App:
         """One tick: the next block (map, strip highlight, chart marker and follow table move
         together); on the last block the timer stops and the button says ▶ Play again."""
         if shown is None:
-            return {
-                self.ui["play_timer"]: gr.update(active=False),
-                self.ui["play"]: gr.update(value=PLAY_LABEL),
-            }
-        stop = {
-            self.ui["play_timer"]: gr.update(active=False),
-            self.ui["play"]: gr.update(value=PLAY_LABEL),
-        }
+            return self._playing(False)
         with _held(on_screen):
             at = _layer(on_screen, layer)
             if at is None:
-                return stop
+                return self._playing(False)
             nxt, more = play_step(at, shown.trace.depth)
-            d = _display(shown, nxt, view, overlay, opacity, _patch(on_screen, patch))
-            if d is None:
-                return stop
-            _remember(on_screen, d)
-            out = page.updates(
-                self.ui, shown, d, ("layer", *LAYER_PARTS, "strip"), Screen(redraw_strip=False)
-            )
-        if not more:
-            out[self.ui["play_timer"]] = gr.update(active=False)
-            out[self.ui["play"]] = gr.update(value=PLAY_LABEL)
-        return out
+            out = self._play_frame(shown, nxt, view, overlay, opacity, on_screen, patch)
+        if out is None:
+            return self._playing(False)
+        return out if more else {**out, **self._playing(False)}
 
     def change_view(
         self,
